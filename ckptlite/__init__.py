@@ -1,0 +1,73 @@
+"""ckptlite: one checkpoint system for long-running data pipelines.
+
+>>> import ckptlite
+>>> with ckptlite.open("memory://") as mgr:
+...     cp = mgr.save("geo-run", {"tile": (3, 7)}, level=ckptlite.Level.STEP)
+...     mgr.load_latest("geo-run")[1]
+{'tile': (3, 7)}
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    CheckpointNotFoundError,
+    CkptliteError,
+    ConfigError,
+    CorruptCheckpointError,
+    ForkedStoreError,
+    InvalidInputError,
+    LegacyFormatError,
+    MigrationError,
+    MissingChunksError,
+    PickleNotAllowedError,
+    StoreError,
+    StoreFullError,
+    StoreIOError,
+    StoreLockedError,
+    SyncError,
+    UnsupportedTypeError,
+)
+from .ids import generate_checkpoint_id, parse_checkpoint_id
+from .manager import CheckpointManager, get_checkpoint_manager
+from .manager import open_store as open
+from .types import (
+    Checkpoint,
+    GcReport,
+    Level,
+    Status,
+    StorageConfig,
+    VerifyReport,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointManager",
+    "CheckpointNotFoundError",
+    "CkptliteError",
+    "ConfigError",
+    "CorruptCheckpointError",
+    "ForkedStoreError",
+    "GcReport",
+    "InvalidInputError",
+    "LegacyFormatError",
+    "Level",
+    "MigrationError",
+    "MissingChunksError",
+    "PickleNotAllowedError",
+    "Status",
+    "StorageConfig",
+    "StoreError",
+    "StoreFullError",
+    "StoreIOError",
+    "StoreLockedError",
+    "SyncError",
+    "UnsupportedTypeError",
+    "VerifyReport",
+    "__version__",
+    "generate_checkpoint_id",
+    "get_checkpoint_manager",
+    "open",
+    "parse_checkpoint_id",
+]

@@ -1,0 +1,260 @@
+"""Every SQLite setting in one place: pragmas, writers, migrations, fork guard.
+
+One apsw connection per thread (and per process: a fork gets fresh ones).
+Writers use ``BEGIN IMMEDIATE`` so a busy store waits up to the busy timeout at
+the start of a transaction instead of failing half-way. The stdlib ``sqlite3``
+module is never used on a store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import apsw
+
+from .errors import (
+    ConfigError,
+    MigrationError,
+    StoreError,
+    StoreFullError,
+    StoreIOError,
+    StoreLockedError,
+)
+
+__all__ = ["Database", "translate_errors"]
+
+APPLICATION_ID = 0x636B7074  # "ckpt"
+_NETWORK_FS = {
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "9p",
+    "fuse.sshfs",
+    "afs",
+    "ceph",
+    "glusterfs",
+}
+
+
+def _check_version() -> None:
+    if tuple(int(p) for p in apsw.sqlite_lib_version().split(".")[:3]) < (3, 51, 3):
+        raise ConfigError(
+            f"SQLite {apsw.sqlite_lib_version()} is too old: before 3.51.3 a WAL database "
+            "can be corrupted when several connections write at once",
+            hint="pip install -U apsw",
+        )
+
+
+@contextlib.contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Map apsw errors raised inside the block to ckptlite's typed errors."""
+    try:
+        yield
+    except (apsw.BusyError, apsw.LockedError) as e:
+        raise StoreLockedError(f"{what}: the store is busy ({e})") from e
+    except apsw.FullError as e:
+        raise StoreFullError(f"{what}: the disk is full ({e})") from e
+    except apsw.IOError as e:
+        raise StoreIOError(f"{what}: I/O error ({e})") from e
+    except (apsw.CorruptError, apsw.NotADBError) as e:
+        raise StoreError(
+            f"{what}: the database file is damaged ({e})",
+            hint="Restore from a backup (`ckptlite backup`), or run `sqlite3 .recover` on a copy.",
+        ) from e
+    except apsw.CantOpenError as e:
+        raise StoreError(f"{what}: cannot open the database ({e})") from e
+    except OSError as e:
+        import errno
+
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFullError(f"{what}: the disk is full ({e})") from e
+        if e.errno == errno.EIO:
+            raise StoreIOError(f"{what}: I/O error ({e})") from e
+        raise
+
+
+class Database:
+    """A SQLite file shared by threads: one connection each, created on first use.
+
+    ``migrations[i]`` upgrades user_version i to i+1; all pending run in one
+    transaction.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        migrations: Sequence[str],
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout: float = 30.0,
+        file_mode: int = 0o600,
+        vfs: str | None = None,
+    ) -> None:
+        _check_version()
+        self.path = path
+        self.migrations = migrations
+        self.synchronous = synchronous
+        self.busy_ms = int(busy_timeout * 1000)
+        self.file_mode = file_mode
+        self.vfs = vfs
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._all: list[apsw.Connection] = []
+        self._lock = threading.Lock()
+        refuse_network_fs(path.parent)
+        self._migrate(self.connection())
+
+    def connection(self) -> apsw.Connection:
+        """Return this thread's connection, opening it on first use.
+
+        Raises:
+            ForkedStoreError: never; a forked child silently gets a fresh connection.
+        """
+        if os.getpid() != self._pid:
+            self._after_fork()
+        conn: apsw.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._open()
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def _after_fork(self) -> None:
+        # Connections inherited across fork() must never be used (or closed) here:
+        # drop them without touching their file handles.
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._all = []
+        self._lock = threading.Lock()
+
+    def _open(self) -> apsw.Connection:
+        new = not self.path.exists()
+        if new:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, self.file_mode)
+            os.close(fd)
+        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_NOFOLLOW
+        with translate_errors(f"opening {self.path}"):
+            if self.vfs:
+                conn = apsw.Connection(str(self.path), flags=flags, vfs=self.vfs)
+            else:
+                conn = apsw.Connection(str(self.path), flags=flags)
+            conn.set_busy_timeout(self.busy_ms)
+            mode = self._pragma(conn, "journal_mode", "wal")
+            if str(mode).lower() != "wal":
+                raise ConfigError(
+                    f"{self.path}: SQLite refused WAL mode (got {mode!r})",
+                    hint="Put the store on a local disk that supports shared memory.",
+                )
+            self._pragma(conn, "synchronous", self.synchronous)
+            self._pragma(conn, "foreign_keys", "ON")
+            self._pragma(conn, "trusted_schema", "OFF")
+            self._pragma(conn, "cell_size_check", "ON")
+            self._pragma(conn, "journal_size_limit", str(64 << 20))
+        return conn
+
+    @staticmethod
+    def _pragma(conn: apsw.Connection, name: str, value: str) -> object:
+        # One statement per call: apsw runs multi-statement strings lazily.
+        row = conn.execute(f"PRAGMA {name}={value}").fetchone()
+        return row[0] if row else None
+
+    def _migrate(self, conn: apsw.Connection) -> None:
+        with translate_errors(f"migrating {self.path}"):
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            app = conn.execute("PRAGMA application_id").fetchone()[0]
+            if app not in (0, APPLICATION_ID):
+                raise ConfigError(
+                    f"{self.path} is a SQLite file of another application (id {app:#x})",
+                    hint="Point ckptlite at its own directory.",
+                )
+            target = len(self.migrations)
+            if version > target:
+                raise MigrationError(
+                    f"{self.path} has schema version {version}; this ckptlite knows up to {target}"
+                )
+            if version == target:
+                return
+            with self.write(conn):
+                version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under lock
+                for i in range(version, target):
+                    # Exhaust the cursor: apsw runs a script statement by statement as read.
+                    for _ in conn.execute(self.migrations[i]):
+                        pass
+                conn.execute(f"PRAGMA user_version={target}")
+                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+
+    @contextlib.contextmanager
+    def write(self, conn: apsw.Connection | None = None) -> Iterator[apsw.Connection]:
+        """Run the block in a ``BEGIN IMMEDIATE`` transaction; roll back on error."""
+        conn = conn or self.connection()
+        with translate_errors(f"writing {self.path}"):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(apsw.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def read(self) -> apsw.Connection:
+        """Return this thread's connection for reads (autocommit)."""
+        return self.connection()
+
+    def close(self) -> None:
+        """Close every connection this process opened."""
+        if os.getpid() != self._pid:
+            self._after_fork()
+            return
+        with self._lock:
+            conns, self._all = self._all, []
+        for c in conns:
+            with contextlib.suppress(apsw.Error):
+                c.close()
+        self._local = threading.local()
+
+    def backup_to(self, dest: Path, progress: Callable[[int, int], None] | None = None) -> None:
+        """Copy the live database to ``dest`` with SQLite's online backup API."""
+        with translate_errors(f"backing up {self.path}"):
+            target = apsw.Connection(str(dest))
+            try:
+                with target.backup("main", self.connection(), "main") as b:
+                    while not b.done:
+                        b.step(1024)
+                        if progress:
+                            progress(b.page_count - b.remaining, b.page_count)
+            finally:
+                target.close()
+
+
+def refuse_network_fs(directory: Path) -> None:
+    """Raise ConfigError when ``directory`` is on a network file system.
+
+    Raises:
+        ConfigError: SQLite's locking is unreliable there.
+    """
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return
+    target = str(directory.resolve())
+    best, fstype = "", ""
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mnt = parts[1].replace("\\040", " ")
+        if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best, fstype = mnt, parts[2]
+    if fstype in _NETWORK_FS:
+        raise ConfigError(
+            f"{directory} is on a network file system ({fstype}); SQLite locking is not safe there",
+            hint="Use a local disk for the store, or a PostgreSQL URL for a shared store.",
+        )

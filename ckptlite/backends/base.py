@@ -1,0 +1,186 @@
+"""The Protocol every backend satisfies, and the helpers they share.
+
+Backends store records and chunks as bytes. They never encode or decode a
+state: that is the manager's work.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import InvalidInputError
+from ..types import Checkpoint, GcReport, Level, Status, StoredChunk, StoredRecord
+
+__all__ = [
+    "Backend",
+    "ListQuery",
+    "StructureCheck",
+    "dump_metadata",
+    "from_micros",
+    "load_metadata",
+    "to_micros",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """Filters for ``Backend.list``; None means any. Results are newest (highest seq) first."""
+
+    process_id: str | None = None
+    level: Level | None = None
+    name: str | None = None
+    status: Status | None = None
+    parent: str | None = None
+    since: datetime | None = None
+    limit: int | None = None
+    after_seq: int | None = None  # for sync: only seq > after_seq, oldest first
+    ascending: bool = False
+
+    def matches(self, cp: Checkpoint) -> bool:
+        """Tell whether ``cp`` passes every filter (used by in-process backends)."""
+        return (
+            (self.process_id is None or cp.process_id == self.process_id)
+            and (self.level is None or cp.level == self.level)
+            and (self.name is None or cp.name == self.name)
+            and (self.status is None or cp.status == self.status)
+            and (self.parent is None or cp.parent_id == self.parent)
+            and (self.since is None or cp.created_at >= self.since)
+            and (self.after_seq is None or cp.seq > self.after_seq)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StructureCheck:
+    """What a backend finds without reading chunk contents."""
+
+    missing: dict[str, tuple[str, ...]] = field(default_factory=dict)  # id -> absent digests
+    orphan_chunks: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Where records and chunks live. Every method is safe to call from many threads."""
+
+    url: str
+
+    def write_chunks(self, chunks: Sequence[StoredChunk]) -> None:
+        """Store chunks durably (skipping ones already present).
+
+        Until a committed record references them, ``gc`` may reclaim them.
+
+        Raises:
+            StoreFullError, StoreIOError: nothing referencing them was committed.
+        """
+
+    def has_chunks(self, digests: Iterable[str]) -> set[str]:
+        """Return the subset of ``digests`` that is stored."""
+
+    def read_chunk(self, digest: str) -> StoredChunk:
+        """Return a stored chunk (not yet verified).
+
+        Raises:
+            CorruptCheckpointError: the chunk is missing or unreadable as stored.
+        """
+
+    def commit(self, record: StoredRecord) -> Checkpoint:
+        """Insert a record atomically; assign and return its ``seq``.
+
+        Raises:
+            MissingChunksError: a referenced chunk is not stored (nothing committed).
+            InvalidInputError: the id exists already, or the parent does not.
+        """
+
+    def get(self, checkpoint_id: str) -> Checkpoint:
+        """Return one record.
+
+        Raises:
+            CheckpointNotFoundError: no such id.
+        """
+
+    def get_record(self, checkpoint_id: str) -> StoredRecord:
+        """Return one record with its payload and manifest.
+
+        Raises:
+            CheckpointNotFoundError: no such id.
+        """
+
+    def has_records(self, ids: Iterable[str]) -> set[str]:
+        """Return the subset of ``ids`` that is stored."""
+
+    def latest(self, process_id: str, level: Level | None, name: str | None) -> Checkpoint | None:
+        """Return the VALID record with the highest seq in the slot, or None."""
+
+    def list(self, query: ListQuery) -> list[Checkpoint]:
+        """Return the records that match ``query``."""
+
+    def set_status(self, checkpoint_id: str, status: Status) -> None:
+        """Change a record's status.
+
+        Raises:
+            CheckpointNotFoundError: no such id.
+        """
+
+    def delete(self, checkpoint_id: str) -> list[str]:
+        """Delete a record and its descendants; return the ids deleted.
+
+        Raises:
+            CheckpointNotFoundError: no such id.
+        """
+
+    def iter_chunk_digests(self) -> Iterator[str]:
+        """Yield every stored chunk's digest."""
+
+    def checkpoints_using(self, digests: Iterable[str]) -> set[str]:
+        """Return the ids of records that reference any of ``digests``."""
+
+    def check(self) -> StructureCheck:
+        """Find records whose chunks are absent, and chunks no record uses."""
+
+    def gc(self, dry_run: bool = False) -> GcReport:
+        """Remove chunks no record references, and dead temp files."""
+
+    def stats(self) -> dict[str, Any]:
+        """Return counts and byte totals (records, chunks, logical and stored bytes)."""
+
+    def close(self) -> None:
+        """Release connections and files; the backend is unusable afterwards."""
+
+
+def to_micros(dt: datetime) -> int:
+    """Return microseconds since the epoch for an aware datetime."""
+    delta = dt.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(us: int) -> datetime:
+    """Return the aware UTC datetime for microseconds since the epoch."""
+    from datetime import timedelta
+
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+
+
+def dump_metadata(metadata: dict[str, Any]) -> str:
+    """Serialise metadata as compact JSON.
+
+    Raises:
+        InvalidInputError: metadata is not a JSON object of JSON values.
+    """
+    if not isinstance(metadata, dict):
+        raise InvalidInputError(f"metadata must be a dict, not {type(metadata).__name__}")
+    try:
+        return json.dumps(metadata, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidInputError(
+            f"metadata is not JSON: {e}",
+            hint="Metadata holds JSON values only (str, int, float, bool, None, list, dict); "
+            "put anything else in the state.",
+        ) from e
+
+
+def load_metadata(text: str | None) -> dict[str, Any]:
+    """Parse metadata JSON (empty for None)."""
+    return json.loads(text) if text else {}  # type: ignore[no-any-return]

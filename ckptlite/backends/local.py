@@ -1,0 +1,454 @@
+"""The local backend: ``ckptlite.db`` (SQLite via apsw) plus ``blobs/``.
+
+Chunks no larger than ``INLINE_MAX`` stored bytes live in the ``chunks`` table;
+larger ones are files in the blob directory with a ``chunks`` row whose
+``data`` is NULL. A file and its row are written together under the shared gc
+lock, and gc removes both under the exclusive one; so a chunk row always has
+its bytes, and ``refs`` (a foreign key to ``chunks``) means a committed record
+never points at a missing chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from .._sqlite import Database, translate_errors
+from ..blobs import BlobDir
+from ..errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    InvalidInputError,
+    MissingChunksError,
+)
+from ..types import Checkpoint, GcReport, Level, Status, StoredChunk, StoredRecord
+from .base import ListQuery, StructureCheck, dump_metadata, from_micros, load_metadata, to_micros
+
+__all__ = ["DB_NAME", "INLINE_MAX", "MIGRATIONS", "LocalBackend"]
+
+DB_NAME = "ckptlite.db"
+INLINE_MAX = 64 * 1024
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE checkpoints (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        process_id TEXT NOT NULL,
+        level TEXT NOT NULL,
+        name TEXT NOT NULL,
+        parent_id TEXT REFERENCES checkpoints(id) ON DELETE CASCADE,
+        status TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        stored_size INTEGER NOT NULL,
+        checksum TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        progress_done INTEGER,
+        progress_total INTEGER,
+        payload BLOB NOT NULL,
+        manifest BLOB NOT NULL
+    );
+    CREATE INDEX checkpoints_slot ON checkpoints(process_id, level, name, seq);
+    CREATE INDEX checkpoints_process_seq ON checkpoints(process_id, seq);
+    CREATE INDEX checkpoints_level_seq ON checkpoints(process_id, level, seq);
+    CREATE INDEX checkpoints_parent ON checkpoints(parent_id);
+    CREATE TABLE chunks (
+        digest TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        stored_size INTEGER NOT NULL,
+        codec INTEGER NOT NULL,
+        data BLOB
+    ) WITHOUT ROWID;
+    CREATE TABLE refs (
+        seq INTEGER NOT NULL REFERENCES checkpoints(seq) ON DELETE CASCADE,
+        digest TEXT NOT NULL REFERENCES chunks(digest),
+        PRIMARY KEY (seq, digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX refs_digest ON refs(digest);
+    """,
+]
+
+_COLS = (
+    "seq, id, process_id, level, name, parent_id, status, created_at, size, stored_size, "
+    "checksum, metadata, progress_done, progress_total"
+)
+
+
+def _row_to_checkpoint(row: Sequence[Any]) -> Checkpoint:
+    (seq, cid, pid, level, name, parent, status, created, size, stored, checksum, meta, pd, pt) = (
+        row[:14]
+    )
+    return Checkpoint(
+        id=cid,
+        process_id=pid,
+        level=Level(level),
+        name=name,
+        parent_id=parent,
+        seq=seq,
+        status=Status(status),
+        created_at=from_micros(created),
+        size=size,
+        stored_size=stored,
+        checksum=checksum,
+        metadata=load_metadata(meta),
+        progress=None if pd is None else (pd, pt),
+    )
+
+
+class LocalBackend:
+    """A store directory: ``<root>/ckptlite.db`` and ``<root>/blobs/``."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        durability: str = "safe",
+        busy_timeout: float = 30.0,
+        group_access: bool = False,
+        migrations: Sequence[str] = MIGRATIONS,
+    ) -> None:
+        self.root = root
+        self.url = str(root)
+        dir_mode = 0o770 if group_access else 0o700
+        root.mkdir(mode=dir_mode, parents=True, exist_ok=True)
+        sync = {"none": "OFF", "safe": "NORMAL", "full": "FULL"}[durability]
+        self.blobs = BlobDir(root / "blobs", fsync=durability != "none", group=group_access)
+        self.db = Database(
+            root / DB_NAME,
+            migrations,
+            synchronous=sync,
+            busy_timeout=busy_timeout,
+            file_mode=0o660 if group_access else 0o600,
+        )
+
+    # -- chunks ---------------------------------------------------------------
+
+    def write_chunks(self, chunks: Sequence[StoredChunk]) -> None:
+        if not chunks:
+            return
+        with self.blobs.gc_lock(exclusive=False):
+            present = self.has_chunks(c.digest for c in chunks)
+            fresh = [c for c in chunks if c.digest not in present]
+            for c in fresh:
+                if c.stored_size > INLINE_MAX:
+                    self.blobs.write(c.digest, c.data)
+            with self.db.write() as conn:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO chunks(digest, size, stored_size, codec, data) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (
+                            c.digest,
+                            c.size,
+                            c.stored_size,
+                            c.codec,
+                            None if c.stored_size > INLINE_MAX else bytes(c.data),
+                        )
+                        for c in fresh
+                    ],
+                )
+
+    def has_chunks(self, digests: Iterable[str]) -> set[str]:
+        wanted = list(dict.fromkeys(digests))
+        found: set[str] = set()
+        conn = self.db.read()
+        with translate_errors("reading chunk index"):
+            for i in range(0, len(wanted), 500):
+                part = wanted[i : i + 500]
+                q = f"SELECT digest FROM chunks WHERE digest IN ({','.join('?' * len(part))})"
+                found.update(r[0] for r in conn.execute(q, part))
+        return found
+
+    def read_chunk(self, digest: str) -> StoredChunk:
+        with translate_errors(f"reading chunk {digest}"):
+            row = (
+                self.db.read()
+                .execute("SELECT size, codec, data FROM chunks WHERE digest=?", (digest,))
+                .fetchone()
+            )
+        if row is None:
+            raise CorruptCheckpointError(f"chunk {digest} is missing", digest=digest)
+        size, codec, data = row
+        if data is None:
+            data = self.blobs.read(digest)
+        return StoredChunk(digest, size, codec, data)
+
+    # -- records --------------------------------------------------------------
+
+    def commit(self, record: StoredRecord) -> Checkpoint:
+        cp = record.checkpoint
+        meta = dump_metadata(cp.metadata)
+        with self.db.write() as conn:
+            if record.digests:
+                missing = tuple(set(record.digests) - self.has_chunks(record.digests))
+                if missing:
+                    raise MissingChunksError(
+                        f"{len(missing)} chunk(s) of {cp.id} are not stored", digests=missing
+                    )
+            if conn.execute("SELECT 1 FROM checkpoints WHERE id=?", (cp.id,)).fetchone():
+                raise InvalidInputError(f"checkpoint {cp.id} exists already", checkpoint_id=cp.id)
+            if (
+                cp.parent_id is not None
+                and not conn.execute(
+                    "SELECT 1 FROM checkpoints WHERE id=?", (cp.parent_id,)
+                ).fetchone()
+            ):
+                raise InvalidInputError(
+                    f"parent checkpoint {cp.parent_id} does not exist", checkpoint_id=cp.parent_id
+                )
+            progress = cp.progress or (None, None)
+            conn.execute(
+                "INSERT INTO checkpoints(id, process_id, level, name, parent_id, status, "
+                "created_at, size, stored_size, checksum, metadata, progress_done, "
+                "progress_total, payload, manifest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    cp.id,
+                    cp.process_id,
+                    cp.level.value,
+                    cp.name,
+                    cp.parent_id,
+                    cp.status.value,
+                    to_micros(cp.created_at),
+                    cp.size,
+                    cp.stored_size,
+                    cp.checksum,
+                    meta,
+                    progress[0],
+                    progress[1],
+                    record.payload,
+                    record.manifest,
+                ),
+            )
+            seq = conn.last_insert_rowid()
+            if record.digests:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO refs(seq, digest) VALUES (?, ?)",
+                    [(seq, d) for d in record.digests],
+                )
+        return cp.replace(seq=seq)
+
+    def get(self, checkpoint_id: str) -> Checkpoint:
+        with translate_errors("reading checkpoint"):
+            row = (
+                self.db.read()
+                .execute(f"SELECT {_COLS} FROM checkpoints WHERE id=?", (checkpoint_id,))
+                .fetchone()
+            )
+        if row is None:
+            raise CheckpointNotFoundError(
+                f"no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id
+            )
+        return _row_to_checkpoint(row)
+
+    def get_record(self, checkpoint_id: str) -> StoredRecord:
+        with translate_errors("reading checkpoint"):
+            conn = self.db.read()
+            row = conn.execute(
+                f"SELECT {_COLS}, payload, manifest FROM checkpoints WHERE id=?", (checkpoint_id,)
+            ).fetchone()
+            if row is None:
+                raise CheckpointNotFoundError(
+                    f"no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id
+                )
+            digests = tuple(
+                r[0] for r in conn.execute("SELECT digest FROM refs WHERE seq=?", (row[0],))
+            )
+        return StoredRecord(_row_to_checkpoint(row), row[14], row[15], digests)
+
+    def has_records(self, ids: Iterable[str]) -> set[str]:
+        wanted = list(dict.fromkeys(ids))
+        found: set[str] = set()
+        conn = self.db.read()
+        with translate_errors("reading checkpoints"):
+            for i in range(0, len(wanted), 500):
+                part = wanted[i : i + 500]
+                q = f"SELECT id FROM checkpoints WHERE id IN ({','.join('?' * len(part))})"
+                found.update(r[0] for r in conn.execute(q, part))
+        return found
+
+    def latest(self, process_id: str, level: Level | None, name: str | None) -> Checkpoint | None:
+        found = self.list(
+            ListQuery(process_id=process_id, level=level, name=name, status=Status.VALID, limit=1)
+        )
+        return found[0] if found else None
+
+    def list(self, query: ListQuery) -> list[Checkpoint]:
+        where: list[str] = []
+        args: list[Any] = []
+        for col, val in (
+            ("process_id", query.process_id),
+            ("level", query.level.value if query.level else None),
+            ("name", query.name),
+            ("status", query.status.value if query.status else None),
+            ("parent_id", query.parent),
+        ):
+            if val is not None:
+                where.append(f"{col}=?")
+                args.append(val)
+        if query.since is not None:
+            where.append("created_at>=?")
+            args.append(to_micros(query.since))
+        if query.after_seq is not None:
+            where.append("seq>?")
+            args.append(query.after_seq)
+        sql = f"SELECT {_COLS} FROM checkpoints"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq " + ("ASC" if query.ascending else "DESC")
+        if query.limit is not None:
+            sql += " LIMIT ?"
+            args.append(query.limit)
+        with translate_errors("listing checkpoints"):
+            return [_row_to_checkpoint(r) for r in self.db.read().execute(sql, args)]
+
+    def set_status(self, checkpoint_id: str, status: Status) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                "UPDATE checkpoints SET status=? WHERE id=?", (status.value, checkpoint_id)
+            )
+            if conn.changes() == 0:
+                raise CheckpointNotFoundError(
+                    f"no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id
+                )
+
+    def delete(self, checkpoint_id: str) -> list[str]:
+        with self.db.write() as conn:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "WITH RECURSIVE tree(id) AS (SELECT id FROM checkpoints WHERE id=? "
+                    "UNION SELECT c.id FROM checkpoints c JOIN tree t ON c.parent_id=t.id) "
+                    "SELECT id FROM tree",
+                    (checkpoint_id,),
+                )
+            ]
+            if not ids:
+                raise CheckpointNotFoundError(
+                    f"no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id
+                )
+            conn.execute("DELETE FROM checkpoints WHERE id=?", (checkpoint_id,))
+        return ids
+
+    # -- maintenance ------------------------------------------------------------
+
+    def iter_chunk_digests(self) -> Iterator[str]:
+        with translate_errors("listing chunks"):
+            rows = self.db.read().execute("SELECT digest FROM chunks").fetchall()
+        yield from (r[0] for r in rows)
+
+    def checkpoints_using(self, digests: Iterable[str]) -> set[str]:
+        wanted = list(dict.fromkeys(digests))
+        found: set[str] = set()
+        conn = self.db.read()
+        with translate_errors("reading chunk references"):
+            for i in range(0, len(wanted), 500):
+                part = wanted[i : i + 500]
+                q = (
+                    "SELECT DISTINCT c.id FROM refs r JOIN checkpoints c ON c.seq=r.seq "
+                    f"WHERE r.digest IN ({','.join('?' * len(part))})"
+                )
+                found.update(r[0] for r in conn.execute(q, part))
+        return found
+
+    def check(self) -> StructureCheck:
+        conn = self.db.read()
+        with translate_errors("checking the store"):
+            file_rows = conn.execute("SELECT digest FROM chunks WHERE data IS NULL").fetchall()
+            absent = [d for (d,) in file_rows if not self.blobs.exists(d)]
+            missing: dict[str, list[str]] = {}
+            for i in range(0, len(absent), 500):
+                part = absent[i : i + 500]
+                q = (
+                    "SELECT c.id, r.digest FROM refs r JOIN checkpoints c ON c.seq=r.seq "
+                    f"WHERE r.digest IN ({','.join('?' * len(part))})"
+                )
+                for cid, d in conn.execute(q, part):
+                    missing.setdefault(cid, []).append(d)
+            unreferenced = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT digest FROM chunks c WHERE NOT EXISTS "
+                    "(SELECT 1 FROM refs r WHERE r.digest=c.digest)"
+                )
+            ]
+            indexed = {r[0] for r in conn.execute("SELECT digest FROM chunks")}
+        stray = [d for d, _ in self.blobs.digests() if d not in indexed]
+        return StructureCheck(
+            {k: tuple(v) for k, v in missing.items()}, tuple(sorted(set(unreferenced + stray)))
+        )
+
+    def gc(self, dry_run: bool = False) -> GcReport:
+        with self.blobs.gc_lock(exclusive=True):
+            conn = self.db.connection()
+            ctx = contextlib.nullcontext(conn) if dry_run else self.db.write(conn)
+            with ctx:
+                rows = conn.execute(
+                    "SELECT digest, stored_size, data IS NULL FROM chunks c WHERE NOT EXISTS "
+                    "(SELECT 1 FROM refs r WHERE r.digest=c.digest)"
+                ).fetchall()
+                if not dry_run:
+                    conn.executemany("DELETE FROM chunks WHERE digest=?", [(r[0],) for r in rows])
+                indexed = {r[0] for r in conn.execute("SELECT digest FROM chunks")}
+            # Unlink only after COMMIT: a rolled-back delete must still find its files.
+            freed = sum(r[1] for r in rows)
+            removed = [r[0] for r in rows]
+            if not dry_run:
+                for digest, _, is_file in rows:
+                    if is_file:
+                        self.blobs.remove(digest)
+            for digest, size in list(self.blobs.digests()):
+                if digest not in indexed and digest not in removed:
+                    removed.append(digest)
+                    freed += size
+                    if not dry_run:
+                        self.blobs.remove(digest)
+            temps = []
+            for tmp in self.blobs.dead_temp_files():
+                temps.append(tmp.name)
+                with contextlib.suppress(OSError):
+                    freed += tmp.stat().st_size
+                    if not dry_run:
+                        os.unlink(tmp)
+        return GcReport(tuple(sorted(removed)), tuple(sorted(temps)), freed, dry_run)
+
+    def stats(self) -> dict[str, Any]:
+        conn = self.db.read()
+        with translate_errors("reading stats"):
+            n, logical, payload = conn.execute(
+                "SELECT count(*), coalesce(sum(size),0), coalesce(sum(length(payload)),0) "
+                "FROM checkpoints"
+            ).fetchone()
+            chunks, chunk_bytes = conn.execute(
+                "SELECT count(*), coalesce(sum(stored_size),0) FROM chunks"
+            ).fetchone()
+        return {
+            "checkpoints": n,
+            "chunks": chunks,
+            "logical_bytes": logical,
+            "stored_bytes": payload + chunk_bytes,
+        }
+
+    def backup(self, dest: Path) -> None:
+        """Copy the store to ``dest`` while it stays in use (SQLite backup API + chunks)."""
+        dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = BlobDir(dest / "blobs", fsync=True)
+        # Snapshot the database first: every chunk it references exists until gc,
+        # and gc cannot run while we hold the shared lock.
+        with self.blobs.gc_lock(exclusive=False):
+            self.db.backup_to(dest / DB_NAME)
+            snap = apsw.Connection(str(dest / DB_NAME))
+            try:
+                files = [r[0] for r in snap.execute("SELECT digest FROM chunks WHERE data IS NULL")]
+            finally:
+                snap.close()
+            for d in files:
+                target.write(d, self.blobs.read(d))
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,156 @@
+"""An in-process backend: dicts under a lock. First-class: the contract suite runs on it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from ..errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    InvalidInputError,
+    MissingChunksError,
+)
+from ..types import Checkpoint, GcReport, Level, Status, StoredChunk, StoredRecord
+from .base import ListQuery, StructureCheck
+
+__all__ = ["MemoryBackend"]
+
+
+class MemoryBackend:
+    """Records and chunks in dicts; gone when the process ends."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._lock = threading.RLock()
+        self._records: dict[str, StoredRecord] = {}
+        self._chunks: dict[str, StoredChunk] = {}
+        self._seq = 0
+
+    def write_chunks(self, chunks: Sequence[StoredChunk]) -> None:
+        with self._lock:
+            for c in chunks:
+                if c.digest not in self._chunks:
+                    self._chunks[c.digest] = StoredChunk(c.digest, c.size, c.codec, bytes(c.data))
+
+    def has_chunks(self, digests: Iterable[str]) -> set[str]:
+        with self._lock:
+            return {d for d in digests if d in self._chunks}
+
+    def read_chunk(self, digest: str) -> StoredChunk:
+        with self._lock:
+            try:
+                return self._chunks[digest]
+            except KeyError:
+                raise CorruptCheckpointError(f"chunk {digest} is missing", digest=digest) from None
+
+    def commit(self, record: StoredRecord) -> Checkpoint:
+        cp = record.checkpoint
+        with self._lock:
+            if cp.id in self._records:
+                raise InvalidInputError(f"checkpoint {cp.id} exists already", checkpoint_id=cp.id)
+            if cp.parent_id is not None and cp.parent_id not in self._records:
+                raise InvalidInputError(
+                    f"parent checkpoint {cp.parent_id} does not exist", checkpoint_id=cp.parent_id
+                )
+            missing = tuple(d for d in record.digests if d not in self._chunks)
+            if missing:
+                raise MissingChunksError(
+                    f"{len(missing)} chunk(s) of {cp.id} are not stored", digests=missing
+                )
+            self._seq += 1
+            cp = cp.replace(seq=self._seq)
+            self._records[cp.id] = StoredRecord(cp, record.payload, record.manifest, record.digests)
+            return cp
+
+    def get(self, checkpoint_id: str) -> Checkpoint:
+        return self.get_record(checkpoint_id).checkpoint
+
+    def get_record(self, checkpoint_id: str) -> StoredRecord:
+        with self._lock:
+            try:
+                return self._records[checkpoint_id]
+            except (KeyError, TypeError):
+                raise CheckpointNotFoundError(
+                    f"no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id
+                ) from None
+
+    def has_records(self, ids: Iterable[str]) -> set[str]:
+        with self._lock:
+            return {i for i in ids if i in self._records}
+
+    def latest(self, process_id: str, level: Level | None, name: str | None) -> Checkpoint | None:
+        q = ListQuery(process_id=process_id, level=level, name=name, status=Status.VALID, limit=1)
+        found = self.list(q)
+        return found[0] if found else None
+
+    def list(self, query: ListQuery) -> list[Checkpoint]:
+        with self._lock:
+            cps = [r.checkpoint for r in self._records.values() if query.matches(r.checkpoint)]
+        cps.sort(key=lambda c: c.seq, reverse=not query.ascending)
+        return cps if query.limit is None else cps[: query.limit]
+
+    def set_status(self, checkpoint_id: str, status: Status) -> None:
+        with self._lock:
+            rec = self.get_record(checkpoint_id)
+            cp = rec.checkpoint.replace(status=status)
+            self._records[checkpoint_id] = StoredRecord(cp, rec.payload, rec.manifest, rec.digests)
+
+    def delete(self, checkpoint_id: str) -> list[str]:
+        with self._lock:
+            self.get_record(checkpoint_id)
+            doomed = [checkpoint_id]
+            i = 0
+            while i < len(doomed):
+                doomed += [
+                    k for k, r in self._records.items() if r.checkpoint.parent_id == doomed[i]
+                ]
+                i += 1
+            for k in doomed:
+                self._records.pop(k, None)
+            return doomed
+
+    def iter_chunk_digests(self) -> Iterator[str]:
+        with self._lock:
+            digests = list(self._chunks)
+        yield from digests
+
+    def checkpoints_using(self, digests: Iterable[str]) -> set[str]:
+        wanted = set(digests)
+        with self._lock:
+            return {k for k, r in self._records.items() if wanted.intersection(r.digests)}
+
+    def _referenced(self) -> set[str]:
+        return {d for r in self._records.values() for d in r.digests}
+
+    def check(self) -> StructureCheck:
+        with self._lock:
+            missing = {
+                k: tuple(d for d in r.digests if d not in self._chunks)
+                for k, r in self._records.items()
+            }
+            orphans = tuple(sorted(set(self._chunks) - self._referenced()))
+        return StructureCheck({k: v for k, v in missing.items() if v}, orphans)
+
+    def gc(self, dry_run: bool = False) -> GcReport:
+        with self._lock:
+            orphans = sorted(set(self._chunks) - self._referenced())
+            freed = sum(self._chunks[d].stored_size for d in orphans)
+            if not dry_run:
+                for d in orphans:
+                    del self._chunks[d]
+        return GcReport(tuple(orphans), (), freed, dry_run)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "checkpoints": len(self._records),
+                "chunks": len(self._chunks),
+                "logical_bytes": sum(r.checkpoint.size for r in self._records.values()),
+                "stored_bytes": sum(len(r.payload) for r in self._records.values())
+                + sum(c.stored_size for c in self._chunks.values()),
+            }
+
+    def close(self) -> None:
+        pass

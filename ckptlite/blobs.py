@@ -1,0 +1,185 @@
+"""The blob directory: chunk files ``blobs/<2 hex>/<64 hex>``, written atomically.
+
+Every file is written as temp -> fsync -> rename -> directory fsync. A temp
+file is ``flock``-ed by its writer for as long as it is being written, so
+``gc`` can tell a live writer's temp file (locked) from a dead one's (free).
+``blobs/.lock`` orders gc against saves across processes: a save holds it
+shared while it checks its chunk files and commits; gc holds it exclusive while
+it deletes rows and unlinks files, so gc never removes a chunk a save is about
+to reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import CorruptCheckpointError, StoreFullError, StoreIOError
+
+__all__ = ["BlobDir"]
+
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+_TMP = "tmp"
+
+
+class BlobDir:
+    """Chunk files under ``root``, named by digest only."""
+
+    def __init__(self, root: Path, *, fsync: bool = True, group: bool = False) -> None:
+        self.root = root
+        self.fsync = fsync
+        self.dir_mode = 0o770 if group else 0o700
+        self.file_mode = 0o660 if group else 0o600
+        root.mkdir(mode=self.dir_mode, parents=True, exist_ok=True)
+        (root / _TMP).mkdir(mode=self.dir_mode, exist_ok=True)
+        self._lock_path = root / ".lock"
+
+    def path(self, digest: str) -> Path:
+        """Return the path of a chunk; only a well-formed digest makes a path.
+
+        Raises:
+            CorruptCheckpointError: ``digest`` is not 64 lowercase hex digits.
+        """
+        if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+            raise CorruptCheckpointError(f"not a chunk digest: {digest!r}")
+        return self.root / digest[:2] / digest
+
+    def exists(self, digest: str) -> bool:
+        """Tell whether a regular chunk file exists (symlinks do not count)."""
+        try:
+            st = os.lstat(self.path(digest))
+        except FileNotFoundError:
+            return False
+        import stat
+
+        return stat.S_ISREG(st.st_mode)
+
+    def write(self, digest: str, data: bytes | memoryview) -> bool:
+        """Store ``data`` under ``digest`` unless present; return True if written.
+
+        Raises:
+            StoreFullError: the disk is full (no temp file is left behind).
+            StoreIOError: a write or fsync failed (nothing is renamed into place).
+        """
+        final = self.path(digest)
+        if self.exists(digest):
+            return False
+        tmp = self.root / _TMP / f"{digest[:16]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, self.file_mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with _os_errors(f"writing chunk {digest}"):
+                view = memoryview(data)
+                while view.nbytes:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if self.fsync:
+                    os.fsync(fd)
+                parent = final.parent
+                if not parent.is_dir():
+                    parent.mkdir(mode=self.dir_mode, exist_ok=True)
+                    if self.fsync:
+                        _fsync_dir(self.root)
+                os.rename(tmp, final)
+                if self.fsync:
+                    _fsync_dir(parent)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        finally:
+            os.close(fd)
+        return True
+
+    def read(self, digest: str) -> bytes:
+        """Return a chunk file's bytes.
+
+        Raises:
+            CorruptCheckpointError: the file is missing or is not a regular file.
+        """
+        try:
+            fd = os.open(self.path(digest), os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise CorruptCheckpointError(f"chunk {digest} is missing", digest=digest) from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise CorruptCheckpointError(
+                    f"chunk {digest} is a symlink; refusing to follow it", digest=digest
+                ) from None
+            raise
+        try:
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read()
+        finally:
+            os.close(fd)
+
+    def remove(self, digest: str) -> int:
+        """Unlink a chunk file; return the bytes freed (0 if it was gone)."""
+        p = self.path(digest)
+        try:
+            size = os.lstat(p).st_size
+            os.unlink(p)
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def digests(self) -> Iterator[tuple[str, int]]:
+        """Yield (digest, size) of every chunk file on disk."""
+        for sub in self.root.iterdir():
+            if len(sub.name) != 2 or not sub.is_dir() or sub.is_symlink():
+                continue
+            for f in sub.iterdir():
+                if _DIGEST_RE.match(f.name) and f.name[:2] == sub.name:
+                    with contextlib.suppress(FileNotFoundError):
+                        yield f.name, f.lstat().st_size
+
+    def dead_temp_files(self) -> Iterator[Path]:
+        """Yield temp files whose writer is gone (their flock is free)."""
+        for f in (self.root / _TMP).iterdir():
+            try:
+                fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer holds it
+            finally:
+                os.close(fd)
+            yield f
+
+    @contextlib.contextmanager
+    def gc_lock(self, exclusive: bool) -> Iterator[None]:
+        """Hold ``blobs/.lock``: shared for saves, exclusive for gc."""
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, self.file_mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _os_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFullError(f"{what}: the disk is full") from e
+        if e.errno == errno.EIO:
+            raise StoreIOError(f"{what}: I/O error") from e
+        raise

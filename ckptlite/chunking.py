@@ -1,0 +1,149 @@
+"""Split buffers into content-addressed chunks, compress, verify: compute only, no I/O.
+
+A chunk is addressed by the SHA-256 of its raw bytes. It is stored zstd-compressed
+(``codec=1``) when that saves at least an eighth, raw (``codec=0``) otherwise.
+The manifest lists, per buffer, the (digest, size) of its chunks in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import msgpack
+import zstandard
+
+from .errors import CorruptCheckpointError
+from .types import StoredChunk
+
+__all__ = [
+    "CODEC_RAW",
+    "CODEC_ZSTD",
+    "Manifest",
+    "compress_chunk",
+    "digest_of",
+    "pack_manifest",
+    "record_checksum",
+    "restore_chunk_into",
+    "split",
+    "unpack_manifest",
+]
+
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+_PROBE = 64 * 1024  # compress a slice first; skip zstd on data it cannot shrink
+
+#: Per buffer: the (digest hex, raw size) of each chunk, in order.
+Manifest = list[list[tuple[str, int]]]
+
+
+def split(buffer: memoryview, chunk_size: int) -> list[memoryview]:
+    """Cut ``buffer`` into views of at most ``chunk_size`` bytes (no copies)."""
+    n = buffer.nbytes
+    return [buffer[i : i + chunk_size] for i in range(0, n, chunk_size)] or [buffer[0:0]]
+
+
+def digest_of(data: bytes | bytearray | memoryview) -> str:
+    """Return the SHA-256 hex digest of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def compress_chunk(digest: str, view: memoryview, level: int) -> StoredChunk:
+    """Compress one chunk when zstd pays, else keep it raw."""
+    size = view.nbytes
+    if size >= 256:
+        cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
+        if size > 2 * _PROBE and len(cctx.compress(view[:_PROBE])) > _PROBE * 7 // 8:
+            return StoredChunk(digest, size, CODEC_RAW, view)
+        packed = cctx.compress(view)
+        if len(packed) <= size * 7 // 8:
+            return StoredChunk(digest, size, CODEC_ZSTD, packed)
+    return StoredChunk(digest, size, CODEC_RAW, view)
+
+
+def restore_chunk_into(chunk: StoredChunk, out: memoryview) -> None:
+    """Decompress ``chunk`` into ``out`` and check its digest.
+
+    Output is capped at the recorded size, so a hostile frame cannot allocate more.
+
+    Raises:
+        CorruptCheckpointError: size, frame or digest does not match.
+    """
+    size = chunk.size
+    if out.nbytes != size:
+        raise CorruptCheckpointError(
+            f"chunk {chunk.digest} has the wrong size", digest=chunk.digest
+        )
+    if chunk.codec == CODEC_RAW:
+        if len(chunk.data) != size:
+            raise CorruptCheckpointError(
+                f"chunk {chunk.digest} is truncated or padded", digest=chunk.digest
+            )
+        out[:] = chunk.data
+    elif chunk.codec == CODEC_ZSTD:
+        try:
+            declared = zstandard.frame_content_size(chunk.data)
+            if declared != size:
+                raise CorruptCheckpointError(
+                    f"chunk {chunk.digest} declares {declared} bytes, expected {size}",
+                    digest=chunk.digest,
+                )
+            dctx = zstandard.ZstdDecompressor()
+            raw = dctx.decompress(chunk.data, max_output_size=size)
+        except zstandard.ZstdError as e:
+            raise CorruptCheckpointError(
+                f"chunk {chunk.digest} does not decompress: {e}", digest=chunk.digest
+            ) from e
+        if len(raw) != size:
+            raise CorruptCheckpointError(
+                f"chunk {chunk.digest} has the wrong size", digest=chunk.digest
+            )
+        out[:] = raw
+    else:
+        raise CorruptCheckpointError(f"chunk {chunk.digest} has unknown codec {chunk.codec}")
+    if digest_of(out) != chunk.digest:
+        raise CorruptCheckpointError(
+            f"chunk {chunk.digest} does not match its digest", digest=chunk.digest
+        )
+
+
+def pack_manifest(manifest: Manifest) -> bytes:
+    """Serialise a manifest (digests as 32 raw bytes)."""
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [[[bytes.fromhex(d), s] for d, s in buf] for buf in manifest], use_bin_type=True
+    )
+
+
+def unpack_manifest(data: bytes) -> Manifest:
+    """Parse a manifest.
+
+    Raises:
+        CorruptCheckpointError: it is not a manifest.
+    """
+    try:
+        raw = msgpack.unpackb(data, raw=False)
+        return [[(bytes(d).hex(), int(s)) for d, s in buf] for buf in raw]
+    except (ValueError, TypeError) as e:
+        raise CorruptCheckpointError(f"chunk manifest does not decode: {e}") from e
+
+
+def record_checksum(payload: bytes, manifest: bytes) -> str:
+    """Return the checksum of a checkpoint: SHA-256 over payload and manifest.
+
+    The manifest holds every chunk's digest, so this covers every byte of the state.
+    """
+    h = hashlib.sha256()
+    h.update(len(payload).to_bytes(8, "big"))
+    h.update(payload)
+    h.update(manifest)
+    return h.hexdigest()
+
+
+def manifest_digests(manifest: Manifest) -> tuple[str, ...]:
+    """Return the distinct digests a manifest uses, in first-use order."""
+    return tuple(dict.fromkeys(d for buf in manifest for d, _ in buf))
+
+
+def buffer_sizes(manifest: Manifest) -> Sequence[int]:
+    """Return the total raw size of each buffer in a manifest."""
+    return [sum(s for _, s in buf) for buf in manifest]

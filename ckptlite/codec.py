@@ -1,0 +1,233 @@
+"""Encode states to msgpack and back: pure functions, no I/O.
+
+``encode`` turns a state into a small *skeleton* (msgpack bytes) plus a list of
+large *buffers* (ndarray data, big bytes) that the manager chunks and stores
+separately; the skeleton refers to them by index. ``decode`` reverses it.
+numpy is optional: it is imported only when an array is met. ``pickle`` is
+imported only when a value needs it and the caller allowed it.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import msgpack
+
+from .errors import CorruptCheckpointError, PickleNotAllowedError, UnsupportedTypeError
+
+__all__ = ["BUFFER_THRESHOLD", "EncodedState", "decode", "encode"]
+
+#: Buffers at least this large leave the skeleton and are stored as chunks.
+BUFFER_THRESHOLD = 64 * 1024
+
+_TUPLE, _DATETIME, _DATE, _UUID, _NDARRAY, _NPSCALAR, _BUFREF, _PICKLE = range(1, 9)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedState:
+    """A state as bytes: the msgpack skeleton and the large buffers it refers to."""
+
+    skeleton: bytes
+    buffers: tuple[memoryview, ...]
+    pickled: bool
+
+    @property
+    def size(self) -> int:
+        return len(self.skeleton) + sum(b.nbytes for b in self.buffers)
+
+
+def encode(state: Any, *, allow_pickle: bool = False) -> EncodedState:
+    """Encode ``state``; large buffers are returned separately, not copied.
+
+    A ``bytearray`` comes back as ``bytes``; every other supported type keeps its type.
+
+    Raises:
+        UnsupportedTypeError: a value has no encoding and pickle is not allowed.
+
+    >>> enc = encode({"a": (1, 2)})
+    >>> decode(enc.skeleton, enc.buffers)
+    {'a': (1, 2)}
+    """
+    buffers: list[memoryview] = []
+    pickled = False
+
+    def add_buffer(view: memoryview) -> int:
+        buffers.append(view)
+        return len(buffers) - 1
+
+    def default(obj: Any) -> Any:
+        nonlocal pickled
+        t = type(obj)
+        if t is tuple or t is _Tuple:
+            return msgpack.ExtType(_TUPLE, _pack(list(obj), default))
+        if t is datetime:
+            return msgpack.ExtType(_DATETIME, _pack(_dt_parts(obj), default))
+        if t is date:
+            return msgpack.ExtType(_DATE, obj.isoformat().encode())
+        if t is uuid.UUID:
+            return msgpack.ExtType(_UUID, obj.bytes)
+        np = sys.modules.get("numpy")
+        if np is not None:
+            if t is np.ndarray and not obj.dtype.hasobject:
+                return msgpack.ExtType(_NDARRAY, _pack(_array_parts(np, obj, add_buffer), default))
+            if isinstance(obj, np.generic) and not obj.dtype.hasobject:
+                return msgpack.ExtType(_NPSCALAR, _pack([obj.dtype.str, obj.tobytes()], default))
+        if allow_pickle:
+            import pickle
+
+            pickled = True
+            return msgpack.ExtType(_PICKLE, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        raise UnsupportedTypeError(
+            f"cannot checkpoint a value of type {t.__module__}.{t.__qualname__}",
+            type_name=f"{t.__module__}.{t.__qualname__}",
+        )
+
+    skeleton = _pack(_lift_big_bytes(state, add_buffer), default)
+    return EncodedState(skeleton, tuple(buffers), pickled)
+
+
+def decode(
+    skeleton: bytes | memoryview,
+    buffers: Sequence[bytes | bytearray | memoryview],
+    *,
+    allow_pickle: bool = False,
+) -> Any:
+    """Decode a skeleton, resolving buffer references against ``buffers``.
+
+    Raises:
+        PickleNotAllowedError: the state holds a pickled value and allow_pickle is False.
+        CorruptCheckpointError: the bytes are not a valid encoding.
+
+    >>> decode(encode([1, "x"]).skeleton, [])
+    [1, 'x']
+    """
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code == _TUPLE:
+            return tuple(_unpack(data, ext_hook))
+        if code == _DATETIME:
+            return _dt_from_parts(_unpack(data, ext_hook))
+        if code == _DATE:
+            return date.fromisoformat(data.decode())
+        if code == _UUID:
+            return uuid.UUID(bytes=data)
+        if code == _BUFREF:
+            return bytes(buffers[msgpack.unpackb(data)])
+        if code == _NDARRAY:
+            return _array_from_parts(_unpack(data, ext_hook), buffers)
+        if code == _NPSCALAR:
+            import numpy as np
+
+            dtype_str, raw = _unpack(data, ext_hook)
+            return np.frombuffer(raw, dtype=np.dtype(dtype_str))[0]
+        if code == _PICKLE:
+            if not allow_pickle:
+                raise PickleNotAllowedError("this checkpoint holds a pickled value")
+            import pickle
+
+            return pickle.loads(data)
+        raise CorruptCheckpointError(f"unknown msgpack extension type {code}")
+
+    try:
+        return _unpack(skeleton, ext_hook)
+    except (PickleNotAllowedError, CorruptCheckpointError):
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, RecursionError) as e:
+        # msgpack's own errors (ExtraData, FormatError, StackError) derive from ValueError.
+        raise CorruptCheckpointError(f"state does not decode: {e}") from e
+
+
+def _pack(obj: Any, default: Callable[[Any], Any]) -> bytes:
+    try:
+        return msgpack.packb(obj, default=default, strict_types=True, use_bin_type=True)  # type: ignore[no-any-return]
+    except (OverflowError, ValueError) as e:
+        raise UnsupportedTypeError(f"cannot checkpoint value: {e}") from e
+
+
+def _unpack(data: bytes | memoryview, ext_hook: Callable[[int, bytes], Any]) -> Any:
+    return msgpack.unpackb(
+        data,
+        ext_hook=ext_hook,
+        raw=False,
+        strict_map_key=False,
+        use_list=True,
+    )
+
+
+def _lift_big_bytes(obj: Any, add_buffer: Callable[[memoryview], int]) -> Any:
+    """Replace large ``bytes`` (which msgpack would pack natively) by buffer refs."""
+    t = type(obj)
+    if (t is bytes or t is bytearray) and len(obj) >= BUFFER_THRESHOLD:
+        return msgpack.ExtType(_BUFREF, msgpack.packb(add_buffer(memoryview(obj))))
+    if t is dict:
+        return {k: _lift_big_bytes(v, add_buffer) for k, v in obj.items()}
+    if t is list:
+        return [_lift_big_bytes(v, add_buffer) for v in obj]
+    if t is tuple:
+        return _Tuple(_lift_big_bytes(v, add_buffer) for v in obj)
+    return obj
+
+
+class _Tuple(tuple[Any, ...]):
+    """A tuple rebuilt by ``_lift_big_bytes``; packs like a tuple."""
+
+
+def _dt_parts(dt: datetime) -> list[Any]:
+    tz = dt.tzinfo
+    key = getattr(tz, "key", None)  # zoneinfo.ZoneInfo keeps its name
+    return [dt.replace(tzinfo=None).isoformat(), _utcoffset_seconds(dt), key, dt.fold]
+
+
+def _utcoffset_seconds(dt: datetime) -> float | None:
+    off = dt.utcoffset()
+    return None if off is None else off.total_seconds()
+
+
+def _dt_from_parts(parts: list[Any]) -> datetime:
+    naive_iso, offset, key, fold = parts
+    dt = datetime.fromisoformat(naive_iso).replace(fold=fold)
+    if key is not None:
+        from zoneinfo import ZoneInfo
+
+        return dt.replace(tzinfo=ZoneInfo(key))
+    if offset is not None:
+        return dt.replace(tzinfo=timezone(timedelta(seconds=offset)))
+    return dt
+
+
+def _array_parts(np: Any, arr: Any, add_buffer: Callable[[memoryview], int]) -> list[Any]:
+    descr = np.lib.format.dtype_to_descr(arr.dtype)
+    if arr.flags.c_contiguous:
+        order, data = "C", arr
+    elif arr.flags.f_contiguous:
+        order, data = "F", arr.T
+    else:
+        order, data = "C", np.ascontiguousarray(arr)
+    raw = memoryview(data).cast("B") if data.nbytes else memoryview(b"")
+    # An int payload is the index of a buffer stored as chunks.
+    payload = add_buffer(raw) if raw.nbytes >= BUFFER_THRESHOLD else raw.tobytes()
+    return [descr, list(arr.shape), order, payload]
+
+
+def _array_from_parts(parts: list[Any], buffers: Sequence[bytes | bytearray | memoryview]) -> Any:
+    import numpy as np
+
+    descr, shape, order, payload = parts
+    if isinstance(payload, int):
+        payload = buffers[payload]
+    if isinstance(descr, list):  # structured dtypes come back as lists of lists
+        descr = [tuple(f) for f in descr]
+    dtype = np.lib.format.descr_to_dtype(descr)
+    if isinstance(payload, bytes):
+        payload = bytearray(payload)  # arrays come back writable
+    if not shape or 0 in shape:
+        return np.frombuffer(payload, dtype=dtype).reshape(shape).copy()
+    arr = np.frombuffer(payload, dtype=dtype)
+    if order == "F":
+        return arr.reshape(tuple(reversed(shape))).T
+    return arr.reshape(shape)

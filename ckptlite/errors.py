@@ -1,0 +1,157 @@
+"""Errors raised by ckptlite: one root, each with context and a ``.hint``.
+
+::
+
+    CkptliteError
+    ├── CheckpointNotFoundError      (also KeyError)
+    ├── CorruptCheckpointError       stored bytes fail verification
+    ├── UnsupportedTypeError         (also TypeError) the codec cannot encode a value
+    ├── PickleNotAllowedError        a pickled value met allow_pickle=False
+    ├── InvalidInputError            (also ValueError) a bad argument, store unchanged
+    ├── StoreError                   the store itself cannot do the operation
+    │   ├── StoreLockedError         busy past the timeout, or a lock is held
+    │   ├── StoreFullError           ENOSPC / EDQUOT
+    │   ├── StoreIOError             an I/O error (EIO, a failed fsync)
+    │   ├── MissingChunksError       a record would reference chunks the store lacks
+    │   └── ForkedStoreError         a store used across fork() without reopening
+    ├── ConfigError                  bad URL, option or environment
+    ├── MigrationError               schema version too new / broken migration
+    ├── LegacyFormatError            a legacy checkpoint cannot be read
+    └── SyncError                    sync between two stores failed
+
+The CLI maps each class to an exit code in one place (``ckptlite.cli``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CheckpointNotFoundError",
+    "CkptliteError",
+    "ConfigError",
+    "CorruptCheckpointError",
+    "ForkedStoreError",
+    "InvalidInputError",
+    "LegacyFormatError",
+    "MigrationError",
+    "MissingChunksError",
+    "PickleNotAllowedError",
+    "StoreError",
+    "StoreFullError",
+    "StoreIOError",
+    "StoreLockedError",
+    "SyncError",
+    "UnsupportedTypeError",
+]
+
+
+class CkptliteError(Exception):
+    """Root of every error ckptlite raises on purpose.
+
+    ``hint`` says what to do about it; ``context`` holds the facts (ids, paths).
+    """
+
+    default_hint = "See the ckptlite README."
+
+    def __init__(self, message: str, *, hint: str | None = None, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint or self.default_hint
+        self.context = context
+
+    def __str__(self) -> str:
+        return f"{self.message} (hint: {self.hint})"
+
+
+class CheckpointNotFoundError(CkptliteError, KeyError):
+    default_hint = "List what exists with `ckptlite ls` or mgr.list()."
+
+    def __str__(self) -> str:  # KeyError would repr() the message otherwise
+        return CkptliteError.__str__(self)
+
+
+class CorruptCheckpointError(CkptliteError):
+    default_hint = (
+        "The stored bytes changed since they were written. Run `ckptlite verify --full`; "
+        "load an earlier checkpoint with load_latest(), or restore the store from a backup."
+    )
+
+
+class UnsupportedTypeError(CkptliteError, TypeError):
+    default_hint = (
+        "Convert the value to a supported type (None, bool, int, float, str, bytes, list, "
+        "tuple, dict, datetime, date, UUID, numpy arrays), or open the store with "
+        "allow_pickle=True if you trust everyone who can write to it."
+    )
+
+
+class PickleNotAllowedError(CkptliteError):
+    default_hint = (
+        "This checkpoint holds pickled values. Open the store with allow_pickle=True "
+        "only if you trust whoever wrote it: unpickling runs code."
+    )
+
+
+class InvalidInputError(CkptliteError, ValueError):
+    default_hint = "Fix the argument and try again; the store was not changed."
+
+
+class StoreError(CkptliteError):
+    default_hint = "Check the store's disk and permissions, then retry."
+
+
+class StoreLockedError(StoreError):
+    default_hint = (
+        "Another process holds the store's write lock. Retry later, or raise busy_timeout."
+    )
+
+
+class StoreFullError(StoreError):
+    default_hint = (
+        "The disk is full. Free space (run `ckptlite gc` and `ckptlite prune`), then retry; "
+        "earlier checkpoints are intact."
+    )
+
+
+class StoreIOError(StoreError):
+    default_hint = (
+        "The disk reported an I/O error; nothing was committed. Check the device "
+        "(dmesg, SMART) and retry."
+    )
+
+
+class MissingChunksError(StoreError):
+    """A commit referenced chunks that are not (or no longer) stored; ``digests`` lists them.
+
+    ``save`` rewrites them and retries, so callers only see this from a backend.
+    """
+
+    default_hint = "Write the chunks again, then retry the commit."
+
+    def __init__(self, message: str, *, digests: tuple[str, ...], **context: Any) -> None:
+        super().__init__(message, **context)
+        self.digests = digests
+
+
+class ForkedStoreError(StoreError):
+    default_hint = "Open a new manager in the child process after fork()."
+
+
+class ConfigError(CkptliteError):
+    default_hint = "Check the store URL, the options and $CKPTLITE_URL / $CKPTLITE_HOME."
+
+
+class MigrationError(CkptliteError):
+    default_hint = (
+        "The store was written by a different ckptlite version. Upgrade ckptlite, or "
+        "restore the store from a backup."
+    )
+
+
+class LegacyFormatError(CkptliteError):
+    default_hint = "Check the path and --format; see the README's migration guide."
+
+
+class SyncError(CkptliteError):
+    default_hint = "Rerun the sync: it resumes where it stopped and copies nothing twice."

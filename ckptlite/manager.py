@@ -1,0 +1,564 @@
+"""The checkpoint manager: the one place that encodes and decodes states."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from . import chunking, codec
+from .backends.base import Backend, ListQuery, dump_metadata
+from .errors import (
+    CheckpointNotFoundError,
+    ConfigError,
+    CorruptCheckpointError,
+    InvalidInputError,
+    MissingChunksError,
+)
+from .ids import generate_checkpoint_id
+from .types import (
+    Checkpoint,
+    GcReport,
+    Level,
+    Status,
+    StorageConfig,
+    StoredChunk,
+    StoredRecord,
+    VerifyReport,
+)
+
+__all__ = ["CheckpointManager", "get_checkpoint_manager", "open_store", "resolve_url"]
+
+_PAYLOAD_RAW = b"\x00"
+_PAYLOAD_ZSTD = b"\x01"
+_DURABILITY = ("none", "safe", "full")
+
+
+def resolve_url(url: str | os.PathLike[str] | None = None) -> str:
+    """Return the store URL: ``url``, else $CKPTLITE_URL, $CKPTLITE_HOME, the user data dir."""
+    if url is not None:
+        return os.fspath(url)
+    env = os.environ.get("CKPTLITE_URL") or os.environ.get("CKPTLITE_HOME")
+    if env:
+        return env
+    import platformdirs
+
+    return platformdirs.user_data_dir("ckptlite", appauthor=False)
+
+
+def _open_backend(config: StorageConfig) -> Backend:
+    url = config.url
+    if url.startswith("memory://"):
+        from .backends.memory import MemoryBackend
+
+        return MemoryBackend(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from .backends.postgres import PostgresBackend
+        except ImportError as e:
+            raise ConfigError(
+                f"the postgres backend needs psycopg: {e}",
+                hint="pip install 'ckptlite[postgres]'",
+            ) from e
+        return PostgresBackend(url)  # type: ignore[return-value]
+    if "://" in url and not url.startswith("file://"):
+        raise ConfigError(
+            f"unknown store URL scheme in {url!r}",
+            hint="Use a directory path, file://PATH, memory:// or postgresql://...",
+        )
+    from .backends.local import LocalBackend
+
+    path = Path(url.removeprefix("file://")).expanduser()
+    return LocalBackend(
+        path,
+        durability=config.durability,
+        busy_timeout=config.busy_timeout,
+        group_access=config.group_access,
+    )
+
+
+def open_store(
+    url: str | os.PathLike[str] | None = None,
+    *,
+    durability: str = "safe",
+    allow_pickle: bool = False,
+    chunk_size: int = 1 << 20,
+    compression_level: int = 1,
+    busy_timeout: float = 30.0,
+    group_access: bool = False,
+) -> CheckpointManager:
+    """Open (creating if needed) a checkpoint store and return its manager.
+
+    ``url`` is a directory, ``file://DIR``, ``memory://`` or ``postgresql://...``;
+    None means $CKPTLITE_URL, then $CKPTLITE_HOME, then the user data directory.
+
+    Raises:
+        ConfigError: bad URL or option.
+        MigrationError: the store was written by a newer ckptlite.
+
+    >>> import ckptlite
+    >>> with ckptlite.open("memory://") as mgr:
+    ...     cp = mgr.save("demo", {"x": 1})
+    ...     mgr.load(cp.id)
+    {'x': 1}
+    """
+    if durability not in _DURABILITY:
+        raise ConfigError(f"durability must be one of {_DURABILITY}, not {durability!r}")
+    if not 4096 <= chunk_size <= 64 << 20:
+        raise ConfigError(f"chunk_size must be between 4 KiB and 64 MiB, not {chunk_size}")
+    config = StorageConfig(
+        url=resolve_url(url),
+        durability=durability,
+        allow_pickle=allow_pickle,
+        chunk_size=chunk_size,
+        compression_level=compression_level,
+        busy_timeout=busy_timeout,
+        group_access=group_access,
+    )
+    return CheckpointManager(_open_backend(config), config)
+
+
+class CheckpointManager:
+    """Save, load and find checkpoints in one store. Safe to share between threads."""
+
+    def __init__(self, backend: Backend, config: StorageConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self.allow_pickle = config.allow_pickle
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = os.getpid()
+        self._pool_lock = threading.Lock()
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<CheckpointManager {self.backend.url}>"
+
+    @property
+    def url(self) -> str:
+        return self.backend.url
+
+    def close(self) -> None:
+        """Finish pending work and release the store."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pool is not None and self._pool_pid == os.getpid():
+            self._pool.shutdown(wait=True)
+        self._pool = None
+        self.backend.close()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._closed:
+            raise ConfigError("this checkpoint manager is closed", hint="Open a new one.")
+        with self._pool_lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                # A pool inherited across fork() has no threads: make a new one.
+                self._pool = ThreadPoolExecutor(
+                    max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="ckptlite"
+                )
+                self._pool_pid = os.getpid()
+            return self._pool
+
+    # -- save -------------------------------------------------------------------
+
+    def save(
+        self,
+        process_id: str,
+        state: Any,
+        *,
+        level: Level | str = Level.STEP,
+        name: str = "",
+        parent: str | Checkpoint | None = None,
+        metadata: dict[str, Any] | None = None,
+        progress: tuple[int, int] | None = None,
+    ) -> Checkpoint:
+        """Save ``state`` as a new checkpoint of ``process_id`` and return its record.
+
+        Raises:
+            UnsupportedTypeError: the state holds a value with no encoding (store unchanged).
+            InvalidInputError: bad process_id, name, level, parent, metadata or progress.
+            StoreFullError, StoreIOError: the disk failed; nothing was committed.
+
+        >>> import ckptlite
+        >>> mgr = ckptlite.open("memory://")
+        >>> mgr.save("run", [1, 2], name="tile_0").name
+        'tile_0'
+        """
+        cp = self._new_checkpoint(process_id, level, name, parent, metadata, progress)
+        encoded = codec.encode(state, allow_pickle=self.allow_pickle)
+        return self._store(cp, encoded)
+
+    def _new_checkpoint(
+        self,
+        process_id: str,
+        level: Level | str,
+        name: str,
+        parent: str | Checkpoint | None,
+        metadata: dict[str, Any] | None,
+        progress: tuple[int, int] | None,
+    ) -> Checkpoint:
+        if not isinstance(process_id, str) or not process_id:
+            raise InvalidInputError(f"process_id must be a non-empty str, not {process_id!r}")
+        if not isinstance(name, str):
+            raise InvalidInputError(f"name must be a str, not {type(name).__name__}")
+        try:
+            lvl = Level(level)
+        except ValueError:
+            raise InvalidInputError(
+                f"unknown level {level!r}", hint="Use ckptlite.Level (pipeline/stage/step/substep)."
+            ) from None
+        meta = dict(metadata or {})
+        dump_metadata(meta)  # reject non-JSON metadata before anything is written
+        if progress is not None:
+            if (
+                not isinstance(progress, tuple | list)
+                or len(progress) != 2
+                or not all(isinstance(p, int) and not isinstance(p, bool) for p in progress)
+            ):
+                raise InvalidInputError(f"progress must be (done, total) ints, not {progress!r}")
+            progress = (int(progress[0]), int(progress[1]))
+        parent_id = parent.id if isinstance(parent, Checkpoint) else parent
+        if parent_id is not None and not isinstance(parent_id, str):
+            raise InvalidInputError(f"parent must be a checkpoint id, not {parent_id!r}")
+        return Checkpoint(
+            id=generate_checkpoint_id(lvl),
+            process_id=process_id,
+            level=lvl,
+            name=name,
+            parent_id=parent_id,
+            seq=0,
+            status=Status.VALID,
+            created_at=datetime.now(UTC),
+            size=0,
+            stored_size=0,
+            checksum="",
+            metadata=meta,
+            progress=progress,
+        )
+
+    def _store(self, cp: Checkpoint, encoded: codec.EncodedState) -> Checkpoint:
+        manifest, written = self._write_buffers(encoded.buffers)
+        payload = _pack_payload(encoded.skeleton)
+        manifest_bytes = chunking.pack_manifest(manifest)
+        digests = chunking.manifest_digests(manifest)
+        cp = cp.replace(
+            size=encoded.size,
+            stored_size=len(payload) + written,
+            checksum=chunking.record_checksum(payload, manifest_bytes),
+        )
+        record = StoredRecord(cp, payload, manifest_bytes, digests)
+        for _attempt in range(5):
+            try:
+                return self.backend.commit(record)
+            except MissingChunksError as e:
+                # A concurrent gc reclaimed chunks we found present: write them again.
+                self._rewrite(encoded.buffers, manifest, set(e.digests))
+        raise MissingChunksError(
+            f"chunks of {cp.id} kept disappearing during save", digests=digests
+        )
+
+    def _write_buffers(self, buffers: Sequence[memoryview]) -> tuple[chunking.Manifest, int]:
+        manifest: chunking.Manifest = []
+        written = 0
+        if not buffers:
+            return manifest, written
+        pool = self._executor()
+        size = self.config.chunk_size
+        level = self.config.compression_level
+        window = 2 * (pool._max_workers)
+        for buf in buffers:
+            views = chunking.split(buf, size)
+            entries: list[tuple[str, int]] = []
+            for i in range(0, len(views), window):
+                part = views[i : i + window]
+                digests = list(pool.map(chunking.digest_of, part))
+                present = self.backend.has_chunks(digests)
+                todo = {d: v for d, v in zip(digests, part, strict=True) if d not in present}
+                chunks = list(
+                    pool.map(lambda dv: chunking.compress_chunk(dv[0], dv[1], level), todo.items())
+                )
+                self.backend.write_chunks(chunks)
+                written += sum(c.stored_size for c in chunks)
+                entries += [(d, v.nbytes) for d, v in zip(digests, part, strict=True)]
+            manifest.append(entries)
+        return manifest, written
+
+    def _rewrite(
+        self, buffers: Sequence[memoryview], manifest: chunking.Manifest, wanted: set[str]
+    ) -> None:
+        level = self.config.compression_level
+        chunks: list[StoredChunk] = []
+        for buf, entries in zip(buffers, manifest, strict=True):
+            offset = 0
+            for digest, n in entries:
+                if digest in wanted:
+                    wanted.discard(digest)
+                    chunks.append(chunking.compress_chunk(digest, buf[offset : offset + n], level))
+                offset += n
+        self.backend.write_chunks(chunks)
+
+    # -- read -------------------------------------------------------------------
+
+    def get(self, checkpoint_id: str) -> Checkpoint:
+        """Return a checkpoint's record.
+
+        Raises:
+            CheckpointNotFoundError: no such id.
+        """
+        return self.backend.get(checkpoint_id)
+
+    def exists(self, checkpoint_id: str) -> bool:
+        """Tell whether a checkpoint with this id is stored."""
+        return bool(self.backend.has_records([checkpoint_id]))
+
+    def load(self, checkpoint: str | Checkpoint) -> Any:
+        """Return a checkpoint's state, with every byte verified.
+
+        A checkpoint that fails verification is marked CORRUPTED, so ``latest``
+        skips it from then on.
+
+        Raises:
+            CheckpointNotFoundError: no such id.
+            CorruptCheckpointError: stored bytes do not match their checksums.
+            PickleNotAllowedError: the state holds pickles and allow_pickle is False.
+        """
+        cid = checkpoint.id if isinstance(checkpoint, Checkpoint) else checkpoint
+        record = self.backend.get_record(cid)
+        try:
+            return self._decode(record)
+        except CorruptCheckpointError as e:
+            self._mark_corrupted(record.checkpoint)
+            raise CorruptCheckpointError(
+                f"checkpoint {cid} is corrupted: {e.message}", checkpoint_id=cid, **e.context
+            ) from e
+
+    def _mark_corrupted(self, cp: Checkpoint) -> None:
+        if cp.status == Status.VALID:
+            try:
+                self.backend.set_status(cp.id, Status.CORRUPTED)
+            except CheckpointNotFoundError:
+                pass
+
+    def _decode(self, record: StoredRecord) -> Any:
+        cp = record.checkpoint
+        if chunking.record_checksum(record.payload, record.manifest) != cp.checksum:
+            raise CorruptCheckpointError("record checksum does not match", checkpoint_id=cp.id)
+        skeleton = _unpack_payload(record.payload)
+        manifest = chunking.unpack_manifest(record.manifest)
+        buffers = self._read_buffers(manifest)
+        return codec.decode(skeleton, buffers, allow_pickle=self.allow_pickle)
+
+    def _read_buffers(self, manifest: chunking.Manifest) -> list[bytearray]:
+        buffers = [bytearray(n) for n in chunking.buffer_sizes(manifest)]
+        jobs: list[tuple[str, int, memoryview]] = []
+        for buf, entries in zip(buffers, manifest, strict=True):
+            view = memoryview(buf)
+            offset = 0
+            for digest, n in entries:
+                jobs.append((digest, n, view[offset : offset + n]))
+                offset += n
+        if not jobs:
+            return buffers
+
+        def fetch(job: tuple[str, int, memoryview]) -> None:
+            digest, n, out = job
+            chunk = self.backend.read_chunk(digest)
+            if chunk.size != n:
+                raise CorruptCheckpointError(f"chunk {digest} has the wrong size", digest=digest)
+            chunking.restore_chunk_into(chunk, out)
+
+        if len(jobs) == 1:
+            fetch(jobs[0])
+        else:
+            for _ in self._executor().map(fetch, jobs):
+                pass
+        return buffers
+
+    def latest(
+        self, process_id: str, level: Level | str | None = None, name: str | None = None
+    ) -> Checkpoint | None:
+        """Return the newest VALID checkpoint of the slot (highest seq), or None."""
+        return self.backend.latest(process_id, Level(level) if level else None, name)
+
+    def load_latest(
+        self, process_id: str, level: Level | str | None = None, name: str | None = None
+    ) -> tuple[Checkpoint, Any] | None:
+        """Return (checkpoint, state) of the newest loadable checkpoint, or None.
+
+        Corrupted checkpoints are marked and skipped: it falls back to older ones.
+
+        Raises:
+            PickleNotAllowedError: the newest good state holds pickles and allow_pickle is False.
+        """
+        tried: set[str] = set()
+        for cp in self._candidates(process_id, Level(level) if level else None, name, tried):
+            tried.add(cp.id)
+            try:
+                return cp, self.load(cp.id)
+            except (CorruptCheckpointError, CheckpointNotFoundError):
+                continue
+        return None
+
+    def _candidates(
+        self, process_id: str, level: Level | None, name: str | None, tried: set[str]
+    ) -> Iterator[Checkpoint]:
+        while (cp := self.backend.latest(process_id, level, name)) is not None:
+            if cp.id in tried:  # its status could not be changed: walk the rest by list
+                q = ListQuery(process_id=process_id, level=level, name=name, status=Status.VALID)
+                yield from (c for c in self.backend.list(q) if c.id not in tried)
+                return
+            yield cp
+
+    def list(
+        self,
+        process_id: str | None = None,
+        level: Level | str | None = None,
+        name: str | None = None,
+        status: Status | str | None = None,
+        parent: str | Checkpoint | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Checkpoint]:
+        """Return matching checkpoints, newest first."""
+        if since is not None and since.tzinfo is None:
+            raise InvalidInputError("since must be timezone-aware", hint="Use datetime.now(UTC).")
+        return self.backend.list(
+            ListQuery(
+                process_id=process_id,
+                level=Level(level) if level else None,
+                name=name,
+                status=Status(status) if status else None,
+                parent=parent.id if isinstance(parent, Checkpoint) else parent,
+                since=since,
+                limit=limit,
+            )
+        )
+
+    # -- maintenance --------------------------------------------------------------
+
+    def delete(self, checkpoint_id: str) -> list[str]:
+        """Delete a checkpoint and all its descendants; return the ids deleted.
+
+        Chunks they alone used are reclaimed by the next ``gc``.
+
+        Raises:
+            CheckpointNotFoundError: no such id.
+        """
+        return self.backend.delete(checkpoint_id)
+
+    def verify(self, full: bool = False) -> VerifyReport:
+        """Check the store; with ``full``, read and hash every byte.
+
+        Checkpoints found damaged are marked CORRUPTED; with ``full``, ones marked
+        CORRUPTED that now verify are marked VALID again.
+        """
+        structure = self.backend.check()
+        bad: set[str] = set(structure.missing)
+        records = self.backend.list(ListQuery())
+        if full:
+            bad_digests = self._verify_chunks()
+            bad |= self.backend.checkpoints_using(bad_digests)
+            for cp in records:
+                if cp.id in bad:
+                    continue
+                try:
+                    rec = self.backend.get_record(cp.id)
+                    if chunking.record_checksum(rec.payload, rec.manifest) != cp.checksum:
+                        bad.add(cp.id)
+                    else:
+                        chunking.unpack_manifest(rec.manifest)
+                        _unpack_payload(rec.payload)
+                except (CorruptCheckpointError, CheckpointNotFoundError):
+                    bad.add(cp.id)
+        for cp in records:
+            if cp.id in bad:
+                self._mark_corrupted(cp)
+            elif full and cp.status == Status.CORRUPTED:
+                self.backend.set_status(cp.id, Status.VALID)
+        missing = sorted({d for ds in structure.missing.values() for d in ds})
+        return VerifyReport(
+            checked=len(records),
+            corrupted=tuple(sorted(bad)),
+            missing_chunks=tuple(missing),
+            orphan_chunks=structure.orphan_chunks,
+            full=full,
+        )
+
+    def _verify_chunks(self) -> set[str]:
+        def check(digest: str) -> str | None:
+            try:
+                chunk = self.backend.read_chunk(digest)
+                chunking.restore_chunk_into(chunk, memoryview(bytearray(chunk.size)))
+            except (CorruptCheckpointError, PermissionError, OSError):
+                return digest
+            return None
+
+        return {d for d in self._executor().map(check, self.backend.iter_chunk_digests()) if d}
+
+    def gc(self, dry_run: bool = False) -> GcReport:
+        """Remove chunks no checkpoint uses and temp files of dead writers."""
+        return self.backend.gc(dry_run=dry_run)
+
+    def stats(self) -> dict[str, Any]:
+        """Return counts and byte totals; ``dedup_ratio`` is logical / stored bytes."""
+        s = dict(self.backend.stats())
+        s["dedup_ratio"] = s["logical_bytes"] / s["stored_bytes"] if s["stored_bytes"] else 1.0
+        return s
+
+
+def _pack_payload(skeleton: bytes) -> bytes:
+    n = len(skeleton)
+    if n >= 4096:
+        packed = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(skeleton)
+        if len(packed) < n * 7 // 8:
+            return _PAYLOAD_ZSTD + packed
+    return _PAYLOAD_RAW + skeleton
+
+
+def _unpack_payload(payload: bytes) -> bytes | memoryview:
+    kind, body = payload[:1], memoryview(payload)[1:]
+    if kind == _PAYLOAD_RAW:
+        return body
+    if kind == _PAYLOAD_ZSTD:
+        try:
+            size = zstandard.frame_content_size(body)
+            if size < 0 or size > 1 << 34:
+                raise CorruptCheckpointError("state payload declares an impossible size")
+            return zstandard.ZstdDecompressor().decompress(body, max_output_size=size)  # type: ignore[no-any-return]
+        except zstandard.ZstdError as e:
+            raise CorruptCheckpointError(f"state payload does not decompress: {e}") from e
+    raise CorruptCheckpointError("state payload has an unknown format")
+
+
+_default_lock = threading.Lock()
+_default: CheckpointManager | None = None
+_default_pid = 0
+
+
+def get_checkpoint_manager() -> CheckpointManager:
+    """Return the process-wide manager on the default store (opened on first use).
+
+    >>> import ckptlite
+    >>> ckptlite.get_checkpoint_manager() is ckptlite.get_checkpoint_manager()
+    True
+    """
+    global _default, _default_pid
+    with _default_lock:
+        if _default is None or _default._closed or _default_pid != os.getpid():
+            _default = open_store()
+            _default_pid = os.getpid()
+        return _default

@@ -1,0 +1,130 @@
+"""Values shared by every layer: levels, statuses, checkpoint records and reports."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "Checkpoint",
+    "GcReport",
+    "Level",
+    "Status",
+    "StorageConfig",
+    "StoredChunk",
+    "StoredRecord",
+    "VerifyReport",
+]
+
+
+class Level(StrEnum):
+    """Where a checkpoint sits in a pipeline: PIPELINE > STAGE > STEP > SUBSTEP."""
+
+    PIPELINE = "pipeline"
+    STAGE = "stage"
+    STEP = "step"
+    SUBSTEP = "substep"
+
+
+class Status(StrEnum):
+    """Life of a checkpoint: only VALID ones are returned by ``latest``."""
+
+    CREATED = "created"
+    VALID = "valid"
+    CORRUPTED = "corrupted"
+    ARCHIVED = "archived"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """An immutable checkpoint record (its state is loaded separately)."""
+
+    id: str
+    process_id: str
+    level: Level
+    name: str
+    parent_id: str | None
+    seq: int
+    status: Status
+    created_at: datetime
+    size: int
+    stored_size: int
+    checksum: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    progress: tuple[int, int] | None = None
+
+    def replace(self, **changes: Any) -> Checkpoint:
+        """Return a copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChunk:
+    """One content-addressed chunk as a backend stores it.
+
+    ``digest`` is the SHA-256 of the raw bytes; ``data`` is what is stored
+    (zstd frame when ``codec == 1``, raw when ``codec == 0``).
+    """
+
+    digest: str
+    size: int
+    codec: int
+    data: bytes | memoryview
+
+    @property
+    def stored_size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A checkpoint as bytes: record, inline payload and chunk manifest.
+
+    Backends store and return these without decoding ``payload`` or ``manifest``.
+    """
+
+    checkpoint: Checkpoint
+    payload: bytes
+    manifest: bytes
+    digests: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """How a manager opens its store (the seed plan's ``StorageConfig``)."""
+
+    url: str
+    durability: str = "safe"
+    allow_pickle: bool = False
+    chunk_size: int = 1 << 20
+    compression_level: int = 1
+    busy_timeout: float = 30.0
+    group_access: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """What ``verify`` found: ``ok`` is True when nothing is wrong."""
+
+    checked: int
+    corrupted: tuple[str, ...] = ()
+    missing_chunks: tuple[str, ...] = ()
+    orphan_chunks: tuple[str, ...] = ()
+    full: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not (self.corrupted or self.missing_chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    """What ``gc`` removed (or would remove, with ``dry_run``)."""
+
+    chunks: tuple[str, ...] = ()
+    temp_files: tuple[str, ...] = ()
+    bytes_reclaimed: int = 0
+    dry_run: bool = False
