@@ -1,0 +1,108 @@
+"""Shared fixtures: stores on every backend, a Postgres DSN, helpers to damage files."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import ckptlite
+from ckptlite.backends.base import Backend
+
+PG_DSN = os.environ.get("CKPTLITE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def pg_available() -> bool:
+    """Tell whether the test PostgreSQL answers."""
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    try:
+        with psycopg.connect(PG_DSN, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def require_pg() -> None:
+    """Skip (or, with CKPTLITE_REQUIRE_PG=1, fail) when PostgreSQL is not reachable."""
+    if pg_available():
+        return
+    msg = f"PostgreSQL not reachable at {PG_DSN}"
+    if os.environ.get("CKPTLITE_REQUIRE_PG") == "1":
+        pytest.fail(msg + " and CKPTLITE_REQUIRE_PG=1")
+    pytest.skip(msg)
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema for one test; yields a DSN whose search_path is that schema."""
+    require_pg()
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in PG_DSN else "?"
+    try:
+        yield f"{PG_DSN}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    """A directory for a local store (not created yet)."""
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def mgr(store_dir: Path) -> Iterator[ckptlite.CheckpointManager]:
+    """A manager on a fresh local store (durability none: tests need no fsync)."""
+    m = ckptlite.open(store_dir, durability="none", chunk_size=64 * 1024)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+# The postgres backend joins the contract suite once its module exists.
+BACKENDS = ["memory", "local"] + (
+    ["postgres"] if importlib.util.find_spec("ckptlite.backends.postgres") else []
+)
+
+
+@pytest.fixture(params=BACKENDS)
+def any_mgr(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ckptlite.CheckpointManager]:
+    """A manager on each backend in turn (the contract suite runs against all of them)."""
+    kind = request.param
+    if kind == "memory":
+        url = "memory://"
+    elif kind == "local":
+        url = str(tmp_path / "store")
+    else:
+        url = request.getfixturevalue("pg_schema")
+    m = ckptlite.open(url, durability="none", chunk_size=64 * 1024)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+@pytest.fixture
+def backend(any_mgr: ckptlite.CheckpointManager) -> Backend:
+    """The backend under the parametrised manager."""
+    return any_mgr.backend
+
+
+def flip_bit(path: Path, offset: int = 0) -> None:
+    """Flip one bit of a real file in place."""
+    data = bytearray(path.read_bytes())
+    data[offset % len(data)] ^= 0x01
+    path.write_bytes(bytes(data))

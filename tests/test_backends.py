@@ -1,0 +1,9 @@
+"""Run the shared backend contract against memory, local and (when built) postgres."""
+
+from __future__ import annotations
+
+from backend_contract import BackendContract
+
+
+class TestBackendContract(BackendContract):
+    pass

@@ -1,0 +1,86 @@
+"""The public API is exactly ckptlite.__all__, sorted, and every name resolves."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import ckptlite
+
+EXPECTED = [
+    "Checkpoint",
+    "CheckpointManager",
+    "CheckpointNotFoundError",
+    "CkptliteError",
+    "ConfigError",
+    "CorruptCheckpointError",
+    "ForkedStoreError",
+    "GcReport",
+    "InvalidInputError",
+    "LegacyFormatError",
+    "Level",
+    "MigrationError",
+    "MissingChunksError",
+    "PickleNotAllowedError",
+    "Status",
+    "StorageConfig",
+    "StoreError",
+    "StoreFullError",
+    "StoreIOError",
+    "StoreLockedError",
+    "SyncError",
+    "UnsupportedTypeError",
+    "VerifyReport",
+    "__version__",
+    "generate_checkpoint_id",
+    "get_checkpoint_manager",
+    "open",
+    "parse_checkpoint_id",
+]
+
+
+def test_all_is_sorted_and_guarded() -> None:
+    assert ckptlite.__all__ == sorted(ckptlite.__all__)
+    assert ckptlite.__all__ == EXPECTED
+
+
+def test_every_public_name_resolves() -> None:
+    for name in ckptlite.__all__:
+        assert getattr(ckptlite, name) is not None
+
+
+# Layers, lowest first: a module may import only from its own layer or lower ones.
+LAYERS = [
+    {"errors", "types", "ids", "codec", "chunking"},
+    {"blobs", "_sqlite"},
+    {"backends"},
+    {"manager", "process", "sync", "legacy", "policies", "runs", "_async", "config"},
+    {"cli"},
+]
+
+
+def _layer(module: str) -> int:
+    for i, names in enumerate(LAYERS):
+        if module in names:
+            return i
+    return len(LAYERS) - 2  # new modules default to the manager layer
+
+
+def test_imports_point_one_way() -> None:
+    root = Path(ckptlite.__file__).parent
+    bad = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).parts
+        if rel == ("__init__.py",):
+            continue
+        own = _layer(rel[0].removesuffix(".py"))
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level > 0 and node.module:
+                depth = node.level - (len(rel) - 1)  # levels above the package root
+                target = node.module.split(".")[0] if depth >= 1 else rel[0]
+                if depth < 1:
+                    continue  # a sibling inside the same subpackage
+                if _layer(target) > own:
+                    bad.append(f"{'/'.join(rel)} imports {node.module}")
+    assert not bad, bad
