@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import apsw
 
@@ -167,8 +168,8 @@ class Database:
 
     def _migrate(self, conn: apsw.Connection) -> None:
         with translate_errors(f"migrating {self.path}"):
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            app = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = _scalar(conn, "PRAGMA user_version")
+            app = _scalar(conn, "PRAGMA application_id")
             if app not in (0, APPLICATION_ID):
                 raise ConfigError(
                     f"{self.path} is a SQLite file of another application (id {app:#x})",
@@ -182,7 +183,7 @@ class Database:
             if version == target:
                 return
             with self.write(conn):
-                version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read under lock
+                version = _scalar(conn, "PRAGMA user_version")  # re-read under lock
                 for i in range(version, target):
                     # Exhaust the cursor: apsw runs a script statement by statement as read.
                     for _ in conn.execute(self.migrations[i]):
@@ -232,6 +233,11 @@ class Database:
                             progress(b.page_count - b.remaining, b.page_count)
             finally:
                 target.close()
+
+
+def _scalar(conn: apsw.Connection, sql: str) -> Any:
+    row: Any = conn.execute(sql).fetchone()
+    return row[0]
 
 
 def refuse_network_fs(directory: Path) -> None:

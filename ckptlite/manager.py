@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -60,13 +62,14 @@ def _open_backend(config: StorageConfig) -> Backend:
         return MemoryBackend(url)
     if url.startswith(("postgresql://", "postgres://")):
         try:
-            from .backends.postgres import PostgresBackend
+            from .backends.postgres import PostgresBackend  # type: ignore[import-not-found,unused-ignore]
         except ImportError as e:
             raise ConfigError(
                 f"the postgres backend needs psycopg: {e}",
                 hint="pip install 'ckptlite[postgres]'",
             ) from e
-        return PostgresBackend(url)  # type: ignore[return-value]
+        backend: Backend = PostgresBackend(url)
+        return backend
     if "://" in url and not url.startswith("file://"):
         raise ConfigError(
             f"unknown store URL scheme in {url!r}",
@@ -348,10 +351,8 @@ class CheckpointManager:
 
     def _mark_corrupted(self, cp: Checkpoint) -> None:
         if cp.status == Status.VALID:
-            try:
+            with contextlib.suppress(CheckpointNotFoundError):
                 self.backend.set_status(cp.id, Status.CORRUPTED)
-            except CheckpointNotFoundError:
-                pass
 
     def _decode(self, record: StoredRecord) -> Any:
         cp = record.checkpoint
@@ -450,7 +451,7 @@ class CheckpointManager:
 
     # -- maintenance --------------------------------------------------------------
 
-    def delete(self, checkpoint_id: str) -> list[str]:
+    def delete(self, checkpoint_id: str) -> builtins.list[str]:
         """Delete a checkpoint and all its descendants; return the ids deleted.
 
         Chunks they alone used are reclaimed by the next ``gc``.
@@ -538,7 +539,7 @@ def _unpack_payload(payload: bytes) -> bytes | memoryview:
             size = zstandard.frame_content_size(body)
             if size < 0 or size > 1 << 34:
                 raise CorruptCheckpointError("state payload declares an impossible size")
-            return zstandard.ZstdDecompressor().decompress(body, max_output_size=size)  # type: ignore[no-any-return]
+            return zstandard.ZstdDecompressor().decompress(body, max_output_size=size)
         except zstandard.ZstdError as e:
             raise CorruptCheckpointError(f"state payload does not decompress: {e}") from e
     raise CorruptCheckpointError("state payload has an unknown format")

@@ -6,6 +6,7 @@ state: that is the manager's work.
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -124,7 +125,7 @@ class Backend(Protocol):
             CheckpointNotFoundError: no such id.
         """
 
-    def delete(self, checkpoint_id: str) -> list[str]:
+    def delete(self, checkpoint_id: str) -> builtins.list[str]:
         """Delete a record and its descendants; return the ids deleted.
 
         Raises:
@@ -183,4 +184,4 @@ def dump_metadata(metadata: dict[str, Any]) -> str:
 
 def load_metadata(text: str | None) -> dict[str, Any]:
     """Parse metadata JSON (empty for None)."""
-    return json.loads(text) if text else {}  # type: ignore[no-any-return]
+    return json.loads(text) if text else {}

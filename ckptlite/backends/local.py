@@ -10,6 +10,7 @@ never points at a missing chunk.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -317,7 +318,7 @@ class LocalBackend:
                     f"no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id
                 )
 
-    def delete(self, checkpoint_id: str) -> list[str]:
+    def delete(self, checkpoint_id: str) -> builtins.list[str]:
         with self.db.write() as conn:
             ids = [
                 r[0]
@@ -339,7 +340,7 @@ class LocalBackend:
 
     def iter_chunk_digests(self) -> Iterator[str]:
         with translate_errors("listing chunks"):
-            rows = self.db.read().execute("SELECT digest FROM chunks").fetchall()
+            rows: list[Any] = self.db.read().execute("SELECT digest FROM chunks").fetchall()
         yield from (r[0] for r in rows)
 
     def checkpoints_using(self, digests: Iterable[str]) -> set[str]:
@@ -359,7 +360,9 @@ class LocalBackend:
     def check(self) -> StructureCheck:
         conn = self.db.read()
         with translate_errors("checking the store"):
-            file_rows = conn.execute("SELECT digest FROM chunks WHERE data IS NULL").fetchall()
+            file_rows: list[Any] = conn.execute(
+                "SELECT digest FROM chunks WHERE data IS NULL"
+            ).fetchall()
             absent = [d for (d,) in file_rows if not self.blobs.exists(d)]
             missing: dict[str, list[str]] = {}
             for i in range(0, len(absent), 500):
@@ -388,7 +391,7 @@ class LocalBackend:
             conn = self.db.connection()
             ctx = contextlib.nullcontext(conn) if dry_run else self.db.write(conn)
             with ctx:
-                rows = conn.execute(
+                rows: list[Any] = conn.execute(
                     "SELECT digest, stored_size, data IS NULL FROM chunks c WHERE NOT EXISTS "
                     "(SELECT 1 FROM refs r WHERE r.digest=c.digest)"
                 ).fetchall()
@@ -397,7 +400,7 @@ class LocalBackend:
                 indexed = {r[0] for r in conn.execute("SELECT digest FROM chunks")}
             # Unlink only after COMMIT: a rolled-back delete must still find its files.
             freed = sum(r[1] for r in rows)
-            removed = [r[0] for r in rows]
+            removed: list[str] = [r[0] for r in rows]
             if not dry_run:
                 for digest, _, is_file in rows:
                     if is_file:
@@ -420,13 +423,15 @@ class LocalBackend:
     def stats(self) -> dict[str, Any]:
         conn = self.db.read()
         with translate_errors("reading stats"):
-            n, logical, payload = conn.execute(
+            totals: Any = conn.execute(
                 "SELECT count(*), coalesce(sum(size),0), coalesce(sum(length(payload)),0) "
                 "FROM checkpoints"
             ).fetchone()
-            chunks, chunk_bytes = conn.execute(
+            chunk_totals: Any = conn.execute(
                 "SELECT count(*), coalesce(sum(stored_size),0) FROM chunks"
             ).fetchone()
+        n, logical, payload = totals
+        chunks, chunk_bytes = chunk_totals
         return {
             "checkpoints": n,
             "chunks": chunks,

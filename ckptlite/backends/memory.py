@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -97,7 +98,7 @@ class MemoryBackend:
             cp = rec.checkpoint.replace(status=status)
             self._records[checkpoint_id] = StoredRecord(cp, rec.payload, rec.manifest, rec.digests)
 
-    def delete(self, checkpoint_id: str) -> list[str]:
+    def delete(self, checkpoint_id: str) -> builtins.list[str]:
         with self._lock:
             self.get_record(checkpoint_id)
             doomed = [checkpoint_id]
