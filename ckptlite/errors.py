@@ -17,6 +17,7 @@
     ├── ConfigError                  bad URL, option or environment
     ├── MigrationError               schema version too new / broken migration
     ├── LegacyFormatError            a legacy checkpoint cannot be read
+    │   └── UnsafePickleError        a legacy pickle names a class outside the allow-list
     └── SyncError                    sync between two stores failed
 
 The CLI maps each class to an exit code in one place (``ckptlite.cli``).
@@ -42,6 +43,7 @@ __all__ = [
     "StoreIOError",
     "StoreLockedError",
     "SyncError",
+    "UnsafePickleError",
     "UnsupportedTypeError",
 ]
 
@@ -151,6 +153,20 @@ class MigrationError(CkptliteError):
 
 class LegacyFormatError(CkptliteError):
     default_hint = "Check the path and --format; see the README's migration guide."
+
+
+class UnsafePickleError(LegacyFormatError):
+    """A legacy pickle refers to ``class_name``, which the restricted unpickler refuses."""
+
+    default_hint = (
+        "The pickle names a class outside the allow-list (builtins, numpy, pandas and the "
+        "legacy project's classes); it was not loaded. If you trust its author, load it "
+        "yourself and save the state with ckptlite."
+    )
+
+    def __init__(self, message: str, *, class_name: str, **context: Any) -> None:
+        super().__init__(message, class_name=class_name, **context)
+        self.class_name = class_name
 
 
 class SyncError(CkptliteError):
