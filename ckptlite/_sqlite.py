@@ -228,7 +228,10 @@ class Database:
             try:
                 with target.backup("main", self.connection(), "main") as b:
                     while not b.done:
-                        b.step(1024)
+                        # All pages in one step, from one read snapshot: a backup done in
+                        # several steps restarts whenever another process commits, so a
+                        # busy store would never finish.
+                        b.step(-1)
                         if progress:
                             progress(b.page_count - b.remaining, b.page_count)
             finally:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import builtins
 import contextlib
 import os
+import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import zstandard
 
 from . import chunking, codec
+from . import config as _config
 from .backends.base import Backend, ListQuery, dump_metadata
 from .errors import (
     CheckpointNotFoundError,
@@ -25,6 +27,7 @@ from .errors import (
 )
 from .ids import generate_checkpoint_id
 from .types import (
+    BackupReport,
     Checkpoint,
     GcReport,
     Level,
@@ -43,18 +46,16 @@ _DURABILITY = ("none", "safe", "full")
 
 
 def resolve_url(url: str | os.PathLike[str] | None = None) -> str:
-    """Return the store URL: ``url``, else $CKPTLITE_URL, $CKPTLITE_HOME, the user data dir."""
+    """Return the store URL: ``url``, else the configured one (``ckptlite.config``).
+
+    Unset, that is $CKPTLITE_URL, $CKPTLITE_HOME, ``ckptlite.toml``, the user data dir.
+    """
     if url is not None:
         return os.fspath(url)
-    env = os.environ.get("CKPTLITE_URL") or os.environ.get("CKPTLITE_HOME")
-    if env:
-        return env
-    import platformdirs
-
-    return platformdirs.user_data_dir("ckptlite", appauthor=False)
+    return _config.load().url
 
 
-def _open_backend(config: StorageConfig) -> Backend:
+def _open_backend(config: StorageConfig, create: bool = True) -> Backend:
     url = config.url
     if url.startswith("memory://"):
         from .backends.memory import MemoryBackend
@@ -75,9 +76,14 @@ def _open_backend(config: StorageConfig) -> Backend:
             f"unknown store URL scheme in {url!r}",
             hint="Use a directory path, file://PATH, memory:// or postgresql://...",
         )
-    from .backends.local import LocalBackend
+    from .backends.local import DB_NAME, LocalBackend
 
     path = Path(url.removeprefix("file://")).expanduser()
+    if not create and not (path / DB_NAME).is_file():
+        raise ConfigError(
+            f"no ckptlite store at {path}",
+            hint="Check --store / $CKPTLITE_URL (`ckptlite config` shows where it came from).",
+        )
     return LocalBackend(
         path,
         durability=config.durability,
@@ -89,20 +95,24 @@ def _open_backend(config: StorageConfig) -> Backend:
 def open_store(
     url: str | os.PathLike[str] | None = None,
     *,
-    durability: str = "safe",
+    durability: str | None = None,
     allow_pickle: bool = False,
-    chunk_size: int = 1 << 20,
-    compression_level: int = 1,
-    busy_timeout: float = 30.0,
-    group_access: bool = False,
+    chunk_size: int | None = None,
+    compression_level: int | None = None,
+    busy_timeout: float | None = None,
+    group_access: bool | None = None,
+    create: bool = True,
 ) -> CheckpointManager:
     """Open (creating if needed) a checkpoint store and return its manager.
 
     ``url`` is a directory, ``file://DIR``, ``memory://`` or ``postgresql://...``;
     None means $CKPTLITE_URL, then $CKPTLITE_HOME, then the user data directory.
+    Options left None come from the configuration (``ckptlite.config``: the
+    ``ckptlite.toml`` file, then $CKPTLITE_* variables). ``create=False`` refuses
+    to create a local store that does not exist yet.
 
     Raises:
-        ConfigError: bad URL or option.
+        ConfigError: bad URL or option; no store there and ``create`` is False.
         MigrationError: the store was written by a newer ckptlite.
 
     >>> import ckptlite
@@ -111,20 +121,25 @@ def open_store(
     ...     mgr.load(cp.id)
     {'x': 1}
     """
+    settings = _config.load()
+    durability = settings.durability if durability is None else durability
+    chunk_size = settings.chunk_size if chunk_size is None else chunk_size
     if durability not in _DURABILITY:
         raise ConfigError(f"durability must be one of {_DURABILITY}, not {durability!r}")
     if not 4096 <= chunk_size <= 64 << 20:
         raise ConfigError(f"chunk_size must be between 4 KiB and 64 MiB, not {chunk_size}")
     config = StorageConfig(
-        url=resolve_url(url),
+        url=settings.url if url is None else os.fspath(url),
         durability=durability,
         allow_pickle=allow_pickle,
         chunk_size=chunk_size,
-        compression_level=compression_level,
-        busy_timeout=busy_timeout,
-        group_access=group_access,
+        compression_level=(
+            settings.compression_level if compression_level is None else compression_level
+        ),
+        busy_timeout=settings.busy_timeout if busy_timeout is None else busy_timeout,
+        group_access=settings.group_access if group_access is None else group_access,
     )
-    return CheckpointManager(_open_backend(config), config)
+    return CheckpointManager(_open_backend(config, create=create), config)
 
 
 class CheckpointManager:
@@ -515,10 +530,60 @@ class CheckpointManager:
         return self.backend.gc(dry_run=dry_run)
 
     def stats(self) -> dict[str, Any]:
-        """Return counts and byte totals; ``dedup_ratio`` is logical / stored bytes."""
+        """Return counts and byte totals; ``dedup_ratio`` is logical / stored bytes.
+
+        Keys: checkpoints, chunks, logical_bytes, stored_bytes, dedup_ratio,
+        by_process ({process: {level: count}}), by_status ({status: count}).
+        """
         s = dict(self.backend.stats())
         s["dedup_ratio"] = s["logical_bytes"] / s["stored_bytes"] if s["stored_bytes"] else 1.0
         return s
+
+    def backup(
+        self,
+        dest: str | os.PathLike[str],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> BackupReport:
+        """Copy the store, while it stays in use, to the new directory ``dest``.
+
+        The database goes through SQLite's online backup API (never a raw copy of a
+        live file), then the chunk files it references; the copy is built beside
+        ``dest`` and renamed into place, so ``dest`` is either complete or absent.
+        ``progress(done, total)`` is called as chunk files are copied.
+
+        Raises:
+            ConfigError: this kind of store has no file backup (use an export archive).
+            InvalidInputError: ``dest`` exists and is not an empty directory.
+
+        >>> import ckptlite, tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> with ckptlite.open(os.path.join(d, "a")) as mgr:
+        ...     _ = mgr.save("run", {"x": 1})
+        ...     mgr.backup(os.path.join(d, "b")).checkpoints
+        1
+        """
+        copy = getattr(self.backend, "backup", None)
+        if copy is None:
+            raise ConfigError(
+                f"{self.url}: this kind of store cannot be backed up by ckptlite",
+                hint="Use `ckptlite export ARCHIVE` (any store), or the database's own "
+                "tools (pg_dump) for PostgreSQL.",
+            )
+        target = Path(dest).expanduser()
+        if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+            raise InvalidInputError(
+                f"backup destination {target} exists", hint="Pick a new directory."
+            )
+        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        try:
+            copy(partial, progress)
+            os.replace(partial, target)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        with open_store(target, durability="none", create=False) as check:
+            s = check.stats()
+        return BackupReport(str(target), s["checkpoints"], s["chunks"], s["stored_bytes"])
 
 
 def _pack_payload(skeleton: bytes) -> bytes:

@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = [
+    "BackupReport",
     "Checkpoint",
     "GcReport",
     "Level",
@@ -123,6 +124,16 @@ class VerifyReport:
 @dataclass(frozen=True, slots=True)
 class GcReport:
     """What ``gc`` removed (or would remove, with ``dry_run``)."""
+
+@dataclass(frozen=True, slots=True)
+class BackupReport:
+    """What ``backup`` copied: the new store's path and its totals."""
+
+    dest: str
+    checkpoints: int
+    chunks: int
+    stored_bytes: int
+
 
     chunks: tuple[str, ...] = ()
     temp_files: tuple[str, ...] = ()

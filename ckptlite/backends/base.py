@@ -145,7 +145,11 @@ class Backend(Protocol):
         """Remove chunks no record references, and dead temp files."""
 
     def stats(self) -> dict[str, Any]:
-        """Return counts and byte totals (records, chunks, logical and stored bytes)."""
+        """Return counts and byte totals (records, chunks, logical and stored bytes).
+
+        Keys: checkpoints, chunks, logical_bytes, stored_bytes, by_process
+        ({process: {level: count}}) and by_status ({status: count}).
+        """
 
     def close(self) -> None:
         """Release connections and files; the backend is unusable afterwards."""

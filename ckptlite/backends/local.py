@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -430,6 +430,17 @@ class LocalBackend:
             chunk_totals: Any = conn.execute(
                 "SELECT count(*), coalesce(sum(stored_size),0) FROM chunks"
             ).fetchone()
+            by_process: dict[str, dict[str, int]] = {}
+            for pid, level, count in conn.execute(
+                "SELECT process_id, level, count(*) FROM checkpoints GROUP BY process_id, level"
+            ):
+                by_process.setdefault(pid, {})[level] = count
+            by_status = {
+                status: count
+                for status, count in conn.execute(
+                    "SELECT status, count(*) FROM checkpoints GROUP BY status"
+                )
+            }
         n, logical, payload = totals
         chunks, chunk_bytes = chunk_totals
         return {
@@ -437,10 +448,15 @@ class LocalBackend:
             "chunks": chunks,
             "logical_bytes": logical,
             "stored_bytes": payload + chunk_bytes,
+            "by_process": by_process,
+            "by_status": by_status,
         }
 
-    def backup(self, dest: Path) -> None:
-        """Copy the store to ``dest`` while it stays in use (SQLite backup API + chunks)."""
+    def backup(self, dest: Path, progress: Callable[[int, int], None] | None = None) -> None:
+        """Copy the store to ``dest`` while it stays in use (SQLite backup API + chunks).
+
+        ``progress(done, total)`` is called as chunk files are copied.
+        """
         dest.mkdir(mode=0o700, parents=True, exist_ok=True)
         target = BlobDir(dest / "blobs", fsync=True)
         # Snapshot the database first: every chunk it references exists until gc,
@@ -452,8 +468,10 @@ class LocalBackend:
                 files = [r[0] for r in snap.execute("SELECT digest FROM chunks WHERE data IS NULL")]
             finally:
                 snap.close()
-            for d in files:
+            for i, d in enumerate(files, 1):
                 target.write(d, self.blobs.read(d))
+                if progress:
+                    progress(i, len(files))
 
     def close(self) -> None:
         self.db.close()

@@ -145,12 +145,21 @@ class MemoryBackend:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
+            by_process: dict[str, dict[str, int]] = {}
+            by_status: dict[str, int] = {}
+            for r in self._records.values():
+                cp = r.checkpoint
+                levels = by_process.setdefault(cp.process_id, {})
+                levels[cp.level.value] = levels.get(cp.level.value, 0) + 1
+                by_status[cp.status.value] = by_status.get(cp.status.value, 0) + 1
             return {
                 "checkpoints": len(self._records),
                 "chunks": len(self._chunks),
                 "logical_bytes": sum(r.checkpoint.size for r in self._records.values()),
                 "stored_bytes": sum(len(r.payload) for r in self._records.values())
                 + sum(c.stored_size for c in self._chunks.values()),
+                "by_process": by_process,
+                "by_status": by_status,
             }
 
     def close(self) -> None:
