@@ -154,6 +154,32 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release connections and files; the backend is unusable afterwards."""
 
+    # -- sync (used by ckptlite.sync; bytes only, nothing is decoded) ------------
+
+    def store_id(self) -> str:
+        """Return this store's unique id, made when the store was created."""
+
+    def records_after(
+        self, seq: int, limit: int, process_id: str | None = None
+    ) -> builtins.list[StoredRecord]:
+        """Return up to ``limit`` records with a seq above ``seq``, lowest seq first."""
+
+    def sync_mark(self, source: str) -> int:
+        """Return the source seq up to which records from ``source`` were imported (0: none)."""
+
+    def import_records(self, records: Sequence[StoredRecord], source: str, mark: int) -> int:
+        """Insert the records this store lacks and move ``source``'s mark; return how many.
+
+        One transaction: records keep id, created_at, status and checksum and get
+        this store's next seqs, in the order given (parents first); ids already
+        stored are skipped, so repeated or concurrent imports insert nothing twice;
+        the mark for ``source`` becomes ``max(old, mark)``.
+
+        Raises:
+            MissingChunksError: a record references a chunk this store lacks (nothing committed).
+            InvalidInputError: a parent is neither stored nor earlier in ``records``.
+        """
+
 
 def to_micros(dt: datetime) -> int:
     """Return microseconds since the epoch for an aware datetime."""

@@ -73,6 +73,12 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX refs_digest ON refs(digest);
     """,
+    # 2: what sync needs: a store id (its marks are keyed by it) and marks per source.
+    """
+    CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    INSERT INTO store_meta VALUES ('store_id', lower(hex(randomblob(16))));
+    CREATE TABLE sync_marks (source TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+    """,
 ]
 
 _COLS = (
@@ -475,3 +481,106 @@ class LocalBackend:
 
     def close(self) -> None:
         self.db.close()
+
+    # -- sync -------------------------------------------------------------------
+
+    def store_id(self) -> str:
+        with translate_errors("reading the store id"):
+            row = (
+                self.db.read()
+                .execute("SELECT value FROM store_meta WHERE key='store_id'")
+                .fetchone()
+            )
+        assert row is not None  # migration 2 inserts it
+        return str(row[0])
+
+    def records_after(
+        self, seq: int, limit: int, process_id: str | None = None
+    ) -> builtins.list[StoredRecord]:
+        sql = f"SELECT {_COLS}, payload, manifest FROM checkpoints WHERE seq>?"
+        args: list[Any] = [seq]
+        if process_id is not None:
+            sql += " AND process_id=?"
+            args.append(process_id)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        conn = self.db.read()
+        refs: dict[int, list[str]] = {}
+        with translate_errors("reading checkpoints"):
+            rows: list[Any] = conn.execute(sql, args).fetchall()
+            if rows:
+                for s, d in conn.execute(
+                    "SELECT seq, digest FROM refs WHERE seq BETWEEN ? AND ?",
+                    (rows[0][0], rows[-1][0]),
+                ):
+                    refs.setdefault(s, []).append(d)
+        return [
+            StoredRecord(_row_to_checkpoint(r), r[14], r[15], tuple(refs.get(r[0], ())))
+            for r in rows
+        ]
+
+    def sync_mark(self, source: str) -> int:
+        with translate_errors("reading sync marks"):
+            row = (
+                self.db.read()
+                .execute("SELECT seq FROM sync_marks WHERE source=?", (source,))
+                .fetchone()
+            )
+        return int(row[0]) if row else 0
+
+    def import_records(self, records: Sequence[StoredRecord], source: str, mark: int) -> int:
+        with self.db.write() as conn:
+            present = self.has_records(r.checkpoint.id for r in records)
+            fresh: dict[str, StoredRecord] = {}
+            for r in records:
+                if r.checkpoint.id not in present:
+                    fresh.setdefault(r.checkpoint.id, r)
+            digests = {d for r in fresh.values() for d in r.digests}
+            missing = tuple(sorted(digests - self.has_chunks(digests)))
+            if missing:
+                raise MissingChunksError(f"{len(missing)} chunk(s) are not stored", digests=missing)
+            parents = {r.checkpoint.parent_id for r in fresh.values()} - {None}
+            known = self.has_records(p for p in parents if p is not None)
+            for rec in fresh.values():
+                cp = rec.checkpoint
+                if cp.parent_id is not None and cp.parent_id not in known:
+                    raise InvalidInputError(
+                        f"parent checkpoint {cp.parent_id} does not exist",
+                        checkpoint_id=cp.parent_id,
+                    )
+                progress = cp.progress or (None, None)
+                conn.execute(
+                    "INSERT INTO checkpoints(id, process_id, level, name, parent_id, status, "
+                    "created_at, size, stored_size, checksum, metadata, progress_done, "
+                    "progress_total, payload, manifest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        cp.id,
+                        cp.process_id,
+                        cp.level.value,
+                        cp.name,
+                        cp.parent_id,
+                        cp.status.value,
+                        to_micros(cp.created_at),
+                        cp.size,
+                        cp.stored_size,
+                        cp.checksum,
+                        dump_metadata(cp.metadata),
+                        progress[0],
+                        progress[1],
+                        rec.payload,
+                        rec.manifest,
+                    ),
+                )
+                if rec.digests:
+                    seq = conn.last_insert_rowid()
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO refs(seq, digest) VALUES (?, ?)",
+                        [(seq, d) for d in rec.digests],
+                    )
+                known.add(cp.id)
+            conn.execute(
+                "INSERT INTO sync_marks(source, seq) VALUES (?, ?) "
+                "ON CONFLICT(source) DO UPDATE SET seq=max(seq, excluded.seq)",
+                (source, mark),
+            )
+        return len(fresh)

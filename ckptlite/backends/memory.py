@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -28,6 +29,8 @@ class MemoryBackend:
         self._records: dict[str, StoredRecord] = {}
         self._chunks: dict[str, StoredChunk] = {}
         self._seq = 0
+        self._store_id = uuid.uuid4().hex
+        self._marks: dict[str, int] = {}
 
     def write_chunks(self, chunks: Sequence[StoredChunk]) -> None:
         with self._lock:
@@ -164,3 +167,50 @@ class MemoryBackend:
 
     def close(self) -> None:
         pass
+
+    def store_id(self) -> str:
+        return self._store_id
+
+    def records_after(
+        self, seq: int, limit: int, process_id: str | None = None
+    ) -> builtins.list[StoredRecord]:
+        out: builtins.list[StoredRecord] = []
+        with self._lock:
+            # Insertion order is seq order (set_status replaces values in place).
+            for r in self._records.values():
+                cp = r.checkpoint
+                if cp.seq > seq and (process_id is None or cp.process_id == process_id):
+                    out.append(r)
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def sync_mark(self, source: str) -> int:
+        with self._lock:
+            return self._marks.get(source, 0)
+
+    def import_records(self, records: Sequence[StoredRecord], source: str, mark: int) -> int:
+        with self._lock:
+            fresh: dict[str, StoredRecord] = {}
+            for r in records:
+                if r.checkpoint.id not in self._records:
+                    fresh.setdefault(r.checkpoint.id, r)
+            missing = tuple(
+                sorted({d for r in fresh.values() for d in r.digests if d not in self._chunks})
+            )
+            if missing:
+                raise MissingChunksError(f"{len(missing)} chunk(s) are not stored", digests=missing)
+            known: set[str] = set()
+            for r in fresh.values():
+                parent = r.checkpoint.parent_id
+                if parent is not None and parent not in self._records and parent not in known:
+                    raise InvalidInputError(
+                        f"parent checkpoint {parent} does not exist", checkpoint_id=parent
+                    )
+                known.add(r.checkpoint.id)
+            for r in fresh.values():
+                self._seq += 1
+                cp = r.checkpoint.replace(seq=self._seq)
+                self._records[cp.id] = StoredRecord(cp, r.payload, r.manifest, r.digests)
+            self._marks[source] = max(self._marks.get(source, 0), mark)
+            return len(fresh)
