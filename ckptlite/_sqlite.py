@@ -243,16 +243,20 @@ def _scalar(conn: apsw.Connection, sql: str) -> Any:
     return row[0]
 
 
-def refuse_network_fs(directory: Path) -> None:
+def refuse_network_fs(directory: Path, mounts_text: str | None = None) -> None:
     """Raise ConfigError when ``directory`` is on a network file system.
+
+    ``mounts_text`` defaults to /proc/self/mounts.
 
     Raises:
         ConfigError: SQLite's locking is unreliable there.
     """
-    try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return
+    if mounts_text is None:
+        try:
+            mounts_text = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return
+    mounts = mounts_text.splitlines()
     target = str(directory.resolve())
     best, fstype = "", ""
     for line in mounts:

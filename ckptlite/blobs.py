@@ -20,6 +20,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import _faults
 from .errors import CorruptCheckpointError, StoreFullError, StoreIOError
 
 __all__ = ["BlobDir"]
@@ -39,6 +40,10 @@ class BlobDir:
         root.mkdir(mode=self.dir_mode, parents=True, exist_ok=True)
         (root / _TMP).mkdir(mode=self.dir_mode, exist_ok=True)
         self._lock_path = root / ".lock"
+        if not self._lock_path.exists():
+            os.close(
+                os.open(self._lock_path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, self.file_mode)
+            )
 
     def path(self, digest: str) -> Path:
         """Return the path of a chunk; only a well-formed digest makes a path.
@@ -79,14 +84,17 @@ class BlobDir:
                 while view.nbytes:
                     n = os.write(fd, view)
                     view = view[n:]
+                _faults.point("blob.after_write")
                 if self.fsync:
                     os.fsync(fd)
+                _faults.point("blob.after_fsync")
                 parent = final.parent
                 if not parent.is_dir():
                     parent.mkdir(mode=self.dir_mode, exist_ok=True)
                     if self.fsync:
                         _fsync_dir(self.root)
                 os.rename(tmp, final)
+                _faults.point("blob.after_rename")
                 if self.fsync:
                     _fsync_dir(parent)
         except BaseException:

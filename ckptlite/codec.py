@@ -77,6 +77,11 @@ def encode(state: Any, *, allow_pickle: bool = False) -> EncodedState:
                 return msgpack.ExtType(_NDARRAY, _pack(_array_parts(np, obj, add_buffer), default))
             if isinstance(obj, np.generic) and not obj.dtype.hasobject:
                 return msgpack.ExtType(_NPSCALAR, _pack([obj.dtype.str, obj.tobytes()], default))
+        if t is int:
+            raise UnsupportedTypeError(
+                f"integer {obj} is outside the 64-bit range",
+                hint="Store it as a str, or open the store with allow_pickle=True.",
+            )
         if allow_pickle:
             import pickle
 
@@ -208,7 +213,8 @@ def _array_parts(np: Any, arr: Any, add_buffer: Callable[[memoryview], int]) -> 
         order, data = "F", arr.T
     else:
         order, data = "C", np.ascontiguousarray(arr)
-    raw = memoryview(data).cast("B") if data.nbytes else memoryview(b"")
+    # A uint8 view works for every dtype (datetime64 has no buffer format) and copies nothing.
+    raw = memoryview(data.reshape(-1).view(np.uint8)) if data.nbytes else memoryview(b"")
     # An int payload is the index of a buffer stored as chunks.
     payload = add_buffer(raw) if raw.nbytes >= BUFFER_THRESHOLD else raw.tobytes()
     return [descr, list(arr.shape), order, payload]
