@@ -81,7 +81,9 @@ def test_bit_flip_in_a_file_chunk_is_caught_and_latest_falls_back(tmp_path: Path
         assert mgr.get(bad.id).status is Status.CORRUPTED
         assert mgr.latest("p").id == good.id  # type: ignore[union-attr]
         cp, state = mgr.load_latest("p")  # type: ignore[misc]
-        assert cp.id == good.id
+        assert cp.id == good.id and np.array_equal(
+            state["a"], np.random.default_rng(1).random(300_000)
+        )
 
         report = mgr.verify(full=True)
         assert report.corrupted == (bad.id,) and not report.ok
