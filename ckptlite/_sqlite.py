@@ -29,6 +29,7 @@ from .errors import (
 __all__ = ["Database", "translate_errors"]
 
 APPLICATION_ID = 0x636B7074  # "ckpt"
+_INHERITED: list[apsw.Connection] = []
 _NETWORK_FS = {
     "nfs",
     "nfs4",
@@ -128,8 +129,10 @@ class Database:
         return conn
 
     def _after_fork(self) -> None:
-        # Connections inherited across fork() must never be used (or closed) here:
-        # drop them without touching their file handles.
+        # Connections inherited across fork() must never be used or closed in the
+        # child (closing one could checkpoint or delete the parent's WAL): keep them
+        # referenced forever and open fresh ones.
+        _INHERITED.extend(self._all)
         self._pid = os.getpid()
         self._local = threading.local()
         self._all = []
