@@ -1,0 +1,489 @@
+"""The ``ckptlite`` command line: parse, make one library call, render.
+
+Every command takes the global options (``--store URL``, ``--json``, ``--debug``)
+before or after its name. Exit codes: 0 ok, 1 problems found, 2 usage or
+configuration error; the mapping from errors lives in ``EXIT_CODES`` only.
+
+Adding a command (e.g. ``sync``, ``migrate``) takes two small edits: write a
+function ``add_parser(sub) -> argparse.ArgumentParser`` that calls
+``new_command(sub, name, help, example)``, adds its arguments and
+``set_defaults(func=handler)`` where ``handler(ctx: Context) -> int``; then add
+``("name", add_parser)`` to ``COMMANDS``. Use ``ctx.open()``, ``ctx.progress()``
+and ``ctx.emit(json_data, text_lines)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TextIO
+
+from . import __version__
+from . import config as _config
+from .errors import (
+    CheckpointNotFoundError,
+    CkptliteError,
+    ConfigError,
+    InvalidInputError,
+    MigrationError,
+    PickleNotAllowedError,
+)
+from .manager import CheckpointManager, open_store
+from .progress import Progress
+from .types import Checkpoint, Level, Status
+from .views import checkpoint_view, jsonable, state_view
+
+__all__ = ["COMMANDS", "EXIT_CODES", "Context", "build_parser", "exit_code", "main", "new_command"]
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+#: The one place errors become exit codes: first matching class wins.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (ConfigError, EXIT_USAGE),
+    (InvalidInputError, EXIT_USAGE),
+    (CheckpointNotFoundError, EXIT_USAGE),
+    (PickleNotAllowedError, EXIT_USAGE),
+    (MigrationError, EXIT_USAGE),
+    (CkptliteError, EXIT_PROBLEMS),
+)
+
+
+def exit_code(exc: BaseException) -> int:
+    """Return the exit code for an error (1 for anything unexpected)."""
+    return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), EXIT_PROBLEMS)
+
+
+@dataclass
+class Context:
+    """What a command handler gets: parsed args, output streams and helpers."""
+
+    args: argparse.Namespace
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+
+    @property
+    def json(self) -> bool:
+        return bool(getattr(self.args, "json", False))
+
+    def settings(self) -> _config.Settings:
+        """Return the effective configuration, with this command's flags on top."""
+        flags = {"url": (getattr(self.args, "store", None), "--store")}
+        flags.update(getattr(self.args, "config_flags", lambda a: {})(self.args))
+        return _config.load(flags)
+
+    def open(self, *, create: bool = False, allow_pickle: bool = False) -> CheckpointManager:
+        """Open the selected store; an absent local store is an error unless ``create``."""
+        return open_store(self.settings().url, create=create, allow_pickle=allow_pickle)
+
+    def progress(self, label: str) -> Progress:
+        """Return a progress display on stderr (silent unless stderr is a terminal)."""
+        return Progress(label, stream=self.err)
+
+    def emit(self, data: Any, text: Iterable[str] | str) -> None:
+        """Print ``data`` as JSON with ``--json``, else the text lines."""
+        if self.json:
+            self.out.write(json.dumps(jsonable(data), indent=2, ensure_ascii=False) + "\n")
+        else:
+            lines = [text] if isinstance(text, str) else list(text)
+            self.out.write("".join(line + "\n" for line in lines))
+
+
+# -- shared parsing helpers -----------------------------------------------------
+
+
+def _global_options() -> argparse.ArgumentParser:
+    # SUPPRESS defaults let the options come before or after the command name
+    # without the subparser's defaults overwriting what the main parser saw.
+    p = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    g = p.add_argument_group("global options")
+    g.add_argument("--store", metavar="URL", help="store URL or directory (default: config)")
+    g.add_argument("--json", action="store_true", help="print JSON (schema in the README)")
+    g.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return p
+
+
+def new_command(
+    sub: Any, name: str, help: str, example: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """Create a subcommand parser with the global options and an ``Example`` in its help."""
+    return sub.add_parser(  # type: ignore[no-any-return]
+        name,
+        help=help,
+        description=description or help,
+        epilog=f"Example:\n  {example}",
+        parents=[_global_options()],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _since(text: str) -> datetime:
+    """Parse --since: an ISO date/time (naive = local time) or an age like 2h, 3d."""
+    try:
+        return datetime.now().astimezone() - _config.parse_duration(text)
+    except ConfigError:
+        pass
+    try:
+        return datetime.fromisoformat(text).astimezone()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time or age: {text!r} (use e.g. 2026-11-01, 2026-11-01T12:00Z or 3d)"
+        ) from None
+
+
+def _human(n: int | float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _when(cp: Checkpoint) -> str:
+    return cp.created_at.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _label(cp: Checkpoint) -> str:
+    prog = f"  {cp.progress[0]}/{cp.progress[1]}" if cp.progress else ""
+    status = "" if cp.status == Status.VALID else f"  [{cp.status.value}]"
+    return f"{cp.level.value} {cp.name or '-'}  {cp.id}  {_human(cp.size)}{prog}{status}"
+
+
+# -- inspect ---------------------------------------------------------------------
+
+
+def _add_ls(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub,
+        "ls",
+        "list checkpoints, newest first (or as a tree)",
+        "ckptlite ls --process geo-run --level step --since 2d",
+    )
+    p.add_argument("--process", "-p", metavar="ID", help="only this process_id")
+    p.add_argument("--level", "-l", choices=[lv.value for lv in Level], help="only this level")
+    p.add_argument("--name", help="only this slot name")
+    p.add_argument("--status", choices=[s.value for s in Status], help="only this status")
+    p.add_argument("--since", type=_since, metavar="WHEN", help="ISO time, or an age: 2h, 3d")
+    p.add_argument("--limit", "-n", type=int, metavar="N", help="at most N checkpoints")
+    p.add_argument("--tree", action="store_true", help="draw the parent/child hierarchy")
+    p.set_defaults(func=_ls)
+    return p
+
+
+def _ls(ctx: Context) -> int:
+    a = ctx.args
+    with ctx.open() as mgr:
+        cps = mgr.list(a.process, a.level, a.name, a.status, since=a.since, limit=a.limit)
+    if a.tree:
+        from .tree import TreeNode, build_tree, render_tree
+
+        roots = build_tree(cps)
+
+        def node(n: TreeNode) -> dict[str, Any]:
+            return {
+                "checkpoint": checkpoint_view(n.checkpoint),
+                "detached": n.detached,
+                "children": [node(c) for c in n.children],
+            }
+
+        ctx.emit({"tree": [node(r) for r in roots]}, render_tree(roots, _label))
+        return EXIT_OK
+    rows = [["ID", "PROCESS", "LEVEL", "NAME", "STATUS", "CREATED", "SIZE", "PROGRESS"]]
+    rows += [
+        [
+            c.id,
+            c.process_id,
+            c.level.value,
+            c.name,
+            c.status.value,
+            _when(c),
+            _human(c.size),
+            f"{c.progress[0]}/{c.progress[1]}" if c.progress else "",
+        ]
+        for c in cps
+    ]
+    ctx.emit({"checkpoints": cps}, _table(rows) if cps else "no checkpoints")
+    return EXIT_OK
+
+
+def _add_show(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(sub, "show", "show one checkpoint's record", "ckptlite show chk_step_2026...")
+    p.add_argument("id", help="checkpoint id")
+    p.set_defaults(func=_show)
+    return p
+
+
+def _show(ctx: Context) -> int:
+    with ctx.open() as mgr:
+        cp = mgr.get(ctx.args.id)
+    view = checkpoint_view(cp)
+    width = max(map(len, view))
+    lines = []
+    for k, v in view.items():
+        shown = json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v
+        lines.append(f"{k.ljust(width)}  {'-' if v is None else shown}")
+    ctx.emit({"checkpoint": cp}, lines)
+    return EXIT_OK
+
+
+def _add_cat(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub,
+        "cat",
+        "print a checkpoint's state as JSON (every byte verified)",
+        "ckptlite cat chk_step_2026... --full > state.json",
+        description="Print a checkpoint's state as JSON. Arrays show dtype, shape, min and "
+        "max, and bytes longer than 64 show size and sha256, unless --full.",
+    )
+    p.add_argument("id", help="checkpoint id")
+    p.add_argument("--full", action="store_true", help="include array data and all bytes")
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="load pickled values (runs code: trust!)"
+    )
+    p.set_defaults(func=_cat)
+    return p
+
+
+def _cat(ctx: Context) -> int:
+    a = ctx.args
+    with ctx.open(allow_pickle=a.allow_pickle) as mgr:
+        state = mgr.load(a.id)
+    view = state_view(state, full=a.full)
+    if ctx.json:
+        ctx.emit({"id": a.id, "state": view}, "")
+    else:
+        ctx.out.write(json.dumps(view, indent=2, ensure_ascii=False) + "\n")
+    return EXIT_OK
+
+
+def _add_stats(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub, "stats", "counts per process and level, bytes, dedup ratio", "ckptlite stats --json"
+    )
+    p.set_defaults(func=_stats)
+    return p
+
+
+def _stats(ctx: Context) -> int:
+    with ctx.open() as mgr:
+        s = mgr.stats()
+    lines = [
+        f"store          {ctx.settings().url}",
+        f"checkpoints    {s['checkpoints']}",
+        f"chunks         {s['chunks']}",
+        f"logical bytes  {_human(s['logical_bytes'])} ({s['logical_bytes']})",
+        f"stored bytes   {_human(s['stored_bytes'])} ({s['stored_bytes']})",
+        f"dedup ratio    {s['dedup_ratio']:.2f}x (logical / stored)",
+    ]
+    if s["by_status"]:
+        lines.append("by status      " + ", ".join(f"{k} {v}" for k, v in s["by_status"].items()))
+    levels = [lv.value for lv in Level]
+    if s["by_process"]:
+        rows = [["PROCESS", *(lv.upper() for lv in levels), "TOTAL"]]
+        for pid, counts in sorted(s["by_process"].items()):
+            rows.append(
+                [pid, *(str(counts.get(lv, 0)) for lv in levels), str(sum(counts.values()))]
+            )
+        lines += ["", *_table(rows)]
+    ctx.emit(s, lines)
+    return EXIT_OK
+
+
+# -- maintain --------------------------------------------------------------------
+
+
+def _add_rm(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub,
+        "rm",
+        "delete a checkpoint (and, with -r, its descendants)",
+        "ckptlite rm -r chk_stage_2026...",
+    )
+    p.add_argument("id", help="checkpoint id")
+    p.add_argument("-r", "--recursive", action="store_true", help="also delete its descendants")
+    p.set_defaults(func=_rm)
+    return p
+
+
+def _rm(ctx: Context) -> int:
+    a = ctx.args
+    with ctx.open() as mgr:
+        if not a.recursive and mgr.list(parent=a.id, limit=1):
+            raise InvalidInputError(
+                f"checkpoint {a.id} has children; deleting it deletes them too",
+                hint="Pass -r to delete it with all its descendants.",
+            )
+        deleted = mgr.delete(a.id)
+    ctx.emit({"deleted": deleted}, [f"deleted {d}" for d in deleted])
+    return EXIT_OK
+
+
+def _add_verify(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub,
+        "verify",
+        "check the store; exit 1 if any checkpoint is damaged",
+        "ckptlite verify --full",
+        description="Check that every checkpoint's chunks are present; with --full, read and "
+        "hash every byte. Damaged checkpoints are marked corrupted and listed; exit code 1.",
+    )
+    p.add_argument("--full", action="store_true", help="read and hash every chunk")
+    p.set_defaults(func=_verify)
+    return p
+
+
+def _verify(ctx: Context) -> int:
+    with ctx.open() as mgr, ctx.progress("verify"):
+        report = mgr.verify(full=ctx.args.full)
+    kind = "full" if report.full else "quick (chunks present; --full hashes every byte)"
+    lines = [f"checked {report.checked} checkpoints, {kind}"]
+    lines += [f"CORRUPTED {cid}" for cid in report.corrupted]
+    lines += [f"missing chunk {d}" for d in report.missing_chunks]
+    if report.orphan_chunks:
+        lines.append(f"{len(report.orphan_chunks)} unused chunks (`ckptlite gc` reclaims them)")
+    lines.append("ok" if report.ok else f"PROBLEMS: {len(report.corrupted)} damaged checkpoints")
+    ctx.emit(report, lines)
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _add_gc(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(sub, "gc", "remove chunks no checkpoint uses", "ckptlite gc --dry-run")
+    p.add_argument("--dry-run", action="store_true", help="only report what would be removed")
+    p.set_defaults(func=_gc)
+    return p
+
+
+def _gc(ctx: Context) -> int:
+    with ctx.open() as mgr, ctx.progress("gc"):
+        r = mgr.gc(dry_run=ctx.args.dry_run)
+    verb = "would remove" if r.dry_run else "removed"
+    lines = [f"{verb} chunk {d}" for d in r.chunks] + [f"{verb} temp {t}" for t in r.temp_files]
+    lines.append(
+        f"{verb} {len(r.chunks)} chunks, {len(r.temp_files)} temp files, "
+        f"{_human(r.bytes_reclaimed)}"
+    )
+    ctx.emit(r, lines)
+    return EXIT_OK
+
+
+def _add_backup(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub,
+        "backup",
+        "copy a live local store to a new directory",
+        "ckptlite backup /mnt/backups/ckpts-2026-11-26",
+        description="Copy the store while it is in use: the database through SQLite's "
+        "online backup API, then its chunk files. DEST must not exist (or be empty).",
+    )
+    p.add_argument("dest", help="new directory for the copy")
+    p.set_defaults(func=_backup)
+    return p
+
+
+def _backup(ctx: Context) -> int:
+    with ctx.open() as mgr, ctx.progress("backup") as bar:
+        r = mgr.backup(ctx.args.dest, bar.update)
+    ctx.emit(
+        r,
+        f"backed up {r.checkpoints} checkpoints, {r.chunks} chunks "
+        f"({_human(r.stored_bytes)}) to {r.dest}",
+    )
+    return EXIT_OK
+
+
+def _add_config(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub,
+        "config",
+        "print the effective configuration and where each value came from",
+        "CKPTLITE_DURABILITY=full ckptlite config",
+        description="Print every setting, its value and its source. Precedence, lowest "
+        "first: defaults, ckptlite.toml ($CKPTLITE_CONFIG overrides its path), "
+        "$CKPTLITE_* environment variables, command-line flags.",
+    )
+    p.set_defaults(func=_config_cmd)
+    return p
+
+
+def _config_cmd(ctx: Context) -> int:
+    s = ctx.settings()
+    exists = "" if s.config_file_exists else " (not found)"
+    rows = [["KEY", "VALUE", "SOURCE"]]
+    rows += [[k, "-" if v is None else str(v), src] for k, v, src in s.items()]
+    data = {
+        "config_file": str(s.config_file),
+        "config_file_exists": s.config_file_exists,
+        "values": {k: {"value": jsonable(v), "source": src} for k, v, src in s.items()},
+    }
+    ctx.emit(data, [f"config file  {s.config_file}{exists}", "", *_table(rows)])
+    return EXIT_OK
+
+
+#: Every subcommand, in help order. Other modules' commands plug in here.
+COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
+    ("ls", _add_ls),
+    ("show", _add_show),
+    ("cat", _add_cat),
+    ("stats", _add_stats),
+    ("verify", _add_verify),
+    ("gc", _add_gc),
+    ("rm", _add_rm),
+    ("backup", _add_backup),
+    ("config", _add_config),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the full argument parser (every command in ``COMMANDS``)."""
+    parser = argparse.ArgumentParser(
+        prog="ckptlite",
+        description="Inspect, verify, prune and back up a ckptlite checkpoint store.",
+        epilog="Example:\n  ckptlite --store ./ckpts ls --tree\n\n"
+        "Exit codes: 0 ok, 1 problems found, 2 usage or configuration error.",
+        parents=[_global_options()],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ckptlite {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for _name, add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (``ckptlite`` calls ``sys.exit`` on it)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    ctx = Context(args)
+    try:
+        return int(args.func(ctx))
+    except KeyboardInterrupt:
+        ctx.err.write("interrupted\n")
+        return 130
+    except Exception as e:
+        code = exit_code(e)
+        if getattr(args, "debug", False):
+            traceback.print_exc(file=ctx.err)
+        if isinstance(e, CkptliteError):
+            message, hint = e.message, e.hint
+        else:
+            message = f"internal error: {type(e).__name__}: {e}"
+            hint = "Rerun with --debug for the traceback, and report it."
+        if ctx.json:
+            error = {"type": type(e).__name__, "message": message, "hint": hint, "exit": code}
+            ctx.out.write(json.dumps({"error": error}, indent=2, ensure_ascii=False) + "\n")
+        else:
+            ctx.err.write(f"ckptlite: error: {message}\n  hint: {hint}\n")
+        return code
