@@ -51,7 +51,7 @@ def test_every_public_name_resolves() -> None:
 
 # Layers, lowest first: a module may import only from its own layer or lower ones.
 LAYERS = [
-    {"errors", "types", "ids", "codec", "chunking"},
+    {"errors", "types", "ids", "codec", "chunking", "_faults"},
     {"blobs", "_sqlite"},
     {"backends"},
     {"manager", "process", "sync", "legacy", "policies", "runs", "_async", "config"},

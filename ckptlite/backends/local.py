@@ -19,6 +19,7 @@ from typing import Any
 
 import apsw
 
+from .. import _faults
 from .._sqlite import Database, translate_errors
 from ..blobs import BlobDir
 from ..errors import (
@@ -119,6 +120,7 @@ class LocalBackend:
         busy_timeout: float = 30.0,
         group_access: bool = False,
         migrations: Sequence[str] = MIGRATIONS,
+        vfs: str | None = None,
     ) -> None:
         self.root = root
         self.url = str(root)
@@ -132,6 +134,7 @@ class LocalBackend:
             synchronous=sync,
             busy_timeout=busy_timeout,
             file_mode=0o660 if group_access else 0o600,
+            vfs=vfs,  # the fault tests pass an apsw VFS shim that fails chosen writes
         )
 
     # -- chunks ---------------------------------------------------------------
@@ -238,6 +241,8 @@ class LocalBackend:
                     "INSERT OR IGNORE INTO refs(seq, digest) VALUES (?, ?)",
                     [(seq, d) for d in record.digests],
                 )
+            _faults.point("commit.in_transaction")
+        _faults.point("commit.after_commit")
         return cp.replace(seq=seq)
 
     def get(self, checkpoint_id: str) -> Checkpoint:
@@ -404,6 +409,7 @@ class LocalBackend:
                 if not dry_run:
                     conn.executemany("DELETE FROM chunks WHERE digest=?", [(r[0],) for r in rows])
                 indexed = {r[0] for r in conn.execute("SELECT digest FROM chunks")}
+            _faults.point("gc.after_delete")
             # Unlink only after COMMIT: a rolled-back delete must still find its files.
             freed = sum(r[1] for r in rows)
             removed: list[str] = [r[0] for r in rows]

@@ -1,0 +1,44 @@
+"""Named crash points for the fault-injection tests; free when unused.
+
+Set ``CKPTLITE_CRASH_AT=NAME`` (or ``NAME@N`` for the N-th time it is reached)
+before the process imports ckptlite, and the process SIGKILLs itself at that
+point: no cleanup, no ``finally``, exactly like a power cut of the process.
+The variable is read once, at import; unset, ``point`` is one comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+__all__ = ["POINTS", "point"]
+
+#: Every crash point the core calls, in write-path order.
+POINTS = (
+    "blob.after_write",  # chunk bytes in the temp file, not yet fsynced
+    "blob.after_fsync",  # temp file durable, not yet renamed
+    "blob.after_rename",  # chunk file in place, its row not yet inserted
+    "commit.in_transaction",  # record inserted, COMMIT not yet run
+    "commit.after_commit",  # committed, save() has not returned
+    "gc.after_delete",  # chunk rows deleted and committed, files not yet unlinked
+)
+
+
+def _parse(spec: str | None) -> tuple[str | None, int]:
+    if not spec:
+        return None, 0
+    name, _, nth = spec.partition("@")
+    return name, int(nth or 1)
+
+
+_CRASH_AT, _NTH = _parse(os.environ.get("CKPTLITE_CRASH_AT"))
+_hits = 0
+
+
+def point(name: str) -> None:
+    """SIGKILL this process if ``name`` is the armed crash point (else do nothing)."""
+    global _hits
+    if _CRASH_AT is not None and name == _CRASH_AT:
+        _hits += 1
+        if _hits >= _NTH:
+            os.kill(os.getpid(), signal.SIGKILL)
