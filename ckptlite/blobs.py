@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import _faults
-from . import _faults
 from .errors import CorruptCheckpointError, StoreFullError, StoreIOError
 
 __all__ = ["BlobDir"]
@@ -95,7 +94,6 @@ class BlobDir:
                     if self.fsync:
                         _fsync_dir(self.root)
                 os.rename(tmp, final)
-                _faults.point("blob.after_rename")
                 _faults.point("blob.after_rename")
                 if self.fsync:
                     _fsync_dir(parent)
