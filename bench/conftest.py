@@ -1,0 +1,135 @@
+"""Bench settings: quick mode (CI: proves the benchmarks run) or full mode (the numbers).
+
+``CKPTLITE_BENCH=quick`` (default) uses small sizes and few rounds and asserts
+nothing about time; ``CKPTLITE_BENCH=full`` uses the sizes of DESIGN.md §7.
+Every measurement is tagged in ``benchmark.extra_info`` with its target and its
+role (``ckptlite``, ``baseline`` or ``peer``) so that ``bench.report`` can pair
+them up from pytest-benchmark's JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+MODE = os.environ.get("CKPTLITE_BENCH", "quick")
+if MODE not in ("quick", "full"):
+    raise RuntimeError(f"CKPTLITE_BENCH must be quick or full, not {MODE!r}")
+FULL = MODE == "full"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big and how often, per mode."""
+
+    small_rounds: int  # P1, P2: rounds of one ~1 KB save / load
+    big_mib: int  # P3, P4, P5: the array
+    big_rounds: int
+    scale_checkpoints: int  # P6
+    scale_rounds: int
+    legacy_checkpoints: int  # P7
+    legacy_rounds: int
+    ledger_items: int  # P8 done-marks timed
+    ledger_scan_items: int  # P8 pending scan
+    sync_checkpoints: int  # P9
+    rss_mib: int  # P10
+    sweep_bytes: tuple[int, ...]  # the throughput plot
+    sweep_rounds: int
+
+
+QUICK = Sizes(
+    small_rounds=30,
+    big_mib=4,
+    big_rounds=2,
+    scale_checkpoints=5_000,
+    scale_rounds=20,
+    legacy_checkpoints=50,
+    legacy_rounds=5,
+    ledger_items=5_000,
+    ledger_scan_items=10_000,
+    sync_checkpoints=500,
+    rss_mib=16,
+    sweep_bytes=(1 << 10, 1 << 20),
+    sweep_rounds=2,
+)
+FULL_SIZES = Sizes(
+    small_rounds=3_000,
+    big_mib=64,
+    big_rounds=9,
+    scale_checkpoints=1_000_000,
+    scale_rounds=2_000,
+    legacy_checkpoints=1_000,
+    legacy_rounds=30,
+    ledger_items=200_000,
+    ledger_scan_items=1_000_000,
+    sync_checkpoints=100_000,
+    rss_mib=1_024,
+    sweep_bytes=(1 << 10, 16 << 10, 256 << 10, 4 << 20, 64 << 20),
+    sweep_rounds=5,
+)
+SIZES = FULL_SIZES if FULL else QUICK
+
+
+@pytest.fixture(scope="session")
+def sizes() -> Sizes:
+    return SIZES
+
+
+@pytest.fixture(scope="session")
+def bench_root() -> Iterator[Path]:
+    """A scratch directory for the whole session (stores are big: not under the repo)."""
+    root = Path(tempfile.mkdtemp(prefix="ckptlite-bench-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def scratch(bench_root: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A scratch directory for one benchmark, removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix=request.node.name[:40] + "-", dir=bench_root))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run(
+    benchmark: Any,
+    fn: Callable[..., Any],
+    *,
+    target: str,
+    role: str,
+    label: str,
+    rounds: int,
+    setup: Callable[[], tuple[tuple[Any, ...], dict[str, Any]] | None] | None = None,
+    warmup: int = 1,
+    **extra: Any,
+) -> Any:
+    """Time ``fn`` for ``rounds`` rounds and tag the result for the report."""
+    benchmark.extra_info.update(target=target, role=role, label=label, mode=MODE, **extra)
+    if setup is None:
+        return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=warmup)
+    # pytest-benchmark forbids warmup with setup; do the warm-up by hand.
+    for _ in range(warmup):
+        prepared = setup()
+        args, kwargs = prepared if prepared else ((), {})
+        fn(*args, **kwargs)
+    return benchmark.pedantic(fn, setup=setup, rounds=rounds, iterations=1)
+
+
+def fsync_path(path: Path | str) -> None:
+    """fsync one file (for baselines that write through their own API)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,52 @@
+"""cProfile of ckptlite's hot paths, for the report: where the time of each op goes."""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ckptlite
+from bench.states import raster, small_state
+
+
+def _profile(fn: Callable[[], Any], repeat: int, top: int) -> str:
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(repeat):
+        fn()
+    prof.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
+    start = next(i for i, ln in enumerate(lines) if "ncalls" in ln)
+    return "\n".join(ln.replace(str(Path.cwd()) + "/", "") for ln in lines[start - 1 :])
+
+
+def profiles(big_mib: int = 64, top: int = 12) -> dict[str, str]:
+    """Return {operation: cProfile table sorted by own time}."""
+    out: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="ckptlite-prof-") as d:
+        state = small_state()
+        with ckptlite.open(Path(d) / "small") as mgr:
+            for _ in range(200):
+                mgr.save("p", state)
+            out["P1 save ~1 KB (x2000)"] = _profile(lambda: mgr.save("p", state), 2000, top)
+            out["P2 load_latest ~1 KB (x2000)"] = _profile(lambda: mgr.load_latest("p"), 2000, top)
+        arr = raster(big_mib)
+        stores = iter(range(1000))
+
+        def save_fresh() -> None:
+            with ckptlite.open(Path(d) / f"big{next(stores)}") as m:
+                m.save("p", arr)
+
+        out[f"P3 save {big_mib} MiB (x3, fresh stores)"] = _profile(save_fresh, 3, top)
+        with ckptlite.open(Path(d) / "big-load") as mgr:
+            cp = mgr.save("p", arr)
+            out[f"P4 load {big_mib} MiB (x3)"] = _profile(lambda: mgr.load(cp.id), 3, top)
+    return out

@@ -1,0 +1,468 @@
+"""Run the benchmarks in full mode and report every target of DESIGN.md §7.
+
+    python -m bench.report            # full mode: prints the table, writes RESULTS.md + PNG
+    python -m bench.report --quick    # the same from quick-mode sizes (a smoke test)
+    python -m bench.report --from-json FILE   # re-render from an earlier run's JSON
+
+Writes bench/RESULTS.md (table, machine, per-target notes, profiles) and
+bench/throughput.png (save/load throughput against state size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table."""
+
+    target: str
+    work: str
+    ckptlite: str
+    baseline: str
+    measured: str
+    limit: str
+    met: bool | None  # None: not measured
+
+    def cells(self) -> list[str]:
+        met = "n/a" if self.met is None else ("met" if self.met else "NOT met")
+        return [
+            self.target,
+            self.work,
+            self.ckptlite,
+            self.baseline,
+            self.measured,
+            self.limit,
+            met,
+        ]
+
+
+HEADER = ["target", "work", "ckptlite", "baseline", "measured", "limit", "result"]
+
+
+def run_benchmarks(mode: str, json_path: Path) -> int:
+    """Run pytest bench/ in ``mode``; return its exit code."""
+    env = dict(os.environ, CKPTLITE_BENCH=mode)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(HERE),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--benchmark-json={json_path}",
+        "--benchmark-columns=min,median,max,rounds",
+    ]
+    print("$ CKPTLITE_BENCH=" + mode, " ".join(cmd[2:]), file=sys.stderr, flush=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, stdout=sys.stderr, check=False).returncode
+
+
+def _fmt_time(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} µs"
+    if s < 1:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s:.2f} s"
+
+
+class Results:
+    """pytest-benchmark JSON, indexed by (target, role, label)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.benches = data.get("benchmarks", [])
+
+    def find(self, target: str, role: str | None = None, label: str | None = None) -> list[Any]:
+        return [
+            b
+            for b in self.benches
+            if b["extra_info"].get("target") == target
+            and (role is None or b["extra_info"].get("role") == role)
+            and (label is None or b["extra_info"].get("label") == label)
+        ]
+
+    def one(self, target: str, role: str, label: str | None = None) -> Any | None:
+        found = self.find(target, role, label)
+        return found[0] if found else None
+
+    @staticmethod
+    def median(b: Any) -> float:
+        return float(b["stats"]["median"])
+
+
+def _pair(
+    r: Results,
+    target: str,
+    work: str,
+    limit: float,
+    better: str,
+    inverse: bool = False,
+) -> Row:
+    """A ckptlite-vs-baseline row: ratio = ckptlite/baseline time (or its inverse)."""
+    c, b = r.one(target, "ckptlite"), r.one(target, "baseline")
+    if c is None or b is None:
+        return Row(target, work, "-", "-", "not measured", "", None)
+    ct, bt = r.median(c), r.median(b)
+    ratio = bt / ct if inverse else ct / bt
+    met = ratio >= limit if better == ">=" else ratio <= limit
+    return Row(
+        target,
+        work,
+        f"{_fmt_time(ct)} ({c['extra_info']['label']})",
+        f"{_fmt_time(bt)} ({b['extra_info']['label']})",
+        f"{ratio:.2f}x",
+        f"{better} {limit}x",
+        met,
+    )
+
+
+def rows(r: Results) -> list[Row]:
+    """Evaluate every target."""
+    out = [
+        _pair(r, "P1", "save a ~1 KB state (median)", 0.6, "<="),
+        _pair(r, "P2", "latest + load of it (median)", 1.5, "<="),
+        _pair(r, "P3", "save 64 MiB float32: throughput vs baseline", 1.0, ">=", inverse=True),
+        _pair(r, "P4", "load it, verified: throughput vs baseline", 0.6, ">=", inverse=True),
+    ]
+    resave, first = r.one("P5", "ckptlite"), r.one("P5", "baseline")
+    if resave and first:
+        frac = float(resave["extra_info"]["new_bytes_max"])
+        out.append(
+            Row(
+                "P5",
+                "save again, 1% rows changed: new bytes stored (worst round)",
+                f"{frac * 100:.2f}% of the array",
+                "-",
+                f"{frac * 100:.2f}%",
+                "<= 3%",
+                frac <= 0.03,
+            )
+        )
+        ratio = r.median(resave) / r.median(first)
+        out.append(
+            Row(
+                "P5",
+                "save again, 1% rows changed: time vs first save",
+                _fmt_time(r.median(resave)),
+                f"{_fmt_time(r.median(first))} (first save)",
+                f"{ratio:.2f}x",
+                "<= 0.5x",
+                ratio <= 0.5,
+            )
+        )
+    else:
+        out.append(Row("P5", "save again, 1% rows changed", "-", "-", "not measured", "", None))
+    out += _limits(r, "P6", lambda b: b["extra_info"]["label"].startswith("latest"), "latest")
+    out += _limits(r, "P6", lambda b: b["extra_info"]["label"].startswith("open"), "open")
+    legacy, ck = r.one("P7", "baseline"), r.one("P7", "ckptlite")
+    if legacy and ck:
+        ratio = r.median(legacy) / r.median(ck)
+        out.append(
+            Row(
+                "P7",
+                f"save at {legacy['extra_info']['checkpoints']:,} checkpoints: speed-up",
+                _fmt_time(r.median(ck)),
+                f"{_fmt_time(r.median(legacy))} (legacy core manager)",
+                f"{ratio:.1f}x faster",
+                ">= 20x",
+                ratio >= 20,
+            )
+        )
+    else:
+        out.append(Row("P7", "legacy core manager", "-", "-", "not measured", "", None))
+    marks = [b for b in r.find("P8", "ckptlite") if "marks_per_s" in b["extra_info"]]
+    if marks:
+        rate = float(marks[0]["extra_info"]["marks_per_s"])
+        out.append(
+            Row(
+                "P8",
+                f"item done-marks ({marks[0]['extra_info']['items']:,} in one run)",
+                f"{rate:,.0f} /s",
+                "-",
+                f"{rate:,.0f} /s",
+                ">= 200,000 /s",
+                rate >= 200_000,
+            )
+        )
+    else:
+        out.append(Row("P8", "item done-marks", "-", "-", "not measured", "", None))
+    out += _limits(r, "P8", lambda b: "scan" in b["extra_info"]["label"], "pending scan")
+    sync = r.one("P9", "ckptlite")
+    if sync:
+        info = sync["extra_info"]
+        for what, secs, lim in (
+            (f"sync {info['checkpoints']:,} checkpoints to PostgreSQL", info["first_sync_s"], 10),
+            ("no-op resync", info["resync_s"], 0.5),
+        ):
+            out.append(
+                Row(
+                    "P9",
+                    what,
+                    _fmt_time(secs),
+                    "-",
+                    _fmt_time(secs),
+                    f"<= {lim} s",
+                    secs <= lim,
+                )
+            )
+    else:
+        out.append(Row("P9", "sync to PostgreSQL", "-", "-", "not measured", "", None))
+    rss, peer = r.one("P10", "ckptlite"), r.one("P10", "peer")
+    if rss:
+        info = rss["extra_info"]
+        worst = max(info["save_peak_ratio"], info["load_peak_ratio"])
+        base = "-"
+        if peer:
+            p = peer["extra_info"]
+            base = f"pickle: {max(p['save_peak_ratio'], p['load_peak_ratio']):.2f}x"
+        out.append(
+            Row(
+                "P10",
+                f"peak RSS, save + load of a {info['nbytes'] >> 20} MiB array",
+                f"save {info['save_peak_ratio']:.2f}x, load {info['load_peak_ratio']:.2f}x",
+                base,
+                f"{worst:.2f}x the array",
+                "<= 1.25x",
+                worst <= 1.25,
+            )
+        )
+    else:
+        out.append(Row("P10", "peak RSS", "-", "-", "not measured", "", None))
+    return out
+
+
+def _limits(r: Results, target: str, pick: Callable[[Any], bool], what: str) -> list[Row]:
+    """Rows for absolute limits (extra_info limit_s): the median against the limit."""
+    found = [b for b in r.find(target, "ckptlite") if pick(b) and "limit_s" in b["extra_info"]]
+    if not found:
+        return [Row(target, what, "-", "-", "not measured", "", None)]
+    out = []
+    for b in found:
+        info = b["extra_info"]
+        med, lim = r.median(b), float(info["limit_s"])
+        n = info.get("checkpoints") or info.get("items")
+        work = info["label"] + (f" ({n:,} in the store)" if info.get("checkpoints") else "")
+        out.append(
+            Row(
+                target,
+                f"{work} (median)",
+                _fmt_time(med),
+                "-",
+                f"{med / lim:.3f}x the limit",
+                f"<= {_fmt_time(lim)}",
+                med <= lim,
+            )
+        )
+    return out
+
+
+def machine() -> dict[str, str]:
+    """CPU, cores, RAM, disk and versions of the machine this runs on."""
+    info: dict[str, str] = {}
+    try:
+        cpu = Path("/proc/cpuinfo").read_text()
+        info["CPU"] = next(
+            ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        info["CPU"] = platform.processor() or platform.machine()
+    info["cores"] = str(os.cpu_count())
+    try:
+        kb = next(
+            int(ln.split()[1])
+            for ln in Path("/proc/meminfo").read_text().splitlines()
+            if ln.startswith("MemTotal")
+        )
+        info["RAM"] = f"{kb / (1 << 20):.1f} GiB"
+    except (OSError, StopIteration):
+        info["RAM"] = "?"
+    info["disk"] = _disk(Path(tempfile.gettempdir()))
+    info["OS"] = platform.platform()
+    info["Python"] = platform.python_version()
+    for mod in ("numpy", "apsw", "zstandard", "msgpack", "diskcache", "joblib", "psycopg"):
+        try:
+            m = __import__(mod)
+            v = getattr(m, "__version__", None) or getattr(m, "apswversion", lambda: "?")()
+            if mod == "apsw":
+                v = f"{m.apswversion()} (SQLite {m.sqlite_lib_version()})"
+            info[mod] = str(v)
+        except ImportError:
+            info[mod] = "not installed"
+    try:
+        info["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        info["commit"] = "?"
+    return info
+
+
+def _disk(path: Path) -> str:
+    try:
+        mounts = [ln.split() for ln in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return "?"
+    target = str(path.resolve())
+    best = max(
+        (m for m in mounts if target == m[1] or target.startswith(m[1].rstrip("/") + "/")),
+        key=lambda m: len(m[1]),
+        default=None,
+    )
+    if best is None:
+        return "?"
+    dev, fstype = best[0], best[2]
+    st = os.statvfs(path)
+    size = st.f_blocks * st.f_frsize / (1 << 30)
+    rot = "?"
+    name = Path(dev).name
+    for cand in (name, name.rstrip("0123456789")):
+        p = Path(f"/sys/block/{cand}/queue/rotational")
+        if p.exists():
+            rot = "rotational" if p.read_text().strip() == "1" else "SSD/virtual"
+            break
+    return f"{dev} ({fstype}, {size:.0f} GiB, {rot}), bench stores under {tempfile.gettempdir()}"
+
+
+def markdown(table: list[Row], info: dict[str, str], data: dict[str, Any], extra: str) -> str:
+    """The RESULTS.md text."""
+    lines = [
+        "# ckptlite benchmark results",
+        "",
+        "Generated by `python -m bench.report` (full mode) on "
+        f"{data.get('datetime', datetime.now(UTC).isoformat())[:19]} UTC. Every ratio compares "
+        "medians measured in the same run. Targets: ../DESIGN.md §7 (shared/DESIGN.md).",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+    ]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row.cells()) + " |" for row in table]
+    met = sum(1 for x in table if x.met)
+    lines += [
+        "",
+        f"{met} of {len(table)} rows met; {sum(1 for x in table if x.met is None)} not measured.",
+        "",
+        "## Machine",
+        "",
+    ]
+    lines += [f"- {k}: {v}" for k, v in info.items()]
+    lines += ["", extra.strip(), ""]
+    return "\n".join(lines)
+
+
+def plot(r: Results, path: Path) -> bool:
+    """Write throughput (MB/s) against state size, save and load, per library."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return False
+    sweep = r.find("sweep")
+    if not sweep:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, op in zip(axes, ("save", "load"), strict=True):
+        series: dict[str, list[tuple[int, float]]] = {}
+        for b in sweep:
+            if b["group"] != f"sweep {op}":
+                continue
+            n = int(b["extra_info"]["nbytes"])
+            series.setdefault(b["extra_info"]["label"], []).append((n, n / r.median(b) / 1e6))
+        for label, pts in sorted(series.items()):
+            pts.sort()
+            style = {"linewidth": 2.5} if label == "ckptlite" else {"linestyle": "--"}
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label, **style)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("state size (bytes, float32 array)")
+        ax.set_title(f"{op} throughput" + (" (fsynced)" if op == "save" else " (warm cache)"))
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("MB/s (median)")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="quick-mode sizes (smoke test)")
+    ap.add_argument("--from-json", type=Path, help="render an earlier run's pytest-benchmark JSON")
+    ap.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md and the PNG go")
+    ap.add_argument("--no-profile", action="store_true", help="skip the cProfile section")
+    ap.add_argument(
+        "--notes",
+        type=Path,
+        default=HERE / "NOTES.md",
+        help="markdown appended to RESULTS.md (analysis of targets not met)",
+    )
+    args = ap.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    if args.from_json:
+        data = json.loads(args.from_json.read_text())
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            jp = Path(d) / "bench.json"
+            code = run_benchmarks(mode, jp)
+            if not jp.exists():
+                print(f"benchmarks failed (exit {code}) before writing results", file=sys.stderr)
+                return code or 1
+            data = json.loads(jp.read_text())
+            saved = Path(tempfile.gettempdir()) / "ckptlite-bench-results.json"
+            saved.write_text(json.dumps(data, indent=1))
+            print(f"raw results: {saved} (re-render with --from-json)", file=sys.stderr)
+            if code:
+                print(f"warning: pytest exited with {code}", file=sys.stderr)
+    r = Results(data)
+    table = rows(r)
+    widths = [max(len(x.cells()[i]) for x in [*table]) for i in range(len(HEADER))]
+    widths = [max(w, len(h)) for w, h in zip(widths, HEADER, strict=True)]
+    print("  ".join(h.ljust(w) for h, w in zip(HEADER, widths, strict=True)))
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row.cells(), widths, strict=True)))
+    extra = ""
+    if args.notes.exists():
+        extra += args.notes.read_text() + "\n"
+    plotted = plot(r, args.out / "throughput.png")
+    if plotted:
+        extra += (
+            "\n## Throughput against state size\n\n![save and load throughput](throughput.png)\n"
+        )
+    if not args.no_profile:
+        from bench.profiles import profiles
+
+        extra += "\n## Profiles (cProfile, sorted by own time)\n"
+        for op, text in profiles(64 if mode == "full" else 4).items():
+            extra += f"\n### {op}\n\n```\n{text}\n```\n"
+    info = machine()
+    info["mode"] = mode + (
+        " (shared 2-core machine: other engineers' jobs ran at the same time)"
+        if (os.cpu_count() or 0) <= 2
+        else ""
+    )
+    (args.out / "RESULTS.md").write_text(markdown(table, info, data, extra))
+    print(f"\nwrote {args.out / 'RESULTS.md'}" + (" and throughput.png" if plotted else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

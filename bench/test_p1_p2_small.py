@@ -1,0 +1,121 @@
+"""P1, P2: save and latest+load of a ~1 KB state, against diskcache and the legacy tile pickle."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+from pathlib import Path
+
+import diskcache
+import pytest
+
+import ckptlite
+from bench.conftest import SIZES, run
+from bench.legacy_core import save_tile_checkpoint
+from bench.states import small_state
+
+STATE = small_state()
+
+
+@pytest.mark.benchmark(group="P1 save ~1 KB")
+def test_p1_ckptlite_save(benchmark: object, scratch: Path) -> None:
+    with ckptlite.open(scratch / "store") as mgr:
+        cp = run(
+            benchmark,
+            lambda: mgr.save("geo-run", STATE, name="resample"),
+            target="P1",
+            role="ckptlite",
+            label="ckptlite save",
+            rounds=SIZES.small_rounds,
+            warmup=20,
+        )
+        assert mgr.load(cp.id) == STATE
+
+
+@pytest.mark.benchmark(group="P1 save ~1 KB")
+def test_p1_diskcache_set(benchmark: object, scratch: Path) -> None:
+    keys = itertools.count()
+    with diskcache.Cache(str(scratch / "dc")) as cache:
+        run(
+            benchmark,
+            lambda: cache.set(f"geo-run/resample/{next(keys)}", STATE),
+            target="P1",
+            role="baseline",
+            label="diskcache.Cache.set",
+            rounds=SIZES.small_rounds,
+            warmup=20,
+        )
+        assert cache.get("geo-run/resample/0") == STATE
+
+
+@pytest.mark.benchmark(group="P1 save ~1 KB")
+def test_p1_legacy_tile_pickle(benchmark: object, scratch: Path) -> None:
+    path = scratch / "tile_checkpoint"
+    run(
+        benchmark,
+        lambda: save_tile_checkpoint(path, STATE),
+        target="P1",
+        role="peer",
+        label="legacy tile pickle (no fsync)",
+        rounds=SIZES.small_rounds,
+        warmup=20,
+    )
+    assert pickle.loads(path.read_bytes()) == STATE
+
+
+@pytest.mark.benchmark(group="P2 latest+load ~1 KB")
+def test_p2_ckptlite_load_latest(benchmark: object, scratch: Path) -> None:
+    with ckptlite.open(scratch / "store") as mgr:
+        for i in range(50):
+            mgr.save("other-run", small_state(i), name="resample")
+            mgr.save("geo-run", small_state(i), name="resample")
+        mgr.save("geo-run", STATE, name="resample")
+        hit = run(
+            benchmark,
+            lambda: mgr.load_latest("geo-run", name="resample"),
+            target="P2",
+            role="ckptlite",
+            label="ckptlite load_latest",
+            rounds=SIZES.small_rounds,
+            warmup=20,
+        )
+        assert hit is not None and hit[1] == STATE
+
+
+@pytest.mark.benchmark(group="P2 latest+load ~1 KB")
+def test_p2_diskcache_get(benchmark: object, scratch: Path) -> None:
+    with diskcache.Cache(str(scratch / "dc")) as cache:
+        for i in range(50):
+            cache.set(f"other-run/resample/{i}", small_state(i))
+        cache.set("geo-run/resample", STATE)
+        got = run(
+            benchmark,
+            lambda: cache.get("geo-run/resample"),
+            target="P2",
+            role="baseline",
+            label="diskcache.Cache.get",
+            rounds=SIZES.small_rounds,
+            warmup=20,
+        )
+        assert got == STATE
+
+
+@pytest.mark.benchmark(group="P2 latest+load ~1 KB")
+def test_p2_legacy_tile_pickle_load(benchmark: object, scratch: Path) -> None:
+    path = scratch / "tile_checkpoint"
+    save_tile_checkpoint(path, STATE)
+
+    def load() -> object:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+
+    got = run(
+        benchmark,
+        load,
+        target="P2",
+        role="peer",
+        label="legacy tile pickle load",
+        rounds=SIZES.small_rounds,
+        warmup=20,
+    )
+    assert got == STATE
