@@ -4,6 +4,7 @@
 
     CkptliteError
     ├── CheckpointNotFoundError      (also KeyError)
+    ├── RunNotFoundError             (also KeyError) no run with that id
     ├── CorruptCheckpointError       stored bytes fail verification
     ├── UnsupportedTypeError         (also TypeError) the codec cannot encode a value
     ├── PickleNotAllowedError        a pickled value met allow_pickle=False
@@ -38,6 +39,7 @@ __all__ = [
     "MigrationError",
     "MissingChunksError",
     "PickleNotAllowedError",
+    "RunNotFoundError",
     "StoreError",
     "StoreFullError",
     "StoreIOError",
@@ -68,6 +70,13 @@ class CkptliteError(Exception):
 
 class CheckpointNotFoundError(CkptliteError, KeyError):
     default_hint = "List what exists with `ckptlite ls` or mgr.list()."
+
+    def __str__(self) -> str:  # KeyError would repr() the message otherwise
+        return CkptliteError.__str__(self)
+
+
+class RunNotFoundError(CkptliteError, KeyError):
+    default_hint = "List the runs with mgr.list_runs(process_id)."
 
     def __str__(self) -> str:  # KeyError would repr() the message otherwise
         return CkptliteError.__str__(self)

@@ -8,14 +8,14 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zstandard
 
-from . import chunking, codec
+from . import _async, _retention, chunking, codec
 from . import config as _config
 from .backends.base import Backend, ListQuery, dump_metadata
 from .errors import (
@@ -26,17 +26,23 @@ from .errors import (
     MissingChunksError,
 )
 from .ids import generate_checkpoint_id
+from .policies import CheckpointPolicy, RetentionReport
+from .runs import Run, open_run
 from .types import (
     BackupReport,
     Checkpoint,
     GcReport,
     Level,
+    RunRecord,
     Status,
     StorageConfig,
     StoredChunk,
     StoredRecord,
     VerifyReport,
 )
+
+if TYPE_CHECKING:
+    from .process import ResumableProcess
 
 __all__ = ["CheckpointManager", "get_checkpoint_manager", "open_store", "resolve_url"]
 
@@ -102,6 +108,8 @@ def open_store(
     busy_timeout: float | None = None,
     group_access: bool | None = None,
     create: bool = True,
+    policy: CheckpointPolicy | None = None,
+    max_pending: int = 8,
 ) -> CheckpointManager:
     """Open (creating if needed) a checkpoint store and return its manager.
 
@@ -109,7 +117,9 @@ def open_store(
     None means $CKPTLITE_URL, then $CKPTLITE_HOME, then the user data directory.
     Options left None come from the configuration (``ckptlite.config``: the
     ``ckptlite.toml`` file, then $CKPTLITE_* variables). ``create=False`` refuses
-    to create a local store that does not exist yet.
+    to create a local store that does not exist yet. With a ``policy``, each
+    save prunes its slot (``CheckpointPolicy``); ``max_pending`` bounds the
+    ``save_async`` queue.
 
     Raises:
         ConfigError: bad URL or option; no store there and ``create`` is False.
@@ -139,13 +149,22 @@ def open_store(
         busy_timeout=settings.busy_timeout if busy_timeout is None else busy_timeout,
         group_access=settings.group_access if group_access is None else group_access,
     )
-    return CheckpointManager(_open_backend(config, create=create), config)
+    return CheckpointManager(
+        _open_backend(config, create=create), config, policy=policy, max_pending=max_pending
+    )
 
 
 class CheckpointManager:
     """Save, load and find checkpoints in one store. Safe to share between threads."""
 
-    def __init__(self, backend: Backend, config: StorageConfig) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        config: StorageConfig,
+        *,
+        policy: CheckpointPolicy | None = None,
+        max_pending: int = 8,
+    ) -> None:
         self.backend = backend
         self.config = config
         self.allow_pickle = config.allow_pickle
@@ -153,6 +172,13 @@ class CheckpointManager:
         self._pool_pid = os.getpid()
         self._pool_lock = threading.Lock()
         self._closed = False
+        if policy is not None and not isinstance(policy, CheckpointPolicy):
+            raise ConfigError(f"policy must be a CheckpointPolicy, not {policy!r}")
+        if not isinstance(max_pending, int) or max_pending < 1:
+            raise ConfigError(f"max_pending must be a positive int, not {max_pending!r}")
+        self.policy = policy
+        self.max_pending = max_pending
+        self._async: _async.AsyncSaver | None = None
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -173,11 +199,20 @@ class CheckpointManager:
         """Finish pending work and release the store."""
         if self._closed:
             return
+        saver, self._async = self._async, None
+        pending_error: BaseException | None = None
+        if saver is not None:
+            try:
+                saver.close()  # pending async saves are written before closing
+            except BaseException as e:
+                pending_error = e
         self._closed = True
         if self._pool is not None and self._pool_pid == os.getpid():
             self._pool.shutdown(wait=True)
         self._pool = None
         self.backend.close()
+        if pending_error is not None:
+            raise pending_error
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._closed:
@@ -203,6 +238,7 @@ class CheckpointManager:
         parent: str | Checkpoint | None = None,
         metadata: dict[str, Any] | None = None,
         progress: tuple[int, int] | None = None,
+        policy: CheckpointPolicy | None = None,
     ) -> Checkpoint:
         """Save ``state`` as a new checkpoint of ``process_id`` and return its record.
 
@@ -211,6 +247,8 @@ class CheckpointManager:
             InvalidInputError: bad process_id, name, level, parent, metadata or progress.
             StoreFullError, StoreIOError: the disk failed; nothing was committed.
 
+        ``policy`` (default: the manager's) prunes the slot after the save.
+
         >>> import ckptlite
         >>> mgr = ckptlite.open("memory://")
         >>> mgr.save("run", [1, 2], name="tile_0").name
@@ -218,7 +256,7 @@ class CheckpointManager:
         """
         cp = self._new_checkpoint(process_id, level, name, parent, metadata, progress)
         encoded = codec.encode(state, allow_pickle=self.allow_pickle)
-        return self._store(cp, encoded)
+        return self._commit_encoded(cp, encoded, policy)
 
     def _new_checkpoint(
         self,
@@ -328,6 +366,158 @@ class CheckpointManager:
                     chunks.append(chunking.compress_chunk(digest, buf[offset : offset + n], level))
                 offset += n
         self.backend.write_chunks(chunks)
+
+    # -- retention, async saves, processes and runs (thin: see _retention, _async,
+    # -- process and runs) ------------------------------------------------------------
+
+    def _commit_encoded(
+        self, cp: Checkpoint, encoded: codec.EncodedState, policy: CheckpointPolicy | None
+    ) -> Checkpoint:
+        return _retention.store_with_policy(self, cp, encoded, policy or self.policy)
+
+    def save_async(
+        self,
+        process_id: str,
+        state: Any,
+        *,
+        level: Level | str = Level.STEP,
+        name: str = "",
+        parent: str | Checkpoint | None = None,
+        metadata: dict[str, Any] | None = None,
+        progress: tuple[int, int] | None = None,
+        policy: CheckpointPolicy | None = None,
+    ) -> Future[Checkpoint]:
+        """Queue a save and return its future; the state is snapshotted before this returns.
+
+        Blocks while ``max_pending`` saves are queued. A failure (an unsupported
+        type, a full disk) is set on the future and raised again by ``flush()``.
+
+        Raises:
+            ConfigError: the manager is closed.
+
+        >>> import ckptlite
+        >>> with ckptlite.open("memory://") as mgr:
+        ...     fut = mgr.save_async("run", {"step": 1})
+        ...     mgr.flush()
+        ...     mgr.load(fut.result().id)
+        {'step': 1}
+        """
+        if self._closed:
+            raise ConfigError("this checkpoint manager is closed", hint="Open a new one.")
+        with self._pool_lock:
+            if self._async is None:
+                self._async = _async.AsyncSaver(self, self.max_pending)
+            saver = self._async
+        return saver.submit(
+            process_id,
+            state,
+            policy=policy,
+            level=level,
+            name=name,
+            parent=parent,
+            metadata=metadata,
+            progress=progress,
+        )
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every ``save_async`` so far is written.
+
+        Raises:
+            CkptliteError (or the save's own error): the first save that failed since
+                the last flush (a note counts the others).
+            TimeoutError: saves are still pending after ``timeout`` seconds.
+        """
+        if self._async is not None:
+            self._async.flush(timeout)
+
+    def apply_retention(
+        self,
+        process_id: str | None = None,
+        policy: CheckpointPolicy | None = None,
+        dry_run: bool = False,
+    ) -> RetentionReport:
+        """Remove what ``policy`` (default: the manager's) does not keep; report why.
+
+        Works slot by slot over one process, or the whole store; with ``dry_run``
+        nothing is removed and the report tells what would be.
+
+        Raises:
+            InvalidInputError: no policy given and the manager has none.
+
+        >>> import ckptlite
+        >>> mgr = ckptlite.open("memory://")
+        >>> for i in range(5):
+        ...     _ = mgr.save("p", i)
+        >>> len(mgr.apply_retention("p", ckptlite.CheckpointPolicy(keep_last=2)).removed)
+        3
+        """
+        return _retention.apply_retention(self, process_id, policy, dry_run)
+
+    def resume_from(
+        self,
+        process: ResumableProcess,
+        checkpoint_id: str | None = None,
+        *,
+        process_id: str | None = None,
+        level: Level | str | None = None,
+        name: str | None = None,
+    ) -> Checkpoint | None:
+        """Restore ``process`` from a checkpoint (default: its slot's newest loadable one).
+
+        The slot is ``process_id`` / ``level`` / ``name``, defaulting to the process's
+        ``process_id``, ``checkpoint_level`` and ``checkpoint_name`` attributes.
+        Returns the checkpoint restored, or None when there is none (state untouched).
+
+        Raises:
+            CheckpointNotFoundError: ``checkpoint_id`` does not exist.
+            CorruptCheckpointError: ``checkpoint_id`` fails verification.
+            InvalidInputError: no process_id given and the process has none.
+        """
+        from .process import resume_process
+
+        return resume_process(
+            self, process, checkpoint_id, process_id=process_id, level=level, name=name
+        )
+
+    def run(
+        self,
+        process_id: str,
+        *,
+        resume: bool = True,
+        run_id: str | None = None,
+        batch_size: int = 1000,
+        batch_seconds: float = 2.0,
+        max_attempts: int = 3,
+    ) -> Run:
+        """Resume the newest unfinished run of ``process_id``, or start a new one.
+
+        A newest run that COMPLETED starts a new run; ``resume=False`` always
+        starts one; ``run_id`` reopens that run. See ``ckptlite.runs``.
+
+        Raises:
+            InvalidInputError: a bad argument, or ``run_id`` is another process's.
+            RunNotFoundError: no run ``run_id``.
+
+        >>> import ckptlite
+        >>> with ckptlite.open("memory://") as mgr, mgr.run("job") as run:
+        ...     stage = run.stage("load")
+        ...     _ = stage.complete([1, 2]) if not stage.done else None
+        ...     run.stage("load").result
+        [1, 2]
+        """
+        return open_run(
+            self,
+            process_id,
+            resume=resume,
+            run_id=run_id,
+            batch_size=batch_size,
+            batch_seconds=batch_seconds,
+            max_attempts=max_attempts,
+        )
+
+    def list_runs(self, process_id: str | None = None) -> builtins.list[RunRecord]:
+        """Return the runs of one process (or all), newest first."""
+        return self.backend.list_runs(process_id)
 
     # -- read -------------------------------------------------------------------
 

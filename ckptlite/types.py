@@ -12,7 +12,11 @@ __all__ = [
     "BackupReport",
     "Checkpoint",
     "GcReport",
+    "ItemMark",
+    "ItemRecord",
     "Level",
+    "RunRecord",
+    "RunStatus",
     "Status",
     "StorageConfig",
     "StoredChunk",
@@ -139,3 +143,63 @@ class BackupReport:
     temp_files: tuple[str, ...] = ()
     bytes_reclaimed: int = 0
     dry_run: bool = False
+
+
+class RunStatus(StrEnum):
+    """Life of a pipeline run: RUNNING until it ends COMPLETED or FAILED."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run of a process, as the ledger stores it.
+
+    ``seq`` orders runs by creation (assigned by the backend); ``changed`` is the
+    ledger clock value of its last change (a high-water mark for sync).
+    """
+
+    id: str
+    process_id: str
+    status: RunStatus
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+    error: str | None = None
+    progress: tuple[int, int] | None = None
+    seq: int = 0
+    changed: int = 0
+
+    def replace(self, **changes: Any) -> RunRecord:
+        """Return a copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemMark:
+    """A done- or failed-mark for one work item, as the manager hands it to a backend.
+
+    ``state`` is already encoded (backends store bytes); ``error`` is set when not ``ok``.
+    """
+
+    group: str
+    item_id: str
+    ok: bool
+    state: bytes | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    """One work item in the ledger: done (``ok``) or failed, with its attempt count."""
+
+    run_id: str
+    group: str
+    item_id: str
+    ok: bool
+    attempts: int
+    error: str | None
+    state: bytes | None
+    changed: int

@@ -14,7 +14,17 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import InvalidInputError
-from ..types import Checkpoint, GcReport, Level, Status, StoredChunk, StoredRecord
+from ..types import (
+    Checkpoint,
+    GcReport,
+    ItemMark,
+    ItemRecord,
+    Level,
+    RunRecord,
+    Status,
+    StoredChunk,
+    StoredRecord,
+)
 
 __all__ = [
     "Backend",
@@ -178,6 +188,79 @@ class Backend(Protocol):
         Raises:
             MissingChunksError: a record references a chunk this store lacks (nothing committed).
             InvalidInputError: a parent is neither stored nor earlier in ``records``.
+        """
+
+    # -- runs and the work-item ledger (bytes only: the manager encodes item states) --
+
+    def create_run(self, run: RunRecord) -> RunRecord:
+        """Insert a new run; return it with ``seq`` (creation order) and ``changed`` assigned.
+
+        Raises:
+            InvalidInputError: a run with this id exists already (nothing written).
+        """
+
+    def update_run(self, run: RunRecord) -> RunRecord:
+        """Replace a run's status, updated_at, finished_at, error and progress.
+
+        Returns the stored run with a new ``changed`` (ledger clock) value.
+
+        Raises:
+            RunNotFoundError: no run with ``run.id``.
+        """
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """Return one run.
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+
+    def list_runs(
+        self,
+        process_id: str | None = None,
+        *,
+        after_changed: int | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[RunRecord]:
+        """Return runs, newest (highest seq) first.
+
+        With ``after_changed`` (for sync): only runs whose ``changed`` is above it,
+        lowest ``changed`` first.
+        """
+
+    def mark_items(self, run_id: str, marks: Sequence[ItemMark]) -> int:
+        """Record done- and failed-marks with their states, all in ONE transaction.
+
+        A new item gets ``attempts=1``; an item marked failed before gets the new
+        mark and ``attempts+1``; an item already done is left as it is (the first
+        done-mark wins, so no item is ever recorded done twice). Marks of one call
+        apply in order. Every item written gets the same new ledger clock value,
+        which is returned.
+
+        Raises:
+            RunNotFoundError: no such run (nothing written).
+            StoreFullError, StoreIOError, StoreLockedError: nothing written.
+        """
+
+    def item_marks(self, run_id: str, group: str) -> tuple[set[str], dict[str, int]]:
+        """Return ``(ids done, {failed id: attempts})`` for one group of a run.
+
+        An unknown run or group has no marks: ``(set(), {})``. Must be fast: a
+        group of 1,000,000 items is read in about a second.
+        """
+
+    def list_items(
+        self,
+        run_id: str,
+        group: str | None = None,
+        *,
+        after_changed: int | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[ItemRecord]:
+        """Return a run's ledger entries (with states), by (changed, group, item_id).
+
+        ``after_changed`` keeps only entries written after that clock value (for sync).
+        An unknown run has no entries.
         """
 
 

@@ -27,8 +27,20 @@ from ..errors import (
     CorruptCheckpointError,
     InvalidInputError,
     MissingChunksError,
+    RunNotFoundError,
 )
-from ..types import Checkpoint, GcReport, Level, Status, StoredChunk, StoredRecord
+from ..types import (
+    Checkpoint,
+    GcReport,
+    ItemMark,
+    ItemRecord,
+    Level,
+    RunRecord,
+    RunStatus,
+    Status,
+    StoredChunk,
+    StoredRecord,
+)
 from .base import ListQuery, StructureCheck, dump_metadata, from_micros, load_metadata, to_micros
 
 __all__ = ["DB_NAME", "INLINE_MAX", "MIGRATIONS", "LocalBackend"]
@@ -80,6 +92,39 @@ MIGRATIONS: list[str] = [
     INSERT INTO store_meta VALUES ('store_id', lower(hex(randomblob(16))));
     CREATE TABLE sync_marks (source TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
     """,
+    # Pipeline runs and the work-item ledger. ``items`` is keyed by the run's
+    # integer seq (short keys keep 1,000,000-item ledgers small and fast); the
+    # ledger clock gives every write a change number that sync can resume from.
+    """
+    CREATE TABLE runs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        process_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        error TEXT,
+        progress_done INTEGER,
+        progress_total INTEGER,
+        changed INTEGER NOT NULL
+    );
+    CREATE INDEX runs_process ON runs(process_id, seq);
+    CREATE INDEX runs_changed ON runs(changed);
+    CREATE TABLE items (
+        run INTEGER NOT NULL,
+        grp TEXT NOT NULL,
+        item TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        error TEXT,
+        state BLOB,
+        changed INTEGER NOT NULL,
+        PRIMARY KEY (run, grp, item)
+    ) WITHOUT ROWID;
+    CREATE TABLE ledger_clock (k INTEGER PRIMARY KEY CHECK (k = 1), v INTEGER NOT NULL);
+    INSERT INTO ledger_clock(k, v) VALUES (1, 0);
+    """,
 ]
 
 _COLS = (
@@ -106,6 +151,28 @@ def _row_to_checkpoint(row: Sequence[Any]) -> Checkpoint:
         checksum=checksum,
         metadata=load_metadata(meta),
         progress=None if pd is None else (pd, pt),
+    )
+
+
+_RUN_COLS = (
+    "seq, id, process_id, status, started_at, updated_at, finished_at, error, "
+    "progress_done, progress_total, changed"
+)
+
+
+def _row_to_run(row: Sequence[Any]) -> RunRecord:
+    seq, rid, pid, status, started, updated, finished, error, pd, pt, changed = row
+    return RunRecord(
+        id=rid,
+        process_id=pid,
+        status=RunStatus(status),
+        started_at=from_micros(started),
+        updated_at=from_micros(updated),
+        finished_at=None if finished is None else from_micros(finished),
+        error=error,
+        progress=None if pd is None else (pd, pt),
+        seq=seq,
+        changed=changed,
     )
 
 
@@ -484,6 +551,169 @@ class LocalBackend:
                 target.write(d, self.blobs.read(d))
                 if progress:
                     progress(i, len(files))
+
+    # -- runs and the work-item ledger -------------------------------------------
+
+    def _tick(self, conn: apsw.Connection) -> int:
+        row: Any = conn.execute(
+            "UPDATE ledger_clock SET v = v + 1 WHERE k = 1 RETURNING v"
+        ).fetchone()
+        return int(row[0])
+
+    def create_run(self, run: RunRecord) -> RunRecord:
+        with self.db.write() as conn:
+            if conn.execute("SELECT 1 FROM runs WHERE id=?", (run.id,)).fetchone():
+                raise InvalidInputError(f"run {run.id} exists already", run_id=run.id)
+            changed = self._tick(conn)
+            progress = run.progress or (None, None)
+            conn.execute(
+                "INSERT INTO runs(id, process_id, status, started_at, updated_at, finished_at, "
+                "error, progress_done, progress_total, changed) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run.id,
+                    run.process_id,
+                    run.status.value,
+                    to_micros(run.started_at),
+                    to_micros(run.updated_at),
+                    None if run.finished_at is None else to_micros(run.finished_at),
+                    run.error,
+                    progress[0],
+                    progress[1],
+                    changed,
+                ),
+            )
+            seq = conn.last_insert_rowid()
+        return run.replace(seq=seq, changed=changed)
+
+    def update_run(self, run: RunRecord) -> RunRecord:
+        with self.db.write() as conn:
+            changed = self._tick(conn)
+            progress = run.progress or (None, None)
+            conn.execute(
+                "UPDATE runs SET status=?, updated_at=?, finished_at=?, error=?, "
+                "progress_done=?, progress_total=?, changed=? WHERE id=?",
+                (
+                    run.status.value,
+                    to_micros(run.updated_at),
+                    None if run.finished_at is None else to_micros(run.finished_at),
+                    run.error,
+                    progress[0],
+                    progress[1],
+                    changed,
+                    run.id,
+                ),
+            )
+            if conn.changes() == 0:
+                raise RunNotFoundError(f"no run {run.id!r}", run_id=run.id)
+        return self.get_run(run.id)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        with translate_errors("reading run"):
+            row = (
+                self.db.read()
+                .execute(f"SELECT {_RUN_COLS} FROM runs WHERE id=?", (run_id,))
+                .fetchone()
+            )
+        if row is None:
+            raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+        return _row_to_run(row)
+
+    def list_runs(
+        self,
+        process_id: str | None = None,
+        *,
+        after_changed: int | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[RunRecord]:
+        where: builtins.list[str] = []
+        args: builtins.list[Any] = []
+        if process_id is not None:
+            where.append("process_id=?")
+            args.append(process_id)
+        if after_changed is not None:
+            where.append("changed>?")
+            args.append(after_changed)
+        sql = f"SELECT {_RUN_COLS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY changed ASC" if after_changed is not None else " ORDER BY seq DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with translate_errors("listing runs"):
+            return [_row_to_run(r) for r in self.db.read().execute(sql, args)]
+
+    def _run_seq(self, conn: apsw.Connection, run_id: str) -> int | None:
+        row: Any = conn.execute("SELECT seq FROM runs WHERE id=?", (run_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def mark_items(self, run_id: str, marks: Sequence[ItemMark]) -> int:
+        with self.db.write() as conn:
+            run = self._run_seq(conn, run_id)
+            if run is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            changed = self._tick(conn)
+            if marks:
+                conn.executemany(
+                    "INSERT INTO items(run, grp, item, ok, attempts, error, state, changed) "
+                    "VALUES (?, ?, ?, ?, 1, ?, ?, ?) ON CONFLICT(run, grp, item) DO UPDATE SET "
+                    "ok=excluded.ok, attempts=items.attempts+1, error=excluded.error, "
+                    "state=excluded.state, changed=excluded.changed WHERE items.ok=0",
+                    [
+                        (run, m.group, m.item_id, int(m.ok), m.error, m.state, changed)
+                        for m in marks
+                    ],
+                )
+        return changed
+
+    def item_marks(self, run_id: str, group: str) -> tuple[set[str], dict[str, int]]:
+        conn = self.db.read()
+        with translate_errors("reading the item ledger"):
+            run = self._run_seq(conn, run_id)
+            if run is None:
+                return set(), {}
+            cur = conn.cursor()
+            cur.row_trace = lambda _c, row: row[0]  # scalars, not 1-tuples: 1M ids per second
+            done: set[str] = set(
+                cur.execute("SELECT item FROM items WHERE run=? AND grp=? AND ok=1", (run, group))
+            )
+            failed = {
+                item: attempts
+                for item, attempts in conn.execute(
+                    "SELECT item, attempts FROM items WHERE run=? AND grp=? AND ok=0", (run, group)
+                )
+            }
+        return done, failed
+
+    def list_items(
+        self,
+        run_id: str,
+        group: str | None = None,
+        *,
+        after_changed: int | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[ItemRecord]:
+        conn = self.db.read()
+        with translate_errors("reading the item ledger"):
+            run = self._run_seq(conn, run_id)
+            if run is None:
+                return []
+            sql = "SELECT grp, item, ok, attempts, error, state, changed FROM items WHERE run=?"
+            args: builtins.list[Any] = [run]
+            if group is not None:
+                sql += " AND grp=?"
+                args.append(group)
+            if after_changed is not None:
+                sql += " AND changed>?"
+                args.append(after_changed)
+            sql += " ORDER BY changed, grp, item"
+            if limit is not None:
+                sql += " LIMIT ?"
+                args.append(limit)
+            return [
+                ItemRecord(run_id, g, i, bool(ok), n, err, st, ch)
+                for g, i, ok, n, err, st, ch in conn.execute(sql, args)
+            ]
 
     def close(self) -> None:
         self.db.close()

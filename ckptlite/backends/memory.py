@@ -13,8 +13,19 @@ from ..errors import (
     CorruptCheckpointError,
     InvalidInputError,
     MissingChunksError,
+    RunNotFoundError,
 )
-from ..types import Checkpoint, GcReport, Level, Status, StoredChunk, StoredRecord
+from ..types import (
+    Checkpoint,
+    GcReport,
+    ItemMark,
+    ItemRecord,
+    Level,
+    RunRecord,
+    Status,
+    StoredChunk,
+    StoredRecord,
+)
 from .base import ListQuery, StructureCheck
 
 __all__ = ["MemoryBackend"]
@@ -29,6 +40,12 @@ class MemoryBackend:
         self._records: dict[str, StoredRecord] = {}
         self._chunks: dict[str, StoredChunk] = {}
         self._seq = 0
+        # Runs and the item ledger: {(run_id, group): {item_id: [ok, attempts, error, state,
+        # changed]}}; ``_clock`` is the ledger clock.
+        self._runs: dict[str, RunRecord] = {}
+        self._run_seq = 0
+        self._items: dict[tuple[str, str], dict[str, list[Any]]] = {}
+        self._clock = 0
         self._store_id = uuid.uuid4().hex
         self._marks: dict[str, int] = {}
 
@@ -164,6 +181,100 @@ class MemoryBackend:
                 "by_process": by_process,
                 "by_status": by_status,
             }
+
+    # -- runs and the work-item ledger -------------------------------------------
+
+    def create_run(self, run: RunRecord) -> RunRecord:
+        with self._lock:
+            if run.id in self._runs:
+                raise InvalidInputError(f"run {run.id} exists already", run_id=run.id)
+            self._run_seq += 1
+            self._clock += 1
+            run = run.replace(seq=self._run_seq, changed=self._clock)
+            self._runs[run.id] = run
+            return run
+
+    def update_run(self, run: RunRecord) -> RunRecord:
+        with self._lock:
+            old = self.get_run(run.id)
+            self._clock += 1
+            new = old.replace(
+                status=run.status,
+                updated_at=run.updated_at,
+                finished_at=run.finished_at,
+                error=run.error,
+                progress=run.progress,
+                changed=self._clock,
+            )
+            self._runs[run.id] = new
+            return new
+
+    def get_run(self, run_id: str) -> RunRecord:
+        with self._lock:
+            try:
+                return self._runs[run_id]
+            except (KeyError, TypeError):
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id) from None
+
+    def list_runs(
+        self,
+        process_id: str | None = None,
+        *,
+        after_changed: int | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[RunRecord]:
+        with self._lock:
+            runs = [
+                r
+                for r in self._runs.values()
+                if (process_id is None or r.process_id == process_id)
+                and (after_changed is None or r.changed > after_changed)
+            ]
+        if after_changed is None:
+            runs.sort(key=lambda r: r.seq, reverse=True)
+        else:
+            runs.sort(key=lambda r: r.changed)
+        return runs if limit is None else runs[:limit]
+
+    def mark_items(self, run_id: str, marks: Sequence[ItemMark]) -> int:
+        with self._lock:
+            self.get_run(run_id)
+            self._clock += 1
+            tick = self._clock
+            for m in marks:
+                group = self._items.setdefault((run_id, m.group), {})
+                old = group.get(m.item_id)
+                if old is None:
+                    group[m.item_id] = [m.ok, 1, m.error, m.state, tick]
+                elif not old[0]:
+                    group[m.item_id] = [m.ok, old[1] + 1, m.error, m.state, tick]
+            return tick
+
+    def item_marks(self, run_id: str, group: str) -> tuple[set[str], dict[str, int]]:
+        with self._lock:
+            entries = self._items.get((run_id, group), {})
+            done = {k for k, v in entries.items() if v[0]}
+            failed = {k: v[1] for k, v in entries.items() if not v[0]}
+        return done, failed
+
+    def list_items(
+        self,
+        run_id: str,
+        group: str | None = None,
+        *,
+        after_changed: int | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[ItemRecord]:
+        with self._lock:
+            out = [
+                ItemRecord(run_id, g, item, v[0], v[1], v[2], v[3], v[4])
+                for (rid, g), entries in self._items.items()
+                if rid == run_id and (group is None or g == group)
+                for item, v in entries.items()
+                if after_changed is None or v[4] > after_changed
+            ]
+        out.sort(key=lambda r: (r.changed, r.group, r.item_id))
+        return out if limit is None else out[:limit]
 
     def close(self) -> None:
         pass
