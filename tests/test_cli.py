@@ -1,0 +1,488 @@
+"""The ckptlite command line, tried as a user would on a store a small pipeline built."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import flip_bit
+
+import ckptlite
+from ckptlite import Level, Status
+from ckptlite.cli import EXIT_CODES, build_parser, exit_code, main
+from ckptlite.progress import Progress
+
+CKPTLITE = Path(sys.executable).parent / "ckptlite"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No user config file and no $CKPTLITE_* variables leak into these tests."""
+    for var in list(os.environ):
+        if var.startswith("CKPTLITE_") and var not in ("CKPTLITE_TEST_PG", "CKPTLITE_REQUIRE_PG"):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("CKPTLITE_CONFIG", str(tmp_path / "no-such-config.toml"))
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, (out, err)
+    return json.loads(out)
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> dict[str, Any]:
+    """A store built by a small pipeline: one run, two stages, four tile steps under the first."""
+    store = tmp_path / "store"
+    rng = np.random.default_rng(7)
+    with ckptlite.open(store, durability="none") as mgr:
+        top = mgr.save("tiles", {"tiles": 4}, level=Level.PIPELINE, name="run")
+        resample = mgr.save(
+            "tiles",
+            {"raster": rng.random(300_000, dtype="f4"), "crs": "EPSG:4326"},
+            level=Level.STAGE,
+            name="resample",
+            parent=top,
+        )
+        steps = [
+            mgr.save(
+                "tiles",
+                {"tile": i, "mean": float(i) / 2, "mask": np.arange(i + 3, dtype="i2")},
+                level=Level.STEP,
+                name=f"tile_{i}",
+                parent=resample,
+                progress=(i + 1, 4),
+            )
+            for i in range(4)
+        ]
+        render = mgr.save(
+            "tiles", {"png": rng.bytes(100)}, level=Level.STAGE, name="render", parent=top
+        )
+        other = mgr.save("other-job", [1, 2, 3], level=Level.STEP, name="x")
+    return {
+        "store": str(store),
+        "top": top,
+        "resample": resample,
+        "steps": steps,
+        "render": render,
+        "other": other,
+    }
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert len(actions) == 1
+    return dict(actions[0].choices)
+
+
+# -- 1. help ---------------------------------------------------------------------
+
+
+def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    names = subcommands()
+    assert {"ls", "show", "cat", "rm", "verify", "gc", "stats", "backup", "config"} <= set(names)
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "Example" in out
+    for name in names:
+        code, out, _ = run(capsys, name, "--help")
+        assert code == 0, name
+        assert "Example" in out, f"`ckptlite {name} --help` has no example"
+        assert f"ckptlite {name}" in out.split("Example", 1)[1], name
+        assert "--store" in out and "--json" in out, name
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"ckptlite {ckptlite.__version__}"
+
+
+# -- 2. a new user on a pipeline's store --------------------------------------------
+
+
+def test_ls_tree_shows_the_hierarchy(capsys: pytest.CaptureFixture[str], pipeline: dict) -> None:
+    code, out, _ = run(capsys, "--store", pipeline["store"], "ls", "--tree")
+    assert code == 0
+    lines = out.splitlines()
+    ids = [
+        pipeline["top"].id,
+        pipeline["resample"].id,
+        *(s.id for s in pipeline["steps"]),
+        pipeline["render"].id,
+        pipeline["other"].id,
+    ]
+    where = {cid: next(i for i, ln in enumerate(lines) if cid in ln) for cid in ids}
+    # creation order, depth from the branch drawing
+    assert [where[c] for c in ids] == sorted(where.values())
+    depth = {cid: (len(lines[i]) - len(lines[i].lstrip("│├└─ "))) // 3 for cid, i in where.items()}
+    assert depth[pipeline["top"].id] == 0 and depth[pipeline["other"].id] == 0
+    assert depth[pipeline["resample"].id] == 1 and depth[pipeline["render"].id] == 1
+    assert all(depth[s.id] == 2 for s in pipeline["steps"])
+    assert lines[where[pipeline["steps"][-1].id]].lstrip("│ ").startswith("└─ step tile_3")
+    assert lines[where[pipeline["render"].id]].startswith("└─ stage render")
+
+    tree = run_json(capsys, "ls", "--tree", "--store", pipeline["store"])["tree"]
+    assert [n["checkpoint"]["id"] for n in tree] == [pipeline["top"].id, pipeline["other"].id]
+    stages = tree[0]["children"]
+    assert [s["checkpoint"]["name"] for s in stages] == ["resample", "render"]
+    assert [c["checkpoint"]["name"] for c in stages[0]["children"]] == [
+        f"tile_{i}" for i in range(4)
+    ]
+    for child in stages[0]["children"]:
+        assert child["checkpoint"]["parent_id"] == pipeline["resample"].id
+
+    # a filtered tree keeps the steps, drawn as detached roots
+    sub = run_json(
+        capsys,
+        "--store",
+        pipeline["store"],
+        "ls",
+        "--tree",
+        "--level",
+        "step",
+        "--process",
+        "tiles",
+    )["tree"]
+    assert [n["checkpoint"]["name"] for n in sub] == [f"tile_{i}" for i in range(4)]
+    assert all(n["detached"] for n in sub)
+
+
+def test_verify_names_the_checkpoint_whose_chunk_was_damaged(
+    capsys: pytest.CaptureFixture[str], pipeline: dict
+) -> None:
+    store = pipeline["store"]
+    assert run(capsys, "--store", store, "verify")[0] == 0
+    assert run(capsys, "--store", store, "verify", "--full")[0] == 0
+
+    blobs = sorted(p for p in (Path(store) / "blobs").glob("??/*") if p.is_file())
+    assert blobs, "the raster should be stored in chunk files"
+    flip_bit(blobs[0], offset=1000)
+
+    code, out, err = run(capsys, "--store", store, "verify", "--full")
+    assert code == 1, (out, err)
+    assert f"CORRUPTED {pipeline['resample'].id}" in out
+    assert "tile_" not in out and pipeline["render"].id not in out
+
+    code, out, _ = run(capsys, "--store", store, "verify", "--full", "--json")
+    report = json.loads(out)
+    assert code == 1
+    assert report["ok"] is False and report["full"] is True
+    assert report["corrupted"] == [pipeline["resample"].id]
+    assert report["checked"] == 8
+    listed = run_json(capsys, "--store", store, "ls", "--status", "corrupted")["checkpoints"]
+    assert [c["id"] for c in listed] == [pipeline["resample"].id]
+
+    # `cat` of the damaged checkpoint fails with exit 1 and a hint, no traceback
+    code, out, err = run(capsys, "--store", store, "cat", pipeline["resample"].id)
+    assert code == 1 and "corrupted" in err and "hint:" in err and "Traceback" not in err
+
+
+def test_quick_verify_finds_a_missing_chunk_file(
+    capsys: pytest.CaptureFixture[str], pipeline: dict
+) -> None:
+    blob = next(p for p in (Path(pipeline["store"]) / "blobs").glob("??/*") if p.is_file())
+    blob.unlink()
+    code, out, _ = run(capsys, "--store", pipeline["store"], "verify")
+    assert code == 1
+    assert f"CORRUPTED {pipeline['resample'].id}" in out
+    assert f"missing chunk {blob.name}" in out
+
+
+def test_gc_dry_run_reports_exactly_what_gc_removes(
+    capsys: pytest.CaptureFixture[str], pipeline: dict
+) -> None:
+    store = Path(pipeline["store"])
+    # garbage: the raster's chunks (its stage deleted with its steps) and a dead writer's temp
+    code, out, _ = run(capsys, "--store", str(store), "rm", "-r", pipeline["resample"].id)
+    assert code == 0 and out.count("deleted ") == 5
+    (store / "blobs" / "tmp" / "0123abcd.999.dead.tmp").write_bytes(b"half a chunk")
+    files_before = sorted(p.name for p in store.rglob("*") if p.is_file())
+
+    dry = run_json(capsys, "--store", str(store), "gc", "--dry-run")
+    assert dry["dry_run"] is True
+    assert dry["chunks"] and dry["temp_files"] == ["0123abcd.999.dead.tmp"]
+    assert sorted(p.name for p in store.rglob("*") if p.is_file()) == files_before
+
+    real = run_json(capsys, "--store", str(store), "gc")
+    assert real["dry_run"] is False
+    assert (real["chunks"], real["temp_files"], real["bytes_reclaimed"]) == (
+        dry["chunks"],
+        dry["temp_files"],
+        dry["bytes_reclaimed"],
+    )
+    left = {p.name for p in store.rglob("*") if p.is_file()}
+    assert not left & set(dry["chunks"]) and "0123abcd.999.dead.tmp" not in left
+    again = run_json(capsys, "--store", str(store), "gc", "--dry-run")
+    assert again["chunks"] == [] and again["temp_files"] == []
+    assert run(capsys, "--store", str(store), "verify", "--full")[0] == 0
+
+    code, out, _ = run(capsys, "--store", str(store), "gc", "--dry-run")
+    assert code == 0 and "would remove 0 chunks" in out
+
+
+def test_rm_needs_r_for_a_checkpoint_with_children(
+    capsys: pytest.CaptureFixture[str], pipeline: dict
+) -> None:
+    code, _, err = run(capsys, "--store", pipeline["store"], "rm", pipeline["top"].id)
+    assert code == 2 and "-r" in err
+    assert len(run_json(capsys, "--store", pipeline["store"], "ls")["checkpoints"]) == 8
+    out = run_json(capsys, "--store", pipeline["store"], "rm", pipeline["other"].id)
+    assert out == {"deleted": [pipeline["other"].id]}
+
+
+# -- 3. JSON schemas ------------------------------------------------------------------
+
+
+def test_ls_json(capsys: pytest.CaptureFixture[str], pipeline: dict) -> None:
+    store = pipeline["store"]
+    cps = run_json(capsys, "--store", store, "ls")["checkpoints"]
+    assert len(cps) == 8
+    assert [c["seq"] for c in cps] == sorted((c["seq"] for c in cps), reverse=True)
+    assert set(cps[0]) == {
+        "id",
+        "process_id",
+        "level",
+        "name",
+        "parent_id",
+        "seq",
+        "status",
+        "created_at",
+        "size",
+        "stored_size",
+        "checksum",
+        "metadata",
+        "progress",
+    }
+    steps = run_json(capsys, "ls", "--store", store, "-p", "tiles", "-l", "step")["checkpoints"]
+    assert [c["name"] for c in steps] == [f"tile_{i}" for i in (3, 2, 1, 0)]
+    assert steps[0]["progress"] == [4, 4] and steps[0]["status"] == "valid"
+    one = run_json(capsys, "--store", store, "ls", "--name", "tile_2")["checkpoints"]
+    assert [c["id"] for c in one] == [pipeline["steps"][2].id]
+    assert run_json(capsys, "--store", store, "ls", "--since", "1h", "-n", "2")["checkpoints"]
+    assert run_json(capsys, "--store", store, "ls", "--since", "2999-01-01")["checkpoints"] == []
+    code, _, err = run(capsys, "--store", store, "ls", "--since", "yesterday-ish")
+    assert code == 2 and "not a time or age" in err
+
+
+def test_show_json(capsys: pytest.CaptureFixture[str], pipeline: dict) -> None:
+    step = pipeline["steps"][1]
+    cp = run_json(capsys, "--store", pipeline["store"], "show", step.id)["checkpoint"]
+    assert cp["id"] == step.id and cp["parent_id"] == pipeline["resample"].id
+    assert cp["level"] == "step" and cp["name"] == "tile_1" and cp["progress"] == [2, 4]
+    assert cp["checksum"] == step.checksum and cp["size"] == step.size
+    assert cp["created_at"] == step.created_at.isoformat()
+    code, out, _ = run(capsys, "--store", pipeline["store"], "show", step.id)
+    assert code == 0 and f"parent_id    {pipeline['resample'].id}" in out
+
+
+def test_stats_json(capsys: pytest.CaptureFixture[str], pipeline: dict) -> None:
+    s = run_json(capsys, "--store", pipeline["store"], "stats")
+    assert s["checkpoints"] == 8
+    assert s["by_process"] == {
+        "tiles": {"pipeline": 1, "stage": 2, "step": 4},
+        "other-job": {"step": 1},
+    }
+    assert s["by_status"] == {"valid": 8}
+    with ckptlite.open(pipeline["store"]) as mgr:
+        logical = sum(c.size for c in mgr.list())
+    assert s["logical_bytes"] == logical
+    assert s["stored_bytes"] > 0 and s["dedup_ratio"] == pytest.approx(logical / s["stored_bytes"])
+    code, out, _ = run(capsys, "--store", pipeline["store"], "stats")
+    assert code == 0 and "tiles" in out and "dedup ratio" in out
+
+
+def test_cat_summarises_arrays_unless_full(
+    capsys: pytest.CaptureFixture[str], pipeline: dict
+) -> None:
+    code, out, _ = run(capsys, "--store", pipeline["store"], "cat", pipeline["resample"].id)
+    assert code == 0
+    state = json.loads(out)
+    raster = state["raster"]
+    assert raster["__type__"] == "ndarray" and raster["dtype"] == "float32"
+    assert raster["shape"] == [300_000] and "data" not in raster
+    assert 0 <= raster["min"] < raster["max"] < 1
+    assert state["crs"] == "EPSG:4326"
+
+    step = pipeline["steps"][2]
+    full = run_json(capsys, "--store", pipeline["store"], "cat", step.id, "--full")
+    assert full["id"] == step.id
+    assert full["state"]["mask"]["data"] == [0, 1, 2, 3, 4]
+    assert full["state"]["tile"] == 2 and full["state"]["mean"] == 1.0
+    png = json.loads(run(capsys, "--store", pipeline["store"], "cat", pipeline["render"].id)[1])
+    assert png["png"]["size"] == 100 and "base64" not in png["png"]
+
+
+# -- 4. backup while another process saves ------------------------------------------
+
+WRITER = """
+import sys
+from pathlib import Path
+import numpy as np
+import ckptlite
+
+with ckptlite.open(sys.argv[1]) as mgr:
+    i = 0
+    while True:
+        raster = np.random.default_rng(i).random(150_000, dtype="f4")
+        mgr.save("writer", {"i": i, "raster": raster}, name=f"s{i % 7}")
+        i += 1
+        if i == 5:
+            Path(sys.argv[2]).touch()
+"""
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    store = tmp_path / "live"
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(store), str(ready)])
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None, "writer died"
+            assert time.monotonic() < deadline, "writer never got going"
+            time.sleep(0.05)
+        yield proc, store
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def test_backup_of_a_store_being_written_opens_and_verifies(
+    writer: tuple[subprocess.Popen[bytes], Path], tmp_path: Path
+) -> None:
+    proc, store = writer
+    dest = tmp_path / "copy"
+    # a real `ckptlite` process, as an operator would run it
+    done = subprocess.run(
+        [str(CKPTLITE), "backup", str(dest), "--store", str(store), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert proc.poll() is None, "the writer must still be saving while the backup runs"
+    report = json.loads(done.stdout)
+    assert report["dest"] == str(dest) and report["checkpoints"] >= 5
+
+    with ckptlite.open(dest, create=False) as copy:
+        assert copy.verify(full=True).ok
+        cps = copy.list()
+        assert len(cps) == report["checkpoints"]
+        for cp in cps:
+            state = copy.load(cp.id)
+            expected = np.random.default_rng(state["i"]).random(150_000, dtype="f4")
+            assert np.array_equal(state["raster"], expected)
+    verify = subprocess.run(
+        [str(CKPTLITE), "--store", str(dest), "verify", "--full"], capture_output=True, text=True
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    # the writer kept going: the live store moved on past the copy
+    deadline = time.monotonic() + 30
+    while True:
+        with ckptlite.open(store) as live:
+            if len(live.list(process_id="writer")) > report["checkpoints"]:
+                break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_backup_refuses_an_existing_destination_and_memory_stores(
+    capsys: pytest.CaptureFixture[str], pipeline: dict, tmp_path: Path
+) -> None:
+    dest = tmp_path / "taken"
+    dest.mkdir()
+    (dest / "file").write_text("x")
+    code, _, err = run(capsys, "--store", pipeline["store"], "backup", str(dest))
+    assert code == 2 and "exists" in err
+    code, _, err = run(capsys, "--store", "memory://", "backup", str(tmp_path / "new"))
+    assert code == 2 and "export" in err and not (tmp_path / "new").exists()
+
+
+# -- errors, exit codes, global options ----------------------------------------------
+
+
+def test_errors_print_message_and_hint_without_traceback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere"
+    code, out, err = run(capsys, "--store", str(missing), "ls")
+    assert code == 2 and out == ""
+    assert f"no ckptlite store at {missing}" in err and "hint:" in err
+    assert "Traceback" not in err
+    assert not missing.exists(), "a read command must not create a store"
+
+    code, _, err = run(capsys, "ls", "--store", str(missing), "--debug")
+    assert code == 2 and "Traceback" in err
+
+    code, out, _ = run(capsys, "--store", str(missing), "ls", "--json")
+    error = json.loads(out)["error"]
+    assert code == 2 and error["type"] == "ConfigError" and error["exit"] == 2
+    assert error["hint"]
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], pipeline: dict) -> None:
+    assert run(capsys)[0] == 2
+    assert run(capsys, "frobnicate")[0] == 2
+    assert run(capsys, "--store", pipeline["store"], "ls", "--level", "galaxy")[0] == 2
+    code, _, err = run(capsys, "--store", pipeline["store"], "show", "chk_nope")
+    assert code == 2 and "no checkpoint" in err
+
+
+def test_exit_codes_live_in_one_table() -> None:
+    assert exit_code(ckptlite.ConfigError("x")) == 2
+    assert exit_code(ckptlite.CheckpointNotFoundError("x")) == 2
+    assert exit_code(ckptlite.CorruptCheckpointError("x")) == 1
+    assert exit_code(ckptlite.StoreFullError("x")) == 1
+    assert exit_code(RuntimeError("bug")) == 1
+    assert all(code in (1, 2) for _, code in EXIT_CODES)
+
+
+def test_store_comes_from_the_environment(
+    capsys: pytest.CaptureFixture[str], pipeline: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CKPTLITE_HOME", pipeline["store"])
+    assert len(run_json(capsys, "ls")["checkpoints"]) == 8
+    cfg = run_json(capsys, "config")
+    assert cfg["values"]["url"] == {"value": pipeline["store"], "source": "env CKPTLITE_HOME"}
+    cfg = run_json(capsys, "config", "--store", "memory://")
+    assert cfg["values"]["url"] == {"value": "memory://", "source": "flag --store"}
+
+
+def test_progress_draws_only_on_a_terminal() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        with Progress("verify", stream=stream) as p:
+            p.update(3, 4)
+            time.sleep(0.3)
+    assert "verify [###############.....] 3/4" in tty.getvalue()
+    assert pipe.getvalue() == ""
+
+
+def test_checkpoint_statuses_render(capsys: pytest.CaptureFixture[str], pipeline: dict) -> None:
+    with ckptlite.open(pipeline["store"]) as mgr:
+        mgr.backend.set_status(pipeline["render"].id, Status.ARCHIVED)
+    code, out, _ = run(capsys, "--store", pipeline["store"], "ls", "--tree")
+    assert code == 0 and "[archived]" in out
