@@ -428,6 +428,86 @@ def _config_cmd(ctx: Context) -> int:
     return EXIT_OK
 
 
+def _migrate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true", help="read and check, write nothing")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="read pickled payloads (restricted unpickler; only if you trust their author)",
+    )
+    p.add_argument(
+        "--process", metavar="ID", help="process id for formats without one (tile, script)"
+    )
+    p.set_defaults(func=_migrate)
+
+
+def _add_migrate(sub: Any) -> argparse.ArgumentParser:
+    from .legacy import FORMATS
+
+    p = new_command(
+        sub,
+        "migrate",
+        "import the legacy checkpoint systems' checkpoints",
+        "ckptlite --store ./ckpts migrate ./checkpoints --trust-pickle --dry-run",
+        description="Import every legacy checkpoint at PATH (a checkpoint directory or "
+        "file) or DSN (postgresql://...), autodetecting the format; the source is only "
+        "read. A rerun imports nothing twice. One report line per checkpoint: imported, "
+        "already imported, would import (--dry-run) or failed (why).",
+    )
+    p.add_argument("source", metavar="PATH|DSN", help="legacy directory, file or DSN")
+    p.add_argument("--format", choices=FORMATS, help="skip autodetection")
+    _migrate_options(p)
+    return p
+
+
+def _add_import(sub: Any) -> argparse.ArgumentParser:
+    from .legacy import FORMATS
+
+    p = new_command(
+        sub,
+        "import",
+        "import one legacy format (migrate --format FORMAT)",
+        "ckptlite import tile ./tile_checkpoint --trust-pickle --process geo-tiles",
+    )
+    p.add_argument("format", choices=FORMATS, help="legacy format")
+    p.add_argument("source", metavar="PATH|DSN", help="legacy directory, file or DSN")
+    _migrate_options(p)
+    return p
+
+
+def _migrate(ctx: Context) -> int:
+    from .legacy import MigrationEntry, migrate
+
+    a = ctx.args
+
+    def show(entry: MigrationEntry) -> None:
+        if not ctx.json:  # one line per checkpoint as it is decided
+            ctx.out.write(entry.line() + "\n")
+            ctx.out.flush()
+
+    try:
+        mgr = ctx.open(create=not a.dry_run)
+    except ConfigError:
+        if not a.dry_run:
+            raise
+        mgr = open_store("memory://")  # a dry run into a store that does not exist yet
+    with mgr:
+        report = migrate(
+            a.source,
+            mgr,
+            format=a.format,
+            dry_run=a.dry_run,
+            trust_pickle=a.trust_pickle,
+            process_id=a.process,
+            on_entry=show,
+        )
+    if ctx.json:
+        ctx.emit(report.to_dict(), [])
+    else:
+        ctx.out.write("".join(line + "\n" for line in report.summary()))
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
 #: Every subcommand, in help order. Other modules' commands plug in here.
 COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
     ("ls", _add_ls),
@@ -439,6 +519,8 @@ COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
     ("rm", _add_rm),
     ("backup", _add_backup),
     ("config", _add_config),
+    ("migrate", _add_migrate),
+    ("import", _add_import),
 ]
 
 

@@ -1,0 +1,104 @@
+"""System 2: pipeline recovery JSON, ``<dir>/<experiment_id>/checkpoint_<stage>.json``.
+
+Each file is what the legacy ``load_checkpoint`` returned (``json.load``); it
+becomes one STAGE checkpoint of process ``<experiment_id>``, named after the
+stage. Files are imported in modification-time order, because that is how the
+legacy ``load_latest`` chose (not by the JSON timestamp), so ckptlite's latest
+is the same file. Timestamps are naive local time and are read as such.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import LegacyFormatError
+from ..types import Level
+from ._common import LegacyCheckpoint, LegacyState, ReadFailure, from_epoch, from_iso, read_bytes
+
+__all__ = ["detect", "read_json", "scan", "stage_of"]
+
+
+def detect(path: Path) -> bool:
+    """Tell whether ``path`` holds experiment directories with ``checkpoint_*.json``."""
+    return path.is_dir() and any(path.glob("*/checkpoint_*.json"))
+
+
+def stage_of(path: Path) -> str:
+    """Return the stage a checkpoint file is for, as the legacy manager parsed it."""
+    return path.stem.replace("checkpoint_", "")
+
+
+def read_json(path: Path) -> Any:
+    """Return a JSON file's content.
+
+    Raises:
+        LegacyFormatError: unreadable or not JSON.
+    """
+    try:
+        return json.loads(read_bytes(path))
+    except ValueError as e:
+        raise LegacyFormatError(f"{path} is not JSON: {e}", path=str(path)) from e
+
+
+def scan(root: Path) -> Iterator[LegacyCheckpoint | ReadFailure]:
+    """Yield a checkpoint per ``<experiment>/checkpoint_<stage>.json`` under ``root``.
+
+    ``root`` may also be one such file.
+    """
+    if root.is_file():
+        files = [root]
+    else:
+        files = [p for p in root.glob("*/checkpoint_*.json") if p.is_file()]
+    for path in sorted(files, key=lambda p: (p.stat().st_mtime_ns, str(p))):
+        legacy_id = f"{path.parent.name}/{stage_of(path)}"
+        try:
+            yield checkpoint(path, path.parent.name)
+        except LegacyFormatError as e:
+            yield ReadFailure("pipeline", legacy_id, str(path), e.message)
+
+
+def checkpoint(path: Path, experiment_dir: str) -> LegacyCheckpoint:
+    """Return the checkpoint one pipeline JSON file holds.
+
+    Raises:
+        LegacyFormatError: not a pipeline checkpoint file.
+    """
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        raise LegacyFormatError(f"{path} does not hold a JSON object")
+    stage = stage_of(path)
+    experiment = doc.get("experiment_id") or experiment_dir
+    mtime = path.stat().st_mtime
+    meta: dict[str, Any] = {
+        "legacy_id": f"{experiment}/{stage}",
+        "legacy_timestamp": doc.get("timestamp"),
+        "legacy_path": str(path),
+        "legacy_mtime": mtime,
+    }
+    info = doc.get("metadata")
+    if isinstance(info, dict) and isinstance(info.get("experiment_name"), str):
+        meta["experiment_name"] = info["experiment_name"]
+    try:
+        created = from_iso(doc.get("timestamp"))
+    except LegacyFormatError:
+        created = from_epoch(mtime)
+        meta["legacy_timestamp_missing"] = True
+
+    def load() -> LegacyState:
+        return LegacyState(doc)  # the parsed file is what the legacy loader returned
+
+    return LegacyCheckpoint(
+        format="pipeline",
+        legacy_id=f"{experiment}/{stage}",
+        source=str(path),
+        process_id=str(experiment),
+        level=Level.STAGE,
+        name=stage,
+        created_at=created,
+        identity=f"pipeline\0{experiment}/{stage}\0{doc.get('timestamp')!r}",
+        load=load,
+        metadata=meta,
+    )
