@@ -74,9 +74,21 @@ class BlobDir:
         """
         final = self.path(digest)
         if self.exists(digest):
+            if self.fsync:
+                # A file with no row yet is a failed or killed writer's: its directory
+                # fsync may have failed. Sync it again before a record may trust it.
+                with _os_errors(f"syncing chunk {digest}"):
+                    fd = os.open(final, os.O_RDONLY | os.O_NOFOLLOW)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                    _fsync_dir(final.parent)
             return False
         tmp = self.root / _TMP / f"{digest[:16]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, self.file_mode)
+        # Creating the temp file can hit ENOSPC too (no inode left): same typed error.
+        with _os_errors(f"creating a temp file for chunk {digest}"):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, self.file_mode)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             with _os_errors(f"writing chunk {digest}"):

@@ -351,11 +351,11 @@ def crash_once(store: str, side_path: str, action: str) -> None:
 
 
 @contextlib.contextmanager
-def tmpfs(path: Path, size: str = "8m") -> Iterator[bool]:
+def tmpfs(path: Path, size: str = "size=8m") -> Iterator[bool]:
     """Mount a small tmpfs at ``path``; yield False (and do nothing) if mount is refused."""
     path.mkdir(parents=True, exist_ok=True)
     r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        ["mount", "-t", "tmpfs", "-o", f"{size},mode=0700", "tmpfs", str(path)],
         capture_output=True,
     )
     try:
