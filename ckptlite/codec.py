@@ -149,7 +149,11 @@ def decode(
 
 def _pack(obj: Any, default: Callable[[Any], Any]) -> bytes:
     try:
-        return msgpack.packb(obj, default=default, strict_types=True, use_bin_type=True)  # type: ignore[no-any-return]
+        # A Packer with a small first buffer: packb's 256 KiB one cost ~7 us per call.
+        packer = msgpack.Packer(
+            default=default, strict_types=True, use_bin_type=True, buf_size=4096
+        )
+        return packer.pack(obj)  # type: ignore[no-any-return]
     except (OverflowError, ValueError) as e:
         raise UnsupportedTypeError(f"cannot checkpoint value: {e}") from e
 
@@ -169,13 +173,19 @@ def _lift_big_bytes(obj: Any, add_buffer: Callable[[memoryview], int]) -> Any:
     t = type(obj)
     if (t is bytes or t is bytearray) and len(obj) >= BUFFER_THRESHOLD:
         return msgpack.ExtType(_BUFREF, msgpack.packb(add_buffer(memoryview(obj))))
+    # Scalars are checked inline: a call per list element was most of a small save's encode.
     if t is dict:
-        return {k: _lift_big_bytes(v, add_buffer) for k, v in obj.items()}
+        return {
+            k: v if type(v) in _ATOMS else _lift_big_bytes(v, add_buffer) for k, v in obj.items()
+        }
     if t is list:
-        return [_lift_big_bytes(v, add_buffer) for v in obj]
+        return [v if type(v) in _ATOMS else _lift_big_bytes(v, add_buffer) for v in obj]
     if t is tuple:
-        return _Tuple(_lift_big_bytes(v, add_buffer) for v in obj)
+        return _Tuple(v if type(v) in _ATOMS else _lift_big_bytes(v, add_buffer) for v in obj)
     return obj
+
+
+_ATOMS = frozenset({str, int, float, bool, type(None)})
 
 
 class _Tuple(tuple[Any, ...]):
