@@ -375,6 +375,92 @@ def _gc(ctx: Context) -> int:
     return EXIT_OK
 
 
+def _retention_flags(args: argparse.Namespace) -> dict[str, tuple[Any, str]]:
+    return {
+        "retention.keep_last": (args.keep_last, "--keep-last"),
+        "retention.keep_every": (args.keep_every, "--keep-every"),
+        "retention.max_age": (args.max_age, "--max-age"),
+        "retention.keep_best": (args.keep_best, "--keep-best"),
+    }
+
+
+def _add_prune(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub,
+        "prune",
+        "remove checkpoints the retention policy does not keep",
+        "ckptlite prune --process geo-run --keep-last 3 --keep-every 10 --dry-run",
+        description="Apply retention per (process, level, name) slot: keep the last N, every "
+        "Nth, the best by a metadata metric, nothing older than --max-age. Rules not given "
+        "as flags come from [retention] in ckptlite.toml or $CKPTLITE_KEEP_LAST etc. The "
+        "newest valid checkpoint of a slot and archived ones are never removed. "
+        "--dry-run explains every decision and removes nothing.",
+    )
+    p.add_argument("--process", "-p", metavar="ID", help="only this process (default: all)")
+    p.add_argument("--keep-last", type=int, metavar="N", help="keep the N newest of each slot")
+    p.add_argument("--keep-every", type=int, metavar="N", help="keep every Nth save of a slot")
+    p.add_argument("--max-age", metavar="AGE", help="remove older than AGE (90m, 12h, 30d)")
+    p.add_argument("--keep-best", metavar="METRIC:min|max", help="keep the best by metadata")
+    p.add_argument("--dry-run", action="store_true", help="explain, remove nothing")
+    p.set_defaults(func=_prune, config_flags=_retention_flags)
+    return p
+
+
+def _prune(ctx: Context) -> int:
+    from .policies import CheckpointPolicy
+
+    s = ctx.settings()
+    if not any(v is not None for v in (s.keep_last, s.keep_every, s.max_age, s.keep_best)):
+        raise ConfigError(
+            "no retention rule: nothing to prune by",
+            hint="Pass --keep-last/--keep-every/--max-age/--keep-best, or set them under "
+            "[retention] in ckptlite.toml (`ckptlite config` shows the file).",
+        )
+    policy = CheckpointPolicy(
+        keep_last=s.keep_last, keep_every=s.keep_every, max_age=s.max_age, keep_best=s.keep_best
+    )
+    with ctx.open() as mgr:
+        report = mgr.apply_retention(ctx.args.process, policy, dry_run=ctx.args.dry_run)
+    verb = "would remove" if report.dry_run else "removed"
+    lines = [report.explain()] if report.decisions else []
+    lines.append(f"{verb} {len(report.removed)} of {len(report.decisions)} checkpoints")
+    ctx.emit(report, lines)
+    return EXIT_OK
+
+
+def _add_runs(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub,
+        "runs",
+        "list pipeline runs: status, progress of their work items, error",
+        "ckptlite runs --process geo-run",
+    )
+    p.add_argument("--process", "-p", metavar="ID", help="only this process")
+    p.set_defaults(func=_runs)
+    return p
+
+
+def _runs(ctx: Context) -> int:
+    with ctx.open() as mgr:
+        runs = mgr.list_runs(ctx.args.process)
+    rows = [["RUN", "PROCESS", "STATUS", "STARTED", "UPDATED", "ITEMS DONE", "ERROR"]]
+    for r in runs:
+        prog = f"{r.progress[0]}/{r.progress[1]}" if r.progress else ""
+        rows.append(
+            [
+                r.id,
+                r.process_id,
+                r.status.value,
+                r.started_at.strftime("%Y-%m-%d %H:%M:%SZ"),
+                r.updated_at.strftime("%Y-%m-%d %H:%M:%SZ"),
+                prog,
+                r.error.splitlines()[0][:60] if r.error else "",
+            ]
+        )
+    ctx.emit({"runs": runs}, _table(rows) if runs else "no runs")
+    return EXIT_OK
+
+
 def _add_backup(sub: Any) -> argparse.ArgumentParser:
     p = new_command(
         sub,
@@ -514,8 +600,10 @@ COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
     ("show", _add_show),
     ("cat", _add_cat),
     ("stats", _add_stats),
+    ("runs", _add_runs),
     ("verify", _add_verify),
     ("gc", _add_gc),
+    ("prune", _add_prune),
     ("rm", _add_rm),
     ("backup", _add_backup),
     ("config", _add_config),

@@ -105,6 +105,20 @@ def _bool(value: object) -> bool:
     raise ConfigError(f"expected true or false, not {value!r}")
 
 
+def _best(value: object) -> tuple[str, str]:
+    """Parse keep_best: ``"val_loss:min"`` or ``["val_loss", "min"]``."""
+    parts = value.rsplit(":", 1) if isinstance(value, str) else value
+    if (
+        not isinstance(parts, list | tuple)
+        or len(parts) != 2
+        or not isinstance(parts[0], str)
+        or not parts[0]
+        or parts[1] not in ("min", "max")
+    ):
+        raise ConfigError(f"expected METRIC:min or METRIC:max, not {value!r}")
+    return (parts[0], parts[1])
+
+
 @dataclass(frozen=True, slots=True)
 class Key:
     """One setting: its TOML name (``table.key``), environment variable, parser and default."""
@@ -128,9 +142,10 @@ KEYS: tuple[Key, ...] = (
     Key("chunk_size", "CKPTLITE_CHUNK_SIZE", _int(4096, 64 << 20), 1 << 20, "chunk bytes"),
     Key("compression_level", "CKPTLITE_COMPRESSION_LEVEL", _int(-7, 22), 1, "zstd level"),
     Key("group_access", "CKPTLITE_GROUP_ACCESS", _bool, False, "new files group-accessible"),
-    Key("retention.keep_last", "CKPTLITE_KEEP_LAST", _int(0, 1 << 31), None, "prune: keep N"),
+    Key("retention.keep_last", "CKPTLITE_KEEP_LAST", _int(1, 1 << 31), None, "prune: keep N"),
     Key("retention.keep_every", "CKPTLITE_KEEP_EVERY", _int(1, 1 << 31), None, "prune: every Nth"),
     Key("retention.max_age", "CKPTLITE_MAX_AGE", parse_duration, None, "prune: drop older"),
+    Key("retention.keep_best", "CKPTLITE_KEEP_BEST", _best, None, "prune: METRIC:min|max"),
 )
 _BY_NAME = {k.name: k for k in KEYS}
 
@@ -151,6 +166,7 @@ class Settings:
     keep_last: int | None
     keep_every: int | None
     max_age: timedelta | None
+    keep_best: tuple[str, str] | None
     config_file: Path
     config_file_exists: bool
     sources: Mapping[str, str] = field(default_factory=dict)

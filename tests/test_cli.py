@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,7 +107,8 @@ def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[st
         code, out, _ = run(capsys, name, "--help")
         assert code == 0, name
         assert "Example" in out, f"`ckptlite {name} --help` has no example"
-        assert f"ckptlite {name}" in out.split("Example", 1)[1], name
+        example = out.split("Example", 1)[1]
+        assert re.search(rf"\bckptlite\b.* {name}\b", example), name
         assert "--store" in out and "--json" in out, name
 
 
@@ -486,3 +488,65 @@ def test_checkpoint_statuses_render(capsys: pytest.CaptureFixture[str], pipeline
         mgr.backend.set_status(pipeline["render"].id, Status.ARCHIVED)
     code, out, _ = run(capsys, "--store", pipeline["store"], "ls", "--tree")
     assert code == 0 and "[archived]" in out
+
+
+# -- prune and runs (the process layer's retention and run ledger) -----------------------
+
+
+def test_prune_dry_run_explains_exactly_what_prune_removes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = str(tmp_path / "p")
+    with ckptlite.open(store, durability="none") as mgr:
+        saved = [mgr.save("job", {"i": i}, name="model") for i in range(12)]
+        keep_me = mgr.save("other", 1, name="x")
+    code, _, err = run(capsys, "--store", store, "prune")
+    assert code == 2 and "no retention rule" in err
+
+    # keep_every comes from the config file, keep_last from a flag
+    cfg = tmp_path / "ckptlite.toml"
+    cfg.write_text("[retention]\nkeep_every = 5\nkeep_last = 9\n")
+    monkeypatch.setenv("CKPTLITE_CONFIG", str(cfg))
+    argv = ["--store", store, "prune", "--process", "job", "--keep-last", "3"]
+    code, out, _ = run(capsys, *argv, "--dry-run")
+    assert code == 0 and "would remove 8 of 12 checkpoints" in out
+    assert out.count("would remove chk_") == 8 and "keep_every=5" in out
+    dry = run_json(capsys, *argv, "--dry-run")
+    assert dry["dry_run"] is True and dry["policy"]["keep_last"] == 3
+    assert dry["policy"]["keep_every"] == 5
+    expected_kept = {saved[i].id for i in (4, 9, 10, 11)}  # positions 5, 10 and the last 3
+    assert {d["checkpoint"]["id"] for d in dry["decisions"] if d["keep"]} == expected_kept
+    assert all(d["reasons"] for d in dry["decisions"])
+    assert len(run_json(capsys, "--store", store, "ls")["checkpoints"]) == 13  # nothing removed
+
+    real = run_json(capsys, *argv)
+    assert real["dry_run"] is False and real["removed"] == dry["removed"]
+    left = {c["id"] for c in run_json(capsys, "--store", store, "ls")["checkpoints"]}
+    assert left == expected_kept | {keep_me.id}
+
+
+def test_runs_json_shows_lifecycle_and_ledger_progress(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = str(tmp_path / "r")
+    with ckptlite.open(store, durability="none") as mgr:
+        with mgr.run("tiles") as r:
+            for item in r.items("tiles", [f"t{i}" for i in range(10)]):
+                if item.id == "t3":
+                    item.fail(ValueError("bad tile"))
+                else:
+                    item.done({"ok": True})
+        with mgr.run("load") as r:
+            r.stage("read").complete([1, 2])
+    runs = run_json(capsys, "--store", store, "runs")["runs"]
+    assert [r["process_id"] for r in runs] == ["load", "tiles"]  # newest first
+    load, tiles = runs
+    assert load["status"] == "completed" and load["error"] is None
+    assert tiles["status"] == "failed" and tiles["progress"] == [9, 10]
+    assert "1 item(s) failed" in tiles["error"]
+    assert tiles["finished_at"] >= tiles["started_at"]
+    assert set(tiles) >= {"id", "status", "started_at", "updated_at", "finished_at", "error"}
+    only = run_json(capsys, "--store", store, "runs", "-p", "tiles")["runs"]
+    assert [r["id"] for r in only] == [tiles["id"]]
+    code, out, _ = run(capsys, "--store", store, "runs")
+    assert code == 0 and "failed" in out and "9/10" in out
