@@ -70,7 +70,9 @@ class ProcessingCheckpointSpec:
     processing_parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def pickle_project_object(module: str, qualname: str, fields: dict[str, Any], protocol: int) -> bytes:
+def pickle_project_object(
+    module: str, qualname: str, fields: dict[str, Any], protocol: int
+) -> bytes:
     """Pickle an instance of a legacy project class the way the legacy code did."""
     cls = project_class(module, qualname, **{k: None for k in fields})
     obj = cls(**fields)
@@ -171,9 +173,12 @@ class LegacyCoreManager:
             raw = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
             if compress:
                 # gzip.open writes FNAME <key>.pkl and the current time into the header.
-                with open(path, "wb") as fh, gzip.GzipFile(
-                    filename=name[:-3], mode="wb", fileobj=fh, compresslevel=9, mtime=gzip_mtime
-                ) as gz:
+                with (
+                    open(path, "wb") as fh,
+                    gzip.GzipFile(
+                        filename=name[:-3], mode="wb", fileobj=fh, compresslevel=9, mtime=gzip_mtime
+                    ) as gz,
+                ):
                     gz.write(raw)
             else:
                 path.write_bytes(raw)

@@ -204,8 +204,8 @@ def _json_default(obj: Any) -> Any:
 
 
 def sort_parents_first(cps: Iterable[LegacyCheckpoint]) -> list[LegacyCheckpoint]:
-    """Order checkpoints oldest first, but every parent before its children."""
-    ordered = sorted(cps, key=lambda c: (c.created_at, c.legacy_id))
+    """Keep the readers' order (the legacy notion of newest comes last), parents first."""
+    ordered = list(cps)
     by_identity = {c.identity: c for c in ordered}
     out: list[LegacyCheckpoint] = []
     placed: set[str] = set()

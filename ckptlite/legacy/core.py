@@ -141,6 +141,12 @@ def _newer(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return isinstance(ta, int | float) and isinstance(tb, int | float) and ta > tb
 
 
+def _age(item: tuple[str, tuple[dict[str, Any], str]]) -> tuple[float, str]:
+    ts = item[1][0].get("timestamp")
+    ok = isinstance(ts, int | float) and not isinstance(ts, bool)
+    return (float(ts) if ok else float("inf"), item[0])
+
+
 def _identity(legacy_id: str, rec: dict[str, Any]) -> str:
     return f"core\0{legacy_id}\0{rec.get('timestamp')!r}"
 
@@ -149,7 +155,7 @@ def scan(root: Path, trust_pickle: bool) -> Iterator[LegacyCheckpoint | ReadFail
     """Yield every checkpoint of a core-manager directory (systems 1 and 5)."""
     records, failures = read_records(root)
     yield from failures
-    for legacy_id, (rec, where) in records.items():
+    for legacy_id, (rec, where) in sorted(records.items(), key=_age):
         try:
             yield _checkpoint(root, legacy_id, rec, where, records, trust_pickle)
         except LegacyFormatError as e:
