@@ -143,8 +143,9 @@ def _newer(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def _age(item: tuple[str, tuple[dict[str, Any], str]]) -> tuple[float, str]:
     ts = item[1][0].get("timestamp")
-    ok = isinstance(ts, int | float) and not isinstance(ts, bool)
-    return (float(ts) if ok else float("inf"), item[0])
+    if isinstance(ts, int | float) and not isinstance(ts, bool):
+        return (float(ts), item[0])
+    return (float("inf"), item[0])
 
 
 def _identity(legacy_id: str, rec: dict[str, Any]) -> str:
