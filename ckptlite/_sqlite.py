@@ -109,6 +109,7 @@ class Database:
         self._local = threading.local()
         self._all: list[apsw.Connection] = []
         self._lock = threading.Lock()
+        self._writer = threading.RLock()
         refuse_network_fs(path.parent)
         self._migrate(self.connection())
 
@@ -137,6 +138,7 @@ class Database:
         self._local = threading.local()
         self._all = []
         self._lock = threading.Lock()
+        self._writer = threading.RLock()  # a parent's thread may have held it at fork
 
     def _open(self) -> apsw.Connection:
         new = not self.path.exists()
@@ -198,7 +200,9 @@ class Database:
     def write(self, conn: apsw.Connection | None = None) -> Iterator[apsw.Connection]:
         """Run the block in a ``BEGIN IMMEDIATE`` transaction; roll back on error."""
         conn = conn or self.connection()
-        with translate_errors(f"writing {self.path}"):
+        # Threads of this process queue on a mutex: in SQLite's busy handler they would
+        # sleep in steps of milliseconds while another thread holds the write lock.
+        with self._writer, translate_errors(f"writing {self.path}"):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
