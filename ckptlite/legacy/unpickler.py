@@ -16,6 +16,7 @@ Anything else raises :class:`~ckptlite.errors.UnsafePickleError` naming it.
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ _BUILTINS = {
     "numpy": {"ndarray", "dtype", "bool_", "int64", "float64", "str_", "bytes_"},
     "numpy._core.multiarray": {"_reconstruct", "scalar"},
     "numpy._core.numeric": {"_frombuffer"},
+    "numpy.ma": {"MaskedArray"},
     "numpy.ma.core": {"_mareconstruct", "MaskedArray"},
 }
 
@@ -176,6 +178,11 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.project_classes: set[str] = set()
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocols 0-2 name builtins the Python 2 way (__builtin__.set): check the real name.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         full = f"{module}.{name}"
         if is_project(module):
             self.project_classes.add(full)
