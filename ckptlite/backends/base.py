@@ -32,6 +32,7 @@ __all__ = [
     "StructureCheck",
     "dump_metadata",
     "from_micros",
+    "ledger_entry_wins",
     "load_metadata",
     "to_micros",
 ]
@@ -190,6 +191,34 @@ class Backend(Protocol):
             InvalidInputError: a parent is neither stored nor earlier in ``records``.
         """
 
+    def export_ledger(
+        self, after: int, process_id: str | None = None
+    ) -> tuple[int, builtins.list[RunRecord], builtins.list[ItemRecord]]:
+        """Return ``(clock, runs, entries)`` changed after ledger clock value ``after``.
+
+        Read in one snapshot: ``clock`` is the ledger clock then, so every change
+        up to it is included and the next export can start from it. ``runs`` also
+        holds every run an entry belongs to, lowest seq first.
+        """
+
+    def import_ledger(
+        self,
+        runs: Sequence[RunRecord],
+        items: Sequence[ItemRecord],
+        source: str,
+        mark: int,
+    ) -> int:
+        """Merge another store's runs and ledger entries; move ``source``'s mark; return writes.
+
+        One transaction. A run new here is inserted in the order given (keeping
+        creation order); a known one is replaced when the incoming ``updated_at``
+        is later. Entries merge by ``ledger_entry_wins`` (a done-mark is never
+        replaced). Rows written get this store's next ledger clock value.
+
+        Raises:
+            RunNotFoundError: an entry's run is neither stored nor in ``runs``.
+        """
+
     # -- runs and the work-item ledger (bytes only: the manager encodes item states) --
 
     def create_run(self, run: RunRecord) -> RunRecord:
@@ -262,6 +291,17 @@ class Backend(Protocol):
         ``after_changed`` keeps only entries written after that clock value (for sync).
         An unknown run has no entries.
         """
+
+
+def ledger_entry_wins(new_ok: bool, new_attempts: int, old: tuple[bool, int] | None) -> bool:
+    """Tell whether an imported ledger entry replaces the stored ``(ok, attempts)`` (or None).
+
+    Done beats failed; the first done-mark stays; of two failures, more attempts win.
+    """
+    if old is None:
+        return True
+    old_ok, old_attempts = old
+    return not old_ok and (new_ok or new_attempts > old_attempts)
 
 
 def to_micros(dt: datetime) -> int:

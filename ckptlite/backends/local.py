@@ -41,7 +41,15 @@ from ..types import (
     StoredChunk,
     StoredRecord,
 )
-from .base import ListQuery, StructureCheck, dump_metadata, from_micros, load_metadata, to_micros
+from .base import (
+    ListQuery,
+    StructureCheck,
+    dump_metadata,
+    from_micros,
+    ledger_entry_wins,
+    load_metadata,
+    to_micros,
+)
 
 __all__ = ["DB_NAME", "INLINE_MAX", "MIGRATIONS", "LocalBackend"]
 
@@ -820,3 +828,103 @@ class LocalBackend:
                 (source, mark),
             )
         return len(fresh)
+
+    def export_ledger(
+        self, after: int, process_id: str | None = None
+    ) -> tuple[int, builtins.list[RunRecord], builtins.list[ItemRecord]]:
+        where, args = ("", []) if process_id is None else (" AND r.process_id=?", [process_id])
+        conn = self.db.read()
+        with translate_errors("reading the item ledger"):
+            conn.execute("BEGIN")  # one snapshot for the clock, the runs and the entries
+            try:
+                row: Any = conn.execute("SELECT v FROM ledger_clock WHERE k=1").fetchone()
+                items = [
+                    ItemRecord(rid, g, i, bool(ok), n, err, st, ch)
+                    for rid, g, i, ok, n, err, st, ch in conn.execute(
+                        "SELECT r.id, i.grp, i.item, i.ok, i.attempts, i.error, i.state, "
+                        "i.changed FROM items i JOIN runs r ON r.seq=i.run WHERE i.changed>?"
+                        + where
+                        + " ORDER BY i.changed, i.grp, i.item",
+                        [after, *args],
+                    )
+                ]
+                runs = [
+                    _row_to_run(r)
+                    for r in conn.execute(
+                        f"SELECT {_RUN_COLS} FROM runs r WHERE (r.changed>? OR r.seq IN "
+                        "(SELECT run FROM items WHERE changed>?))" + where + " ORDER BY r.seq",
+                        [after, after, *args],
+                    )
+                ]
+            finally:
+                conn.execute("COMMIT")
+        return int(row[0]), runs, items
+
+    def import_ledger(
+        self,
+        runs: Sequence[RunRecord],
+        items: Sequence[ItemRecord],
+        source: str,
+        mark: int,
+    ) -> int:
+        written = 0
+        with self.db.write() as conn:
+            tick = self._tick(conn)
+            for run in runs:
+                old: Any = conn.execute(
+                    "SELECT updated_at FROM runs WHERE id=?", (run.id,)
+                ).fetchone()
+                progress = run.progress or (None, None)
+                values = (
+                    run.process_id,
+                    run.status.value,
+                    to_micros(run.started_at),
+                    to_micros(run.updated_at),
+                    None if run.finished_at is None else to_micros(run.finished_at),
+                    run.error,
+                    progress[0],
+                    progress[1],
+                    tick,
+                    run.id,
+                )
+                if old is None:
+                    conn.execute(
+                        "INSERT INTO runs(process_id, status, started_at, updated_at, "
+                        "finished_at, error, progress_done, progress_total, changed, id) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        values,
+                    )
+                elif old[0] < to_micros(run.updated_at):
+                    conn.execute(
+                        "UPDATE runs SET process_id=?, status=?, started_at=?, updated_at=?, "
+                        "finished_at=?, error=?, progress_done=?, progress_total=?, changed=? "
+                        "WHERE id=?",
+                        values,
+                    )
+                else:
+                    continue
+                written += 1
+            seqs = {rid: self._run_seq(conn, rid) for rid in {it.run_id for it in items}}
+            for it in items:
+                run_seq = seqs[it.run_id]
+                if run_seq is None:
+                    raise RunNotFoundError(f"no run {it.run_id!r}", run_id=it.run_id)
+                key = (run_seq, it.group, it.item_id)
+                prev: Any = conn.execute(
+                    "SELECT ok, attempts FROM items WHERE run=? AND grp=? AND item=?", key
+                ).fetchone()
+                if ledger_entry_wins(
+                    it.ok, it.attempts, None if prev is None else (bool(prev[0]), prev[1])
+                ):
+                    conn.execute(
+                        "INSERT OR REPLACE INTO items(run, grp, item, ok, attempts, error, "
+                        "state, changed) VALUES (?,?,?,?,?,?,?,?)",
+                        (*key, int(it.ok), it.attempts, it.error, it.state, tick),
+                    )
+                    written += 1
+            conn.execute(
+                "INSERT INTO sync_marks(source, seq) VALUES (?, ?) "
+                "ON CONFLICT(source) DO UPDATE SET seq=max(seq, excluded.seq)",
+                (source, mark),
+            )
+        return written

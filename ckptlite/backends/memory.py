@@ -26,7 +26,7 @@ from ..types import (
     StoredChunk,
     StoredRecord,
 )
-from .base import ListQuery, StructureCheck
+from .base import ListQuery, StructureCheck, ledger_entry_wins
 
 __all__ = ["MemoryBackend"]
 
@@ -325,3 +325,60 @@ class MemoryBackend:
                 self._records[cp.id] = StoredRecord(cp, r.payload, r.manifest, r.digests)
             self._marks[source] = max(self._marks.get(source, 0), mark)
             return len(fresh)
+
+    def export_ledger(
+        self, after: int, process_id: str | None = None
+    ) -> tuple[int, builtins.list[RunRecord], builtins.list[ItemRecord]]:
+        with self._lock:
+            clock = self._clock
+            items = [
+                ItemRecord(rid, g, item, v[0], v[1], v[2], v[3], v[4])
+                for (rid, g), entries in self._items.items()
+                if process_id is None or self._runs[rid].process_id == process_id
+                for item, v in entries.items()
+                if v[4] > after
+            ]
+            wanted = {it.run_id for it in items}
+            runs = [
+                r
+                for r in self._runs.values()
+                if (r.changed > after or r.id in wanted)
+                and (process_id is None or r.process_id == process_id)
+            ]
+        items.sort(key=lambda r: (r.changed, r.group, r.item_id))
+        runs.sort(key=lambda r: r.seq)
+        return clock, runs, items
+
+    def import_ledger(
+        self,
+        runs: Sequence[RunRecord],
+        items: Sequence[ItemRecord],
+        source: str,
+        mark: int,
+    ) -> int:
+        with self._lock:
+            for it in items:
+                if it.run_id not in self._runs and all(r.id != it.run_id for r in runs):
+                    raise RunNotFoundError(f"no run {it.run_id!r}", run_id=it.run_id)
+            self._clock += 1
+            written = 0
+            for run in runs:
+                old = self._runs.get(run.id)
+                if old is None:
+                    self._run_seq += 1
+                    self._runs[run.id] = run.replace(seq=self._run_seq, changed=self._clock)
+                elif old.updated_at < run.updated_at:
+                    self._runs[run.id] = run.replace(seq=old.seq, changed=self._clock)
+                else:
+                    continue
+                written += 1
+            for it in items:
+                group = self._items.setdefault((it.run_id, it.group), {})
+                prev = group.get(it.item_id)
+                if ledger_entry_wins(
+                    it.ok, it.attempts, None if prev is None else (prev[0], prev[1])
+                ):
+                    group[it.item_id] = [it.ok, it.attempts, it.error, it.state, self._clock]
+                    written += 1
+            self._marks[source] = max(self._marks.get(source, 0), mark)
+            return written
