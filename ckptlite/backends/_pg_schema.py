@@ -93,17 +93,57 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX {refs_digest} ON {refs}(digest)",
         "CREATE TABLE {sync_marks} (source TEXT PRIMARY KEY, seq BIGINT NOT NULL)",
     ),
+    (
+        # Runs and the work-item ledger; the ledger clock gives every write a change
+        # number (its row lock orders them by commit) that sync resumes from.
+        """CREATE TABLE {runs} (
+            seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            process_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            started_at TIMESTAMPTZ NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ,
+            error TEXT,
+            progress_done BIGINT,
+            progress_total BIGINT,
+            changed BIGINT NOT NULL
+        )""",
+        "CREATE INDEX {runs_process} ON {runs}(process_id, seq)",
+        "CREATE INDEX {runs_changed} ON {runs}(changed)",
+        """CREATE TABLE {items} (
+            run BIGINT NOT NULL REFERENCES {runs}(seq) ON DELETE CASCADE,
+            grp TEXT NOT NULL,
+            item TEXT NOT NULL,
+            ok BOOLEAN NOT NULL,
+            attempts INTEGER NOT NULL,
+            error TEXT,
+            state BYTEA,
+            changed BIGINT NOT NULL,
+            PRIMARY KEY (run, grp, item)
+        )""",
+        "CREATE INDEX {items_changed} ON {items}(changed)",
+        "CREATE TABLE {ledger_clock} (k INTEGER PRIMARY KEY CHECK (k = 1), v BIGINT NOT NULL)",
+        "INSERT INTO {ledger_clock} (k, v) VALUES (1, 0)",
+    ),
 ]
 
 
 def names(table: str, prefix: str) -> dict[str, sql.Identifier]:
     """Return the identifiers the DDL and queries are formatted with."""
-    own = ("meta", "records", "chunks", "refs", "sync_marks", "runs", "items")
+    own = ("meta", "records", "chunks", "refs", "sync_marks", "runs", "items", "ledger_clock")
     out = {"t": sql.Identifier(table)}
     for idx in ("processor", "level", "status", "created"):
         out[f"idx_{idx}"] = sql.Identifier(f"idx_{table}_{idx}")
     for name in own:
         out[name] = sql.Identifier(prefix + name)
-    for name in ("records_slot", "records_process", "refs_digest", "items_pending", "runs_changed"):
+    for name in (
+        "records_slot",
+        "records_process",
+        "refs_digest",
+        "runs_process",
+        "runs_changed",
+        "items_changed",
+    ):
         out[name] = sql.Identifier(prefix + name)
     return out

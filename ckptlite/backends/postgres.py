@@ -70,6 +70,7 @@ from ..errors import (
 )
 from ..types import Checkpoint, GcReport, Level, Status, StoredChunk, StoredRecord
 from . import _pg_schema
+from ._pg_ledger import LedgerMixin
 from .base import ListQuery, StructureCheck, dump_metadata
 
 __all__ = ["PostgresBackend"]
@@ -236,7 +237,7 @@ class _Connections:
         self._local = threading.local()
 
 
-class PostgresBackend:
+class PostgresBackend(LedgerMixin):
     """Records in ``pipeline_checkpoints`` + ckptlite's tables; chunks as BYTEA rows.
 
     ``url`` is a libpq URL; ``?ckptlite_table=NAME`` and ``?ckptlite_prefix=P``
