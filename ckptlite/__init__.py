@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from .archive import ArchiveReport, export_archive, import_archive
 from .errors import (
     CheckpointNotFoundError,
     CkptliteError,
@@ -35,6 +36,7 @@ from .policies import CheckpointPolicy, RetentionDecision, RetentionReport
 from .process import CheckpointableProcess, ResumableProcess
 from .runs import Run, Stage, WorkItem
 from .types import (
+    BackupReport,
     Checkpoint,
     GcReport,
     ItemRecord,
@@ -49,6 +51,8 @@ from .types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArchiveReport",
+    "BackupReport",
     "Checkpoint",
     "CheckpointManager",
     "CheckpointNotFoundError",
@@ -85,8 +89,10 @@ __all__ = [
     "VerifyReport",
     "WorkItem",
     "__version__",
+    "export_archive",
     "generate_checkpoint_id",
     "get_checkpoint_manager",
+    "import_archive",
     "open",
     "parse_checkpoint_id",
 ]

@@ -486,6 +486,59 @@ def _backup(ctx: Context) -> int:
     return EXIT_OK
 
 
+def _add_export(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub,
+        "export",
+        "write the whole store to one self-contained archive file",
+        "ckptlite --store ./ckpts export ckpts-2026-11-26.tar",
+        description="Write every checkpoint (and, from a local store, its runs and ledger) "
+        "to a new tar archive: a store copied with SQLite's online backup API plus its "
+        "chunk files. Works while the store is in use, from any kind of store.",
+    )
+    p.add_argument("archive", help="new archive file (.tar)")
+    p.set_defaults(func=_export)
+    return p
+
+
+def _export(ctx: Context) -> int:
+    from .archive import export_archive
+
+    with ctx.open() as mgr, ctx.progress("export") as bar:
+        r = export_archive(mgr, ctx.args.archive, bar.update)
+    ctx.emit(r, f"exported {r.checkpoints} checkpoints ({_human(r.archive_bytes)}) to {r.path}")
+    return EXIT_OK
+
+
+def _add_import_archive(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub,
+        "import-archive",
+        "verify an archive from `ckptlite export`, then add what the store lacks",
+        "ckptlite --store ./ckpts import-archive ckpts-2026-11-26.tar",
+        description="Unpack the archive in the temp directory, hash every byte, and only if "
+        "all of it verifies add the checkpoints the store lacks (creating the store if "
+        "needed). A damaged archive changes nothing and exits 1. Importing twice adds "
+        "nothing the second time.",
+    )
+    p.add_argument("archive", help="archive file written by `ckptlite export`")
+    p.set_defaults(func=_import_archive)
+    return p
+
+
+def _import_archive(ctx: Context) -> int:
+    from .archive import import_archive
+
+    with ctx.open(create=True) as mgr, ctx.progress("import") as bar:
+        r = import_archive(mgr, ctx.args.archive, bar.update)
+    ctx.emit(
+        r,
+        f"verified {r.checkpoints} checkpoints in {r.path}; imported {r.imported}, "
+        f"{r.checkpoints - r.imported} already present",
+    )
+    return EXIT_OK
+
+
 def _add_config(sub: Any) -> argparse.ArgumentParser:
     p = new_command(
         sub,
@@ -606,6 +659,8 @@ COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
     ("prune", _add_prune),
     ("rm", _add_rm),
     ("backup", _add_backup),
+    ("export", _add_export),
+    ("import-archive", _add_import_archive),
     ("config", _add_config),
     ("migrate", _add_migrate),
     ("import", _add_import),

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -550,3 +551,32 @@ def test_runs_json_shows_lifecycle_and_ledger_progress(
     assert [r["id"] for r in only] == [tiles["id"]]
     code, out, _ = run(capsys, "--store", store, "runs")
     assert code == 0 and "failed" in out and "9/10" in out
+
+
+def test_export_then_import_archive(
+    capsys: pytest.CaptureFixture[str], pipeline: dict, tmp_path: Path
+) -> None:
+    archive = tmp_path / "store.tar"
+    out = run_json(capsys, "--store", pipeline["store"], "export", str(archive))
+    assert out["checkpoints"] == 8 and out["path"] == str(archive) and archive.is_file()
+    dest = str(tmp_path / "restored")
+    imported = run_json(capsys, "--store", dest, "import-archive", str(archive))
+    assert (imported["checkpoints"], imported["imported"]) == (8, 8)
+    code, text, _ = run(capsys, "--store", dest, "import-archive", str(archive))
+    assert code == 0 and "imported 0, 8 already present" in text
+    assert run(capsys, "--store", dest, "verify", "--full")[0] == 0
+    tree = run(capsys, "--store", dest, "ls", "--tree")[1]
+    assert tree == run(capsys, "--store", pipeline["store"], "ls", "--tree")[1]
+
+    # a damaged archive: exit 1, names the checkpoint, imports nothing
+    with tarfile.open(archive) as tar:
+        blob = next(m for m in tar if "/blobs/" in m.name)
+    data = bytearray(archive.read_bytes())
+    data[blob.offset_data + 10] ^= 0x01
+    archive.write_bytes(bytes(data))
+    fresh = str(tmp_path / "fresh")
+    code, _, err = run(capsys, "--store", fresh, "import-archive", str(archive))
+    assert code == 1 and pipeline["resample"].id in err and "nothing was imported" in err
+    assert run_json(capsys, "--store", fresh, "ls")["checkpoints"] == []
+    code, _, err = run(capsys, "--store", fresh, "import-archive", str(tmp_path / "nope.tar"))
+    assert code == 2 and "no archive" in err

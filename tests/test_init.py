@@ -8,6 +8,8 @@ from pathlib import Path
 import ckptlite
 
 EXPECTED = [
+    "ArchiveReport",
+    "BackupReport",
     "Checkpoint",
     "CheckpointManager",
     "CheckpointNotFoundError",
@@ -44,8 +46,10 @@ EXPECTED = [
     "VerifyReport",
     "WorkItem",
     "__version__",
+    "export_archive",
     "generate_checkpoint_id",
     "get_checkpoint_manager",
+    "import_archive",
     "open",
     "parse_checkpoint_id",
 ]
