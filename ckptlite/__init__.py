@@ -27,9 +27,11 @@ from .errors import (
     StoreIOError,
     StoreLockedError,
     SyncError,
+    UnsafePickleError,
     UnsupportedTypeError,
 )
 from .ids import generate_checkpoint_id, parse_checkpoint_id
+from .legacy import MigrationEntry, MigrationReport, migrate
 from .manager import CheckpointManager, get_checkpoint_manager
 from .manager import open_store as open
 from .policies import CheckpointPolicy, RetentionDecision, RetentionReport
@@ -67,7 +69,9 @@ __all__ = [
     "ItemRecord",
     "LegacyFormatError",
     "Level",
+    "MigrationEntry",
     "MigrationError",
+    "MigrationReport",
     "MissingChunksError",
     "PickleNotAllowedError",
     "ResumableProcess",
@@ -85,6 +89,7 @@ __all__ = [
     "StoreIOError",
     "StoreLockedError",
     "SyncError",
+    "UnsafePickleError",
     "UnsupportedTypeError",
     "VerifyReport",
     "WorkItem",
@@ -93,6 +98,7 @@ __all__ = [
     "generate_checkpoint_id",
     "get_checkpoint_manager",
     "import_archive",
+    "migrate",
     "open",
     "parse_checkpoint_id",
 ]
