@@ -397,3 +397,28 @@ def _refresh_checksum(root: Path, cid: str) -> None:
     meta = json.loads((root / cid / "metadata.json").read_text())
     meta["checksum"] = checksum
     (root / cid / "metadata.json").write_text(json.dumps(meta, indent=2))
+
+
+def test_records_cannot_point_outside_their_directory(
+    tmp_path: Path, mgr: ckptlite.CheckpointManager
+) -> None:
+    root = tmp_path / "ck"
+    secret = tmp_path / "secret.pkl"
+    secret.write_bytes(b"not for the importer")
+    m = LegacyCoreManager(root)
+    m.save("a", {"v": 1})
+    reg = json.loads((root / "registry.json").read_text())
+    reg["a"]["data_files"].append("../secret.pkl")
+    (root / "registry.json").write_text(json.dumps(reg))
+    report = migrate(root, mgr, trust_pickle=True)
+    (entry,) = report.entries
+    assert entry.status == Status.CORRUPTED
+    cp = mgr.get(entry.checkpoint_id or "")
+    assert mgr.load(cp) == {"v": 1} and cp.metadata["legacy_missing_files"] == ["../secret.pkl"]
+
+
+def test_report_hides_dsn_passwords() -> None:
+    from ckptlite.legacy.migrate import _redact
+
+    assert _redact("postgresql://u:s3cret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert _redact("postgresql://u@h/db") == "postgresql://u@h/db"

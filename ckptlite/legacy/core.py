@@ -161,6 +161,8 @@ def scan(root: Path, trust_pickle: bool) -> Iterator[LegacyCheckpoint | ReadFail
             yield _checkpoint(root, legacy_id, rec, where, records, trust_pickle)
         except LegacyFormatError as e:
             yield ReadFailure("core", legacy_id, str(root / legacy_id), e.message)
+        except OSError as e:
+            yield ReadFailure("core", legacy_id, str(root / legacy_id), f"cannot read: {e}")
 
 
 def _checkpoint(
@@ -261,6 +263,9 @@ def load_dir(
         path = base / str(rel)
         key = Path(str(rel)).stem.replace(".pkl", "")
         try:
+            if not path.resolve().is_relative_to(ckpt_dir.resolve()):
+                # A record naming files outside its own directory is not trusted with them.
+                raise LegacyFormatError(f"data file {rel!r} is outside {ckpt_dir}")
             on_disk = read_bytes(path)
         except LegacyFormatError:
             missing.append(str(rel))

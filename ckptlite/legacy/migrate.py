@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,6 +246,7 @@ def migrate(
     """
     src = os.fspath(source)
     formats = (_format_name(format),) if format else detect_formats(src)
+    shown = _redact(src)
     entries: list[MigrationEntry] = []
 
     def report(entry: MigrationEntry) -> None:
@@ -266,7 +268,12 @@ def migrate(
         by_identity = {c.identity: c for c in found}
         for cp in sort_parents_first(found):
             report(_import_one(target, cp, by_identity, dry_run))
-    return MigrationReport(src, formats, dry_run, tuple(entries))
+    return MigrationReport(shown, formats, dry_run, tuple(entries))
+
+
+def _redact(source: str) -> str:
+    """Hide a DSN's password: reports get printed and logged."""
+    return re.sub(r"^([a-z]+://[^:/@]*:)[^@]*@", r"\1***@", source)
 
 
 def _import_one(
