@@ -580,3 +580,43 @@ def test_export_then_import_archive(
     assert run_json(capsys, "--store", fresh, "ls")["checkpoints"] == []
     code, _, err = run(capsys, "--store", fresh, "import-archive", str(tmp_path / "nope.tar"))
     assert code == 2 and "no archive" in err
+
+
+def test_on_the_example_pipelines_store(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The README's example pipeline, then the operator's view of its store."""
+    store = str(tmp_path / "tiles")
+    example = Path(__file__).parents[1] / "examples" / "tile_pipeline.py"
+    subprocess.run(
+        [sys.executable, str(example), "--store", store],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    runs = run_json(capsys, "--store", store, "runs")["runs"]
+    assert len(runs) == 1
+    assert runs[0]["status"] == "completed" and runs[0]["progress"] == [64, 64]
+    tree = run_json(capsys, "--store", store, "ls", "--tree")["tree"]
+    assert [n["checkpoint"]["name"] for n in tree] == ["generate", "resample", "mosaic"]
+    stats = run_json(capsys, "--store", store, "stats")
+    assert stats["by_process"] == {"tile-pipeline": {"stage": 3}}
+
+    ok = subprocess.run(
+        [str(CKPTLITE), "verify", "--full", "--store", store], capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and ok.stdout.rstrip().endswith("ok")
+    victim = max((p for p in (Path(store) / "blobs").glob("??/*")), key=lambda p: p.stat().st_size)
+    with ckptlite.open(store) as mgr:
+        users = mgr.backend.checkpoints_using([victim.name])
+        names = {mgr.get(cid).name for cid in users}
+    assert names == {"generate"}
+    flip_bit(victim, offset=4321)
+    bad = subprocess.run(
+        [str(CKPTLITE), "verify", "--full", "--store", store], capture_output=True, text=True
+    )
+    assert bad.returncode == 1
+    assert [ln.split()[1] for ln in bad.stdout.splitlines() if ln.startswith("CORRUPTED")] == (
+        sorted(users)
+    )
+    dry = run_json(capsys, "--store", store, "gc", "--dry-run")
+    real = run_json(capsys, "--store", store, "gc")
+    assert dry["chunks"] == real["chunks"] and dry["bytes_reclaimed"] == real["bytes_reclaimed"]
