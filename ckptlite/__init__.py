@@ -37,6 +37,7 @@ from .manager import open_store as open
 from .policies import CheckpointPolicy, RetentionDecision, RetentionReport
 from .process import CheckpointableProcess, ResumableProcess
 from .runs import Run, Stage, WorkItem
+from .sync import SyncReport, sync
 from .types import (
     BackupReport,
     Checkpoint,
@@ -89,6 +90,7 @@ __all__ = [
     "StoreIOError",
     "StoreLockedError",
     "SyncError",
+    "SyncReport",
     "UnsafePickleError",
     "UnsupportedTypeError",
     "VerifyReport",
@@ -101,4 +103,5 @@ __all__ = [
     "migrate",
     "open",
     "parse_checkpoint_id",
+    "sync",
 ]

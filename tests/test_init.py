@@ -44,6 +44,7 @@ EXPECTED = [
     "StoreIOError",
     "StoreLockedError",
     "SyncError",
+    "SyncReport",
     "UnsafePickleError",
     "UnsupportedTypeError",
     "VerifyReport",
@@ -56,6 +57,7 @@ EXPECTED = [
     "migrate",
     "open",
     "parse_checkpoint_id",
+    "sync",
 ]
 
 

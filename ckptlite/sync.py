@@ -1,0 +1,302 @@
+"""Copy what a target store lacks from a source store: checkpoints, chunks, runs, ledger.
+
+``sync(source, target)`` works between any two stores (local, memory,
+postgres), in batches, through the Backend Protocol only: bytes are copied by
+digest and no state is ever decoded.
+
+- **Checkpoints** newer than the target's high-water mark for this source
+  (kept in the target, keyed by the source's store id and the process filter)
+  are read in source seq order, so parents come before children; ancestors
+  outside a ``process_id`` filter are copied too. Records keep their id,
+  created_at, status, checksum and metadata; the target assigns its own seq.
+  Each batch's chunks are written first (only those the target lacks), then
+  its records and the new mark in ONE target transaction: the mark never
+  moves past records the target has not committed, and ids already there are
+  skipped, so an interrupted sync is simply rerun and a second run copies
+  nothing. On PostgreSQL targets a transaction-level advisory lock per source
+  store makes concurrent syncers of one store take turns batch by batch.
+- **Runs and the work-item ledger** changed since the target's ledger mark are
+  merged: a run by the later ``updated_at``, an item by ``ledger_entry_wins``
+  (done beats failed; a done-mark is never replaced).
+
+Not propagated (by design, documented in the README): deletes (a checkpoint
+deleted at the source stays in the target, and one deleted in the target is
+not copied again); status changes made after a checkpoint was copied (a later
+CORRUPTED or ARCHIVED at the source); rows of the legacy
+``pipeline_checkpoints`` table that ckptlite did not write. Checkpoints whose
+chunks the source cannot read are skipped and listed in ``SyncReport.failed``.
+Copied bytes are verified when the target loads them, not during the copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .backends.base import Backend
+from .errors import (
+    CheckpointNotFoundError,
+    CkptliteError,
+    CorruptCheckpointError,
+    InvalidInputError,
+    MissingChunksError,
+    SyncError,
+)
+from .manager import CheckpointManager, open_store
+from .types import StoredChunk, StoredRecord
+
+__all__ = ["SyncReport", "sync"]
+
+Store = CheckpointManager | str | os.PathLike[str]
+_CHUNK_GROUP_BYTES = 32 << 20  # chunks are written in groups of about this many bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    """What one ``sync`` copied; ``changed`` is False for a no-op."""
+
+    source: str
+    target: str
+    process_id: str | None = None
+    checkpoints_copied: int = 0
+    checkpoints_skipped: int = 0  # already in the target
+    chunks_copied: int = 0
+    bytes_copied: int = 0
+    runs_copied: int = 0
+    items_copied: int = 0
+    failed: tuple[str, ...] = ()  # not copied: their chunks are unreadable at the source
+    mark: int = 0  # the source seq the target is now synced up to
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.checkpoints_copied or self.chunks_copied or self.runs_copied)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as JSON-ready data (the CLI's ``--json``)."""
+        return {
+            **dataclasses.asdict(self),
+            "failed": list(self.failed),
+            "changed": self.changed,
+            "ok": self.ok,
+        }
+
+
+def sync(
+    source: Store,
+    target: Store,
+    process_id: str | None = None,
+    *,
+    batch_size: int = 2000,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> SyncReport:
+    """Copy the checkpoints, chunks, runs and ledger entries ``target`` lacks from ``source``.
+
+    ``source`` and ``target`` are managers or store URLs (a URL is opened and
+    closed here; a source directory must exist). ``process_id`` limits the copy
+    to one process (plus the ancestors its checkpoints need). ``progress`` is
+    called as ``progress(checkpoints_done, None)`` after each batch.
+
+    Raises:
+        SyncError: a store failed mid-way (``.context["report"]`` holds what was
+            copied); rerun to resume. Also for the same store on both sides.
+        InvalidInputError: a bad argument.
+
+    >>> import ckptlite
+    >>> a, b = ckptlite.open("memory://"), ckptlite.open("memory://")
+    >>> _ = a.save("run", {"x": 1})
+    >>> ckptlite.sync(a, b).checkpoints_copied, ckptlite.sync(a, b).changed
+    (1, False)
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive int, not {batch_size!r}")
+    if process_id is not None and (not isinstance(process_id, str) or not process_id):
+        raise InvalidInputError(f"process_id must be a non-empty str, not {process_id!r}")
+    start = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        src = _open(source, stack, create=False)
+        dst = _open(target, stack, create=True)
+        job = _Job(src.backend, dst.backend, process_id, batch_size, progress)
+        try:
+            job.run()
+        except CkptliteError as e:
+            if isinstance(e, SyncError):
+                raise
+            partial = job.report(time.monotonic() - start)
+            raise SyncError(
+                f"sync from {src.url} to {dst.url} stopped after copying "
+                f"{job.copied} checkpoint(s): {e.message}",
+                hint=f"{e.hint} Then rerun the sync: it resumes and copies nothing twice.",
+                report=partial,
+            ) from e
+        return job.report(time.monotonic() - start)
+    raise AssertionError("unreachable")  # pragma: no cover (ExitStack swallows nothing)
+
+
+def _open(store: Store, stack: contextlib.ExitStack, *, create: bool) -> CheckpointManager:
+    if isinstance(store, CheckpointManager):
+        return store
+    if not isinstance(store, str | os.PathLike):
+        raise InvalidInputError(f"a store must be a manager or a URL, not {store!r}")
+    return stack.enter_context(open_store(store, create=create))
+
+
+class _Job:
+    """One sync: the two backends and what has been copied so far."""
+
+    def __init__(
+        self,
+        src: Backend,
+        dst: Backend,
+        process_id: str | None,
+        batch_size: int,
+        progress: Callable[[int, int | None], None] | None,
+    ) -> None:
+        self.src, self.dst = src, dst
+        self.process_id = process_id
+        self.batch_size = batch_size
+        self.progress = progress
+        self.copied = self.skipped = self.chunks = self.bytes = 0
+        self.runs = self.items = 0
+        self.failed: list[str] = []
+        self.mark = 0
+
+    def report(self, seconds: float) -> SyncReport:
+        return SyncReport(
+            source=self.src.url,
+            target=self.dst.url,
+            process_id=self.process_id,
+            checkpoints_copied=self.copied,
+            checkpoints_skipped=self.skipped,
+            chunks_copied=self.chunks,
+            bytes_copied=self.bytes,
+            runs_copied=self.runs,
+            items_copied=self.items,
+            failed=tuple(self.failed),
+            mark=self.mark,
+            seconds=seconds,
+        )
+
+    def run(self) -> None:
+        source_id = self.src.store_id()
+        if source_id == self.dst.store_id():
+            raise SyncError(
+                f"{self.src.url} and {self.dst.url} are the same store",
+                hint="Sync between two different stores.",
+            )
+        key = source_id if self.process_id is None else f"{source_id}:{self.process_id}"
+        self._records(key)
+        self._ledger(key + "#ledger")
+
+    # -- checkpoints and chunks -------------------------------------------------------
+
+    def _records(self, key: str) -> None:
+        self.mark = self.dst.sync_mark(key)
+        while batch := self.src.records_after(self.mark, self.batch_size, self.process_id):
+            last = batch[-1].checkpoint.seq
+            present = self.dst.has_records(r.checkpoint.id for r in batch)
+            fresh = [r for r in batch if r.checkpoint.id not in present]
+            self.skipped += len(batch) - len(fresh)
+            fresh = self._with_ancestors(fresh)
+            fresh = self._copy_chunks(fresh)
+            for attempt in range(3):
+                try:
+                    self.copied += self.dst.import_records(fresh, key, last)
+                    break
+                except MissingChunksError as e:  # a gc in the target took some: copy again
+                    if attempt == 2:
+                        raise
+                    self._write(list(e.digests))
+            self.mark = last
+            if self.progress is not None:
+                self.progress(self.copied + self.skipped, None)
+
+    def _with_ancestors(self, fresh: list[StoredRecord]) -> list[StoredRecord]:
+        """Prepend the ancestors the target lacks and the batch does not hold."""
+        have = {r.checkpoint.id for r in fresh}
+        todo = {r.checkpoint.parent_id for r in fresh} - have - {None}
+        extra: dict[str, StoredRecord] = {}
+        while todo:
+            wanted = {p for p in todo if p is not None} - self.dst.has_records(
+                p for p in todo if p is not None
+            )
+            todo = set()
+            for pid in wanted:
+                if pid in extra:
+                    continue
+                try:
+                    rec = self.src.get_record(pid)
+                except CheckpointNotFoundError:
+                    continue  # its child will fail the parent check and be reported
+                extra[pid] = rec
+                if rec.checkpoint.parent_id not in have and rec.checkpoint.parent_id:
+                    todo.add(rec.checkpoint.parent_id)
+        if not extra:
+            return fresh
+        return sorted(extra.values(), key=lambda r: r.checkpoint.seq) + fresh
+
+    def _copy_chunks(self, fresh: list[StoredRecord]) -> list[StoredRecord]:
+        """Copy the chunks of ``fresh`` the target lacks; drop records that cannot be copied."""
+        digests = list(dict.fromkeys(d for r in fresh for d in r.digests))
+        if not digests:
+            return fresh
+        have = self.dst.has_chunks(digests)
+        need = [d for d in digests if d not in have]
+        bad = self._write(need)
+        if not bad:
+            return fresh
+        dropped: set[str] = set()
+        kept = []
+        for r in fresh:  # parents first: a child of a dropped record is dropped too
+            cp = r.checkpoint
+            if bad.intersection(r.digests) or cp.parent_id in dropped:
+                dropped.add(cp.id)
+                self.failed.append(cp.id)
+            else:
+                kept.append(r)
+        return kept
+
+    def _write(self, digests: list[str]) -> set[str]:
+        """Copy chunks source -> target in groups; return the digests the source lacks."""
+        bad: set[str] = set()
+        group: list[StoredChunk] = []
+        size = 0
+        for d in digests:
+            try:
+                chunk = self.src.read_chunk(d)
+            except (CorruptCheckpointError, OSError):
+                bad.add(d)
+                continue
+            group.append(chunk)
+            size += chunk.stored_size
+            if size >= _CHUNK_GROUP_BYTES:
+                self._flush(group)
+                group, size = [], 0
+        self._flush(group)
+        return bad
+
+    def _flush(self, group: list[StoredChunk]) -> None:
+        if group:
+            self.dst.write_chunks(group)
+            self.chunks += len(group)
+            self.bytes += sum(c.stored_size for c in group)
+
+    # -- runs and the ledger -------------------------------------------------------------
+
+    def _ledger(self, key: str) -> None:
+        mark = self.dst.sync_mark(key)
+        clock, runs, items = self.src.export_ledger(mark, self.process_id)
+        if clock <= mark and not runs and not items:
+            return
+        self.dst.import_ledger(runs, items, key, clock)
+        self.runs += len(runs)
+        self.items += len(items)
