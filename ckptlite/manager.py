@@ -670,7 +670,8 @@ class CheckpointManager:
         """Check the store; with ``full``, read and hash every byte.
 
         Checkpoints found damaged are marked CORRUPTED; with ``full``, ones marked
-        CORRUPTED that now verify are marked VALID again.
+        CORRUPTED that now verify are marked VALID again (except imports whose legacy
+        source was already corrupted: ``metadata["legacy_corrupted"]``).
         """
         structure = self.backend.check()
         bad: set[str] = set(structure.missing)
@@ -693,7 +694,9 @@ class CheckpointManager:
         for cp in records:
             if cp.id in bad:
                 self._mark_corrupted(cp)
-            elif full and cp.status == Status.CORRUPTED:
+            elif full and cp.status == Status.CORRUPTED and "legacy_corrupted" not in cp.metadata:
+                # A legacy import's stored bytes verify, but what they hold was damaged
+                # before ckptlite saw it: it stays CORRUPTED.
                 self.backend.set_status(cp.id, Status.VALID)
         missing = sorted({d for ds in structure.missing.values() for d in ds})
         return VerifyReport(

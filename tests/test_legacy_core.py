@@ -206,6 +206,9 @@ def test_checksum_mismatch_imports_corrupted(
     # A CORRUPTED import is never what a resume picks.
     assert mgr.latest("legacy-core", Level.STEP, "step_tile") is None
     assert migrate(legacy_dir, mgr, trust_pickle=True).count(IMPORTED) == 0
+    # Its ckptlite bytes verify, but a full verify must not resurrect it as VALID.
+    assert mgr.verify(full=True).ok
+    assert mgr.get(cp.id).status == Status.CORRUPTED
 
 
 def test_broken_registry_falls_back_to_metadata_json(
