@@ -135,12 +135,14 @@ class WorkItem:
             UnsupportedTypeError: the state holds a value with no encoding (item not marked).
             InvalidInputError: the item was already marked done or failed.
         """
-        self._resolve()
-        try:
-            data = encode_item_state(state, allow_pickle=self.run.manager.allow_pickle)
-        except BaseException:
-            self._resolved = False
-            raise
+        if self._resolved:
+            raise InvalidInputError(f"item {self.group}/{self.id} was already marked")
+        data = (
+            None
+            if state is None
+            else encode_item_state(state, allow_pickle=self.run.manager.allow_pickle)
+        )
+        self._resolved = True
         self.run._mark(ItemMark(self.group, self.id, True, data, None))
 
     def fail(self, exc: BaseException | str) -> None:
@@ -149,13 +151,10 @@ class WorkItem:
         Raises:
             InvalidInputError: the item was already marked done or failed.
         """
-        self._resolve()
-        self.run._mark(ItemMark(self.group, self.id, False, None, _error_text(exc)))
-
-    def _resolve(self) -> None:
         if self._resolved:
             raise InvalidInputError(f"item {self.group}/{self.id} was already marked")
         self._resolved = True
+        self.run._mark(ItemMark(self.group, self.id, False, None, _error_text(exc)))
 
 
 class Stage:
@@ -253,7 +252,8 @@ class Run:
         self._last_progress = 0.0
         self._failed_now: set[tuple[str, str]] = set()
         self._exhausted: set[tuple[str, str]] = set()
-        self._totals: dict[str, tuple[int, int]] = {}  # group -> (done, total)
+        self._totals: dict[str, tuple[int, int]] = {}  # group -> (done before, total)
+        self._ndone = 0  # done-marks made in this session
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.process_id} {self.status.value}>"
@@ -317,13 +317,11 @@ class Run:
         limit = self.max_attempts if max_attempts is None else max_attempts
         done, failed = self.manager.backend.item_marks(self.id, group)
         total = len(item_ids) if isinstance(item_ids, Sized) else 0
-        already = 0
         seen: set[str] = set()
         with self._lock:
-            self._totals[group] = (0, total)
+            self._totals[group] = (len(done), total)
         for item_id in item_ids:
             if item_id in done:
-                already += 1
                 continue
             if type(item_id) is not str:
                 raise InvalidInputError(f"item ids must be str, not {item_id!r}")
@@ -335,21 +333,17 @@ class Run:
                 continue
             seen.add(item_id)
             yield WorkItem(self, group, item_id, attempts)
-        with self._lock:
-            d, t = self._totals[group]
-            self._totals[group] = (d + already, t)
         self.commit()
 
     def _mark(self, mark: ItemMark) -> None:
         with self._lock:
             self._pending.append(mark)
-            key = (mark.group, mark.item_id)
             if mark.ok:
-                self._failed_now.discard(key)
-                d, t = self._totals.get(mark.group, (0, 0))
-                self._totals[mark.group] = (d + 1, t)
+                self._ndone += 1
+                if self._failed_now:
+                    self._failed_now.discard((mark.group, mark.item_id))
             else:
-                self._failed_now.add(key)
+                self._failed_now.add((mark.group, mark.item_id))
             due = len(self._pending) >= self.batch_size or (
                 time.monotonic() - self._last_flush >= self.batch_seconds
             )
@@ -378,10 +372,13 @@ class Run:
 
     @property
     def progress(self) -> tuple[int, int]:
-        """Return (done, total) over the groups iterated in this session."""
+        """Return (done, total) over the groups iterated in this session.
+
+        ``done`` counts items done before this session plus done-marks made in it.
+        """
         with self._lock:
             return (
-                sum(d for d, _ in self._totals.values()),
+                sum(d for d, _ in self._totals.values()) + self._ndone,
                 sum(t for _, t in self._totals.values()),
             )
 
