@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "BackupReport",
@@ -177,11 +177,11 @@ class RunRecord:
         return dataclasses.replace(self, **changes)
 
 
-@dataclass(frozen=True, slots=True)
-class ItemMark:
+class ItemMark(NamedTuple):
     """A done- or failed-mark for one work item, as the manager hands it to a backend.
 
     ``state`` is already encoded (backends store bytes); ``error`` is set when not ``ok``.
+    A tuple, so a backend can bind it as SQL parameters as it is (field order is fixed).
     """
 
     group: str

@@ -662,15 +662,15 @@ class LocalBackend:
                 raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
             changed = self._tick(conn)
             if marks:
+                # The marks bind as they are (ItemMark is a tuple); run and changed are
+                # ints made here, so they can be literals: no per-row Python work.
                 conn.executemany(
-                    "INSERT INTO items(run, grp, item, ok, attempts, error, state, changed) "
-                    "VALUES (?, ?, ?, ?, 1, ?, ?, ?) ON CONFLICT(run, grp, item) DO UPDATE SET "
-                    "ok=excluded.ok, attempts=items.attempts+1, error=excluded.error, "
-                    "state=excluded.state, changed=excluded.changed WHERE items.ok=0",
-                    [
-                        (run, m.group, m.item_id, int(m.ok), m.error, m.state, changed)
-                        for m in marks
-                    ],
+                    "INSERT INTO items(grp, item, ok, state, error, run, attempts, changed) "
+                    f"VALUES (?, ?, ?, ?, ?, {int(run)}, 1, {int(changed)}) "
+                    "ON CONFLICT(run, grp, item) DO UPDATE SET ok=excluded.ok, "
+                    "attempts=items.attempts+1, error=excluded.error, state=excluded.state, "
+                    "changed=excluded.changed WHERE items.ok=0",
+                    marks,
                 )
         return changed
 
