@@ -41,6 +41,7 @@ def legacy_db(pg_schema: str, tmp_path: Path) -> tuple[str, Path]:
     m.save("phase_1", {"grid": [[1, 2], [3, 4]]}, level="phase", parent_id="pipe_1")
     m.save("sub_1", {"n": 5}, level="substep", parent_id="phase_1")
     m.save("step_bad", {"n": 6}, level="step")
+    m.save("step_flagged", {"n": 7}, level="step")
     rows = [
         # checkpoint_id, level, parent, processor, path, status, validation_checksum
         (
@@ -55,6 +56,7 @@ def legacy_db(pg_schema: str, tmp_path: Path) -> tuple[str, Path]:
         ("phase_1", "phase", "pipe_1", "Resampler", root / "phase_1", "created", None),
         ("sub_1", "substep", "phase_1", "Resampler", root / "sub_1", "deleted", None),
         ("step_bad", "step", None, "Merger", root / "step_bad", "valid", "0" * 64),
+        ("step_flagged", "step", None, "Merger", root / "step_flagged", "corrupted", None),
         (
             "step_gone",
             "step",
@@ -100,7 +102,7 @@ def test_rows_import_with_their_data(
     assert detect_formats(dsn) == ("postgres",)
     before = _rows(dsn)
     report = migrate(dsn, mgr, trust_pickle=True)
-    assert report.formats == ("postgres",) and report.count(IMPORTED) == 5, report.entries
+    assert report.formats == ("postgres",) and report.count(IMPORTED) == 6, report.entries
     assert _rows(dsn) == before  # the source is never modified
     got = {cp.metadata["legacy_id"]: cp for cp in mgr.list()}
     ref = ReferenceCoreLoader(root)
@@ -117,6 +119,11 @@ def test_rows_import_with_their_data(
     assert got["sub_1"].status == Status.ARCHIVED  # 'deleted' has no ckptlite status
     assert got["step_bad"].status == Status.CORRUPTED
     assert "validation_checksum" in got["step_bad"].metadata["legacy_corrupted"]
+    flagged = got["step_flagged"]  # the row said corrupted: believed, data kept
+    assert flagged.status == Status.CORRUPTED and mgr.load(flagged) == {"n": 7}
+    assert mgr.verify(full=True).ok
+    assert mgr.get(got["step_bad"].id).status == Status.CORRUPTED
+    assert mgr.get(flagged.id).status == Status.CORRUPTED
     gone = got["step_gone"]
     assert gone.status == Status.ARCHIVED and mgr.load(gone) is None
     assert "step_gone" in gone.metadata["legacy_data_missing"]
@@ -129,10 +136,10 @@ def test_rows_import_with_their_data(
 def test_rerun_and_dry_run(legacy_db: tuple[str, Path], mgr: ckptlite.CheckpointManager) -> None:
     dsn, _root = legacy_db
     dry = migrate(dsn, mgr, trust_pickle=True, dry_run=True)
-    assert dry.count(WOULD_IMPORT) == 5 and mgr.list() == []
+    assert dry.count(WOULD_IMPORT) == 6 and mgr.list() == []
     migrate(dsn, mgr, trust_pickle=True)
     again = migrate(dsn, mgr, trust_pickle=True)
-    assert again.count(ALREADY) == 5 and len(mgr.list()) == 5
+    assert again.count(ALREADY) == 6 and len(mgr.list()) == 6
 
 
 def test_without_trust_only_dataless_rows_import(
@@ -142,7 +149,8 @@ def test_without_trust_only_dataless_rows_import(
     report = migrate(dsn, mgr)
     by_id = {e.legacy_id: e for e in report.entries}
     assert by_id["step_gone"].outcome == IMPORTED
-    assert all(by_id[c].outcome == "failed" for c in ("pipe_1", "phase_1", "sub_1", "step_bad"))
+    needs_pickle = ("pipe_1", "phase_1", "sub_1", "step_bad", "step_flagged")
+    assert all(by_id[c].outcome == "failed" for c in needs_pickle)
 
 
 def test_missing_table_is_a_clear_error(pg_schema: str, mgr: ckptlite.CheckpointManager) -> None:

@@ -330,6 +330,10 @@ def _record(
     if loaded.corrupted:
         status = Status.CORRUPTED
     metadata: dict[str, Any] = {"legacy_format": cp.format, **cp.metadata, **loaded.metadata}
+    if status == Status.CORRUPTED and "legacy_corrupted" not in metadata:
+        # Marked corrupted by the legacy system itself; the key keeps verify --full from
+        # turning it VALID because ckptlite's own copy of the bytes verifies.
+        metadata["legacy_corrupted"] = "the legacy record's status is 'corrupted'"
     parent_id = None
     parent = by_identity.get(cp.legacy_parent) if cp.legacy_parent else None
     if parent is not None:
