@@ -18,8 +18,9 @@ from ckptlite.errors import (
     CheckpointNotFoundError,
     InvalidInputError,
     MissingChunksError,
+    RunNotFoundError,
 )
-from ckptlite.types import StoredChunk, StoredRecord
+from ckptlite.types import ItemMark, RunRecord, RunStatus, StoredChunk, StoredRecord
 
 Mgr = ckptlite.CheckpointManager
 
@@ -184,3 +185,115 @@ class BackendContract:
         any_mgr.save("p", {"a": _big(8)})
         report = any_mgr.verify()
         assert report.ok and report.checked == 1 and report.orphan_chunks == ()
+
+
+class LedgerContract:
+    """Runs and the work-item ledger, at the byte level every backend implements."""
+
+    @staticmethod
+    def _run(backend: Backend, process_id: str = "p", run_id: str = "run_1") -> RunRecord:
+        now = datetime.now(UTC)
+        return backend.create_run(RunRecord(run_id, process_id, RunStatus.RUNNING, now, now))
+
+    def test_create_get_update_list_runs(self, backend: Backend) -> None:
+        a = self._run(backend, "p", "run_a")
+        b = self._run(backend, "p", "run_b")
+        c = self._run(backend, "q", "run_c")
+        assert a.seq < b.seq < c.seq and a.changed < b.changed < c.changed
+        assert backend.get_run("run_a") == a
+        with pytest.raises(InvalidInputError):
+            self._run(backend, "p", "run_a")
+        with pytest.raises(RunNotFoundError):
+            backend.get_run("nope")
+        assert [r.id for r in backend.list_runs("p")] == ["run_b", "run_a"]
+        assert [r.id for r in backend.list_runs()] == ["run_c", "run_b", "run_a"]
+        assert [r.id for r in backend.list_runs("p", limit=1)] == ["run_b"]
+        later = a.updated_at + timedelta(seconds=5)
+        done = backend.update_run(
+            a.replace(
+                status=RunStatus.FAILED,
+                updated_at=later,
+                finished_at=later,
+                error="boom ✗",
+                progress=(3, 10),
+            )
+        )
+        assert done.status is RunStatus.FAILED and done.error == "boom ✗"
+        assert done.progress == (3, 10) and done.finished_at == later
+        assert done.seq == a.seq and done.changed > c.changed
+        assert backend.get_run("run_a") == done
+        # Since a high-water mark, by change: run_a changed last.
+        assert [r.id for r in backend.list_runs(after_changed=b.changed)] == ["run_c", "run_a"]
+        with pytest.raises(RunNotFoundError):
+            backend.update_run(a.replace(id="nope"))
+
+    def test_marks_and_states_commit_together(self, backend: Backend) -> None:
+        run = self._run(backend)
+        t1 = backend.mark_items(
+            run.id,
+            [
+                ItemMark("tiles", "t1", True, b"\x00state-1"),
+                ItemMark("tiles", "t2", False, None, "ValueError: x"),
+                ItemMark("other", "t1", True),
+            ],
+        )
+        done, failed = backend.item_marks(run.id, "tiles")
+        assert done == {"t1"} and failed == {"t2": 1}
+        assert backend.item_marks(run.id, "other") == ({"t1"}, {})
+        assert backend.item_marks(run.id, "none") == (set(), {})
+        assert backend.item_marks("no-run", "tiles") == (set(), {})
+        entries = {(e.group, e.item_id): e for e in backend.list_items(run.id)}
+        assert entries["tiles", "t1"].state == b"\x00state-1" and entries["tiles", "t1"].ok
+        assert entries["tiles", "t2"].error == "ValueError: x" and not entries["tiles", "t2"].ok
+        assert {e.changed for e in entries.values()} == {t1}  # one transaction, one clock value
+        assert [e.item_id for e in backend.list_items(run.id, "other")] == ["t1"]
+
+    def test_attempts_count_and_done_is_never_recorded_twice(self, backend: Backend) -> None:
+        run = self._run(backend)
+        backend.mark_items(run.id, [ItemMark("g", "a", False, None, "e1")])
+        backend.mark_items(run.id, [ItemMark("g", "a", False, None, "e2")])
+        assert backend.item_marks(run.id, "g") == (set(), {"a": 2})
+        t = backend.mark_items(run.id, [ItemMark("g", "a", True, b"ok")])
+        backend.mark_items(run.id, [ItemMark("g", "a", True, b"second")])  # ignored
+        backend.mark_items(run.id, [ItemMark("g", "a", False, None, "late")])  # ignored
+        (entry,) = backend.list_items(run.id, "g")
+        assert entry.ok and entry.attempts == 3 and entry.state == b"ok" and entry.changed == t
+        # Within one call, marks apply in order.
+        backend.mark_items(run.id, [ItemMark("g", "b", True, b"1"), ItemMark("g", "b", True, b"2")])
+        assert {e.item_id: e.state for e in backend.list_items(run.id, "g")}["b"] == b"1"
+
+    def test_marks_for_an_unknown_run_write_nothing(self, backend: Backend) -> None:
+        with pytest.raises(RunNotFoundError):
+            backend.mark_items("nope", [ItemMark("g", "a", True)])
+        assert backend.list_items("nope") == []
+
+    def test_list_items_after_a_high_water_mark(self, backend: Backend) -> None:
+        run = self._run(backend)
+        first = backend.mark_items(run.id, [ItemMark("g", f"i{n}", True) for n in range(5)])
+        backend.mark_items(run.id, [ItemMark("g", f"i{n}", True) for n in range(5, 8)])
+        later = backend.list_items(run.id, after_changed=first)
+        assert [e.item_id for e in later] == ["i5", "i6", "i7"]
+        assert len(backend.list_items(run.id, limit=4)) == 4
+
+    def test_many_items_round_trip(self, backend: Backend) -> None:
+        run = self._run(backend)
+        ids = [f"tile_{n}" for n in range(20_000)]
+        for i in range(0, len(ids), 5000):
+            backend.mark_items(run.id, [ItemMark("g", x, True) for x in ids[i : i + 5000]])
+        done, failed = backend.item_marks(run.id, "g")
+        assert done == set(ids) and failed == {}
+
+    def test_runs_through_the_manager(self, any_mgr: Mgr) -> None:
+        with any_mgr.run("job", batch_size=3) as run:
+            stage = run.stage("load")
+            stage.complete({"rows": 3})
+            for item in run.items("g", ["a", "b", "c", "d"]):
+                if item.id == "c":
+                    item.fail(RuntimeError("bad"))
+                else:
+                    item.done({"id": item.id})
+        assert run.status is RunStatus.FAILED
+        with any_mgr.run("job") as again:
+            assert again.id == run.id and again.stage("load").result == {"rows": 3}
+            assert [i.id for i in again.items("g", ["a", "b", "c", "d"])] == ["c"]
+        assert again.results("g") == {"a": {"id": "a"}, "b": {"id": "b"}, "d": {"id": "d"}}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from backend_contract import BackendContract
+from backend_contract import BackendContract, LedgerContract
 
 
 class TestBackendContract(BackendContract):
+    pass
+
+
+class TestLedgerContract(LedgerContract):
     pass
