@@ -335,22 +335,31 @@ class CheckpointManager:
         pool = self._executor()
         size = self.config.chunk_size
         level = self.config.compression_level
-        window = 2 * (pool._max_workers)
+        claimed: set[str] = set()
+        lock = threading.Lock()
+
+        def store(views: Sequence[memoryview]) -> list[tuple[str, int]]:
+            # Each pool task hashes, compresses and writes a group of chunks: groups
+            # run in parallel and each group's files share one fsync round.
+            digests = [chunking.digest_of(v) for v in views]
+            with lock:
+                mine = {d: v for d, v in zip(digests, views, strict=True) if d not in claimed}
+                claimed.update(mine)
+            present = self.backend.has_chunks(mine) if mine else set()
+            chunks = [
+                chunking.compress_chunk(d, v, level) for d, v in mine.items() if d not in present
+            ]
+            self.backend.write_chunks(chunks)
+            stored = {c.digest: c.stored_size for c in chunks}
+            return [(d, stored.pop(d, 0)) for d in digests]
+
+        group = max(1, min(16, (64 << 20) // size // 4))
         for buf in buffers:
             views = chunking.split(buf, size)
-            entries: list[tuple[str, int]] = []
-            for i in range(0, len(views), window):
-                part = views[i : i + window]
-                digests = list(pool.map(chunking.digest_of, part))
-                present = self.backend.has_chunks(digests)
-                todo = {d: v for d, v in zip(digests, part, strict=True) if d not in present}
-                chunks = list(
-                    pool.map(lambda dv: chunking.compress_chunk(dv[0], dv[1], level), todo.items())
-                )
-                self.backend.write_chunks(chunks)
-                written += sum(c.stored_size for c in chunks)
-                entries += [(d, v.nbytes) for d, v in zip(digests, part, strict=True)]
-            manifest.append(entries)
+            groups = [views[i : i + group] for i in range(0, len(views), group)]
+            done = [e for part in pool.map(store, groups) for e in part]
+            written += sum(n for _, n in done)
+            manifest.append([(d, v.nbytes) for (d, _), v in zip(done, views, strict=True)])
         return manifest, written
 
     def _rewrite(

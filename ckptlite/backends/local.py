@@ -220,9 +220,7 @@ class LocalBackend:
         with self.blobs.gc_lock(exclusive=False):
             present = self.has_chunks(c.digest for c in chunks)
             fresh = [c for c in chunks if c.digest not in present]
-            for c in fresh:
-                if c.stored_size > INLINE_MAX:
-                    self.blobs.write(c.digest, c.data)
+            self.blobs.write_many([(c.digest, c.data) for c in fresh if c.stored_size > INLINE_MAX])
             with self.db.write() as conn:
                 conn.executemany(
                     "INSERT OR IGNORE INTO chunks(digest, size, stored_size, codec, data) "
