@@ -10,7 +10,8 @@ An archive is an uncompressed tar (chunks are compressed already)::
 Import reads only those names (regular files; no links, no other paths), opens
 the store the archive holds, verifies every byte, and only then copies the
 checkpoints the target lacks (parents first, chunks before the records that use
-them). An archive that fails verification changes nothing.
+them, runs and ledger merged: ``ckptlite.sync``). An archive that fails
+verification changes nothing.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .backends.base import Backend
 from .errors import CorruptCheckpointError, InvalidInputError
 from .manager import CheckpointManager, open_store
+from .sync import sync
 
 __all__ = ["ARCHIVE_FORMAT", "ArchiveReport", "export_archive", "import_archive"]
 
@@ -39,9 +40,8 @@ _ROOT = "ckptlite-archive"
 _MEMBER_RE = re.compile(
     r"^ckptlite-archive/(ARCHIVE\.json|store/ckptlite\.db|store/blobs/([0-9a-f]{2})/(\2[0-9a-f]{62}))$"
 )
-_BATCH = 500
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int | None], None]  # (done, total or None when unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +49,8 @@ class ArchiveReport:
     """What an export wrote or an import added.
 
     ``checkpoints`` and ``chunks`` count what the archive holds; ``imported`` is
-    how many checkpoints an import added (the rest were in the store already).
+    how many checkpoints an import added (the rest were in the store already),
+    ``runs_imported`` and ``items_imported`` the runs and ledger entries it merged.
     """
 
     path: str
@@ -57,12 +58,14 @@ class ArchiveReport:
     chunks: int
     archive_bytes: int
     imported: int = 0
+    runs_imported: int = 0
+    items_imported: int = 0
 
 
 def export_archive(
     mgr: CheckpointManager, path: str | os.PathLike[str], progress: Progress | None = None
 ) -> ArchiveReport:
-    """Write every checkpoint (with runs and ledger, for a local store) to a new tar at ``path``.
+    """Write every checkpoint, run and ledger entry of the store to a new tar at ``path``.
 
     Raises:
         InvalidInputError: ``path`` exists.
@@ -83,10 +86,10 @@ def export_archive(
     with tempfile.TemporaryDirectory(prefix=".ckptlite-export-", dir=target.parent) as tmp:
         store = Path(tmp) / "store"
         if hasattr(mgr.backend, "backup"):
-            mgr.backup(store, progress)  # a consistent snapshot, runs and ledger included
+            mgr.backup(store, progress)  # one consistent snapshot of everything
         else:
             with open_store(store, durability="none") as copy:
-                _copy(mgr.backend, copy.backend, progress)
+                sync(mgr, copy, progress=progress)
         with open_store(store, durability="none", create=False) as copy:
             stats = copy.stats()
         header = {
@@ -117,10 +120,12 @@ def export_archive(
 def import_archive(
     mgr: CheckpointManager, path: str | os.PathLike[str], progress: Progress | None = None
 ) -> ArchiveReport:
-    """Verify the archive at ``path`` byte by byte, then add the checkpoints ``mgr`` lacks.
+    """Verify the archive at ``path`` byte by byte, then add what ``mgr`` lacks.
 
-    Idempotent: importing the same archive again adds nothing. The archive is
-    unpacked in the temp directory ($TMPDIR) first.
+    The copy is ``ckptlite.sync`` from the archive's store: checkpoints the
+    store lacks, their chunks, runs and ledger entries. Idempotent: importing the
+    same archive again adds nothing. The archive is unpacked in the temp
+    directory ($TMPDIR) first.
 
     Raises:
         InvalidInputError: ``path`` is not a ckptlite archive (store unchanged).
@@ -146,9 +151,15 @@ def import_archive(
                     hint="The archive is truncated or was altered: export it again.",
                 )
             stats = src.stats()
-            imported = _copy(src.backend, mgr.backend, progress)
+            copied = sync(src, mgr, progress=progress)
     return ArchiveReport(
-        str(source), stats["checkpoints"], stats["chunks"], source.stat().st_size, imported
+        str(source),
+        stats["checkpoints"],
+        stats["chunks"],
+        source.stat().st_size,
+        copied.checkpoints_copied,
+        copied.runs_copied,
+        copied.items_copied,
     )
 
 
@@ -194,22 +205,3 @@ def _unpack(archive: Path, dest: Path) -> dict[str, object]:
     if not (dest / "store" / "ckptlite.db").is_file():
         raise CorruptCheckpointError(f"archive {archive} has no database")
     return header
-
-
-def _copy(source: Backend, target: Backend, progress: Progress | None) -> int:
-    """Copy the checkpoints ``target`` lacks, oldest first; return how many were added."""
-    total = int(source.stats()["checkpoints"])
-    seq = done = added = 0
-    while batch := source.records_after(seq, _BATCH):
-        wanted = list(dict.fromkeys(d for r in batch for d in r.digests))
-        present = target.has_chunks(wanted)
-        todo = [d for d in wanted if d not in present]
-        for i in range(0, len(todo), 32):  # bounded memory: a few chunks at a time
-            target.write_chunks([source.read_chunk(d) for d in todo[i : i + 32]])
-        # Mark 0: what an archive held says nothing about what a later sync has seen.
-        added += target.import_records(batch, source.store_id(), 0)
-        seq = batch[-1].checkpoint.seq
-        done += len(batch)
-        if progress:
-            progress(done, total)
-    return added

@@ -492,9 +492,9 @@ def _add_export(sub: Any) -> argparse.ArgumentParser:
         "export",
         "write the whole store to one self-contained archive file",
         "ckptlite --store ./ckpts export ckpts-2026-11-26.tar",
-        description="Write every checkpoint (and, from a local store, its runs and ledger) "
-        "to a new tar archive: a store copied with SQLite's online backup API plus its "
-        "chunk files. Works while the store is in use, from any kind of store.",
+        description="Write every checkpoint, run and work-item ledger entry to a new tar "
+        "archive: a store copied with SQLite's online backup API plus its chunk files. "
+        "Works while the store is in use, from any kind of store.",
     )
     p.add_argument("archive", help="new archive file (.tar)")
     p.set_defaults(func=_export)
@@ -534,7 +534,8 @@ def _import_archive(ctx: Context) -> int:
     ctx.emit(
         r,
         f"verified {r.checkpoints} checkpoints in {r.path}; imported {r.imported}, "
-        f"{r.checkpoints - r.imported} already present",
+        f"{r.checkpoints - r.imported} already present; merged {r.runs_imported} runs, "
+        f"{r.items_imported} ledger entries",
     )
     return EXIT_OK
 
@@ -618,9 +619,14 @@ def _migrate(ctx: Context) -> int:
     from .legacy import MigrationEntry, migrate
 
     a = ctx.args
+    decided = 0
 
     def show(entry: MigrationEntry) -> None:
-        if not ctx.json:  # one line per checkpoint as it is decided
+        nonlocal decided
+        decided += 1
+        if ctx.json:  # the bar (stderr, terminals only) stands in for the lines
+            bar.update(decided)
+        else:  # one line per checkpoint as it is decided
             ctx.out.write(entry.line() + "\n")
             ctx.out.flush()
 
@@ -630,7 +636,7 @@ def _migrate(ctx: Context) -> int:
         if not a.dry_run:
             raise
         mgr = open_store("memory://")  # a dry run into a store that does not exist yet
-    with mgr:
+    with mgr, ctx.progress("migrate") as bar:
         report = migrate(
             a.source,
             mgr,
