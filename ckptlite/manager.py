@@ -560,7 +560,7 @@ class CheckpointManager:
         except CorruptCheckpointError as e:
             self._mark_corrupted(record.checkpoint)
             raise CorruptCheckpointError(
-                f"checkpoint {cid} is corrupted: {e.message}", checkpoint_id=cid, **e.context
+                f"checkpoint {cid} is corrupted: {e.message}", **{**e.context, "checkpoint_id": cid}
             ) from e
 
     def _mark_corrupted(self, cp: Checkpoint) -> None:

@@ -1,0 +1,210 @@
+"""ResumableProcess, CheckpointableProcess and mgr.resume_from."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ckptlite
+from ckptlite import CheckpointableProcess, CheckpointPolicy, Level, ResumableProcess
+from ckptlite.errors import CorruptCheckpointError, InvalidInputError
+
+Mgr = ckptlite.CheckpointManager
+
+
+class Summer(CheckpointableProcess):
+    process_id = "summer"
+    checkpoint_interval = 3600.0
+
+    def __init__(self, mgr: Mgr | None = None, total: int = 100) -> None:
+        self.checkpoint_manager = mgr
+        self.i = 0
+        self.acc = np.zeros(4, "f8")
+        self.total = total
+
+    def step(self) -> None:
+        self.acc += self.i
+        self.i += 1
+
+    def get_state(self) -> Any:
+        return {"i": self.i, "acc": self.acc}
+
+    def restore_state(self, state: Any) -> None:
+        self.i, self.acc = state["i"], state["acc"]
+
+    def get_progress(self) -> tuple[int, int]:
+        return (self.i, self.total)
+
+    @property
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        return {"kind": "summer"}
+
+
+class Plain:
+    """A ResumableProcess without the mixin."""
+
+    def __init__(self) -> None:
+        self.state: Any = None
+
+    def get_state(self) -> Any:
+        return self.state
+
+    def restore_state(self, state: Any) -> None:
+        self.state = state
+
+    def get_progress(self) -> tuple[int, int]:
+        return (0, 0)
+
+
+def test_protocol_is_structural() -> None:
+    assert isinstance(Plain(), ResumableProcess)
+    assert isinstance(Summer(), ResumableProcess)
+    assert not isinstance(object(), ResumableProcess)
+
+
+def test_save_and_load_checkpoint(mgr: Mgr) -> None:
+    p = Summer(mgr)
+    for _ in range(10):
+        p.step()
+    cp = p.save_checkpoint()
+    assert cp.process_id == "summer" and cp.level is Level.STEP and cp.progress == (10, 100)
+    assert cp.metadata == {"kind": "summer"}
+    q = Summer(mgr)
+    restored = q.load_checkpoint()
+    assert restored is not None and restored.id == cp.id
+    assert q.i == 10 and np.array_equal(q.acc, p.acc)
+    assert Summer(ckptlite.open("memory://")).load_checkpoint() is None  # nothing saved there
+
+
+def test_load_a_given_checkpoint_and_fall_back_past_corruption(
+    mgr: Mgr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = Summer(mgr)
+    first = p.save_checkpoint()
+    p.step()
+    p.step()
+    second = p.save_checkpoint()
+    q = Summer(mgr)
+    assert q.load_checkpoint(first.id) == first and q.i == 0
+    # Damage the newest: resume falls back to the older one and marks the newest.
+    real = mgr.backend.get_record
+
+    def damaged(cid: str) -> Any:
+        rec = real(cid)
+        return rec if cid != second.id else type(rec)(rec.checkpoint, b"\x00junk", rec.manifest, ())
+
+    monkeypatch.setattr(mgr.backend, "get_record", damaged)
+    r = Summer(mgr)
+    assert r.load_checkpoint() == first
+    with pytest.raises(CorruptCheckpointError):
+        r.load_checkpoint(second.id)
+
+
+def test_should_checkpoint_by_items_and_by_time(mgr: Mgr) -> None:
+    p = Summer(mgr)
+    p.checkpoint_policy = CheckpointPolicy(every_items=5)
+    assert not p.should_checkpoint()
+    for _ in range(4):
+        p.step()
+    assert not p.should_checkpoint()
+    p.step()
+    assert p.should_checkpoint()
+    p.save_checkpoint()
+    assert not p.should_checkpoint()  # the count restarts at a save
+
+    t = Summer(mgr)
+    t.checkpoint_interval = 0.05
+    assert not t.should_checkpoint()
+    time.sleep(0.06)
+    assert t.should_checkpoint()
+
+
+def test_process_policy_prunes_its_slot(mgr: Mgr) -> None:
+    p = Summer(mgr)
+    p.checkpoint_policy = CheckpointPolicy(keep_last=2)
+    saved = []
+    for _ in range(6):
+        p.step()
+        saved.append(p.save_checkpoint())
+    assert [c.id for c in mgr.list("summer")] == [saved[-1].id, saved[-2].id]
+
+
+def test_uses_the_default_manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CKPTLITE_URL", str(tmp_path / "default"))
+    monkeypatch.setattr(ckptlite.manager, "_default", None)
+    p = Summer()
+    p.step()
+    cp = p.save_checkpoint()
+    default = ckptlite.get_checkpoint_manager()
+    try:
+        assert default.url == str(tmp_path / "default") and default.exists(cp.id)
+    finally:
+        default.close()
+
+
+def test_resume_from_any_resumable_process(mgr: Mgr) -> None:
+    cp = mgr.save("plain", {"x": 1}, level=Level.STAGE, name="s")
+    p = Plain()
+    with pytest.raises(InvalidInputError):
+        mgr.resume_from(p)  # no process_id anywhere
+    assert mgr.resume_from(p, process_id="plain") == cp and p.state == {"x": 1}
+    assert mgr.resume_from(Plain(), process_id="plain", level=Level.STEP) is None
+    q = Plain()
+    assert mgr.resume_from(q, cp.id) == cp and q.state == {"x": 1}
+
+
+def test_missing_process_id_is_a_clear_error(mgr: Mgr) -> None:
+    class NoId(Summer):
+        process_id = ""
+
+    with pytest.raises(InvalidInputError) as err:
+        NoId(mgr).save_checkpoint()
+    assert "process_id" in str(err.value)
+    assert mgr.list() == []
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, sys.argv[2])
+    import ckptlite
+    from test_process import Summer
+    mgr = ckptlite.open(sys.argv[1])
+    p = Summer(mgr, total=400)
+    p.checkpoint_policy = ckptlite.CheckpointPolicy(every_items=25, keep_last=2)
+    p.load_checkpoint()
+    while p.i < p.total:
+        p.step()
+        time.sleep(0.004)
+        if p.should_checkpoint():
+            p.save_checkpoint()
+    p.save_checkpoint()
+    print(p.i, float(p.acc.sum()))
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkilled_process_resumes_to_the_same_result(tmp_path: Path) -> None:
+    store = str(tmp_path / "s")
+    here = str(Path(__file__).parent)
+    for delay in (0.7, 0.9):
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, store, here])
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, store, here], capture_output=True, text=True, check=True
+    )
+    n, total = out.stdout.split()
+    assert int(n) == 400 and float(total) == 4 * sum(range(400))
+    with ckptlite.open(store) as m:
+        assert len(m.list("summer")) == 2  # the process's policy pruned the slot
