@@ -425,3 +425,25 @@ def test_report_hides_dsn_passwords() -> None:
 
     assert _redact("postgresql://u:s3cret@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert _redact("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_unusable_timestamps_fall_back_to_the_file_time(
+    tmp_path: Path, mgr: ckptlite.CheckpointManager
+) -> None:
+    root = tmp_path / "ck"
+    m = LegacyCoreManager(root)
+    m.save("nan_time", {"v": 1}, timestamp=float("nan"))
+    m.save("no_time", {"v": 2})
+    for cid in ("no_time",):
+        for name in ("registry.json", f"{cid}/metadata.json"):
+            doc = json.loads((root / name).read_text())
+            rec = doc[cid] if name == "registry.json" else doc
+            del rec["timestamp"]
+            (root / name).write_text(json.dumps(doc))
+    report = migrate(root, mgr, trust_pickle=True)
+    assert report.ok and report.count(IMPORTED) == 2
+    for cp in mgr.list():
+        assert cp.metadata["legacy_timestamp_missing"] is True
+        mtime = (root / cp.metadata["legacy_id"] / "metadata.json").stat().st_mtime
+        assert cp.created_at.timestamp() == pytest.approx(mtime)
+    assert migrate(root, mgr, trust_pickle=True).count(ALREADY) == 2

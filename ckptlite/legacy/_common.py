@@ -118,7 +118,10 @@ def from_epoch(ts: Any) -> datetime:
     """
     if isinstance(ts, bool) or not isinstance(ts, int | float):
         raise LegacyFormatError(f"timestamp {ts!r} is not an epoch number")
-    return datetime.fromtimestamp(ts, UTC)
+    try:
+        return datetime.fromtimestamp(ts, UTC)
+    except (ValueError, OverflowError, OSError) as e:  # NaN, out of range
+        raise LegacyFormatError(f"timestamp {ts!r} is not a usable time: {e}") from e
 
 
 def from_iso(text: Any) -> datetime:

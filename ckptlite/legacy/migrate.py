@@ -14,7 +14,14 @@ from ..backends.base import dump_metadata
 from ..errors import CkptliteError, InvalidInputError, LegacyFormatError
 from ..types import Checkpoint, Status
 from . import core, ledger, pipeline, postgres, script, tile
-from ._common import FORMATS, LegacyCheckpoint, LegacyState, ReadFailure, sort_parents_first
+from ._common import (
+    FORMATS,
+    LegacyCheckpoint,
+    LegacyState,
+    ReadFailure,
+    jsonable,
+    sort_parents_first,
+)
 
 if TYPE_CHECKING:
     from ..manager import CheckpointManager
@@ -342,6 +349,7 @@ def _record(
             parent_id = pid
         else:
             metadata["legacy_parent_missing"] = True  # its import failed: keep the link as data
+    metadata = jsonable(metadata)  # legacy values may hold NaN, tuples, datetimes
     dump_metadata(metadata)  # raises InvalidInputError before anything is written
     return Checkpoint(
         id=cid,

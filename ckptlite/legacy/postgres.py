@@ -122,7 +122,7 @@ def _checkpoint(
         format="postgres",
         legacy_id=str(row["checkpoint_id"]),
         source=_where(row),
-        process_id=str(row["processor_name"]),
+        process_id=str(row["processor_name"]) or "legacy-postgres",
         level=level,
         name=str(row["checkpoint_id"]),
         created_at=created,
