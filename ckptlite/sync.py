@@ -35,6 +35,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +97,7 @@ def sync(
     target: Store,
     process_id: str | None = None,
     *,
-    batch_size: int = 2000,
+    batch_size: int = 5000,
     progress: Callable[[int, int | None], None] | None = None,
 ) -> SyncReport:
     """Copy the checkpoints, chunks, runs and ledger entries ``target`` lacks from ``source``.
@@ -201,24 +202,31 @@ class _Job:
 
     def _records(self, key: str) -> None:
         self.mark = self.dst.sync_mark(key)
-        while batch := self.src.records_after(self.mark, self.batch_size, self.process_id):
-            last = batch[-1].checkpoint.seq
-            present = self.dst.has_records(r.checkpoint.id for r in batch)
-            fresh = [r for r in batch if r.checkpoint.id not in present]
-            self.skipped += len(batch) - len(fresh)
-            fresh = self._with_ancestors(fresh)
-            fresh = self._copy_chunks(fresh)
-            for attempt in range(3):
-                try:
-                    self.copied += self.dst.import_records(fresh, key, last)
-                    break
-                except MissingChunksError as e:  # a gc in the target took some: copy again
-                    if attempt == 2:
-                        raise
-                    self._write(list(e.digests))
-            self.mark = last
-            if self.progress is not None:
-                self.progress(self.copied + self.skipped, None)
+        # Read the next batch from the source while the target commits this one.
+        with ThreadPoolExecutor(1, thread_name_prefix="ckptlite-sync") as pool:
+            ahead = pool.submit(self.src.records_after, self.mark, self.batch_size, self.process_id)
+            while batch := ahead.result():
+                last = batch[-1].checkpoint.seq
+                ahead = pool.submit(self.src.records_after, last, self.batch_size, self.process_id)
+                self._batch(key, batch, last)
+
+    def _batch(self, key: str, batch: list[StoredRecord], last: int) -> None:
+        present = self.dst.has_records(r.checkpoint.id for r in batch)
+        fresh = [r for r in batch if r.checkpoint.id not in present]
+        self.skipped += len(batch) - len(fresh)
+        fresh = self._with_ancestors(fresh)
+        fresh = self._copy_chunks(fresh)
+        for attempt in range(3):
+            try:
+                self.copied += self.dst.import_records(fresh, key, last)
+                break
+            except MissingChunksError as e:  # a gc in the target took some: copy again
+                if attempt == 2:
+                    raise
+                self._write(list(e.digests))
+        self.mark = last
+        if self.progress is not None:
+            self.progress(self.copied + self.skipped, None)
 
     def _with_ancestors(self, fresh: list[StoredRecord]) -> list[StoredRecord]:
         """Prepend the ancestors the target lacks and the batch does not hold."""

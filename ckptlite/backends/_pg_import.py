@@ -111,7 +111,7 @@ def import_records(
                 cp.name,
                 cp.parent_id,
                 cp.process_id,
-                _summary(cp),
+                _summary(cp, check=False),  # read from a store: valid JSON already
                 cp.size,
                 _TO_LEGACY_STATUS[cp.status],
                 cp.checksum,

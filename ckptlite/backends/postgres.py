@@ -104,8 +104,9 @@ def _lock_key(*parts: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def _summary(cp: Checkpoint) -> dict[str, Any]:
-    dump_metadata(cp.metadata)  # InvalidInputError before anything is written
+def _summary(cp: Checkpoint, *, check: bool = True) -> dict[str, Any]:
+    if check:
+        dump_metadata(cp.metadata)  # InvalidInputError before anything is written
     return {
         "ckptlite": 1,
         "name": cp.name,
@@ -203,6 +204,9 @@ class _Connections:
                     f"cannot connect to PostgreSQL: {e}",
                     hint="Check that the server runs and the URL (host, port, database, user).",
                 ) from e
+            # Short OLTP statements: JIT compilation only adds latency to them.
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SET jit = off")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
