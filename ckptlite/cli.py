@@ -342,8 +342,8 @@ def _add_verify(sub: Any) -> argparse.ArgumentParser:
 
 
 def _verify(ctx: Context) -> int:
-    with ctx.open() as mgr, ctx.progress("verify"):
-        report = mgr.verify(full=ctx.args.full)
+    with ctx.open() as mgr, ctx.progress("verify") as bar:
+        report = mgr.verify(full=ctx.args.full, progress=bar.update)
     kind = "full" if report.full else "quick (chunks present; --full hashes every byte)"
     lines = [f"checked {report.checked} checkpoints, {kind}"]
     lines += [f"CORRUPTED {cid}" for cid in report.corrupted]

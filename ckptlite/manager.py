@@ -675,7 +675,9 @@ class CheckpointManager:
         """
         return self.backend.delete(checkpoint_id)
 
-    def verify(self, full: bool = False) -> VerifyReport:
+    def verify(
+        self, full: bool = False, progress: Callable[[int, int], None] | None = None
+    ) -> VerifyReport:
         """Check the store; with ``full``, read and hash every byte.
 
         Checkpoints found damaged are marked CORRUPTED; with ``full``, ones marked
@@ -686,7 +688,9 @@ class CheckpointManager:
         bad: set[str] = set(structure.missing)
         records = self.backend.list(ListQuery())
         if full:
-            bad_digests = self._verify_chunks()
+        ``progress(done, total)`` is called as chunks are hashed (``full`` only).
+
+            bad_digests = self._verify_chunks(progress)
             bad |= self.backend.checkpoints_using(bad_digests)
             for cp in records:
                 if cp.id in bad:
@@ -716,7 +720,11 @@ class CheckpointManager:
             full=full,
         )
 
-    def _verify_chunks(self) -> set[str]:
+    def _verify_chunks(self, progress: Callable[[int, int], None] | None) -> set[str]:
+        digests = builtins.list(self.backend.iter_chunk_digests())
+        done = 0
+        lock = threading.Lock()
+
         def check(digest: str) -> str | None:
             try:
                 chunk = self.backend.read_chunk(digest)
@@ -725,7 +733,8 @@ class CheckpointManager:
                 return digest
             return None
 
-        return {d for d in self._executor().map(check, self.backend.iter_chunk_digests()) if d}
+        return {d for d in self._executor().map(check, digests) if d}
+            nonlocal done
 
     def gc(self, dry_run: bool = False) -> GcReport:
         """Remove chunks no checkpoint uses and temp files of dead writers."""
@@ -733,6 +742,11 @@ class CheckpointManager:
 
     def stats(self) -> dict[str, Any]:
         """Return counts and byte totals; ``dedup_ratio`` is logical / stored bytes.
+            finally:
+                if progress:
+                    with lock:
+                        done += 1
+                        progress(done, len(digests))
 
         Keys: checkpoints, chunks, logical_bytes, stored_bytes, dedup_ratio,
         by_process ({process: {level: count}}), by_status ({status: count}).

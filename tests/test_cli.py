@@ -620,3 +620,12 @@ def test_on_the_example_pipelines_store(capsys: pytest.CaptureFixture[str], tmp_
     dry = run_json(capsys, "--store", store, "gc", "--dry-run")
     real = run_json(capsys, "--store", store, "gc")
     assert dry["chunks"] == real["chunks"] and dry["bytes_reclaimed"] == real["bytes_reclaimed"]
+
+
+def test_full_verify_feeds_the_progress_bar(pipeline: dict) -> None:
+    calls: list[tuple[int, int]] = []
+    with ckptlite.open(pipeline["store"]) as mgr:
+        assert mgr.verify(full=True, progress=lambda d, t: calls.append((d, t))).ok
+        chunks = mgr.stats()["chunks"]
+    assert chunks > 1
+    assert sorted(calls) == [(i, chunks) for i in range(1, chunks + 1)]
