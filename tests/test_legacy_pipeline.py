@@ -80,6 +80,18 @@ def test_naive_timestamps_are_local_time(
     assert got["export"].metadata["legacy_timestamp"] == "2024-03-01T10:00:00"
 
 
+def test_one_experiment_directory(tmp_path: Path, mgr: ckptlite.CheckpointManager) -> None:
+    exp = new_uuid()
+    f = write_pipeline_checkpoint(tmp_path, exp, "merge")
+    assert detect_formats(tmp_path / exp) == ("pipeline",)
+    assert detect_formats(f) == ("pipeline",)
+    assert migrate(tmp_path / exp, mgr).count(IMPORTED) == 1
+    assert migrate(f, mgr).count(ALREADY) == 1  # the same checkpoint however it is reached
+    assert migrate(tmp_path, mgr).count(ALREADY) == 1
+    (cp,) = mgr.list()
+    assert cp.process_id == exp and mgr.load(cp) == reference_json(f)
+
+
 def test_damaged_file_is_reported_and_the_rest_continues(
     tmp_path: Path, mgr: ckptlite.CheckpointManager
 ) -> None:

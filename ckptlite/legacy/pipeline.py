@@ -22,8 +22,21 @@ __all__ = ["detect", "read_json", "scan", "stage_of"]
 
 
 def detect(path: Path) -> bool:
-    """Tell whether ``path`` holds experiment directories with ``checkpoint_*.json``."""
-    return path.is_dir() and any(path.glob("*/checkpoint_*.json"))
+    """Tell whether ``path`` holds experiment directories, or is one (``checkpoint_*.json``)."""
+    return path.is_dir() and (any(path.glob("*/checkpoint_*.json")) or bool(_own_files(path)))
+
+
+def _own_files(experiment_dir: Path) -> list[Path]:
+    """The pipeline files directly in ``experiment_dir`` (when given one experiment)."""
+    out = []
+    for p in experiment_dir.glob("checkpoint_*.json"):
+        try:
+            doc = read_json(p)
+        except LegacyFormatError:
+            continue
+        if isinstance(doc, dict) and "experiment_id" in doc:
+            out.append(p)
+    return out
 
 
 def stage_of(path: Path) -> str:
@@ -52,6 +65,7 @@ def scan(root: Path) -> Iterator[LegacyCheckpoint | ReadFailure]:
         files = [root]
     else:
         files = [p for p in root.glob("*/checkpoint_*.json") if p.is_file()]
+        files += _own_files(root)
     for path in sorted(files, key=lambda p: (p.stat().st_mtime_ns, str(p))):
         legacy_id = f"{path.parent.name}/{stage_of(path)}"
         try:
