@@ -680,6 +680,8 @@ class CheckpointManager:
     ) -> VerifyReport:
         """Check the store; with ``full``, read and hash every byte.
 
+        ``progress(done, total)`` is called as chunks are hashed (``full`` only).
+
         Checkpoints found damaged are marked CORRUPTED; with ``full``, ones marked
         CORRUPTED that now verify are marked VALID again (except imports whose legacy
         source was already corrupted: ``metadata["legacy_corrupted"]``).
@@ -688,8 +690,6 @@ class CheckpointManager:
         bad: set[str] = set(structure.missing)
         records = self.backend.list(ListQuery())
         if full:
-        ``progress(done, total)`` is called as chunks are hashed (``full`` only).
-
             bad_digests = self._verify_chunks(progress)
             bad |= self.backend.checkpoints_using(bad_digests)
             for cp in records:
@@ -726,15 +726,20 @@ class CheckpointManager:
         lock = threading.Lock()
 
         def check(digest: str) -> str | None:
+            nonlocal done
             try:
                 chunk = self.backend.read_chunk(digest)
                 chunking.restore_chunk_into(chunk, memoryview(bytearray(chunk.size)))
             except (CorruptCheckpointError, PermissionError, OSError):
                 return digest
+            finally:
+                if progress:
+                    with lock:
+                        done += 1
+                        progress(done, len(digests))
             return None
 
         return {d for d in self._executor().map(check, digests) if d}
-            nonlocal done
 
     def gc(self, dry_run: bool = False) -> GcReport:
         """Remove chunks no checkpoint uses and temp files of dead writers."""
@@ -742,11 +747,6 @@ class CheckpointManager:
 
     def stats(self) -> dict[str, Any]:
         """Return counts and byte totals; ``dedup_ratio`` is logical / stored bytes.
-            finally:
-                if progress:
-                    with lock:
-                        done += 1
-                        progress(done, len(digests))
 
         Keys: checkpoints, chunks, logical_bytes, stored_bytes, dedup_ratio,
         by_process ({process: {level: count}}), by_status ({status: count}).
