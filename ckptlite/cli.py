@@ -653,6 +653,45 @@ def _migrate(ctx: Context) -> int:
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
+def _add_sync(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub,
+        "sync",
+        "copy checkpoints, chunks, runs and the ledger to or from another store",
+        "ckptlite --store ./ckpts sync --to postgresql://user@db.example/ckpts",
+        description="Copy what the other store lacks: --to URL pushes this store (--store "
+        "or the default) there, --from URL pulls from there into this store. Resumes "
+        "where the last sync stopped; a rerun copies nothing twice. Deletes and later "
+        "status changes are not propagated.",
+    )
+    way = p.add_mutually_exclusive_group(required=True)
+    way.add_argument("--to", metavar="URL", help="copy this store into URL")
+    way.add_argument("--from", dest="from_url", metavar="URL", help="copy URL into this store")
+    p.add_argument("--process", metavar="ID", help="only this process (and its ancestors)")
+    p.set_defaults(func=_sync)
+    return p
+
+
+def _sync(ctx: Context) -> int:
+    from .sync import sync
+
+    a = ctx.args
+    here = ctx.settings().url
+    source, target = (here, a.to) if a.to else (a.from_url, here)
+    with ctx.progress("sync") as bar:
+        r = sync(source, target, a.process, progress=bar.update)
+    lines = [
+        f"synced {r.source} -> {r.target}: {r.checkpoints_copied} checkpoint(s) copied, "
+        f"{r.checkpoints_skipped} already there, {r.chunks_copied} chunk(s) "
+        f"({_human(r.bytes_copied)}), {r.runs_copied} run(s), {r.items_copied} ledger "
+        f"entr{'y' if r.items_copied == 1 else 'ies'} in {r.seconds:.1f}s"
+    ]
+    if r.failed:
+        lines.append(f"not copied (chunks unreadable at the source): {', '.join(r.failed)}")
+    ctx.emit(r.to_dict(), lines)
+    return EXIT_OK if r.ok else EXIT_PROBLEMS
+
+
 #: Every subcommand, in help order. Other modules' commands plug in here.
 COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
     ("ls", _add_ls),
@@ -670,6 +709,7 @@ COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
     ("config", _add_config),
     ("migrate", _add_migrate),
     ("import", _add_import),
+    ("sync", _add_sync),
 ]
 
 
