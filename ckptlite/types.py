@@ -126,10 +126,6 @@ class VerifyReport:
 
 
 @dataclass(frozen=True, slots=True)
-class GcReport:
-    """What ``gc`` removed (or would remove, with ``dry_run``)."""
-
-@dataclass(frozen=True, slots=True)
 class BackupReport:
     """What ``backup`` copied: the new store's path and its totals."""
 
@@ -138,6 +134,10 @@ class BackupReport:
     chunks: int
     stored_bytes: int
 
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    """What ``gc`` removed (or would remove, with ``dry_run``)."""
 
     chunks: tuple[str, ...] = ()
     temp_files: tuple[str, ...] = ()
