@@ -155,3 +155,14 @@ def test_nothing_legacy_is_a_clear_error(tmp_path: Path, mgr: ckptlite.Checkpoin
         migrate(tmp_path / "nope", mgr)
     with pytest.raises(ckptlite.InvalidInputError, match="unknown legacy format"):
         migrate(tmp_path, mgr, format="orbax")
+
+
+def test_json_the_codec_cannot_hold_is_kept_as_bytes(
+    tmp_path: Path, mgr: ckptlite.CheckpointManager
+) -> None:
+    exp = new_uuid()
+    f = write_pipeline_checkpoint(tmp_path, exp, "merge", shared_data={"n": 2**70})
+    migrate(tmp_path, mgr)
+    (cp,) = mgr.list()
+    assert mgr.load(cp) == f.read_bytes()  # a 70-bit int: msgpack has no room for it
+    assert cp.metadata["legacy_raw"]["document"]["encoding"] == "json"

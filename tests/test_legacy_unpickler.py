@@ -53,12 +53,14 @@ def test_numpy_values_load(protocol: int) -> None:
         "scalar": np.float64(2.5),
         "int": np.int32(7),
         "dtype": np.dtype("u1"),
+        "types": [np.float32, np.int16, np.bool_],
         "masked": np.ma.masked_array([1, 2, 3], mask=[0, 1, 0]),
     }
     got = load_pickle(pickle.dumps(values, protocol=protocol)).value
     for k in ("arr", "fortran", "scalar", "int"):
         assert same(got[k], values[k]), k
     assert got["dtype"] == values["dtype"]
+    assert got["types"] == values["types"]
     assert np.ma.allequal(got["masked"], values["masked"])
 
 
@@ -130,6 +132,8 @@ def test_refuses_code_execution_by_name(tmp_path: Path) -> None:
         ("pandas.io.pickle", "read_pickle"),
         ("pandas.core.computation.eval", "eval"),
         ("numpy", "load"),
+        ("numpy", "ndarray.tofile"),
+        ("numpy", "_NoValue"),
         ("numpy.random", "default_rng"),
         ("collections", "namedtuple"),
         ("thirdparty.models", "Model"),

@@ -174,15 +174,24 @@ def unpickle(data: bytes, trust_pickle: bool, what: str) -> tuple[Any, tuple[str
     return loaded.value, loaded.project_classes
 
 
-def keep_or_raw(key: str, value: Any, raw: bytes, flags: dict[str, Any], why: str = "") -> Any:
+def keep_or_raw(
+    key: str, value: Any, raw: bytes, flags: dict[str, Any], encoding: str = "pickle"
+) -> Any:
     """Return ``value`` if the codec can store it, else ``raw`` (its original bytes), flagged.
 
-    ``flags[key]`` records why, so nothing the codec cannot represent is lost.
+    ``flags[key]`` records the encoding of ``raw`` and why, so nothing is lost.
     """
     try:
         codec.encode(value)
     except UnsupportedTypeError as e:
-        flags[key] = {"encoding": "pickle", "type": _type_name(value), "reason": why or e.message}
+        flags[key] = {"encoding": encoding, "type": _type_name(value), "reason": e.message}
+        return raw
+    except RecursionError:
+        flags[key] = {
+            "encoding": encoding,
+            "type": _type_name(value),
+            "reason": "nested too deeply",
+        }
         return raw
     return value
 

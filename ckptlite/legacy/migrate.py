@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import codec
 from ..backends.base import dump_metadata
-from ..errors import CkptliteError, InvalidInputError, LegacyFormatError
+from ..errors import CkptliteError, InvalidInputError, LegacyFormatError, StoreError
 from ..types import Checkpoint, Status
 from . import core, ledger, pipeline, postgres, script, tile
 from ._common import (
@@ -307,6 +307,8 @@ def _import_one(
         return entry(FAILED, reason=f"{type(e).__name__}: {e.message}")
     except OSError as e:
         return entry(FAILED, reason=f"cannot read: {e}")
+    except Exception as e:  # one unreadable legacy checkpoint must not stop the others
+        return entry(FAILED, reason=f"cannot read: {type(e).__name__}: {e}")
     reason = loaded.corrupted or loaded.metadata.get("legacy_data_missing")
     if dry_run:
         return entry(WOULD_IMPORT, record.status, reason)
@@ -320,6 +322,8 @@ def _import_one(
         if target.exists(cid):  # a concurrent migration got there first
             return entry(ALREADY, target.get(cid).status)
         return entry(FAILED, reason=f"{type(e).__name__}: {e.message}")
+    except StoreError:
+        raise  # the target itself is failing (disk full, locked): stop, a rerun resumes
     except CkptliteError as e:
         return entry(FAILED, reason=f"{type(e).__name__}: {e.message}")
     return entry(IMPORTED, record.status, reason)

@@ -16,9 +16,17 @@ from typing import Any
 
 from ..errors import LegacyFormatError
 from ..types import Level
-from ._common import LegacyCheckpoint, LegacyState, ReadFailure, from_epoch, from_iso, read_bytes
+from ._common import (
+    LegacyCheckpoint,
+    LegacyState,
+    ReadFailure,
+    from_epoch,
+    from_iso,
+    keep_or_raw,
+    read_bytes,
+)
 
-__all__ = ["detect", "read_json", "scan", "stage_of"]
+__all__ = ["checkpoint", "detect", "json_state", "read_json", "scan", "stage_of"]
 
 
 def detect(path: Path) -> bool:
@@ -74,6 +82,13 @@ def scan(root: Path) -> Iterator[LegacyCheckpoint | ReadFailure]:
             yield ReadFailure("pipeline", legacy_id, str(path), e.message)
 
 
+def json_state(doc: Any, path: Path) -> LegacyState:
+    """Return a JSON document as the state; if the codec cannot hold it, the file's bytes."""
+    raw: dict[str, Any] = {}
+    state = keep_or_raw("document", doc, read_bytes(path), raw, encoding="json")
+    return LegacyState(state, {"legacy_raw": raw} if raw else {})
+
+
 def checkpoint(path: Path, experiment_dir: str) -> LegacyCheckpoint:
     """Return the checkpoint one pipeline JSON file holds.
 
@@ -102,7 +117,7 @@ def checkpoint(path: Path, experiment_dir: str) -> LegacyCheckpoint:
         meta["legacy_timestamp_missing"] = True
 
     def load() -> LegacyState:
-        return LegacyState(doc)  # the parsed file is what the legacy loader returned
+        return json_state(doc, path)  # the parsed file is what the legacy loader returned
 
     return LegacyCheckpoint(
         format="pipeline",

@@ -14,8 +14,8 @@ from typing import Any
 
 from ..errors import LegacyFormatError
 from ..types import Level
-from ._common import LegacyCheckpoint, LegacyState, ReadFailure, from_epoch, from_iso
-from .pipeline import read_json, stage_of
+from ._common import LegacyCheckpoint, ReadFailure, from_epoch, from_iso
+from .pipeline import json_state, read_json, stage_of
 
 __all__ = ["DEFAULT_PROCESS", "checkpoint", "detect", "is_script_doc", "scan"]
 
@@ -79,6 +79,6 @@ def checkpoint(path: Path, doc: dict[str, Any], process_id: str) -> LegacyCheckp
         name=str(stage),
         created_at=created,
         identity=f"script\0{stage}\0{doc.get('timestamp')!r}",
-        load=lambda: LegacyState(doc),
+        load=lambda: json_state(doc, path),
         metadata=meta,
     )

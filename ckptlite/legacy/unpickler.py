@@ -76,7 +76,7 @@ _BUILTINS = {
     "uuid": {"UUID", "SafeUUID"},
     "pathlib": {"Path", "PosixPath", "PurePath", "PurePosixPath", "PureWindowsPath", "WindowsPath"},
     "zoneinfo": {"ZoneInfo._unpickle"},
-    "numpy": {"ndarray", "dtype", "bool_", "int64", "float64", "str_", "bytes_"},
+    "numpy": {"ndarray", "dtype"},  # and numpy's scalar types, see _numpy_scalar_type
     "numpy._core.multiarray": {"_reconstruct", "scalar"},
     "numpy._core.numeric": {"_frombuffer"},
     "numpy.ma": {"MaskedArray"},
@@ -114,9 +114,19 @@ def is_project(module: str) -> bool:
 def is_allowed(module: str, name: str) -> bool:
     """Tell whether ``module.name`` is on the allow-list (project classes excluded)."""
     module = _numpy_module(module)
-    if name in _BUILTINS.get(module, ()):
+    if name in _BUILTINS.get(module, ()) or _numpy_scalar_type(module, name):
         return True
     return module.startswith(_PANDAS_PREFIXES) and not name.startswith("__")
+
+
+def _numpy_scalar_type(module: str, name: str) -> bool:
+    # A dtype given as a type (config {"dtype": np.float32}) pickles as numpy.float32.
+    if module != "numpy" or name.startswith("_"):
+        return False
+    import numpy as np
+
+    obj = getattr(np, name, None)
+    return isinstance(obj, type) and issubclass(obj, np.generic)
 
 
 class LegacyObject:
@@ -220,7 +230,7 @@ def load_pickle(data: bytes) -> LoadedPickle:
     """
     up = RestrictedUnpickler(io.BytesIO(data))
     try:
-        value = up.load()
+        value = plain(up.load())
     except UnsafePickleError:
         raise
     except ModuleNotFoundError as e:
@@ -232,7 +242,7 @@ def load_pickle(data: bytes) -> LoadedPickle:
         raise LegacyFormatError(f"not a readable pickle: {type(e).__name__}: {e}") from e
     except RecursionError as e:
         raise LegacyFormatError("the pickle nests too deeply to load") from e
-    return LoadedPickle(plain(value), tuple(sorted(up.project_classes)))
+    return LoadedPickle(value, tuple(sorted(up.project_classes)))
 
 
 def plain(value: Any) -> Any:
