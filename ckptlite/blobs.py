@@ -40,10 +40,9 @@ class BlobDir:
         root.mkdir(mode=self.dir_mode, parents=True, exist_ok=True)
         (root / _TMP).mkdir(mode=self.dir_mode, exist_ok=True)
         self._lock_path = root / ".lock"
-        if not self._lock_path.exists():
-            os.close(
-                os.open(self._lock_path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, self.file_mode)
-            )
+        for lock in (self._lock_path, root / ".gate"):  # the two files gc_lock flocks
+            if not lock.exists():
+                os.close(os.open(lock, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, self.file_mode))
 
     def path(self, digest: str) -> Path:
         """Return the path of a chunk; only a well-formed digest makes a path.
@@ -224,10 +223,22 @@ class BlobDir:
 
     @contextlib.contextmanager
     def gc_lock(self, exclusive: bool) -> Iterator[None]:
-        """Hold ``blobs/.lock``: shared for saves, exclusive for gc."""
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, self.file_mode)
+        """Hold ``blobs/.lock``: shared for saves, exclusive for gc.
+
+        flock gives a waiting exclusive locker no priority: with saves always
+        overlapping, gc would wait forever. So both pass ``blobs/.gate`` first,
+        gc holding it exclusive until it has the lock, which holds new saves back
+        while the running ones finish.
+        """
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+        fd = os.open(self._lock_path, flags, self.file_mode)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            gate = os.open(self._lock_path.with_name(".gate"), flags, self.file_mode)
+            try:
+                fcntl.flock(gate, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            finally:
+                os.close(gate)
             yield
         finally:
             os.close(fd)

@@ -19,6 +19,7 @@ from .types import StoredChunk
 __all__ = [
     "CODEC_RAW",
     "CODEC_ZSTD",
+    "MAX_CHUNK",
     "Manifest",
     "compress_chunk",
     "digest_of",
@@ -31,6 +32,7 @@ __all__ = [
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+MAX_CHUNK = 64 << 20  # the largest chunk_size a store may be opened with
 _PROBE = 64 * 1024  # compress a slice first; skip zstd on data it cannot shrink
 
 #: Per buffer: the (digest hex, raw size) of each chunk, in order.
@@ -128,9 +130,25 @@ def unpack_manifest(data: bytes) -> Manifest:
     """
     try:
         raw = msgpack.unpackb(data, raw=False)
-        return [[(bytes(d).hex(), int(s)) for d, s in buf] for buf in raw]
+        # Check every entry before converting: bytes(d) of an int d allocates d bytes.
+        if not isinstance(raw, list) or not all(
+            isinstance(buf, list) and all(_is_entry(e) for e in buf) for buf in raw
+        ):
+            raise CorruptCheckpointError("chunk manifest holds a malformed entry")
+        return [[(d.hex(), s) for d, s in buf] for buf in raw]
     except (ValueError, TypeError) as e:
         raise CorruptCheckpointError(f"chunk manifest does not decode: {e}") from e
+
+
+def _is_entry(e: object) -> bool:
+    return (
+        isinstance(e, list)
+        and len(e) == 2
+        and type(e[0]) is bytes
+        and len(e[0]) == 32
+        and type(e[1]) is int
+        and 0 <= e[1] <= MAX_CHUNK
+    )
 
 
 def record_checksum(payload: bytes, manifest: bytes) -> str:

@@ -24,6 +24,10 @@ __all__ = ["BUFFER_THRESHOLD", "EncodedState", "decode", "encode"]
 
 #: Buffers at least this large leave the skeleton and are stored as chunks.
 BUFFER_THRESHOLD = 64 * 1024
+#: Tuples, datetimes and arrays nested deeper than this are refused on both sides:
+#: each level is a nested msgpack call with a large C frame, and ~200 levels
+#: overflow an 8 MiB stack (SIGSEGV) while decoding.
+MAX_NESTING = 64
 
 _TUPLE, _DATETIME, _DATE, _UUID, _NDARRAY, _NPSCALAR, _BUFREF, _PICKLE = range(1, 9)
 
@@ -60,7 +64,22 @@ def encode(state: Any, *, allow_pickle: bool = False) -> EncodedState:
         buffers.append(view)
         return len(buffers) - 1
 
+    depth = 0
+
     def default(obj: Any) -> Any:
+        nonlocal depth
+        depth += 1
+        try:
+            if depth > MAX_NESTING:
+                raise UnsupportedTypeError(
+                    f"the state nests tuples/datetimes/arrays more than {MAX_NESTING} deep",
+                    hint="Flatten the state, or use lists for deep structures.",
+                )
+            return _default(obj)
+        finally:
+            depth -= 1
+
+    def _default(obj: Any) -> Any:
         nonlocal pickled
         t = type(obj)
         if t is tuple or t is _Tuple:
@@ -112,7 +131,19 @@ def decode(
     [1, 'x']
     """
 
+    depth = 0
+
     def ext_hook(code: int, data: bytes) -> Any:
+        nonlocal depth
+        depth += 1
+        try:
+            if depth > MAX_NESTING:
+                raise CorruptCheckpointError(f"the state nests more than {MAX_NESTING} deep")
+            return _ext_hook(code, data)
+        finally:
+            depth -= 1
+
+    def _ext_hook(code: int, data: bytes) -> Any:
         if code == _TUPLE:
             return tuple(_unpack(data, ext_hook))
         if code == _DATETIME:

@@ -558,6 +558,10 @@ class CheckpointManager:
         try:
             return self._decode(record)
         except CorruptCheckpointError as e:
+            if not self.exists(cid):  # deleted (and its chunks collected) mid-load
+                raise CheckpointNotFoundError(
+                    f"checkpoint {cid} was deleted while it was being loaded", checkpoint_id=cid
+                ) from e
             self._mark_corrupted(record.checkpoint)
             raise CorruptCheckpointError(
                 f"checkpoint {cid} is corrupted: {e.message}", **{**e.context, "checkpoint_id": cid}
@@ -572,8 +576,10 @@ class CheckpointManager:
         cp = record.checkpoint
         if chunking.record_checksum(record.payload, record.manifest) != cp.checksum:
             raise CorruptCheckpointError("record checksum does not match", checkpoint_id=cp.id)
-        skeleton = _unpack_payload(record.payload)
+        skeleton = _unpack_payload(record.payload, cp.size)
         manifest = chunking.unpack_manifest(record.manifest)
+        if sum(chunking.buffer_sizes(manifest)) > cp.size:  # check before allocating
+            raise CorruptCheckpointError("chunk manifest declares more than the recorded size")
         buffers = self._read_buffers(manifest)
         return codec.decode(skeleton, buffers, allow_pickle=self.allow_pickle)
 
@@ -701,7 +707,7 @@ class CheckpointManager:
                         bad.add(cp.id)
                     else:
                         chunking.unpack_manifest(rec.manifest)
-                        _unpack_payload(rec.payload)
+                        _unpack_payload(rec.payload, cp.size)
                 except (CorruptCheckpointError, CheckpointNotFoundError):
                     bad.add(cp.id)
         for cp in records:
@@ -729,6 +735,8 @@ class CheckpointManager:
             nonlocal done
             try:
                 chunk = self.backend.read_chunk(digest)
+                if not 0 <= chunk.size <= chunking.MAX_CHUNK:  # before allocating it
+                    return digest
                 chunking.restore_chunk_into(chunk, memoryview(bytearray(chunk.size)))
             except (CorruptCheckpointError, PermissionError, OSError):
                 return digest
@@ -811,14 +819,15 @@ def _pack_payload(skeleton: bytes) -> bytes:
     return _PAYLOAD_RAW + skeleton
 
 
-def _unpack_payload(payload: bytes) -> bytes | memoryview:
+def _unpack_payload(payload: bytes, limit: int) -> bytes | memoryview:
     kind, body = payload[:1], memoryview(payload)[1:]
     if kind == _PAYLOAD_RAW:
         return body
     if kind == _PAYLOAD_ZSTD:
         try:
             size = zstandard.frame_content_size(body)
-            if size < 0 or size > 1 << 34:
+            # Capped at the checkpoint's recorded size: a bomb fails before allocating.
+            if size < 0 or size > limit:
                 raise CorruptCheckpointError("state payload declares an impossible size")
             return zstandard.ZstdDecompressor().decompress(body, max_output_size=size)
         except zstandard.ZstdError as e:

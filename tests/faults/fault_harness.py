@@ -127,7 +127,7 @@ def blob_files(store: Path) -> tuple[set[str], list[Path]]:
     other: list[Path] = []
     for p in root.rglob("*"):
         rel = p.relative_to(root).parts
-        if rel in ((".lock",), ("tmp",)):
+        if rel in ((".lock",), (".gate",), ("tmp",)):
             continue
         if len(rel) == 1 and len(rel[0]) == 2 and p.is_dir() and not p.is_symlink():
             continue
