@@ -163,6 +163,37 @@ class BlobDir:
         Raises:
             CorruptCheckpointError: the file is missing, unreadable or not a regular file.
         """
+        fd = self._open(digest)
+        try:
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                return f.read()
+        finally:
+            os.close(fd)
+
+    def read_into(self, digest: str, out: memoryview) -> int:
+        """Read a chunk file straight into ``out``; return its length (capped at len+1).
+
+        No intermediate copy: a big raw chunk goes from the page cache into the
+        caller's buffer once. A result other than ``out.nbytes`` means the file
+        is shorter or longer than expected.
+
+        Raises:
+            CorruptCheckpointError: the file is missing, unreadable or not a regular file.
+        """
+        fd = self._open(digest)
+        try:
+            with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
+                got = 0
+                while got < out.nbytes:
+                    n = f.readinto(out[got:])
+                    if not n:
+                        return got
+                    got += n
+                return got + len(f.read(1))
+        finally:
+            os.close(fd)
+
+    def _open(self, digest: str) -> int:
         try:
             fd = os.open(self.path(digest), os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
@@ -180,11 +211,7 @@ class BlobDir:
                     f"chunk {digest} is a symlink; refusing to follow it", digest=digest
                 ) from None
             raise
-        try:
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                return f.read()
-        finally:
-            os.close(fd)
+        return fd
 
     def remove(self, digest: str) -> int:
         """Unlink a chunk file; return the bytes freed (0 if it was gone)."""

@@ -81,7 +81,8 @@ def restore_chunk_into(chunk: StoredChunk, out: memoryview) -> None:
             raise CorruptCheckpointError(
                 f"chunk {chunk.digest} is truncated or padded", digest=chunk.digest
             )
-        out[:] = chunk.data
+        if chunk.data is not out:  # a backend may have read it into ``out`` already
+            out[:] = chunk.data
     elif chunk.codec == CODEC_ZSTD:
         try:
             declared = zstandard.frame_content_size(chunk.data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import mmap
 import os
 import shutil
 import threading
@@ -583,8 +584,8 @@ class CheckpointManager:
         buffers = self._read_buffers(manifest)
         return codec.decode(skeleton, buffers, allow_pickle=self.allow_pickle)
 
-    def _read_buffers(self, manifest: chunking.Manifest) -> list[bytearray]:
-        buffers = [bytearray(n) for n in chunking.buffer_sizes(manifest)]
+    def _read_buffers(self, manifest: chunking.Manifest) -> list[bytearray | memoryview]:
+        buffers = [_new_buffer(n) for n in chunking.buffer_sizes(manifest)]
         jobs: list[tuple[str, int, memoryview]] = []
         for buf, entries in zip(buffers, manifest, strict=True):
             view = memoryview(buf)
@@ -595,9 +596,11 @@ class CheckpointManager:
         if not jobs:
             return buffers
 
+        read_into = getattr(self.backend, "read_chunk_into", None)
+
         def fetch(job: tuple[str, int, memoryview]) -> None:
             digest, n, out = job
-            chunk = self.backend.read_chunk(digest)
+            chunk = read_into(digest, out) if read_into else self.backend.read_chunk(digest)
             if chunk.size != n:
                 raise CorruptCheckpointError(f"chunk {digest} has the wrong size", digest=digest)
             chunking.restore_chunk_into(chunk, out)
@@ -808,6 +811,17 @@ class CheckpointManager:
         with open_store(target, durability="none", create=False) as check:
             s = check.stats()
         return BackupReport(str(target), s["checkpoints"], s["chunks"], s["stored_bytes"])
+
+
+def _new_buffer(n: int) -> bytearray | memoryview:
+    """Return a writable buffer of ``n`` bytes for a load to fill.
+
+    Big ones are anonymous maps: ``bytearray(n)`` zero-fills its memory first,
+    a pass over the whole state that cost as much as reading it.
+    """
+    if n < 1 << 20:
+        return bytearray(n)
+    return memoryview(mmap.mmap(-1, n))
 
 
 def _pack_payload(skeleton: bytes) -> bytes:
