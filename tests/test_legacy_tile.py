@@ -151,3 +151,27 @@ def test_needs_trust_and_refuses_foreign_classes(
     assert entry.outcome == FAILED
     assert "thirdparty.tiles.mod.ProcessingCheckpoint" in (entry.reason or "")
     assert mgr.list() == [] and mgr.backend.list_runs("bad") == []
+
+
+def test_crash_between_ledger_and_checkpoint(
+    tmp_path: Path, mgr: ckptlite.CheckpointManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    mig = importlib.import_module("ckptlite.legacy.migrate")  # the module, not the function
+
+    path = write_tile_file(tmp_path / "t", TILES[:6], ["tile_3_3"], 20)
+
+    def die(*_args: object) -> None:
+        raise KeyboardInterrupt  # the process dies after the ledger marks, before the commit
+
+    monkeypatch.setattr(mig, "_store", die)
+    with pytest.raises(KeyboardInterrupt):
+        migrate(path, mgr, trust_pickle=True, process_id="p")
+    assert mgr.list() == []
+    monkeypatch.undo()
+    assert migrate(path, mgr, trust_pickle=True, process_id="p").count(IMPORTED) == 1
+    (run,) = mgr.backend.list_runs("p")
+    done, failed = mgr.backend.item_marks(run.id, "tiles")
+    assert done == set(TILES[:6]) and failed == {"tile_3_3": 1}  # marked once, not twice
+    assert len(mgr.list()) == 1
