@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LegacyFormatError
-from ..types import Status
 from . import processor
 from ._common import (
     LegacyCheckpoint,
@@ -319,8 +318,3 @@ def _verify(ckpt_dir: Path, rec: dict[str, Any], early: bool, meta: dict[str, An
         return None
     meta["legacy_checksum_verified"] = False
     return "legacy checksum mismatch: the files changed after the checkpoint was saved"
-
-
-def status_of(state: LegacyState) -> Status:
-    """Return the status an imported core checkpoint gets."""
-    return Status.CORRUPTED if state.corrupted else Status.VALID

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -376,11 +376,3 @@ def _store(target: CheckpointManager, record: Checkpoint, state: Any) -> Checkpo
     # The manager's save makes a fresh id, status and time; an import keeps the
     # legacy ones, so it commits the record it built through the manager's store path.
     return target._store(record, codec.encode(state))
-
-
-def outcomes(entries: Iterable[MigrationEntry]) -> dict[str, int]:
-    """Return ``{outcome: n}`` over ``entries``."""
-    out = dict.fromkeys(_OUTCOMES, 0)
-    for e in entries:
-        out[e.outcome] += 1
-    return out
