@@ -9,7 +9,8 @@ function ``add_parser(sub) -> argparse.ArgumentParser`` that calls
 ``new_command(sub, name, help, example)``, adds its arguments and
 ``set_defaults(func=handler)`` where ``handler(ctx: Context) -> int``; then add
 ``("name", add_parser)`` to ``COMMANDS``. Use ``ctx.open()``, ``ctx.progress()``
-and ``ctx.emit(json_data, text_lines)``.
+and ``ctx.emit(json_data, text_lines)``. A command whose flags override settings
+sets ``config_flags=fn`` too, ``fn(args) -> {key: (value, "--flag")}`` (see prune).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from . import __version__
 from . import config as _config
@@ -38,7 +39,16 @@ from .progress import Progress
 from .types import Checkpoint, Level, Status
 from .views import checkpoint_view, jsonable, state_view
 
-__all__ = ["COMMANDS", "EXIT_CODES", "Context", "build_parser", "exit_code", "main", "new_command"]
+__all__ = [
+    "COMMANDS",
+    "EXIT_CODES",
+    "Context",
+    "UsageError",
+    "build_parser",
+    "exit_code",
+    "main",
+    "new_command",
+]
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -713,9 +723,24 @@ COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
 ]
 
 
+class UsageError(Exception):
+    """A command line argparse rejects (exit code 2)."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.message, self.usage = message, usage
+
+
+class _Parser(argparse.ArgumentParser):
+    # Subparsers are made with the parent's class, so every level raises instead
+    # of exiting, and main() can report usage errors as JSON too.
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.format_usage())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the full argument parser (every command in ``COMMANDS``)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ckptlite",
         description="Inspect, verify, prune and back up a ckptlite checkpoint store.",
         epilog="Example:\n  ckptlite --store ./ckpts ls --tree\n\n"
@@ -730,13 +755,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(ctx: Context, kind: str, message: str, hint: str, code: int) -> int:
+    """Print an error (JSON on stdout with --json, else message and hint on stderr)."""
+    if ctx.json:
+        error = {"type": kind, "message": message, "hint": hint, "exit": code}
+        ctx.out.write(json.dumps({"error": error}, indent=2, ensure_ascii=False) + "\n")
+    else:
+        ctx.err.write(f"ckptlite: error: {message}\n  hint: {hint}\n")
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (``ckptlite`` calls ``sys.exit`` on it)."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, --version, usage errors
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version
         return e.code if isinstance(e.code, int) else EXIT_USAGE
+    except UsageError as e:
+        usage_ctx = Context(argparse.Namespace(json="--json" in argv))
+        return _report(usage_ctx, "UsageError", e.message, e.usage.strip(), EXIT_USAGE)
     ctx = Context(args)
     try:
         return int(args.func(ctx))
@@ -744,17 +782,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx.err.write("interrupted\n")
         return 130
     except Exception as e:
-        code = exit_code(e)
         if getattr(args, "debug", False):
             traceback.print_exc(file=ctx.err)
         if isinstance(e, CkptliteError):
-            message, hint = e.message, e.hint
-        else:
-            message = f"internal error: {type(e).__name__}: {e}"
-            hint = "Rerun with --debug for the traceback, and report it."
-        if ctx.json:
-            error = {"type": type(e).__name__, "message": message, "hint": hint, "exit": code}
-            ctx.out.write(json.dumps({"error": error}, indent=2, ensure_ascii=False) + "\n")
-        else:
-            ctx.err.write(f"ckptlite: error: {message}\n  hint: {hint}\n")
-        return code
+            return _report(ctx, type(e).__name__, e.message, e.hint, exit_code(e))
+        message = f"internal error: {type(e).__name__}: {e}"
+        hint = "Rerun with --debug for the traceback, and report it."
+        return _report(ctx, type(e).__name__, message, hint, exit_code(e))

@@ -629,3 +629,12 @@ def test_full_verify_feeds_the_progress_bar(pipeline: dict) -> None:
         chunks = mgr.stats()["chunks"]
     assert chunks > 1
     assert sorted(calls) == [(i, chunks) for i in range(1, chunks + 1)]
+
+
+def test_usage_errors_in_json_mode_are_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "--json", "ls", "--level", "galaxy")
+    error = json.loads(out)["error"]
+    assert code == 2 and error["type"] == "UsageError" and error["exit"] == 2
+    assert "galaxy" in error["message"] and error["hint"].startswith("usage: ckptlite ls")
+    code, out, err = run(capsys, "ls", "--limit", "many")
+    assert code == 2 and out == "" and "usage: ckptlite ls" in err and "many" in err
