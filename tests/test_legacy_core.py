@@ -447,3 +447,18 @@ def test_unusable_timestamps_fall_back_to_the_file_time(
         mtime = (root / cp.metadata["legacy_id"] / "metadata.json").stat().st_mtime
         assert cp.created_at.timestamp() == pytest.approx(mtime)
     assert migrate(root, mgr, trust_pickle=True).count(ALREADY) == 2
+
+
+def test_ids_with_slashes_are_nested_directories(
+    tmp_path: Path, mgr: ckptlite.CheckpointManager
+) -> None:
+    root = tmp_path / "ck"
+    m = LegacyCoreManager(root)
+    m.save("run1/phase_a", {"v": 1}, level="phase")
+    m.save("run1/phase_b", {"v": 2}, level="phase", parent_id="run1/phase_a")
+    (root / "registry.json").write_text("{")  # and the registry is gone
+    report = migrate(root, mgr, trust_pickle=True)
+    assert report.ok and report.count(IMPORTED) == 2
+    got = imported(mgr)
+    assert mgr.load(got["run1/phase_b"]) == {"v": 2}
+    assert got["run1/phase_b"].parent_id == got["run1/phase_a"].id

@@ -115,8 +115,11 @@ def read_records(root: Path) -> tuple[dict[str, tuple[dict[str, Any], str]], lis
     found: dict[str, tuple[dict[str, Any], str]] = {
         k: (v, "registry.json") for k, v in registry.items()
     }
-    for meta_path in sorted(root.glob("*/metadata.json")):
-        dir_id = meta_path.parent.name
+    # rglob: ids were used unsanitized as directory names, so "run/phase_1" is nested.
+    for meta_path in sorted(root.rglob("metadata.json")):
+        if meta_path.parent == root:
+            continue
+        dir_id = meta_path.parent.relative_to(root).as_posix()
         try:
             rec = json.loads(read_bytes(meta_path))
             if not isinstance(rec, dict):
@@ -127,7 +130,7 @@ def read_records(root: Path) -> tuple[dict[str, tuple[dict[str, Any], str]], lis
                     ReadFailure("core", dir_id, str(meta_path), f"unreadable metadata.json: {e}")
                 )
             continue
-        legacy_id = str(rec.get("checkpoint_id", dir_id))
+        legacy_id = dir_id  # where its files are, whatever the record says
         have = found.get(legacy_id)
         # metadata.json is written before registry.json: a crash between leaves it newer.
         if have is None or _newer(rec, have[0]):
