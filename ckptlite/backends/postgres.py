@@ -270,9 +270,13 @@ class PostgresBackend(LedgerMixin):
         self._conns = _Connections(conninfo)
         try:
             self._conns.get()
+            self._store_id = self._run("setting up the schema", self._setup, write=True)
         except StoreIOError as e:
+            self._conns.close()
             raise ConfigError(e.message, hint=e.hint) from e
-        self._store_id = self._run("setting up the schema", self._setup, write=True)
+        except BaseException:
+            self._conns.close()
+            raise
         self._commit_key = _lock_key("commit", self._store_id)
 
     # -- plumbing -----------------------------------------------------------------
