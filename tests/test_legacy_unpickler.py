@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import keyword
 import decimal
 import pickle
 import uuid
@@ -12,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from legacy_builders import Evil, fake_module, pickle_project_object, project_class, same
 
 from ckptlite.errors import LegacyFormatError, UnsafePickleError
@@ -177,3 +180,42 @@ def test_persistent_ids_and_garbage_are_refused() -> None:
         load_pickle(b"\x80\x05garbage")
     with pytest.raises(LegacyFormatError):
         load_pickle(b"")
+
+
+_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+    | st.datetimes()
+)
+_values = st.recursive(
+    _leaves,
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=5)
+        | st.frozensets(st.integers(), max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(value=_values, protocol=st.integers(min_value=0, max_value=5))
+def test_round_trip_of_allowed_values(value: Any, protocol: int) -> None:
+    assert load_pickle(pickle.dumps(value, protocol=protocol)).value == value
+
+
+_field_names = st.from_regex(r"[a-z][a-z0-9_]{0,7}", fullmatch=True).filter(
+    lambda n: not keyword.iskeyword(n)
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(fields=st.dictionaries(_field_names, _values, max_size=5))
+def test_project_objects_round_trip_as_their_fields(fields: dict[str, Any]) -> None:
+    data = pickle_project_object("src.base.tile_processor", "ProcessingCheckpoint", fields, 4)
+    assert load_pickle(data).value == fields
