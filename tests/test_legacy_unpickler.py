@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import collections
-import keyword
 import decimal
+import keyword
 import pickle
 import uuid
 from datetime import UTC, date, datetime, timedelta
