@@ -462,3 +462,18 @@ def test_ids_with_slashes_are_nested_directories(
     got = imported(mgr)
     assert mgr.load(got["run1/phase_b"]) == {"v": 2}
     assert got["run1/phase_b"].parent_id == got["run1/phase_a"].id
+
+
+def test_checksum_order_is_part_by_part(tmp_path: Path) -> None:
+    # sorted(rglob) compares paths part by part: "a/f" sorts before "a.x" ('a' < 'a.x'),
+    # although the string "a/f" sorts after "a.x" ('/' > '.').
+    d = tmp_path / "ck"
+    (d / "a").mkdir(parents=True)
+    (d / "a" / "f").write_bytes(b"1")
+    (d / "a.x").write_bytes(b"2")
+    (d / "metadata.json").write_text("{}")
+    assert ckptlite_checksum(d) == legacy_checksum(d)
+    assert ckptlite_checksum(d, skip_metadata=False) == legacy_checksum(d, skip_metadata=False)
+    import hashlib
+
+    assert ckptlite_checksum(d) == hashlib.sha256(b"f1a.x2").hexdigest()
