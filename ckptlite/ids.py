@@ -7,8 +7,8 @@ a file path.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -40,8 +40,12 @@ def generate_checkpoint_id(level: Level | str = Level.STEP, *, now: datetime | N
     <Level.STAGE: 'stage'>
     """
     lvl = _level(level)
-    when = (now or datetime.now(UTC)).astimezone(UTC)
-    return f"chk_{lvl.value}_{when.strftime(_TIME_FORMAT)}Z_{secrets.token_hex(16)}"
+    w = (now or datetime.now(UTC)).astimezone(UTC)
+    # Formatted by hand: strftime was a tenth of a small save.
+    return (
+        f"chk_{lvl.value}_{w.year:04d}{w.month:02d}{w.day:02d}T{w.hour:02d}{w.minute:02d}"
+        f"{w.second:02d}.{w.microsecond:06d}Z_{os.urandom(16).hex()}"
+    )
 
 
 def parse_checkpoint_id(checkpoint_id: str) -> ParsedId:

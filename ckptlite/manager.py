@@ -581,7 +581,7 @@ class CheckpointManager:
         manifest = chunking.unpack_manifest(record.manifest)
         if sum(chunking.buffer_sizes(manifest)) > cp.size:  # check before allocating
             raise CorruptCheckpointError("chunk manifest declares more than the recorded size")
-        buffers = self._read_buffers(manifest)
+        buffers = self._read_buffers(manifest) if manifest else []
         return codec.decode(skeleton, buffers, allow_pickle=self.allow_pickle)
 
     def _read_buffers(self, manifest: chunking.Manifest) -> list[bytearray | memoryview]:
@@ -629,7 +629,18 @@ class CheckpointManager:
             PickleNotAllowedError: the newest good state holds pickles and allow_pickle is False.
         """
         tried: set[str] = set()
-        for cp in self._candidates(process_id, Level(level) if level else None, name, tried):
+        lvl = Level(level) if level else None
+        fast = getattr(self.backend, "latest_record", None)
+        if fast is not None:  # record and payload in one query: the common case
+            record = fast(process_id, lvl, name)
+            if record is None:
+                return None
+            try:
+                return record.checkpoint, self._decode(record)
+            except CorruptCheckpointError:
+                self._mark_corrupted(record.checkpoint)
+                tried.add(record.checkpoint.id)
+        for cp in self._candidates(process_id, lvl, name, tried):
             tried.add(cp.id)
             try:
                 return cp, self.load(cp.id)

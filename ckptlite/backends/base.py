@@ -10,7 +10,7 @@ import builtins
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import InvalidInputError
@@ -312,9 +312,10 @@ def to_micros(dt: datetime) -> int:
 
 def from_micros(us: int) -> datetime:
     """Return the aware UTC datetime for microseconds since the epoch."""
-    from datetime import timedelta
+    return _EPOCH + timedelta(microseconds=us)
 
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def dump_metadata(metadata: dict[str, Any]) -> str:
@@ -325,6 +326,8 @@ def dump_metadata(metadata: dict[str, Any]) -> str:
     """
     if not isinstance(metadata, dict):
         raise InvalidInputError(f"metadata must be a dict, not {type(metadata).__name__}")
+    if not metadata:
+        return "{}"
     try:
         return json.dumps(metadata, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as e:
@@ -337,4 +340,4 @@ def dump_metadata(metadata: dict[str, Any]) -> str:
 
 def load_metadata(text: str | None) -> dict[str, Any]:
     """Parse metadata JSON (empty for None)."""
-    return json.loads(text) if text else {}
+    return json.loads(text) if text and text != "{}" else {}

@@ -55,6 +55,7 @@ __all__ = ["DB_NAME", "INLINE_MAX", "MIGRATIONS", "LocalBackend"]
 
 DB_NAME = "ckptlite.db"
 _CODEC_RAW = 0  # chunking.CODEC_RAW (backends do not import the manager's modules)
+_EMPTY_MANIFEST = b"\x90"  # msgpack of [], chunking's manifest of a state without buffers
 INLINE_MAX = 64 * 1024
 
 MIGRATIONS: list[str] = [
@@ -299,8 +300,6 @@ class LocalBackend:
                     raise MissingChunksError(
                         f"{len(missing)} chunk(s) of {cp.id} are not stored", digests=missing
                     )
-            if conn.execute("SELECT 1 FROM checkpoints WHERE id=?", (cp.id,)).fetchone():
-                raise InvalidInputError(f"checkpoint {cp.id} exists already", checkpoint_id=cp.id)
             if (
                 cp.parent_id is not None
                 and not conn.execute(
@@ -311,28 +310,36 @@ class LocalBackend:
                     f"parent checkpoint {cp.parent_id} does not exist", checkpoint_id=cp.parent_id
                 )
             progress = cp.progress or (None, None)
-            conn.execute(
-                "INSERT INTO checkpoints(id, process_id, level, name, parent_id, status, "
-                "created_at, size, stored_size, checksum, metadata, progress_done, "
-                "progress_total, payload, manifest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    cp.id,
-                    cp.process_id,
-                    cp.level.value,
-                    cp.name,
-                    cp.parent_id,
-                    cp.status.value,
-                    to_micros(cp.created_at),
-                    cp.size,
-                    cp.stored_size,
-                    cp.checksum,
-                    meta,
-                    progress[0],
-                    progress[1],
-                    record.payload,
-                    record.manifest,
-                ),
-            )
+            try:
+                conn.execute(
+                    "INSERT INTO checkpoints(id, process_id, level, name, parent_id, status, "
+                    "created_at, size, stored_size, checksum, metadata, progress_done, "
+                    "progress_total, payload, manifest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        cp.id,
+                        cp.process_id,
+                        cp.level.value,
+                        cp.name,
+                        cp.parent_id,
+                        cp.status.value,
+                        to_micros(cp.created_at),
+                        cp.size,
+                        cp.stored_size,
+                        cp.checksum,
+                        meta,
+                        progress[0],
+                        progress[1],
+                        record.payload,
+                        record.manifest,
+                    ),
+                )
+            except apsw.ConstraintError:
+                # The UNIQUE id, checked by SQLite: a SELECT first cost a statement per save.
+                if conn.execute("SELECT 1 FROM checkpoints WHERE id=?", (cp.id,)).fetchone():
+                    raise InvalidInputError(
+                        f"checkpoint {cp.id} exists already", checkpoint_id=cp.id
+                    ) from None
+                raise
             seq = conn.last_insert_rowid()
             if record.digests:
                 conn.executemany(
@@ -381,6 +388,34 @@ class LocalBackend:
                 q = f"SELECT id FROM checkpoints WHERE id IN ({','.join('?' * len(part))})"
                 found.update(r[0] for r in conn.execute(q, part))
         return found
+
+    def latest_record(
+        self, process_id: str, level: Level | None, name: str | None
+    ) -> StoredRecord | None:
+        """Return the slot's latest VALID record with its payload, in one query (or None).
+
+        ``latest`` + ``get_record`` in one round trip: what ``load_latest`` needs.
+        """
+        sql = f"SELECT {_COLS}, payload, manifest FROM checkpoints WHERE process_id=?"
+        args: list[Any] = [process_id]
+        if level is not None:
+            sql += " AND level=?"
+            args.append(level.value)
+        if name is not None:
+            sql += " AND name=?"
+            args.append(name)
+        sql += " AND status='valid' ORDER BY seq DESC LIMIT 1"
+        with translate_errors("reading checkpoint"):
+            conn = self.db.read()
+            row = conn.execute(sql, args).fetchone()
+            if row is None:
+                return None
+            digests: tuple[str, ...] = ()
+            if row[15] != _EMPTY_MANIFEST:
+                digests = tuple(
+                    r[0] for r in conn.execute("SELECT digest FROM refs WHERE seq=?", (row[0],))
+                )
+        return StoredRecord(_row_to_checkpoint(row), row[14], row[15], digests)
 
     def latest(self, process_id: str, level: Level | None, name: str | None) -> Checkpoint | None:
         found = self.list(
