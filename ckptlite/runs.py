@@ -59,6 +59,7 @@ __all__ = [
 RUN_KEY = "ckptlite.run"
 
 _ERROR_MAX = 4000
+_new_mark = tuple.__new__  # builds an ItemMark without NamedTuple's slower __new__
 
 
 def _now() -> datetime:
@@ -143,7 +144,7 @@ class WorkItem:
             else encode_item_state(state, allow_pickle=self.run.manager.allow_pickle)
         )
         self._resolved = True
-        self.run._mark(ItemMark(self.group, self.id, True, data, None))
+        self.run._mark(_new_mark(ItemMark, (self.group, self.id, True, data, None)))
 
     def fail(self, exc: BaseException | str) -> None:
         """Mark the item failed with ``exc``; a resumed run retries it up to max_attempts.
@@ -320,31 +321,32 @@ class Run:
         seen: set[str] = set()
         with self._lock:
             self._totals[group] = (len(done), total)
+        # The hot loop of a 1,000,000-item ledger: locals and cheap checks first.
+        seen_add, new_item = seen.add, WorkItem
         for item_id in item_ids:
-            if item_id in done:
+            if item_id in done or item_id in seen:
                 continue
             if type(item_id) is not str:
                 raise InvalidInputError(f"item ids must be str, not {item_id!r}")
-            if item_id in seen:
-                continue
-            attempts = failed.get(item_id, 0)
+            attempts = failed.get(item_id, 0) if failed else 0
             if attempts >= limit:
                 self._exhausted.add((group, item_id))
                 continue
-            seen.add(item_id)
-            yield WorkItem(self, group, item_id, attempts)
+            seen_add(item_id)
+            yield new_item(self, group, item_id, attempts)
         self.commit()
 
     def _mark(self, mark: ItemMark) -> None:
         with self._lock:
-            self._pending.append(mark)
+            pending = self._pending
+            pending.append(mark)
             if mark.ok:
                 self._ndone += 1
                 if self._failed_now:
                     self._failed_now.discard((mark.group, mark.item_id))
             else:
                 self._failed_now.add((mark.group, mark.item_id))
-            due = len(self._pending) >= self.batch_size or (
+            due = len(pending) >= self.batch_size or (
                 time.monotonic() - self._last_flush >= self.batch_seconds
             )
         if due:
