@@ -144,6 +144,8 @@ class Database:
         new = not self.path.exists()
         if new:
             fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, self.file_mode)
+            # Not cut by the umask; SQLite gives -wal and -shm the database file's mode.
+            os.fchmod(fd, self.file_mode)
             os.close(fd)
         flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_NOFOLLOW
         with translate_errors(f"opening {self.path}"):

@@ -37,12 +37,24 @@ class BlobDir:
         self.fsync = fsync
         self.dir_mode = 0o770 if group else 0o700
         self.file_mode = 0o660 if group else 0o600
-        root.mkdir(mode=self.dir_mode, parents=True, exist_ok=True)
-        (root / _TMP).mkdir(mode=self.dir_mode, exist_ok=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        self._mkdir(root)
+        self._mkdir(root / _TMP)
         self._lock_path = root / ".lock"
         for lock in (self._lock_path, root / ".gate"):  # the two files gc_lock flocks
             if not lock.exists():
-                os.close(os.open(lock, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, self.file_mode))
+                fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, self.file_mode)
+                os.fchmod(fd, self.file_mode)
+                os.close(fd)
+
+    def _mkdir(self, path: Path) -> None:
+        # mkdir's and open's modes are cut by the umask: chmod what we create, so a
+        # store's modes (0700, or 0770 in group mode) never depend on the caller's umask.
+        try:
+            path.mkdir(mode=self.dir_mode)
+        except FileExistsError:
+            return
+        os.chmod(path, self.dir_mode)
 
     def path(self, digest: str) -> Path:
         """Return the path of a chunk; only a well-formed digest makes a path.
@@ -103,6 +115,7 @@ class BlobDir:
                 pending.append((digest, tmp, fd))
                 result.append(True)
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                os.fchmod(fd, self.file_mode)  # not cut by the umask (see _mkdir)
                 with _os_errors(f"writing chunk {digest}"):
                     view = memoryview(data)
                     while view.nbytes:
@@ -120,7 +133,7 @@ class BlobDir:
             if new_dirs:
                 with _os_errors("creating chunk directories"):
                     for parent in sorted(new_dirs):
-                        parent.mkdir(mode=self.dir_mode, exist_ok=True)
+                        self._mkdir(parent)
                     if self.fsync:
                         _fsync_dir(self.root)
             while pending:

@@ -218,6 +218,10 @@ class CheckpointManager:
     def _executor(self) -> ThreadPoolExecutor:
         if self._closed:
             raise ConfigError("this checkpoint manager is closed", hint="Open a new one.")
+        if self._pool_pid != os.getpid():
+            # A parent thread may have held this lock at fork(): the child's copy
+            # would stay held forever, so the child starts with a fresh one.
+            self._pool_lock = threading.Lock()
         with self._pool_lock:
             if self._pool is None or self._pool_pid != os.getpid():
                 # A pool inherited across fork() has no threads: make a new one.

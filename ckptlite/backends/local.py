@@ -202,7 +202,11 @@ class LocalBackend:
         self.root = root
         self.url = str(root)
         dir_mode = 0o770 if group_access else 0o700
-        root.mkdir(mode=dir_mode, parents=True, exist_ok=True)
+        try:
+            root.mkdir(mode=dir_mode, parents=True)
+            os.chmod(root, dir_mode)  # mkdir's mode is cut by the umask; a new store's is not
+        except FileExistsError:
+            pass
         sync = {"none": "OFF", "safe": "NORMAL", "full": "FULL"}[durability]
         self.blobs = BlobDir(root / "blobs", fsync=durability != "none", group=group_access)
         self.db = Database(
