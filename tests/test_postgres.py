@@ -9,6 +9,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -151,7 +152,9 @@ def test_creates_the_legacy_table_with_its_exact_ddl(
     }
 
 
-def test_existing_table_and_its_rows_are_left_untouched(pg_schema: str, admin: Any) -> None:
+def test_existing_table_and_its_rows_are_left_untouched(
+    pg_schema: str, admin: Any, tmp_path: Path
+) -> None:
     schema = schema_of(pg_schema)
     admin.execute(f'SET search_path TO "{schema}"')
     admin.execute(LEGACY_DDL)
@@ -197,7 +200,16 @@ def test_existing_table_and_its_rows_are_left_untouched(pg_schema: str, admin: A
             mgr.delete(root.id)
         assert mgr.exists(root.id) and mgr.exists(kid.id)
         admin.execute("DELETE FROM processing_steps")
+        # Sync both ways with the legacy rows present: only ckptlite's rows travel.
+        out = ckptlite.sync(mgr, tmp_path / "copy")
+        assert out.checkpoints_copied == 2 and out.ok
+        with ckptlite.open(tmp_path / "copy") as copy:
+            assert {c.id for c in copy.list()} == {root.id, kid.id}
+            extra = copy.save("geo", "from elsewhere")
+            back = ckptlite.sync(copy, mgr)
+        assert back.checkpoints_copied == 1 and mgr.get(extra.id).checksum == extra.checksum
         assert set(mgr.delete(root.id)) == {root.id, kid.id}
+        mgr.delete(extra.id)
 
     after_rows = admin.execute("SELECT * FROM pipeline_checkpoints ORDER BY id").fetchall()
     assert after_rows == before_rows
