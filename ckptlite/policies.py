@@ -15,7 +15,9 @@ no keep rule, every checkpoint is selected), unless it is older than
 Positions are 1-based (the first save of a slot is position 1, so N=10 keeps
 the 10th, 20th, ...). A manager whose policy has ``keep_every`` stamps each new
 checkpoint's position into its metadata under ``SLOT_INDEX_KEY``, so positions
-stay put when retention removes older checkpoints. A checkpoint without that
+stay put when retention removes older checkpoints (two processes saving to one
+slot at the same moment may stamp the same position: both are then judged by
+it). A checkpoint without that
 stamp gets its 1-based rank by ``seq`` among the slot's stored checkpoints; so
 on unstamped checkpoints a second ``apply_retention`` ranks the survivors afresh
 and thins them again. For repeatable ``keep_every``, give the policy to the

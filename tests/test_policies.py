@@ -284,3 +284,24 @@ def test_property_newest_valid_and_archived_never_removed(
     # Retention is idempotent: what is kept, judged again, all stays.
     again = plan_retention([c for c in records if c.id in kept], policy, NOW)
     assert all(d.keep for d in again)
+
+
+def test_a_failed_prune_after_save_is_logged_and_retried(
+    mgr: ckptlite.CheckpointManager,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    policy = CheckpointPolicy(keep_last=1)
+    mgr.save("p", 0, policy=policy)
+
+    def locked(cid: str) -> list[str]:
+        raise ckptlite.StoreLockedError("injected: busy")
+
+    monkeypatch.setattr(mgr.backend, "delete", locked)
+    with caplog.at_level("WARNING", logger="ckptlite"):
+        cp = mgr.save("p", 1, policy=policy)  # the save itself succeeds
+    assert mgr.exists(cp.id) and "retention after saving" in caplog.text
+    assert len(mgr.list("p")) == 2
+    monkeypatch.undo()
+    last = mgr.save("p", 2, policy=policy)  # the next save prunes what was left
+    assert [c.id for c in mgr.list("p")] == [last.id]

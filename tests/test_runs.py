@@ -237,6 +237,21 @@ def test_a_failed_batch_commit_keeps_its_marks(mgr: Mgr, monkeypatch: pytest.Mon
     assert run.status is RunStatus.COMPLETED
 
 
+def test_items_marked_from_many_threads_are_recorded_once(mgr: Mgr) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = [f"i{n}" for n in range(2000)]
+    with mgr.run("job", batch_size=64) as run:
+        items = list(run.items("g", ids))
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda it: it.done(int(it.id[1:])), items))
+    ledger = run.ledger("g")
+    assert len(ledger) == 2000 and {e.item_id for e in ledger} == set(ids)
+    assert all(e.attempts == 1 for e in ledger)
+    assert run.results("g") == {i: int(i[1:]) for i in ids}
+    assert run.record.progress == (2000, 2000)
+
+
 CHILD = textwrap.dedent(
     """
     import sys, time, ckptlite
