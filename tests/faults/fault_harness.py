@@ -50,13 +50,16 @@ def shared_block(k: int) -> bytes:
     return random.Random(-1 - k).randbytes(256 * 1024)
 
 
-def make_state(seed: int, size: int) -> dict[str, Any]:
-    """Return the state for (seed, size); the same arguments give an equal state."""
+def make_state(seed: int, size: int, ways: int = 4) -> dict[str, Any]:
+    """Return the state for (seed, size); the same arguments give an equal state.
+
+    It shares one of ``ways`` blocks with other states (dedup across saves).
+    """
     r = random.Random(seed)
     return {
         "seed": seed,
         "blob": r.randbytes(size),
-        "shared": shared_block(seed % 4) if size >= 70_000 else b"",
+        "shared": shared_block(seed % ways) if size >= 70_000 else b"",
         "zeros": bytes(size // 2),  # compressible: exercises zstd chunks
         "t": (seed, "x", r.random()),
     }
@@ -64,7 +67,7 @@ def make_state(seed: int, size: int) -> dict[str, Any]:
 
 def expected_from_metadata(cp: ckptlite.Checkpoint) -> Any:
     """The state a harness-made checkpoint must hold, from its metadata."""
-    return make_state(cp.metadata["seed"], cp.metadata["size"])
+    return make_state(cp.metadata["seed"], cp.metadata["size"], cp.metadata.get("ways", 4))
 
 
 # -- side files ---------------------------------------------------------------------
@@ -226,14 +229,14 @@ def open_store(store: str | Path, durability: str = "safe") -> ckptlite.Checkpoi
 
 
 def save_one(
-    mgr: ckptlite.CheckpointManager, side: Side | None, seed: int, size: int
+    mgr: ckptlite.CheckpointManager, side: Side | None, seed: int, size: int, ways: int = 4
 ) -> ckptlite.Checkpoint:
     """Save the harness state for (seed, size) and report it once save returned."""
     cp = mgr.save(
         PROC,
-        make_state(seed, size),
+        make_state(seed, size, ways),
         name=f"slot{seed % 3}",
-        metadata={"seed": seed, "size": size},
+        metadata={"seed": seed, "size": size, "ways": ways},
     )
     if side is not None:
         side.saved(cp, seed, size)
@@ -278,12 +281,53 @@ def gc_loop(store: str, side_path: str, base_seed: int) -> None:
         mgr.gc()
 
 
+def retention_loop(store: str, side_path: str, base_seed: int) -> None:
+    """Save into three slots and apply keep_last=2 retention, forever."""
+    from ckptlite import CheckpointPolicy
+
+    mgr = open_store(store)
+    side = Side(side_path)
+    rng = random.Random(base_seed)
+    policy = CheckpointPolicy(keep_last=2)
+    i = 0
+    while True:
+        for _ in range(4):
+            i += 1
+            save_one(mgr, side, base_seed * 1_000_000 + i, rng.choice(SIZES[:4]))
+        mgr.apply_retention(PROC, policy)
+        if i % 8 == 0:
+            mgr.gc()
+
+
+def sync_loop(store: str, side_path: str, base_seed: int) -> None:
+    """Sync $FAULT_SOURCE into ``store`` over and over (the first run does the copying)."""
+    source = os.environ["FAULT_SOURCE"]
+    while True:
+        ckptlite.sync(source, store, batch_size=7)
+
+
+def migrate_loop(store: str, side_path: str, base_seed: int) -> None:
+    """Migrate the legacy tree at $FAULT_SOURCE into ``store``, over and over."""
+    from ckptlite.legacy.migrate import migrate
+
+    source = os.environ["FAULT_SOURCE"]
+    mgr = open_store(store)
+    while True:
+        migrate(source, mgr, format="pipeline")
+
+
 def zygote(mode: str, store: str, side_path: str) -> None:
     """Fork a fresh worker per ``go SEED`` line; report ``pid N`` and ``dead STATUS``.
 
     Forking from a warm interpreter makes each of many SIGKILLs cheap.
     """
-    target = {"saver": saver_loop, "gc": gc_loop}[mode]
+    target = {
+        "saver": saver_loop,
+        "gc": gc_loop,
+        "retention": retention_loop,
+        "sync": sync_loop,
+        "migrate": migrate_loop,
+    }[mode]
     for line in sys.stdin:
         seed = int(line.split()[1])
         pid = os.fork()
@@ -306,9 +350,15 @@ def zygote(mode: str, store: str, side_path: str) -> None:
 class Zygote:
     """The test side of ``zygote``: start a worker, SIGKILL it after a delay."""
 
-    def __init__(self, mode: str, store: Path, side: Path) -> None:
+    def __init__(self, mode: str, store: Path, side: Path, **env: str) -> None:
         self.proc = spawn(
-            "zygote", mode, str(store), str(side), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            "zygote",
+            mode,
+            str(store),
+            str(side),
+            env=child_env(**env),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
 
     def run_and_kill(self, seed: int, delay: float) -> int:
@@ -365,6 +415,81 @@ def tmpfs(path: Path, size: str = "size=8m") -> Iterator[bool]:
             subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+# -- concurrency (item 5) ---------------------------------------------------------
+
+
+def stress_saver(store: str, side_path: str, base_seed: int, seconds: float) -> None:
+    """Save 1 KB-20 MB states (log-uniform sizes) until time is up; keep the last 4."""
+    mgr = open_store(store)
+    side = Side(side_path)
+    rng = random.Random(base_seed)
+    deadline = time.monotonic() + seconds
+    live: list[str] = []
+    i = 0
+    while time.monotonic() < deadline:
+        i += 1
+        size = int(10 ** rng.uniform(3, 7.3))  # 1 KB .. 20 MB
+        cp = save_one(mgr, side, base_seed * 1_000_000 + i, size, ways=64)
+        live.append(cp.id)
+        while len(live) > 4:
+            victim = live.pop(0)
+            side.deleting(victim)
+            mgr.delete(victim)
+    mgr.close()
+    print(f"saves {i}", flush=True)
+
+
+def stress_reader(store: str, seconds: float, base_seed: int) -> None:
+    """Load random and latest checkpoints; each must equal its state or be gone."""
+    mgr = open_store(store)
+    rng = random.Random(base_seed)
+    deadline = time.monotonic() + seconds
+    loads = gone = 0
+    while time.monotonic() < deadline:
+        cps = mgr.list(process_id=PROC, limit=50)
+        if not cps:
+            time.sleep(0.05)
+            continue
+        cp = rng.choice(cps)
+        try:
+            state = mgr.load(cp.id)
+        except ckptlite.CheckpointNotFoundError:
+            gone += 1  # deleted by its saver since we listed it
+            continue
+        assert state == expected_from_metadata(cp), f"{cp.id} loaded wrong"
+        loads += 1
+        hit = mgr.load_latest(PROC, name=f"slot{rng.randrange(3)}")
+        if hit is not None:
+            assert hit[1] == expected_from_metadata(hit[0])
+            loads += 1
+    mgr.close()
+    print(f"loads {loads} gone {gone}", flush=True)
+
+
+def stress_gc(store: str, seconds: float, every: float) -> None:
+    """Run gc every ``every`` seconds."""
+    mgr = open_store(store)
+    deadline = time.monotonic() + seconds
+    runs = reclaimed = 0
+    while time.monotonic() < deadline:
+        time.sleep(min(every, max(0.0, deadline - time.monotonic())))
+        reclaimed += len(mgr.gc().chunks)
+        runs += 1
+    mgr.close()
+    print(f"gc {runs} reclaimed {reclaimed}", flush=True)
+
+
+def same_state_saver(store: str, side_path: str, start_at: float) -> None:
+    """Wait until ``start_at`` (time.time()), then save the one shared state."""
+    mgr = open_store(store)
+    side = Side(side_path)
+    state = make_state(424242, 20_000_000)
+    time.sleep(max(0.0, start_at - time.time()))
+    cp = mgr.save(PROC, state, metadata={"seed": 424242, "size": 20_000_000, "ways": 4})
+    side.saved(cp, 424242, 20_000_000)
+    mgr.close()
+
+
 def main(argv: list[str]) -> None:
     mode = argv[0]
     if mode == "zygote":
@@ -373,6 +498,14 @@ def main(argv: list[str]) -> None:
         crash_once(argv[1], argv[2], argv[3])
     elif mode == "saver":
         saver_loop(argv[1], argv[2], int(argv[3]))
+    elif mode == "stress_saver":
+        stress_saver(argv[1], argv[2], int(argv[3]), float(argv[4]))
+    elif mode == "stress_reader":
+        stress_reader(argv[1], float(argv[2]), int(argv[3]))
+    elif mode == "stress_gc":
+        stress_gc(argv[1], float(argv[2]), float(argv[3]))
+    elif mode == "same_state":
+        same_state_saver(argv[1], argv[2], float(argv[3]))
     else:
         raise SystemExit(f"unknown mode {mode}")
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from fault_harness import (
     PROC,
+    SIZES,
+    Reported,
     Zygote,
     child_env,
     common_check,
@@ -94,3 +96,95 @@ def test_sigkill_at_200_random_moments_of_save(tmp_path: Path) -> None:
 
 def test_sigkill_at_random_moments_of_gc(tmp_path: Path) -> None:
     assert _random_kills(tmp_path, "gc", 30, 0.3) == 30
+
+
+def test_sigkill_at_random_moments_of_retention(tmp_path: Path) -> None:
+    """Retention (keep_last=2) killed anywhere: never the newest of a slot, nothing broken."""
+    store, side = tmp_path / "store", tmp_path / "side"
+    _prepare(store)
+    rng = random.Random(99)
+    zyg = Zygote("retention", store, side)
+    try:
+        for i in range(30):
+            assert zyg.run_and_kill(i + 1, rng.uniform(0.0, 0.3)) == signal.SIGKILL
+            rep = read_side(side)
+            newest: dict[str, str] = {}
+            for cid, (seed, _size) in rep.saved.items():  # in commit order
+                newest[f"slot{seed % 3}"] = cid
+            # Retention may remove reported saves, but never a slot's newest one.
+            common_check(store, Reported(saved={c: rep.saved[c] for c in newest.values()}))
+    finally:
+        zyg.close()
+    with ckptlite.open(store) as mgr:
+        assert mgr.list(process_id=PROC)
+
+
+def test_sigkill_at_random_moments_of_sync(tmp_path: Path) -> None:
+    """A sync killed anywhere leaves a sound target; the rerun completes it exactly."""
+    source, target, side = tmp_path / "source", tmp_path / "target", tmp_path / "side"
+    everything = Reported()
+    with open_store(source) as mgr:
+        for seed in range(1, 61):
+            size = SIZES[seed % len(SIZES)]
+            everything.saved[save_one(mgr, None, seed, size).id] = (seed, size)
+    rng = random.Random(5)
+    zyg = Zygote("sync", target, side, FAULT_SOURCE=str(source))
+    partial = []
+    try:
+        for i in range(25):
+            assert zyg.run_and_kill(i + 1, rng.uniform(0.0, 0.5)) == signal.SIGKILL
+            if (target / "ckptlite.db").exists():
+                partial.append(common_check(target).listed)
+    finally:
+        zyg.close()
+    assert any(0 < n < len(everything.saved) for n in partial), partial  # killed mid-copy
+    assert ckptlite.sync(str(source), str(target)).checkpoints_copied >= 0
+    assert not ckptlite.sync(str(source), str(target)).changed
+    result = common_check(target, everything)
+    assert result.listed == len(everything.saved)
+
+
+def _legacy_tree(root: Path) -> None:
+    from datetime import datetime
+
+    from legacy_builders import write_pipeline_checkpoint
+
+    for e in range(20):
+        for k, stage in enumerate(("ingest", "resample", "merge", "export")):
+            data = {"x": list(range(e * 1000, e * 1000 + 30_000))}
+            when = datetime(2024, 1, 1 + e, 12, k)
+            write_pipeline_checkpoint(root, f"exp{e}", stage, shared_data=data, now=when)
+
+
+def test_sigkill_at_random_moments_of_migrate(tmp_path: Path) -> None:
+    """A legacy migration killed anywhere: nothing half-imported, nothing imported twice."""
+    from ckptlite.legacy.migrate import migrate
+
+    legacy, target, side = tmp_path / "legacy", tmp_path / "target", tmp_path / "side"
+    _legacy_tree(legacy)
+    with ckptlite.open(tmp_path / "reference", durability="none") as ref:
+        migrate(legacy, ref, format="pipeline")
+        expected = {cp.metadata["legacy_id"]: ref.load(cp.id) for cp in ref.list()}
+    assert len(expected) == 80
+
+    def expect(cp: ckptlite.Checkpoint) -> object:
+        return expected[cp.metadata["legacy_id"]]
+
+    rng = random.Random(8)
+    zyg = Zygote("migrate", target, side, FAULT_SOURCE=str(legacy))
+    counts = []
+    try:
+        for i in range(20):
+            assert zyg.run_and_kill(i + 1, rng.uniform(0.0, 0.6)) == signal.SIGKILL
+            if (target / "ckptlite.db").exists():
+                counts.append(common_check(target, expected=expect).listed)
+                with ckptlite.open(target) as mgr:
+                    ids = [cp.metadata["legacy_id"] for cp in mgr.list()]
+                assert len(ids) == len(set(ids)), "a legacy checkpoint was imported twice"
+    finally:
+        zyg.close()
+    assert any(0 < n < 80 for n in counts), counts  # killed mid-migration
+    with open_store(target) as mgr:
+        migrate(legacy, mgr, format="pipeline")
+        assert sorted(cp.metadata["legacy_id"] for cp in mgr.list()) == sorted(expected)
+    common_check(target, expected=expect)
