@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import apsw
 import numpy as np
 import pytest
 
@@ -84,9 +85,7 @@ def test_save_and_load_checkpoint(mgr: Mgr) -> None:
     assert Summer(ckptlite.open("memory://")).load_checkpoint() is None  # nothing saved there
 
 
-def test_load_a_given_checkpoint_and_fall_back_past_corruption(
-    mgr: Mgr, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_load_a_given_checkpoint_and_fall_back_past_corruption(mgr: Mgr, store_dir: Path) -> None:
     p = Summer(mgr)
     first = p.save_checkpoint()
     p.step()
@@ -94,16 +93,19 @@ def test_load_a_given_checkpoint_and_fall_back_past_corruption(
     second = p.save_checkpoint()
     q = Summer(mgr)
     assert q.load_checkpoint(first.id) == first and q.i == 0
-    # Damage the newest: resume falls back to the older one and marks the newest.
-    real = mgr.backend.get_record
-
-    def damaged(cid: str) -> Any:
-        rec = real(cid)
-        return rec if cid != second.id else type(rec)(rec.checkpoint, b"\x00junk", rec.manifest, ())
-
-    monkeypatch.setattr(mgr.backend, "get_record", damaged)
+    # Damage the newest record's bytes in the real database file.
+    db = apsw.Connection(str(store_dir / "ckptlite.db"))
+    try:
+        (payload,) = db.execute(
+            "SELECT payload FROM checkpoints WHERE id=?", (second.id,)
+        ).fetchone()
+        damaged = bytes(payload[:-1]) + bytes([payload[-1] ^ 0x01])
+        db.execute("UPDATE checkpoints SET payload=? WHERE id=?", (damaged, second.id))
+    finally:
+        db.close()
     r = Summer(mgr)
-    assert r.load_checkpoint() == first
+    assert r.load_checkpoint() == first and r.i == 0  # fell back past the damaged one
+    assert mgr.get(second.id).status is ckptlite.Status.CORRUPTED
     with pytest.raises(CorruptCheckpointError):
         r.load_checkpoint(second.id)
 
