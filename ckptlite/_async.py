@@ -69,13 +69,21 @@ class AsyncSaver:
         self._pid = os.getpid()
         _live.add(self)
 
+    def _after_fork(self) -> None:
+        # A child inherits the parent's queue state but not its writer thread: the
+        # parent's pending saves are the parent's to write (and to report).
+        if self._pid != os.getpid():
+            self._lock = threading.Lock()
+            self._slots = threading.BoundedSemaphore(self.max_pending)
+            self._pending = set()
+            self._errors = []
+            self._pool = None
+            self._pid = os.getpid()
+
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
-            if self._pool is None or self._pid != os.getpid():
-                # A pool inherited across fork() has no thread: start a new one.
+            if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="ckptlite-async")
-                self._pid = os.getpid()
-                self._pending = set()
             return self._pool
 
     def submit(
@@ -88,6 +96,7 @@ class AsyncSaver:
     ) -> Future[Checkpoint]:
         """Snapshot ``state`` now and queue its save; block while the queue is full."""
         mgr = self.manager
+        self._after_fork()
         self._slots.acquire()
         released = False
         try:
@@ -136,11 +145,14 @@ class AsyncSaver:
     def flush(self, timeout: float | None = None) -> None:
         """Wait for every queued save; raise the first error since the last flush.
 
+        In a child process after fork(), only the child's own saves count.
+
         Raises:
             CkptliteError (or the save's own error): a queued save failed; a note
                 tells how many more failed. The errors are cleared once raised.
             TimeoutError: saves are still pending after ``timeout`` seconds.
         """
+        self._after_fork()
         with self._lock:
             pending = set(self._pending)
         if pending:
@@ -166,6 +178,6 @@ class AsyncSaver:
         finally:
             with self._lock:
                 pool, self._pool = self._pool, None
-            if pool is not None and self._pid == os.getpid():
+            if pool is not None:
                 pool.shutdown(wait=True)
             _live.discard(self)

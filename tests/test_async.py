@@ -153,3 +153,32 @@ def test_a_failed_save_at_exit_is_reported(tmp_path: Path) -> None:
     assert "UnsupportedTypeError" in proc.stderr
     with ckptlite.open(store) as m:
         assert len(m.list("p")) == 50
+
+
+def test_a_forked_child_has_its_own_queue(mgr: Mgr) -> None:
+    import os
+
+    gate = threading.Event()
+    real = mgr.backend.commit
+
+    def slow(record: Any) -> Any:
+        gate.wait(30)
+        return real(record)
+
+    mgr.backend.commit = slow  # type: ignore[method-assign]
+    parent_futs = [mgr.save_async("p", i) for i in range(mgr.max_pending)]  # queue full
+    pid = os.fork()
+    if pid == 0:  # the child: its queue is empty, its saves are its own
+        code = 1
+        try:
+            mgr.backend.commit = real  # type: ignore[method-assign]
+            fut = mgr.save_async("child", "hello")
+            mgr.flush(timeout=20)
+            code = 0 if mgr.load(fut.result()) == "hello" else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    gate.set()
+    mgr.flush()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert all(f.result().process_id == "p" for f in parent_futs)
