@@ -1,8 +1,10 @@
 """Bulk import of records into PostgreSQL for sync: COPY into a temp table, then upsert.
 
-Runs inside the caller's transaction, under two transaction-level advisory
-locks: one per source store (two syncers of one store take turns, batch by
-batch) and the store's commit lock (seq order stays commit order).
+Runs inside the caller's transaction. The batch is staged in a temp table
+first; then two transaction-level advisory locks are taken: one per source
+store (two syncers of one store take turns, batch by batch) and the store's
+commit lock (seq order stays commit order, and nothing else inserts records
+until COMMIT, so rows already present can be dropped before plain INSERTs).
 """
 
 from __future__ import annotations
@@ -42,8 +44,7 @@ _TYPES = [
 ]
 
 _MISSING_CHUNKS = """SELECT DISTINCT d FROM pg_temp.ckptlite_import i, unnest(i.digests) d
-WHERE NOT EXISTS (SELECT 1 FROM {t} l WHERE l.checkpoint_id = i.checkpoint_id)
-AND NOT EXISTS (SELECT 1 FROM {chunks} c WHERE c.digest = d) ORDER BY d"""
+WHERE NOT EXISTS (SELECT 1 FROM {chunks} c WHERE c.digest = d) ORDER BY d"""
 
 _MISSING_PARENTS = """SELECT i.parent_id FROM pg_temp.ckptlite_import i
 WHERE i.parent_id IS NOT NULL
@@ -52,25 +53,26 @@ AND NOT EXISTS (SELECT 1 FROM pg_temp.ckptlite_import j
                 WHERE j.checkpoint_id = i.parent_id AND j.ord < i.ord)
 LIMIT 1"""
 
-_INSERT = """WITH l AS (
-    INSERT INTO {t} (checkpoint_id, level, parent_id, processor_name, data_summary, file_path,
-                     file_size_bytes, status, validation_checksum, created_at, updated_at)
-    SELECT i.checkpoint_id, i.legacy_level, i.parent_id, i.process_id, i.summary,
-           'ckptlite://' || i.checkpoint_id, i.size, i.status, i.checksum, i.created_at, now()
-    FROM pg_temp.ckptlite_import i ORDER BY i.ord
-    ON CONFLICT (checkpoint_id) DO NOTHING
-    RETURNING checkpoint_id
-), r AS (
+# Under the commit lock nothing else inserts records, so the rows already there
+# (from any writer, legacy ones included) can be dropped first; plain INSERTs follow.
+_DROP_PRESENT = """DELETE FROM pg_temp.ckptlite_import i USING {t} l
+WHERE l.checkpoint_id = i.checkpoint_id"""
+
+_INSERT_LEGACY = """INSERT INTO {t} (checkpoint_id, level, parent_id, processor_name, data_summary,
+    file_path, file_size_bytes, status, validation_checksum, created_at, updated_at)
+SELECT i.checkpoint_id, i.legacy_level, i.parent_id, i.process_id, i.summary,
+    'ckptlite://' || i.checkpoint_id, i.size, i.status, i.checksum, i.created_at, now()
+FROM pg_temp.ckptlite_import i ORDER BY i.ord"""
+
+_INSERT_RECORDS = """WITH r AS (
     INSERT INTO {records} (checkpoint_id, process_id, level, name, payload, manifest)
     SELECT i.checkpoint_id, i.process_id, i.level, i.name, i.payload, i.manifest
-    FROM pg_temp.ckptlite_import i JOIN l USING (checkpoint_id) ORDER BY i.ord
+    FROM pg_temp.ckptlite_import i ORDER BY i.ord
     RETURNING seq, checkpoint_id
-), f AS (
-    INSERT INTO {refs} (seq, digest)
-    SELECT DISTINCT r.seq, d FROM r JOIN pg_temp.ckptlite_import i USING (checkpoint_id),
-    unnest(i.digests) d
 )
-SELECT count(*) FROM r"""
+INSERT INTO {refs} (seq, digest)
+SELECT DISTINCT r.seq, d FROM r JOIN pg_temp.ckptlite_import i USING (checkpoint_id),
+unnest(i.digests) d WHERE cardinality(i.digests) > 0"""
 
 _MARK = """INSERT INTO {sync_marks} (source, seq) VALUES (%s, %s)
 ON CONFLICT (source) DO UPDATE SET seq = GREATEST({sync_marks}.seq, EXCLUDED.seq)"""
@@ -91,10 +93,6 @@ def import_records(
     """
     from .postgres import _TO_LEGACY_STATUS, _legacy_level, _lock_key, _summary
 
-    conn.execute(
-        "SELECT pg_advisory_xact_lock(%s)", (_lock_key("sync", backend.store_id(), source),)
-    )
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (backend._commit_key,))
     rows: list[tuple[Any, ...]] = []
     seen: set[str] = set()
     for rec in records:
@@ -121,14 +119,19 @@ def import_records(
                 sorted(set(rec.digests)),
             )
         )
-    inserted = 0
-    if rows:
-        conn.execute(_TEMP)
-        with conn.cursor() as cur:
+    with conn.cursor() as cur:
+        if rows:  # staged before the locks: concurrent writers wait less
+            cur.execute(_TEMP)
             with cur.copy("COPY pg_temp.ckptlite_import FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_TYPES)
                 for row in rows:
                     copy.write_row(row)
+        source_key = _lock_key("sync", backend.store_id(), source)
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (source_key,))
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (backend._commit_key,))
+        inserted = 0
+        if rows:
+            cur.execute(backend._q(_DROP_PRESENT))
             missing = [r[0] for r in cur.execute(backend._q(_MISSING_CHUNKS))]
             if missing:
                 raise MissingChunksError(
@@ -139,7 +142,7 @@ def import_records(
                 raise InvalidInputError(
                     f"parent checkpoint {orphan[0]} does not exist", checkpoint_id=orphan[0]
                 )
-            done = cur.execute(backend._q(_INSERT)).fetchone()
-            inserted = int(done[0]) if done else 0
-    conn.execute(backend._q(_MARK), (source, mark))
+            inserted = cur.execute(backend._q(_INSERT_LEGACY)).rowcount
+            cur.execute(backend._q(_INSERT_RECORDS))
+        cur.execute(backend._q(_MARK), (source, mark))
     return inserted
