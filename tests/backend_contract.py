@@ -6,6 +6,7 @@ parametrised ``any_mgr`` fixture; add a test here and it runs everywhere.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -297,3 +298,57 @@ class LedgerContract:
             assert again.id == run.id and again.stage("load").result == {"rows": 3}
             assert [i.id for i in again.items("g", ["a", "b", "c", "d"])] == ["c"]
         assert again.results("g") == {"a": {"id": "a"}, "b": {"id": "b"}, "d": {"id": "d"}}
+
+    # -- sync (ckptlite.sync drives these; bytes only) ------------------------------
+
+    def test_import_records_keeps_identity_and_moves_the_mark(
+        self, any_mgr: Mgr, backend: Backend
+    ) -> None:
+        src = ckptlite.open("memory://")
+        root = src.save("p", {"a": _big(9)}, level=Level.PIPELINE)
+        kid = src.save("p", "kid", parent=root, metadata={"k": [1]}, progress=(1, 2))
+        src.backend.set_status(kid.id, Status.ARCHIVED)
+        recs = src.backend.records_after(0, 10)
+        assert [r.checkpoint.id for r in recs] == [root.id, kid.id]
+        assert backend.sync_mark("src") == 0
+        with pytest.raises(MissingChunksError):
+            backend.import_records(recs, "src", 2)
+        assert backend.sync_mark("src") == 0 and not backend.has_records([root.id])
+        with pytest.raises(InvalidInputError):
+            backend.import_records(recs[1:], "src", 2)  # the parent is missing
+        backend.write_chunks([src.backend.read_chunk(d) for d in recs[0].digests])
+        own = any_mgr.save("q", "own")
+        assert backend.import_records(recs, "src", 2) == 2
+        assert backend.import_records(recs, "src", 1) == 0  # nothing twice; mark never goes back
+        assert backend.sync_mark("src") == 2
+        got = backend.get(kid.id)
+        assert got.seq > own.seq and got.replace(seq=0) == src.get(kid.id).replace(seq=0)
+        assert np.array_equal(any_mgr.load(root.id)["a"], _big(9))
+        after = backend.records_after(own.seq, 10)
+        assert [r.checkpoint.id for r in after] == [root.id, kid.id]
+        assert backend.records_after(0, 10, process_id="q")[0].checkpoint.id == own.id
+        assert backend.store_id() != src.backend.store_id()
+
+    def test_ledger_export_and_import(self, any_mgr: Mgr, backend: Backend) -> None:
+        src = ckptlite.open("memory://").backend
+        now = datetime.now(UTC)
+        run = src.create_run(RunRecord("run_x", "job", RunStatus.RUNNING, now, now))
+        src.mark_items(
+            run.id, [ItemMark("g", "a", True, b"A"), ItemMark("g", "b", False, None, "e")]
+        )
+        clock, runs, items = src.export_ledger(0)
+        assert [r.id for r in runs] == [run.id] and len(items) == 2
+        assert backend.import_ledger(runs, items, "src", clock) == 3
+        assert backend.import_ledger(runs, items, "src", clock) == 0
+        assert backend.sync_mark("src") == clock
+        assert backend.item_marks(run.id, "g") == ({"a"}, {"b": 1})
+        assert {e.item_id: e.state for e in backend.list_items(run.id)} == {"a": b"A", "b": None}
+        src.mark_items(run.id, [ItemMark("g", "b", False, None, "e2")])
+        clock2, runs2, items2 = src.export_ledger(clock)
+        assert runs2 == [src.get_run(run.id)] and [i.item_id for i in items2] == ["b"]
+        backend.import_ledger(runs2, items2, "src", clock2)
+        assert backend.item_marks(run.id, "g") == ({"a"}, {"b": 2})
+        ghost = dataclasses.replace(items2[0], run_id="nope")
+        with pytest.raises(ckptlite.RunNotFoundError):
+            backend.import_ledger([], [ghost], "src", clock2 + 1)
+        assert backend.sync_mark("src") == clock2  # nothing moved
