@@ -288,9 +288,11 @@ class PostgresBackend(LedgerMixin):
         """Run ``fn`` on this thread's connection (in one transaction when ``write``)."""
         for attempt in range(3):
             conn = self._conns.get()
+            began = False
             try:
                 if write:
                     with conn.transaction():
+                        began = True
                         return fn(conn)
                 return fn(conn)
             except CkptliteError:
@@ -299,9 +301,11 @@ class PostgresBackend(LedgerMixin):
                 broken = conn.closed or conn.broken
                 if broken:
                     self._conns.discard(conn)
+                # A connection the server dropped while it sat idle (a restart) fails
+                # at BEGIN: nothing was sent, so the write is as safe to redo as a read.
                 if attempt < 2 and (
                     isinstance(e, pgerr.DeadlockDetected | pgerr.SerializationFailure)
-                    or (broken and not write and attempt == 0)
+                    or (broken and (not write or not began) and attempt == 0)
                 ):
                     continue  # the whole transaction was rolled back, or a read: redo it
                 raise _translate(what, e, broken) from e
