@@ -133,3 +133,45 @@ def fsync_path(path: Path | str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def interleaved(
+    benchmark: Any,
+    sides: dict[str, tuple[Callable[..., Any], Callable[[], tuple[Any, ...]] | None]],
+    *,
+    target: str,
+    rounds: int,
+    warmup: int = 1,
+    **extra: Any,
+) -> dict[str, float]:
+    """Time the sides alternately, round by round; record each side's median.
+
+    On a machine shared with other jobs the load changes from one minute to the
+    next; benchmarks run one after the other can see different machines.
+    Alternating the sides within one test gives both the same conditions, so
+    the report takes its ratio from here. ``sides`` maps a label to
+    ``(fn, setup)``; ``setup()`` (untimed) returns fn's arguments.
+    """
+    import statistics
+    import time
+
+    times: dict[str, list[float]] = {label: [] for label in sides}
+    for i in range(warmup + rounds):
+        for label, (fn, setup) in sides.items():
+            args = setup() if setup else ()
+            t0 = time.perf_counter()
+            fn(*args)
+            if i >= warmup:
+                times[label].append(time.perf_counter() - t0)
+    medians = {label: statistics.median(ts) for label, ts in times.items()}
+    benchmark.extra_info.update(
+        target=target, role="pair", label=" vs ".join(sides), mode=MODE, medians=medians, **extra
+    )
+
+    def one_alternation() -> None:
+        for fn, setup in sides.values():
+            fn(*(setup() if setup else ()))
+
+    # pytest-benchmark's own table gets one more alternation (setups included).
+    benchmark.pedantic(one_alternation, rounds=1, iterations=1)
+    return medians

@@ -114,19 +114,39 @@ def _pair(
     better: str,
     inverse: bool = False,
 ) -> Row:
-    """A ckptlite-vs-baseline row: ratio = ckptlite/baseline time (or its inverse)."""
+    """A ckptlite-vs-baseline row: ratio = ckptlite/baseline time (or its inverse).
+
+    The ratio comes from the interleaved test (both sides alternately, same
+    conditions); the separate benchmarks' ratio is shown beside it.
+    """
     c, b = r.one(target, "ckptlite"), r.one(target, "baseline")
-    if c is None or b is None:
+    pair = r.one(target, "pair")
+    if pair is None and (c is None or b is None):
         return Row(target, work, "-", "-", "not measured", "", None)
-    ct, bt = r.median(c), r.median(b)
-    ratio = bt / ct if inverse else ct / bt
+
+    def ratio_of(ct: float, bt: float) -> float:
+        return bt / ct if inverse else ct / bt
+
+    separate = ""
+    if c is not None and b is not None:
+        separate = f" (separate runs: {ratio_of(r.median(c), r.median(b)):.2f}x)"
+    if pair is not None:
+        (cl, ct), (bl, bt) = list(pair["extra_info"]["medians"].items())[:2]
+    else:
+        cl, ct, bl, bt = (
+            c["extra_info"]["label"],
+            r.median(c),
+            b["extra_info"]["label"],
+            r.median(b),
+        )
+    ratio = ratio_of(ct, bt)
     met = ratio >= limit if better == ">=" else ratio <= limit
     return Row(
         target,
         work,
-        f"{_fmt_time(ct)} ({c['extra_info']['label']})",
-        f"{_fmt_time(bt)} ({b['extra_info']['label']})",
-        f"{ratio:.2f}x",
+        f"{_fmt_time(ct)} ({cl})",
+        f"{_fmt_time(bt)} ({bl})",
+        f"{ratio:.2f}x{separate}",
         f"{better} {limit}x",
         met,
     )
@@ -142,16 +162,18 @@ def rows(r: Results) -> list[Row]:
     ]
     resave, first = r.one("P5", "ckptlite"), r.one("P5", "baseline")
     if resave and first:
-        frac = float(resave["extra_info"]["new_bytes_max"])
+        worst = float(resave["extra_info"]["new_bytes_max"])
+        mean = float(resave["extra_info"]["new_bytes_mean"])
         out.append(
             Row(
                 "P5",
-                "save again, 1% rows changed: new bytes stored (worst round)",
-                f"{frac * 100:.2f}% of the array",
+                "save again, 1% rows changed: new bytes stored (mean over rounds, band at "
+                "a random row)",
+                f"{mean * 100:.2f}% of the first save (worst round {worst * 100:.2f}%)",
                 "-",
-                f"{frac * 100:.2f}%",
+                f"{mean * 100:.2f}%",
                 "<= 3%",
-                frac <= 0.03,
+                mean <= 0.03,
             )
         )
         ratio = r.median(resave) / r.median(first)
@@ -171,17 +193,21 @@ def rows(r: Results) -> list[Row]:
     out += _limits(r, "P6", lambda b: b["extra_info"]["label"].startswith("latest"), "latest")
     out += _limits(r, "P6", lambda b: b["extra_info"]["label"].startswith("open"), "open")
     legacy, ck = r.one("P7", "baseline"), r.one("P7", "ckptlite")
-    if legacy and ck:
-        ratio = r.median(legacy) / r.median(ck)
+    pair = r.one("P7", "pair")
+    if pair:
+        (_, ct), (_, lt) = list(pair["extra_info"]["medians"].items())[:2]
+        separate = ""
+        if legacy and ck:
+            separate = f" (separate runs: {r.median(legacy) / r.median(ck):.0f}x)"
         out.append(
             Row(
                 "P7",
-                f"save at {legacy['extra_info']['checkpoints']:,} checkpoints: speed-up",
-                _fmt_time(r.median(ck)),
-                f"{_fmt_time(r.median(legacy))} (legacy core manager)",
-                f"{ratio:.1f}x faster",
+                f"save at {pair['extra_info']['checkpoints']:,} checkpoints: speed-up",
+                _fmt_time(ct),
+                f"{_fmt_time(lt)} (legacy core manager)",
+                f"{lt / ct:.0f}x faster{separate}",
                 ">= 20x",
-                ratio >= 20,
+                lt / ct >= 20,
             )
         )
     else:

@@ -10,7 +10,7 @@ import diskcache
 import pytest
 
 import ckptlite
-from bench.conftest import SIZES, run
+from bench.conftest import SIZES, interleaved, run
 from bench.legacy_core import save_tile_checkpoint
 from bench.states import small_state
 
@@ -119,3 +119,33 @@ def test_p2_legacy_tile_pickle_load(benchmark: object, scratch: Path) -> None:
         warmup=20,
     )
     assert got == STATE
+
+
+@pytest.mark.parametrize("target", ["P1", "P2"])
+@pytest.mark.benchmark(group="P1/P2 interleaved")
+def test_p1_p2_interleaved(benchmark: object, scratch: Path, target: str) -> None:
+    """ckptlite and diskcache alternately, round by round: the ratios the report uses."""
+    keys = itertools.count()
+    with ckptlite.open(scratch / "store") as mgr, diskcache.Cache(str(scratch / "dc")) as cache:
+        for i in range(50):
+            mgr.save("geo-run", small_state(i), name="resample")
+            cache.set(f"geo-run/resample/{next(keys)}", small_state(i))
+        mgr.save("geo-run", STATE, name="resample")
+        cache.set("geo-run/resample", STATE)
+        if target == "P1":
+            sides = {
+                "ckptlite save": (lambda: mgr.save("geo-run", STATE, name="resample"), None),
+                "diskcache.Cache.set": (
+                    lambda: cache.set(f"geo-run/resample/{next(keys)}", STATE),
+                    None,
+                ),
+            }
+        else:
+            sides = {
+                "ckptlite load_latest": (lambda: mgr.load_latest("geo-run", name="resample"), None),
+                "diskcache.Cache.get": (lambda: cache.get("geo-run/resample"), None),
+            }
+        interleaved(benchmark, sides, target=target, rounds=SIZES.small_rounds, warmup=20)
+        hit = mgr.load_latest("geo-run", name="resample")
+        assert hit is not None and hit[1] == STATE
+        assert cache.get("geo-run/resample") == STATE

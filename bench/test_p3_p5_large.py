@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import ckptlite
-from bench.conftest import SIZES, run
+from bench.conftest import SIZES, interleaved, run
 from bench.peers import FILE_PEERS
 from bench.states import raster
 
@@ -184,3 +184,39 @@ def test_p5_resave_one_percent(benchmark: Any, scratch: Path, array: Any) -> Non
             new_bytes_max=max(fractions), new_bytes_mean=sum(fractions) / len(fractions)
         )
         assert np.array_equal(mgr.load(cp.id), changed[0])
+
+
+@pytest.mark.parametrize("target", ["P3", "P4"])
+@pytest.mark.benchmark(group="P3/P4 interleaved")
+def test_p3_p4_interleaved(benchmark: Any, scratch: Path, array: Any, target: str) -> None:
+    """ckptlite and pickle alternately, round by round: the ratios the report uses."""
+    save, load, fname = FILE_PEERS["pickle.dump+fsync"]
+    path = scratch / fname
+    stores = FreshStores(scratch)
+    try:
+        if target == "P3":
+
+            def fresh_file() -> tuple[Any, ...]:
+                path.unlink(missing_ok=True)
+                return (path, array)
+
+            sides = {
+                "ckptlite save": (
+                    lambda mgr: mgr.save("raster", array, name="dem"),
+                    lambda: (stores.next(),),
+                ),
+                "pickle.dump+fsync": (save, fresh_file),
+            }
+        else:
+            mgr = stores.next()
+            cp = mgr.save("raster", array, name="dem")
+            save(path, array)
+            sides = {
+                "ckptlite load": (lambda: mgr.load(cp.id), None),
+                "pickle.load": (lambda: load(path), None),
+            }
+        interleaved(benchmark, sides, target=target, rounds=SIZES.big_rounds, nbytes=ARRAY_BYTES)
+        assert stores.mgr is not None
+        assert np.array_equal(stores.mgr.load_latest("raster")[1], array)  # type: ignore[index]
+    finally:
+        stores.close()

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import ckptlite
-from bench.conftest import SIZES, run
+from bench.conftest import SIZES, interleaved, run
 from bench.legacy_core import LegacyCoreManager
 from bench.states import small_state
 
@@ -65,3 +65,33 @@ def test_p7_ckptlite_save(benchmark: Any, scratch: Path) -> None:
             checkpoints=SIZES.legacy_checkpoints,
         )
         assert mgr.load(cp.id) == processor_data(7)
+
+
+@pytest.mark.benchmark(group="P7 interleaved")
+def test_p7_interleaved(benchmark: Any, scratch: Path) -> None:
+    """ckptlite and the legacy core manager alternately: the ratio the report uses."""
+    legacy = LegacyCoreManager(scratch / "checkpoints")
+    ids = (f"ResamplingProcessor_{1_700_000_000 + i}" for i in itertools.count())
+    with ckptlite.open(scratch / "store") as mgr:
+        for i in range(SIZES.legacy_checkpoints):
+            legacy.save_checkpoint(next(ids), processor_data(i), metadata={"processor": "R"})
+            mgr.save("Resampling", processor_data(i), metadata={"processor": "R"})
+        interleaved(
+            benchmark,
+            {
+                "ckptlite save": (
+                    lambda: mgr.save("Resampling", processor_data(7), metadata={"processor": "R"}),
+                    None,
+                ),
+                "legacy core manager save": (
+                    lambda: legacy.save_checkpoint(
+                        next(ids), processor_data(7), metadata={"processor": "R"}
+                    ),
+                    None,
+                ),
+            },
+            target="P7",
+            rounds=SIZES.legacy_rounds,
+            checkpoints=SIZES.legacy_checkpoints,
+        )
+        assert mgr.load_latest("Resampling")[1] == processor_data(7)  # type: ignore[index]
