@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import PG_DSN, require_pg
 
 import ckptlite
 from ckptlite import Level, Status
@@ -94,11 +93,15 @@ def describe(conn: Any, schema: str, table: str = "pipeline_checkpoints") -> dic
     }
 
 
+def server_dsn(schema_dsn: str) -> str:
+    """The test server's DSN, without the pg_schema fixture's search_path option."""
+    return re.sub(r"[?&]options=-csearch_path%3D\w+$", "", schema_dsn)
+
+
 @pytest.fixture
-def admin() -> Iterator[Any]:
+def admin(pg_schema: str) -> Iterator[Any]:
     """An autocommit connection to the test database (outside ckptlite)."""
-    require_pg()
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+    with psycopg.connect(server_dsn(pg_schema), autocommit=True) as conn:
         yield conn
 
 
@@ -141,7 +144,7 @@ def test_creates_the_legacy_table_with_its_exact_ddl(
 ) -> None:
     with open_pg(pg_schema) as mgr:
         mgr.save("p", 1)
-    with psycopg.connect(PG_DSN, autocommit=True) as ref:
+    with psycopg.connect(server_dsn(pg_schema), autocommit=True) as ref:
         ref.execute(f'SET search_path TO "{other_schema}"')
         ref.execute(LEGACY_DDL)
     made = describe(admin, schema_of(pg_schema))
@@ -321,38 +324,68 @@ def test_dropped_connections_reconnect_and_never_half_commit(pg_schema: str, adm
 
         kill_all()
         assert mgr.get(cp.id) == cp  # an idempotent read is retried on a new connection
-        # A commit blocked inside its transaction is killed: a typed error, nothing written.
+        # A commit killed inside its transaction is redone on a new connection:
+        # the save returns once, and exactly one record is written.
         admin.execute("SELECT pg_advisory_lock(%s)", (backend._commit_key,))
-        errors: list[BaseException] = []
-
-        def save() -> None:
-            try:
-                mgr.save("p", "second")
-            except BaseException as e:
-                errors.append(e)
-
-        t = threading.Thread(target=save)
+        saved: list[Any] = []
+        t = threading.Thread(target=lambda: saved.append(mgr.save("p", "second")))
         t.start()
+        pids = _waiting_on_advisory_lock(admin, backend)
+        admin.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+        admin.execute("SELECT pg_advisory_unlock(%s)", (backend._commit_key,))
+        t.join(30)
+        assert len(saved) == 1 and mgr.load(saved[0].id) == "second"
+        assert sorted(c.id for c in mgr.list()) == sorted([cp.id, saved[0].id])
+        # A write that is not safe to redo, killed mid-transaction: a typed error.
+        blocker = threading.Thread(
+            target=lambda: saved.append(
+                _capture(
+                    lambda: backend._run(
+                        "sleeping", lambda c: c.execute("SELECT pg_sleep(30)"), write=True
+                    )
+                )
+            )
+        )
+        blocker.start()
         for _ in range(200):
-            waiting = admin.execute(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND wait_event = 'advisory' AND application_name = 'ckptlite' "
-                "AND query LIKE '%%pg_advisory_xact_lock%%'"
-            ).fetchall()
-            mine = {c.info.backend_pid for c in list(backend._conns._all) if not c.closed}
-            pids = [p for (p,) in waiting if p in mine]
-            if pids:
+            busy = [
+                p
+                for (p,) in admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'"
+                )
+                if p in {c.info.backend_pid for c in list(backend._conns._all)}
+            ]
+            if busy:
                 break
             time.sleep(0.02)
-        assert pids, "the commit never waited on the lock"
-        admin.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
-        t.join(10)
-        admin.execute("SELECT pg_advisory_unlock(%s)", (backend._commit_key,))
-        assert len(errors) == 1 and isinstance(errors[0], StoreIOError), errors
-        assert errors[0].hint and "rolled back" in errors[0].hint
-        assert [c.id for c in mgr.list()] == [cp.id]
+        admin.execute("SELECT pg_terminate_backend(%s)", (busy[0],))
+        blocker.join(30)
+        error = saved[-1]
+        assert isinstance(error, StoreIOError) and "rolled back" in error.hint, error
         third = mgr.save("p", "third")  # and the next write just works
         assert mgr.load(third.id) == "third" and mgr.verify().ok
+        assert len(mgr.list()) == 3
+
+
+def _capture(fn: Any) -> Any:
+    try:
+        return fn()
+    except BaseException as e:
+        return e
+
+
+def _waiting_on_advisory_lock(admin: Any, backend: Any) -> list[int]:
+    for _ in range(200):
+        waiting = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND wait_event = 'advisory' AND application_name = 'ckptlite'"
+        ).fetchall()
+        mine = {c.info.backend_pid for c in list(backend._conns._all) if not c.closed}
+        pids = [p for (p,) in waiting if p in mine]
+        if pids:
+            return pids
+        time.sleep(0.02)
+    raise AssertionError("the commit never waited on the lock")
 
 
 def test_a_forked_child_uses_its_own_connection(pg_schema: str) -> None:

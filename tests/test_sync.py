@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -17,13 +18,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import PG_DSN
 
 import ckptlite
 from ckptlite import Level, Status, SyncError
 from ckptlite.errors import InvalidInputError
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def server_dsn(schema_dsn: str) -> str:
+    """The test server's DSN, without the pg_schema fixture's search_path option."""
+    return re.sub(r"[?&]options=-csearch_path%3D\w+$", "", schema_dsn)
+
+
 CLI = [sys.executable, "-c", "import sys; from ckptlite.cli import main; sys.exit(main())"]
 Mgr = ckptlite.CheckpointManager
 
@@ -282,7 +289,7 @@ def test_killed_connections_during_a_10k_sync(pg_schema: str, tmp_path: Path) ->
 
     def killer() -> None:
         rng = random.Random(11)
-        with psycopg.connect(PG_DSN, autocommit=True) as admin:
+        with psycopg.connect(server_dsn(pg_schema), autocommit=True) as admin:
             while not stop.is_set() and len(kills) < 12:
                 time.sleep(rng.uniform(0.01, 0.25))
                 for pid in _pids(pg):
@@ -302,13 +309,13 @@ def test_killed_connections_during_a_10k_sync(pg_schema: str, tmp_path: Path) ->
     finally:
         stop.set()
         thread.join()
-    assert failures, "no sync was interrupted: the test proves nothing"
-    print(f"{len(kills)} connections killed, {len(failures)} syncs interrupted")
+    # Each kill either failed a sync (rerun) or was absorbed by a redo on a new connection.
+    assert len(kills) >= 3, "the connection was hardly killed: the test proves nothing"
     final = ckptlite.sync(a, pg, batch_size=250)  # a rerun completes what is left
     assert final.ok
     assert rows(pg) == rows(a)
     schema = pg_schema.split("%3D")[1]
-    with psycopg.connect(PG_DSN) as conn:
+    with psycopg.connect(server_dsn(pg_schema)) as conn:
         conn.execute(f'SET search_path TO "{schema}"')
         ((n, distinct),) = conn.execute(
             "SELECT count(*), count(DISTINCT checkpoint_id) FROM pipeline_checkpoints"

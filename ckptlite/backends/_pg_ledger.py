@@ -88,7 +88,14 @@ class LedgerMixin:
 
     if TYPE_CHECKING:
 
-        def _run(self, what: str, fn: Callable[[Conn], T], *, write: bool = False) -> T: ...
+        def _run(
+            self,
+            what: str,
+            fn: Callable[[Conn], T],
+            *,
+            write: bool = False,
+            idempotent: bool = False,
+        ) -> T: ...
         def _q(self, text: str) -> sql.Composed: ...
         def store_id(self) -> str: ...
 
@@ -145,7 +152,7 @@ class LedgerMixin:
                 raise RunNotFoundError(f"no run {run.id!r}", run_id=run.id)
             return _run_row(row)
 
-        return self._run("updating a run", go, write=True)
+        return self._run("updating a run", go, write=True, idempotent=True)
 
     def get_run(self, run_id: str) -> RunRecord:
         q = self._q(f"SELECT {_RUN_COLS} FROM {{runs}} WHERE id = %s")
@@ -331,4 +338,4 @@ class LedgerMixin:
             conn.execute(self._q(_MARK), (source, mark))
             return written
 
-        return self._run("importing the item ledger", go, write=True)
+        return self._run("importing the item ledger", go, write=True, idempotent=True)

@@ -45,6 +45,7 @@ import contextlib
 import hashlib
 import os
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC
@@ -88,6 +89,7 @@ _TO_LEGACY_STATUS = {
 }
 _FROM_LEGACY_STATUS = {v: k for k, v in _TO_LEGACY_STATUS.items()}
 _BATCH = 5000  # ids per ANY(%s) query
+_RETRY_DELAYS = (0.05, 0.25, 1.0, 0.0)  # sleep after attempt k fails
 
 # Connections a forked child inherited: kept referenced so they are never
 # garbage-collected (and so never closed) in the child.
@@ -284,10 +286,25 @@ class PostgresBackend(LedgerMixin):
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(**self._n)
 
-    def _run(self, what: str, fn: Callable[[Conn], T], *, write: bool = False) -> T:
-        """Run ``fn`` on this thread's connection (in one transaction when ``write``)."""
-        for attempt in range(3):
-            conn = self._conns.get()
+    def _run(
+        self, what: str, fn: Callable[[Conn], T], *, write: bool = False, idempotent: bool = False
+    ) -> T:
+        """Run ``fn`` on this thread's connection (in one transaction when ``write``).
+
+        After a dropped connection, a read, a write that failed at BEGIN (nothing
+        was sent) and an ``idempotent`` write are redone on a new connection, with
+        a short backoff while a restarting server comes back; another write raises
+        StoreIOError (its transaction was rolled back). Deadlocks are redone.
+        """
+        for attempt, delay in enumerate(_RETRY_DELAYS):
+            last = attempt == len(_RETRY_DELAYS) - 1
+            try:
+                conn = self._conns.get()
+            except StoreIOError:
+                if last:
+                    raise
+                time.sleep(delay)
+                continue
             began = False
             try:
                 if write:
@@ -301,13 +318,12 @@ class PostgresBackend(LedgerMixin):
                 broken = conn.closed or conn.broken
                 if broken:
                     self._conns.discard(conn)
-                # A connection the server dropped while it sat idle (a restart) fails
-                # at BEGIN: nothing was sent, so the write is as safe to redo as a read.
-                if attempt < 2 and (
+                if not last and (
                     isinstance(e, pgerr.DeadlockDetected | pgerr.SerializationFailure)
-                    or (broken and (not write or not began) and attempt == 0)
+                    or (broken and (not write or not began or idempotent))
                 ):
-                    continue  # the whole transaction was rolled back, or a read: redo it
+                    time.sleep(delay if broken else 0)
+                    continue  # rolled back, or a read: redo it
                 raise _translate(what, e, broken) from e
         raise AssertionError("unreachable")
 
@@ -384,7 +400,7 @@ class PostgresBackend(LedgerMixin):
             with conn.cursor() as cur:
                 cur.executemany(q, rows)
 
-        self._run("writing chunks", run, write=True)
+        self._run("writing chunks", run, write=True, idempotent=True)
 
     def has_chunks(self, digests: Iterable[str]) -> set[str]:
         return self._has("{chunks}", "digest", digests, "reading the chunk index")
@@ -452,11 +468,23 @@ class PostgresBackend(LedgerMixin):
             "manifest": record.manifest,
         }
 
+        mine = self._q(
+            "SELECT r.seq FROM " + self._FROM + " WHERE r.checkpoint_id = %s "
+            "AND l.validation_checksum = %s AND l.created_at = %s"
+        )
+        tries = [0]
+
         def run(conn: Conn) -> int:
+            tries[0] += 1
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._commit_key,))
             row = conn.execute(check, args).fetchone()
             assert row is not None
             exists, parent_ok, missing = row
+            if exists and tries[0] > 1:
+                # Redone after the connection died: maybe the first try did commit.
+                ours = conn.execute(mine, (cp.id, cp.checksum, cp.created_at)).fetchone()
+                if ours is not None:
+                    return int(ours[0])
             if missing:
                 raise MissingChunksError(
                     f"{len(missing)} chunk(s) of {cp.id} are not stored", digests=tuple(missing)
@@ -481,7 +509,7 @@ class PostgresBackend(LedgerMixin):
             assert seq is not None
             return int(seq[0])
 
-        seq = self._run(f"committing {cp.id}", run, write=True)
+        seq = self._run(f"committing {cp.id}", run, write=True, idempotent=True)
         return cp.replace(seq=seq)
 
     def _select(self, where: str = "", tail: str = "", extra: str = "") -> sql.Composed:
@@ -560,7 +588,9 @@ class PostgresBackend(LedgerMixin):
         )
         st = Status(status)
         args = (_TO_LEGACY_STATUS[st], st.value, checkpoint_id, checkpoint_id)
-        n = self._run("changing a status", lambda c: c.execute(q, args).rowcount, write=True)
+        n = self._run(
+            "changing a status", lambda c: c.execute(q, args).rowcount, write=True, idempotent=True
+        )
         if n == 0:
             raise CheckpointNotFoundError(
                 f"no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id
@@ -714,8 +744,9 @@ class PostgresBackend(LedgerMixin):
     def import_records(self, records: Sequence[StoredRecord], source: str, mark: int) -> int:
         from ._pg_import import import_records
 
-        return self._run(
+        return self._run(  # staged rows already present are skipped: safe to redo
             "importing checkpoints",
             lambda conn: import_records(self, conn, records, source, mark),
             write=True,
+            idempotent=True,
         )
