@@ -19,6 +19,7 @@ from .types import StoredChunk
 __all__ = [
     "CODEC_RAW",
     "CODEC_ZSTD",
+    "EMPTY_MANIFEST",
     "MAX_CHUNK",
     "Manifest",
     "compress_chunk",
@@ -113,14 +114,15 @@ def restore_chunk_into(chunk: StoredChunk, out: memoryview) -> None:
 def pack_manifest(manifest: Manifest) -> bytes:
     """Serialise a manifest (digests as 32 raw bytes)."""
     if not manifest:
-        return _EMPTY_MANIFEST
+        return EMPTY_MANIFEST
     packer = msgpack.Packer(use_bin_type=True, buf_size=64 + 48 * sum(map(len, manifest)))
     return packer.pack(  # type: ignore[no-any-return]
         [[[bytes.fromhex(d), s] for d, s in buf] for buf in manifest]
     )
 
 
-_EMPTY_MANIFEST: bytes = msgpack.packb([])
+#: The manifest of a state without buffers.
+EMPTY_MANIFEST: bytes = msgpack.packb([])
 
 
 def unpack_manifest(data: bytes) -> Manifest:

@@ -582,6 +582,8 @@ class CheckpointManager:
         if chunking.record_checksum(record.payload, record.manifest) != cp.checksum:
             raise CorruptCheckpointError("record checksum does not match", checkpoint_id=cp.id)
         skeleton = _unpack_payload(record.payload, cp.size)
+        if record.manifest == chunking.EMPTY_MANIFEST:  # the common small state: no buffers
+            return codec.decode(skeleton, [], allow_pickle=self.allow_pickle)
         manifest = chunking.unpack_manifest(record.manifest)
         if sum(chunking.buffer_sizes(manifest)) > cp.size:  # check before allocating
             raise CorruptCheckpointError("chunk manifest declares more than the recorded size")
