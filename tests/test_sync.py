@@ -403,3 +403,17 @@ def test_cli_sync_to_and_from(pg_schema: str, tmp_path: Path) -> None:
         text=True,
     )
     assert missing.returncode == 2 and "hint" in missing.stderr
+
+
+def test_a_backup_is_another_store_for_sync(tmp_path: Path) -> None:
+    a, hub = local(tmp_path / "a"), ckptlite.open("memory://")
+    a.save("p", 1)
+    ckptlite.sync(a, hub)
+    a.backup(tmp_path / "b")
+    with local(tmp_path / "b") as b:
+        assert b.backend.store_id() != a.backend.store_id()
+        in_a, in_b = a.save("p", "a"), b.save("p", "b")  # the same seq on both sides
+        assert ckptlite.sync(a, hub).checkpoints_copied == 1
+        report = ckptlite.sync(b, hub)
+    assert report.checkpoints_copied == 1 and report.checkpoints_skipped == 1
+    assert hub.exists(in_a.id) and hub.exists(in_b.id)

@@ -619,6 +619,12 @@ class LocalBackend:
             snap = apsw.Connection(str(dest / DB_NAME))
             try:
                 files = [r[0] for r in snap.execute("SELECT digest FROM chunks WHERE data IS NULL")]
+                # The copy is another store: with the same id, sync would take its new
+                # checkpoints (seqs reused after the copy point) for ones already synced.
+                snap.execute(
+                    "UPDATE store_meta SET value = lower(hex(randomblob(16))) "
+                    "WHERE key = 'store_id'"
+                )
             finally:
                 snap.close()
             for i, d in enumerate(files, 1):
