@@ -39,8 +39,10 @@ def generate_checkpoint_id(level: Level | str = Level.STEP, *, now: datetime | N
     >>> parse_checkpoint_id(generate_checkpoint_id(Level.STAGE)).level
     <Level.STAGE: 'stage'>
     """
-    lvl = _level(level)
-    w = (now or datetime.now(UTC)).astimezone(UTC)
+    lvl = level if type(level) is Level else _level(level)
+    w = now or datetime.now(UTC)
+    if w.tzinfo is not UTC:
+        w = w.astimezone(UTC)
     # Formatted by hand: strftime was a tenth of a small save.
     return (
         f"chk_{lvl.value}_{w.year:04d}{w.month:02d}{w.day:02d}T{w.hour:02d}{w.minute:02d}"

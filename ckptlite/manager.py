@@ -295,15 +295,16 @@ class CheckpointManager:
         parent_id = parent.id if isinstance(parent, Checkpoint) else parent
         if parent_id is not None and not isinstance(parent_id, str):
             raise InvalidInputError(f"parent must be a checkpoint id, not {parent_id!r}")
+        created = datetime.now(UTC)
         return Checkpoint(
-            id=generate_checkpoint_id(lvl),
+            id=generate_checkpoint_id(lvl, now=created),  # one clock read: id time = created_at
             process_id=process_id,
             level=lvl,
             name=name,
             parent_id=parent_id,
             seq=0,
             status=Status.VALID,
-            created_at=datetime.now(UTC),
+            created_at=created,
             size=0,
             stored_size=0,
             checksum="",
