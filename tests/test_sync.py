@@ -417,3 +417,12 @@ def test_a_backup_is_another_store_for_sync(tmp_path: Path) -> None:
         report = ckptlite.sync(b, hub)
     assert report.checkpoints_copied == 1 and report.checkpoints_skipped == 1
     assert hub.exists(in_a.id) and hub.exists(in_b.id)
+
+
+def test_repeated_syncs_do_not_pile_up_connections(pg_schema: str, tmp_path: Path) -> None:
+    with ckptlite.open(pg_schema) as hub, local(tmp_path / "b") as b:
+        hub.save("p", 1)
+        for i in range(6):
+            hub.save("p", i)
+            assert ckptlite.sync(hub, b).checkpoints_copied >= 1  # read by a new thread each time
+        assert len(hub.backend._conns._all) <= 3  # type: ignore[attr-defined]

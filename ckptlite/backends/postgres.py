@@ -187,6 +187,7 @@ class _Connections:
         self._pid = os.getpid()
         self._local = threading.local()
         self._all: list[Conn] = []
+        self._owners: dict[int, threading.Thread] = {}  # id(conn) -> the thread it serves
         self._lock = threading.Lock()
 
     def get(self) -> Conn:
@@ -212,6 +213,16 @@ class _Connections:
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
+                self._owners[id(conn)] = threading.current_thread()
+                # Threads come and go (a sync's reader, short-lived workers): close the
+                # connections of finished ones, or each would stay open until close().
+                orphans = [c for c in self._all if not self._owners[id(c)].is_alive()]
+                for c in orphans:
+                    self._all.remove(c)
+                    del self._owners[id(c)]
+            for c in orphans:
+                with contextlib.suppress(psycopg.Error):
+                    c.close()
         return conn
 
     def discard(self, conn: Conn) -> None:
@@ -220,6 +231,7 @@ class _Connections:
         with self._lock:
             if conn in self._all:
                 self._all.remove(conn)
+                del self._owners[id(conn)]
         with contextlib.suppress(psycopg.Error):
             conn.close()
 
@@ -229,6 +241,7 @@ class _Connections:
         self._pid = os.getpid()
         self._local = threading.local()
         self._all = []
+        self._owners = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -237,6 +250,7 @@ class _Connections:
             return
         with self._lock:
             conns, self._all = self._all, []
+            self._owners = {}
         for c in conns:
             with contextlib.suppress(psycopg.Error):
                 c.close()
