@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import apsw
@@ -53,32 +54,44 @@ def _check_version() -> None:
         )
 
 
-@contextlib.contextmanager
-def translate_errors(what: str) -> Iterator[None]:
+class translate_errors:  # a class, not @contextmanager: it wraps every query (~1 us less)
     """Map apsw errors raised inside the block to ckptlite's typed errors."""
-    try:
-        yield
-    except (apsw.BusyError, apsw.LockedError) as e:
-        raise StoreLockedError(f"{what}: the store is busy ({e})") from e
-    except apsw.FullError as e:
-        raise StoreFullError(f"{what}: the disk is full ({e})") from e
-    except apsw.IOError as e:
-        raise StoreIOError(f"{what}: I/O error ({e})") from e
-    except (apsw.CorruptError, apsw.NotADBError) as e:
-        raise StoreError(
-            f"{what}: the database file is damaged ({e})",
-            hint="Restore from a backup (`ckptlite backup`), or run `sqlite3 .recover` on a copy.",
-        ) from e
-    except apsw.CantOpenError as e:
-        raise StoreError(f"{what}: cannot open the database ({e})") from e
-    except OSError as e:
-        import errno
 
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, tp: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if e is None:
+            return
+        what = self.what
+        if isinstance(e, apsw.BusyError | apsw.LockedError):
+            raise StoreLockedError(f"{what}: the store is busy ({e})") from e
+        if isinstance(e, apsw.FullError):
             raise StoreFullError(f"{what}: the disk is full ({e})") from e
-        if e.errno == errno.EIO:
+        if isinstance(e, apsw.IOError):
             raise StoreIOError(f"{what}: I/O error ({e})") from e
-        raise
+        if isinstance(e, apsw.CorruptError | apsw.NotADBError):
+            raise StoreError(
+                f"{what}: the database file is damaged ({e})",
+                hint="Restore from a backup (`ckptlite backup`), or run `sqlite3 .recover` on a "
+                "copy.",
+            ) from e
+        if isinstance(e, apsw.CantOpenError):
+            raise StoreError(f"{what}: cannot open the database ({e})") from e
+        if isinstance(e, OSError):
+            import errno
+
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFullError(f"{what}: the disk is full ({e})") from e
+            if e.errno == errno.EIO:
+                raise StoreIOError(f"{what}: I/O error ({e})") from e
 
 
 class Database:

@@ -317,10 +317,20 @@ class CheckpointManager:
         payload = _pack_payload(encoded.skeleton)
         manifest_bytes = chunking.pack_manifest(manifest)
         digests = chunking.manifest_digests(manifest)
-        cp = cp.replace(
+        cp = Checkpoint(  # built directly: dataclasses.replace costs twice as much
+            id=cp.id,
+            process_id=cp.process_id,
+            level=cp.level,
+            name=cp.name,
+            parent_id=cp.parent_id,
+            seq=cp.seq,
+            status=cp.status,
+            created_at=cp.created_at,
             size=encoded.size,
             stored_size=len(payload) + written,
             checksum=chunking.record_checksum(payload, manifest_bytes),
+            metadata=cp.metadata,
+            progress=cp.progress,
         )
         record = StoredRecord(cp, payload, manifest_bytes, digests)
         for _attempt in range(5):
