@@ -16,7 +16,8 @@ from ..errors import InvalidInputError, MissingChunksError
 from ..types import StoredRecord
 
 if TYPE_CHECKING:
-    from .postgres import Conn, PostgresBackend
+    from ._pg_conn import Conn
+    from .postgres import PostgresBackend
 
 __all__ = ["import_records"]
 

@@ -19,7 +19,7 @@ from .base import ledger_entry_wins
 if TYPE_CHECKING:
     from psycopg import sql
 
-    from .postgres import Conn
+    from ._pg_conn import Conn
 
 __all__ = ["LedgerMixin"]
 

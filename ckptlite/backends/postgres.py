@@ -41,43 +41,34 @@ raise ``StoreIOError`` (their transaction was rolled back).
 from __future__ import annotations
 
 import builtins
-import contextlib
 import hashlib
-import os
-import threading
-import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC
 from typing import Any, TypeVar
 
-import psycopg
 from psycopg import errors as pgerr
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from ..errors import (
     CheckpointNotFoundError,
-    CkptliteError,
     ConfigError,
     CorruptCheckpointError,
     InvalidInputError,
     MigrationError,
     MissingChunksError,
     StoreError,
-    StoreFullError,
     StoreIOError,
-    StoreLockedError,
 )
 from ..types import Checkpoint, GcReport, Level, Status, StoredChunk, StoredRecord
 from . import _pg_schema
+from ._pg_conn import Conn, Connections, display_url, run, split_url
 from ._pg_ledger import LedgerMixin
 from .base import ListQuery, StructureCheck, dump_metadata
 
 __all__ = ["PostgresBackend"]
 
 T = TypeVar("T")
-Conn = psycopg.Connection[Any]
 
 _TO_LEGACY_LEVEL = {Level.STAGE: "phase"}
 _FROM_LEGACY_LEVEL = {"phase": Level.STAGE}
@@ -89,11 +80,6 @@ _TO_LEGACY_STATUS = {
 }
 _FROM_LEGACY_STATUS = {v: k for k, v in _TO_LEGACY_STATUS.items()}
 _BATCH = 5000  # ids per ANY(%s) query
-_RETRY_DELAYS = (0.05, 0.25, 1.0, 0.0)  # sleep after attempt k fails
-
-# Connections a forked child inherited: kept referenced so they are never
-# garbage-collected (and so never closed) in the child.
-_inherited: list[Conn] = []
 
 
 def _legacy_level(level: Level) -> str:
@@ -140,123 +126,6 @@ def _checkpoint(row: Sequence[Any]) -> Checkpoint:
     )
 
 
-def _split_url(url: str) -> tuple[str, dict[str, str]]:
-    """Split ckptlite's own ``ckptlite_*`` query parameters off a libpq URL."""
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    ours = {k.removeprefix("ckptlite_"): v for k, v in query if k.startswith("ckptlite_")}
-    rest = urllib.parse.urlencode([(k, v) for k, v in query if not k.startswith("ckptlite_")])
-    return urllib.parse.urlunsplit(parts._replace(query=rest)), ours
-
-
-def _display_url(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
-def _translate(what: str, e: psycopg.Error, broken: bool) -> CkptliteError:
-    """Map a psycopg error to ckptlite's typed errors."""
-    if broken:
-        return StoreIOError(
-            f"{what}: lost the connection to PostgreSQL ({e})",
-            hint="Its transaction was rolled back (unless the connection died during COMMIT: "
-            "check with exists()). Retry; a new connection is opened. A sync resumes.",
-        )
-    if isinstance(e, pgerr.DiskFull):
-        return StoreFullError(f"{what}: the PostgreSQL server is out of disk ({e})")
-    if isinstance(e, pgerr.LockNotAvailable | pgerr.QueryCanceled | pgerr.TransactionRollback):
-        return StoreLockedError(f"{what}: PostgreSQL is busy ({e})")
-    if isinstance(e, pgerr.DataError):
-        return InvalidInputError(
-            f"{what}: PostgreSQL rejected a value ({e})",
-            hint="Ids and process ids are at most 255 characters; strings cannot hold NUL.",
-        )
-    if isinstance(e, psycopg.OperationalError):
-        return StoreIOError(f"{what}: PostgreSQL failed ({e})", hint="Check the server, retry.")
-    return StoreError(f"{what}: PostgreSQL error ({e})", hint="Check the server log.")
-
-
-class _Connections:
-    """One connection per thread (autocommit; writes open explicit transactions)."""
-
-    def __init__(self, conninfo: str) -> None:
-        self.conninfo = conninfo
-        self._pid = os.getpid()
-        self._local = threading.local()
-        self._all: list[Conn] = []
-        self._owners: dict[int, threading.Thread] = {}  # id(conn) -> the thread it serves
-        self._lock = threading.Lock()
-
-    def get(self) -> Conn:
-        if os.getpid() != self._pid:
-            self._after_fork()
-        conn: Conn | None = getattr(self._local, "conn", None)
-        if conn is not None and (conn.closed or conn.broken):
-            self.discard(conn)
-            conn = None
-        if conn is None:
-            try:
-                conn = psycopg.connect(
-                    self.conninfo, autocommit=True, connect_timeout=10, application_name="ckptlite"
-                )
-            except psycopg.Error as e:
-                raise StoreIOError(
-                    f"cannot connect to PostgreSQL: {e}",
-                    hint="Check that the server runs and the URL (host, port, database, user).",
-                ) from e
-            # Short OLTP statements: JIT compilation only adds latency to them.
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("SET jit = off")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-                self._owners[id(conn)] = threading.current_thread()
-                # Threads come and go (a sync's reader, short-lived workers): close the
-                # connections of finished ones, or each would stay open until close().
-                orphans = [c for c in self._all if not self._owners[id(c)].is_alive()]
-                for c in orphans:
-                    self._all.remove(c)
-                    del self._owners[id(c)]
-            for c in orphans:
-                with contextlib.suppress(psycopg.Error):
-                    c.close()
-        return conn
-
-    def discard(self, conn: Conn) -> None:
-        if getattr(self._local, "conn", None) is conn:
-            self._local.conn = None
-        with self._lock:
-            if conn in self._all:
-                self._all.remove(conn)
-                del self._owners[id(conn)]
-        with contextlib.suppress(psycopg.Error):
-            conn.close()
-
-    def _after_fork(self) -> None:
-        # The parent's sockets are shared with it: never close (or use) them here.
-        _inherited.extend(self._all)
-        self._pid = os.getpid()
-        self._local = threading.local()
-        self._all = []
-        self._owners = {}
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        if os.getpid() != self._pid:
-            self._after_fork()
-            return
-        with self._lock:
-            conns, self._all = self._all, []
-            self._owners = {}
-        for c in conns:
-            with contextlib.suppress(psycopg.Error):
-                c.close()
-        self._local = threading.local()
-
-
 class PostgresBackend(LedgerMixin):
     """Records in ``pipeline_checkpoints`` + ckptlite's tables; chunks as BYTEA rows.
 
@@ -278,12 +147,12 @@ class PostgresBackend(LedgerMixin):
         table: str | None = None,
         prefix: str | None = None,
     ) -> None:
-        conninfo, opts = _split_url(url)
-        self.url = _display_url(url)
+        conninfo, opts = split_url(url)
+        self.url = display_url(url)
         self.table = table or opts.get("table") or "pipeline_checkpoints"
         self.prefix = prefix or opts.get("prefix") or "ckptlite_"
         self._n = _pg_schema.names(self.table, self.prefix)
-        self._conns = _Connections(conninfo)
+        self._conns = Connections(conninfo)
         try:
             self._conns.get()
             self._store_id = self._run("setting up the schema", self._setup, write=True)
@@ -303,43 +172,7 @@ class PostgresBackend(LedgerMixin):
     def _run(
         self, what: str, fn: Callable[[Conn], T], *, write: bool = False, idempotent: bool = False
     ) -> T:
-        """Run ``fn`` on this thread's connection (in one transaction when ``write``).
-
-        After a dropped connection, a read, a write that failed at BEGIN (nothing
-        was sent) and an ``idempotent`` write are redone on a new connection, with
-        a short backoff while a restarting server comes back; another write raises
-        StoreIOError (its transaction was rolled back). Deadlocks are redone.
-        """
-        for attempt, delay in enumerate(_RETRY_DELAYS):
-            last = attempt == len(_RETRY_DELAYS) - 1
-            try:
-                conn = self._conns.get()
-            except StoreIOError:
-                if last:
-                    raise
-                time.sleep(delay)
-                continue
-            began = False
-            try:
-                if write:
-                    with conn.transaction():
-                        began = True
-                        return fn(conn)
-                return fn(conn)
-            except CkptliteError:
-                raise
-            except psycopg.Error as e:
-                broken = conn.closed or conn.broken
-                if broken:
-                    self._conns.discard(conn)
-                if not last and (
-                    isinstance(e, pgerr.DeadlockDetected | pgerr.SerializationFailure)
-                    or (broken and (not write or not began or idempotent))
-                ):
-                    time.sleep(delay if broken else 0)
-                    continue  # rolled back, or a read: redo it
-                raise _translate(what, e, broken) from e
-        raise AssertionError("unreachable")
+        return run(self._conns, what, fn, write=write, idempotent=idempotent)
 
     def _setup(self, conn: Conn) -> str:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("setup", self.table),))
