@@ -9,7 +9,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -373,7 +373,11 @@ class CheckpointManager:
         for buf in buffers:
             views = chunking.split(buf, size)
             groups = [views[i : i + group] for i in range(0, len(views), group)]
-            done = [e for part in pool.map(store, groups) for e in part]
+            futures = [pool.submit(store, g) for g in groups]
+            # Let every group finish before raising one's error: a failed save must not
+            # return while other groups are still writing (their temp files, their rows).
+            wait(futures)
+            done = [e for f in futures for e in f.result()]
             written += sum(n for _, n in done)
             manifest.append([(d, v.nbytes) for (d, _), v in zip(done, views, strict=True)])
         return manifest, written

@@ -132,7 +132,8 @@ def test_sigkill_at_random_moments_of_sync(tmp_path: Path) -> None:
     partial = []
     try:
         for i in range(25):
-            assert zyg.run_and_kill(i + 1, rng.uniform(0.0, 0.5)) == signal.SIGKILL
+            # Short first, then longer: the early kills land mid-copy, the later ones anywhere.
+            assert zyg.run_and_kill(i + 1, rng.uniform(0.01, 0.04 + 0.02 * i)) == signal.SIGKILL
             if (target / "ckptlite.db").exists():
                 partial.append(common_check(target).listed)
     finally:
@@ -175,7 +176,7 @@ def test_sigkill_at_random_moments_of_migrate(tmp_path: Path) -> None:
     counts = []
     try:
         for i in range(20):
-            assert zyg.run_and_kill(i + 1, rng.uniform(0.0, 0.6)) == signal.SIGKILL
+            assert zyg.run_and_kill(i + 1, rng.uniform(0.01, 0.04 + 0.03 * i)) == signal.SIGKILL
             if (target / "ckptlite.db").exists():
                 counts.append(common_check(target, expected=expect).listed)
                 with ckptlite.open(target) as mgr:

@@ -18,6 +18,10 @@ def _fork(body: object, *args: object) -> int:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
+        import faulthandler
+        import sys
+
+        faulthandler.dump_traceback_later(15, file=sys.stderr)  # a hang says where
         try:
             code = body(*args)  # type: ignore[operator]
         except BaseException:
@@ -77,8 +81,13 @@ def test_child_uses_inherited_manager_and_parent_is_unaffected(
     common_check(store, rep)
 
 
-def test_child_forked_during_parent_activity(tmp_path: Path) -> None:
-    """Fork while the parent's pool threads are busy loading: the child still works."""
+def test_child_forked_after_parent_threads_used_the_store(tmp_path: Path) -> None:
+    """Parent threads (and the pool's) hold open connections: the child opens its own.
+
+    Forking while another thread is *inside* SQLite is not covered: SQLite's own
+    static mutexes may be held at that instant and stay held in the child (an
+    SQLite limitation; see the README's Guarantees).
+    """
     import threading
 
     store = tmp_path / "store"
@@ -86,27 +95,22 @@ def test_child_forked_during_parent_activity(tmp_path: Path) -> None:
     rep = Reported()
     cp = save_one(mgr, None, 1, 1_200_000)
     rep.saved[cp.id] = (1, 1_200_000)
-    stop = threading.Event()
-    errors: list[BaseException] = []
 
     def reader() -> None:
-        try:
-            while not stop.is_set():
-                mgr.load(cp.id)
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for _ in range(5):
+            assert mgr.load(cp.id) is not None
 
-    t = threading.Thread(target=reader)
-    t.start()
-    try:
-        codes = [_fork(_child_saves, mgr, [cp.id], str(tmp_path / f"ids{i}")) for i in range(3)]
-    finally:
-        stop.set()
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
         t.join()
-    assert codes == [0, 0, 0] and not errors
+    codes = [_fork(_child_saves, mgr, [cp.id], str(tmp_path / f"ids{i}")) for i in range(3)]
+    assert codes == [0, 0, 0]
     for i in range(3):
         for n, cid in enumerate((tmp_path / f"ids{i}").read_text().split()):
             rep.saved[cid] = (500 + n, 300_000)
+    assert mgr.load(cp.id) is not None  # the parent's threads' connections still work
     mgr.close()
     common_check(store, rep)
 
