@@ -249,6 +249,8 @@ def test_legacy_latest_query_returns_the_newest_usable(pg_schema: str, admin: An
             mgr.load(damaged.id)
         assert admin.execute(LEGACY_LATEST, ("geo", "phase")).fetchone() == (good.id,)
         assert mgr.latest("geo", level=Level.STAGE, name="s") == good
+        hit = mgr.load_latest("geo", level=Level.STAGE, name="s")
+        assert hit is not None and hit[0] == good and np.array_equal(hit[1]["a"], arr * 2)
         rows = {
             r[0]: r[1:]
             for r in admin.execute(

@@ -399,6 +399,21 @@ class PostgresBackend(LedgerMixin):
         )
         return found[0] if found else None
 
+    def latest_record(
+        self, process_id: str, level: Level | None, name: str | None
+    ) -> StoredRecord | None:
+        """Return the slot's latest VALID record with its payload, in one query (or None)."""
+        where, args = "WHERE r.process_id = %s AND l.status = 'valid'", [process_id]
+        if level is not None:
+            where += " AND r.level = %s"
+            args.append(level.value)
+        if name is not None:
+            where += " AND r.name = %s"
+            args.append(name)
+        q = self._select(where, "ORDER BY r.seq DESC LIMIT 1", extra=self._RECORD_EXTRA)
+        row = self._run("reading a checkpoint", lambda c: c.execute(q, args).fetchone())
+        return None if row is None else self._record(row)
+
     def list(self, query: ListQuery) -> builtins.list[Checkpoint]:
         where: builtins.list[str] = []
         args: builtins.list[Any] = []
