@@ -360,7 +360,7 @@ def _disk(path: Path) -> str:
     for cand in (name, name.rstrip("0123456789")):
         p = Path(f"/sys/block/{cand}/queue/rotational")
         if p.exists():
-            rot = "rotational" if p.read_text().strip() == "1" else "SSD/virtual"
+            rot = f"queue/rotational={p.read_text().strip()}"
             break
     return f"{dev} ({fstype}, {size:.0f} GiB, {rot}), bench stores under {tempfile.gettempdir()}"
 
