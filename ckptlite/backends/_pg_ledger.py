@@ -271,6 +271,8 @@ class LedgerMixin:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             row = conn.execute(self._q("SELECT v FROM {ledger_clock} WHERE k = 1")).fetchone()
             assert row is not None
+            if int(row[0]) <= after:
+                return int(row[0]), [], []
             items = [
                 ItemRecord(rid, g, i, ok, n, err, None if st is None else bytes(st), ch)
                 for rid, g, i, ok, n, err, st, ch in conn.execute(items_q, [after, *args])

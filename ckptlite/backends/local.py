@@ -910,6 +910,8 @@ class LocalBackend:
             conn.execute("BEGIN")  # one snapshot for the clock, the runs and the entries
             try:
                 row: Any = conn.execute("SELECT v FROM ledger_clock WHERE k=1").fetchone()
+                if int(row[0]) <= after:  # nothing changed: no scan of a big ledger
+                    return int(row[0]), [], []
                 items = [
                     ItemRecord(rid, g, i, bool(ok), n, err, st, ch)
                     for rid, g, i, ok, n, err, st, ch in conn.execute(

@@ -331,6 +331,8 @@ class MemoryBackend:
     ) -> tuple[int, builtins.list[RunRecord], builtins.list[ItemRecord]]:
         with self._lock:
             clock = self._clock
+            if clock <= after:
+                return clock, [], []
             items = [
                 ItemRecord(rid, g, item, v[0], v[1], v[2], v[3], v[4])
                 for (rid, g), entries in self._items.items()
