@@ -194,9 +194,10 @@ class _Job:
                 f"{self.src.url} and {self.dst.url} are the same store",
                 hint="Sync between two different stores.",
             )
+        # Store ids are hex (or UUIDs): these keys cannot collide whatever the process id.
         key = source_id if self.process_id is None else f"{source_id}:{self.process_id}"
         self._records(key)
-        self._ledger(key + "#ledger")
+        self._ledger("ledger:" + key)
 
     # -- checkpoints and chunks -------------------------------------------------------
 
