@@ -291,7 +291,7 @@ def test_killed_connections_during_a_10k_sync(pg_schema: str, tmp_path: Path) ->
         rng = random.Random(11)
         with psycopg.connect(server_dsn(pg_schema), autocommit=True) as admin:
             while not stop.is_set() and len(kills) < 12:
-                time.sleep(rng.uniform(0.01, 0.25))
+                time.sleep(rng.uniform(0.005, 0.08))
                 for pid in _pids(pg):
                     admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
                     kills.append(pid)
@@ -301,7 +301,7 @@ def test_killed_connections_during_a_10k_sync(pg_schema: str, tmp_path: Path) ->
     try:
         for _attempt in range(100):
             try:
-                ckptlite.sync(a, pg, batch_size=250)
+                ckptlite.sync(a, pg, batch_size=100)
                 break
             except SyncError as e:  # a rerun resumes where this one stopped
                 failures.append(e)
