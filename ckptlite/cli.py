@@ -697,7 +697,7 @@ def _sync(ctx: Context) -> int:
         f"entr{'y' if r.items_copied == 1 else 'ies'} in {r.seconds:.1f}s"
     ]
     if r.failed:
-        lines.append(f"not copied (chunks unreadable at the source): {', '.join(r.failed)}")
+        lines.append(f"not copied (unreadable at the source, or refused): {', '.join(r.failed)}")
     ctx.emit(r.to_dict(), lines)
     return EXIT_OK if r.ok else EXIT_PROBLEMS
 

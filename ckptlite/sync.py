@@ -24,7 +24,9 @@ deleted at the source stays in the target, and one deleted in the target is
 not copied again); status changes made after a checkpoint was copied (a later
 CORRUPTED or ARCHIVED at the source); rows of the legacy
 ``pipeline_checkpoints`` table that ckptlite did not write. Checkpoints whose
-chunks the source cannot read are skipped and listed in ``SyncReport.failed``.
+chunks the source cannot read, or that the target refuses (a process id longer
+than PostgreSQL's 255 characters), are skipped with their descendants and
+listed in ``SyncReport.failed``; the rest is copied.
 Copied bytes are verified when the target loads them, not during the copy.
 """
 
@@ -70,7 +72,7 @@ class SyncReport:
     bytes_copied: int = 0
     runs_copied: int = 0
     items_copied: int = 0
-    failed: tuple[str, ...] = ()  # not copied: their chunks are unreadable at the source
+    failed: tuple[str, ...] = ()  # not copied: unreadable at the source, or refused
     mark: int = 0  # the source seq the target is now synced up to
     seconds: float = 0.0
 
@@ -225,9 +227,25 @@ class _Job:
                 if attempt == 2:
                     raise
                 self._write(list(e.digests))
+            except InvalidInputError:
+                self._one_by_one(fresh, key, last)
+                break
         self.mark = last
         if self.progress is not None:
             self.progress(self.copied + self.skipped, None)
+
+    def _one_by_one(self, fresh: list[StoredRecord], key: str, last: int) -> None:
+        """Import record by record, so one the target refuses stops only itself.
+
+        A refused record (say, a process id too long for PostgreSQL) and its
+        descendants go to ``failed``; the mark then moves past the batch.
+        """
+        for rec in fresh:
+            try:
+                self.copied += self.dst.import_records([rec], key, self.mark)
+            except InvalidInputError:
+                self.failed.append(rec.checkpoint.id)
+        self.dst.import_records([], key, last)
 
     def _with_ancestors(self, fresh: list[StoredRecord]) -> list[StoredRecord]:
         """Prepend the ancestors the target lacks and the batch does not hold."""

@@ -426,3 +426,16 @@ def test_repeated_syncs_do_not_pile_up_connections(pg_schema: str, tmp_path: Pat
             hub.save("p", i)
             assert ckptlite.sync(hub, b).checkpoints_copied >= 1  # read by a new thread each time
         assert len(hub.backend._conns._all) <= 3  # type: ignore[attr-defined]
+
+
+def test_a_record_the_target_refuses_does_not_stop_the_rest(pg_schema: str, tmp_path: Path) -> None:
+    a = local(tmp_path / "a")
+    before = a.save("p", 1)
+    long_root = a.save("x" * 300, "too long for VARCHAR(255)", level=Level.PIPELINE)
+    its_child = a.save("x" * 300, "child", parent=long_root)
+    after = a.save("p", 2)
+    with ckptlite.open(pg_schema) as pg:
+        report = ckptlite.sync(a, pg)
+        assert set(report.failed) == {long_root.id, its_child.id} and not report.ok
+        assert {c.id for c in pg.list()} == {before.id, after.id}
+        assert not ckptlite.sync(a, pg).changed  # the mark moved past them
