@@ -32,9 +32,11 @@ listed, loaded or synced: to ckptlite they do not exist. Their ids still
 cannot be reused.
 
 Record commits take one transaction-level advisory lock per store, so seq
-order is commit order (sync's high-water marks rely on it). Connections: one
-per thread, opened lazily; a forked child opens its own and never touches the
-parent's. A dropped connection is replaced: reads are retried once, writes
+order is commit order (sync's high-water marks rely on it). Connections
+(``_pg_conn``): one per thread, opened lazily; a forked child opens its own and
+never touches the parent's. A dropped connection is replaced: reads and writes
+that are safe to redo (chunks, commits, which first look for their own earlier
+try, sync imports, status changes) are redone with a short backoff; the others
 raise ``StoreIOError`` (their transaction was rolled back).
 """
 
