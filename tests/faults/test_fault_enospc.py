@@ -1,4 +1,9 @@
-"""Item 2: the disk fills up (a real 8 MiB tmpfs) while chunks or rows are written."""
+"""Item 2: the disk fills up (a real 8 MiB tmpfs) while chunks or rows are written.
+
+Every case runs on a real tmpfs (we run as root; CI does). The first case also
+runs with the blob writer's ``os`` replaced by one whose disk has 8 MiB left, so
+the ENOSPC path is proved even where mount is refused.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fault_harness import Reported, common_check, make_state, open_store, save_one, tmpfs
@@ -23,6 +29,41 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mnt
 
 
+class _FullDiskOS:
+    """``os`` as the blob writer sees it, on a disk with ``free`` bytes left."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: Any) -> int:
+        n = memoryview(data).nbytes
+        if n > self.free:
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        self.free -= n
+        return os.write(fd, data)
+
+    def unlink(self, path: Any) -> None:
+        size = os.lstat(path).st_size
+        os.unlink(path)
+        self.free += size
+
+
+@pytest.fixture(params=["tmpfs", "injected"])
+def full_disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A directory on an 8 MiB disk: a real tmpfs, or the injected blob-writer disk."""
+    if request.param == "tmpfs":
+        yield request.getfixturevalue("small_disk")
+        return
+    import ckptlite.blobs
+
+    mp = request.getfixturevalue("monkeypatch")
+    mp.setattr(ckptlite.blobs, "os", _FullDiskOS(8 << 20))
+    yield tmp_path
+
+
 def _fill(path: Path, leave: int) -> None:
     """Write a filler file until only about ``leave`` bytes are free."""
     st = os.statvfs(path.parent)
@@ -36,8 +77,8 @@ def _assert_failed_cleanly(mgr: ckptlite.CheckpointManager, store: Path, before:
     assert list((store / "blobs" / "tmp").iterdir()) == [], "temp files left behind"
 
 
-def test_enospc_while_writing_chunks(small_disk: Path) -> None:
-    store = small_disk / "store"
+def test_enospc_while_writing_chunks(full_disk: Path) -> None:
+    store = full_disk / "store"
     reported = Reported()
     with open_store(store) as mgr:
         for seed in (1, 2):
