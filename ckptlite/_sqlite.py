@@ -123,6 +123,7 @@ class Database:
         self._all: list[apsw.Connection] = []
         self._lock = threading.Lock()
         self._writer = threading.RLock()
+        self._writing = f"writing {path}"  # formatted once: every save passes here
         refuse_network_fs(path.parent)
         self._migrate(self.connection())
 
@@ -217,7 +218,7 @@ class Database:
         conn = conn or self.connection()
         # Threads of this process queue on a mutex: in SQLite's busy handler they would
         # sleep in steps of milliseconds while another thread holds the write lock.
-        with self._writer, translate_errors(f"writing {self.path}"):
+        with self._writer, translate_errors(self._writing):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
