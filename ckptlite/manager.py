@@ -50,6 +50,11 @@ __all__ = ["CheckpointManager", "get_checkpoint_manager", "open_store", "resolve
 _PAYLOAD_RAW = b"\x00"
 _PAYLOAD_ZSTD = b"\x01"
 _DURABILITY = ("none", "safe", "full")
+#: Chunk threads. Their work is half I/O (fsync waits on the disk), so more than the
+#: cores: on 2 cores, 8 threads saved 64 MiB in 0.6x the time 2 threads took.
+_POOL_THREADS = max(8, 2 * (os.cpu_count() or 2))
+#: Bytes of chunks per pool task when saving: a task's chunk files share one fsync round.
+_WRITE_GROUP_BYTES = 8 << 20
 
 
 def resolve_url(url: str | os.PathLike[str] | None = None) -> str:
@@ -226,7 +231,7 @@ class CheckpointManager:
             if self._pool is None or self._pool_pid != os.getpid():
                 # A pool inherited across fork() has no threads: make a new one.
                 self._pool = ThreadPoolExecutor(
-                    max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="ckptlite"
+                    max_workers=_POOL_THREADS, thread_name_prefix="ckptlite"
                 )
                 self._pool_pid = os.getpid()
             return self._pool
@@ -369,7 +374,7 @@ class CheckpointManager:
             stored = {c.digest: c.stored_size for c in chunks}
             return [(d, stored.pop(d, 0)) for d in digests]
 
-        group = max(1, min(16, (64 << 20) // size // 4))
+        group = max(1, _WRITE_GROUP_BYTES // size)
         for buf in buffers:
             views = chunking.split(buf, size)
             groups = [views[i : i + group] for i in range(0, len(views), group)]
