@@ -89,7 +89,7 @@ def _random_kills(tmp_path: Path, mode: str, rounds: int, max_delay: float) -> i
     finally:
         zyg.close()
     rep = read_side(side)
-    assert len(rep.saved) > rounds // 2, "the workers hardly ever got a save done"
+    assert len(rep.saved) > rounds // 4, "the workers hardly ever got a save done"
     with ckptlite.open(store) as mgr:
         assert mgr.list(process_id=PROC)
     return killed
