@@ -99,10 +99,3 @@ def any_mgr(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ckptlite
 def backend(any_mgr: ckptlite.CheckpointManager) -> Backend:
     """The backend under the parametrised manager."""
     return any_mgr.backend
-
-
-def flip_bit(path: Path, offset: int = 0) -> None:
-    """Flip one bit of a real file in place."""
-    data = bytearray(path.read_bytes())
-    data[offset % len(data)] ^= 0x01
-    path.write_bytes(bytes(data))

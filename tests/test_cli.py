@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import flip_bit
+from damage import flip_bit
 
 import ckptlite
 from ckptlite import Level, Status

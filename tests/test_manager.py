@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import flip_bit
+from damage import flip_bit
 
 import ckptlite
 from ckptlite import Level, Status
