@@ -13,11 +13,6 @@ import ckptlite
 from bench.conftest import SIZES, run
 
 
-def _needs_ledger(mgr: ckptlite.CheckpointManager) -> None:
-    if not hasattr(mgr, "run"):
-        pytest.skip("CheckpointManager.run (the item ledger, issue 3) has not landed yet")
-
-
 class _Stop(Exception):
     """Leaves a run unfinished, so the next mgr.run() resumes it."""
 
@@ -26,12 +21,11 @@ class _Stop(Exception):
 def test_p8_done_marks(benchmark: Any, scratch: Path) -> None:
     n = SIZES.ledger_items
     with ckptlite.open(scratch / "store") as mgr:
-        _needs_ledger(mgr)
         runs = itertools.count()
 
         def mark_all() -> int:
             done = 0
-            with mgr.run(f"ledger-{next(runs)}") as r:  # type: ignore[attr-defined]
+            with mgr.run(f"ledger-{next(runs)}") as r:
                 for item in r.items("tiles", (f"tile_{i}" for i in range(n))):
                     item.done()
                     done += 1
@@ -55,9 +49,8 @@ def test_p8_pending_scan(benchmark: Any, scratch: Path) -> None:
     n = SIZES.ledger_scan_items
     ids = [f"tile_{i}" for i in range(n)]
     with ckptlite.open(scratch / "store") as mgr:
-        _needs_ledger(mgr)
         # 90% done, then the run stops unfinished: a resume must find the other 10%.
-        with pytest.raises(_Stop), mgr.run("scan") as r:  # type: ignore[attr-defined]
+        with pytest.raises(_Stop), mgr.run("scan") as r:
             for i, item in enumerate(r.items("tiles", ids)):
                 if i % 10:
                     item.done()
@@ -66,7 +59,7 @@ def test_p8_pending_scan(benchmark: Any, scratch: Path) -> None:
         pending: list[int] = []
 
         def scan() -> None:
-            with contextlib.suppress(_Stop), mgr.run("scan") as r2:  # type: ignore[attr-defined]
+            with contextlib.suppress(_Stop), mgr.run("scan") as r2:
                 pending.append(sum(1 for _ in r2.items("tiles", ids)))
                 raise _Stop
 

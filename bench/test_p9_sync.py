@@ -39,9 +39,7 @@ def pg_url() -> Iterator[str]:
 
 @pytest.mark.benchmark(group="P9 sync to PostgreSQL")
 def test_p9_sync_to_postgres(benchmark: Any, scratch: Path, pg_url: str) -> None:
-    sync = getattr(ckptlite, "sync", None)
-    if sync is None:
-        pytest.skip("ckptlite.sync (issue 5) has not landed yet")
+    sync = ckptlite.sync
     n = SIZES.sync_checkpoints
     build_store(scratch / "local", n, per_process=1_000)
     with ckptlite.open(scratch / "local") as src, ckptlite.open(pg_url) as dst:
