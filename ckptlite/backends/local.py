@@ -27,27 +27,21 @@ from ..errors import (
     CorruptCheckpointError,
     InvalidInputError,
     MissingChunksError,
-    RunNotFoundError,
 )
 from ..types import (
     Checkpoint,
     GcReport,
-    ItemMark,
-    ItemRecord,
     Level,
-    RunRecord,
-    RunStatus,
     Status,
     StoredChunk,
     StoredRecord,
 )
+from ._local_ledger import LocalLedgerMixin
+from ._local_schema import CHECKPOINT_COLS, MIGRATIONS, row_to_checkpoint
 from .base import (
     ListQuery,
     StructureCheck,
     dump_metadata,
-    from_micros,
-    ledger_entry_wins,
-    load_metadata,
     to_micros,
 )
 
@@ -58,139 +52,35 @@ _CODEC_RAW = 0  # chunking.CODEC_RAW (backends do not import the manager's modul
 _EMPTY_MANIFEST = b"\x90"  # msgpack of [], chunking's manifest of a state without buffers
 INLINE_MAX = 64 * 1024
 
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE checkpoints (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        process_id TEXT NOT NULL,
-        level TEXT NOT NULL,
-        name TEXT NOT NULL,
-        parent_id TEXT REFERENCES checkpoints(id) ON DELETE CASCADE,
-        status TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        size INTEGER NOT NULL,
-        stored_size INTEGER NOT NULL,
-        checksum TEXT NOT NULL,
-        metadata TEXT NOT NULL,
-        progress_done INTEGER,
-        progress_total INTEGER,
-        payload BLOB NOT NULL,
-        manifest BLOB NOT NULL
-    );
-    CREATE INDEX checkpoints_slot ON checkpoints(process_id, level, name, seq);
-    CREATE INDEX checkpoints_process_seq ON checkpoints(process_id, seq);
-    CREATE INDEX checkpoints_level_seq ON checkpoints(process_id, level, seq);
-    CREATE INDEX checkpoints_parent ON checkpoints(parent_id);
-    CREATE TABLE chunks (
-        digest TEXT PRIMARY KEY,
-        size INTEGER NOT NULL,
-        stored_size INTEGER NOT NULL,
-        codec INTEGER NOT NULL,
-        data BLOB
-    ) WITHOUT ROWID;
-    CREATE TABLE refs (
-        seq INTEGER NOT NULL REFERENCES checkpoints(seq) ON DELETE CASCADE,
-        digest TEXT NOT NULL REFERENCES chunks(digest),
-        PRIMARY KEY (seq, digest)
-    ) WITHOUT ROWID;
-    CREATE INDEX refs_digest ON refs(digest);
-    """,
-    # 2: what sync needs: a store id (its marks are keyed by it) and marks per source.
-    """
-    CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-    INSERT INTO store_meta VALUES ('store_id', lower(hex(randomblob(16))));
-    CREATE TABLE sync_marks (source TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
-    """,
-    # Pipeline runs and the work-item ledger. ``items`` is keyed by the run's
-    # integer seq (short keys keep 1,000,000-item ledgers small and fast); the
-    # ledger clock gives every write a change number that sync can resume from.
-    """
-    CREATE TABLE runs (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        process_id TEXT NOT NULL,
-        status TEXT NOT NULL,
-        started_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL,
-        finished_at INTEGER,
-        error TEXT,
-        progress_done INTEGER,
-        progress_total INTEGER,
-        changed INTEGER NOT NULL
-    );
-    CREATE INDEX runs_process ON runs(process_id, seq);
-    CREATE INDEX runs_changed ON runs(changed);
-    CREATE TABLE items (
-        run INTEGER NOT NULL,
-        grp TEXT NOT NULL,
-        item TEXT NOT NULL,
-        ok INTEGER NOT NULL,
-        attempts INTEGER NOT NULL,
-        error TEXT,
-        state BLOB,
-        changed INTEGER NOT NULL,
-        PRIMARY KEY (run, grp, item)
-    ) WITHOUT ROWID;
-    CREATE TABLE ledger_clock (k INTEGER PRIMARY KEY CHECK (k = 1), v INTEGER NOT NULL);
-    INSERT INTO ledger_clock(k, v) VALUES (1, 0);
-    """,
-]
 
-_COLS = (
-    "seq, id, process_id, level, name, parent_id, status, created_at, size, stored_size, "
-    "checksum, metadata, progress_done, progress_total"
-)
-
-
-_LEVELS = {m.value: m for m in Level}
-_STATUSES = {m.value: m for m in Status}
-
-
-def _row_to_checkpoint(row: Sequence[Any]) -> Checkpoint:
-    (seq, cid, pid, level, name, parent, status, created, size, stored, checksum, meta, pd, pt) = (
-        row[:14]
-    )
-    return Checkpoint(
-        id=cid,
-        process_id=pid,
-        level=_LEVELS.get(level) or Level(level),  # dict first: Enum() costs ~0.6 us a call
-        name=name,
-        parent_id=parent,
-        seq=seq,
-        status=_STATUSES.get(status) or Status(status),
-        created_at=from_micros(created),
-        size=size,
-        stored_size=stored,
-        checksum=checksum,
-        metadata=load_metadata(meta),
-        progress=None if pd is None else (pd, pt),
+def _insert_checkpoint(conn: apsw.Connection, record: StoredRecord, metadata_json: str) -> None:
+    cp = record.checkpoint
+    progress = cp.progress or (None, None)
+    conn.execute(
+        "INSERT INTO checkpoints(id, process_id, level, name, parent_id, status, created_at, "
+        "size, stored_size, checksum, metadata, progress_done, progress_total, payload, "
+        "manifest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            cp.id,
+            cp.process_id,
+            cp.level.value,
+            cp.name,
+            cp.parent_id,
+            cp.status.value,
+            to_micros(cp.created_at),
+            cp.size,
+            cp.stored_size,
+            cp.checksum,
+            metadata_json,
+            progress[0],
+            progress[1],
+            record.payload,
+            record.manifest,
+        ),
     )
 
 
-_RUN_COLS = (
-    "seq, id, process_id, status, started_at, updated_at, finished_at, error, "
-    "progress_done, progress_total, changed"
-)
-
-
-def _row_to_run(row: Sequence[Any]) -> RunRecord:
-    seq, rid, pid, status, started, updated, finished, error, pd, pt, changed = row
-    return RunRecord(
-        id=rid,
-        process_id=pid,
-        status=RunStatus(status),
-        started_at=from_micros(started),
-        updated_at=from_micros(updated),
-        finished_at=None if finished is None else from_micros(finished),
-        error=error,
-        progress=None if pd is None else (pd, pt),
-        seq=seq,
-        changed=changed,
-    )
-
-
-class LocalBackend:
+class LocalBackend(LocalLedgerMixin):
     """A store directory: ``<root>/ckptlite.db`` and ``<root>/blobs/``."""
 
     def __init__(
@@ -317,30 +207,8 @@ class LocalBackend:
                 raise InvalidInputError(
                     f"parent checkpoint {cp.parent_id} does not exist", checkpoint_id=cp.parent_id
                 )
-            progress = cp.progress or (None, None)
             try:
-                conn.execute(
-                    "INSERT INTO checkpoints(id, process_id, level, name, parent_id, status, "
-                    "created_at, size, stored_size, checksum, metadata, progress_done, "
-                    "progress_total, payload, manifest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        cp.id,
-                        cp.process_id,
-                        cp.level.value,
-                        cp.name,
-                        cp.parent_id,
-                        cp.status.value,
-                        to_micros(cp.created_at),
-                        cp.size,
-                        cp.stored_size,
-                        cp.checksum,
-                        meta,
-                        progress[0],
-                        progress[1],
-                        record.payload,
-                        record.manifest,
-                    ),
-                )
+                _insert_checkpoint(conn, record, meta)
             except apsw.ConstraintError:
                 # The UNIQUE id, checked by SQLite: a SELECT first cost a statement per save.
                 if conn.execute("SELECT 1 FROM checkpoints WHERE id=?", (cp.id,)).fetchone():
@@ -376,20 +244,21 @@ class LocalBackend:
         with translate_errors("reading checkpoint"):
             row = (
                 self.db.read()
-                .execute(f"SELECT {_COLS} FROM checkpoints WHERE id=?", (checkpoint_id,))
+                .execute(f"SELECT {CHECKPOINT_COLS} FROM checkpoints WHERE id=?", (checkpoint_id,))
                 .fetchone()
             )
         if row is None:
             raise CheckpointNotFoundError(
                 f"no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id
             )
-        return _row_to_checkpoint(row)
+        return row_to_checkpoint(row)
 
     def get_record(self, checkpoint_id: str) -> StoredRecord:
         with translate_errors("reading checkpoint"):
             conn = self.db.read()
             row = conn.execute(
-                f"SELECT {_COLS}, payload, manifest FROM checkpoints WHERE id=?", (checkpoint_id,)
+                f"SELECT {CHECKPOINT_COLS}, payload, manifest FROM checkpoints WHERE id=?",
+                (checkpoint_id,),
             ).fetchone()
             if row is None:
                 raise CheckpointNotFoundError(
@@ -398,7 +267,7 @@ class LocalBackend:
             digests = tuple(
                 r[0] for r in conn.execute("SELECT digest FROM refs WHERE seq=?", (row[0],))
             )
-        return StoredRecord(_row_to_checkpoint(row), row[14], row[15], digests)
+        return StoredRecord(row_to_checkpoint(row), row[14], row[15], digests)
 
     def has_records(self, ids: Iterable[str]) -> set[str]:
         wanted = list(dict.fromkeys(ids))
@@ -437,11 +306,11 @@ class LocalBackend:
             if top is None:
                 return None
             row = conn.execute(
-                f"SELECT {_COLS}, payload, manifest FROM checkpoints WHERE seq=?", top
+                f"SELECT {CHECKPOINT_COLS}, payload, manifest FROM checkpoints WHERE seq=?", top
             ).fetchone()
             if row is None or row[6] != Status.VALID.value:
                 row = conn.execute(
-                    f"SELECT {_COLS}, payload, manifest FROM checkpoints WHERE {where} "
+                    f"SELECT {CHECKPOINT_COLS}, payload, manifest FROM checkpoints WHERE {where} "
                     "AND status='valid' ORDER BY seq DESC LIMIT 1",
                     args,
                 ).fetchone()
@@ -452,7 +321,7 @@ class LocalBackend:
                 digests = tuple(
                     r[0] for r in conn.execute("SELECT digest FROM refs WHERE seq=?", (row[0],))
                 )
-        return StoredRecord(_row_to_checkpoint(row), row[14], row[15], digests)
+        return StoredRecord(row_to_checkpoint(row), row[14], row[15], digests)
 
     def latest(self, process_id: str, level: Level | None, name: str | None) -> Checkpoint | None:
         found = self.list(
@@ -479,7 +348,7 @@ class LocalBackend:
         if query.after_seq is not None:
             where.append("seq>?")
             args.append(query.after_seq)
-        sql = f"SELECT {_COLS} FROM checkpoints"
+        sql = f"SELECT {CHECKPOINT_COLS} FROM checkpoints"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq " + ("ASC" if query.ascending else "DESC")
@@ -487,7 +356,7 @@ class LocalBackend:
             sql += " LIMIT ?"
             args.append(query.limit)
         with translate_errors("listing checkpoints"):
-            return [_row_to_checkpoint(r) for r in self.db.read().execute(sql, args)]
+            return [row_to_checkpoint(r) for r in self.db.read().execute(sql, args)]
 
     def set_status(self, checkpoint_id: str, status: Status) -> None:
         with self.db.write() as conn:
@@ -661,169 +530,6 @@ class LocalBackend:
                 if progress:
                     progress(i, len(files))
 
-    # -- runs and the work-item ledger -------------------------------------------
-
-    def _tick(self, conn: apsw.Connection) -> int:
-        row: Any = conn.execute(
-            "UPDATE ledger_clock SET v = v + 1 WHERE k = 1 RETURNING v"
-        ).fetchone()
-        return int(row[0])
-
-    def create_run(self, run: RunRecord) -> RunRecord:
-        with self.db.write() as conn:
-            if conn.execute("SELECT 1 FROM runs WHERE id=?", (run.id,)).fetchone():
-                raise InvalidInputError(f"run {run.id} exists already", run_id=run.id)
-            changed = self._tick(conn)
-            progress = run.progress or (None, None)
-            conn.execute(
-                "INSERT INTO runs(id, process_id, status, started_at, updated_at, finished_at, "
-                "error, progress_done, progress_total, changed) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    run.id,
-                    run.process_id,
-                    run.status.value,
-                    to_micros(run.started_at),
-                    to_micros(run.updated_at),
-                    None if run.finished_at is None else to_micros(run.finished_at),
-                    run.error,
-                    progress[0],
-                    progress[1],
-                    changed,
-                ),
-            )
-            seq = conn.last_insert_rowid()
-        return run.replace(seq=seq, changed=changed)
-
-    def update_run(self, run: RunRecord) -> RunRecord:
-        with self.db.write() as conn:
-            changed = self._tick(conn)
-            progress = run.progress or (None, None)
-            conn.execute(
-                "UPDATE runs SET status=?, updated_at=?, finished_at=?, error=?, "
-                "progress_done=?, progress_total=?, changed=? WHERE id=?",
-                (
-                    run.status.value,
-                    to_micros(run.updated_at),
-                    None if run.finished_at is None else to_micros(run.finished_at),
-                    run.error,
-                    progress[0],
-                    progress[1],
-                    changed,
-                    run.id,
-                ),
-            )
-            if conn.changes() == 0:
-                raise RunNotFoundError(f"no run {run.id!r}", run_id=run.id)
-        return self.get_run(run.id)
-
-    def get_run(self, run_id: str) -> RunRecord:
-        with translate_errors("reading run"):
-            row = (
-                self.db.read()
-                .execute(f"SELECT {_RUN_COLS} FROM runs WHERE id=?", (run_id,))
-                .fetchone()
-            )
-        if row is None:
-            raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
-        return _row_to_run(row)
-
-    def list_runs(
-        self,
-        process_id: str | None = None,
-        *,
-        after_changed: int | None = None,
-        limit: int | None = None,
-    ) -> builtins.list[RunRecord]:
-        where: builtins.list[str] = []
-        args: builtins.list[Any] = []
-        if process_id is not None:
-            where.append("process_id=?")
-            args.append(process_id)
-        if after_changed is not None:
-            where.append("changed>?")
-            args.append(after_changed)
-        sql = f"SELECT {_RUN_COLS} FROM runs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY changed ASC" if after_changed is not None else " ORDER BY seq DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        with translate_errors("listing runs"):
-            return [_row_to_run(r) for r in self.db.read().execute(sql, args)]
-
-    def _run_seq(self, conn: apsw.Connection, run_id: str) -> int | None:
-        row: Any = conn.execute("SELECT seq FROM runs WHERE id=?", (run_id,)).fetchone()
-        return None if row is None else int(row[0])
-
-    def mark_items(self, run_id: str, marks: Sequence[ItemMark]) -> int:
-        with self.db.write() as conn:
-            run = self._run_seq(conn, run_id)
-            if run is None:
-                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
-            changed = self._tick(conn)
-            if marks:
-                # The marks bind as they are (ItemMark is a tuple); run and changed are
-                # ints made here, so they can be literals: no per-row Python work.
-                conn.executemany(
-                    "INSERT INTO items(grp, item, ok, state, error, run, attempts, changed) "
-                    f"VALUES (?, ?, ?, ?, ?, {int(run)}, 1, {int(changed)}) "
-                    "ON CONFLICT(run, grp, item) DO UPDATE SET ok=excluded.ok, "
-                    "attempts=items.attempts+1, error=excluded.error, state=excluded.state, "
-                    "changed=excluded.changed WHERE items.ok=0",
-                    marks,
-                )
-        return changed
-
-    def item_marks(self, run_id: str, group: str) -> tuple[set[str], dict[str, int]]:
-        conn = self.db.read()
-        with translate_errors("reading the item ledger"):
-            run = self._run_seq(conn, run_id)
-            if run is None:
-                return set(), {}
-            cur = conn.cursor()
-            cur.row_trace = lambda _c, row: row[0]  # scalars, not 1-tuples: 1M ids per second
-            done: set[str] = set(
-                cur.execute("SELECT item FROM items WHERE run=? AND grp=? AND ok=1", (run, group))
-            )
-            failed = {
-                item: attempts
-                for item, attempts in conn.execute(
-                    "SELECT item, attempts FROM items WHERE run=? AND grp=? AND ok=0", (run, group)
-                )
-            }
-        return done, failed
-
-    def list_items(
-        self,
-        run_id: str,
-        group: str | None = None,
-        *,
-        after_changed: int | None = None,
-        limit: int | None = None,
-    ) -> builtins.list[ItemRecord]:
-        conn = self.db.read()
-        with translate_errors("reading the item ledger"):
-            run = self._run_seq(conn, run_id)
-            if run is None:
-                return []
-            sql = "SELECT grp, item, ok, attempts, error, state, changed FROM items WHERE run=?"
-            args: builtins.list[Any] = [run]
-            if group is not None:
-                sql += " AND grp=?"
-                args.append(group)
-            if after_changed is not None:
-                sql += " AND changed>?"
-                args.append(after_changed)
-            sql += " ORDER BY changed, grp, item"
-            if limit is not None:
-                sql += " LIMIT ?"
-                args.append(limit)
-            return [
-                ItemRecord(run_id, g, i, bool(ok), n, err, st, ch)
-                for g, i, ok, n, err, st, ch in conn.execute(sql, args)
-            ]
-
     def close(self) -> None:
         self.db.close()
 
@@ -842,7 +548,7 @@ class LocalBackend:
     def records_after(
         self, seq: int, limit: int, process_id: str | None = None
     ) -> builtins.list[StoredRecord]:
-        sql = f"SELECT {_COLS}, payload, manifest FROM checkpoints WHERE seq>?"
+        sql = f"SELECT {CHECKPOINT_COLS}, payload, manifest FROM checkpoints WHERE seq>?"
         args: list[Any] = [seq]
         if process_id is not None:
             sql += " AND process_id=?"
@@ -860,7 +566,7 @@ class LocalBackend:
                 ):
                     refs.setdefault(s, []).append(d)
         return [
-            StoredRecord(_row_to_checkpoint(r), r[14], r[15], tuple(refs.get(r[0], ())))
+            StoredRecord(row_to_checkpoint(r), r[14], r[15], tuple(refs.get(r[0], ())))
             for r in rows
         ]
 
@@ -893,29 +599,7 @@ class LocalBackend:
                         f"parent checkpoint {cp.parent_id} does not exist",
                         checkpoint_id=cp.parent_id,
                     )
-                progress = cp.progress or (None, None)
-                conn.execute(
-                    "INSERT INTO checkpoints(id, process_id, level, name, parent_id, status, "
-                    "created_at, size, stored_size, checksum, metadata, progress_done, "
-                    "progress_total, payload, manifest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        cp.id,
-                        cp.process_id,
-                        cp.level.value,
-                        cp.name,
-                        cp.parent_id,
-                        cp.status.value,
-                        to_micros(cp.created_at),
-                        cp.size,
-                        cp.stored_size,
-                        cp.checksum,
-                        dump_metadata(cp.metadata),
-                        progress[0],
-                        progress[1],
-                        rec.payload,
-                        rec.manifest,
-                    ),
-                )
+                _insert_checkpoint(conn, rec, dump_metadata(cp.metadata))
                 if rec.digests:
                     seq = conn.last_insert_rowid()
                     conn.executemany(
@@ -929,105 +613,3 @@ class LocalBackend:
                 (source, mark),
             )
         return len(fresh)
-
-    def export_ledger(
-        self, after: int, process_id: str | None = None
-    ) -> tuple[int, builtins.list[RunRecord], builtins.list[ItemRecord]]:
-        where, args = ("", []) if process_id is None else (" AND r.process_id=?", [process_id])
-        conn = self.db.read()
-        with translate_errors("reading the item ledger"):
-            conn.execute("BEGIN")  # one snapshot for the clock, the runs and the entries
-            try:
-                row: Any = conn.execute("SELECT v FROM ledger_clock WHERE k=1").fetchone()
-                if int(row[0]) <= after:  # nothing changed: no scan of a big ledger
-                    return int(row[0]), [], []
-                items = [
-                    ItemRecord(rid, g, i, bool(ok), n, err, st, ch)
-                    for rid, g, i, ok, n, err, st, ch in conn.execute(
-                        "SELECT r.id, i.grp, i.item, i.ok, i.attempts, i.error, i.state, "
-                        "i.changed FROM items i JOIN runs r ON r.seq=i.run WHERE i.changed>?"
-                        + where
-                        + " ORDER BY i.changed, i.grp, i.item",
-                        [after, *args],
-                    )
-                ]
-                runs = [
-                    _row_to_run(r)
-                    for r in conn.execute(
-                        f"SELECT {_RUN_COLS} FROM runs r WHERE (r.changed>? OR r.seq IN "
-                        "(SELECT run FROM items WHERE changed>?))" + where + " ORDER BY r.seq",
-                        [after, after, *args],
-                    )
-                ]
-            finally:
-                conn.execute("COMMIT")
-        return int(row[0]), runs, items
-
-    def import_ledger(
-        self,
-        runs: Sequence[RunRecord],
-        items: Sequence[ItemRecord],
-        source: str,
-        mark: int,
-    ) -> int:
-        written = 0
-        with self.db.write() as conn:
-            tick = self._tick(conn)
-            for run in runs:
-                old: Any = conn.execute(
-                    "SELECT updated_at FROM runs WHERE id=?", (run.id,)
-                ).fetchone()
-                progress = run.progress or (None, None)
-                values = (
-                    run.process_id,
-                    run.status.value,
-                    to_micros(run.started_at),
-                    to_micros(run.updated_at),
-                    None if run.finished_at is None else to_micros(run.finished_at),
-                    run.error,
-                    progress[0],
-                    progress[1],
-                    tick,
-                    run.id,
-                )
-                if old is None:
-                    conn.execute(
-                        "INSERT INTO runs(process_id, status, started_at, updated_at, "
-                        "finished_at, error, progress_done, progress_total, changed, id) "
-                        "VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        values,
-                    )
-                elif old[0] < to_micros(run.updated_at):
-                    conn.execute(
-                        "UPDATE runs SET process_id=?, status=?, started_at=?, updated_at=?, "
-                        "finished_at=?, error=?, progress_done=?, progress_total=?, changed=? "
-                        "WHERE id=?",
-                        values,
-                    )
-                else:
-                    continue
-                written += 1
-            seqs = {rid: self._run_seq(conn, rid) for rid in {it.run_id for it in items}}
-            for it in items:
-                run_seq = seqs[it.run_id]
-                if run_seq is None:
-                    raise RunNotFoundError(f"no run {it.run_id!r}", run_id=it.run_id)
-                key = (run_seq, it.group, it.item_id)
-                prev: Any = conn.execute(
-                    "SELECT ok, attempts FROM items WHERE run=? AND grp=? AND item=?", key
-                ).fetchone()
-                if ledger_entry_wins(
-                    it.ok, it.attempts, None if prev is None else (bool(prev[0]), prev[1])
-                ):
-                    conn.execute(
-                        "INSERT OR REPLACE INTO items(run, grp, item, ok, attempts, error, "
-                        "state, changed) VALUES (?,?,?,?,?,?,?,?)",
-                        (*key, int(it.ok), it.attempts, it.error, it.state, tick),
-                    )
-                    written += 1
-            conn.execute(
-                "INSERT INTO sync_marks(source, seq) VALUES (?, ?) "
-                "ON CONFLICT(source) DO UPDATE SET seq=max(seq, excluded.seq)",
-                (source, mark),
-            )
-        return written
