@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import mmap
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import zstandard
-
-from . import _async, _retention, chunking, codec
+from . import _async, _chunkio, _retention, chunking, codec
 from . import config as _config
 from .backends.base import Backend, ListQuery, dump_metadata
 from .errors import (
@@ -37,7 +34,6 @@ from .types import (
     RunRecord,
     Status,
     StorageConfig,
-    StoredChunk,
     StoredRecord,
     VerifyReport,
 )
@@ -47,14 +43,10 @@ if TYPE_CHECKING:
 
 __all__ = ["CheckpointManager", "get_checkpoint_manager", "open_store", "resolve_url"]
 
-_PAYLOAD_RAW = b"\x00"
-_PAYLOAD_ZSTD = b"\x01"
 _DURABILITY = ("none", "safe", "full")
 #: Chunk threads. Their work is half I/O (fsync waits on the disk), so more than the
 #: cores: on 2 cores, 8 threads saved 64 MiB in 0.6x the time 2 threads took.
 _POOL_THREADS = max(8, 2 * (os.cpu_count() or 2))
-#: Bytes of chunks per pool task when saving: a task's chunk files share one fsync round.
-_WRITE_GROUP_BYTES = 8 << 20
 
 
 def resolve_url(url: str | os.PathLike[str] | None = None) -> str:
@@ -318,8 +310,14 @@ class CheckpointManager:
         )
 
     def _store(self, cp: Checkpoint, encoded: codec.EncodedState) -> Checkpoint:
-        manifest, written = self._write_buffers(encoded.buffers)
-        payload = _pack_payload(encoded.skeleton)
+        manifest, written = _chunkio.write_buffers(
+            self.backend,
+            self._executor(),
+            encoded.buffers,
+            self.config.chunk_size,
+            self.config.compression_level,
+        )
+        payload = _chunkio.pack_payload(encoded.skeleton)
         manifest_bytes = chunking.pack_manifest(manifest)
         digests = chunking.manifest_digests(manifest)
         cp = Checkpoint(  # built directly: dataclasses.replace costs twice as much
@@ -343,63 +341,16 @@ class CheckpointManager:
                 return self.backend.commit(record)
             except MissingChunksError as e:
                 # A concurrent gc reclaimed chunks we found present: write them again.
-                self._rewrite(encoded.buffers, manifest, set(e.digests))
+                _chunkio.rewrite_chunks(
+                    self.backend,
+                    encoded.buffers,
+                    manifest,
+                    set(e.digests),
+                    self.config.compression_level,
+                )
         raise MissingChunksError(
             f"chunks of {cp.id} kept disappearing during save", digests=digests
         )
-
-    def _write_buffers(self, buffers: Sequence[memoryview]) -> tuple[chunking.Manifest, int]:
-        manifest: chunking.Manifest = []
-        written = 0
-        if not buffers:
-            return manifest, written
-        pool = self._executor()
-        size = self.config.chunk_size
-        level = self.config.compression_level
-        claimed: set[str] = set()
-        lock = threading.Lock()
-
-        def store(views: Sequence[memoryview]) -> list[tuple[str, int]]:
-            # Each pool task hashes, compresses and writes a group of chunks: groups
-            # run in parallel and each group's files share one fsync round.
-            digests = [chunking.digest_of(v) for v in views]
-            with lock:
-                mine = {d: v for d, v in zip(digests, views, strict=True) if d not in claimed}
-                claimed.update(mine)
-            present = self.backend.has_chunks(mine) if mine else set()
-            chunks = [
-                chunking.compress_chunk(d, v, level) for d, v in mine.items() if d not in present
-            ]
-            self.backend.write_chunks(chunks)
-            stored = {c.digest: c.stored_size for c in chunks}
-            return [(d, stored.pop(d, 0)) for d in digests]
-
-        group = max(1, _WRITE_GROUP_BYTES // size)
-        for buf in buffers:
-            views = chunking.split(buf, size)
-            groups = [views[i : i + group] for i in range(0, len(views), group)]
-            futures = [pool.submit(store, g) for g in groups]
-            # Let every group finish before raising one's error: a failed save must not
-            # return while other groups are still writing (their temp files, their rows).
-            wait(futures)
-            done = [e for f in futures for e in f.result()]
-            written += sum(n for _, n in done)
-            manifest.append([(d, v.nbytes) for (d, _), v in zip(done, views, strict=True)])
-        return manifest, written
-
-    def _rewrite(
-        self, buffers: Sequence[memoryview], manifest: chunking.Manifest, wanted: set[str]
-    ) -> None:
-        level = self.config.compression_level
-        chunks: list[StoredChunk] = []
-        for buf, entries in zip(buffers, manifest, strict=True):
-            offset = 0
-            for digest, n in entries:
-                if digest in wanted:
-                    wanted.discard(digest)
-                    chunks.append(chunking.compress_chunk(digest, buf[offset : offset + n], level))
-                offset += n
-        self.backend.write_chunks(chunks)
 
     # -- retention, async saves, processes and runs (thin: see _retention, _async,
     # -- process and runs) ------------------------------------------------------------
@@ -601,42 +552,16 @@ class CheckpointManager:
         cp = record.checkpoint
         if chunking.record_checksum(record.payload, record.manifest) != cp.checksum:
             raise CorruptCheckpointError("record checksum does not match", checkpoint_id=cp.id)
-        skeleton = _unpack_payload(record.payload, cp.size)
+        skeleton = _chunkio.unpack_payload(record.payload, cp.size)
         if record.manifest == chunking.EMPTY_MANIFEST:  # the common small state: no buffers
             return codec.decode(skeleton, [], allow_pickle=self.allow_pickle)
         manifest = chunking.unpack_manifest(record.manifest)
         if sum(chunking.buffer_sizes(manifest)) > cp.size:  # check before allocating
             raise CorruptCheckpointError("chunk manifest declares more than the recorded size")
-        buffers = self._read_buffers(manifest) if manifest else []
+        buffers = (
+            _chunkio.read_buffers(self.backend, self._executor(), manifest) if manifest else []
+        )
         return codec.decode(skeleton, buffers, allow_pickle=self.allow_pickle)
-
-    def _read_buffers(self, manifest: chunking.Manifest) -> list[bytearray | memoryview]:
-        buffers = [_new_buffer(n) for n in chunking.buffer_sizes(manifest)]
-        jobs: list[tuple[str, int, memoryview]] = []
-        for buf, entries in zip(buffers, manifest, strict=True):
-            view = memoryview(buf)
-            offset = 0
-            for digest, n in entries:
-                jobs.append((digest, n, view[offset : offset + n]))
-                offset += n
-        if not jobs:
-            return buffers
-
-        read_into = getattr(self.backend, "read_chunk_into", None)
-
-        def fetch(job: tuple[str, int, memoryview]) -> None:
-            digest, n, out = job
-            chunk = read_into(digest, out) if read_into else self.backend.read_chunk(digest)
-            if chunk.size != n:
-                raise CorruptCheckpointError(f"chunk {digest} has the wrong size", digest=digest)
-            chunking.restore_chunk_into(chunk, out)
-
-        if len(jobs) == 1:
-            fetch(jobs[0])
-        else:
-            for _ in self._executor().map(fetch, jobs):
-                pass
-        return buffers
 
     def latest(
         self, process_id: str, level: Level | str | None = None, name: str | None = None
@@ -747,7 +672,7 @@ class CheckpointManager:
                         bad.add(cp.id)
                     else:
                         chunking.unpack_manifest(rec.manifest)
-                        _unpack_payload(rec.payload, cp.size)
+                        _chunkio.unpack_payload(rec.payload, cp.size)
                 except (CorruptCheckpointError, CheckpointNotFoundError):
                     bad.add(cp.id)
         for cp in records:
@@ -848,42 +773,6 @@ class CheckpointManager:
         with open_store(target, durability="none", create=False) as check:
             s = check.stats()
         return BackupReport(str(target), s["checkpoints"], s["chunks"], s["stored_bytes"])
-
-
-def _new_buffer(n: int) -> bytearray | memoryview:
-    """Return a writable buffer of ``n`` bytes for a load to fill.
-
-    Big ones are anonymous maps: ``bytearray(n)`` zero-fills its memory first,
-    a pass over the whole state that cost as much as reading it.
-    """
-    if n < 1 << 20:
-        return bytearray(n)
-    return memoryview(mmap.mmap(-1, n))
-
-
-def _pack_payload(skeleton: bytes) -> bytes:
-    n = len(skeleton)
-    if n >= 4096:
-        packed = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(skeleton)
-        if len(packed) < n * 7 // 8:
-            return _PAYLOAD_ZSTD + packed
-    return _PAYLOAD_RAW + skeleton
-
-
-def _unpack_payload(payload: bytes, limit: int) -> bytes | memoryview:
-    kind, body = payload[:1], memoryview(payload)[1:]
-    if kind == _PAYLOAD_RAW:
-        return body
-    if kind == _PAYLOAD_ZSTD:
-        try:
-            size = zstandard.frame_content_size(body)
-            # Capped at the checkpoint's recorded size: a bomb fails before allocating.
-            if size < 0 or size > limit:
-                raise CorruptCheckpointError("state payload declares an impossible size")
-            return zstandard.ZstdDecompressor().decompress(body, max_output_size=size)
-        except zstandard.ZstdError as e:
-            raise CorruptCheckpointError(f"state payload does not decompress: {e}") from e
-    raise CorruptCheckpointError("state payload has an unknown format")
 
 
 _default_lock = threading.Lock()

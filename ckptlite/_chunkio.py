@@ -1,0 +1,171 @@
+"""Move a state's bytes between the manager and a backend: chunks and the inline payload.
+
+Private to the manager: hashing, compression and verification of chunks run on
+the manager's thread pool; nothing here encodes or decodes a state.
+"""
+
+from __future__ import annotations
+
+import mmap
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import zstandard
+
+from . import chunking
+from .backends.base import Backend
+from .errors import CorruptCheckpointError
+from .types import StoredChunk
+
+__all__ = [
+    "new_buffer",
+    "pack_payload",
+    "read_buffers",
+    "rewrite_chunks",
+    "unpack_payload",
+    "write_buffers",
+]
+
+_PAYLOAD_RAW = b"\x00"
+_PAYLOAD_ZSTD = b"\x01"
+#: Bytes of chunks per pool task when saving: a task's chunk files share one fsync round.
+_WRITE_GROUP_BYTES = 8 << 20
+
+
+def write_buffers(
+    backend: Backend,
+    pool: ThreadPoolExecutor,
+    buffers: Sequence[memoryview],
+    chunk_size: int,
+    level: int,
+) -> tuple[chunking.Manifest, int]:
+    """Chunk, hash, compress and store ``buffers``; return the manifest and new bytes.
+
+    Raises:
+        StoreFullError, StoreIOError: a chunk could not be stored (after every group ended).
+    """
+    manifest: chunking.Manifest = []
+    written = 0
+    if not buffers:
+        return manifest, written
+    size = chunk_size
+    claimed: set[str] = set()
+    lock = threading.Lock()
+
+    def store(views: Sequence[memoryview]) -> list[tuple[str, int]]:
+        # Each pool task hashes, compresses and writes a group of chunks: groups
+        # run in parallel and each group's files share one fsync round.
+        digests = [chunking.digest_of(v) for v in views]
+        with lock:
+            mine = {d: v for d, v in zip(digests, views, strict=True) if d not in claimed}
+            claimed.update(mine)
+        present = backend.has_chunks(mine) if mine else set()
+        chunks = [chunking.compress_chunk(d, v, level) for d, v in mine.items() if d not in present]
+        backend.write_chunks(chunks)
+        stored = {c.digest: c.stored_size for c in chunks}
+        return [(d, stored.pop(d, 0)) for d in digests]
+
+    group = max(1, _WRITE_GROUP_BYTES // size)
+    for buf in buffers:
+        views = chunking.split(buf, size)
+        groups = [views[i : i + group] for i in range(0, len(views), group)]
+        futures = [pool.submit(store, g) for g in groups]
+        # Let every group finish before raising one's error: a failed save must not
+        # return while other groups are still writing (their temp files, their rows).
+        wait(futures)
+        done = [e for f in futures for e in f.result()]
+        written += sum(n for _, n in done)
+        manifest.append([(d, v.nbytes) for (d, _), v in zip(done, views, strict=True)])
+    return manifest, written
+
+
+def rewrite_chunks(
+    backend: Backend,
+    buffers: Sequence[memoryview],
+    manifest: chunking.Manifest,
+    wanted: set[str],
+    level: int,
+) -> None:
+    """Store again the chunks of ``buffers`` whose digests are in ``wanted``."""
+    chunks: list[StoredChunk] = []
+    for buf, entries in zip(buffers, manifest, strict=True):
+        offset = 0
+        for digest, n in entries:
+            if digest in wanted:
+                wanted.discard(digest)
+                chunks.append(chunking.compress_chunk(digest, buf[offset : offset + n], level))
+            offset += n
+    backend.write_chunks(chunks)
+
+
+def read_buffers(
+    backend: Backend, pool: ThreadPoolExecutor, manifest: chunking.Manifest
+) -> list[bytearray | memoryview]:
+    """Read and verify every chunk of ``manifest`` into fresh buffers.
+
+    Raises:
+        CorruptCheckpointError: a chunk is missing or does not match its digest.
+    """
+    buffers = [new_buffer(n) for n in chunking.buffer_sizes(manifest)]
+    jobs: list[tuple[str, int, memoryview]] = []
+    for buf, entries in zip(buffers, manifest, strict=True):
+        view = memoryview(buf)
+        offset = 0
+        for digest, n in entries:
+            jobs.append((digest, n, view[offset : offset + n]))
+            offset += n
+    if not jobs:
+        return buffers
+
+    read_into = getattr(backend, "read_chunk_into", None)
+
+    def fetch(job: tuple[str, int, memoryview]) -> None:
+        digest, n, out = job
+        chunk = read_into(digest, out) if read_into else backend.read_chunk(digest)
+        if chunk.size != n:
+            raise CorruptCheckpointError(f"chunk {digest} has the wrong size", digest=digest)
+        chunking.restore_chunk_into(chunk, out)
+
+    if len(jobs) == 1:
+        fetch(jobs[0])
+    else:
+        for _ in pool.map(fetch, jobs):
+            pass
+    return buffers
+
+
+def new_buffer(n: int) -> bytearray | memoryview:
+    """Return a writable buffer of ``n`` bytes for a load to fill.
+
+    Big ones are anonymous maps: ``bytearray(n)`` zero-fills its memory first,
+    a pass over the whole state that cost as much as reading it.
+    """
+    if n < 1 << 20:
+        return bytearray(n)
+    return memoryview(mmap.mmap(-1, n))
+
+
+def pack_payload(skeleton: bytes) -> bytes:
+    n = len(skeleton)
+    if n >= 4096:
+        packed = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(skeleton)
+        if len(packed) < n * 7 // 8:
+            return _PAYLOAD_ZSTD + packed
+    return _PAYLOAD_RAW + skeleton
+
+
+def unpack_payload(payload: bytes, limit: int) -> bytes | memoryview:
+    kind, body = payload[:1], memoryview(payload)[1:]
+    if kind == _PAYLOAD_RAW:
+        return body
+    if kind == _PAYLOAD_ZSTD:
+        try:
+            size = zstandard.frame_content_size(body)
+            # Capped at the checkpoint's recorded size: a bomb fails before allocating.
+            if size < 0 or size > limit:
+                raise CorruptCheckpointError("state payload declares an impossible size")
+            return zstandard.ZstdDecompressor().decompress(body, max_output_size=size)
+        except zstandard.ZstdError as e:
+            raise CorruptCheckpointError(f"state payload does not decompress: {e}") from e
+    raise CorruptCheckpointError("state payload has an unknown format")
