@@ -330,13 +330,25 @@ def machine() -> dict[str, str]:
             info[mod] = str(v)
         except ImportError:
             info[mod] = "not installed"
+    info["commit"] = _commit()
+    return info
+
+
+def _commit() -> str:
+    """HEAD, marked ``+changes`` when ckptlite/ has uncommitted edits."""
     try:
-        info["commit"] = subprocess.run(
+        head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "ckptlite"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     except OSError:
-        info["commit"] = "?"
-    return info
+        return "?"
+    return head + (" (+ uncommitted changes in ckptlite/)" if dirty else "")
 
 
 def _loadavg() -> str:
@@ -452,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else "full"
     load_before = _loadavg()
+    commit_before = _commit()
     if args.from_json:
         data = json.loads(args.from_json.read_text())
     else:
@@ -490,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
             extra += f"\n### {op}\n\n```\n{text}\n```\n"
     info = machine()
     if not args.from_json:
+        # The code measured is the code at the start: others may commit meanwhile.
+        info["commit"] = commit_before
         info["load average (1/5/15 min) before / after the run"] = f"{load_before} / {_loadavg()}"
     info["mode"] = mode + (
         " (shared 2-core machine: other engineers' jobs ran at the same time)"
