@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
-from .archive import ArchiveReport, export_archive, import_archive
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     CheckpointNotFoundError,
     CkptliteError,
@@ -31,7 +33,6 @@ from .errors import (
     UnsupportedTypeError,
 )
 from .ids import generate_checkpoint_id, parse_checkpoint_id
-from .legacy import MigrationEntry, MigrationReport, migrate
 from .manager import CheckpointManager, get_checkpoint_manager
 from .manager import open_store as open
 from .policies import CheckpointPolicy, RetentionDecision, RetentionReport
@@ -50,6 +51,30 @@ from .types import (
     StorageConfig,
     VerifyReport,
 )
+
+if TYPE_CHECKING:
+    from .archive import ArchiveReport, export_archive, import_archive
+    from .legacy.migrate import MigrationEntry, MigrationReport, migrate
+
+# Archives and the legacy importers load on first use: `import ckptlite` stays light
+# (and never imports pickle, which only the legacy readers need).
+_LAZY = {
+    "ArchiveReport": ".archive",
+    "export_archive": ".archive",
+    "import_archive": ".archive",
+    "MigrationEntry": ".legacy",
+    "MigrationReport": ".legacy",
+    "migrate": ".legacy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ckptlite' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

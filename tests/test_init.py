@@ -106,3 +106,16 @@ def test_imports_point_one_way() -> None:
                 if _layer(target) > own:
                     bad.append(f"{'/'.join(rel)} imports {node.module}")
     assert not bad, bad
+
+
+def test_import_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ckptlite; "
+        "print(sorted(m for m in ('pickle', 'numpy', 'psycopg', 'ckptlite.legacy') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
