@@ -1,0 +1,192 @@
+"""Commands that look inside a store: ls, show, cat, stats, runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..types import Level, Status
+from ..views import checkpoint_view, state_view
+from ._base import (
+    EXIT_OK,
+    Context,
+    _human,
+    _label,
+    _since,
+    _table,
+    _when,
+    new_command,
+)
+
+# -- inspect ---------------------------------------------------------------------
+
+
+def _add_ls(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub,
+        "ls",
+        "list checkpoints, newest first (or as a tree)",
+        "ckptlite ls --process geo-run --level step --since 2d",
+    )
+    p.add_argument("--process", "-p", metavar="ID", help="only this process_id")
+    p.add_argument("--level", "-l", choices=[lv.value for lv in Level], help="only this level")
+    p.add_argument("--name", help="only this slot name")
+    p.add_argument("--status", choices=[s.value for s in Status], help="only this status")
+    p.add_argument("--since", type=_since, metavar="WHEN", help="ISO time, or an age: 2h, 3d")
+    p.add_argument("--limit", "-n", type=int, metavar="N", help="at most N checkpoints")
+    p.add_argument("--tree", action="store_true", help="draw the parent/child hierarchy")
+    p.set_defaults(func=_ls)
+    return p
+
+
+def _ls(ctx: Context) -> int:
+    a = ctx.args
+    with ctx.open() as mgr:
+        cps = mgr.list(a.process, a.level, a.name, a.status, since=a.since, limit=a.limit)
+    if a.tree:
+        from ..tree import TreeNode, build_tree, render_tree
+
+        roots = build_tree(cps)
+
+        def node(n: TreeNode) -> dict[str, Any]:
+            return {
+                "checkpoint": checkpoint_view(n.checkpoint),
+                "detached": n.detached,
+                "children": [node(c) for c in n.children],
+            }
+
+        ctx.emit({"tree": [node(r) for r in roots]}, render_tree(roots, _label))
+        return EXIT_OK
+    rows = [["ID", "PROCESS", "LEVEL", "NAME", "STATUS", "CREATED", "SIZE", "PROGRESS"]]
+    rows += [
+        [
+            c.id,
+            c.process_id,
+            c.level.value,
+            c.name,
+            c.status.value,
+            _when(c),
+            _human(c.size),
+            f"{c.progress[0]}/{c.progress[1]}" if c.progress else "",
+        ]
+        for c in cps
+    ]
+    ctx.emit({"checkpoints": cps}, _table(rows) if cps else "no checkpoints")
+    return EXIT_OK
+
+
+def _add_show(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(sub, "show", "show one checkpoint's record", "ckptlite show chk_step_2026...")
+    p.add_argument("id", help="checkpoint id")
+    p.set_defaults(func=_show)
+    return p
+
+
+def _show(ctx: Context) -> int:
+    with ctx.open() as mgr:
+        cp = mgr.get(ctx.args.id)
+    view = checkpoint_view(cp)
+    width = max(map(len, view))
+    lines = []
+    for k, v in view.items():
+        shown = json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v
+        lines.append(f"{k.ljust(width)}  {'-' if v is None else shown}")
+    ctx.emit({"checkpoint": cp}, lines)
+    return EXIT_OK
+
+
+def _add_cat(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub,
+        "cat",
+        "print a checkpoint's state as JSON (every byte verified)",
+        "ckptlite cat chk_step_2026... --full > state.json",
+        description="Print a checkpoint's state as JSON. Arrays show dtype, shape, min and "
+        "max, and bytes longer than 64 show size and sha256, unless --full.",
+    )
+    p.add_argument("id", help="checkpoint id")
+    p.add_argument("--full", action="store_true", help="include array data and all bytes")
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="load pickled values (runs code: trust!)"
+    )
+    p.set_defaults(func=_cat)
+    return p
+
+
+def _cat(ctx: Context) -> int:
+    a = ctx.args
+    with ctx.open(allow_pickle=a.allow_pickle) as mgr:
+        state = mgr.load(a.id)
+    view = state_view(state, full=a.full)
+    if ctx.json:
+        ctx.emit({"id": a.id, "state": view}, "")
+    else:
+        ctx.out.write(json.dumps(view, indent=2, ensure_ascii=False) + "\n")
+    return EXIT_OK
+
+
+def _add_stats(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub, "stats", "counts per process and level, bytes, dedup ratio", "ckptlite stats --json"
+    )
+    p.set_defaults(func=_stats)
+    return p
+
+
+def _stats(ctx: Context) -> int:
+    with ctx.open() as mgr:
+        s = mgr.stats()
+    lines = [
+        f"store          {ctx.settings().url}",
+        f"checkpoints    {s['checkpoints']}",
+        f"chunks         {s['chunks']}",
+        f"logical bytes  {_human(s['logical_bytes'])} ({s['logical_bytes']})",
+        f"stored bytes   {_human(s['stored_bytes'])} ({s['stored_bytes']})",
+        f"dedup ratio    {s['dedup_ratio']:.2f}x (logical / stored)",
+    ]
+    if s["by_status"]:
+        lines.append("by status      " + ", ".join(f"{k} {v}" for k, v in s["by_status"].items()))
+    levels = [lv.value for lv in Level]
+    if s["by_process"]:
+        rows = [["PROCESS", *(lv.upper() for lv in levels), "TOTAL"]]
+        for pid, counts in sorted(s["by_process"].items()):
+            rows.append(
+                [pid, *(str(counts.get(lv, 0)) for lv in levels), str(sum(counts.values()))]
+            )
+        lines += ["", *_table(rows)]
+    ctx.emit(s, lines)
+    return EXIT_OK
+
+
+def _add_runs(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub,
+        "runs",
+        "list pipeline runs: status, progress of their work items, error",
+        "ckptlite runs --process geo-run",
+    )
+    p.add_argument("--process", "-p", metavar="ID", help="only this process")
+    p.set_defaults(func=_runs)
+    return p
+
+
+def _runs(ctx: Context) -> int:
+    with ctx.open() as mgr:
+        runs = mgr.list_runs(ctx.args.process)
+    rows = [["RUN", "PROCESS", "STATUS", "STARTED", "UPDATED", "ITEMS DONE", "ERROR"]]
+    for r in runs:
+        prog = f"{r.progress[0]}/{r.progress[1]}" if r.progress else ""
+        rows.append(
+            [
+                r.id,
+                r.process_id,
+                r.status.value,
+                r.started_at.strftime("%Y-%m-%d %H:%M:%SZ"),
+                r.updated_at.strftime("%Y-%m-%d %H:%M:%SZ"),
+                prog,
+                r.error.splitlines()[0][:60] if r.error else "",
+            ]
+        )
+    ctx.emit({"runs": runs}, _table(rows) if runs else "no runs")
+    return EXIT_OK

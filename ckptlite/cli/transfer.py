@@ -1,0 +1,142 @@
+"""Commands that move checkpoints between stores: migrate, import, sync."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import (
+    ConfigError,
+)
+from ..manager import open_store
+from ._base import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    Context,
+    _human,
+    new_command,
+)
+
+
+def _migrate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true", help="read and check, write nothing")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="read pickled payloads (restricted unpickler; only if you trust their author)",
+    )
+    p.add_argument(
+        "--process", metavar="ID", help="process id for formats without one (tile, script)"
+    )
+    p.set_defaults(func=_migrate)
+
+
+def _add_migrate(sub: Any) -> argparse.ArgumentParser:
+    from ..legacy import FORMATS
+
+    p = new_command(
+        sub,
+        "migrate",
+        "import the legacy checkpoint systems' checkpoints",
+        "ckptlite --store ./ckpts migrate ./checkpoints --trust-pickle --dry-run",
+        description="Import every legacy checkpoint at PATH (a checkpoint directory or "
+        "file) or DSN (postgresql://...), autodetecting the format; the source is only "
+        "read. A rerun imports nothing twice. One report line per checkpoint: imported, "
+        "already imported, would import (--dry-run) or failed (why).",
+    )
+    p.add_argument("source", metavar="PATH|DSN", help="legacy directory, file or DSN")
+    p.add_argument("--format", choices=FORMATS, help="skip autodetection")
+    _migrate_options(p)
+    return p
+
+
+def _add_import(sub: Any) -> argparse.ArgumentParser:
+    from ..legacy import FORMATS
+
+    p = new_command(
+        sub,
+        "import",
+        "import one legacy format (migrate --format FORMAT)",
+        "ckptlite import tile ./tile_checkpoint --trust-pickle --process geo-tiles",
+    )
+    p.add_argument("format", choices=FORMATS, help="legacy format")
+    p.add_argument("source", metavar="PATH|DSN", help="legacy directory, file or DSN")
+    _migrate_options(p)
+    return p
+
+
+def _migrate(ctx: Context) -> int:
+    from ..legacy import MigrationEntry, migrate
+
+    a = ctx.args
+    decided = 0
+
+    def show(entry: MigrationEntry) -> None:
+        nonlocal decided
+        decided += 1
+        if ctx.json:  # the bar (stderr, terminals only) stands in for the lines
+            bar.update(decided)
+        else:  # one line per checkpoint as it is decided
+            ctx.out.write(entry.line() + "\n")
+            ctx.out.flush()
+
+    try:
+        mgr = ctx.open(create=not a.dry_run)
+    except ConfigError:
+        if not a.dry_run:
+            raise
+        mgr = open_store("memory://")  # a dry run into a store that does not exist yet
+    with mgr, ctx.progress("migrate") as bar:
+        report = migrate(
+            a.source,
+            mgr,
+            format=a.format,
+            dry_run=a.dry_run,
+            trust_pickle=a.trust_pickle,
+            process_id=a.process,
+            on_entry=show,
+        )
+    if ctx.json:
+        ctx.emit(report.to_dict(), [])
+    else:
+        ctx.out.write("".join(line + "\n" for line in report.summary()))
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _add_sync(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub,
+        "sync",
+        "copy checkpoints, chunks, runs and the ledger to or from another store",
+        "ckptlite --store ./ckpts sync --to postgresql://user@db.example/ckpts",
+        description="Copy what the other store lacks: --to URL pushes this store (--store "
+        "or the default) there, --from URL pulls from there into this store. Resumes "
+        "where the last sync stopped; a rerun copies nothing twice. Deletes and later "
+        "status changes are not propagated.",
+    )
+    way = p.add_mutually_exclusive_group(required=True)
+    way.add_argument("--to", metavar="URL", help="copy this store into URL")
+    way.add_argument("--from", dest="from_url", metavar="URL", help="copy URL into this store")
+    p.add_argument("--process", metavar="ID", help="only this process (and its ancestors)")
+    p.set_defaults(func=_sync)
+    return p
+
+
+def _sync(ctx: Context) -> int:
+    from ..sync import sync
+
+    a = ctx.args
+    here = ctx.settings().url
+    source, target = (here, a.to) if a.to else (a.from_url, here)
+    with ctx.progress("sync") as bar:
+        r = sync(source, target, a.process, progress=bar.update)
+    lines = [
+        f"synced {r.source} -> {r.target}: {r.checkpoints_copied} checkpoint(s) copied, "
+        f"{r.checkpoints_skipped} already there, {r.chunks_copied} chunk(s) "
+        f"({_human(r.bytes_copied)}), {r.runs_copied} run(s), {r.items_copied} ledger "
+        f"entr{'y' if r.items_copied == 1 else 'ies'} in {r.seconds:.1f}s"
+    ]
+    if r.failed:
+        lines.append(f"not copied (unreadable at the source, or refused): {', '.join(r.failed)}")
+    ctx.emit(r.to_dict(), lines)
+    return EXIT_OK if r.ok else EXIT_PROBLEMS
