@@ -156,3 +156,15 @@ def test_without_trust_only_dataless_rows_import(
 def test_missing_table_is_a_clear_error(pg_schema: str, mgr: ckptlite.CheckpointManager) -> None:
     with pytest.raises(ckptlite.LegacyFormatError, match="pipeline_checkpoints"):
         migrate(pg_schema, mgr)
+
+
+def test_rows_written_by_ckptlite_itself_are_not_imported(
+    legacy_db: tuple[str, Path], mgr: ckptlite.CheckpointManager
+) -> None:
+    dsn, _root = legacy_db
+    with ckptlite.open(dsn) as shared:  # the postgres backend writes into the same table
+        own = shared.save("shared-run", {"x": 1})
+    report = migrate(dsn, mgr, trust_pickle=True)
+    assert report.count(IMPORTED) == 6, report.entries
+    assert own.id not in {e.legacy_id for e in report.entries}
+    assert all(cp.process_id != "shared-run" for cp in mgr.list())

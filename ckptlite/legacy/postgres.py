@@ -63,9 +63,12 @@ def fetch_rows(dsn: str, table: str = TABLE) -> list[dict[str, Any]]:
         raise ConfigError(f"cannot connect to the legacy database: {e}") from e
     with conn:
         conn.read_only = True  # the source is never modified
-        query = sql.SQL("SELECT {} FROM {} ORDER BY created_at, checkpoint_id").format(
-            sql.SQL(_COLUMNS), sql.Identifier(table)
-        )
+        # Rows ckptlite's own postgres backend wrote are ckptlite checkpoints already
+        # (`ckptlite sync --from` copies them); importing them would duplicate each one.
+        query = sql.SQL(
+            "SELECT {} FROM {} WHERE file_path NOT LIKE 'ckptlite://%%' "
+            "ORDER BY created_at, checkpoint_id"
+        ).format(sql.SQL(_COLUMNS), sql.Identifier(table))
         try:
             rows = conn.execute(query).fetchall()
         except psycopg.errors.UndefinedTable as e:
