@@ -66,3 +66,32 @@ def test_network_file_systems_are_refused(tmp_path: Path) -> None:
         refuse_network_fs(tmp_path / "store", mounts)
     assert "network file system" in str(e.value)
     refuse_network_fs(tmp_path / "store", "/dev/vda / ext4 rw 0 0\n")  # local: accepted
+
+
+@pytest.mark.parametrize(
+    ("durability", "synchronous", "fsyncs"),
+    [("none", 0, False), ("safe", 1, True), ("full", 2, True)],
+)
+def test_durability_sets_sqlite_sync_and_chunk_fsync(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    durability: str,
+    synchronous: int,
+    fsyncs: bool,
+) -> None:
+    import os
+
+    import numpy as np
+
+    calls: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
+    with ckptlite.open(tmp_path / "s", durability=durability, busy_timeout=7) as mgr:
+        conn = mgr.backend.db.connection()  # type: ignore[attr-defined]
+        one = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731
+        assert one("PRAGMA synchronous") == synchronous
+        assert one("PRAGMA foreign_keys") == 1 and one("PRAGMA trusted_schema") == 0
+        assert one("PRAGMA busy_timeout") == 7000  # seconds, not milliseconds
+        calls.clear()
+        mgr.save("p", {"a": np.random.default_rng(0).random(400_000)})  # file chunks
+        assert bool(calls) is fsyncs
