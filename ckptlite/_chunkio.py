@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import mmap
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import zstandard
@@ -54,29 +54,48 @@ def write_buffers(
     lock = threading.Lock()
 
     def store(views: Sequence[memoryview]) -> list[tuple[str, int]]:
-        # Each pool task hashes, compresses and writes a group of chunks: groups
-        # run in parallel and each group's files share one fsync round.
+        # Each pool task hashes a group of chunks, then compresses and writes the
+        # new ones into one pack: groups run in parallel, each with one fsync, and
+        # one group's pack goes to disk while others are hashed.
         digests = [chunking.digest_of(v) for v in views]
         with lock:
             mine = {d: v for d, v in zip(digests, views, strict=True) if d not in claimed}
             claimed.update(mine)
         present = backend.has_chunks(mine) if mine else set()
-        chunks = [chunking.compress_chunk(d, v, level) for d, v in mine.items() if d not in present]
-        backend.write_chunks(chunks)
-        stored = {c.digest: c.stored_size for c in chunks}
+        stored: dict[str, int] = {}
+
+        def fresh() -> Iterator[StoredChunk]:
+            # Compressed one at a time as the backend writes them: a group's
+            # compressed copies are never all in memory at once.
+            for d, v in mine.items():
+                if d not in present:
+                    chunk = chunking.compress_chunk(d, v, level)
+                    stored[d] = chunk.stored_size
+                    yield chunk
+
+        backend.write_chunks(fresh())
         return [(d, stored.pop(d, 0)) for d in digests]
 
-    group = max(1, _WRITE_GROUP_BYTES // size)
-    for buf in buffers:
-        views = chunking.split(buf, size)
-        groups = [views[i : i + group] for i in range(0, len(views), group)]
-        futures = [pool.submit(store, g) for g in groups]
-        # Let every group finish before raising one's error: a failed save must not
-        # return while other groups are still writing (their temp files, their rows).
-        wait(futures)
-        done = [e for f in futures for e in f.result()]
-        written += sum(n for _, n in done)
-        manifest.append([(d, v.nbytes) for (d, _), v in zip(done, views, strict=True)])
+    # Groups run across buffer boundaries: a state of many small arrays still makes
+    # few packs (one fsync each), not one per array.
+    views = [chunking.split(buf, size) for buf in buffers]
+    groups: list[list[memoryview]] = [[]]
+    filled = 0
+    for v in (v for vs in views for v in vs):
+        if filled >= _WRITE_GROUP_BYTES:
+            groups.append([])
+            filled = 0
+        groups[-1].append(v)
+        filled += v.nbytes
+    futures = [pool.submit(store, g) for g in groups]
+    # Let every group finish before raising one's error: a failed save must not
+    # return while other groups are still writing (their temp files, their rows).
+    wait(futures)
+    done = iter([e for f in futures for e in f.result()])
+    for vs in views:
+        entries = [next(done) for _ in vs]
+        written += sum(n for _, n in entries)
+        manifest.append([(d, v.nbytes) for (d, _), v in zip(entries, vs, strict=True)])
     return manifest, written
 
 

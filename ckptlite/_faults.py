@@ -21,6 +21,7 @@ POINTS = (
     "commit.in_transaction",  # record inserted, COMMIT not yet run
     "commit.after_commit",  # committed, save() has not returned
     "gc.after_delete",  # chunk rows deleted and committed, files not yet unlinked
+    "gc.after_repack",  # live chunks moved to a new pack and committed, old packs not unlinked
 )
 
 

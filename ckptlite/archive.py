@@ -5,7 +5,8 @@ An archive is an uncompressed tar (chunks are compressed already)::
 
     ckptlite-archive/ARCHIVE.json          {"format": "ckptlite-archive", "version": 1, ...}
     ckptlite-archive/store/ckptlite.db     a local store: SQLite online backup, never a raw copy
-    ckptlite-archive/store/blobs/<2 hex>/<64 hex>
+    ckptlite-archive/store/blobs/packs/<64 hex>     chunks, many per pack file
+    ckptlite-archive/store/blobs/<2 hex>/<64 hex>   one chunk (stores written before packs)
 
 Import reads only those names (regular files; no links, no other paths), opens
 the store the archive holds, verifies every byte, and only then copies the
@@ -38,7 +39,8 @@ ARCHIVE_FORMAT = "ckptlite-archive"
 ARCHIVE_VERSION = 1
 _ROOT = "ckptlite-archive"
 _MEMBER_RE = re.compile(
-    r"^ckptlite-archive/(ARCHIVE\.json|store/ckptlite\.db|store/blobs/([0-9a-f]{2})/(\2[0-9a-f]{62}))$"
+    r"^ckptlite-archive/(ARCHIVE\.json|store/ckptlite\.db"
+    r"|store/blobs/([0-9a-f]{2})/(\2[0-9a-f]{62})|store/blobs/packs/[0-9a-f]{64})$"
 )
 
 Progress = Callable[[int, int | None], None]  # (done, total or None when unknown)
@@ -108,9 +110,10 @@ def export_archive(
             info.size, info.mode, info.mtime = len(data), 0o600, int(datetime.now().timestamp())
             tar.addfile(info, io.BytesIO(data))
             tar.add(store / "ckptlite.db", f"{_ROOT}/store/ckptlite.db")
-            for f in sorted((store / "blobs").glob("??/*")):
-                if _MEMBER_RE.match(f"{_ROOT}/store/blobs/{f.parent.name}/{f.name}"):
-                    tar.add(f, f"{_ROOT}/store/blobs/{f.parent.name}/{f.name}")
+            for f in sorted((store / "blobs").glob("*/*")):
+                name = f"{_ROOT}/store/blobs/{f.parent.name}/{f.name}"
+                if _MEMBER_RE.match(name) and f.is_file():
+                    tar.add(f, name)
         with partial.open("rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(partial, target)

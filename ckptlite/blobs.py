@@ -1,12 +1,19 @@
-"""The blob directory: chunk files ``blobs/<2 hex>/<64 hex>``, written atomically.
+"""The blob directory: pack files ``blobs/packs/<64 hex>`` holding many chunks, written atomically.
+
+A save's big chunks go into one new pack per group (one fsync for the group,
+not one per chunk); the chunk index (``chunks.pack``, ``pack_offset``) says
+where each chunk lies. Packs are never changed once renamed into place: gc
+deletes a dead pack and rewrites a mostly dead one into a new pack. Stores
+written before packs hold one file per chunk, ``blobs/<2 hex>/<64 hex>``;
+those are still read, verified, backed up and collected.
 
 Every file is written as temp -> fsync -> rename -> directory fsync. A temp
 file is ``flock``-ed by its writer for as long as it is being written, so
 ``gc`` can tell a live writer's temp file (locked) from a dead one's (free).
 ``blobs/.lock`` orders gc against saves across processes: a save holds it
-shared while it checks its chunk files and commits; gc holds it exclusive while
-it deletes rows and unlinks files, so gc never removes a chunk a save is about
-to reference.
+shared while it writes its packs and commits their rows; gc holds it exclusive
+while it deletes rows and unlinks files, so gc never removes a chunk a save is
+about to reference.
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ import fcntl
 import os
 import re
 import secrets
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import _faults
 from .errors import CorruptCheckpointError, StoreFullError, StoreIOError
@@ -27,10 +36,11 @@ __all__ = ["BlobDir"]
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 _TMP = "tmp"
+_PACKS = "packs"
 
 
 class BlobDir:
-    """Chunk files under ``root``, named by digest only."""
+    """Pack files and chunk files under ``root``, named by 64 hex digits only."""
 
     def __init__(self, root: Path, *, fsync: bool = True, group: bool = False) -> None:
         self.root = root
@@ -40,6 +50,10 @@ class BlobDir:
         root.parent.mkdir(parents=True, exist_ok=True)
         self._mkdir(root)
         self._mkdir(root / _TMP)
+        if not (root / _PACKS).is_dir():
+            self._mkdir(root / _PACKS)
+            if fsync:  # a pack's rename is only as durable as the directory's entry
+                _fsync_dir(root)
         self._lock_path = root / ".lock"
         for lock in (self._lock_path, root / ".gate"):  # the two files gc_lock flocks
             if not lock.exists():
@@ -76,99 +90,103 @@ class BlobDir:
 
         return stat.S_ISREG(st.st_mode)
 
+    def pack_path(self, name: str) -> Path:
+        """Return the path of a pack file; only a well-formed name makes a path.
+
+        Raises:
+            CorruptCheckpointError: ``name`` is not 64 lowercase hex digits.
+        """
+        if not isinstance(name, str) or not _DIGEST_RE.match(name):
+            raise CorruptCheckpointError(f"not a pack name: {name!r}")
+        return self.root / _PACKS / name
+
     def write(self, digest: str, data: bytes | memoryview) -> bool:
-        """Store ``data`` under ``digest`` unless present; return True if written.
+        """Store ``data`` as the chunk file of ``digest`` unless present; return True if written.
+
+        Chunks are written into packs (``write_pack``); single chunk files are what
+        stores written before packs hold, and what ``backup`` copies of them.
 
         Raises:
             StoreFullError: the disk is full (no temp file is left behind).
             StoreIOError: a write or fsync failed (nothing is renamed into place).
         """
-        return self.write_many([(digest, data)])[0]
+        if self.exists(digest):
+            return False
+        final = self.path(digest)
+        if not final.parent.is_dir():
+            with _os_errors("creating a chunk directory"):
+                self._mkdir(final.parent)
+                if self.fsync:
+                    _fsync_dir(self.root)
+        self._write_atomic(final, [data], f"chunk {digest}")
+        return True
 
-    def write_many(self, items: Sequence[tuple[str, bytes | memoryview]]) -> list[bool]:
-        """Store several chunks; return, per chunk, whether it was written (not present).
-
-        All temp files are written, then all fsynced, then renamed, then their
-        directories fsynced: on ext4 one journal commit covers the batch, where
-        write-fsync-rename one file at a time cost a commit (~5 ms) per chunk.
+    def write_pack(self, parts: Sequence[bytes | memoryview]) -> tuple[str, list[int]]:
+        """Write ``parts`` into one new pack file; return its name and each part's offset.
 
         Raises:
             StoreFullError: the disk is full (no temp file is left behind).
             StoreIOError: a write or fsync failed (nothing is renamed into place).
         """
-        result: list[bool] = []
-        pending: list[tuple[str, Path, int]] = []  # digest, temp path, open fd
+        with PackWriter(self) as pack:
+            offsets = [pack.add(part) for part in parts]
+            pack.commit()
+        return pack.name, offsets
+
+    def copy_pack(self, source: BlobDir, name: str) -> int:
+        """Copy pack ``name`` from ``source`` unless present; return the bytes copied.
+
+        Raises:
+            CorruptCheckpointError: the source pack is missing or unreadable.
+            StoreFullError, StoreIOError: the copy could not be written.
+        """
+        final = self.pack_path(name)
+        if final.exists():
+            return 0
+        fd = source._open_path(source.pack_path(name), f"pack {name}")
         try:
-            for digest, data in items:
-                final = self.path(digest)
-                if self.exists(digest):
-                    if self.fsync:
-                        self._resync(digest, final)
-                    result.append(False)
-                    continue
-                tmp = self.root / _TMP / f"{digest[:16]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-                # Creating the temp file can hit ENOSPC too (no inode left): same typed error.
-                with _os_errors(f"creating a temp file for chunk {digest}"):
-                    fd = os.open(
-                        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, self.file_mode
-                    )
-                pending.append((digest, tmp, fd))
-                result.append(True)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                os.fchmod(fd, self.file_mode)  # not cut by the umask (see _mkdir)
-                with _os_errors(f"writing chunk {digest}"):
-                    view = memoryview(data)
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read()
+        finally:
+            os.close(fd)
+        self._write_atomic(final, [data], f"pack {name}")
+        return len(data)
+
+    def _write_atomic(self, final: Path, parts: Sequence[bytes | memoryview], what: str) -> None:
+        # temp (flocked: gc skips a live writer's) -> write -> fsync -> rename -> dir fsync
+        tmp = self.root / _TMP / f"{final.name[:16]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        # Creating the temp file can hit ENOSPC too (no inode left): same typed error.
+        with _os_errors(f"creating a temp file for {what}"):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, self.file_mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.fchmod(fd, self.file_mode)  # not cut by the umask (see _mkdir)
+            with _os_errors(f"writing {what}"):
+                at = 0
+                for part in parts:
+                    view = memoryview(part).cast("B")
+                    start = at
                     while view.nbytes:
                         n = os.write(fd, view)
                         view = view[n:]
-                    _faults.point("blob.after_write")
-            dirs: set[Path] = set()
-            for digest, _tmp, fd in pending:
-                with _os_errors(f"writing chunk {digest}"):
+                        at += n
                     if self.fsync:
-                        os.fsync(fd)
-                    _faults.point("blob.after_fsync")
-            parents = {self.path(d).parent for d, _, _ in pending}
-            new_dirs = {p for p in parents if not p.is_dir()}
-            if new_dirs:
-                with _os_errors("creating chunk directories"):
-                    for parent in sorted(new_dirs):
-                        self._mkdir(parent)
-                    if self.fsync:
-                        _fsync_dir(self.root)
-            while pending:
-                digest, tmp, fd = pending[0]
-                final = self.path(digest)
-                with _os_errors(f"writing chunk {digest}"):
-                    parent = final.parent
-                    os.rename(tmp, final)
-                    pending.pop(0)
-                    os.close(fd)
-                    dirs.add(parent)
-                    _faults.point("blob.after_rename")
-            if self.fsync:
-                for parent in sorted(dirs):
-                    with _os_errors(f"syncing chunk directory {parent.name}"):
-                        _fsync_dir(parent)
+                        _start_writeback(fd, start, at - start)
+                _faults.point("blob.after_write")
+                if self.fsync:
+                    os.fsync(fd)
+                _faults.point("blob.after_fsync")
+                os.rename(tmp, final)
+            _faults.point("blob.after_rename")
         except BaseException:
-            for _digest, tmp, fd in pending:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise
-        return result
-
-    def _resync(self, digest: str, final: Path) -> None:
-        # A file with no row yet is a failed or killed writer's: its directory
-        # fsync may have failed. Sync it again before a record may trust it.
-        with _os_errors(f"syncing chunk {digest}"):
-            fd = os.open(final, os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            _fsync_dir(final.parent)
+        finally:
+            os.close(fd)
+        if self.fsync:
+            with _os_errors(f"syncing the directory of {what}"):
+                _fsync_dir(final.parent)
 
     def read(self, digest: str) -> bytes:
         """Return a chunk file's bytes.
@@ -176,7 +194,7 @@ class BlobDir:
         Raises:
             CorruptCheckpointError: the file is missing, unreadable or not a regular file.
         """
-        fd = self._open(digest)
+        fd = self._open_path(self.path(digest), f"chunk {digest}", digest)
         try:
             with os.fdopen(fd, "rb", closefd=False) as f:
                 return f.read()
@@ -193,27 +211,46 @@ class BlobDir:
         Raises:
             CorruptCheckpointError: the file is missing, unreadable or not a regular file.
         """
-        fd = self._open(digest)
+        fd = self._open_path(self.path(digest), f"chunk {digest}", digest)
         try:
-            with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-                got = 0
-                while got < out.nbytes:
-                    n = f.readinto(out[got:])
-                    if not n:
-                        return got
-                    got += n
-                return got + len(f.read(1))
+            got = _pread_into(fd, out, 0)
+            return got + (len(os.pread(fd, 1, got)) if got == out.nbytes else 0)
         finally:
             os.close(fd)
 
-    def _open(self, digest: str) -> int:
+    def read_packed(self, name: str, offset: int, n: int, digest: str) -> bytes:
+        """Return the ``n`` bytes of chunk ``digest`` at ``offset`` in pack ``name``.
+
+        Raises:
+            CorruptCheckpointError: the pack is missing, unreadable or too short.
+        """
+        out = bytearray(n)
+        if self.read_packed_into(name, offset, memoryview(out), digest) != n:
+            raise CorruptCheckpointError(
+                f"chunk {digest} is cut short in pack {name}", digest=digest
+            )
+        return bytes(out)
+
+    def read_packed_into(self, name: str, offset: int, out: memoryview, digest: str) -> int:
+        """Read chunk ``digest`` from pack ``name`` straight into ``out``; return bytes read.
+
+        Raises:
+            CorruptCheckpointError: the pack is missing or unreadable.
+        """
+        fd = self._open_path(self.pack_path(name), f"chunk {digest} (pack {name})", digest)
         try:
-            fd = os.open(self.path(digest), os.O_RDONLY | os.O_NOFOLLOW)
+            return _pread_into(fd, out, offset)
+        finally:
+            os.close(fd)
+
+    def _open_path(self, path: Path, what: str, digest: str | None = None) -> int:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
-            raise CorruptCheckpointError(f"chunk {digest} is missing", digest=digest) from None
+            raise CorruptCheckpointError(f"{what} is missing", digest=digest) from None
         except PermissionError:
             raise CorruptCheckpointError(
-                f"chunk {digest} cannot be read: permission denied",
+                f"{what} cannot be read: permission denied",
                 hint="Give the store's files back to the user that writes it (chown/chmod), "
                 "then `ckptlite verify --full` marks the checkpoint valid again.",
                 digest=digest,
@@ -221,10 +258,9 @@ class BlobDir:
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise CorruptCheckpointError(
-                    f"chunk {digest} is a symlink; refusing to follow it", digest=digest
+                    f"{what} is a symlink; refusing to follow it", digest=digest
                 ) from None
             raise
-        return fd
 
     def remove(self, digest: str) -> int:
         """Unlink a chunk file; return the bytes freed (0 if it was gone)."""
@@ -245,6 +281,23 @@ class BlobDir:
                 if _DIGEST_RE.match(f.name) and f.name[:2] == sub.name:
                     with contextlib.suppress(FileNotFoundError):
                         yield f.name, f.lstat().st_size
+
+    def packs(self) -> Iterator[tuple[str, int]]:
+        """Yield (name, size) of every pack file on disk."""
+        for f in (self.root / _PACKS).iterdir():
+            if _DIGEST_RE.match(f.name):
+                with contextlib.suppress(FileNotFoundError):
+                    yield f.name, f.lstat().st_size
+
+    def remove_pack(self, name: str) -> int:
+        """Unlink a pack file; return the bytes freed (0 if it was gone)."""
+        p = self.pack_path(name)
+        try:
+            size = os.lstat(p).st_size
+            os.unlink(p)
+        except FileNotFoundError:
+            return 0
+        return size
 
     def dead_temp_files(self) -> Iterator[Path]:
         """Yield temp files whose writer is gone (their flock is free)."""
@@ -282,6 +335,123 @@ class BlobDir:
             yield
         finally:
             os.close(fd)
+
+
+class PackWriter:
+    """One new pack file, written part by part as the parts come.
+
+    Parts go into a flocked temp file, and writeback of each starts at once, so
+    the fsync in ``commit`` waits for the tail only: one file and one fsync for a
+    group of chunks, where a file per chunk cost a journal commit each (P3).
+    ``commit`` makes it durable (fsync, rename, directory fsync); leaving the
+    ``with`` block without it removes the temp file.
+
+    >>> import tempfile, pathlib
+    >>> blobs = BlobDir(pathlib.Path(tempfile.mkdtemp()) / "blobs", fsync=False)
+    >>> with PackWriter(blobs) as pack:
+    ...     offsets = [pack.add(b"abc"), pack.add(b"de")]
+    ...     pack.commit()
+    >>> offsets, blobs.read_packed(pack.name, 3, 2, "-")
+    ([0, 3], b'de')
+    """
+
+    def __init__(self, blobs: BlobDir) -> None:
+        self.blobs = blobs
+        self.name = secrets.token_hex(32)
+        self.size = 0
+        self._tmp = blobs.root / _TMP / f"{self.name[:16]}.{os.getpid()}.pack.tmp"
+        self._fd = -1
+
+    def __enter__(self) -> PackWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd >= 0:  # not committed: the temp file goes
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp)
+            os.close(self._fd)
+            self._fd = -1
+
+    def add(self, data: bytes | memoryview) -> int:
+        """Append ``data``; return its offset in the pack.
+
+        Raises:
+            StoreFullError, StoreIOError: the write failed.
+        """
+        b = self.blobs
+        if self._fd < 0:
+            # Creating the temp file can hit ENOSPC too (no inode left): same typed error.
+            with _os_errors(f"creating pack {self.name}"):
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                self._fd = os.open(self._tmp, flags, b.file_mode)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # gc removes only unlocked (dead) temps
+            os.fchmod(self._fd, b.file_mode)  # not cut by the umask (see BlobDir._mkdir)
+        offset = self.size
+        view = memoryview(data).cast("B")
+        with _os_errors(f"writing pack {self.name}"):
+            while view.nbytes:
+                n = os.write(self._fd, view)
+                view = view[n:]
+                self.size += n
+            if b.fsync:
+                _start_writeback(self._fd, offset, self.size - offset)
+        _faults.point("blob.after_write")
+        return offset
+
+    def commit(self) -> None:
+        """Make the pack durable under its name (nothing to do if no part was added).
+
+        Raises:
+            StoreFullError, StoreIOError: the fsync or rename failed (the temp file goes).
+        """
+        if self._fd < 0:
+            return
+        final = self.blobs.pack_path(self.name)
+        with _os_errors(f"writing pack {self.name}"):
+            if self.blobs.fsync:
+                os.fsync(self._fd)
+            _faults.point("blob.after_fsync")
+            os.rename(self._tmp, final)
+        os.close(self._fd)
+        self._fd = -1
+        _faults.point("blob.after_rename")
+        if self.blobs.fsync:
+            with _os_errors(f"syncing the directory of pack {self.name}"):
+                _fsync_dir(final.parent)
+
+
+def _pread_into(fd: int, out: memoryview, offset: int) -> int:
+    got = 0
+    while got < out.nbytes:
+        n = os.preadv(fd, [out[got:]], offset + got)
+        if not n:
+            break
+        got += n
+    return got
+
+
+_sync_file_range: Any = None
+
+
+def _start_writeback(fd: int, offset: int, n: int) -> None:
+    """Ask the kernel to start writing a range to disk now, without waiting.
+
+    The fsync at the end then waits for the tail only: writeback of the first
+    chunks overlaps hashing and writing of the next ones (P3). Linux only; a
+    no-op elsewhere, and its errors are left to the fsync that follows.
+    """
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = False
+        if sys.platform.startswith("linux"):
+            import ctypes  # here, not at the top: ``import ckptlite`` stays light
+
+            fn = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                _sync_file_range = fn
+    if _sync_file_range and n:
+        _sync_file_range(fd, offset, n, 2)  # SYNC_FILE_RANGE_WRITE
 
 
 def _fsync_dir(path: Path) -> None:

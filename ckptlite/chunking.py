@@ -8,6 +8,7 @@ The manifest lists, per buffer, the (digest, size) of its chunks in order.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 
 import msgpack
@@ -34,7 +35,7 @@ __all__ = [
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 MAX_CHUNK = 64 << 20  # the largest chunk_size a store may be opened with
-_PROBE = 64 * 1024  # compress a slice first; skip zstd on data it cannot shrink
+_PROBE = 16 * 1024  # compress a slice first; skip zstd on data it cannot shrink
 
 #: Per buffer: the (digest hex, raw size) of each chunk, in order.
 Manifest = list[list[tuple[str, int]]]
@@ -55,13 +56,28 @@ def compress_chunk(digest: str, view: memoryview, level: int) -> StoredChunk:
     """Compress one chunk when zstd pays, else keep it raw."""
     size = view.nbytes
     if size >= 256:
-        cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
-        if size > 2 * _PROBE and len(cctx.compress(view[:_PROBE])) > _PROBE * 7 // 8:
+        # A level-1 probe of one slice tells incompressible data (float noise) cheaply.
+        if size > 2 * _PROBE and len(_compressor(1).compress(view[:_PROBE])) > _PROBE * 7 // 8:
             return StoredChunk(digest, size, CODEC_RAW, view)
-        packed = cctx.compress(view)
+        packed = _compressor(level).compress(view)
         if len(packed) <= size * 7 // 8:
             return StoredChunk(digest, size, CODEC_ZSTD, packed)
     return StoredChunk(digest, size, CODEC_RAW, view)
+
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    # One per thread and level: a compressor is not thread-safe, and making one
+    # costs about what compressing a 16 KiB slice does.
+    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "cctx", None)
+    if cache is None:
+        cache = _local.cctx = {}
+    cctx = cache.get(level)
+    if cctx is None:
+        cctx = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return cctx
 
 
 def restore_chunk_into(chunk: StoredChunk, out: memoryview) -> None:

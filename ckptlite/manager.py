@@ -689,6 +689,7 @@ class CheckpointManager:
             missing_chunks=tuple(missing),
             orphan_chunks=structure.orphan_chunks,
             full=full,
+            orphan_packs=structure.orphan_packs,
         )
 
     def _verify_chunks(self, progress: Callable[[int, int], None] | None) -> set[str]:

@@ -119,6 +119,7 @@ class VerifyReport:
     missing_chunks: tuple[str, ...] = ()
     orphan_chunks: tuple[str, ...] = ()
     full: bool = False
+    orphan_packs: tuple[str, ...] = ()  # pack files no chunk row names (gc removes them)
 
     @property
     def ok(self) -> bool:
@@ -143,6 +144,7 @@ class GcReport:
     temp_files: tuple[str, ...] = ()
     bytes_reclaimed: int = 0
     dry_run: bool = False
+    packs: tuple[str, ...] = ()  # pack files deleted, or rewritten without their dead chunks
 
 
 class RunStatus(StrEnum):

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from damage import flip_bit
+from damage import chunk_span, flip_bit
 
 import ckptlite
 from ckptlite import Level, Status
@@ -175,9 +175,10 @@ def test_verify_names_the_checkpoint_whose_chunk_was_damaged(
     assert run(capsys, "--store", store, "verify")[0] == 0
     assert run(capsys, "--store", store, "verify", "--full")[0] == 0
 
-    blobs = sorted(p for p in (Path(store) / "blobs").glob("??/*") if p.is_file())
-    assert blobs, "the raster should be stored in chunk files"
-    flip_bit(blobs[0], offset=1000)
+    with ckptlite.open(store) as mgr:
+        digest = mgr.backend.get_record(pipeline["resample"].id).digests[0]
+    path, offset, _ = chunk_span(Path(store), digest)  # the raster is stored in a pack file
+    flip_bit(path, offset=offset + 1000)
 
     code, out, err = run(capsys, "--store", store, "verify", "--full")
     assert code == 1, (out, err)
@@ -201,12 +202,13 @@ def test_verify_names_the_checkpoint_whose_chunk_was_damaged(
 def test_quick_verify_finds_a_missing_chunk_file(
     capsys: pytest.CaptureFixture[str], pipeline: dict
 ) -> None:
-    blob = next(p for p in (Path(pipeline["store"]) / "blobs").glob("??/*") if p.is_file())
-    blob.unlink()
+    with ckptlite.open(pipeline["store"]) as mgr:
+        digest = mgr.backend.get_record(pipeline["resample"].id).digests[0]
+    chunk_span(Path(pipeline["store"]), digest)[0].unlink()  # its pack file
     code, out, _ = run(capsys, "--store", pipeline["store"], "verify")
     assert code == 1
     assert f"CORRUPTED {pipeline['resample'].id}" in out
-    assert f"missing chunk {blob.name}" in out
+    assert f"missing chunk {digest}" in out
 
 
 def test_gc_dry_run_reports_exactly_what_gc_removes(
@@ -231,8 +233,9 @@ def test_gc_dry_run_reports_exactly_what_gc_removes(
         dry["temp_files"],
         dry["bytes_reclaimed"],
     )
+    assert real["packs"] == dry["packs"] and dry["packs"], "the raster's packs go"
     left = {p.name for p in store.rglob("*") if p.is_file()}
-    assert not left & set(dry["chunks"]) and "0123abcd.999.dead.tmp" not in left
+    assert not left & set(dry["packs"]) and "0123abcd.999.dead.tmp" not in left
     again = run_json(capsys, "--store", str(store), "gc", "--dry-run")
     assert again["chunks"] == [] and again["temp_files"] == []
     assert run(capsys, "--store", str(store), "verify", "--full")[0] == 0
@@ -604,12 +607,16 @@ def test_on_the_example_pipelines_store(capsys: pytest.CaptureFixture[str], tmp_
         [str(CKPTLITE), "verify", "--full", "--store", store], capture_output=True, text=True
     )
     assert ok.returncode == 0 and ok.stdout.rstrip().endswith("ok")
-    victim = max((p for p in (Path(store) / "blobs").glob("??/*")), key=lambda p: p.stat().st_size)
     with ckptlite.open(store) as mgr:
-        users = mgr.backend.checkpoints_using([victim.name])
+        conn = mgr.backend.db.read()
+        (digest,) = conn.execute(
+            "SELECT digest FROM chunks WHERE data IS NULL ORDER BY stored_size DESC LIMIT 1"
+        ).fetchone()  # the biggest chunk in a file
+        users = mgr.backend.checkpoints_using([digest])
         names = {mgr.get(cid).name for cid in users}
     assert names == {"generate"}
-    flip_bit(victim, offset=4321)
+    victim, offset, _ = chunk_span(Path(store), digest)
+    flip_bit(victim, offset=offset + 4321)
     bad = subprocess.run(
         [str(CKPTLITE), "verify", "--full", "--store", store], capture_output=True, text=True
     )

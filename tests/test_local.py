@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import apsw
+import numpy as np
 import pytest
 
 import ckptlite
@@ -95,3 +96,126 @@ def test_durability_sets_sqlite_sync_and_chunk_fsync(
         calls.clear()
         mgr.save("p", {"a": np.random.default_rng(0).random(400_000)})  # file chunks
         assert bool(calls) is fsyncs
+
+
+# -- pack files -----------------------------------------------------------------------
+
+
+def _packs(store: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in (store / "blobs" / "packs").iterdir()}
+
+
+def _chunk_rows(mgr: ckptlite.CheckpointManager) -> list[tuple[str, str | None, int | None]]:
+    conn = mgr.backend.db.read()  # type: ignore[attr-defined]
+    return list(conn.execute("SELECT digest, pack, pack_offset FROM chunks WHERE data IS NULL"))
+
+
+def test_a_save_writes_its_big_chunks_into_one_pack(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    with ckptlite.open(tmp_path / "s", chunk_size=1 << 20) as mgr:
+        arr = rng.random(1_000_000)  # 8 MB: 8 chunks, one write group
+        mgr.save("p", {"a": arr})
+        rows = _chunk_rows(mgr)
+        packs = _packs(tmp_path / "s")
+        assert len(rows) == 8 and {r[1] for r in rows} == set(packs) and len(packs) == 1
+        assert sorted(r[2] for r in rows) == [i << 20 for i in range(8)]
+        assert not list((tmp_path / "s" / "blobs").glob("??"))  # no file per chunk
+        assert np.array_equal(mgr.load_latest("p")[1]["a"], arr)  # type: ignore[index]
+
+
+def _unpack_to_chunk_files(store: Path) -> int:
+    """Turn a store's packs into one file per chunk: the layout before packs."""
+    conn = apsw.Connection(str(store / "ckptlite.db"))
+    rows = list(
+        conn.execute(
+            "SELECT digest, pack, pack_offset, stored_size FROM chunks WHERE pack IS NOT NULL"
+        )
+    )
+    for digest, pack, offset, size in rows:
+        data = (store / "blobs" / "packs" / pack).read_bytes()[offset : offset + size]
+        (store / "blobs" / digest[:2]).mkdir(mode=0o700, exist_ok=True)
+        (store / "blobs" / digest[:2] / digest).write_bytes(data)
+    conn.execute("UPDATE chunks SET pack=NULL, pack_offset=NULL")
+    conn.close()
+    for p in (store / "blobs" / "packs").iterdir():
+        p.unlink()
+    return len(rows)
+
+
+def test_a_store_with_one_file_per_chunk_still_loads_verifies_backs_up_and_collects(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "old"
+    arrays = [np.random.default_rng(i).random(300_000) for i in range(2)]
+    with ckptlite.open(store) as mgr:
+        cps = [mgr.save("p", {"a": a}) for a in arrays]
+    assert _unpack_to_chunk_files(store) == 6
+    with ckptlite.open(store) as mgr:
+        assert all(np.array_equal(mgr.load(c)["a"], a) for c, a in zip(cps, arrays, strict=True))
+        assert mgr.verify(full=True).ok
+        mgr.backup(tmp_path / "copy")
+        new = mgr.save("p", {"a": arrays[0] + 1})  # new chunks go into a pack
+        assert len(_packs(store)) == 1
+        mgr.delete(cps[1].id)
+        report = mgr.gc()
+        assert len(report.chunks) == 3 and report.bytes_reclaimed >= 3 * 800_000
+        assert len(list((store / "blobs").glob("??/*"))) == 3  # cps[0]'s own files remain
+        assert np.array_equal(mgr.load(new)["a"], arrays[0] + 1)
+    with ckptlite.open(tmp_path / "copy") as copy:
+        assert copy.verify(full=True).ok
+        assert np.array_equal(copy.load(cps[1])["a"], arrays[1])
+
+
+def _two_parts(seed: int) -> dict[str, bytes]:
+    rng = np.random.default_rng(seed)
+    return {"a": rng.bytes(1 << 20), "b": rng.bytes(3 << 20)}
+
+
+def test_gc_rewrites_a_mostly_dead_pack_and_deletes_a_dead_one(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with ckptlite.open(store) as mgr:
+        both = mgr.save("p", _two_parts(1))
+        kept = mgr.save("p", {"a": _two_parts(1)["a"]})  # shares a's chunk, no new pack
+        gone = mgr.save("p", _two_parts(2))
+        (old,) = set(_packs(store)) - {
+            r[1] for r in _chunk_rows(mgr) if r[0] in mgr.backend.get_record(gone.id).digests
+        }
+        assert len(_packs(store)) == 2
+        mgr.delete(both.id)
+        mgr.delete(gone.id)
+        dry = mgr.gc(dry_run=True)
+        assert len(_packs(store)) == 2
+        report = mgr.gc()
+        assert set(report.packs) == set(dry.packs) and len(report.packs) == 2
+        assert report.bytes_reclaimed == dry.bytes_reclaimed >= 7 << 20
+        packs = _packs(store)
+        assert len(packs) == 1 and old not in packs  # a's chunk was moved to a new pack
+        assert sum(packs.values()) == 1 << 20
+        assert mgr.load(kept) == {"a": _two_parts(1)["a"]}
+        report2 = mgr.verify(full=True)
+        assert report2.ok and report2.orphan_packs == ()
+        assert mgr.gc().packs == ()  # nothing more to do
+
+
+def test_a_load_racing_a_pack_rewrite_reads_the_new_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "s"
+    with ckptlite.open(store) as mgr:
+        both = mgr.save("p", _two_parts(1))
+        kept = mgr.save("p", {"a": _two_parts(1)["a"]})
+        mgr.delete(both.id)
+        blobs = mgr.backend.blobs  # type: ignore[attr-defined]
+        real = blobs.read_packed_into
+        moved: list[str] = []
+
+        def racing(name: str, *args: object) -> int:
+            if not moved:  # the row named the old pack: another process compacts it now
+                with ckptlite.open(store) as other:
+                    moved.extend(other.gc().packs)
+                assert not blobs.pack_path(name).exists()
+            return real(name, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(blobs, "read_packed_into", racing)
+        assert mgr.load(kept) == {"a": _two_parts(1)["a"]}
+        assert moved and mgr.get(kept.id).status is ckptlite.Status.VALID

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from damage import flip_bit
+from damage import chunk_span, flip_bit, stored_files
 
 import ckptlite
 from ckptlite import Level, Status
@@ -28,7 +28,7 @@ def tree_snapshot(root: Path) -> dict[str, bytes]:
 
 
 def chunk_files(store: Path) -> list[Path]:
-    return sorted(p for p in (store / "blobs").glob("??/*") if p.is_file())
+    return stored_files(store)
 
 
 def test_64mib_array_and_nested_dict_round_trip_and_dedup(tmp_path: Path) -> None:
@@ -132,9 +132,9 @@ def test_verify_full_names_only_the_damaged_checkpoint_and_heals_after_repair(
         ]
         target = cps[2]
         digest = mgr.backend.get_record(target.id).digests[0]
-        victim = store / "blobs" / digest[:2] / digest
+        victim, offset, _ = chunk_span(store, digest)
         original = victim.read_bytes()
-        flip_bit(victim, 99)
+        flip_bit(victim, offset + 99)
         assert mgr.verify().ok  # the cheap check sees files, not bytes
         report = mgr.verify(full=True)
         assert report.corrupted == (target.id,)

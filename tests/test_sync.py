@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from damage import chunk_span
 
 import ckptlite
 from ckptlite import Level, Status, SyncError
@@ -134,12 +135,12 @@ def test_deletes_and_later_status_changes_are_not_propagated(tmp_path: Path) -> 
 
 def test_unreadable_chunks_at_the_source_are_reported_not_copied(tmp_path: Path) -> None:
     a = ckptlite.open(tmp_path / "a", durability="none")
-    big = np.random.default_rng(0).random(300_000)  # 1 MiB chunks, incompressible: blob files
+    big = np.random.default_rng(0).random(300_000)  # 1 MiB chunks, incompressible: a pack file
     parent = a.save("p", {"big": big})
     child = a.save("p", "child", parent=parent)
     fine = a.save("p", "fine")
-    blob = next((tmp_path / "a" / "blobs").glob("[0-9a-f][0-9a-f]/*"))
-    blob.unlink()
+    digest = a.backend.get_record(parent.id).digests[0]
+    chunk_span(tmp_path / "a", digest)[0].unlink()
     b = ckptlite.open("memory://")
     report = ckptlite.sync(a, b)
     assert set(report.failed) == {parent.id, child.id} and not report.ok

@@ -87,6 +87,13 @@ MIGRATIONS: list[str] = [
     CREATE TABLE ledger_clock (k INTEGER PRIMARY KEY CHECK (k = 1), v INTEGER NOT NULL);
     INSERT INTO ledger_clock(k, v) VALUES (1, 0);
     """,
+    # 4: pack files. A big chunk lies at ``pack_offset`` in ``blobs/packs/<pack>``;
+    # rows of stores written before packs keep ``pack`` NULL (one file per chunk).
+    """
+    ALTER TABLE chunks ADD COLUMN pack TEXT;
+    ALTER TABLE chunks ADD COLUMN pack_offset INTEGER;
+    CREATE INDEX chunks_pack ON chunks(pack) WHERE pack IS NOT NULL;
+    """,
 ]
 
 CHECKPOINT_COLS = (

@@ -71,6 +71,7 @@ class StructureCheck:
 
     missing: dict[str, tuple[str, ...]] = field(default_factory=dict)  # id -> absent digests
     orphan_chunks: tuple[str, ...] = ()
+    orphan_packs: tuple[str, ...] = ()  # local store: pack files no chunk row names
 
 
 @runtime_checkable
@@ -79,8 +80,8 @@ class Backend(Protocol):
 
     url: str
 
-    def write_chunks(self, chunks: Sequence[StoredChunk]) -> None:
-        """Store chunks durably (skipping ones already present).
+    def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
+        """Store chunks durably (skipping ones already present); a stream may be consumed lazily.
 
         Until a committed record references them, ``gc`` may reclaim them.
 

@@ -21,7 +21,7 @@ import apsw
 
 from .. import _faults
 from .._sqlite import Database, translate_errors
-from ..blobs import BlobDir
+from ..blobs import BlobDir, PackWriter
 from ..errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -51,6 +51,8 @@ DB_NAME = "ckptlite.db"
 _CODEC_RAW = 0  # chunking.CODEC_RAW (backends do not import the manager's modules)
 _EMPTY_MANIFEST = b"\x90"  # msgpack of [], chunking's manifest of a state without buffers
 INLINE_MAX = 64 * 1024
+#: A pack holds at most this many bytes (more when one chunk alone is bigger).
+PACK_MAX = 64 << 20
 
 
 def _insert_checkpoint(conn: apsw.Connection, record: StoredRecord, metadata_json: str) -> None:
@@ -78,6 +80,16 @@ def _insert_checkpoint(conn: apsw.Connection, record: StoredRecord, metadata_jso
             record.manifest,
         ),
     )
+
+
+_Moved = tuple[str, str, bytes | memoryview]  # digest, the pack it leaves, its stored bytes
+
+
+def _size(blobs: BlobDir, digest: str) -> int:
+    try:
+        return blobs.path(digest).lstat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 class LocalBackend(LocalLedgerMixin):
@@ -114,28 +126,43 @@ class LocalBackend(LocalLedgerMixin):
 
     # -- chunks ---------------------------------------------------------------
 
-    def write_chunks(self, chunks: Sequence[StoredChunk]) -> None:
-        if not chunks:
-            return
+    def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
+        """Store chunks: big ones into new pack files as they come, small ones inline.
+
+        A list is checked against the index first; a stream (the manager's, which
+        checks as it hashes) is written as it comes, so writing overlaps hashing.
+        """
         with self.blobs.gc_lock(exclusive=False):
-            present = self.has_chunks(c.digest for c in chunks)
-            fresh = [c for c in chunks if c.digest not in present]
-            self.blobs.write_many([(c.digest, c.data) for c in fresh if c.stored_size > INLINE_MAX])
-            with self.db.write() as conn:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO chunks(digest, size, stored_size, codec, data) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [
-                        (
-                            c.digest,
-                            c.size,
-                            c.stored_size,
-                            c.codec,
-                            None if c.stored_size > INLINE_MAX else bytes(c.data),
+            if isinstance(chunks, Sequence):
+                present = self.has_chunks(c.digest for c in chunks)
+                chunks = [c for c in chunks if c.digest not in present]
+            rows: list[tuple[str, int, int, int, bytes | None, str | None, int | None]] = []
+            packs: list[PackWriter] = []
+            try:
+                for c in chunks:
+                    if c.stored_size <= INLINE_MAX:
+                        rows.append(
+                            (c.digest, c.size, c.stored_size, c.codec, bytes(c.data), None, None)
                         )
-                        for c in fresh
-                    ],
-                )
+                        continue
+                    if not packs or (packs[-1].size and packs[-1].size + c.stored_size > PACK_MAX):
+                        packs.append(PackWriter(self.blobs))
+                    offset = packs[-1].add(c.data)
+                    rows.append(
+                        (c.digest, c.size, c.stored_size, c.codec, None, packs[-1].name, offset)
+                    )
+                for pack in packs:
+                    pack.commit()
+            finally:
+                for pack in packs:
+                    pack.__exit__(None, None, None)  # removes the temp file unless committed
+            if rows:
+                with self.db.write() as conn:
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO chunks(digest, size, stored_size, codec, data, "
+                        "pack, pack_offset) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
 
     def has_chunks(self, digests: Iterable[str]) -> set[str]:
         wanted = list(dict.fromkeys(digests))
@@ -148,22 +175,26 @@ class LocalBackend(LocalLedgerMixin):
                 found.update(r[0] for r in conn.execute(q, part))
         return found
 
-    def read_chunk(self, digest: str) -> StoredChunk:
+    def _chunk_row(self, digest: str) -> tuple[int, int, bytes | None, str | None, int, int]:
         with translate_errors(f"reading chunk {digest}"):
             row = (
                 self.db.read()
-                .execute("SELECT size, codec, data FROM chunks WHERE digest=?", (digest,))
+                .execute(
+                    "SELECT size, codec, data, pack, pack_offset, stored_size FROM chunks "
+                    "WHERE digest=?",
+                    (digest,),
+                )
                 .fetchone()
             )
         if row is None:
             raise CorruptCheckpointError(f"chunk {digest} is missing", digest=digest)
-        size, codec, data = row
-        if data is None:
-            data = self.blobs.read(digest)
-        return StoredChunk(digest, size, codec, data)
+        return row  # type: ignore[no-any-return]
+
+    def read_chunk(self, digest: str) -> StoredChunk:
+        return self._read(digest, None)
 
     def read_chunk_into(self, digest: str, out: memoryview) -> StoredChunk:
-        """Like ``read_chunk``, but a raw chunk file is read straight into ``out``.
+        """Like ``read_chunk``, but a raw chunk is read straight into ``out``.
 
         The returned chunk's ``data`` is then ``out`` itself (not yet verified):
         one copy from the page cache instead of two, for the big loads of P4.
@@ -171,20 +202,45 @@ class LocalBackend(LocalLedgerMixin):
         Raises:
             CorruptCheckpointError: the chunk is missing, truncated or padded.
         """
-        with translate_errors(f"reading chunk {digest}"):
-            row = (
-                self.db.read()
-                .execute("SELECT size, codec, data IS NULL FROM chunks WHERE digest=?", (digest,))
-                .fetchone()
-            )
-        if row is None:
-            raise CorruptCheckpointError(f"chunk {digest} is missing", digest=digest)
-        size, codec, in_file = row
-        if not (in_file and codec == _CODEC_RAW and size == out.nbytes):
-            return self.read_chunk(digest)
-        if self.blobs.read_into(digest, out) != size:
-            raise CorruptCheckpointError(f"chunk {digest} is truncated or padded", digest=digest)
-        return StoredChunk(digest, size, codec, out)
+        return self._read(digest, out)
+
+    def _read(self, digest: str, out: memoryview | None) -> StoredChunk:
+        size, codec, data, pack, offset, stored = self._chunk_row(digest)
+        if data is not None:
+            return StoredChunk(digest, size, codec, data)
+        if pack is None:  # one file per chunk: stores written before packs
+            if out is not None and codec == _CODEC_RAW and size == out.nbytes:
+                if self.blobs.read_into(digest, out) != size:
+                    raise CorruptCheckpointError(
+                        f"chunk {digest} is truncated or padded", digest=digest
+                    )
+                return StoredChunk(digest, size, codec, out)
+            return StoredChunk(digest, size, codec, self.blobs.read(digest))
+        into = (
+            out
+            if out is not None and codec == _CODEC_RAW and size == stored == out.nbytes
+            else None
+        )
+        where: str = pack
+        for attempt in (1, 2):
+            try:
+                if into is None:
+                    return StoredChunk(
+                        digest, size, codec, self.blobs.read_packed(where, offset, stored, digest)
+                    )
+                if self.blobs.read_packed_into(where, offset, into, digest) != size:
+                    raise CorruptCheckpointError(
+                        f"chunk {digest} is cut short in pack {where}", digest=digest
+                    )
+                return StoredChunk(digest, size, codec, into)
+            except CorruptCheckpointError:
+                # gc may have moved the chunk to a new pack and unlinked the old one
+                # between our row and our read: the row now names the new pack.
+                moved = self._chunk_row(digest)
+                if attempt == 2 or moved[3] is None or moved[3] == where:
+                    raise
+                where, offset = moved[3], moved[4]
+        raise AssertionError("unreachable")
 
     # -- records --------------------------------------------------------------
 
@@ -410,10 +466,25 @@ class LocalBackend(LocalLedgerMixin):
     def check(self) -> StructureCheck:
         conn = self.db.read()
         with translate_errors("checking the store"):
+            # Rows before files: a pack written after this read may look unused
+            # (reported, never removed here), but a row read here has its file.
             file_rows: list[Any] = conn.execute(
-                "SELECT digest FROM chunks WHERE data IS NULL"
+                "SELECT digest FROM chunks WHERE data IS NULL AND pack IS NULL"
             ).fetchall()
+            pack_rows: list[Any] = conn.execute(
+                "SELECT digest, pack, pack_offset + stored_size FROM chunks WHERE pack IS NOT NULL"
+            ).fetchall()
+            unreferenced = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT digest FROM chunks c WHERE NOT EXISTS "
+                    "(SELECT 1 FROM refs r WHERE r.digest=c.digest)"
+                )
+            ]
+            indexed = {r[0] for r in conn.execute("SELECT digest FROM chunks")}
+            on_disk = dict(self.blobs.packs())
             absent = [d for (d,) in file_rows if not self.blobs.exists(d)]
+            absent += [d for d, pack, end in pack_rows if on_disk.get(pack, -1) < end]
             missing: dict[str, list[str]] = {}
             for i in range(0, len(absent), 500):
                 part = absent[i : i + 500]
@@ -423,17 +494,12 @@ class LocalBackend(LocalLedgerMixin):
                 )
                 for cid, d in conn.execute(q, part):
                     missing.setdefault(cid, []).append(d)
-            unreferenced = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT digest FROM chunks c WHERE NOT EXISTS "
-                    "(SELECT 1 FROM refs r WHERE r.digest=c.digest)"
-                )
-            ]
-            indexed = {r[0] for r in conn.execute("SELECT digest FROM chunks")}
         stray = [d for d, _ in self.blobs.digests() if d not in indexed]
+        used = {pack for _, pack, _ in pack_rows}
         return StructureCheck(
-            {k: tuple(v) for k, v in missing.items()}, tuple(sorted(set(unreferenced + stray)))
+            {k: tuple(v) for k, v in missing.items()},
+            tuple(sorted(set(unreferenced + stray))),
+            tuple(sorted(set(on_disk) - used)),
         )
 
     def gc(self, dry_run: bool = False) -> GcReport:
@@ -442,26 +508,34 @@ class LocalBackend(LocalLedgerMixin):
             ctx = contextlib.nullcontext(conn) if dry_run else self.db.write(conn)
             with ctx:
                 rows: list[Any] = conn.execute(
-                    "SELECT digest, stored_size, data IS NULL FROM chunks c WHERE NOT EXISTS "
-                    "(SELECT 1 FROM refs r WHERE r.digest=c.digest)"
+                    "SELECT digest, stored_size, data IS NULL AND pack IS NULL FROM chunks c "
+                    "WHERE NOT EXISTS (SELECT 1 FROM refs r WHERE r.digest=c.digest)"
                 ).fetchall()
+                dead = {r[0] for r in rows}
                 if not dry_run:
-                    conn.executemany("DELETE FROM chunks WHERE digest=?", [(r[0],) for r in rows])
+                    conn.executemany("DELETE FROM chunks WHERE digest=?", [(d,) for d in dead])
                 indexed = {r[0] for r in conn.execute("SELECT digest FROM chunks")}
+                live: dict[str, int] = {}
+                for digest, pack, stored in conn.execute(
+                    "SELECT digest, pack, stored_size FROM chunks WHERE pack IS NOT NULL"
+                ):
+                    if digest not in dead:  # a dry run deleted nothing
+                        live[pack] = live.get(pack, 0) + stored
             _faults.point("gc.after_delete")
             # Unlink only after COMMIT: a rolled-back delete must still find its files.
-            freed = sum(r[1] for r in rows)
+            freed = sum(size for _, size, is_file in rows if not is_file)  # inline rows
             removed: list[str] = [r[0] for r in rows]
-            if not dry_run:
-                for digest, _, is_file in rows:
-                    if is_file:
-                        self.blobs.remove(digest)
+            for digest, _, is_file in rows:
+                if is_file:
+                    freed += self.blobs.remove(digest) if not dry_run else _size(self.blobs, digest)
             for digest, size in list(self.blobs.digests()):
                 if digest not in indexed and digest not in removed:
                     removed.append(digest)
                     freed += size
                     if not dry_run:
                         self.blobs.remove(digest)
+            packs, pack_freed = self._collect_packs(live, dry_run)
+            freed += pack_freed
             temps = []
             for tmp in self.blobs.dead_temp_files():
                 temps.append(tmp.name)
@@ -469,7 +543,67 @@ class LocalBackend(LocalLedgerMixin):
                     freed += tmp.stat().st_size
                     if not dry_run:
                         os.unlink(tmp)
-        return GcReport(tuple(sorted(removed)), tuple(sorted(temps)), freed, dry_run)
+        return GcReport(
+            tuple(sorted(removed)), tuple(sorted(temps)), freed, dry_run, tuple(sorted(packs))
+        )
+
+    def _collect_packs(self, live: dict[str, int], dry_run: bool) -> tuple[builtins.list[str], int]:
+        """Delete packs nothing uses; rewrite those mostly dead. Return their names, bytes freed.
+
+        Called under the exclusive gc lock. A rewrite writes the live chunks into a
+        new pack, moves their rows in one transaction, and only then unlinks the old
+        pack: a crash leaves an unused pack (the next gc removes it), never a row
+        pointing at nothing.
+        """
+        names: builtins.list[str] = []
+        freed = 0
+        sparse: dict[str, int] = {}  # name -> dead bytes
+        for name, size in list(self.blobs.packs()):
+            if name not in live:
+                names.append(name)
+                freed += size if dry_run else self.blobs.remove_pack(name)
+            elif live[name] * 2 < size:
+                sparse[name] = size - live[name]
+        if dry_run:
+            return names + list(sparse), freed + sum(sparse.values())
+        batch: builtins.list[_Moved] = []
+        olds: builtins.list[str] = []
+        for name, dead in sparse.items():
+            try:
+                with translate_errors("reading the chunk index"):
+                    rows = (
+                        self.db.read()
+                        .execute(
+                            "SELECT digest FROM chunks WHERE pack=? ORDER BY pack_offset", (name,)
+                        )
+                        .fetchall()
+                    )
+                chunks = [(str(d), name, self.read_chunk(str(d)).data) for (d,) in rows]
+            except CorruptCheckpointError:
+                continue  # damaged: left as it is for verify to report
+            batch += chunks
+            olds.append(name)
+            names.append(name)
+            freed += dead
+            if sum(len(c[2]) for c in batch) >= PACK_MAX:
+                self._rewrite_packs(batch, olds)
+                batch, olds = [], []
+        if olds:
+            self._rewrite_packs(batch, olds)
+        return names, freed
+
+    def _rewrite_packs(self, batch: builtins.list[_Moved], olds: builtins.list[str]) -> None:
+        """Move ``batch``'s chunks into a new pack, then unlink the packs ``olds``."""
+        if batch:
+            new, offsets = self.blobs.write_pack([data for _, _, data in batch])
+            with self.db.write() as conn:
+                conn.executemany(
+                    "UPDATE chunks SET pack=?, pack_offset=? WHERE digest=? AND pack=?",
+                    [(new, o, d, old) for (d, old, _), o in zip(batch, offsets, strict=True)],
+                )
+        _faults.point("gc.after_repack")
+        for name in olds:
+            self.blobs.remove_pack(name)
 
     def stats(self) -> dict[str, Any]:
         conn = self.db.read()
@@ -516,7 +650,18 @@ class LocalBackend(LocalLedgerMixin):
             self.db.backup_to(dest / DB_NAME)
             snap = apsw.Connection(str(dest / DB_NAME))
             try:
-                files = [r[0] for r in snap.execute("SELECT digest FROM chunks WHERE data IS NULL")]
+                files = [
+                    r[0]
+                    for r in snap.execute(
+                        "SELECT digest FROM chunks WHERE data IS NULL AND pack IS NULL"
+                    )
+                ]
+                packs = [
+                    r[0]
+                    for r in snap.execute(
+                        "SELECT DISTINCT pack FROM chunks WHERE pack IS NOT NULL ORDER BY pack"
+                    )
+                ]
                 # The copy is another store: with the same id, sync would take its new
                 # checkpoints (seqs reused after the copy point) for ones already synced.
                 snap.execute(
@@ -525,10 +670,15 @@ class LocalBackend(LocalLedgerMixin):
                 )
             finally:
                 snap.close()
+            total = len(files) + len(packs)
             for i, d in enumerate(files, 1):
                 target.write(d, self.blobs.read(d))
                 if progress:
-                    progress(i, len(files))
+                    progress(i, total)
+            for i, name in enumerate(packs, len(files) + 1):
+                target.copy_pack(self.blobs, name)
+                if progress:
+                    progress(i, total)
 
     def close(self) -> None:
         self.db.close()

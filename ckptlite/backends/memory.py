@@ -49,7 +49,8 @@ class MemoryBackend:
         self._store_id = uuid.uuid4().hex
         self._marks: dict[str, int] = {}
 
-    def write_chunks(self, chunks: Sequence[StoredChunk]) -> None:
+    def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
+        chunks = list(chunks)  # a stream is produced outside the lock
         with self._lock:
             for c in chunks:
                 if c.digest not in self._chunks:

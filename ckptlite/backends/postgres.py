@@ -231,7 +231,8 @@ class PostgresBackend(LedgerMixin):
 
     # -- chunks -------------------------------------------------------------------
 
-    def write_chunks(self, chunks: Sequence[StoredChunk]) -> None:
+    def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
+        chunks = list(chunks)
         if not chunks:
             return
         # Sorted: two writers inserting overlapping sets never deadlock.

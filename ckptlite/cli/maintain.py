@@ -71,6 +71,8 @@ def _verify(ctx: Context) -> int:
     lines += [f"missing chunk {d}" for d in report.missing_chunks]
     if report.orphan_chunks:
         lines.append(f"{len(report.orphan_chunks)} unused chunks (`ckptlite gc` reclaims them)")
+    if report.orphan_packs:
+        lines.append(f"{len(report.orphan_packs)} unused pack files (`ckptlite gc` removes them)")
     lines.append("ok" if report.ok else f"PROBLEMS: {len(report.corrupted)} damaged checkpoints")
     ctx.emit(report, lines)
     return EXIT_OK if report.ok else EXIT_PROBLEMS
@@ -88,9 +90,10 @@ def _gc(ctx: Context) -> int:
         r = mgr.gc(dry_run=ctx.args.dry_run)
     verb = "would remove" if r.dry_run else "removed"
     lines = [f"{verb} chunk {d}" for d in r.chunks] + [f"{verb} temp {t}" for t in r.temp_files]
+    lines += [f"{'would compact' if r.dry_run else 'compacted'} pack {p}" for p in r.packs]
     lines.append(
         f"{verb} {len(r.chunks)} chunks, {len(r.temp_files)} temp files, "
-        f"{_human(r.bytes_reclaimed)}"
+        f"{_human(r.bytes_reclaimed)} ({len(r.packs)} pack files deleted or compacted)"
     )
     ctx.emit(r, lines)
     return EXIT_OK

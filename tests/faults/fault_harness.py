@@ -124,21 +124,21 @@ class CheckResult:
 
 
 def blob_files(store: Path) -> tuple[set[str], list[Path]]:
-    """Return (chunk digests on disk, every other entry found under blobs/)."""
+    """Return (pack names and chunk digests on disk, every other entry found under blobs/)."""
     root = store / "blobs"
-    digests: set[str] = set()
+    names: set[str] = set()
     other: list[Path] = []
     for p in root.rglob("*"):
         rel = p.relative_to(root).parts
-        if rel in ((".lock",), (".gate",), ("tmp",)):
+        if rel in ((".lock",), (".gate",), ("tmp",), ("packs",)):
             continue
         if len(rel) == 1 and len(rel[0]) == 2 and p.is_dir() and not p.is_symlink():
             continue
-        if len(rel) == 2 and len(rel[1]) == 64 and rel[1][:2] == rel[0] and p.is_file():
-            digests.add(rel[1])
+        if len(rel) == 2 and len(rel[1]) == 64 and rel[0] in ("packs", rel[1][:2]) and p.is_file():
+            names.add(rel[1])
             continue
         other.append(p)
-    return digests, other
+    return names, other
 
 
 def common_check(
@@ -177,11 +177,12 @@ def common_check(
             if mgr.exists(cid):
                 mgr.delete(cid)
         mgr.gc()
+        # Files the chunk rows name: a pack, or a chunk's own file (stores before packs).
         referenced = {
             r[0]
             for r in conn.execute(
-                "SELECT DISTINCT r.digest FROM refs r JOIN chunks c ON c.digest=r.digest "
-                "WHERE c.data IS NULL"
+                "SELECT DISTINCT coalesce(c.pack, c.digest) FROM refs r "
+                "JOIN chunks c ON c.digest=r.digest WHERE c.data IS NULL"
             )
         }
         unreferenced_rows = list(
@@ -192,7 +193,7 @@ def common_check(
         )
     on_disk, other = blob_files(store)
     assert on_disk == referenced, (
-        f"blob files {len(on_disk)} != referenced {len(referenced)}: "
+        f"pack/chunk files {len(on_disk)} != referenced {len(referenced)}: "
         f"extra {sorted(on_disk - referenced)[:3]}, missing {sorted(referenced - on_disk)[:3]}"
     )
     assert not other, f"unexpected entries under blobs/: {other[:5]}"
@@ -394,6 +395,8 @@ def crash_once(store: str, side_path: str, action: str) -> None:
         for cp in mgr.list(process_id=PROC)[1:]:
             side.deleting(cp.id)
             mgr.delete(cp.id)
+        mgr.gc()
+    elif action == "gc-only":
         mgr.gc()
     else:
         raise SystemExit(f"unknown action {action}")

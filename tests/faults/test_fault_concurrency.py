@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -81,9 +83,11 @@ def test_4_processes_save_the_identical_state_at_once(tmp_path: Path) -> None:
         assert len(cps) == 4 and len({cp.checksum for cp in cps}) == 1
         digests = set(mgr.backend.iter_chunk_digests())  # type: ignore[attr-defined]
         refs = {mgr.backend.get_record(cp.id).digests for cp in cps}  # type: ignore[attr-defined]
+        conn = mgr.backend.db.read()  # type: ignore[attr-defined]
+        packs = {r[0] for r in conn.execute("SELECT pack FROM chunks WHERE pack IS NOT NULL")}
     assert len(refs) == 1 and set(next(iter(refs))) == digests  # one set of chunks, shared
     on_disk, _ = blob_files(store)
-    assert on_disk <= digests
+    assert packs and on_disk == packs  # the losers' packs were collected
 
 
 def test_load_racing_delete_and_gc_is_not_found_not_corrupt(
@@ -94,18 +98,23 @@ def test_load_racing_delete_and_gc_is_not_found_not_corrupt(
     mgr = open_store(store, "none")
     keep = save_one(mgr, None, 1, 300_000)
     victim = save_one(mgr, None, 2, 300_000)
-    real = mgr.backend.read_chunk
     fired = []
+    first = threading.Lock()  # the load's pool reads chunks in parallel: all wait for the gc
 
-    def racing(digest: str) -> object:
-        if not fired:
-            fired.append(digest)
-            with open_store(store, "none") as other:  # as another process would
-                other.delete(victim.id)
-                assert other.gc().chunks
-        return real(digest)
+    def racing(real: Callable[..., object]) -> Callable[..., object]:
+        def read(digest: str, *args: object) -> object:
+            with first:
+                if not fired:
+                    fired.append(digest)
+                    with open_store(store, "none") as other:  # as another process would
+                        other.delete(victim.id)
+                        assert other.gc().chunks
+            return real(digest, *args)
 
-    monkeypatch.setattr(mgr.backend, "read_chunk", racing)
+        return read
+
+    for name in ("read_chunk", "read_chunk_into"):  # a load reads through either
+        monkeypatch.setattr(mgr.backend, name, racing(getattr(mgr.backend, name)))
     with pytest.raises(ckptlite.CheckpointNotFoundError):
         mgr.load(victim.id)
     monkeypatch.undo()

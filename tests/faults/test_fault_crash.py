@@ -14,6 +14,7 @@ from fault_harness import (
     Zygote,
     child_env,
     common_check,
+    expected_from_metadata,
     open_store,
     read_side,
     save_one,
@@ -65,6 +66,33 @@ def test_sigkill_at_named_point_in_gc(tmp_path: Path) -> None:
     rep = read_side(side)
     assert rep.deleted == {before[0]}
     common_check(store, rep)
+
+
+def _parts(seed: int) -> dict[str, bytes]:
+    r = random.Random(seed)
+    return {"a": r.randbytes(300_000), "b": r.randbytes(900_000)}
+
+
+def test_sigkill_at_named_point_in_gc_repack(tmp_path: Path) -> None:
+    """Killed after a mostly dead pack's live chunks moved to a new pack, before the unlink."""
+    store, side = tmp_path / "store", tmp_path / "side"
+    _prepare(store)
+    with open_store(store) as mgr:
+        both = mgr.save(PROC, _parts(7), name="both", metadata={"parts": 7})
+        kept = mgr.save(PROC, {"a": _parts(7)["a"]}, name="a", metadata={"parts": 7})
+        mgr.delete(both.id)  # b's chunks die: the pack is 3/4 dead, so gc rewrites it
+    _crash(store, side, "gc.after_repack", "gc-only")
+    with open_store(store) as mgr:
+        assert mgr.load(kept.id) == {"a": _parts(7)["a"]}
+        report = mgr.verify(full=True)
+        assert report.ok and len(report.orphan_packs) == 1  # the old pack, not yet unlinked
+
+    def expected(cp: ckptlite.Checkpoint) -> object:
+        if "parts" in cp.metadata:
+            return {"a": _parts(cp.metadata["parts"])["a"]}
+        return expected_from_metadata(cp)
+
+    common_check(store, read_side(side), expected=expected)
 
 
 def test_point_is_free_when_unset() -> None:

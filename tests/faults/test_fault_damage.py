@@ -1,8 +1,8 @@
 """Item 6: the chunk damage matrix.
 
-Three checkpoints A, C, B (oldest to newest) in one slot, each with two chunk
-files of its own. One kind of damage is done to a chunk file of B (and, for a
-swap, of C): loading B raises CorruptCheckpointError, load_latest falls back to
+Three checkpoints A, C, B (oldest to newest) in one slot, each with two chunks
+in a pack file of its own. One kind of damage is done to B's pack file (and,
+for a swap, to C's): loading B raises CorruptCheckpointError, load_latest falls back to
 the newest intact one, and verify(full=True) names exactly the damaged ones.
 The common check then holds with those named as damaged.
 """
@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from damage import chunk_span
 from fault_harness import CHUNK, child_env, common_check, open_store
 
 import ckptlite
@@ -45,9 +46,10 @@ def _make(store: Path) -> dict[str, ckptlite.Checkpoint]:
 
 
 def _chunk_file(store: Path, cp: ckptlite.Checkpoint) -> Path:
+    """The file holding the checkpoint's chunks: its save's own pack."""
     with open_store(store) as mgr:
         digest = mgr.backend.get_record(cp.id).digests[0]
-        return mgr.backend.blobs.path(digest)  # type: ignore[attr-defined,no-any-return]
+    return chunk_span(store, digest)[0]
 
 
 def _bit_flip(p: Path, other: Path, outside: Path) -> None:

@@ -88,4 +88,4 @@ def test_fsync_eio_fails_the_save_and_commits_nothing(
             finally:
                 monkeypatch.setattr(os, "fsync", fault.real)
         common_check(store, reported, expected=_expected)
-    assert k > 3, "expected several fsync calls per save (file, directories)"
+    assert k >= 3, "expected a save to fsync its pack file and the pack directory"

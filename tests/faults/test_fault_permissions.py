@@ -50,8 +50,15 @@ def test_every_created_file_and_dir_has_the_store_mode(
     finally:
         mgr.close()
     names = set(modes)
-    assert {"ckptlite.db", "ckptlite.db-wal", "ckptlite.db-shm", "blobs", "blobs/tmp"} <= names
-    assert any(len(n) == len("blobs/xx/") + 64 for n in names), "no chunk file was created"
+    assert {
+        "ckptlite.db",
+        "ckptlite.db-wal",
+        "ckptlite.db-shm",
+        "blobs",
+        "blobs/tmp",
+        "blobs/packs",
+    } <= names
+    assert any(n.startswith("blobs/packs/") for n in names), "no pack file was created"
     want = {"dir": 0o770 if group else 0o700, "file": 0o660 if group else 0o600}
     wrong = {n: (k, oct(m)) for n, (k, m) in modes.items() if m != want[k]}
     assert wrong == {}, wrong
