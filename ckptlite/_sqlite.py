@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -168,7 +169,7 @@ class Database:
             else:
                 conn = apsw.Connection(str(self.path), flags=flags)
             conn.set_busy_timeout(self.busy_ms)
-            mode = self._pragma(conn, "journal_mode", "wal")
+            mode = self._to_wal(conn)
             if str(mode).lower() != "wal":
                 raise ConfigError(
                     f"{self.path}: SQLite refused WAL mode (got {mode!r})",
@@ -180,6 +181,19 @@ class Database:
             self._pragma(conn, "cell_size_check", "ON")
             self._pragma(conn, "journal_size_limit", str(64 << 20))
         return conn
+
+    def _to_wal(self, conn: apsw.Connection) -> object:
+        # Two connections opening a brand-new store at once: switching it to WAL needs
+        # a lock SQLite then refuses at once (BUSY without its busy handler, to avoid
+        # a deadlock). The other one finishes in milliseconds: retry, up to the timeout.
+        deadline = time.monotonic() + self.busy_ms / 1000
+        while True:
+            try:
+                return self._pragma(conn, "journal_mode", "wal")
+            except apsw.BusyError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
 
     @staticmethod
     def _pragma(conn: apsw.Connection, name: str, value: str) -> object:
