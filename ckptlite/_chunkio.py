@@ -39,8 +39,13 @@ def write_buffers(
     buffers: Sequence[memoryview],
     chunk_size: int,
     level: int,
+    previous: chunking.Manifest | None = None,
 ) -> tuple[chunking.Manifest, int]:
     """Chunk, hash, compress and store ``buffers``; return the manifest and new bytes.
+
+    ``previous`` is the manifest of the slot's latest checkpoint: a chunk whose
+    bytes equal the one at the same place there (compared in the page cache, when
+    the backend can) takes its digest without hashing.
 
     Raises:
         StoreFullError, StoreIOError: a chunk could not be stored (after every group ended).
@@ -52,14 +57,26 @@ def write_buffers(
     size = chunk_size
     claimed: set[str] = set()
     lock = threading.Lock()
+    equals = getattr(backend, "chunk_equals", None) if previous else None
 
-    def store(views: Sequence[memoryview]) -> list[tuple[str, int]]:
+    def store(group: Sequence[tuple[memoryview, str | None]]) -> list[tuple[str, int]]:
         # Each pool task hashes a group of chunks, then compresses and writes the
-        # new ones into one pack: groups run in parallel, each with one fsync, and
-        # one group's pack goes to disk while others are hashed.
-        digests = [chunking.digest_of(v) for v in views]
+        # new ones into one pack: groups run in parallel, each with one fsync.
+        digests: list[str] = []
+        same: set[str] = set()
+        for v, was in group:
+            if was is not None and equals is not None and equals(was, v):
+                digests.append(was)
+                same.add(was)
+            else:
+                digests.append(chunking.digest_of(v))
+        views = [v for v, _ in group]
         with lock:
-            mine = {d: v for d, v in zip(digests, views, strict=True) if d not in claimed}
+            mine = {
+                d: v
+                for d, v in zip(digests, views, strict=True)
+                if d not in claimed and d not in same
+            }
             claimed.update(mine)
         present = backend.has_chunks(mine) if mine else set()
         stored: dict[str, int] = {}
@@ -79,14 +96,17 @@ def write_buffers(
     # Groups run across buffer boundaries: a state of many small arrays still makes
     # few packs (one fsync each), not one per array.
     views = [chunking.split(buf, size) for buf in buffers]
-    groups: list[list[memoryview]] = [[]]
+    groups: list[list[tuple[memoryview, str | None]]] = [[]]
     filled = 0
-    for v in (v for vs in views for v in vs):
-        if filled >= _WRITE_GROUP_BYTES:
-            groups.append([])
-            filled = 0
-        groups[-1].append(v)
-        filled += v.nbytes
+    for i, vs in enumerate(views):
+        before = previous[i] if previous and i < len(previous) else []
+        for j, v in enumerate(vs):
+            if filled >= _WRITE_GROUP_BYTES:
+                groups.append([])
+                filled = 0
+            was = before[j][0] if j < len(before) and before[j][1] == v.nbytes else None
+            groups[-1].append((v, was))
+            filled += v.nbytes
     futures = [pool.submit(store, g) for g in groups]
     # Let every group finish before raising one's error: a failed save must not
     # return while other groups are still writing (their temp files, their rows).

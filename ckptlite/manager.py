@@ -47,6 +47,9 @@ _DURABILITY = ("none", "safe", "full")
 #: Chunk threads. Their work is half I/O (fsync waits on the disk), so more than the
 #: cores: on 2 cores, 8 threads saved 64 MiB in 0.6x the time 2 threads took.
 _POOL_THREADS = max(8, 2 * (os.cpu_count() or 2))
+#: States with fewer buffer bytes are hashed outright: the lookup of the slot's latest
+#: manifest costs more than hashing them.
+_COMPARE_MIN = 4 << 20
 
 
 def resolve_url(url: str | os.PathLike[str] | None = None) -> str:
@@ -309,6 +312,23 @@ class CheckpointManager:
             progress=progress,
         )
 
+    def _previous_manifest(
+        self, cp: Checkpoint, encoded: codec.EncodedState
+    ) -> chunking.Manifest | None:
+        """Return the chunk manifest of the slot's latest checkpoint, for a big state.
+
+        A state saved again mostly unchanged then compares its chunks with those
+        (in the page cache) instead of hashing them; small states skip the lookup.
+        """
+        latest = getattr(self.backend, "latest_record", None)
+        if latest is None or sum(b.nbytes for b in encoded.buffers) < _COMPARE_MIN:
+            return None
+        try:
+            record = latest(cp.process_id, cp.level, cp.name)
+            return chunking.unpack_manifest(record.manifest) if record else None
+        except CorruptCheckpointError:
+            return None  # a damaged manifest only costs the shortcut
+
     def _store(self, cp: Checkpoint, encoded: codec.EncodedState) -> Checkpoint:
         manifest, written = _chunkio.write_buffers(
             self.backend,
@@ -316,6 +336,7 @@ class CheckpointManager:
             encoded.buffers,
             self.config.chunk_size,
             self.config.compression_level,
+            self._previous_manifest(cp, encoded),
         )
         payload = _chunkio.pack_payload(encoded.skeleton)
         manifest_bytes = chunking.pack_manifest(manifest)

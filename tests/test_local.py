@@ -219,3 +219,91 @@ def test_a_load_racing_a_pack_rewrite_reads_the_new_pack(
         monkeypatch.setattr(blobs, "read_packed_into", racing)
         assert mgr.load(kept) == {"a": _two_parts(1)["a"]}
         assert moved and mgr.get(kept.id).status is ckptlite.Status.VALID
+
+
+# -- saving again: unchanged chunks are compared, not hashed ---------------------------
+
+
+def _count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from ckptlite import chunking
+
+    calls: list[int] = []
+    real = chunking.digest_of
+
+    def counting(data: bytes | bytearray | memoryview) -> str:
+        calls.append(memoryview(data).nbytes)
+        return real(data)
+
+    monkeypatch.setattr(chunking, "digest_of", counting)
+    return calls
+
+
+def test_saving_again_compares_unchanged_chunks_instead_of_hashing_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arr = np.random.default_rng(0).random((1024, 1024))  # 8 MiB: 8 raw chunks
+    with ckptlite.open(tmp_path / "s") as mgr:
+        first = mgr.save("p", {"a": arr}, name="x")
+        calls = _count_hashes(monkeypatch)
+        same = mgr.save("p", {"a": arr}, name="x")
+        assert calls == []  # every chunk equal to the slot's latest: none hashed
+        changed = arr.copy()
+        changed[300:310] += 1.0  # 80 KB inside the third chunk
+        third = mgr.save("p", {"a": changed}, name="x")
+        assert calls == [1 << 20]  # only the changed chunk was hashed
+        other = mgr.save("p", {"a": arr}, name="y")  # another slot: no previous there
+        assert len(calls) == 1 + 8
+        refs = [set(mgr.backend.get_record(c.id).digests) for c in (first, same, third)]
+        assert refs[0] == refs[1] and len(refs[2] - refs[0]) == 1
+        assert mgr.backend.get_record(other.id).digests == mgr.backend.get_record(first.id).digests
+        assert np.array_equal(mgr.load(third)["a"], changed)
+        assert np.array_equal(mgr.load(same)["a"], arr)
+        assert mgr.verify(full=True).ok
+
+
+def test_chunks_not_in_the_page_cache_or_cut_short_are_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    arr = np.random.default_rng(1).random((1024, 1024))
+    with ckptlite.open(tmp_path / "s") as mgr:
+        mgr.save("p", {"a": arr})
+        (pack,) = (tmp_path / "s" / "blobs" / "packs").iterdir()
+        fd = os.open(pack, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # fsynced, so clean: dropped
+        os.close(fd)
+        calls = _count_hashes(monkeypatch)
+        again = mgr.save("p", {"a": arr})
+        assert len(calls) >= 7, "chunks the disk would have to deliver must be hashed"
+        assert np.array_equal(mgr.load(again)["a"], arr)
+        os.truncate(pack, pack.stat().st_size // 2)  # no map past the end (SIGBUS)
+        calls.clear()
+        mgr.save("p", {"a": arr})
+        assert len(calls) >= 4
+
+
+def test_threads_creating_one_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """Switching a brand-new database to WAL is refused at once (no busy handler) to
+    all but one connection: the others must wait their turn, not fail."""
+    import threading
+
+    errors: list[BaseException] = []
+    for r in range(60):
+        store = tmp_path / f"s{r}"
+        start = threading.Barrier(4)
+
+        def create(store: Path = store, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                with ckptlite.open(store) as mgr:
+                    mgr.save("p", {"x": 1})
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=create) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import mmap
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -138,8 +140,12 @@ class LocalBackend(LocalLedgerMixin):
                 chunks = [c for c in chunks if c.digest not in present]
             rows: list[tuple[str, int, int, int, bytes | None, str | None, int | None]] = []
             packs: list[PackWriter] = []
+            seen: set[str] = set()
             try:
                 for c in chunks:
+                    if c.digest in seen:
+                        continue
+                    seen.add(c.digest)
                     if c.stored_size <= INLINE_MAX:
                         rows.append(
                             (c.digest, c.size, c.stored_size, c.codec, bytes(c.data), None, None)
@@ -203,6 +209,60 @@ class LocalBackend(LocalLedgerMixin):
             CorruptCheckpointError: the chunk is missing, truncated or padded.
         """
         return self._read(digest, out)
+
+    def chunk_equals(self, digest: str, view: memoryview) -> bool:
+        """Tell whether stored raw chunk ``digest`` holds exactly ``view``'s bytes.
+
+        Compares the bytes where they lie in the page cache (a read-only map, no
+        copy): about 5x less CPU than SHA-256 of them. So a state saved again
+        mostly unchanged skips hashing its unchanged chunks (P5), trusting nothing
+        weaker than byte equality. Answers False, and the caller hashes, whenever
+        it cannot tell cheaply: numpy not loaded, a compressed or inline chunk,
+        a file not in the page cache (checked at both ends of the chunk without
+        waiting on the disk), a short or unreadable file.
+        """
+        np = sys.modules.get("numpy")
+        nowait = getattr(os, "RWF_NOWAIT", None)
+        n = view.nbytes
+        if np is None or nowait is None or n <= INLINE_MAX:
+            return False
+        try:
+            size, codec, data, pack, offset, stored = self._chunk_row(digest)
+        except CorruptCheckpointError:
+            return False
+        if data is not None or codec != _CODEC_RAW or not size == stored == n:
+            return False
+        offset = offset or 0
+        path = self.blobs.path(digest) if pack is None else self.blobs.pack_path(pack)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            # A map past the end of the file would fault (SIGBUS): check the size first.
+            if os.fstat(fd).st_size < offset + n:
+                return False
+            probe = bytearray(1)
+            for at in (offset, offset + n - 1):
+                if os.preadv(fd, [probe], at, nowait) != 1:
+                    return False
+            start = offset - offset % mmap.ALLOCATIONGRANULARITY
+            # MAP_POPULATE: the pages (cached, checked above) are mapped in one call,
+            # not in 256 page faults that threads of this process take turns for.
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            length = offset + n - start
+            with mmap.mmap(fd, length, flags, mmap.PROT_READ, offset=start) as mm:
+                dtype = np.uint64 if n % 8 == 0 else np.uint8
+                count = n // np.dtype(dtype).itemsize
+                old = np.frombuffer(mm, dtype, count, offset - start)
+                try:
+                    return bool((old == np.frombuffer(view, dtype, count)).all())
+                finally:
+                    del old  # the map cannot close while an array still points into it
+        except (OSError, ValueError, BufferError):  # BlockingIOError: not cached
+            return False
+        finally:
+            os.close(fd)
 
     def _read(self, digest: str, out: memoryview | None) -> StoredChunk:
         size, codec, data, pack, offset, stored = self._chunk_row(digest)
