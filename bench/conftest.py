@@ -94,7 +94,14 @@ def bench_root() -> Iterator[Path]:
 
 @pytest.fixture
 def scratch(bench_root: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
-    """A scratch directory for one benchmark, removed afterwards."""
+    """A scratch directory for one benchmark, removed afterwards.
+
+    Each benchmark starts on a settled disk: the writeback an earlier one left
+    (P6 builds a store of a million checkpoints) would otherwise slow the
+    fsyncs and WAL writes of the next one, on whichever side hit it.
+    """
+    if MODE == "full":
+        os.sync()
     d = Path(tempfile.mkdtemp(prefix=request.node.name[:40] + "-", dir=bench_root))
     try:
         yield d
