@@ -15,9 +15,9 @@ __all__ = ["POINTS", "point"]
 
 #: Every crash point the core calls, in write-path order.
 POINTS = (
-    "blob.after_write",  # chunk bytes in the temp file, not yet fsynced
+    "blob.after_write",  # a chunk's bytes in the temp pack file, not yet fsynced
     "blob.after_fsync",  # temp file durable, not yet renamed
-    "blob.after_rename",  # chunk file in place, its row not yet inserted
+    "blob.after_rename",  # pack (or chunk) file in place, its rows not yet inserted
     "commit.in_transaction",  # record inserted, COMMIT not yet run
     "commit.after_commit",  # committed, save() has not returned
     "gc.after_delete",  # chunk rows deleted and committed, files not yet unlinked

@@ -264,13 +264,7 @@ class BlobDir:
 
     def remove(self, digest: str) -> int:
         """Unlink a chunk file; return the bytes freed (0 if it was gone)."""
-        p = self.path(digest)
-        try:
-            size = os.lstat(p).st_size
-            os.unlink(p)
-        except FileNotFoundError:
-            return 0
-        return size
+        return _unlink(self.path(digest))
 
     def digests(self) -> Iterator[tuple[str, int]]:
         """Yield (digest, size) of every chunk file on disk."""
@@ -291,13 +285,7 @@ class BlobDir:
 
     def remove_pack(self, name: str) -> int:
         """Unlink a pack file; return the bytes freed (0 if it was gone)."""
-        p = self.pack_path(name)
-        try:
-            size = os.lstat(p).st_size
-            os.unlink(p)
-        except FileNotFoundError:
-            return 0
-        return size
+        return _unlink(self.pack_path(name))
 
     def dead_temp_files(self) -> Iterator[Path]:
         """Yield temp files whose writer is gone (their flock is free)."""
@@ -418,6 +406,15 @@ class PackWriter:
         if self.blobs.fsync:
             with _os_errors(f"syncing the directory of pack {self.name}"):
                 _fsync_dir(final.parent)
+
+
+def _unlink(path: Path) -> int:
+    try:
+        size = os.lstat(path).st_size
+        os.unlink(path)
+    except FileNotFoundError:
+        return 0
+    return size
 
 
 def _pread_into(fd: int, out: memoryview, offset: int) -> int:
