@@ -92,6 +92,7 @@ def test_p7_interleaved(benchmark: Any, scratch: Path) -> None:
             },
             target="P7",
             rounds=SIZES.legacy_rounds,
+            block=5,
             checkpoints=SIZES.legacy_checkpoints,
         )
         assert mgr.load_latest("Resampling")[1] == processor_data(7)  # type: ignore[index]
