@@ -149,34 +149,31 @@ class LocalBackend(LocalLedgerMixin):
         A list is checked against the index first; a stream (the manager's, which
         checks as it hashes) is written as it comes, so writing overlaps hashing.
         """
-        with self.blobs.gc_lock(exclusive=False):
+        # The exit stack removes the temp file of every pack not committed.
+        with self.blobs.gc_lock(exclusive=False), contextlib.ExitStack() as uncommitted:
             if isinstance(chunks, Sequence):
                 present = self.has_chunks(c.digest for c in chunks)
                 chunks = [c for c in chunks if c.digest not in present]
             rows: list[tuple[str, int, int, int, bytes | None, str | None, int | None]] = []
             packs: list[PackWriter] = []
             seen: set[str] = set()
-            try:
-                for c in chunks:
-                    if c.digest in seen:
-                        continue
-                    seen.add(c.digest)
-                    if c.stored_size <= INLINE_MAX:
-                        rows.append(
-                            (c.digest, c.size, c.stored_size, c.codec, bytes(c.data), None, None)
-                        )
-                        continue
-                    if not packs or (packs[-1].size and packs[-1].size + c.stored_size > PACK_MAX):
-                        packs.append(PackWriter(self.blobs))
-                    offset = packs[-1].add(c.data)
+            for c in chunks:
+                if c.digest in seen:
+                    continue
+                seen.add(c.digest)
+                if c.stored_size <= INLINE_MAX:
                     rows.append(
-                        (c.digest, c.size, c.stored_size, c.codec, None, packs[-1].name, offset)
+                        (c.digest, c.size, c.stored_size, c.codec, bytes(c.data), None, None)
                     )
-                for pack in packs:
-                    pack.commit()
-            finally:
-                for pack in packs:
-                    pack.__exit__(None, None, None)  # removes the temp file unless committed
+                    continue
+                if not packs or (packs[-1].size and packs[-1].size + c.stored_size > PACK_MAX):
+                    packs.append(uncommitted.enter_context(PackWriter(self.blobs)))
+                offset = packs[-1].add(c.data)
+                rows.append(
+                    (c.digest, c.size, c.stored_size, c.codec, None, packs[-1].name, offset)
+                )
+            for pack in packs:
+                pack.commit()
             if rows:
                 with self.db.write() as conn:
                     conn.executemany(
