@@ -559,15 +559,19 @@ class CheckpointManager:
                 raise CheckpointNotFoundError(
                     f"checkpoint {cid} was deleted while it was being loaded", checkpoint_id=cid
                 ) from e
-            self._mark_corrupted(record.checkpoint)
+            self._mark_corrupted(record.checkpoint, e)
             raise CorruptCheckpointError(
                 f"checkpoint {cid} is corrupted: {e.message}", **{**e.context, "checkpoint_id": cid}
             ) from e
 
-    def _mark_corrupted(self, cp: Checkpoint) -> None:
+    def _mark_corrupted(self, cp: Checkpoint, error: CorruptCheckpointError | None = None) -> None:
         if cp.status == Status.VALID:
             with contextlib.suppress(CheckpointNotFoundError):
                 self.backend.set_status(cp.id, Status.CORRUPTED)
+        digest = error.context.get("digest") if error else None
+        mark = getattr(self.backend, "mark_bad_chunks", None)
+        if digest and mark is not None:
+            mark([digest])  # the next save of the same bytes stores the chunk again
 
     def _decode(self, record: StoredRecord) -> Any:
         cp = record.checkpoint
@@ -609,8 +613,8 @@ class CheckpointManager:
                 return None
             try:
                 return record.checkpoint, self._decode(record)
-            except CorruptCheckpointError:
-                self._mark_corrupted(record.checkpoint)
+            except CorruptCheckpointError as e:
+                self._mark_corrupted(record.checkpoint, e)
                 tried.add(record.checkpoint.id)
         for cp in self._candidates(process_id, lvl, name, tried):
             tried.add(cp.id)
@@ -681,8 +685,15 @@ class CheckpointManager:
         structure = self.backend.check()
         bad: set[str] = set(structure.missing)
         records = self.backend.list(ListQuery())
+        missing = sorted({d for ds in structure.missing.values() for d in ds})
+        # Flagged chunks are stored again by the next save (or sync) of the same bytes.
+        mark = getattr(self.backend, "mark_bad_chunks", None)
+        if mark is not None and missing:
+            mark(missing)
         if full:
             bad_digests = self._verify_chunks(progress)
+            if mark is not None:
+                mark(bad_digests, replace=True)
             bad |= self.backend.checkpoints_using(bad_digests)
             for cp in records:
                 if cp.id in bad:
@@ -703,7 +714,6 @@ class CheckpointManager:
                 # A legacy import's stored bytes verify, but what they hold was damaged
                 # before ckptlite saw it: it stays CORRUPTED.
                 self.backend.set_status(cp.id, Status.VALID)
-        missing = sorted({d for ds in structure.missing.values() for d in ds})
         return VerifyReport(
             checked=len(records),
             corrupted=tuple(sorted(bad)),

@@ -307,3 +307,68 @@ def test_threads_creating_one_new_store_at_once_all_succeed(tmp_path: Path) -> N
         for t in threads:
             t.join()
     assert errors == []
+
+
+# -- a damaged chunk is stored again by the next save of the same bytes ---------------
+
+
+def _flip_in_chunk(store: Path, digest: str) -> None:
+    from damage import chunk_span, flip_bit
+
+    path, offset, _ = chunk_span(store, digest)
+    flip_bit(path, offset + 1000)
+
+
+def test_the_next_save_of_the_same_bytes_repairs_a_damaged_chunk(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    arr = np.random.default_rng(3).random((1024, 1024))  # 8 raw chunks in one pack
+    with ckptlite.open(store) as mgr:
+        first = mgr.save("p", {"a": arr}, name="x")
+        victim = mgr.backend.get_record(first.id).digests[2]
+        _flip_in_chunk(store, victim)
+        with pytest.raises(ckptlite.CorruptCheckpointError):
+            mgr.load(first)
+        assert mgr.backend.has_chunks([victim]) == set()  # flagged: not counted as stored
+        again = mgr.save("p", {"a": arr}, name="x")  # a resumed job saves the same state
+        assert mgr.backend.get_record(again.id).digests == mgr.backend.get_record(first.id).digests
+        assert np.array_equal(mgr.load(again)["a"], arr)
+        report = mgr.verify(full=True)
+        assert report.ok and report.corrupted == ()
+        assert mgr.get(first.id).status is ckptlite.Status.VALID  # healed with it
+        assert np.array_equal(mgr.load(first)["a"], arr)
+        assert mgr.backend.has_chunks([victim]) == {victim}
+
+
+def test_verify_full_flags_a_damaged_inline_chunk_and_a_save_repairs_it(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with ckptlite.open(store, chunk_size=16 * 1024) as mgr:
+        blob = np.random.default_rng(4).bytes(100_000)  # 16 KiB chunks: all inline
+        cp = mgr.save("p", {"b": blob})
+        digest = mgr.backend.get_record(cp.id).digests[1]
+        conn = mgr.backend.db.connection()  # type: ignore[attr-defined]
+        (data,) = conn.execute("SELECT data FROM chunks WHERE digest=?", (digest,)).fetchone()
+        conn.execute(
+            "UPDATE chunks SET data=? WHERE digest=?", (bytes([data[0] ^ 1]) + data[1:], digest)
+        )
+        assert mgr.verify(full=True).corrupted == (cp.id,)  # no load needed to flag it
+        mgr.save("p", {"b": blob})  # the same bytes again: the chunk is stored anew
+        assert mgr.verify(full=True).ok
+        assert mgr.load(cp.id) == {"b": blob}
+
+
+def test_a_repaired_chunk_leaves_its_old_file_to_gc(tmp_path: Path) -> None:
+    store = tmp_path / "old"
+    arr = np.random.default_rng(5).random(300_000)
+    with ckptlite.open(store) as mgr:
+        cp = mgr.save("p", {"a": arr})
+    _unpack_to_chunk_files(store)  # a store from before packs: one file per chunk
+    with ckptlite.open(store) as mgr:
+        digest = mgr.backend.get_record(cp.id).digests[0]
+        _flip_in_chunk(store, digest)
+        assert mgr.verify(full=True).corrupted == (cp.id,)
+        mgr.save("p", {"a": arr})  # stored again, into a pack
+        assert mgr.verify(full=True).ok
+        assert digest in mgr.verify().orphan_chunks  # its old file is stray now
+        assert digest in mgr.gc().chunks
+        assert not (store / "blobs" / digest[:2] / digest).exists()
+        assert np.array_equal(mgr.load(cp.id)["a"], arr)

@@ -176,9 +176,13 @@ class LocalBackend(LocalLedgerMixin):
                 pack.commit()
             if rows:
                 with self.db.write() as conn:
+                    # A chunk flagged bad is replaced: this copy repairs it.
                     conn.executemany(
-                        "INSERT OR IGNORE INTO chunks(digest, size, stored_size, codec, data, "
-                        "pack, pack_offset) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO chunks(digest, size, stored_size, codec, data, pack, "
+                        "pack_offset) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(digest) DO "
+                        "UPDATE SET size=excluded.size, stored_size=excluded.stored_size, "
+                        "codec=excluded.codec, data=excluded.data, pack=excluded.pack, "
+                        "pack_offset=excluded.pack_offset, bad=0 WHERE chunks.bad=1",
                         rows,
                     )
 
@@ -189,9 +193,25 @@ class LocalBackend(LocalLedgerMixin):
         with translate_errors("reading chunk index"):
             for i in range(0, len(wanted), 500):
                 part = wanted[i : i + 500]
-                q = f"SELECT digest FROM chunks WHERE digest IN ({','.join('?' * len(part))})"
+                q = (
+                    "SELECT digest FROM chunks "
+                    f"WHERE digest IN ({','.join('?' * len(part))}) AND bad=0"
+                )
                 found.update(r[0] for r in conn.execute(q, part))
         return found
+
+    def mark_bad_chunks(self, digests: Iterable[str], replace: bool = False) -> None:
+        """Flag chunks whose stored bytes failed verification (``replace``: only these).
+
+        ``has_chunks`` stops counting a flagged chunk, so the next save or sync of
+        the same bytes stores it again: that repairs every checkpoint using it
+        (``verify(full=True)`` then marks them VALID). A full verify passes
+        ``replace``, clearing the flag of chunks that read well again.
+        """
+        with self.db.write() as conn:
+            if replace:
+                conn.execute("UPDATE chunks SET bad=0 WHERE bad=1")
+            conn.executemany("UPDATE chunks SET bad=1 WHERE digest=?", [(d,) for d in set(digests)])
 
     def _chunk_row(self, digest: str) -> tuple[int, int, bytes | None, str | None, int, int]:
         with translate_errors(f"reading chunk {digest}"):
@@ -237,11 +257,20 @@ class LocalBackend(LocalLedgerMixin):
         n = view.nbytes
         if nowait is None or n <= INLINE_MAX:
             return False
-        try:
-            size, codec, data, pack, offset, stored = self._chunk_row(digest)
-        except CorruptCheckpointError:
+        with translate_errors(f"reading chunk {digest}"):
+            row = (
+                self.db.read()
+                .execute(
+                    "SELECT codec, data IS NULL, pack, pack_offset, size, stored_size FROM chunks "
+                    "WHERE digest=? AND bad=0",
+                    (digest,),
+                )
+                .fetchone()
+            )
+        if row is None:
             return False
-        if data is not None or codec != _CODEC_RAW or not size == stored == n:
+        codec, in_file, pack, offset, size, stored = row
+        if not in_file or codec != _CODEC_RAW or not size == stored == n:
             return False
         path = self.blobs.path(digest) if pack is None else self.blobs.pack_path(pack)
         try:
@@ -541,7 +570,8 @@ class LocalBackend(LocalLedgerMixin):
                     "(SELECT 1 FROM refs r WHERE r.digest=c.digest)"
                 )
             ]
-            indexed = {r[0] for r in conn.execute("SELECT digest FROM chunks")}
+            # A chunk file whose row now names a pack (a repaired chunk) is stray too.
+            indexed = {d for (d,) in file_rows}
             on_disk = dict(self.blobs.packs())
             absent = [d for (d,) in file_rows if not self.blobs.exists(d)]
             absent += [d for d, pack, end in pack_rows if on_disk.get(pack, -1) < end]
@@ -574,7 +604,12 @@ class LocalBackend(LocalLedgerMixin):
                 dead = {r[0] for r in rows}
                 if not dry_run:
                     conn.executemany("DELETE FROM chunks WHERE digest=?", [(d,) for d in dead])
-                indexed = {r[0] for r in conn.execute("SELECT digest FROM chunks")}
+                indexed = {  # chunks that live in files of their own
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT digest FROM chunks WHERE data IS NULL AND pack IS NULL"
+                    )
+                }
                 live: dict[str, int] = {}
                 for digest, pack, stored in conn.execute(
                     "SELECT digest, pack, stored_size FROM chunks WHERE pack IS NOT NULL"
