@@ -686,7 +686,7 @@ class CheckpointManager:
         bad: set[str] = set(structure.missing)
         records = self.backend.list(ListQuery())
         missing = sorted({d for ds in structure.missing.values() for d in ds})
-        # Flagged chunks are stored again by the next save (or sync) of the same bytes.
+        # Flagged chunks are stored again by the next save of the same bytes.
         mark = getattr(self.backend, "mark_bad_chunks", None)
         if mark is not None and missing:
             mark(missing)

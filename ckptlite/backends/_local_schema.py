@@ -95,7 +95,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX chunks_pack ON chunks(pack) WHERE pack IS NOT NULL;
     """,
     # 5: chunks whose stored bytes failed verification. ``has_chunks`` does not count
-    # them, so the next save (or sync) of the same bytes stores them again.
+    # them, so the next save of the same bytes stores them again.
     """
     ALTER TABLE chunks ADD COLUMN bad INTEGER NOT NULL DEFAULT 0;
     """,

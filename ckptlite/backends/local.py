@@ -203,7 +203,7 @@ class LocalBackend(LocalLedgerMixin):
     def mark_bad_chunks(self, digests: Iterable[str], replace: bool = False) -> None:
         """Flag chunks whose stored bytes failed verification (``replace``: only these).
 
-        ``has_chunks`` stops counting a flagged chunk, so the next save or sync of
+        ``has_chunks`` stops counting a flagged chunk, so the next save of
         the same bytes stores it again: that repairs every checkpoint using it
         (``verify(full=True)`` then marks them VALID). A full verify passes
         ``replace``, clearing the flag of chunks that read well again.
