@@ -218,18 +218,20 @@ class BlobDir:
         finally:
             os.close(fd)
 
-    def read_packed(self, name: str, offset: int, n: int, digest: str) -> bytes:
+    def read_packed(self, name: str, offset: int, n: int, digest: str) -> memoryview:
         """Return the ``n`` bytes of chunk ``digest`` at ``offset`` in pack ``name``.
+
+        Read once into a fresh buffer and returned as a view of it (no second copy).
 
         Raises:
             CorruptCheckpointError: the pack is missing, unreadable or too short.
         """
-        out = bytearray(n)
-        if self.read_packed_into(name, offset, memoryview(out), digest) != n:
+        out = memoryview(bytearray(n))
+        if self.read_packed_into(name, offset, out, digest) != n:
             raise CorruptCheckpointError(
                 f"chunk {digest} is cut short in pack {name}", digest=digest
             )
-        return bytes(out)
+        return out
 
     def read_packed_into(self, name: str, offset: int, out: memoryview, digest: str) -> int:
         """Read chunk ``digest`` from pack ``name`` straight into ``out``; return bytes read.
@@ -339,7 +341,7 @@ class PackWriter:
     >>> with PackWriter(blobs) as pack:
     ...     offsets = [pack.add(b"abc"), pack.add(b"de")]
     ...     pack.commit()
-    >>> offsets, blobs.read_packed(pack.name, 3, 2, "-")
+    >>> offsets, bytes(blobs.read_packed(pack.name, 3, 2, "-"))
     ([0, 3], b'de')
     """
 
