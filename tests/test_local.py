@@ -261,6 +261,39 @@ def test_saving_again_compares_unchanged_chunks_instead_of_hashing_them(
         assert mgr.verify(full=True).ok
 
 
+@pytest.mark.parametrize(
+    "change",
+    ["first byte", "last byte", "middle byte", "negative zero", "every chunk"],
+)
+def test_a_chunk_changed_anywhere_is_hashed_and_stored_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    arr = np.random.default_rng(2).random((1024, 1024))  # 8 chunks of 1 MiB
+    arr[2, :] = 0.0
+    raw = arr.reshape(-1).view(np.uint8)
+    with ckptlite.open(tmp_path / "s") as mgr:
+        mgr.save("p", {"a": arr})
+        changed = arr.copy()
+        flat = changed.reshape(-1).view(np.uint8)
+        if change == "first byte":
+            flat[3 << 20] ^= 1
+        elif change == "last byte":
+            flat[(4 << 20) - 1] ^= 1
+        elif change == "middle byte":
+            flat[(3 << 20) + 500_000] ^= 1
+        elif change == "negative zero":
+            changed[2, 7] = -0.0  # == 0.0 as a float, another bit pattern
+        else:
+            changed += 1.0
+        assert not np.array_equal(flat, raw)
+        calls = _count_hashes(monkeypatch)
+        again = mgr.save("p", {"a": changed})
+        assert len(calls) == (8 if change == "every chunk" else 1)
+        loaded = mgr.load(again)["a"]
+        assert loaded.tobytes() == changed.tobytes()
+        assert mgr.verify(full=True).ok
+
+
 def test_chunks_not_in_the_page_cache_or_cut_short_are_hashed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -52,6 +52,8 @@ DB_NAME = "ckptlite.db"
 _CODEC_RAW = 0  # chunking.CODEC_RAW (backends do not import the manager's modules)
 _EMPTY_MANIFEST = b"\x90"  # msgpack of [], chunking's manifest of a state without buffers
 INLINE_MAX = 64 * 1024
+#: Bytes compared at each end of a chunk before the whole of it (chunk_equals).
+_EDGE = 4096
 #: A pack holds at most this many bytes (more when one chunk alone is bigger).
 PACK_MAX = 64 << 20
 
@@ -280,11 +282,15 @@ class LocalBackend(LocalLedgerMixin):
         buf = _scratch(n)
         at = offset or 0
         try:
-            # One byte at each end first: a read that misses the cache starts the
+            # A page at each end first: a read that misses the cache starts the
             # kernel's readahead, and a miss on a whole chunk would read it all from
-            # the disk for nothing (we hash instead).
-            for edge in (at, at + n - 1):
-                if os.preadv(fd, [memoryview(buf)[:1]], edge, nowait) != 1:
+            # the disk for nothing (we hash instead). A chunk that differs there (a
+            # state rewritten, not patched) costs two pages, not a copy of it.
+            edge = memoryview(buf)[:_EDGE]
+            for start in (0, n - _EDGE):
+                if os.preadv(fd, [edge], at + start, nowait) != _EDGE:
+                    return False
+                if buf[:_EDGE] != view[start : start + _EDGE]:  # bytes, never float, equality
                     return False
             # A short read: part of it is not cached, or the file is cut short.
             return os.preadv(fd, [buf], at, nowait) == n and buf == view
