@@ -7,6 +7,7 @@ the manager's thread pool; nothing here encodes or decodes a state.
 from __future__ import annotations
 
 import mmap
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -29,8 +30,12 @@ __all__ = [
 
 _PAYLOAD_RAW = b"\x00"
 _PAYLOAD_ZSTD = b"\x01"
-#: Bytes of chunks per pool task when saving: a task's chunk files share one fsync round.
+#: Least bytes of chunks per pool task when saving: a task's chunks share one pack.
 _WRITE_GROUP_BYTES = 8 << 20
+#: Cores to spread a save over. One group per core, not many small ones: groups
+#: hashed side by side on too few cores wrote late, in many streams, with more
+#: fsyncs (64 MiB: 8 groups took 53 ms, 2 groups 45 ms; pickle 54 ms).
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
 #: Bytes of new chunks hashed before their presence is looked up and they are written.
 _LOOKUP_BYTES = 1 << 20
 
@@ -104,10 +109,11 @@ def write_buffers(
     views = [chunking.split(buf, size) for buf in buffers]
     groups: list[list[tuple[memoryview, str | None]]] = [[]]
     filled = 0
+    group_bytes = max(_WRITE_GROUP_BYTES, -(-sum(b.nbytes for b in buffers) // _CORES))
     for i, vs in enumerate(views):
         before = previous[i] if previous and i < len(previous) else []
         for j, v in enumerate(vs):
-            if filled >= _WRITE_GROUP_BYTES:
+            if filled >= group_bytes:
                 groups.append([])
                 filled = 0
             was = before[j][0] if j < len(before) and before[j][1] == v.nbytes else None
