@@ -52,6 +52,32 @@ def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
         ckptlite.open(tmp_path / "s")
 
 
+def test_schema_6_indexes_only_checkpoints_with_a_parent(tmp_path: Path) -> None:
+    with ckptlite.open(tmp_path / "s") as mgr:
+        root = mgr.save("p", 1, level="stage")
+        child = mgr.save("p", 2, parent=root)
+    db = tmp_path / "s" / "ckptlite.db"
+    conn = apsw.Connection(str(db))  # back to schema 5: the full parent index
+    conn.execute("DROP INDEX checkpoints_parent")
+    conn.execute("CREATE INDEX checkpoints_parent ON checkpoints(parent_id)")
+    conn.execute("PRAGMA user_version=5")
+    conn.close()
+    with ckptlite.open(tmp_path / "s") as mgr:  # migrates to 6
+        conn = apsw.Connection(str(db))
+        (sql,) = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name='checkpoints_parent'"
+        ).fetchone()
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM checkpoints WHERE parent_id=?", (root.id,)
+        ).fetchall()
+        conn.close()
+        assert "WHERE parent_id IS NOT NULL" in sql
+        assert "USING INDEX checkpoints_parent" in str(plan)
+        assert [c.id for c in mgr.list(parent=root.id)] == [child.id]
+        assert set(mgr.delete(root.id)) == {root.id, child.id}
+    assert pragma(db, "user_version") == len(MIGRATIONS) == 6
+
+
 def test_reopen_keeps_data_and_runs_no_migration(tmp_path: Path) -> None:
     with ckptlite.open(tmp_path / "s") as mgr:
         cp = mgr.save("p", {"k": "v"})

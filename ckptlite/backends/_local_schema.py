@@ -99,6 +99,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE chunks ADD COLUMN bad INTEGER NOT NULL DEFAULT 0;
     """,
+    # 6: most checkpoints have no parent; a partial index leaves them out, so a save
+    # writes one index page fewer (P1: ~7 us of ~115). ``parent_id = ?`` still uses it.
+    """
+    DROP INDEX checkpoints_parent;
+    CREATE INDEX checkpoints_parent ON checkpoints(parent_id) WHERE parent_id IS NOT NULL;
+    """,
 ]
 
 CHECKPOINT_COLS = (
