@@ -92,6 +92,17 @@ def bench_root() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def settle() -> None:
+    """In full mode, flush what the last round left (deleted files, WAL pages) to disk.
+
+    P3's setups delete the previous round's 64 MiB store or file. Without this,
+    the next timed fsync commits that deletion in the ext4 journal, and whichever
+    side runs next pays for the other side's cleanup.
+    """
+    if MODE == "full":
+        os.sync()
+
+
 @pytest.fixture
 def scratch(bench_root: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     """A scratch directory for one benchmark, removed afterwards.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import ckptlite
-from bench.conftest import SIZES, interleaved, run
+from bench.conftest import SIZES, interleaved, run, settle
 from bench.peers import FILE_PEERS
 from bench.states import raster
 
@@ -34,6 +34,7 @@ class FreshStores:
         self.close()
         self.n += 1
         self.mgr = ckptlite.open(self.root / f"store{self.n}")
+        settle()
         return self.mgr
 
     def close(self) -> None:
@@ -71,6 +72,7 @@ def test_p3_peer_save(benchmark: Any, scratch: Path, array: Any, peer: str) -> N
 
     def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
         path.unlink(missing_ok=True)
+        settle()
         return (path, array), {}
 
     run(
@@ -198,6 +200,7 @@ def test_p3_p4_interleaved(benchmark: Any, scratch: Path, array: Any, target: st
 
             def fresh_file() -> tuple[Any, ...]:
                 path.unlink(missing_ok=True)
+                settle()
                 return (path, array)
 
             sides = {

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import ckptlite
-from bench.conftest import SIZES, run
+from bench.conftest import SIZES, run, settle
 from bench.peers import FILE_PEERS
 from bench.states import blob_state
 
@@ -40,6 +40,7 @@ def test_sweep_save(benchmark: Any, scratch: Path, lib: str, nbytes: int) -> Non
                 m.close()
                 shutil.rmtree(m.url, ignore_errors=True)
             opened[:] = [ckptlite.open(scratch / f"s{next(n)}")]
+            settle()
             return (opened[0],), {}
 
         cp = run(benchmark, lambda mgr: mgr.save("sweep", arr), setup=fresh, **tag)
@@ -53,7 +54,13 @@ def test_sweep_save(benchmark: Any, scratch: Path, lib: str, nbytes: int) -> Non
     else:
         save, load, fname = FILE_PEERS[lib]
         path = scratch / fname
-        run(benchmark, save, setup=lambda: ((path, arr), {}), **tag)
+
+        def new_file() -> tuple[tuple[Any, ...], dict[str, Any]]:
+            path.unlink(missing_ok=True)  # not truncated inside the timed call
+            settle()
+            return (path, arr), {}
+
+        run(benchmark, save, setup=new_file, **tag)
         assert np.array_equal(load(path), arr)
 
 
