@@ -111,7 +111,13 @@ def encode(state: Any, *, allow_pickle: bool = False) -> EncodedState:
             type_name=f"{t.__module__}.{t.__qualname__}",
         )
 
-    skeleton = _pack(_lift_big_bytes(state, add_buffer), default)
+    skeleton = _pack(state, default)
+    if len(skeleton) >= BUFFER_THRESHOLD:
+        # Big bytes may be inside (a small skeleton cannot hold any): pack again with
+        # them lifted out. Walking every state for them was most of a small save's encode.
+        buffers.clear()
+        pickled = False
+        skeleton = _pack(_lift_big_bytes(state, add_buffer), default)
     return EncodedState(skeleton, tuple(buffers), pickled)
 
 

@@ -87,6 +87,37 @@ def test_large_buffers_leave_the_skeleton_without_copies() -> None:
     assert back["arr"].flags.writeable
 
 
+def test_big_skeletons_are_searched_for_big_bytes_small_ones_are_not() -> None:
+    small = {"t": (b"x" * 100, [1, 2.5, "s"]), "arr": np.arange(10_000.0)}
+    enc = encode(small)
+    assert len(enc.skeleton) < 1000 and [b.nbytes for b in enc.buffers] == [80_000]
+    # Over the threshold in many small pieces: nothing to lift, still one buffer per array.
+    many = {"rows": [(i, f"row {i}", b"y" * 10) for i in range(20_000)], "arr": np.arange(10_000.0)}
+    enc = encode(many)
+    assert len(enc.skeleton) >= BUFFER_THRESHOLD and [b.nbytes for b in enc.buffers] == [80_000]
+    assert decode(enc.skeleton, enc.buffers)["rows"] == many["rows"]
+    # Big bytes deep inside a tuple: lifted, and the array's buffer is not counted twice.
+    deep = {"t": ((b"z" * BUFFER_THRESHOLD,),), "arr": np.arange(10_000.0)}
+    enc = encode(deep)
+    assert len(enc.skeleton) < 1000
+    assert sorted(b.nbytes for b in enc.buffers) == [BUFFER_THRESHOLD, 80_000]
+    back = decode(enc.skeleton, enc.buffers)
+    assert back["t"] == deep["t"] and np.array_equal(back["arr"], deep["arr"])
+
+
+class _Opaque:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Opaque)
+
+
+def test_a_pickled_value_in_a_big_skeleton_is_flagged_once() -> None:
+    state = {"o": _Opaque(), "blob": b"z" * BUFFER_THRESHOLD}
+    enc = encode(state, allow_pickle=True)
+    assert enc.pickled and [b.nbytes for b in enc.buffers] == [BUFFER_THRESHOLD]
+    assert decode(enc.skeleton, enc.buffers, allow_pickle=True) == state
+    assert not encode({"blob": b"z" * BUFFER_THRESHOLD}).pickled
+
+
 def test_fortran_structured_and_strided_arrays() -> None:
     f = np.asfortranarray(np.arange(200_000, dtype="i4").reshape(400, 500))
     rec = np.zeros(4, dtype=[("x", "<i4"), ("y", ">f8"), ("s", "U3")])
