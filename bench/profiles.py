@@ -92,3 +92,144 @@ def profiles(big_mib: int = 64, top: int = 12) -> dict[str, str]:
 
         out[f"P4 load {big_mib} MiB (x3)"] = _profile_threads(load_fresh, 3, top)
     return out
+
+
+def _medians(parts: dict[str, Callable[[], Any]], rounds: int, block: int = 50) -> dict[str, float]:
+    """Median seconds per call of each part: blocks of calls, the parts alternated."""
+    import statistics
+    import time
+
+    per_block: dict[str, list[float]] = {k: [] for k in parts}
+    for _ in range(rounds):
+        for k, fn in parts.items():
+            times = []
+            for _ in range(block):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            per_block[k].append(statistics.median(times))
+    return {k: statistics.median(v) for k, v in per_block.items()}
+
+
+def breakdowns(rounds: int = 30) -> dict[str, list[tuple[str, float]]]:
+    """Time P1's and P2's parts against diskcache's whole calls, in one run.
+
+    Returns {target: [(part, seconds)]}, the budget included: what the report shows
+    under "Where P1 and P2 go". The SQLite parts run the statements ckptlite runs,
+    on a store of the same schema, with no Python of ckptlite around them.
+    """
+    import itertools
+
+    import diskcache
+
+    from ckptlite import chunking, codec
+    from ckptlite.backends._local_schema import CHECKPOINT_COLS, row_to_checkpoint
+
+    state = small_state()
+    out: dict[str, list[tuple[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="ckptlite-parts-") as d:
+        mgr = ckptlite.open(Path(d) / "store")
+        raw_store = ckptlite.open(Path(d) / "raw")
+        dc = diskcache.Cache(str(Path(d) / "dc"))
+        try:
+            for _ in range(300):
+                mgr.save("p", state, name="n")
+                raw_store.save("p", state, name="n")
+            conn = raw_store.backend.db.connection()  # type: ignore[attr-defined]
+            payload = b"\x00" + codec.encode(state).skeleton
+            n = itertools.count()
+
+            def transaction() -> None:
+                i = next(n)
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    "INSERT INTO checkpoints(id, process_id, level, name, parent_id, status, "
+                    "created_at, size, stored_size, checksum, metadata, progress_done, "
+                    "progress_total, payload, manifest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        f"raw{i:09d}",
+                        "p",
+                        "step",
+                        "n",
+                        None,
+                        "valid",
+                        1_700_000_000_000_000 + i,
+                        len(payload),
+                        len(payload),
+                        "0" * 64,
+                        "{}",
+                        None,
+                        None,
+                        payload,
+                        chunking.EMPTY_MANIFEST,
+                    ),
+                )
+                conn.execute("COMMIT")
+
+            def empty_transaction() -> None:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("COMMIT")
+
+            keys = itertools.count()
+            p1 = _medians(
+                {
+                    "diskcache.Cache.set, whole call": lambda: dc.set(f"k{next(keys)}", state),
+                    "ckptlite save, whole call": lambda: mgr.save("p", state, name="n"),
+                    "its SQLite transaction alone (BEGIN IMMEDIATE, the INSERT of one row, "
+                    "COMMIT), no Python around it": transaction,
+                    "an empty BEGIN IMMEDIATE + COMMIT": empty_transaction,
+                    "msgpack encode of the state": lambda: codec.encode(state),
+                },
+                rounds,
+            )
+            budget = 0.6 * p1["diskcache.Cache.set, whole call"]
+            out["P1"] = [*p1.items(), ("the 0.6x budget", budget)]
+
+            dc.set("k", state)
+            where = "process_id=? AND level=? AND name=?"
+            args = ("p", "step", "n")
+            read = mgr.backend.db.read()  # type: ignore[attr-defined]
+
+            def two_selects() -> Any:
+                top = read.execute(
+                    f"SELECT seq FROM checkpoints WHERE {where} ORDER BY seq DESC LIMIT 1", args
+                ).fetchone()
+                return read.execute(
+                    f"SELECT {CHECKPOINT_COLS}, payload, manifest FROM checkpoints WHERE seq=?",
+                    top,
+                ).fetchone()
+
+            row = two_selects()
+
+            def verify_and_decode() -> None:
+                chunking.record_checksum(row[14], row[15])
+                codec.decode(memoryview(row[14])[1:], [])
+
+            p2 = _medians(
+                {
+                    "diskcache.Cache.get, whole call": lambda: dc.get("k"),
+                    "its SELECT alone (one unique-index probe)": lambda: dc._sql(
+                        "SELECT rowid, expire_time, tag, mode, filename, value FROM Cache "
+                        "WHERE key = ? AND raw = ?",
+                        ("k", True),
+                    ).fetchall(),
+                    "ckptlite load_latest, whole call": lambda: mgr.load_latest(
+                        "p", level="step", name="n"
+                    ),
+                    "its two SELECTs (newest seq of the slot, then that row)": two_selects,
+                    "row to Checkpoint (frozen dataclass, enums, datetime)": lambda: (
+                        row_to_checkpoint(row[:14])
+                    ),
+                    "verification (SHA-256 of payload + manifest) and msgpack decode": (
+                        verify_and_decode
+                    ),
+                },
+                rounds,
+            )
+            budget = 1.5 * p2["diskcache.Cache.get, whole call"]
+            out["P2"] = [*p2.items(), ("the 1.5x budget", budget)]
+        finally:
+            dc.close()
+            raw_store.close()
+            mgr.close()
+    return out

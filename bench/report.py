@@ -496,8 +496,17 @@ def main(argv: list[str] | None = None) -> int:
             "\n## Throughput against state size\n\n![save and load throughput](throughput.png)\n"
         )
     if not args.no_profile:
-        from bench.profiles import profiles
+        from bench.profiles import breakdowns, profiles
 
+        extra += (
+            "\n## Where P1 and P2 go, measured in this run\n\n"
+            "Medians of blocks of 50 calls, the parts alternated block by block (so all "
+            "come from the same minutes). The SQLite parts run ckptlite's statements on a "
+            "store of the same schema with no ckptlite Python around them.\n"
+        )
+        for target, parts in breakdowns(30 if mode == "full" else 2).items():
+            extra += f"\n| {target}: part | median |\n|---|---|\n"
+            extra += "".join(f"| {part} | {_fmt_time(s)} |\n" for part, s in parts)
         extra += "\n## Profiles (cProfile, sorted by own time)\n"
         for op, text in profiles(64 if mode == "full" else 4).items():
             extra += f"\n### {op}\n\n```\n{text}\n```\n"

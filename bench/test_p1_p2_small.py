@@ -149,3 +149,18 @@ def test_p1_p2_interleaved(benchmark: object, scratch: Path, target: str) -> Non
         hit = mgr.load_latest("geo-run", name="resample")
         assert hit is not None and hit[1] == STATE
         assert cache.get("geo-run/resample") == STATE
+
+
+def test_breakdowns_time_every_part_of_p1_and_p2() -> None:
+    """The report's P1/P2 breakdown: every part measured, the budgets derived from diskcache."""
+    from bench.profiles import breakdowns
+
+    parts = {target: dict(rows) for target, rows in breakdowns(rounds=1).items()}
+    assert set(parts) == {"P1", "P2"}
+    assert all(s > 0 for rows in parts.values() for s in rows.values())
+    p1, p2 = parts["P1"], parts["P2"]
+    assert p1["the 0.6x budget"] == 0.6 * p1["diskcache.Cache.set, whole call"]
+    assert p2["the 1.5x budget"] == 1.5 * p2["diskcache.Cache.get, whole call"]
+    # The whole call includes its own transaction: a breakdown that says otherwise is broken.
+    whole = p1["ckptlite save, whole call"]
+    assert whole > p1["an empty BEGIN IMMEDIATE + COMMIT"]
