@@ -23,9 +23,11 @@ __all__ = [
     "EMPTY_MANIFEST",
     "MAX_CHUNK",
     "Manifest",
+    "check_chunk",
     "compress_chunk",
     "digest_of",
     "pack_manifest",
+    "raw_bytes",
     "record_checksum",
     "restore_chunk_into",
     "split",
@@ -80,47 +82,67 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return cctx
 
 
-def restore_chunk_into(chunk: StoredChunk, out: memoryview) -> None:
-    """Decompress ``chunk`` into ``out`` and check its digest.
+def raw_bytes(chunk: StoredChunk) -> bytes | memoryview:
+    """Return ``chunk``'s raw bytes (decompressed, size checked; the digest is not checked).
 
     Output is capped at the recorded size, so a hostile frame cannot allocate more.
 
     Raises:
-        CorruptCheckpointError: size, frame or digest does not match.
+        CorruptCheckpointError: the size or the frame does not match.
     """
     size = chunk.size
-    if out.nbytes != size:
-        raise CorruptCheckpointError(
-            f"chunk {chunk.digest} has the wrong size", digest=chunk.digest
-        )
     if chunk.codec == CODEC_RAW:
         if len(chunk.data) != size:
             raise CorruptCheckpointError(
                 f"chunk {chunk.digest} is truncated or padded", digest=chunk.digest
             )
-        if chunk.data is not out:  # a backend may have read it into ``out`` already
-            out[:] = chunk.data
-    elif chunk.codec == CODEC_ZSTD:
-        try:
-            declared = zstandard.frame_content_size(chunk.data)
-            if declared != size:
-                raise CorruptCheckpointError(
-                    f"chunk {chunk.digest} declares {declared} bytes, expected {size}",
-                    digest=chunk.digest,
-                )
-            dctx = zstandard.ZstdDecompressor()
-            raw = dctx.decompress(chunk.data, max_output_size=size)
-        except zstandard.ZstdError as e:
-            raise CorruptCheckpointError(
-                f"chunk {chunk.digest} does not decompress: {e}", digest=chunk.digest
-            ) from e
-        if len(raw) != size:
-            raise CorruptCheckpointError(
-                f"chunk {chunk.digest} has the wrong size", digest=chunk.digest
-            )
-        out[:] = raw
-    else:
+        return chunk.data
+    if chunk.codec != CODEC_ZSTD:
         raise CorruptCheckpointError(f"chunk {chunk.digest} has unknown codec {chunk.codec}")
+    try:
+        declared = zstandard.frame_content_size(chunk.data)
+        if declared != size:
+            raise CorruptCheckpointError(
+                f"chunk {chunk.digest} declares {declared} bytes, expected {size}",
+                digest=chunk.digest,
+            )
+        raw = zstandard.ZstdDecompressor().decompress(chunk.data, max_output_size=size)
+    except zstandard.ZstdError as e:
+        raise CorruptCheckpointError(
+            f"chunk {chunk.digest} does not decompress: {e}", digest=chunk.digest
+        ) from e
+    if len(raw) != size:
+        raise CorruptCheckpointError(
+            f"chunk {chunk.digest} has the wrong size", digest=chunk.digest
+        )
+    return raw
+
+
+def check_chunk(chunk: StoredChunk) -> None:
+    """Check that ``chunk``'s stored bytes give back the raw bytes its digest names.
+
+    Raises:
+        CorruptCheckpointError: they do not (size, frame or digest).
+    """
+    if digest_of(raw_bytes(chunk)) != chunk.digest:
+        raise CorruptCheckpointError(
+            f"chunk {chunk.digest} does not match its digest", digest=chunk.digest
+        )
+
+
+def restore_chunk_into(chunk: StoredChunk, out: memoryview) -> None:
+    """Decompress ``chunk`` into ``out`` and check its digest.
+
+    Raises:
+        CorruptCheckpointError: size, frame or digest does not match.
+    """
+    if out.nbytes != chunk.size:
+        raise CorruptCheckpointError(
+            f"chunk {chunk.digest} has the wrong size", digest=chunk.digest
+        )
+    raw = raw_bytes(chunk)
+    if raw is not out:  # a backend may have read it into ``out`` already
+        out[:] = raw
     if digest_of(out) != chunk.digest:
         raise CorruptCheckpointError(
             f"chunk {chunk.digest} does not match its digest", digest=chunk.digest

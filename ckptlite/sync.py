@@ -26,8 +26,9 @@ CORRUPTED or ARCHIVED at the source); rows of the legacy
 ``pipeline_checkpoints`` table that ckptlite did not write. Checkpoints whose
 chunks the source cannot read, or that the target refuses (a process id longer
 than PostgreSQL's 255 characters), are skipped with their descendants and
-listed in ``SyncReport.failed``; the rest is copied.
-Copied bytes are verified when the target loads them, not during the copy.
+listed in ``SyncReport.failed``; the rest is copied. So are checkpoints with a
+chunk whose bytes do not match its digest: every chunk is checked as it is
+copied (decompressed and hashed, never decoded into a state).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from . import chunking
 from .backends.base import Backend
 from .errors import (
     CheckpointNotFoundError,
@@ -293,13 +295,20 @@ class _Job:
         return kept
 
     def _write(self, digests: list[str]) -> set[str]:
-        """Copy chunks source -> target in groups; return the digests the source lacks."""
+        """Copy chunks source -> target in groups; return the digests it could not copy.
+
+        Those are the chunks the source lacks or cannot read, and those whose bytes
+        do not match their digest.
+        """
         bad: set[str] = set()
         group: list[StoredChunk] = []
         size = 0
         for d in digests:
             try:
                 chunk = self.src.read_chunk(d)
+                # Checked as it is copied: a damaged chunk would otherwise spread to
+                # every target, and be found only when one of them loads it.
+                chunking.check_chunk(chunk)
             except (CorruptCheckpointError, OSError):
                 bad.add(d)
                 continue

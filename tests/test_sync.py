@@ -147,6 +147,28 @@ def test_unreadable_chunks_at_the_source_are_reported_not_copied(tmp_path: Path)
     assert {c.id for c in b.list()} == {fine.id}
 
 
+@pytest.mark.parametrize("kind", ["raw", "zstd"])
+def test_a_chunk_damaged_at_the_source_is_not_copied(tmp_path: Path, kind: str) -> None:
+    from damage import flip_bit
+
+    a = ckptlite.open(tmp_path / "a", durability="none")
+    rng = np.random.default_rng(0)
+    # Noise stays raw; 16-bit ints in int64 compress (zstd frames). 2.4 MB: 3 chunks.
+    data = rng.random(300_000) if kind == "raw" else rng.integers(0, 1 << 16, 300_000)
+    parent = a.save("p", {"big": data})
+    child = a.save("p", "child", parent=parent)
+    fine = a.save("p", "fine")
+    digest = a.backend.get_record(parent.id).digests[1]
+    path, offset, length = chunk_span(tmp_path / "a", digest)
+    flip_bit(path, offset + length // 2)
+    b = local(tmp_path / "b")
+    report = ckptlite.sync(a, b)
+    assert set(report.failed) == {parent.id, child.id} and not report.ok
+    assert {c.id for c in b.list()} == {fine.id}
+    assert not b.backend.has_chunks([digest])  # the damage did not spread
+    assert b.verify(full=True).ok
+
+
 def test_same_store_and_bad_arguments_are_refused(tmp_path: Path) -> None:
     a = local(tmp_path / "a")
     with pytest.raises(SyncError, match="same store"):
