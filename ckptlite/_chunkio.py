@@ -119,11 +119,15 @@ def write_buffers(
             was = before[j][0] if j < len(before) and before[j][1] == v.nbytes else None
             groups[-1].append((v, was))
             filled += v.nbytes
-    futures = [pool.submit(store, g) for g in groups]
-    # Let every group finish before raising one's error: a failed save must not
-    # return while other groups are still writing (their temp files, their rows).
-    wait(futures)
-    done = iter([e for f in futures for e in f.result()])
+    if len(groups) == 1:  # no hand-off to a pool thread and back (~0.2 ms of a small save)
+        results = [store(groups[0])]
+    else:
+        futures = [pool.submit(store, g) for g in groups]
+        # Let every group finish before raising one's error: a failed save must not
+        # return while other groups are still writing (their temp files, their rows).
+        wait(futures)
+        results = [f.result() for f in futures]
+    done = iter([e for r in results for e in r])
     for vs in views:
         entries = [next(done) for _ in vs]
         written += sum(n for _, n in entries)
