@@ -23,12 +23,12 @@ Not propagated (by design, documented in the README): deletes (a checkpoint
 deleted at the source stays in the target, and one deleted in the target is
 not copied again); status changes made after a checkpoint was copied (a later
 CORRUPTED or ARCHIVED at the source); rows of the legacy
-``pipeline_checkpoints`` table that ckptlite did not write. Checkpoints whose
-chunks the source cannot read, or that the target refuses (a process id longer
-than PostgreSQL's 255 characters), are skipped with their descendants and
-listed in ``SyncReport.failed``; the rest is copied. So are checkpoints with a
-chunk whose bytes do not match its digest: every chunk is checked as it is
-copied (decompressed and hashed, never decoded into a state).
+``pipeline_checkpoints`` table that ckptlite did not write. Every chunk is
+checked against its digest as it is copied (decompressed and hashed, never
+decoded into a state). Checkpoints with a chunk the source cannot read or that
+fails that check, and those the target refuses (a process id longer than
+PostgreSQL's 255 characters), are skipped with their descendants and listed in
+``SyncReport.failed``; the rest is copied.
 """
 
 from __future__ import annotations
