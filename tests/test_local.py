@@ -149,6 +149,24 @@ def test_a_save_writes_its_big_chunks_into_one_pack(tmp_path: Path) -> None:
         assert np.array_equal(mgr.load_latest("p")[1]["a"], arr)  # type: ignore[index]
 
 
+@pytest.mark.parametrize("cores", [1, 2, 4])
+def test_a_big_save_makes_one_pack_per_core_of_at_least_8_mib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: int
+) -> None:
+    from ckptlite import _chunkio
+
+    monkeypatch.setattr(_chunkio, "_CORES", cores)
+    arr = np.random.default_rng(3).random(3 << 20)  # 24 MiB: 24 chunks
+    with ckptlite.open(tmp_path / "s", durability="none") as mgr:
+        mgr.save("p", {"a": arr})
+        packs = sorted(r[1] for r in _chunk_rows(mgr))
+        # 1 core: one group (24 chunks); 2: two of 12; 4: three of 8 (8 MiB at least).
+        sizes = sorted(packs.count(p) for p in set(packs))
+        assert sizes == {1: [24], 2: [12, 12], 4: [8, 8, 8]}[cores]
+        assert len(_packs(tmp_path / "s")) == len(sizes)
+        assert np.array_equal(mgr.load_latest("p")[1]["a"], arr)  # type: ignore[index]
+
+
 def _unpack_to_chunk_files(store: Path) -> int:
     """Turn a store's packs into one file per chunk: the layout before packs."""
     conn = apsw.Connection(str(store / "ckptlite.db"))
