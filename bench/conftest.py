@@ -111,8 +111,7 @@ def scratch(bench_root: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     (P6 builds a store of a million checkpoints) would otherwise slow the
     fsyncs and WAL writes of the next one, on whichever side hit it.
     """
-    if MODE == "full":
-        os.sync()
+    settle()
     d = Path(tempfile.mkdtemp(prefix=request.node.name[:40] + "-", dir=bench_root))
     try:
         yield d

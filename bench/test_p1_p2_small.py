@@ -159,8 +159,23 @@ def test_breakdowns_time_every_part_of_p1_and_p2() -> None:
     assert set(parts) == {"P1", "P2"}
     assert all(s > 0 for rows in parts.values() for s in rows.values())
     p1, p2 = parts["P1"], parts["P2"]
-    assert p1["the 0.6x budget"] == 0.6 * p1["diskcache.Cache.set, whole call"]
-    assert p2["the 1.5x budget"] == 1.5 * p2["diskcache.Cache.get, whole call"]
-    # The whole call includes its own transaction: a breakdown that says otherwise is broken.
-    whole = p1["ckptlite save, whole call"]
-    assert whole > p1["an empty BEGIN IMMEDIATE + COMMIT"]
+    # A part that takes longer than the whole call it belongs to was measured wrong.
+    assert (
+        p1["ckptlite save, whole call"]
+        > p1[
+            "its SQLite transaction alone (BEGIN IMMEDIATE, the INSERT of one row, COMMIT), "
+            "no Python around it"
+        ]
+    )
+    assert (
+        p1[
+            "its SQLite transaction alone (BEGIN IMMEDIATE, the INSERT of one row, COMMIT), "
+            "no Python around it"
+        ]
+        > p1["an empty BEGIN IMMEDIATE + COMMIT"]
+    )
+    assert (
+        p2["ckptlite load_latest, whole call"]
+        > p2["its two SELECTs (newest seq of the slot, then that row)"]
+    )
+    assert p2["diskcache.Cache.get, whole call"] > p2["its SELECT alone (one unique-index probe)"]

@@ -67,8 +67,8 @@ def write_buffers(
     equals = getattr(backend, "chunk_equals", None) if previous else None
 
     def store(group: Sequence[tuple[memoryview, str | None]]) -> list[tuple[str, int]]:
-        # Each pool task takes a group of chunks into one pack (one fsync); groups
-        # run in parallel. Chunks are hashed, looked up and written a batch of
+        # Each group of chunks goes into its own pack (one fsync); groups run in
+        # parallel on the pool. Chunks are hashed, looked up and written a batch of
         # about 1 MiB at a time, while their bytes are still in the CPU cache:
         # hashing a whole group first and writing it after read every byte from
         # memory twice (P3). Small chunks share a lookup.
