@@ -601,7 +601,10 @@ class LocalBackend(LocalLedgerMixin):
     def gc(self, dry_run: bool = False) -> GcReport:
         with self.blobs.gc_lock(exclusive=True):
             conn = self.db.connection()
-            ctx = contextlib.nullcontext(conn) if dry_run else self.db.write(conn)
+            # Durable: every unlink below needs the rows naming the file gone for good,
+            # including ones an earlier commit dropped (a delete, a repaired chunk's move):
+            # after a power loss, a row back from the dead must not name a missing file.
+            ctx = contextlib.nullcontext(conn) if dry_run else self.db.write(conn, durable=True)
             with ctx:
                 rows: list[Any] = conn.execute(
                     "SELECT digest, stored_size, data IS NULL AND pack IS NULL FROM chunks c "
@@ -623,7 +626,7 @@ class LocalBackend(LocalLedgerMixin):
                     if digest not in dead:  # a dry run deleted nothing
                         live[pack] = live.get(pack, 0) + stored
             _faults.point("gc.after_delete")
-            # Unlink only after COMMIT: a rolled-back delete must still find its files.
+            # Unlink only after a durable COMMIT: a rolled-back delete must still find its files.
             freed = sum(size for _, size, is_file in rows if not is_file)  # inline rows
             removed: list[str] = [r[0] for r in rows]
             for digest, _, is_file in rows:
@@ -697,7 +700,7 @@ class LocalBackend(LocalLedgerMixin):
         """Move ``batch``'s chunks into a new pack, then unlink the packs ``olds``."""
         if batch:
             new, offsets = self.blobs.write_pack([data for _, _, data in batch])
-            with self.db.write() as conn:
+            with self.db.write(durable=True) as conn:  # on disk before the old packs go
                 conn.executemany(
                     "UPDATE chunks SET pack=?, pack_offset=? WHERE digest=? AND pack=?",
                     [(new, o, d, old) for (d, old, _), o in zip(batch, offsets, strict=True)],
