@@ -227,20 +227,46 @@ class Database:
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
 
     @contextlib.contextmanager
-    def write(self, conn: apsw.Connection | None = None) -> Iterator[apsw.Connection]:
-        """Run the block in a ``BEGIN IMMEDIATE`` transaction; roll back on error."""
+    def write(
+        self, conn: apsw.Connection | None = None, *, durable: bool = False
+    ) -> Iterator[apsw.Connection]:
+        """Run the block in a ``BEGIN IMMEDIATE`` transaction; roll back on error.
+
+        ``durable``: the commit is on disk when the block's ``with`` ends, and so is
+        every commit before it (a barrier): required before unlinking a file whose
+        rows an earlier commit dropped. With synchronous=OFF it syncs nothing.
+        """
         conn = conn or self.connection()
+        barrier = durable and self.synchronous.upper() != "OFF"
         # Threads of this process queue on a mutex: in SQLite's busy handler they would
         # sleep in steps of milliseconds while another thread holds the write lock.
         with self._writer, translate_errors(self._writing):
-            conn.execute("BEGIN IMMEDIATE")
+            if barrier:  # not allowed inside a transaction; per connection, so our own
+                self._pragma(conn, "synchronous", "FULL")
             try:
-                yield conn
-            except BaseException:
-                with contextlib.suppress(apsw.Error):
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    if barrier:
+                        # Under FULL a commit syncs the whole WAL, earlier commits' frames
+                        # (other connections' too) included, but only a commit that
+                        # writes a frame: rewriting the (constant) application id always
+                        # writes page 1, where an empty transaction would sync nothing.
+                        conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                except BaseException:
+                    with contextlib.suppress(apsw.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                if barrier:
+                    with contextlib.suppress(apsw.Error):  # a failed COMMIT may stay open
+                        self._pragma(conn, "synchronous", self.synchronous)
+
+    def barrier(self) -> None:
+        """Make every commit so far durable (see ``write(durable=True)``)."""
+        with self.write(durable=True):
+            pass
 
     def read(self) -> apsw.Connection:
         """Return this thread's connection for reads (autocommit)."""

@@ -14,6 +14,15 @@ file is ``flock``-ed by its writer for as long as it is being written, so
 shared while it writes its packs and commits their rows; gc holds it exclusive
 while it deletes rows and unlinks files, so gc never removes a chunk a save is
 about to reference.
+
+Nothing outside the store is ever read, written or deleted: each directory of
+the tree is opened with ``O_NOFOLLOW`` relative to its parent's descriptor
+(``O_NOFOLLOW`` on a whole path guards its last component only), and files are
+opened, created, renamed and unlinked relative to those descriptors. A symlink,
+or a file of the wrong type, where ``blobs/``, ``packs/``, ``tmp/``, a chunk
+directory or a lock file should be is damage: a read reports the chunk corrupt,
+``unsafe`` lists it for verify, and writers, gc and backup raise
+``StoreLayoutError``.
 """
 
 from __future__ import annotations
@@ -24,19 +33,26 @@ import fcntl
 import os
 import re
 import secrets
+import stat
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import _faults
-from .errors import CorruptCheckpointError, StoreFullError, StoreIOError
+from .errors import CorruptCheckpointError, StoreFullError, StoreIOError, StoreLayoutError
 
 __all__ = ["BlobDir"]
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+_SUB_RE = re.compile(r"^[0-9a-f]{2}$")  # a chunk directory of stores written before packs
 _TMP = "tmp"
 _PACKS = "packs"
+_LOCKS = (".lock", ".gate")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+# O_NONBLOCK: a FIFO planted under a pack's name must not block the open.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 
 
 class BlobDir:
@@ -44,31 +60,106 @@ class BlobDir:
 
     def __init__(self, root: Path, *, fsync: bool = True, group: bool = False) -> None:
         self.root = root
+        self._root = str(root)
         self.fsync = fsync
         self.dir_mode = 0o770 if group else 0o700
         self.file_mode = 0o660 if group else 0o600
         root.parent.mkdir(parents=True, exist_ok=True)
-        self._mkdir(root)
-        self._mkdir(root / _TMP)
-        if not (root / _PACKS).is_dir():
-            self._mkdir(root / _PACKS)
-            if fsync:  # a pack's rename is only as durable as the directory's entry
-                _fsync_dir(root)
-        self._lock_path = root / ".lock"
-        for lock in (self._lock_path, root / ".gate"):  # the two files gc_lock flocks
-            if not lock.exists():
-                fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, self.file_mode)
-                os.fchmod(fd, self.file_mode)
+        # Made through directory descriptors: where a symlink stands instead of a
+        # directory, nothing is created (verify reports it; writers refuse).
+        with contextlib.suppress(StoreLayoutError):
+            fd = self._open_dir(create=True)
+            try:
+                self._mkdir_at(fd, _TMP)
+                # A pack's rename is only as durable as the directory's entry.
+                if self._mkdir_at(fd, _PACKS) and fsync:
+                    os.fsync(fd)
+                for lock in _LOCKS:  # the two files gc_lock flocks
+                    with contextlib.suppress(FileExistsError):  # whatever it is: unsafe() tells
+                        flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW
+                        lock_fd = os.open(lock, flags, self.file_mode, dir_fd=fd)
+                        os.fchmod(lock_fd, self.file_mode)  # not cut by the umask
+                        os.close(lock_fd)
+            finally:
                 os.close(fd)
 
-    def _mkdir(self, path: Path) -> None:
+    # -- directories, never through a symlink ------------------------------------
+
+    def _open_dir(self, sub: str | None = None, *, create: bool = False) -> int:
+        """Open ``blobs/`` (or ``blobs/<sub>``) without following a symlink; return its fd.
+
+        ``create`` makes missing directories (never through a symlink).
+
+        Raises:
+            StoreLayoutError: a symlink or a non-directory is in the way.
+            FileNotFoundError: a directory is missing.
+        """
+        # The store directory is the caller's own path, resolved like any path;
+        # O_NOFOLLOW guards the last component: blobs/ itself.
+        if create:
+            self._mkdir_at(None, self._root)
+        fd = self._open_dir_at(None, self._root, self.root.name)
+        if sub is None:
+            return fd
+        try:
+            if create:
+                self._mkdir_at(fd, sub)
+            return self._open_dir_at(fd, sub, f"{self.root.name}/{sub}")
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _dir(self, sub: str | None = None) -> Iterator[int]:
+        fd = self._open_dir(sub)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _open_dir_at(self, parent: int | None, name: str, shown: str) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise self._layout_error(shown, "a symlink or not a directory") from None
+            raise
+
+    def _layout_error(self, shown: str, what: str) -> StoreLayoutError:
+        return StoreLayoutError(
+            f"{shown} in store {self.root.parent} is {what}; ckptlite never follows it",
+            path=shown,
+        )
+
+    def _mkdir_at(self, parent: int | None, name: str) -> bool:
+        """Create directory ``name`` in ``parent`` unless present; return True if created."""
+        try:
+            os.mkdir(name, self.dir_mode, dir_fd=parent)
+        except FileExistsError:  # a symlink there too: mkdir never follows one
+            return False
         # mkdir's and open's modes are cut by the umask: chmod what we create, so a
         # store's modes (0700, or 0770 in group mode) never depend on the caller's umask.
+        fd = self._open_dir_at(parent, name, name)
         try:
-            path.mkdir(mode=self.dir_mode)
-        except FileExistsError:
-            return
-        os.chmod(path, self.dir_mode)
+            os.fchmod(fd, self.dir_mode)
+        finally:
+            os.close(fd)
+        return True
+
+    def _open_lock(self, parent: int, name: str) -> int:
+        # O_NONBLOCK: a FIFO planted under the lock's name must not block the open.
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            fd = os.open(name, flags, self.file_mode, dir_fd=parent)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise self._layout_error(f"{self.root.name}/{name}", "not a file") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise self._layout_error(f"{self.root.name}/{name}", "not a regular file")
+        return fd
+
+    # -- names --------------------------------------------------------------------
 
     def path(self, digest: str) -> Path:
         """Return the path of a chunk; only a well-formed digest makes a path.
@@ -80,16 +171,6 @@ class BlobDir:
             raise CorruptCheckpointError(f"not a chunk digest: {digest!r}")
         return self.root / digest[:2] / digest
 
-    def exists(self, digest: str) -> bool:
-        """Tell whether a regular chunk file exists (symlinks do not count)."""
-        try:
-            st = os.lstat(self.path(digest))
-        except FileNotFoundError:
-            return False
-        import stat
-
-        return stat.S_ISREG(st.st_mode)
-
     def pack_path(self, name: str) -> Path:
         """Return the path of a pack file; only a well-formed name makes a path.
 
@@ -100,6 +181,33 @@ class BlobDir:
             raise CorruptCheckpointError(f"not a pack name: {name!r}")
         return self.root / _PACKS / name
 
+    def _chunk(self, digest: str) -> tuple[str, str]:
+        self.path(digest)  # validates
+        return digest[:2], digest
+
+    def _pack(self, name: str) -> tuple[str, str]:
+        self.pack_path(name)  # validates
+        return _PACKS, name
+
+    def _lstat(self, sub: str, name: str) -> os.stat_result | None:
+        try:
+            with self._dir(sub) as fd:
+                return os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except (FileNotFoundError, StoreLayoutError):
+            return None
+
+    def exists(self, digest: str) -> bool:
+        """Tell whether a regular chunk file exists (symlinks do not count)."""
+        st = self._lstat(*self._chunk(digest))
+        return st is not None and stat.S_ISREG(st.st_mode)
+
+    def size(self, digest: str) -> int:
+        """Return the size of a chunk file (0 if absent or not a regular file)."""
+        st = self._lstat(*self._chunk(digest))
+        return st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
+
+    # -- writing ------------------------------------------------------------------
+
     def write(self, digest: str, data: bytes | memoryview) -> bool:
         """Store ``data`` as the chunk file of ``digest`` unless present; return True if written.
 
@@ -109,16 +217,15 @@ class BlobDir:
         Raises:
             StoreFullError: the disk is full (no temp file is left behind).
             StoreIOError: a write or fsync failed (nothing is renamed into place).
+            StoreLayoutError: a directory on the way is a symlink.
         """
         if self.exists(digest):
             return False
-        final = self.path(digest)
-        if not final.parent.is_dir():
-            with _os_errors("creating a chunk directory"):
-                self._mkdir(final.parent)
-                if self.fsync:
-                    _fsync_dir(self.root)
-        self._write_atomic(final, [data], f"chunk {digest}")
+        sub, name = self._chunk(digest)
+        with _os_errors("creating a chunk directory"), self._dir() as fd:
+            if self._mkdir_at(fd, sub) and self.fsync:
+                os.fsync(fd)
+        self._write_atomic(sub, name, [data], f"chunk {digest}")
         return True
 
     def write_pack(self, parts: Sequence[bytes | memoryview]) -> tuple[str, list[int]]:
@@ -127,6 +234,7 @@ class BlobDir:
         Raises:
             StoreFullError: the disk is full (no temp file is left behind).
             StoreIOError: a write or fsync failed (nothing is renamed into place).
+            StoreLayoutError: ``tmp/`` or ``packs/`` is a symlink.
         """
         with PackWriter(self) as pack:
             offsets = [pack.add(part) for part in parts]
@@ -138,55 +246,60 @@ class BlobDir:
 
         Raises:
             CorruptCheckpointError: the source pack is missing or unreadable.
-            StoreFullError, StoreIOError: the copy could not be written.
+            StoreFullError, StoreIOError, StoreLayoutError: the copy could not be written.
         """
-        final = self.pack_path(name)
-        if final.exists():
+        sub, name = self._pack(name)
+        if self._lstat(sub, name) is not None:
             return 0
-        fd = source._open_path(source.pack_path(name), f"pack {name}")
+        fd = source._open_file(sub, name, f"pack {name}")
         try:
             with os.fdopen(fd, "rb", closefd=False) as f:
                 data = f.read()
         finally:
             os.close(fd)
-        self._write_atomic(final, [data], f"pack {name}")
+        self._write_atomic(sub, name, [data], f"pack {name}")
         return len(data)
 
-    def _write_atomic(self, final: Path, parts: Sequence[bytes | memoryview], what: str) -> None:
+    def _write_atomic(
+        self, sub: str, name: str, parts: Sequence[bytes | memoryview], what: str
+    ) -> None:
         # temp (flocked: gc skips a live writer's) -> write -> fsync -> rename -> dir fsync
-        tmp = self.root / _TMP / f"{final.name[:16]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        # Creating the temp file can hit ENOSPC too (no inode left): same typed error.
-        with _os_errors(f"creating a temp file for {what}"):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, self.file_mode)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.fchmod(fd, self.file_mode)  # not cut by the umask (see _mkdir)
-            with _os_errors(f"writing {what}"):
-                at = 0
-                for part in parts:
-                    view = memoryview(part).cast("B")
-                    start = at
-                    while view.nbytes:
-                        n = os.write(fd, view)
-                        view = view[n:]
-                        at += n
+        tmp = f"{name[:16]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        with self._dir(_TMP) as tmp_dir, self._dir(sub) as dest:
+            # Creating the temp file can hit ENOSPC too (no inode left): same typed error.
+            with _os_errors(f"creating a temp file for {what}"):
+                fd = os.open(tmp, _CREATE_FLAGS, self.file_mode, dir_fd=tmp_dir)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.fchmod(fd, self.file_mode)  # not cut by the umask (see _mkdir_at)
+                with _os_errors(f"writing {what}"):
+                    at = 0
+                    for part in parts:
+                        view = memoryview(part).cast("B")
+                        start = at
+                        while view.nbytes:
+                            n = os.write(fd, view)
+                            view = view[n:]
+                            at += n
+                        if self.fsync:
+                            _start_writeback(fd, start, at - start)
+                    _faults.point("blob.after_write")
                     if self.fsync:
-                        _start_writeback(fd, start, at - start)
-                _faults.point("blob.after_write")
-                if self.fsync:
-                    os.fsync(fd)
-                _faults.point("blob.after_fsync")
-                os.rename(tmp, final)
-            _faults.point("blob.after_rename")
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        finally:
-            os.close(fd)
-        if self.fsync:
-            with _os_errors(f"syncing the directory of {what}"):
-                _fsync_dir(final.parent)
+                        os.fsync(fd)
+                    _faults.point("blob.after_fsync")
+                    os.rename(tmp, name, src_dir_fd=tmp_dir, dst_dir_fd=dest)
+                _faults.point("blob.after_rename")
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=tmp_dir)
+                raise
+            finally:
+                os.close(fd)
+            if self.fsync:
+                with _os_errors(f"syncing the directory of {what}"):
+                    os.fsync(dest)
+
+    # -- reading ------------------------------------------------------------------
 
     def read(self, digest: str) -> bytes:
         """Return a chunk file's bytes.
@@ -194,7 +307,7 @@ class BlobDir:
         Raises:
             CorruptCheckpointError: the file is missing, unreadable or not a regular file.
         """
-        fd = self._open_path(self.path(digest), f"chunk {digest}", digest)
+        fd = self._open_file(*self._chunk(digest), f"chunk {digest}", digest)
         try:
             with os.fdopen(fd, "rb", closefd=False) as f:
                 return f.read()
@@ -211,7 +324,7 @@ class BlobDir:
         Raises:
             CorruptCheckpointError: the file is missing, unreadable or not a regular file.
         """
-        fd = self._open_path(self.path(digest), f"chunk {digest}", digest)
+        fd = self._open_file(*self._chunk(digest), f"chunk {digest}", digest)
         try:
             got = _pread_into(fd, out, 0)
             return got + (len(os.pread(fd, 1, got)) if got == out.nbytes else 0)
@@ -239,17 +352,34 @@ class BlobDir:
         Raises:
             CorruptCheckpointError: the pack is missing or unreadable.
         """
-        fd = self._open_path(self.pack_path(name), f"chunk {digest} (pack {name})", digest)
+        fd = self._open_file(*self._pack(name), f"chunk {digest} (pack {name})", digest)
         try:
             return _pread_into(fd, out, offset)
         finally:
             os.close(fd)
 
-    def _open_path(self, path: Path, what: str, digest: str | None = None) -> int:
+    def open_read(self, digest: str, pack: str | None) -> int:
+        """Open the file holding chunk ``digest`` (pack ``pack``, or its own file) for reading.
+
+        Raises:
+            CorruptCheckpointError: the file is missing, unreadable or not a regular file.
+        """
+        where = self._chunk(digest) if pack is None else self._pack(pack)
+        return self._open_file(*where, f"chunk {digest}", digest)
+
+    def _open_file(self, sub: str, name: str, what: str, digest: str | None = None) -> int:
         try:
-            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            parent = self._open_dir(sub)
+            try:
+                fd = os.open(name, _READ_FLAGS, dir_fd=parent)
+            finally:
+                os.close(parent)
         except FileNotFoundError:
             raise CorruptCheckpointError(f"{what} is missing", digest=digest) from None
+        except StoreLayoutError as e:
+            raise CorruptCheckpointError(
+                f"{what} cannot be read: {e.message}", hint=e.hint, digest=digest
+            ) from None
         except PermissionError:
             raise CorruptCheckpointError(
                 f"{what} cannot be read: permission denied",
@@ -263,46 +393,168 @@ class BlobDir:
                     f"{what} is a symlink; refusing to follow it", digest=digest
                 ) from None
             raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CorruptCheckpointError(f"{what} is not a regular file", digest=digest)
+        return fd
+
+    # -- walking and removing -----------------------------------------------------
 
     def remove(self, digest: str) -> int:
-        """Unlink a chunk file; return the bytes freed (0 if it was gone)."""
-        return _unlink(self.path(digest))
+        """Unlink a chunk file; return the bytes freed (0 if it was gone).
 
-    def digests(self) -> Iterator[tuple[str, int]]:
-        """Yield (digest, size) of every chunk file on disk."""
-        for sub in self.root.iterdir():
-            if len(sub.name) != 2 or not sub.is_dir() or sub.is_symlink():
-                continue
-            for f in sub.iterdir():
-                if _DIGEST_RE.match(f.name) and f.name[:2] == sub.name:
-                    with contextlib.suppress(FileNotFoundError):
-                        yield f.name, f.lstat().st_size
-
-    def packs(self) -> Iterator[tuple[str, int]]:
-        """Yield (name, size) of every pack file on disk."""
-        for f in (self.root / _PACKS).iterdir():
-            if _DIGEST_RE.match(f.name):
-                with contextlib.suppress(FileNotFoundError):
-                    yield f.name, f.lstat().st_size
+        Raises:
+            StoreLayoutError: its directory is a symlink (nothing is removed).
+        """
+        return self._unlink(*self._chunk(digest))
 
     def remove_pack(self, name: str) -> int:
-        """Unlink a pack file; return the bytes freed (0 if it was gone)."""
-        return _unlink(self.pack_path(name))
+        """Unlink a pack file; return the bytes freed (0 if it was gone).
 
-    def dead_temp_files(self) -> Iterator[Path]:
-        """Yield temp files whose writer is gone (their flock is free)."""
-        for f in (self.root / _TMP).iterdir():
-            try:
-                fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live writer holds it
-            finally:
-                os.close(fd)
-            yield f
+        Raises:
+            StoreLayoutError: ``packs/`` is a symlink (nothing is removed).
+        """
+        return self._unlink(*self._pack(name))
+
+    def _unlink(self, sub: str, name: str) -> int:
+        # A symlink itself goes (unlink never follows the last component); a
+        # directory under a pack's name is left for verify to report.
+        try:
+            with self._dir(sub) as parent:
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    return 0
+                os.unlink(name, dir_fd=parent)
+        except FileNotFoundError:
+            return 0
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
+
+    def digests(self) -> list[tuple[str, int]]:
+        """Return (digest, size) of every chunk file on disk (a link's size is 0).
+
+        Chunk directories that are symlinks are skipped (``unsafe`` lists them).
+        """
+        found: list[tuple[str, int]] = []
+        try:
+            top = self._open_dir()
+        except (FileNotFoundError, StoreLayoutError):
+            return found
+        try:
+            for sub in _scan(top):
+                if not (_SUB_RE.match(sub.name) and sub.is_dir(follow_symlinks=False)):
+                    continue
+                try:
+                    fd = self._open_dir_at(top, sub.name, f"{self.root.name}/{sub.name}")
+                except (FileNotFoundError, StoreLayoutError):
+                    continue
+                try:
+                    found += _files(fd, sub.name)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(top)
+        return found
+
+    def packs(self) -> list[tuple[str, int]]:
+        """Return (name, size) of every pack file on disk (a link's size is 0).
+
+        Nothing if ``packs/`` is missing or a symlink (``unsafe`` lists it).
+        """
+        try:
+            fd = self._open_dir(_PACKS)
+        except (FileNotFoundError, StoreLayoutError):
+            return []
+        try:
+            return _files(fd, "")
+        finally:
+            os.close(fd)
+
+    def unsafe(self) -> list[str]:
+        """List what is a symlink or of the wrong type where the store keeps its own.
+
+        Paths relative to the store: ``blobs`` itself, ``packs``, ``tmp``, chunk
+        directories, lock files, and entries named like packs or chunks. Nothing
+        is followed.
+        """
+        top_name = self.root.name
+        try:
+            top = self._open_dir()
+        except FileNotFoundError:
+            return []
+        except StoreLayoutError:
+            return [top_name]
+        found: list[str] = []
+        try:
+            for entry in _scan(top):
+                name, shown = entry.name, f"{top_name}/{entry.name}"
+                if name in _LOCKS:
+                    if not entry.is_file(follow_symlinks=False):
+                        found.append(shown)
+                    continue
+                if name not in (_TMP, _PACKS) and not _SUB_RE.match(name):
+                    continue
+                if not entry.is_dir(follow_symlinks=False):
+                    found.append(shown)
+                    continue
+                if name == _TMP:
+                    continue
+                try:
+                    fd = self._open_dir_at(top, name, shown)
+                except FileNotFoundError:
+                    continue
+                except StoreLayoutError:
+                    found.append(shown)
+                    continue
+                try:
+                    with os.scandir(fd) as it:
+                        for f in it:
+                            ours = name == _PACKS or f.name[:2] == name
+                            if (
+                                ours
+                                and _DIGEST_RE.match(f.name)
+                                and not f.is_file(follow_symlinks=False)
+                            ):
+                                found.append(f"{shown}/{f.name}")
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(top)
+        return sorted(found)
+
+    def collect_temps(self, dry_run: bool) -> list[tuple[str, int]]:
+        """Remove temp files whose writer is gone (their flock is free); return (name, size).
+
+        ``dry_run`` only lists them.
+
+        Raises:
+            StoreLayoutError: ``tmp/`` is a symlink (nothing is removed).
+        """
+        found: list[tuple[str, int]] = []
+        try:
+            parent = self._open_dir(_TMP)
+        except FileNotFoundError:
+            return found
+        try:
+            for entry in _scan(parent):
+                if not entry.is_file(follow_symlinks=False):
+                    continue  # not a temp file of ours (a link is never followed)
+                try:
+                    fd = os.open(entry.name, _READ_FLAGS, dir_fd=parent)
+                except OSError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    found.append((entry.name, os.fstat(fd).st_size))
+                    if not dry_run:
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.name, dir_fd=parent)
+                except BlockingIOError:
+                    continue  # a live writer holds it
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(parent)
+        return found
 
     @contextlib.contextmanager
     def gc_lock(self, exclusive: bool) -> Iterator[None]:
@@ -312,11 +564,18 @@ class BlobDir:
         overlapping, gc would wait forever. So both pass ``blobs/.gate`` first,
         gc holding it exclusive until it has the lock, which holds new saves back
         while the running ones finish.
+
+        Raises:
+            StoreLayoutError: ``blobs/`` or a lock file is a symlink.
         """
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
-        fd = os.open(self._lock_path, flags, self.file_mode)
+        with self._dir() as parent:
+            fd = self._open_lock(parent, _LOCKS[0])
+            try:
+                gate = self._open_lock(parent, _LOCKS[1])
+            except BaseException:
+                os.close(fd)
+                raise
         try:
-            gate = os.open(self._lock_path.with_name(".gate"), flags, self.file_mode)
             try:
                 fcntl.flock(gate, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
                 fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
@@ -325,6 +584,29 @@ class BlobDir:
             yield
         finally:
             os.close(fd)
+
+
+def _scan(fd: int) -> list[os.DirEntry[str]]:
+    with os.scandir(fd) as it:
+        return list(it)
+
+
+def _files(parent: int, prefix: str) -> list[tuple[str, int]]:
+    """(name, size) of the non-directories named like a digest starting with ``prefix``.
+
+    A link's (or other non-regular file's) size is 0.
+    """
+    found: list[tuple[str, int]] = []
+    for entry in _scan(parent):
+        if not _DIGEST_RE.match(entry.name) or not entry.name.startswith(prefix):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            found.append((entry.name, st.st_size if stat.S_ISREG(st.st_mode) else 0))
+    return found
 
 
 class PackWriter:
@@ -349,7 +631,8 @@ class PackWriter:
         self.blobs = blobs
         self.name = secrets.token_hex(32)
         self.size = 0
-        self._tmp = blobs.root / _TMP / f"{self.name[:16]}.{os.getpid()}.pack.tmp"
+        self._tmp = f"{self.name[:16]}.{os.getpid()}.pack.tmp"
+        self._tmp_dir = -1  # blobs/tmp, opened once without following a symlink
         self._fd = -1
 
     def __enter__(self) -> PackWriter:
@@ -358,24 +641,29 @@ class PackWriter:
     def __exit__(self, *exc: object) -> None:
         if self._fd >= 0:  # not committed: the temp file goes
             with contextlib.suppress(OSError):
-                os.unlink(self._tmp)
+                os.unlink(self._tmp, dir_fd=self._tmp_dir)
             os.close(self._fd)
             self._fd = -1
+        if self._tmp_dir >= 0:
+            os.close(self._tmp_dir)
+            self._tmp_dir = -1
 
     def add(self, data: bytes | memoryview) -> int:
         """Append ``data``; return its offset in the pack.
 
         Raises:
             StoreFullError, StoreIOError: the write failed.
+            StoreLayoutError: ``tmp/`` is a symlink.
         """
         b = self.blobs
         if self._fd < 0:
+            if self._tmp_dir < 0:
+                self._tmp_dir = b._open_dir(_TMP)
             # Creating the temp file can hit ENOSPC too (no inode left): same typed error.
             with _os_errors(f"creating pack {self.name}"):
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                self._fd = os.open(self._tmp, flags, b.file_mode)
+                self._fd = os.open(self._tmp, _CREATE_FLAGS, b.file_mode, dir_fd=self._tmp_dir)
             fcntl.flock(self._fd, fcntl.LOCK_EX)  # gc removes only unlocked (dead) temps
-            os.fchmod(self._fd, b.file_mode)  # not cut by the umask (see BlobDir._mkdir)
+            os.fchmod(self._fd, b.file_mode)  # not cut by the umask (see BlobDir._mkdir_at)
         offset = self.size
         view = memoryview(data).cast("B")
         with _os_errors(f"writing pack {self.name}"):
@@ -393,30 +681,22 @@ class PackWriter:
 
         Raises:
             StoreFullError, StoreIOError: the fsync or rename failed (the temp file goes).
+            StoreLayoutError: ``packs/`` is a symlink (the temp file goes).
         """
         if self._fd < 0:
             return
-        final = self.blobs.pack_path(self.name)
-        with _os_errors(f"writing pack {self.name}"):
+        with self.blobs._dir(_PACKS) as packs:
+            with _os_errors(f"writing pack {self.name}"):
+                if self.blobs.fsync:
+                    os.fsync(self._fd)
+                _faults.point("blob.after_fsync")
+                os.rename(self._tmp, self.name, src_dir_fd=self._tmp_dir, dst_dir_fd=packs)
+            os.close(self._fd)
+            self._fd = -1
+            _faults.point("blob.after_rename")
             if self.blobs.fsync:
-                os.fsync(self._fd)
-            _faults.point("blob.after_fsync")
-            os.rename(self._tmp, final)
-        os.close(self._fd)
-        self._fd = -1
-        _faults.point("blob.after_rename")
-        if self.blobs.fsync:
-            with _os_errors(f"syncing the directory of pack {self.name}"):
-                _fsync_dir(final.parent)
-
-
-def _unlink(path: Path) -> int:
-    try:
-        size = os.lstat(path).st_size
-        os.unlink(path)
-    except FileNotFoundError:
-        return 0
-    return size
+                with _os_errors(f"syncing the directory of pack {self.name}"):
+                    os.fsync(packs)
 
 
 def _pread_into(fd: int, out: memoryview, offset: int) -> int:
@@ -451,14 +731,6 @@ def _start_writeback(fd: int, offset: int, n: int) -> None:
                 _sync_file_range = fn
     if _sync_file_range and n:
         _sync_file_range(fd, offset, n, 2)  # SYNC_FILE_RANGE_WRITE
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@
     │   ├── StoreFullError           ENOSPC / EDQUOT
     │   ├── StoreIOError             an I/O error (EIO, a failed fsync)
     │   ├── MissingChunksError       a record would reference chunks the store lacks
+    │   ├── StoreLayoutError         a symlink or foreign file where the store keeps its own
     │   └── ForkedStoreError         a store used across fork() without reopening
     ├── ConfigError                  bad URL, option or environment
     ├── MigrationError               schema version too new / broken migration
@@ -43,6 +44,7 @@ __all__ = [
     "StoreError",
     "StoreFullError",
     "StoreIOError",
+    "StoreLayoutError",
     "StoreLockedError",
     "SyncError",
     "UnsafePickleError",
@@ -143,6 +145,19 @@ class MissingChunksError(StoreError):
     def __init__(self, message: str, *, digests: tuple[str, ...], **context: Any) -> None:
         super().__init__(message, **context)
         self.digests = digests
+
+
+class StoreLayoutError(StoreError):
+    """A symlink, or a file of the wrong type, is where the store keeps its own; never followed.
+
+    ``path`` names it, relative to the store directory.
+    """
+
+    default_hint = (
+        "ckptlite never puts a symlink in a store, and never follows one: look at what it "
+        "points to, move it out of the store (restore the real directory or file from a "
+        "backup), then run `ckptlite verify --full`."
+    )
 
 
 class ForkedStoreError(StoreError):

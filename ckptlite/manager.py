@@ -721,6 +721,7 @@ class CheckpointManager:
             orphan_chunks=structure.orphan_chunks,
             full=full,
             orphan_packs=structure.orphan_packs,
+            unsafe_paths=structure.unsafe_paths,
         )
 
     def _verify_chunks(self, progress: Callable[[int, int], None] | None) -> set[str]:

@@ -120,10 +120,12 @@ class VerifyReport:
     orphan_chunks: tuple[str, ...] = ()
     full: bool = False
     orphan_packs: tuple[str, ...] = ()  # pack files no chunk row names (gc removes them)
+    # Symlinks or foreign files where the store keeps its own (never followed).
+    unsafe_paths: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return not (self.corrupted or self.missing_chunks)
+        return not (self.corrupted or self.missing_chunks or self.unsafe_paths)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ EXPECTED = [
     "StoreError",
     "StoreFullError",
     "StoreIOError",
+    "StoreLayoutError",
     "StoreLockedError",
     "SyncError",
     "SyncReport",

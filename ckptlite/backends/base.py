@@ -72,6 +72,7 @@ class StructureCheck:
     missing: dict[str, tuple[str, ...]] = field(default_factory=dict)  # id -> absent digests
     orphan_chunks: tuple[str, ...] = ()
     orphan_packs: tuple[str, ...] = ()  # local store: pack files no chunk row names
+    unsafe_paths: tuple[str, ...] = ()  # local store: symlinks where its own files belong
 
 
 @runtime_checkable

@@ -28,6 +28,7 @@ from ..errors import (
     CorruptCheckpointError,
     InvalidInputError,
     MissingChunksError,
+    StoreLayoutError,
 )
 from ..types import (
     Checkpoint,
@@ -104,11 +105,23 @@ def _scratch(n: int) -> bytearray:
 _Moved = tuple[str, str, bytes | memoryview]  # digest, the pack it leaves, its stored bytes
 
 
-def _size(blobs: BlobDir, digest: str) -> int:
-    try:
-        return blobs.path(digest).lstat().st_size
-    except FileNotFoundError:
-        return 0
+def _refuse_unsafe(unsafe: Sequence[str], live: set[str] | None, what: str = "gc") -> None:
+    """Raise StoreLayoutError for what ``unsafe`` lists, except links no live row names.
+
+    A pack or chunk file that is a link is only junk once no row needs it: gc
+    unlinks the link itself, never what it points to. ``live`` None: refuse all.
+
+    Raises:
+        StoreLayoutError: a symlink or foreign file stands where the store keeps its own.
+    """
+    bad = [p for p in unsafe if live is None or p.count("/") != 2 or p.rsplit("/", 1)[1] in live]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise StoreLayoutError(
+            f"{what} refused: {', '.join(bad[:3])}{more} is a symlink or not what ckptlite "
+            "keeps there (nothing was changed)",
+            path=bad[0],
+        )
 
 
 class LocalBackend(LocalLedgerMixin):
@@ -274,10 +287,9 @@ class LocalBackend(LocalLedgerMixin):
         codec, in_file, pack, offset, size, stored = row
         if not in_file or codec != _CODEC_RAW or not size == stored == n:
             return False
-        path = self.blobs.path(digest) if pack is None else self.blobs.pack_path(pack)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
+            fd = self.blobs.open_read(digest, pack)
+        except (CorruptCheckpointError, OSError):
             return False
         buf = _scratch(n)
         at = offset or 0
@@ -596,12 +608,17 @@ class LocalBackend(LocalLedgerMixin):
             {k: tuple(v) for k, v in missing.items()},
             tuple(sorted(set(unreferenced + stray))),
             tuple(sorted(set(on_disk) - used)),
+            tuple(self.blobs.unsafe()),
         )
 
     def gc(self, dry_run: bool = False) -> GcReport:
         with self.blobs.gc_lock(exclusive=True):
+            unsafe = self.blobs.unsafe()
             conn = self.db.connection()
-            ctx = contextlib.nullcontext(conn) if dry_run else self.db.write(conn)
+            # Durable: every unlink below needs the rows naming the file gone for good,
+            # including ones an earlier commit dropped (a delete, a repaired chunk's move):
+            # after a power loss, a row back from the dead must not name a missing file.
+            ctx = contextlib.nullcontext(conn) if dry_run else self.db.write(conn, durable=True)
             with ctx:
                 rows: list[Any] = conn.execute(
                     "SELECT digest, stored_size, data IS NULL AND pack IS NULL FROM chunks c "
@@ -622,13 +639,15 @@ class LocalBackend(LocalLedgerMixin):
                 ):
                     if digest not in dead:  # a dry run deleted nothing
                         live[pack] = live.get(pack, 0) + stored
+                # Refused before COMMIT, so a refusing gc changes nothing.
+                _refuse_unsafe(unsafe, set(live) | (indexed - dead))
             _faults.point("gc.after_delete")
-            # Unlink only after COMMIT: a rolled-back delete must still find its files.
+            # Unlink only after a durable COMMIT: a rolled-back delete must still find its files.
             freed = sum(size for _, size, is_file in rows if not is_file)  # inline rows
             removed: list[str] = [r[0] for r in rows]
             for digest, _, is_file in rows:
                 if is_file:
-                    freed += self.blobs.remove(digest) if not dry_run else _size(self.blobs, digest)
+                    freed += self.blobs.remove(digest) if not dry_run else self.blobs.size(digest)
             for digest, size in list(self.blobs.digests()):
                 if digest not in indexed and digest not in removed:
                     removed.append(digest)
@@ -638,12 +657,9 @@ class LocalBackend(LocalLedgerMixin):
             packs, pack_freed = self._collect_packs(live, dry_run)
             freed += pack_freed
             temps = []
-            for tmp in self.blobs.dead_temp_files():
-                temps.append(tmp.name)
-                with contextlib.suppress(OSError):
-                    freed += tmp.stat().st_size
-                    if not dry_run:
-                        os.unlink(tmp)
+            for name, size in self.blobs.collect_temps(dry_run):
+                temps.append(name)
+                freed += size
         return GcReport(
             tuple(sorted(removed)), tuple(sorted(temps)), freed, dry_run, tuple(sorted(packs))
         )
@@ -697,7 +713,7 @@ class LocalBackend(LocalLedgerMixin):
         """Move ``batch``'s chunks into a new pack, then unlink the packs ``olds``."""
         if batch:
             new, offsets = self.blobs.write_pack([data for _, _, data in batch])
-            with self.db.write() as conn:
+            with self.db.write(durable=True) as conn:  # on disk before the old packs go
                 conn.executemany(
                     "UPDATE chunks SET pack=?, pack_offset=? WHERE digest=? AND pack=?",
                     [(new, o, d, old) for (d, old, _), o in zip(batch, offsets, strict=True)],
@@ -742,12 +758,16 @@ class LocalBackend(LocalLedgerMixin):
         """Copy the store to ``dest`` while it stays in use (SQLite backup API + chunks).
 
         ``progress(done, total)`` is called as chunk files are copied.
+
+        Raises:
+            StoreLayoutError: a symlink (or a foreign file) stands in the blob tree.
         """
-        dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-        target = BlobDir(dest / "blobs", fsync=True)
         # Snapshot the database first: every chunk it references exists until gc,
         # and gc cannot run while we hold the shared lock.
         with self.blobs.gc_lock(exclusive=False):
+            _refuse_unsafe(self.blobs.unsafe(), None, "backup")
+            dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+            target = BlobDir(dest / "blobs", fsync=True)
             self.db.backup_to(dest / DB_NAME)
             snap = apsw.Connection(str(dest / DB_NAME))
             try:

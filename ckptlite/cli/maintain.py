@@ -69,6 +69,7 @@ def _verify(ctx: Context) -> int:
     lines = [f"checked {report.checked} checkpoints, {kind}"]
     lines += [f"CORRUPTED {cid}" for cid in report.corrupted]
     lines += [f"missing chunk {d}" for d in report.missing_chunks]
+    lines += [f"UNSAFE {p}: a symlink or foreign file, never followed" for p in report.unsafe_paths]
     if report.orphan_chunks:
         lines.append(f"{len(report.orphan_chunks)} unused chunks (`ckptlite gc` reclaims them)")
     if report.orphan_packs:

@@ -45,9 +45,9 @@ class _FullDiskOS:
         self.free -= n
         return os.write(fd, data)
 
-    def unlink(self, path: Any) -> None:
-        size = os.lstat(path).st_size
-        os.unlink(path)
+    def unlink(self, path: Any, *, dir_fd: int | None = None) -> None:
+        size = os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_size
+        os.unlink(path, dir_fd=dir_fd)
         self.free += size
 
 
