@@ -14,6 +14,10 @@ file is ``flock``-ed by its writer for as long as it is being written, so
 shared while it writes its packs and commits their rows; gc holds it exclusive
 while it deletes rows and unlinks files, so gc never removes a chunk a save is
 about to reference.
+
+A read-only BlobDir (``readonly=True``) creates nothing: no directory, no lock
+file; it flocks the lock files through read-only descriptors when they exist,
+and every write raises ``ReadOnlyStoreError``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _faults
-from .errors import CorruptCheckpointError, StoreFullError, StoreIOError
+from .errors import CorruptCheckpointError, ReadOnlyStoreError, StoreFullError, StoreIOError
 
 __all__ = ["BlobDir"]
 
@@ -42,11 +46,17 @@ _PACKS = "packs"
 class BlobDir:
     """Pack files and chunk files under ``root``, named by 64 hex digits only."""
 
-    def __init__(self, root: Path, *, fsync: bool = True, group: bool = False) -> None:
+    def __init__(
+        self, root: Path, *, fsync: bool = True, group: bool = False, readonly: bool = False
+    ) -> None:
         self.root = root
         self.fsync = fsync
+        self.readonly = readonly
         self.dir_mode = 0o770 if group else 0o700
         self.file_mode = 0o660 if group else 0o600
+        self._lock_path = root / ".lock"
+        if readonly:
+            return
         root.parent.mkdir(parents=True, exist_ok=True)
         self._mkdir(root)
         self._mkdir(root / _TMP)
@@ -54,12 +64,15 @@ class BlobDir:
             self._mkdir(root / _PACKS)
             if fsync:  # a pack's rename is only as durable as the directory's entry
                 _fsync_dir(root)
-        self._lock_path = root / ".lock"
         for lock in (self._lock_path, root / ".gate"):  # the two files gc_lock flocks
             if not lock.exists():
                 fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, self.file_mode)
                 os.fchmod(fd, self.file_mode)
                 os.close(fd)
+
+    def _writable(self, what: str) -> None:
+        if self.readonly:
+            raise ReadOnlyStoreError(f"{what}: the store is open read-only")
 
     def _mkdir(self, path: Path) -> None:
         # mkdir's and open's modes are cut by the umask: chmod what we create, so a
@@ -110,6 +123,7 @@ class BlobDir:
             StoreFullError: the disk is full (no temp file is left behind).
             StoreIOError: a write or fsync failed (nothing is renamed into place).
         """
+        self._writable(f"writing chunk {digest}")
         if self.exists(digest):
             return False
         final = self.path(digest)
@@ -140,6 +154,7 @@ class BlobDir:
             CorruptCheckpointError: the source pack is missing or unreadable.
             StoreFullError, StoreIOError: the copy could not be written.
         """
+        self._writable(f"copying pack {name}")
         final = self.pack_path(name)
         if final.exists():
             return 0
@@ -154,6 +169,7 @@ class BlobDir:
 
     def _write_atomic(self, final: Path, parts: Sequence[bytes | memoryview], what: str) -> None:
         # temp (flocked: gc skips a live writer's) -> write -> fsync -> rename -> dir fsync
+        self._writable(f"writing {what}")
         tmp = self.root / _TMP / f"{final.name[:16]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         # Creating the temp file can hit ENOSPC too (no inode left): same typed error.
         with _os_errors(f"creating a temp file for {what}"):
@@ -266,6 +282,7 @@ class BlobDir:
 
     def remove(self, digest: str) -> int:
         """Unlink a chunk file; return the bytes freed (0 if it was gone)."""
+        self._writable(f"removing chunk {digest}")
         return _unlink(self.path(digest))
 
     def digests(self) -> Iterator[tuple[str, int]]:
@@ -287,6 +304,7 @@ class BlobDir:
 
     def remove_pack(self, name: str) -> int:
         """Unlink a pack file; return the bytes freed (0 if it was gone)."""
+        self._writable(f"removing pack {name}")
         return _unlink(self.pack_path(name))
 
     def dead_temp_files(self) -> Iterator[Path]:
@@ -311,8 +329,13 @@ class BlobDir:
         flock gives a waiting exclusive locker no priority: with saves always
         overlapping, gc would wait forever. So both pass ``blobs/.gate`` first,
         gc holding it exclusive until it has the lock, which holds new saves back
-        while the running ones finish.
+        while the running ones finish. Read-only, the lock files are opened read-only
+        (flock needs no write access) and, where absent, nothing is locked.
         """
+        if self.readonly:
+            with self._read_only_lock(exclusive):
+                yield
+            return
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
         fd = os.open(self._lock_path, flags, self.file_mode)
         try:
@@ -325,6 +348,25 @@ class BlobDir:
             yield
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def _read_only_lock(self, exclusive: bool) -> Iterator[None]:
+        fds: list[int] = []
+        try:
+            for name in (".gate", ".lock"):
+                try:
+                    fd = os.open(self.root / name, os.O_RDONLY | os.O_NOFOLLOW)
+                except OSError:
+                    continue  # absent (a bare snapshot): no process writes to it
+                fds.append(fd)
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            for fd in fds[:-1]:  # the gate is released once the lock is held
+                os.close(fd)
+            fds = fds[-1:]
+            yield
+        finally:
+            for fd in fds:
+                os.close(fd)
 
 
 class PackWriter:
@@ -369,6 +411,7 @@ class PackWriter:
             StoreFullError, StoreIOError: the write failed.
         """
         b = self.blobs
+        b._writable(f"writing pack {self.name}")
         if self._fd < 0:
             # Creating the temp file can hit ENOSPC too (no inode left): same typed error.
             with _os_errors(f"creating pack {self.name}"):
