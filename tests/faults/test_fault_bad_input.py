@@ -165,6 +165,24 @@ def test_bad_query_arguments_are_typed_errors(
     assert _fingerprint(store) == before
 
 
+def test_bad_run_arguments_are_refused_before_the_ledger_is_written(
+    live: tuple[ckptlite.CheckpointManager, Path],
+) -> None:
+    mgr, store = live
+    with mgr.run("job2") as run:
+        before = _fingerprint(store)  # the run's own row is written by now
+        _typed(E.InvalidInputError, lambda: run.stage("load\ud800"))
+        _typed(E.InvalidInputError, lambda: list(run.items("tiles\udcff", ["a"])))
+
+        def mark_all() -> None:
+            for item in run.items("tiles", ["x\udcff"]):
+                item.done(1)
+
+        _typed(E.InvalidInputError, mark_all)
+        run.commit()
+        assert _fingerprint(store) == before
+
+
 def test_a_backup_under_a_file_is_a_typed_error(
     live: tuple[ckptlite.CheckpointManager, Path], tmp_path: Path
 ) -> None:
