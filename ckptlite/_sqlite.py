@@ -153,11 +153,15 @@ class Database:
         self._writer = threading.RLock()
         self._writing = f"writing {path}"  # formatted once: every save passes here
         refuse_network_fs(path.parent)
-        if readonly:
-            self._uri, self._stamp = self._read_only_uri()
-            self._check_schema(self.connection())
-        else:
-            self._migrate(self.connection())
+        try:
+            if readonly:
+                self._uri, self._stamp = self._read_only_uri()
+                self._check_schema(self.connection())
+            else:
+                self._migrate(self.connection())
+        except BaseException:
+            self.close()  # a store refused here keeps no connection (nor -wal) open
+            raise
 
     def connection(self) -> apsw.Connection:
         """Return this thread's connection, opening it on first use.
@@ -210,7 +214,9 @@ class Database:
             # read-only mount (where mode=ro cannot open without a -wal).
             return base + "?immutable=1", _file_stamp(self.path)
         if shm:
-            return base + "?mode=ro", None  # SQLite reads the -wal via the -shm, writing nothing
+            # SQLite reads the -wal through the -shm (only its lock and index file is
+            # touched, and only where it is writable).
+            return base + "?mode=ro", None
         raise StoreError(
             f"{self.path}: the newest saves are still in {wal.name}, and SQLite cannot read it "
             f"read-only without {self.path.name}-shm",
@@ -219,8 +225,8 @@ class Database:
         )
 
     def _leave_immutable(self) -> None:
-        # The file changed under an immutable view (a writer came): from now on each
-        # thread reopens with mode=ro, which follows the writer's commits safely.
+        # The file changed under an immutable view (a writer came): each thread reopens,
+        # with mode=ro once the -wal holds commits, which follows the writer safely.
         with self._lock:
             if self._stamp is None or self._stamp == _file_stamp(self.path):
                 return
@@ -416,13 +422,16 @@ class Database:
 
 
 def _file_stamp(path: Path) -> tuple[int, ...]:
-    """Return what changes when a database file is written, or a ``-wal`` appears."""
+    """Return what changes when a database file or its ``-wal`` is written (or appears)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return (0,)
-    wal = os.path.lexists(path.with_name(path.name + "-wal"))
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, int(wal))
+    try:
+        wal = os.lstat(path.with_name(path.name + "-wal")).st_size
+    except FileNotFoundError:
+        wal = -1
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, wal)
 
 
 def _scalar(conn: apsw.Connection, sql: str) -> Any:

@@ -195,10 +195,13 @@ class LocalBackend(LocalLedgerMixin):
         except OSError as e:
             raise os_error(e, f"creating the store directory {root}", ConfigError) from e
         if not store_writable(root):
+            exists = (root / DB_NAME).is_file()
             raise ReadOnlyStoreError(
                 f"{root} is not writable (a read-only file system, or no write permission)",
                 hint="Open it with readonly=True (`--readonly` on the command line) to read "
-                "it, or make it writable.",
+                "it, or make it writable."
+                if exists
+                else "Pick a directory this user can write on a writable disk.",
             )
 
     # -- chunks ---------------------------------------------------------------

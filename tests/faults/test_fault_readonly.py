@@ -384,6 +384,7 @@ def test_a_read_only_manager_sees_what_a_live_writer_commits(tmp_path: Path) -> 
     with ckptlite.open(store, readonly=True) as reader:
         assert len(reader.list()) == len(states)
         with ckptlite.open(store, durability="none") as writer:
+            assert len(reader.list()) == len(states)  # a -wal now, empty
             cp = writer.save("geo", {"new": 1})
             assert reader.load(cp.id) == {"new": 1}
             assert len(reader.list()) == len(states) + 1
