@@ -26,7 +26,9 @@ import ckptlite
 from ckptlite.cli import main
 
 E = ckptlite
-PG_DSN = os.environ.get("CKPTLITE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+# Refused before any connection: a server here would only be reached by a bug (and
+# would then get tables in a database shared by other tests).
+_NO_PG = "postgresql://nobody@127.0.0.1:1/none"
 _TABLES = ("checkpoints", "chunks", "refs", "runs", "items")
 
 
@@ -220,7 +222,7 @@ def _opens(cwd: Path) -> list[tuple[str, Callable[[], Any], type[ckptlite.Ckptli
         ("query-on-path", lambda: ckptlite.open(str(cwd / "s") + "?durability=full"), c),
         ("query-on-file-url", lambda: ckptlite.open(f"file://{cwd / 's'}?x=1"), c),
         ("query-on-memory", lambda: ckptlite.open("memory://?readonly=1"), c),
-        ("unknown-ckptlite-param", lambda: ckptlite.open(PG_DSN + "?ckptlite_tabel=x"), c),
+        ("unknown-ckptlite-param", lambda: ckptlite.open(_NO_PG + "?ckptlite_tabel=x"), c),
         ("unknown-scheme", lambda: ckptlite.open("s3://bucket/x"), c),
         ("durability", lambda: ckptlite.open(cwd / "s", durability="fast"), c),
         ("chunk-size-str", lambda: ckptlite.open(cwd / "s", chunk_size="1M"), c),  # type: ignore[arg-type]
