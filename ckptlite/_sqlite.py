@@ -4,6 +4,13 @@ One apsw connection per thread (and per process: a fork gets fresh ones).
 Writers use ``BEGIN IMMEDIATE`` so a busy store waits up to the busy timeout at
 the start of a transaction instead of failing half-way. The stdlib ``sqlite3``
 module is never used on a store.
+
+A read-only database (``readonly=True``) is opened so that nothing is ever
+written, nor a ``-wal`` or ``-shm`` file created: with SQLite's ``immutable=1``
+when no ``-wal`` holds saves (a snapshot, a read-only mount, a closed store),
+else with ``mode=ro``, which reads the ``-wal`` through its existing ``-shm``.
+An immutable view is watched: once the file changes or a ``-wal`` appears (a
+writer came), each thread reopens with ``mode=ro``.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import contextlib
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -19,9 +27,12 @@ from typing import Any
 
 import apsw
 
+from ._paths import os_error
 from .errors import (
     ConfigError,
+    InvalidInputError,
     MigrationError,
+    ReadOnlyStoreError,
     StoreError,
     StoreFullError,
     StoreIOError,
@@ -86,6 +97,16 @@ class translate_errors:  # a class, not @contextmanager: it wraps every query (~
             ) from e
         if isinstance(e, apsw.CantOpenError):
             raise StoreError(f"{what}: cannot open the database ({e})") from e
+        if isinstance(e, apsw.ReadOnlyError):
+            raise ReadOnlyStoreError(f"{what}: the database is read-only ({e})") from e
+        if isinstance(e, UnicodeEncodeError):  # a lone surrogate in a str SQLite must store
+            raise InvalidInputError(
+                f"{what}: {e.object[e.start : e.end]!r} is not valid Unicode text",
+                hint="Strings must be valid Unicode (no lone surrogates such as '\\ud800'); "
+                "decode bytes with errors='replace' first.",
+            ) from None
+        if isinstance(e, OverflowError):  # an int beyond SQLite's 64 bits
+            raise InvalidInputError(f"{what}: a number is too large ({e})") from None
         if isinstance(e, OSError):
             import errno
 
@@ -111,9 +132,15 @@ class Database:
         busy_timeout: float = 30.0,
         file_mode: int = 0o600,
         vfs: str | None = None,
+        readonly: bool = False,
     ) -> None:
         _check_version()
         self.path = path
+        self.readonly = readonly
+        # Read-only: the URI connections open, and the file's stamp while it is immutable.
+        self._uri = ""
+        self._stamp: tuple[int, ...] | None = None
+        self._generation = 0
         self.migrations = migrations
         self.synchronous = synchronous
         self.busy_ms = int(busy_timeout * 1000)
@@ -126,7 +153,15 @@ class Database:
         self._writer = threading.RLock()
         self._writing = f"writing {path}"  # formatted once: every save passes here
         refuse_network_fs(path.parent)
-        self._migrate(self.connection())
+        try:
+            if readonly:
+                self._uri, self._stamp = self._read_only_uri()
+                self._check_schema(self.connection())
+            else:
+                self._migrate(self.connection())
+        except BaseException:
+            self.close()  # a store refused here keeps no connection (nor -wal) open
+            raise
 
     def connection(self) -> apsw.Connection:
         """Return this thread's connection, opening it on first use.
@@ -136,10 +171,15 @@ class Database:
         """
         if os.getpid() != self._pid:
             self._after_fork()
+        if self._stamp is not None and self._stamp != _file_stamp(self.path):
+            self._leave_immutable()
         conn: apsw.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self.readonly and self._local.generation != self._generation:
+            conn = None  # an immutable view of a file that changed: this thread reopens
         if conn is None:
             conn = self._open()
             self._local.conn = conn
+            self._local.generation = self._generation
             with self._lock:
                 self._all.append(conn)
         return conn
@@ -155,10 +195,62 @@ class Database:
         self._lock = threading.Lock()
         self._writer = threading.RLock()  # a parent's thread may have held it at fork
 
+    def _read_only_uri(self) -> tuple[str, tuple[int, ...] | None]:
+        """Return the URI to open the database read-only, and its stamp if immutable.
+
+        Raises:
+            StoreError: committed saves are in a ``-wal`` SQLite cannot read here.
+        """
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            wal_size: int | None = wal.lstat().st_size
+        except FileNotFoundError:
+            wal_size = None
+        shm = os.path.lexists(self.path.with_name(self.path.name + "-shm"))
+        base = "file:" + urllib.parse.quote(os.path.abspath(self.path))
+        if wal_size is None or (wal_size == 0 and not shm):
+            # No -wal, or an empty one: the database file holds every commit. Immutable
+            # reads it without locks or a -shm, so nothing is created, even on a
+            # read-only mount (where mode=ro cannot open without a -wal).
+            return base + "?immutable=1", _file_stamp(self.path)
+        if shm:
+            # SQLite reads the -wal through the -shm (only its lock and index file is
+            # touched, and only where it is writable).
+            return base + "?mode=ro", None
+        raise StoreError(
+            f"{self.path}: the newest saves are still in {wal.name}, and SQLite cannot read it "
+            f"read-only without {self.path.name}-shm",
+            hint="Copy the store directory to a writable place (cp -a) and open the copy; "
+            "opening it there once writes the -wal into the database.",
+        )
+
+    def _leave_immutable(self) -> None:
+        # The file changed under an immutable view (a writer came): each thread reopens,
+        # with mode=ro once the -wal holds commits, which follows the writer safely.
+        with self._lock:
+            if self._stamp is None or self._stamp == _file_stamp(self.path):
+                return
+            self._uri, self._stamp = self._read_only_uri()
+            self._generation += 1
+
     def _open(self) -> apsw.Connection:
+        if self.readonly:
+            flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_NOFOLLOW
+            with translate_errors(f"opening {self.path} read-only"):
+                if self.vfs:
+                    conn = apsw.Connection(self._uri, flags=flags, vfs=self.vfs)
+                else:
+                    conn = apsw.Connection(self._uri, flags=flags)
+                conn.set_busy_timeout(self.busy_ms)
+                self._pragma(conn, "trusted_schema", "OFF")
+                self._pragma(conn, "cell_size_check", "ON")
+            return conn
         new = not self.path.exists()
         if new:
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, self.file_mode)
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, self.file_mode)
+            except OSError as e:
+                raise os_error(e, f"creating {self.path}", ConfigError) from e
             # Not cut by the umask; SQLite gives -wal and -shm the database file's mode.
             os.fchmod(fd, self.file_mode)
             os.close(fd)
@@ -169,6 +261,12 @@ class Database:
             else:
                 conn = apsw.Connection(str(self.path), flags=flags)
             conn.set_busy_timeout(self.busy_ms)
+            if not new:
+                try:
+                    self._refuse_foreign(conn)  # before WAL mode rewrites the file's header
+                except BaseException:
+                    conn.close()
+                    raise
             mode = self._to_wal(conn)
             if str(mode).lower() != "wal":
                 raise ConfigError(
@@ -201,15 +299,61 @@ class Database:
         row = conn.execute(f"PRAGMA {name}={value}").fetchone()
         return row[0] if row else None
 
+    def _refuse_foreign(self, conn: apsw.Connection) -> None:
+        """Raise ConfigError unless the file is empty or a ckptlite database.
+
+        A ckptlite database gets its application id in the same transaction as its
+        tables, so tables without the id are another program's: never add ours.
+        One statement reads all three from one snapshot: another connection may be
+        creating the store's tables right now.
+        """
+        row: Any = conn.execute(
+            "SELECT a.application_id, u.user_version, EXISTS(SELECT 1 FROM sqlite_master) "
+            "FROM pragma_application_id() a, pragma_user_version() u"
+        ).fetchone()
+        app, version, tables = row
+        if app not in (0, APPLICATION_ID):
+            raise ConfigError(
+                f"{self.path} is a SQLite file of another application (id {app:#x})",
+                hint="Point ckptlite at its own directory.",
+            )
+        if app == 0 and version == 0 and tables:
+            raise ConfigError(
+                f"{self.path} is not a ckptlite store: it is a SQLite database with other "
+                "tables; it was left unchanged",
+                hint="Point ckptlite at a new or empty directory, or at an existing store.",
+            )
+
+    def _check_schema(self, conn: apsw.Connection) -> None:
+        """Check a read-only database is a ckptlite store at this version (nothing migrates).
+
+        Raises:
+            ConfigError: not a ckptlite database.
+            MigrationError: its schema is newer, or older and needs upgrading first.
+        """
+        with translate_errors(f"reading {self.path}"):
+            self._refuse_foreign(conn)
+            version = _scalar(conn, "PRAGMA user_version")
+        target = len(self.migrations)
+        if version == 0:
+            raise ConfigError(
+                f"no ckptlite store at {self.path.parent}",
+                hint="Check the path (`ckptlite config` shows where it came from).",
+            )
+        if version > target:
+            raise MigrationError(
+                f"{self.path} has schema version {version}; this ckptlite knows up to {target}"
+            )
+        if version < target:
+            raise MigrationError(
+                f"{self.path} has schema version {version} and needs upgrading to {target}, "
+                "which writes: it cannot be read read-only",
+                hint="Open it once without readonly on a writable copy to upgrade it.",
+            )
+
     def _migrate(self, conn: apsw.Connection) -> None:
         with translate_errors(f"migrating {self.path}"):
             version = _scalar(conn, "PRAGMA user_version")
-            app = _scalar(conn, "PRAGMA application_id")
-            if app not in (0, APPLICATION_ID):
-                raise ConfigError(
-                    f"{self.path} is a SQLite file of another application (id {app:#x})",
-                    hint="Point ckptlite at its own directory.",
-                )
             target = len(self.migrations)
             if version > target:
                 raise MigrationError(
@@ -236,6 +380,8 @@ class Database:
         every commit before it (a barrier): required before unlinking a file whose
         rows an earlier commit dropped. With synchronous=OFF it syncs nothing.
         """
+        if self.readonly:
+            raise ReadOnlyStoreError(f"{self._writing}: the store is open read-only")
         conn = conn or self.connection()
         barrier = durable and self.synchronous.upper() != "OFF"
         # Threads of this process queue on a mutex: in SQLite's busy handler they would
@@ -299,6 +445,19 @@ class Database:
                             progress(b.page_count - b.remaining, b.page_count)
             finally:
                 target.close()
+
+
+def _file_stamp(path: Path) -> tuple[int, ...]:
+    """Return what changes when a database file or its ``-wal`` is written (or appears)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return (0,)
+    try:
+        wal = os.lstat(path.with_name(path.name + "-wal")).st_size
+    except FileNotFoundError:
+        wal = -1
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, wal)
 
 
 def _scalar(conn: apsw.Connection, sql: str) -> Any:

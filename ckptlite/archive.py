@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ._paths import os_error, to_path
 from .errors import CorruptCheckpointError, InvalidInputError
 from .manager import CheckpointManager, open_store
 from .sync import sync
@@ -70,7 +71,7 @@ def export_archive(
     """Write every checkpoint, run and ledger entry of the store to a new tar at ``path``.
 
     Raises:
-        InvalidInputError: ``path`` exists.
+        InvalidInputError: ``path`` exists, or is not a path (in a directory).
         StoreFullError, StoreIOError: the disk failed; no archive is left behind.
 
     >>> import ckptlite, tempfile, os
@@ -80,11 +81,18 @@ def export_archive(
     ...     export_archive(mgr, os.path.join(d, "a.tar")).checkpoints
     1
     """
-    from . import __version__
-
-    target = Path(path).expanduser()
+    target = to_path(path, "archive")
     if target.exists():
         raise InvalidInputError(f"{target} exists", hint="Pick a new archive file name.")
+    try:
+        return _export(mgr, target, progress)
+    except OSError as e:
+        raise os_error(e, f"writing the archive {target}") from e
+
+
+def _export(mgr: CheckpointManager, target: Path, progress: Progress | None) -> ArchiveReport:
+    from . import __version__
+
     with tempfile.TemporaryDirectory(prefix=".ckptlite-export-", dir=target.parent) as tmp:
         store = Path(tmp) / "store"
         if hasattr(mgr.backend, "backup"):
@@ -133,8 +141,10 @@ def import_archive(
     Raises:
         InvalidInputError: ``path`` is not a ckptlite archive (store unchanged).
         CorruptCheckpointError: the archive is damaged; names the checkpoints (store unchanged).
+        ReadOnlyStoreError: ``mgr`` is open read-only (nothing is unpacked).
     """
-    source = Path(path).expanduser()
+    mgr._refuse_write("import an archive")
+    source = to_path(path, "archive")
     with tempfile.TemporaryDirectory(prefix="ckptlite-import-") as tmp:
         header = _unpack(source, Path(tmp))
         with open_store(Path(tmp) / "store", durability="none", create=False) as src:
@@ -175,6 +185,8 @@ def _unpack(archive: Path, dest: Path) -> dict[str, object]:
         raise InvalidInputError(f"no archive at {archive}") from None
     except tarfile.TarError as e:
         raise InvalidInputError(f"{not_archive}: {e}") from None
+    except OSError as e:  # a directory, no permission
+        raise os_error(e, f"reading {archive}") from e
     header: dict[str, object] | None = None
     try:
         with tar:

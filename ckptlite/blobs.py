@@ -23,6 +23,10 @@ or a file of the wrong type, where ``blobs/``, ``packs/``, ``tmp/``, a chunk
 directory or a lock file should be is damage: a read reports the chunk corrupt,
 ``unsafe`` lists it for verify, and writers, gc and backup raise
 ``StoreLayoutError``.
+
+A read-only BlobDir (``readonly=True``) creates nothing: no directory, no lock
+file; it flocks the lock files through read-only descriptors when they exist,
+and every write raises ``ReadOnlyStoreError``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from . import _faults
-from .errors import CorruptCheckpointError, StoreFullError, StoreIOError, StoreLayoutError
+from .errors import (
+    CorruptCheckpointError,
+    ReadOnlyStoreError,
+    StoreFullError,
+    StoreIOError,
+    StoreLayoutError,
+)
 
 __all__ = ["BlobDir"]
 
@@ -58,12 +68,18 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 class BlobDir:
     """Pack files and chunk files under ``root``, named by 64 hex digits only."""
 
-    def __init__(self, root: Path, *, fsync: bool = True, group: bool = False) -> None:
+    def __init__(
+        self, root: Path, *, fsync: bool = True, group: bool = False, readonly: bool = False
+    ) -> None:
         self.root = root
         self._root = str(root)
         self.fsync = fsync
+        self.readonly = readonly
         self.dir_mode = 0o770 if group else 0o700
         self.file_mode = 0o660 if group else 0o600
+        self._lock_path = root / ".lock"
+        if readonly:
+            return
         root.parent.mkdir(parents=True, exist_ok=True)
         # Made through directory descriptors: where a symlink stands instead of a
         # directory, nothing is created (verify reports it; writers refuse).
@@ -145,6 +161,10 @@ class BlobDir:
             os.close(fd)
         return True
 
+    def _writable(self, what: str) -> None:
+        if self.readonly:
+            raise ReadOnlyStoreError(f"{what}: the store is open read-only")
+
     def _open_lock(self, parent: int, name: str) -> int:
         # O_NONBLOCK: a FIFO planted under the lock's name must not block the open.
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
@@ -219,6 +239,7 @@ class BlobDir:
             StoreIOError: a write or fsync failed (nothing is renamed into place).
             StoreLayoutError: a directory on the way is a symlink.
         """
+        self._writable(f"writing chunk {digest}")
         if self.exists(digest):
             return False
         sub, name = self._chunk(digest)
@@ -248,6 +269,7 @@ class BlobDir:
             CorruptCheckpointError: the source pack is missing or unreadable.
             StoreFullError, StoreIOError, StoreLayoutError: the copy could not be written.
         """
+        self._writable(f"copying pack {name}")
         sub, name = self._pack(name)
         if self._lstat(sub, name) is not None:
             return 0
@@ -264,6 +286,7 @@ class BlobDir:
         self, sub: str, name: str, parts: Sequence[bytes | memoryview], what: str
     ) -> None:
         # temp (flocked: gc skips a live writer's) -> write -> fsync -> rename -> dir fsync
+        self._writable(f"writing {what}")
         tmp = f"{name[:16]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         with self._dir(_TMP) as tmp_dir, self._dir(sub) as dest:
             # Creating the temp file can hit ENOSPC too (no inode left): same typed error.
@@ -406,6 +429,7 @@ class BlobDir:
         Raises:
             StoreLayoutError: its directory is a symlink (nothing is removed).
         """
+        self._writable(f"removing chunk {digest}")
         return self._unlink(*self._chunk(digest))
 
     def remove_pack(self, name: str) -> int:
@@ -414,6 +438,7 @@ class BlobDir:
         Raises:
             StoreLayoutError: ``packs/`` is a symlink (nothing is removed).
         """
+        self._writable(f"removing pack {name}")
         return self._unlink(*self._pack(name))
 
     def _unlink(self, sub: str, name: str) -> int:
@@ -563,11 +588,16 @@ class BlobDir:
         flock gives a waiting exclusive locker no priority: with saves always
         overlapping, gc would wait forever. So both pass ``blobs/.gate`` first,
         gc holding it exclusive until it has the lock, which holds new saves back
-        while the running ones finish.
+        while the running ones finish. Read-only, the lock files are opened read-only
+        (flock needs no write access) and, where absent, nothing is locked.
 
         Raises:
             StoreLayoutError: ``blobs/`` or a lock file is a symlink.
         """
+        if self.readonly:
+            with self._read_only_lock(exclusive):
+                yield
+            return
         with self._dir() as parent:
             fd = self._open_lock(parent, _LOCKS[0])
             try:
@@ -584,6 +614,35 @@ class BlobDir:
             yield
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def _read_only_lock(self, exclusive: bool) -> Iterator[None]:
+        fds: list[int] = []
+        try:
+            try:
+                parent = self._open_dir()
+            except FileNotFoundError:
+                parent = -1  # a bare snapshot without blobs/: no process writes to it
+            try:
+                for name in (_LOCKS[1], _LOCKS[0]):  # the gate first, as gc_lock
+                    if parent < 0:
+                        break
+                    try:
+                        fd = os.open(name, _READ_FLAGS, dir_fd=parent)
+                    except OSError:
+                        continue  # absent (a bare snapshot): no process writes to it
+                    fds.append(fd)
+                    fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            finally:
+                if parent >= 0:
+                    os.close(parent)
+            for fd in fds[:-1]:  # the gate is released once the lock is held
+                os.close(fd)
+            fds = fds[-1:]
+            yield
+        finally:
+            for fd in fds:
+                os.close(fd)
 
 
 def _scan(fd: int) -> list[os.DirEntry[str]]:
@@ -656,6 +715,7 @@ class PackWriter:
             StoreLayoutError: ``tmp/`` is a symlink.
         """
         b = self.blobs
+        b._writable(f"writing pack {self.name}")
         if self._fd < 0:
             if self._tmp_dir < 0:
                 self._tmp_dir = b._open_dir(_TMP)

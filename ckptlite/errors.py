@@ -15,7 +15,8 @@
     │   ├── StoreIOError             an I/O error (EIO, a failed fsync)
     │   ├── MissingChunksError       a record would reference chunks the store lacks
     │   ├── StoreLayoutError         a symlink or foreign file where the store keeps its own
-    │   └── ForkedStoreError         a store used across fork() without reopening
+    │   ├── ForkedStoreError         a store used across fork() without reopening
+    │   └── ReadOnlyStoreError       a write to a store opened read-only (or on a read-only disk)
     ├── ConfigError                  bad URL, option or environment
     ├── MigrationError               schema version too new / broken migration
     ├── LegacyFormatError            a legacy checkpoint cannot be read
@@ -40,6 +41,7 @@ __all__ = [
     "MigrationError",
     "MissingChunksError",
     "PickleNotAllowedError",
+    "ReadOnlyStoreError",
     "RunNotFoundError",
     "StoreError",
     "StoreFullError",
@@ -162,6 +164,13 @@ class StoreLayoutError(StoreError):
 
 class ForkedStoreError(StoreError):
     default_hint = "Open a new manager in the child process after fork()."
+
+
+class ReadOnlyStoreError(StoreError):
+    default_hint = (
+        "The store was opened with readonly=True (`--readonly`), or its disk or directory "
+        "is read-only: it can be read, not changed. Open a writable copy to change it."
+    )
 
 
 class ConfigError(CkptliteError):

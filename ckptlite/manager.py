@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import math
 import os
+import re
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _async, _chunkio, _retention, chunking, codec
+from . import _async, _chunkio, _inputs, _retention, chunking, codec
 from . import config as _config
+from ._paths import os_error, to_path
 from .backends.base import Backend, ListQuery, dump_metadata
 from .errors import (
     CheckpointNotFoundError,
@@ -22,6 +26,7 @@ from .errors import (
     CorruptCheckpointError,
     InvalidInputError,
     MissingChunksError,
+    ReadOnlyStoreError,
 )
 from .ids import generate_checkpoint_id
 from .policies import CheckpointPolicy, RetentionReport
@@ -41,7 +46,13 @@ from .types import (
 if TYPE_CHECKING:
     from .process import ResumableProcess
 
-__all__ = ["CheckpointManager", "get_checkpoint_manager", "open_store", "resolve_url"]
+__all__ = [
+    "CheckpointManager",
+    "get_checkpoint_manager",
+    "open_store",
+    "resolve_url",
+    "store_is_read_only",
+]
 
 _DURABILITY = ("none", "safe", "full")
 #: Chunk threads. Their work is half I/O (fsync waits on the disk), so more than the
@@ -62,8 +73,74 @@ def resolve_url(url: str | os.PathLike[str] | None = None) -> str:
     return _config.load().url
 
 
+#: ckptlite's own parameters of a PostgreSQL URL; libpq's own ones pass through to it.
+_PG_PARAMS = ("ckptlite_table", "ckptlite_prefix")
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"^([a-z]+://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _check_url(url: str, readonly: bool) -> None:
+    """Refuse URL parameters nobody reads, and ``readonly`` where it has no meaning.
+
+    Raises:
+        ConfigError: an unknown parameter, or readonly on memory:// or PostgreSQL.
+    """
+    scheme = url.partition("://")[0] if "://" in url else ""
+    if scheme in ("postgresql", "postgres"):
+        query = urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query, keep_blank_values=True)
+        unknown = sorted({k for k, _ in query if k.startswith("ckptlite_")} - set(_PG_PARAMS))
+        if unknown:
+            raise ConfigError(
+                f"unknown ckptlite parameter(s) {', '.join(unknown)} in {_redact(url)}",
+                hint=f"ckptlite reads {' and '.join(_PG_PARAMS)}; other parameters go to libpq "
+                "(sslmode, application_name, connect_timeout, options, ...).",
+            )
+        if readonly:
+            raise ConfigError(
+                "readonly=True is for local stores (a directory); not for PostgreSQL",
+                hint="For a read-only view of a PostgreSQL store, connect as a role that has "
+                "only SELECT rights: every write then fails with a StoreError.",
+            )
+        return
+    if "?" in url:
+        raise ConfigError(
+            f"{url!r}: {scheme + ':// URLs' if scheme else 'local store paths'} take no parameters",
+            hint="Set options as open() arguments, $CKPTLITE_* variables or in ckptlite.toml; "
+            "a '?' cannot be part of a local store's path.",
+        )
+    if scheme == "memory" and readonly:
+        raise ConfigError(
+            "readonly=True on memory:// has nothing to read: a memory store starts empty",
+            hint="Open memory:// without readonly, or a directory with readonly=True.",
+        )
+
+
+def _local_path(url: str) -> Path:
+    return to_path(url.removeprefix("file://"), "the store path", ConfigError)
+
+
+def store_is_read_only(url: str | os.PathLike[str]) -> bool:
+    """Tell whether ``url`` is an existing local store this process cannot write.
+
+    Commands that only read open such a store with ``readonly=True``.
+    """
+    from .backends.local import DB_NAME, store_writable
+
+    text = os.fspath(url)
+    if not isinstance(text, str) or ("://" in text and not text.startswith("file://")):
+        return False
+    try:
+        path = _local_path(text)
+        return (path / DB_NAME).is_file() and not store_writable(path)
+    except (ConfigError, OSError):
+        return False  # open() reports what is wrong with it
+
+
 def _open_backend(config: StorageConfig, create: bool = True) -> Backend:
     url = config.url
+    _check_url(url, config.readonly)
     if url.startswith("memory://"):
         from .backends.memory import MemoryBackend
 
@@ -85,8 +162,12 @@ def _open_backend(config: StorageConfig, create: bool = True) -> Backend:
         )
     from .backends.local import DB_NAME, LocalBackend
 
-    path = Path(url.removeprefix("file://")).expanduser()
-    if not create and not (path / DB_NAME).is_file():
+    path = _local_path(url)
+    try:
+        absent = not (path / DB_NAME).is_file()
+    except OSError as e:
+        raise os_error(e, f"opening {path}", ConfigError) from e
+    if (not create or config.readonly) and absent:
         raise ConfigError(
             f"no ckptlite store at {path}",
             hint="Check --store / $CKPTLITE_URL (`ckptlite config` shows where it came from).",
@@ -96,7 +177,66 @@ def _open_backend(config: StorageConfig, create: bool = True) -> Backend:
         durability=config.durability,
         busy_timeout=config.busy_timeout,
         group_access=config.group_access,
+        readonly=config.readonly,
     )
+
+
+def _check_options(
+    url: object,
+    durability: object,
+    chunk_size: object,
+    compression_level: object,
+    busy_timeout: object,
+    flags: Mapping[str, object],
+    policy: object,
+    max_pending: object,
+) -> None:
+    """Refuse a bad open() argument before anything is created.
+
+    Raises:
+        ConfigError: the first bad argument.
+    """
+    if not isinstance(url, str | os.PathLike) or os.fspath(url) in ("", b""):
+        raise ConfigError(
+            f"the store URL must be a non-empty str or path, not {url!r}",
+            hint="Pass a directory, file://DIR, memory:// or postgresql://..., or None for "
+            "the configured store.",
+        )
+    if durability not in _DURABILITY:
+        raise ConfigError(f"durability must be one of {_DURABILITY}, not {durability!r}")
+    if (
+        not isinstance(chunk_size, int)
+        or isinstance(chunk_size, bool)
+        or not 4096 <= chunk_size <= 64 << 20
+    ):
+        raise ConfigError(f"chunk_size must be an int from 4 KiB to 64 MiB, not {chunk_size!r}")
+    if (
+        not isinstance(compression_level, int)
+        or isinstance(compression_level, bool)
+        or not -7 <= compression_level <= 22
+    ):
+        raise ConfigError(
+            f"compression_level must be an int from -7 to 22, not {compression_level!r}"
+        )
+    if (
+        not isinstance(busy_timeout, int | float)
+        or isinstance(busy_timeout, bool)
+        or not math.isfinite(busy_timeout)
+        or not 0 < busy_timeout <= 2_000_000  # SQLite takes milliseconds as a C int
+    ):
+        raise ConfigError(f"busy_timeout must be seconds > 0, not {busy_timeout!r}")
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True or False, not {value!r}")
+    if policy is not None and not isinstance(policy, CheckpointPolicy):
+        raise ConfigError(f"policy must be a CheckpointPolicy, not {policy!r}")
+    if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1:
+        raise ConfigError(f"max_pending must be a positive int, not {max_pending!r}")
+
+
+def _check_policy(policy: object) -> None:
+    if policy is not None and not isinstance(policy, CheckpointPolicy):
+        raise InvalidInputError(f"policy must be a CheckpointPolicy, not {policy!r}")
 
 
 def open_store(
@@ -111,6 +251,7 @@ def open_store(
     create: bool = True,
     policy: CheckpointPolicy | None = None,
     max_pending: int = 8,
+    readonly: bool = False,
 ) -> CheckpointManager:
     """Open (creating if needed) a checkpoint store and return its manager.
 
@@ -120,11 +261,18 @@ def open_store(
     ``ckptlite.toml`` file, then $CKPTLITE_* variables). ``create=False`` refuses
     to create a local store that does not exist yet. With a ``policy``, each
     save prunes its slot (``CheckpointPolicy``); ``max_pending`` bounds the
-    ``save_async`` queue.
+    ``save_async`` queue. ``readonly=True`` (local stores only) opens an
+    existing store for reading and writes nothing to it, not even SQLite's
+    ``-wal``/``-shm``: for a read-only mount, a snapshot, someone else's store.
+    Every write then raises ReadOnlyStoreError, and ``load``/``verify`` report
+    damage without marking anything.
 
     Raises:
-        ConfigError: bad URL or option; no store there and ``create`` is False.
+        ConfigError: bad URL or option; no store there and ``create`` is False (or
+            ``readonly``); ``readonly`` on memory:// or PostgreSQL.
         MigrationError: the store was written by a newer ckptlite.
+        ReadOnlyStoreError: the store is on a read-only disk or directory (and not
+            ``readonly``).
 
     >>> import ckptlite
     >>> with ckptlite.open("memory://") as mgr:
@@ -133,22 +281,32 @@ def open_store(
     {'x': 1}
     """
     settings = _config.load()
+    url = settings.url if url is None else url
     durability = settings.durability if durability is None else durability
     chunk_size = settings.chunk_size if chunk_size is None else chunk_size
-    if durability not in _DURABILITY:
-        raise ConfigError(f"durability must be one of {_DURABILITY}, not {durability!r}")
-    if not 4096 <= chunk_size <= 64 << 20:
-        raise ConfigError(f"chunk_size must be between 4 KiB and 64 MiB, not {chunk_size}")
+    if compression_level is None:
+        compression_level = settings.compression_level
+    busy_timeout = settings.busy_timeout if busy_timeout is None else busy_timeout
+    group_access = settings.group_access if group_access is None else group_access
+    flags = {
+        "allow_pickle": allow_pickle,
+        "create": create,
+        "group_access": group_access,
+        "readonly": readonly,
+    }
+    _check_options(
+        url, durability, chunk_size, compression_level, busy_timeout, flags, policy, max_pending
+    )
+    raw = os.fspath(url)
     config = StorageConfig(
-        url=settings.url if url is None else os.fspath(url),
+        url=os.fsdecode(raw) if isinstance(raw, bytes) else raw,
         durability=durability,
         allow_pickle=allow_pickle,
         chunk_size=chunk_size,
-        compression_level=(
-            settings.compression_level if compression_level is None else compression_level
-        ),
-        busy_timeout=settings.busy_timeout if busy_timeout is None else busy_timeout,
-        group_access=settings.group_access if group_access is None else group_access,
+        compression_level=compression_level,
+        busy_timeout=busy_timeout,
+        group_access=group_access,
+        readonly=readonly,
     )
     return CheckpointManager(
         _open_backend(config, create=create), config, policy=policy, max_pending=max_pending
@@ -169,6 +327,8 @@ class CheckpointManager:
         self.backend = backend
         self.config = config
         self.allow_pickle = config.allow_pickle
+        #: Opened with ``readonly=True``: every write raises ReadOnlyStoreError.
+        self.readonly = config.readonly
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid = os.getpid()
         self._pool_lock = threading.Lock()
@@ -195,6 +355,11 @@ class CheckpointManager:
     @property
     def url(self) -> str:
         return self.backend.url
+
+    def _refuse_write(self, what: str) -> None:
+        """Raise ReadOnlyStoreError if the store is open read-only (before any work)."""
+        if self.readonly:
+            raise ReadOnlyStoreError(f"{self.url} is open read-only: cannot {what}")
 
     def close(self) -> None:
         """Finish pending work and release the store."""
@@ -259,6 +424,8 @@ class CheckpointManager:
         >>> mgr.save("run", [1, 2], name="tile_0").name
         'tile_0'
         """
+        self._refuse_write("save")
+        _check_policy(policy)
         cp = self._new_checkpoint(process_id, level, name, parent, metadata, progress)
         encoded = codec.encode(state, allow_pickle=self.allow_pickle)
         return self._commit_encoded(cp, encoded, policy)
@@ -272,29 +439,21 @@ class CheckpointManager:
         metadata: dict[str, Any] | None,
         progress: tuple[int, int] | None,
     ) -> Checkpoint:
-        if not isinstance(process_id, str) or not process_id:
-            raise InvalidInputError(f"process_id must be a non-empty str, not {process_id!r}")
-        if not isinstance(name, str):
-            raise InvalidInputError(f"name must be a str, not {type(name).__name__}")
-        try:
-            lvl = Level(level)
-        except ValueError:
-            raise InvalidInputError(
-                f"unknown level {level!r}", hint="Use ckptlite.Level (pipeline/stage/step/substep)."
-            ) from None
+        # Every argument is checked here, before a chunk is written: a bad one must
+        # leave the store unchanged, not orphan chunks of a save that then fails.
+        _inputs.text(process_id, "process_id", empty=False)
+        _inputs.text(name, "name")
+        lvl = _inputs.level(level)
+        if lvl is None:
+            raise InvalidInputError(f"level must be a ckptlite.Level, not {level!r}")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidInputError(f"metadata must be a dict, not {type(metadata).__name__}")
         meta = dict(metadata or {})
-        dump_metadata(meta)  # reject non-JSON metadata before anything is written
-        if progress is not None:
-            if (
-                not isinstance(progress, tuple | list)
-                or len(progress) != 2
-                or not all(isinstance(p, int) and not isinstance(p, bool) for p in progress)
-            ):
-                raise InvalidInputError(f"progress must be (done, total) ints, not {progress!r}")
-            progress = (int(progress[0]), int(progress[1]))
+        dump_metadata(meta)  # reject non-JSON (or non-Unicode) metadata before any write
+        progress = _inputs.progress(progress)
         parent_id = parent.id if isinstance(parent, Checkpoint) else parent
-        if parent_id is not None and not isinstance(parent_id, str):
-            raise InvalidInputError(f"parent must be a checkpoint id, not {parent_id!r}")
+        if parent_id is not None:
+            _inputs.text(parent_id, "parent (a checkpoint id)")
         created = datetime.now(UTC)
         return Checkpoint(
             id=generate_checkpoint_id(lvl, now=created),  # one clock read: id time = created_at
@@ -400,6 +559,7 @@ class CheckpointManager:
 
         Raises:
             ConfigError: the manager is closed.
+            ReadOnlyStoreError: the store is open read-only.
 
         >>> import ckptlite
         >>> with ckptlite.open("memory://") as mgr:
@@ -410,6 +570,8 @@ class CheckpointManager:
         """
         if self._closed:
             raise ConfigError("this checkpoint manager is closed", hint="Open a new one.")
+        self._refuse_write("save")
+        _check_policy(policy)
         with self._pool_lock:
             if self._async is None:
                 self._async = _async.AsyncSaver(self, self.max_pending)
@@ -449,6 +611,7 @@ class CheckpointManager:
 
         Raises:
             InvalidInputError: no policy given and the manager has none.
+            ReadOnlyStoreError: the store is open read-only (and not ``dry_run``).
 
         >>> import ckptlite
         >>> mgr = ckptlite.open("memory://")
@@ -457,7 +620,11 @@ class CheckpointManager:
         >>> len(mgr.apply_retention("p", ckptlite.CheckpointPolicy(keep_last=2)).removed)
         3
         """
-        return _retention.apply_retention(self, process_id, policy, dry_run)
+        if not dry_run:
+            self._refuse_write("remove checkpoints")
+        return _retention.apply_retention(
+            self, _inputs.optional(process_id, "process_id"), policy, dry_run
+        )
 
     def resume_from(
         self,
@@ -503,6 +670,7 @@ class CheckpointManager:
         Raises:
             InvalidInputError: a bad argument, or ``run_id`` is another process's.
             RunNotFoundError: no run ``run_id``.
+            ReadOnlyStoreError: the store is open read-only.
 
         >>> import ckptlite
         >>> with ckptlite.open("memory://") as mgr, mgr.run("job") as run:
@@ -511,6 +679,10 @@ class CheckpointManager:
         ...     run.stage("load").result
         [1, 2]
         """
+        self._refuse_write("start or resume a run")
+        _inputs.text(process_id, "process_id", empty=False)
+        if run_id is not None:
+            _inputs.text(run_id, "run_id")
         return open_run(
             self,
             process_id,
@@ -522,8 +694,12 @@ class CheckpointManager:
         )
 
     def list_runs(self, process_id: str | None = None) -> builtins.list[RunRecord]:
-        """Return the runs of one process (or all), newest first."""
-        return self.backend.list_runs(process_id)
+        """Return the runs of one process (or all), newest first.
+
+        Raises:
+            InvalidInputError: ``process_id`` is not a str.
+        """
+        return self.backend.list_runs(_inputs.optional(process_id, "process_id"))
 
     # -- read -------------------------------------------------------------------
 
@@ -532,25 +708,32 @@ class CheckpointManager:
 
         Raises:
             CheckpointNotFoundError: no such id.
+            InvalidInputError: ``checkpoint_id`` is not a str.
         """
-        return self.backend.get(checkpoint_id)
+        return self.backend.get(_inputs.text(checkpoint_id, "checkpoint id"))
 
     def exists(self, checkpoint_id: str) -> bool:
-        """Tell whether a checkpoint with this id is stored."""
-        return bool(self.backend.has_records([checkpoint_id]))
+        """Tell whether a checkpoint with this id is stored.
+
+        Raises:
+            InvalidInputError: ``checkpoint_id`` is not a str.
+        """
+        return bool(self.backend.has_records([_inputs.text(checkpoint_id, "checkpoint id")]))
 
     def load(self, checkpoint: str | Checkpoint) -> Any:
         """Return a checkpoint's state, with every byte verified.
 
         A checkpoint that fails verification is marked CORRUPTED, so ``latest``
-        skips it from then on.
+        skips it from then on (not on a store open read-only: nothing is written).
 
         Raises:
             CheckpointNotFoundError: no such id.
             CorruptCheckpointError: stored bytes do not match their checksums.
             PickleNotAllowedError: the state holds pickles and allow_pickle is False.
+            InvalidInputError: ``checkpoint`` is neither a Checkpoint nor a str.
         """
         cid = checkpoint.id if isinstance(checkpoint, Checkpoint) else checkpoint
+        _inputs.text(cid, "checkpoint id")
         record = self.backend.get_record(cid)
         try:
             return self._decode(record)
@@ -565,6 +748,8 @@ class CheckpointManager:
             ) from e
 
     def _mark_corrupted(self, cp: Checkpoint, error: CorruptCheckpointError | None = None) -> None:
+        if self.readonly:
+            return  # damage is reported (raised, listed by verify), never recorded
         if cp.status == Status.VALID:
             with contextlib.suppress(CheckpointNotFoundError):
                 self.backend.set_status(cp.id, Status.CORRUPTED)
@@ -591,8 +776,16 @@ class CheckpointManager:
     def latest(
         self, process_id: str, level: Level | str | None = None, name: str | None = None
     ) -> Checkpoint | None:
-        """Return the newest VALID checkpoint of the slot (highest seq), or None."""
-        return self.backend.latest(process_id, Level(level) if level else None, name)
+        """Return the newest VALID checkpoint of the slot (highest seq), or None.
+
+        Raises:
+            InvalidInputError: a bad process_id, level or name.
+        """
+        return self.backend.latest(
+            _inputs.text(process_id, "process_id"),
+            _inputs.level(level),
+            _inputs.optional(name, "name"),
+        )
 
     def load_latest(
         self, process_id: str, level: Level | str | None = None, name: str | None = None
@@ -603,9 +796,12 @@ class CheckpointManager:
 
         Raises:
             PickleNotAllowedError: the newest good state holds pickles and allow_pickle is False.
+            InvalidInputError: a bad process_id, level or name.
         """
         tried: set[str] = set()
-        lvl = Level(level) if level else None
+        _inputs.text(process_id, "process_id")
+        _inputs.optional(name, "name")
+        lvl = _inputs.level(level)
         fast = getattr(self.backend, "latest_record", None)
         if fast is not None:  # record and payload in one query: the common case
             record = fast(process_id, lvl, name)
@@ -644,18 +840,22 @@ class CheckpointManager:
         since: datetime | None = None,
         limit: int | None = None,
     ) -> list[Checkpoint]:
-        """Return matching checkpoints, newest first."""
-        if since is not None and since.tzinfo is None:
-            raise InvalidInputError("since must be timezone-aware", hint="Use datetime.now(UTC).")
+        """Return matching checkpoints, newest first.
+
+        Raises:
+            InvalidInputError: a bad filter (a naive ``since``, an unknown level, ...).
+        """
         return self.backend.list(
             ListQuery(
-                process_id=process_id,
-                level=Level(level) if level else None,
-                name=name,
-                status=Status(status) if status else None,
-                parent=parent.id if isinstance(parent, Checkpoint) else parent,
-                since=since,
-                limit=limit,
+                process_id=_inputs.optional(process_id, "process_id"),
+                level=_inputs.level(level),
+                name=_inputs.optional(name, "name"),
+                status=_inputs.status(status),
+                parent=_inputs.optional(
+                    parent.id if isinstance(parent, Checkpoint) else parent, "parent"
+                ),
+                since=_inputs.since(since),
+                limit=_inputs.limit(limit),
             )
         )
 
@@ -668,8 +868,10 @@ class CheckpointManager:
 
         Raises:
             CheckpointNotFoundError: no such id.
+            ReadOnlyStoreError: the store is open read-only.
         """
-        return self.backend.delete(checkpoint_id)
+        self._refuse_write("delete")
+        return self.backend.delete(_inputs.text(checkpoint_id, "checkpoint id"))
 
     def verify(
         self, full: bool = False, progress: Callable[[int, int], None] | None = None
@@ -680,14 +882,15 @@ class CheckpointManager:
 
         Checkpoints found damaged are marked CORRUPTED; with ``full``, ones marked
         CORRUPTED that now verify are marked VALID again (except imports whose legacy
-        source was already corrupted: ``metadata["legacy_corrupted"]``).
+        source was already corrupted: ``metadata["legacy_corrupted"]``). On a store
+        open read-only nothing is marked: the report alone says what is damaged.
         """
         structure = self.backend.check()
         bad: set[str] = set(structure.missing)
         records = self.backend.list(ListQuery())
         missing = sorted({d for ds in structure.missing.values() for d in ds})
         # Flagged chunks are stored again by the next save of the same bytes.
-        mark = getattr(self.backend, "mark_bad_chunks", None)
+        mark = None if self.readonly else getattr(self.backend, "mark_bad_chunks", None)
         if mark is not None and missing:
             mark(missing)
         if full:
@@ -710,6 +913,8 @@ class CheckpointManager:
         for cp in records:
             if cp.id in bad:
                 self._mark_corrupted(cp)
+            elif self.readonly:
+                continue
             elif full and cp.status == Status.CORRUPTED and "legacy_corrupted" not in cp.metadata:
                 # A legacy import's stored bytes verify, but what they hold was damaged
                 # before ckptlite saw it: it stays CORRUPTED.
@@ -748,7 +953,13 @@ class CheckpointManager:
         return {d for d in self._executor().map(check, digests) if d}
 
     def gc(self, dry_run: bool = False) -> GcReport:
-        """Remove chunks no checkpoint uses and temp files of dead writers."""
+        """Remove chunks no checkpoint uses and temp files of dead writers.
+
+        Raises:
+            ReadOnlyStoreError: the store is open read-only (and not ``dry_run``).
+        """
+        if not dry_run:
+            self._refuse_write("collect garbage")
         return self.backend.gc(dry_run=dry_run)
 
     def stats(self) -> dict[str, Any]:
@@ -775,7 +986,8 @@ class CheckpointManager:
 
         Raises:
             ConfigError: this kind of store has no file backup (use an export archive).
-            InvalidInputError: ``dest`` exists and is not an empty directory.
+            InvalidInputError: ``dest`` exists and is not an empty directory, or is no path.
+            StoreFullError, StoreError: the copy could not be written (none is left).
 
         >>> import ckptlite, tempfile, os
         >>> d = tempfile.mkdtemp()
@@ -791,15 +1003,21 @@ class CheckpointManager:
                 hint="Use `ckptlite export ARCHIVE` (any store), or the database's own "
                 "tools (pg_dump) for PostgreSQL.",
             )
-        target = Path(dest).expanduser()
-        if target.exists() and not (target.is_dir() and not any(target.iterdir())):
-            raise InvalidInputError(
-                f"backup destination {target} exists", hint="Pick a new directory."
-            )
+        target = to_path(dest, "backup destination")
+        try:
+            if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+                raise InvalidInputError(
+                    f"backup destination {target} exists", hint="Pick a new directory."
+                )
+        except OSError as e:
+            raise os_error(e, f"backup destination {target}") from e
         partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
         try:
             copy(partial, progress)
             os.replace(partial, target)
+        except OSError as e:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise os_error(e, f"backing up to {target}") from e
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise

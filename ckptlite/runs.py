@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from . import codec
+from . import _inputs, codec
 from .backends.base import ListQuery
 from .errors import CorruptCheckpointError, InvalidInputError
 from .types import Checkpoint, ItemMark, ItemRecord, Level, RunRecord, RunStatus, Status
@@ -162,8 +162,7 @@ class Stage:
     """A named stage of a run: ``done`` tells whether it completed in this run."""
 
     def __init__(self, run: Run, name: str) -> None:
-        if not isinstance(name, str) or not name:
-            raise InvalidInputError(f"stage name must be a non-empty str, not {name!r}")
+        _inputs.text(name, "stage name", empty=False)
         self.run = run
         self.name = name
         self._checkpoint: Checkpoint | None = None
@@ -313,8 +312,7 @@ class Run:
         Raises:
             InvalidInputError: ``group`` or an id is not a str.
         """
-        if not isinstance(group, str) or not group:
-            raise InvalidInputError(f"group must be a non-empty str, not {group!r}")
+        _inputs.text(group, "group", empty=False)
         limit = self.max_attempts if max_attempts is None else max_attempts
         done, failed = self.manager.backend.item_marks(self.id, group)
         total = len(item_ids) if isinstance(item_ids, Sized) else 0
@@ -328,6 +326,8 @@ class Run:
                 continue
             if type(item_id) is not str:
                 raise InvalidInputError(f"item ids must be str, not {item_id!r}")
+            if not item_id.isascii():
+                _inputs.text(item_id, "item id")  # refused now, not when its mark commits
             attempts = failed.get(item_id, 0) if failed else 0
             if attempts >= limit:
                 self._exhausted.add((group, item_id))

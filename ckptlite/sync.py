@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from . import chunking
+from . import _inputs, chunking
 from .backends.base import Backend
 from .errors import (
     CheckpointNotFoundError,
@@ -50,9 +50,10 @@ from .errors import (
     CorruptCheckpointError,
     InvalidInputError,
     MissingChunksError,
+    ReadOnlyStoreError,
     SyncError,
 )
-from .manager import CheckpointManager, open_store
+from .manager import CheckpointManager, open_store, store_is_read_only
 from .types import StoredChunk, StoredRecord
 
 __all__ = ["SyncReport", "sync"]
@@ -115,6 +116,7 @@ def sync(
         SyncError: a store failed mid-way (``.context["report"]`` holds what was
             copied); rerun to resume. Also for the same store on both sides.
         InvalidInputError: a bad argument.
+        ReadOnlyStoreError: ``target`` is read-only (nothing is copied).
 
     >>> import ckptlite
     >>> a, b = ckptlite.open("memory://"), ckptlite.open("memory://")
@@ -124,12 +126,14 @@ def sync(
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidInputError(f"batch_size must be a positive int, not {batch_size!r}")
-    if process_id is not None and (not isinstance(process_id, str) or not process_id):
-        raise InvalidInputError(f"process_id must be a non-empty str, not {process_id!r}")
+    if process_id is not None:
+        _inputs.text(process_id, "process_id", empty=False)
     start = time.monotonic()
     with contextlib.ExitStack() as stack:
         src = _open(source, stack, create=False)
         dst = _open(target, stack, create=True)
+        if dst.readonly:
+            raise ReadOnlyStoreError(f"{dst.url} is open read-only: cannot sync into it")
         job = _Job(src.backend, dst.backend, process_id, batch_size, progress)
         try:
             job.run()
@@ -152,7 +156,9 @@ def _open(store: Store, stack: contextlib.ExitStack, *, create: bool) -> Checkpo
         return store
     if not isinstance(store, str | os.PathLike):
         raise InvalidInputError(f"a store must be a manager or a URL, not {store!r}")
-    return stack.enter_context(open_store(store, create=create))
+    # A source that cannot be written (a read-only mount) is read read-only.
+    readonly = not create and store_is_read_only(store)
+    return stack.enter_context(open_store(store, create=create, readonly=readonly))
 
 
 class _Job:

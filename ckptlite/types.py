@@ -108,6 +108,7 @@ class StorageConfig:
     compression_level: int = 1
     busy_timeout: float = 30.0
     group_access: bool = False
+    readonly: bool = False  # reads only: nothing is written to the store
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ EXPECTED = [
     "MigrationReport",
     "MissingChunksError",
     "PickleNotAllowedError",
+    "ReadOnlyStoreError",
     "ResumableProcess",
     "RetentionDecision",
     "RetentionReport",
@@ -74,7 +75,7 @@ def test_every_public_name_resolves() -> None:
 
 # Layers, lowest first: a module may import only from its own layer or lower ones.
 LAYERS = [
-    {"errors", "types", "ids", "codec", "chunking", "_faults"},
+    {"errors", "types", "ids", "codec", "chunking", "_faults", "_paths", "_inputs"},
     {"blobs", "_sqlite"},
     {"backends"},
     {"manager", "process", "sync", "legacy", "policies", "runs", "_async", "config"},

@@ -324,20 +324,29 @@ def dump_metadata(metadata: dict[str, Any]) -> str:
     """Serialise metadata as compact JSON.
 
     Raises:
-        InvalidInputError: metadata is not a JSON object of JSON values.
+        InvalidInputError: metadata is not a JSON object of JSON values (or of valid Unicode).
     """
     if not isinstance(metadata, dict):
         raise InvalidInputError(f"metadata must be a dict, not {type(metadata).__name__}")
     if not metadata:
         return "{}"
     try:
-        return json.dumps(metadata, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        text = json.dumps(metadata, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as e:
         raise InvalidInputError(
             f"metadata is not JSON: {e}",
             hint="Metadata holds JSON values only (str, int, float, bool, None, list, dict); "
             "put anything else in the state.",
         ) from e
+    if not text.isascii():
+        try:
+            text.encode("utf-8")  # what the database does; a lone surrogate fails there
+        except UnicodeEncodeError as e:
+            raise InvalidInputError(
+                f"metadata holds text that is not valid Unicode: {text[e.start : e.end]!r}",
+                hint="Strings must be valid Unicode (no lone surrogates such as '\\ud800').",
+            ) from None
+    return text
 
 
 def load_metadata(text: str | None) -> dict[str, Any]:

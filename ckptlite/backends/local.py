@@ -21,13 +21,16 @@ from typing import Any
 import apsw
 
 from .. import _faults
+from .._paths import os_error
 from .._sqlite import Database, translate_errors
 from ..blobs import BlobDir, PackWriter
 from ..errors import (
     CheckpointNotFoundError,
+    ConfigError,
     CorruptCheckpointError,
     InvalidInputError,
     MissingChunksError,
+    ReadOnlyStoreError,
     StoreLayoutError,
 )
 from ..types import (
@@ -47,7 +50,7 @@ from .base import (
     to_micros,
 )
 
-__all__ = ["DB_NAME", "INLINE_MAX", "MIGRATIONS", "LocalBackend"]
+__all__ = ["DB_NAME", "INLINE_MAX", "MIGRATIONS", "LocalBackend", "store_writable"]
 
 DB_NAME = "ckptlite.db"
 _CODEC_RAW = 0  # chunking.CODEC_RAW (backends do not import the manager's modules)
@@ -124,8 +127,25 @@ def _refuse_unsafe(unsafe: Sequence[str], live: set[str] | None, what: str = "gc
         )
 
 
+def store_writable(root: Path) -> bool:
+    """Tell whether this process may write the store at ``root`` (False on a read-only mount).
+
+    ``os.access`` answers for root too: it reports EROFS for a read-only file system.
+    """
+    paths = [root, root / DB_NAME, root / "blobs", root / "blobs" / "packs"]
+    return all(os.access(p, os.W_OK) for p in paths if os.path.lexists(p))
+
+
 class LocalBackend(LocalLedgerMixin):
-    """A store directory: ``<root>/ckptlite.db`` and ``<root>/blobs/``."""
+    """A store directory: ``<root>/ckptlite.db`` and ``<root>/blobs/``.
+
+    ``readonly=True`` writes nothing at all (see ``Database`` and ``BlobDir``):
+    every write raises ReadOnlyStoreError.
+
+    Raises:
+        ConfigError: ``root`` is not a directory, or holds another program's SQLite file.
+        ReadOnlyStoreError: ``root`` is not writable and ``readonly`` is False.
+    """
 
     def __init__(
         self,
@@ -136,17 +156,26 @@ class LocalBackend(LocalLedgerMixin):
         group_access: bool = False,
         migrations: Sequence[str] = MIGRATIONS,
         vfs: str | None = None,
+        readonly: bool = False,
     ) -> None:
         self.root = root
         self.url = str(root)
-        dir_mode = 0o770 if group_access else 0o700
-        try:
-            root.mkdir(mode=dir_mode, parents=True)
-            os.chmod(root, dir_mode)  # mkdir's mode is cut by the umask; a new store's is not
-        except FileExistsError:
-            pass
+        self.readonly = readonly
+        if readonly:
+            if not (root / DB_NAME).is_file():
+                raise ConfigError(
+                    f"no ckptlite store at {root}",
+                    hint="Check the path; readonly=True never creates a store.",
+                )
+            self.db = Database(
+                root / DB_NAME, migrations, busy_timeout=busy_timeout, vfs=vfs, readonly=True
+            )
+            self.blobs = BlobDir(root / "blobs", readonly=True)
+            return
+        self._make_root(root, 0o770 if group_access else 0o700)
         sync = {"none": "OFF", "safe": "NORMAL", "full": "FULL"}[durability]
-        self.blobs = BlobDir(root / "blobs", fsync=durability != "none", group=group_access)
+        # The database first: a directory holding another program's ckptlite.db is
+        # refused before anything (blobs/) is created in it.
         self.db = Database(
             root / DB_NAME,
             migrations,
@@ -155,6 +184,38 @@ class LocalBackend(LocalLedgerMixin):
             file_mode=0o660 if group_access else 0o600,
             vfs=vfs,  # the fault tests pass an apsw VFS shim that fails chosen writes
         )
+        try:
+            self.blobs = BlobDir(root / "blobs", fsync=durability != "none", group=group_access)
+        except OSError as e:
+            self.db.close()
+            raise os_error(e, f"creating {root / 'blobs'}", ConfigError) from e
+        except BaseException:
+            self.db.close()
+            raise
+
+    @staticmethod
+    def _make_root(root: Path, mode: int) -> None:
+        """Create the store directory (mode not cut by the umask), or check the existing one."""
+        try:
+            root.mkdir(mode=mode, parents=True)
+            os.chmod(root, mode)
+        except FileExistsError:
+            if not root.is_dir():
+                raise ConfigError(
+                    f"{root} exists and is not a directory",
+                    hint="A store is a directory: pick another path.",
+                ) from None
+        except OSError as e:
+            raise os_error(e, f"creating the store directory {root}", ConfigError) from e
+        if not store_writable(root):
+            exists = (root / DB_NAME).is_file()
+            raise ReadOnlyStoreError(
+                f"{root} is not writable (a read-only file system, or no write permission)",
+                hint="Open it with readonly=True (`--readonly` on the command line) to read "
+                "it, or make it writable."
+                if exists
+                else "Pick a directory this user can write on a writable disk.",
+            )
 
     # -- chunks ---------------------------------------------------------------
 

@@ -124,13 +124,18 @@ def _report(ctx: Context, kind: str, message: str, hint: str, code: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (``ckptlite`` calls ``sys.exit`` on it)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     except UsageError as e:
         usage_ctx = Context(argparse.Namespace(json="--json" in argv))
         return _report(usage_ctx, "UsageError", e.message, e.usage.strip(), EXIT_USAGE)
+    except Exception as e:  # an argument converter failed in a way argparse does not catch
+        usage_ctx = Context(argparse.Namespace(json="--json" in argv))
+        message = f"bad argument: {type(e).__name__}: {e}"
+        return _report(usage_ctx, "UsageError", message, parser.format_usage().strip(), EXIT_USAGE)
     ctx = Context(args)
     try:
         return int(args.func(ctx))

@@ -18,8 +18,9 @@ from ..errors import (
     InvalidInputError,
     MigrationError,
     PickleNotAllowedError,
+    ReadOnlyStoreError,
 )
-from ..manager import CheckpointManager, open_store
+from ..manager import CheckpointManager, open_store, store_is_read_only
 from ..progress import Progress
 from ..types import Checkpoint, Status
 from ..views import jsonable
@@ -43,6 +44,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (CheckpointNotFoundError, EXIT_USAGE),
     (PickleNotAllowedError, EXIT_USAGE),
     (MigrationError, EXIT_USAGE),
+    (ReadOnlyStoreError, EXIT_USAGE),  # a write asked of a store that cannot take one
     (CkptliteError, EXIT_PROBLEMS),
 )
 
@@ -70,9 +72,19 @@ class Context:
         flags.update(getattr(self.args, "config_flags", lambda a: {})(self.args))
         return _config.load(flags)
 
-    def open(self, *, create: bool = False, allow_pickle: bool = False) -> CheckpointManager:
-        """Open the selected store; an absent local store is an error unless ``create``."""
-        return open_store(self.settings().url, create=create, allow_pickle=allow_pickle)
+    def open(
+        self, *, create: bool = False, allow_pickle: bool = False, reads: bool = False
+    ) -> CheckpointManager:
+        """Open the selected store; an absent local store is an error unless ``create``.
+
+        ``--readonly`` opens it read-only; so does a command that only ``reads`` when
+        the store cannot be written (a read-only mount, someone else's directory).
+        """
+        url = self.settings().url
+        readonly = bool(getattr(self.args, "readonly", False))
+        if reads and not readonly:
+            readonly = store_is_read_only(url)
+        return open_store(url, create=create, allow_pickle=allow_pickle, readonly=readonly)
 
     def progress(self, label: str) -> Progress:
         """Return a progress display on stderr (silent unless stderr is a terminal)."""
@@ -98,6 +110,12 @@ def _global_options() -> argparse.ArgumentParser:
     g.add_argument("--store", metavar="URL", help="store URL or directory (default: config)")
     g.add_argument("--json", action="store_true", help="print JSON (schema in the README)")
     g.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    g.add_argument(
+        "--readonly",
+        action="store_true",
+        help="open the store read-only: write nothing (automatic for reading commands "
+        "on a store that cannot be written)",
+    )
     return p
 
 
@@ -119,11 +137,11 @@ def _since(text: str) -> datetime:
     """Parse --since: an ISO date/time (naive = local time) or an age like 2h, 3d."""
     try:
         return datetime.now().astimezone() - _config.parse_duration(text)
-    except ConfigError:
+    except (ConfigError, OverflowError):  # OverflowError: an age beyond year 1
         pass
     try:
         return datetime.fromisoformat(text).astimezone()
-    except ValueError:
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(
             f"not a time or age: {text!r} (use e.g. 2026-11-01, 2026-11-01T12:00Z or 3d)"
         ) from None

@@ -42,7 +42,7 @@ def _add_ls(sub: Any) -> argparse.ArgumentParser:
 
 def _ls(ctx: Context) -> int:
     a = ctx.args
-    with ctx.open() as mgr:
+    with ctx.open(reads=True) as mgr:
         cps = mgr.list(a.process, a.level, a.name, a.status, since=a.since, limit=a.limit)
     if a.tree:
         from ..tree import TreeNode, build_tree, render_tree
@@ -84,7 +84,7 @@ def _add_show(sub: Any) -> argparse.ArgumentParser:
 
 
 def _show(ctx: Context) -> int:
-    with ctx.open() as mgr:
+    with ctx.open(reads=True) as mgr:
         cp = mgr.get(ctx.args.id)
     view = checkpoint_view(cp)
     width = max(map(len, view))
@@ -116,7 +116,7 @@ def _add_cat(sub: Any) -> argparse.ArgumentParser:
 
 def _cat(ctx: Context) -> int:
     a = ctx.args
-    with ctx.open(allow_pickle=a.allow_pickle) as mgr:
+    with ctx.open(allow_pickle=a.allow_pickle, reads=True) as mgr:
         state = mgr.load(a.id)
     view = state_view(state, full=a.full)
     if ctx.json:
@@ -135,7 +135,7 @@ def _add_stats(sub: Any) -> argparse.ArgumentParser:
 
 
 def _stats(ctx: Context) -> int:
-    with ctx.open() as mgr:
+    with ctx.open(reads=True) as mgr:
         s = mgr.stats()
     lines = [
         f"store          {ctx.settings().url}",
@@ -172,7 +172,7 @@ def _add_runs(sub: Any) -> argparse.ArgumentParser:
 
 
 def _runs(ctx: Context) -> int:
-    with ctx.open() as mgr:
+    with ctx.open(reads=True) as mgr:
         runs = mgr.list_runs(ctx.args.process)
     rows = [["RUN", "PROCESS", "STATUS", "STARTED", "UPDATED", "ITEMS DONE", "ERROR"]]
     for r in runs:

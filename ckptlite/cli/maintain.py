@@ -55,7 +55,8 @@ def _add_verify(sub: Any) -> argparse.ArgumentParser:
         "check the store; exit 1 if any checkpoint is damaged",
         "ckptlite verify --full",
         description="Check that every checkpoint's chunks are present; with --full, read and "
-        "hash every byte. Damaged checkpoints are marked corrupted and listed; exit code 1.",
+        "hash every byte. Damaged checkpoints are marked corrupted (not on a read-only "
+        "store: --readonly, or a read-only disk) and listed; exit code 1.",
     )
     p.add_argument("--full", action="store_true", help="read and hash every chunk")
     p.set_defaults(func=_verify)
@@ -63,7 +64,7 @@ def _add_verify(sub: Any) -> argparse.ArgumentParser:
 
 
 def _verify(ctx: Context) -> int:
-    with ctx.open() as mgr, ctx.progress("verify") as bar:
+    with ctx.open(reads=True) as mgr, ctx.progress("verify") as bar:
         report = mgr.verify(full=ctx.args.full, progress=bar.update)
     kind = "full" if report.full else "quick (chunks present; --full hashes every byte)"
     lines = [f"checked {report.checked} checkpoints, {kind}"]
@@ -87,7 +88,7 @@ def _add_gc(sub: Any) -> argparse.ArgumentParser:
 
 
 def _gc(ctx: Context) -> int:
-    with ctx.open() as mgr, ctx.progress("gc"):
+    with ctx.open(reads=ctx.args.dry_run) as mgr, ctx.progress("gc"):
         r = mgr.gc(dry_run=ctx.args.dry_run)
     verb = "would remove" if r.dry_run else "removed"
     lines = [f"{verb} chunk {d}" for d in r.chunks] + [f"{verb} temp {t}" for t in r.temp_files]
@@ -144,7 +145,7 @@ def _prune(ctx: Context) -> int:
     policy = CheckpointPolicy(
         keep_last=s.keep_last, keep_every=s.keep_every, max_age=s.max_age, keep_best=s.keep_best
     )
-    with ctx.open() as mgr:
+    with ctx.open(reads=ctx.args.dry_run) as mgr:
         report = mgr.apply_retention(ctx.args.process, policy, dry_run=ctx.args.dry_run)
     verb = "would remove" if report.dry_run else "removed"
     lines = [report.explain()] if report.decisions else []
@@ -168,7 +169,7 @@ def _add_backup(sub: Any) -> argparse.ArgumentParser:
 
 
 def _backup(ctx: Context) -> int:
-    with ctx.open() as mgr, ctx.progress("backup") as bar:
+    with ctx.open(reads=True) as mgr, ctx.progress("backup") as bar:
         r = mgr.backup(ctx.args.dest, bar.update)
     ctx.emit(
         r,
@@ -196,7 +197,7 @@ def _add_export(sub: Any) -> argparse.ArgumentParser:
 def _export(ctx: Context) -> int:
     from ..archive import export_archive
 
-    with ctx.open() as mgr, ctx.progress("export") as bar:
+    with ctx.open(reads=True) as mgr, ctx.progress("export") as bar:
         r = export_archive(mgr, ctx.args.archive, bar.update)
     ctx.emit(r, f"exported {r.checkpoints} checkpoints ({_human(r.archive_bytes)}) to {r.path}")
     return EXIT_OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Any
 
 from ..errors import (
@@ -81,7 +82,7 @@ def _migrate(ctx: Context) -> int:
             ctx.out.flush()
 
     try:
-        mgr = ctx.open(create=not a.dry_run)
+        mgr = ctx.open(create=not a.dry_run, reads=a.dry_run)
     except ConfigError:
         if not a.dry_run:
             raise
@@ -126,9 +127,12 @@ def _sync(ctx: Context) -> int:
     from ..sync import sync
 
     a = ctx.args
-    here = ctx.settings().url
-    source, target = (here, a.to) if a.to else (a.from_url, here)
-    with ctx.progress("sync") as bar:
+    with contextlib.ExitStack() as stack:
+        here: Any = ctx.settings().url
+        if getattr(a, "readonly", False):  # a sync --from into it is then refused
+            here = stack.enter_context(ctx.open())
+        source, target = (here, a.to) if a.to else (a.from_url, here)
+        bar = stack.enter_context(ctx.progress("sync"))
         r = sync(source, target, a.process, progress=bar.update)
     lines = [
         f"synced {r.source} -> {r.target}: {r.checkpoints_copied} checkpoint(s) copied, "

@@ -245,12 +245,15 @@ def migrate(
         LegacyFormatError: no legacy checkpoints at ``source``.
         InvalidInputError: unknown ``format``.
         ConfigError: a DSN, but psycopg is missing or the server is unreachable.
+        ReadOnlyStoreError: ``target`` is open read-only (and not ``dry_run``).
 
     >>> import ckptlite, tempfile
     >>> with ckptlite.open("memory://") as mgr:
     ...     migrate(tempfile.mkdtemp(), mgr, format="pipeline").entries
     ()
     """
+    if not dry_run:
+        target._refuse_write("import legacy checkpoints")
     src = os.fspath(source)
     formats = (_format_name(format),) if format else detect_formats(src)
     shown = _redact(src)
