@@ -25,7 +25,7 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,15 +144,13 @@ class BlobDir:
         if final.exists():
             return 0
         fd = source._open_path(source.pack_path(name), f"pack {name}")
-        try:
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = f.read()
+        try:  # piece by piece: a pack's size (a sparse file's, say) is not memory to take
+            self._write_atomic(final, _pieces(fd), f"pack {name}")
         finally:
             os.close(fd)
-        self._write_atomic(final, [data], f"pack {name}")
-        return len(data)
+        return os.lstat(final).st_size
 
-    def _write_atomic(self, final: Path, parts: Sequence[bytes | memoryview], what: str) -> None:
+    def _write_atomic(self, final: Path, parts: Iterable[bytes | memoryview], what: str) -> None:
         # temp (flocked: gc skips a live writer's) -> write -> fsync -> rename -> dir fsync
         tmp = self.root / _TMP / f"{final.name[:16]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         # Creating the temp file can hit ENOSPC too (no inode left): same typed error.
@@ -188,14 +186,21 @@ class BlobDir:
             with _os_errors(f"syncing the directory of {what}"):
                 _fsync_dir(final.parent)
 
-    def read(self, digest: str) -> bytes:
-        """Return a chunk file's bytes.
+    def read(self, digest: str, limit: int | None = None) -> bytes:
+        """Return a chunk file's bytes (refused when the file is over ``limit`` bytes).
 
         Raises:
-            CorruptCheckpointError: the file is missing, unreadable or not a regular file.
+            CorruptCheckpointError: the file is missing, unreadable, not a regular file
+                or larger than ``limit``.
         """
         fd = self._open_path(self.path(digest), f"chunk {digest}", digest)
         try:
+            size = os.fstat(fd).st_size
+            if limit is not None and size > limit:  # before reading it into memory
+                raise CorruptCheckpointError(
+                    f"chunk file {digest} holds {size} bytes, more than any chunk",
+                    digest=digest,
+                )
             with os.fdopen(fd, "rb", closefd=False) as f:
                 return f.read()
         finally:
@@ -222,12 +227,26 @@ class BlobDir:
         """Return the ``n`` bytes of chunk ``digest`` at ``offset`` in pack ``name``.
 
         Read once into a fresh buffer and returned as a view of it (no second copy).
+        ``offset`` and ``n`` come from the chunk index: they are checked against the
+        pack's real size before the buffer is allocated.
 
         Raises:
             CorruptCheckpointError: the pack is missing, unreadable or too short.
         """
-        out = memoryview(bytearray(n))
-        if self.read_packed_into(name, offset, out, digest) != n:
+        fd = self._open_path(self.pack_path(name), f"chunk {digest} (pack {name})", digest)
+        try:
+            size = os.fstat(fd).st_size
+            if not 0 <= offset <= offset + n <= size:
+                raise CorruptCheckpointError(
+                    f"chunk {digest} is cut short in pack {name}: {n} bytes at {offset}, "
+                    f"the pack holds {size}",
+                    digest=digest,
+                )
+            out = memoryview(bytearray(n))
+            got = _pread_into(fd, out, offset)
+        finally:
+            os.close(fd)
+        if got != n:
             raise CorruptCheckpointError(
                 f"chunk {digest} is cut short in pack {name}", digest=digest
             )
@@ -417,6 +436,11 @@ def _unlink(path: Path) -> int:
     except FileNotFoundError:
         return 0
     return size
+
+
+def _pieces(fd: int, size: int = 8 << 20) -> Iterator[bytes]:
+    while data := os.read(fd, size):
+        yield data
 
 
 def _pread_into(fd: int, out: memoryview, offset: int) -> int:
