@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import copyreg
 import gzip
+import io
 import json
 import marshal
 import pathlib
@@ -484,7 +485,7 @@ def test_the_allow_list_is_exact_and_safe() -> None:
     for module, name in sorted(unpickler.ALLOWED_GLOBALS):
         assert "." not in name, (module, name)
         try:
-            obj = unpickler.RestrictedUnpickler(io_bytes()).find_class(module, name)
+            obj = unpickler.RestrictedUnpickler(io.BytesIO()).find_class(module, name)
         except Exception as e:
             unresolved.append(f"{module}.{name}: {type(e).__name__}")
             continue
@@ -492,12 +493,6 @@ def test_the_allow_list_is_exact_and_safe() -> None:
         assert getattr(obj, "__module__", "").split(".")[0] not in unpickler.NEVER_MODULES
     # Names of pandas 1 (Int64Index ...) resolve through their new place; nothing is left over.
     assert unresolved == []
-
-
-def io_bytes() -> Any:
-    import io
-
-    return io.BytesIO(b"")
 
 
 # -- what must still load -----------------------------------------------------------
