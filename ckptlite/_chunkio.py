@@ -217,8 +217,9 @@ def unpack_payload(payload: bytes, limit: int) -> bytes | memoryview:
     if kind == _PAYLOAD_ZSTD:
         try:
             size = zstandard.frame_content_size(body)
-            # Capped at the checkpoint's recorded size: a bomb fails before allocating.
-            if size < 0 or size > limit:
+            # Capped at the checkpoint's recorded size, and at what the frame's bytes can
+            # give (both sizes are only declared): a bomb fails before allocating.
+            if size < 0 or size > min(limit, len(body) * chunking.ZSTD_MAX_RATIO):
                 raise CorruptCheckpointError("state payload declares an impossible size")
             return zstandard.ZstdDecompressor().decompress(body, max_output_size=size)
         except zstandard.ZstdError as e:

@@ -8,29 +8,40 @@ An archive is an uncompressed tar (chunks are compressed already)::
     ckptlite-archive/store/blobs/packs/<64 hex>     chunks, many per pack file
     ckptlite-archive/store/blobs/<2 hex>/<64 hex>   one chunk (stores written before packs)
 
-Import reads only those names (regular files; no links, no other paths), opens
-the store the archive holds, verifies every byte, and only then copies the
-checkpoints the target lacks (parents first, chunks before the records that use
-them, runs and ledger merged: ``ckptlite.sync``). An archive that fails
-verification changes nothing.
+Import first reads every header, writing nothing: a compressed file (gzip, bzip2,
+xz, zstd, ... by its first bytes), a name other than those above, a link, device,
+FIFO, directory or sparse member, a name twice, a member reaching past the end
+of the file, a missing end-of-archive marker, or more bytes than the unpack
+directory has free, are refused there. Only then does it copy each member's
+declared bytes, piece by piece, into a fresh temp directory, open the store the
+archive holds, verify every byte, and copy the checkpoints the target lacks
+(parents first, chunks before the records that use them, runs and ledger
+merged: ``ckptlite.sync``). An archive that fails any check changes nothing.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import re
-import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from ._paths import os_error, to_path
-from .errors import CorruptCheckpointError, InvalidInputError
+from .errors import (
+    CorruptCheckpointError,
+    InvalidInputError,
+    StoreFullError,
+    StoreIOError,
+)
 from .manager import CheckpointManager, open_store
 from .sync import sync
 
@@ -45,6 +56,19 @@ _MEMBER_RE = re.compile(
 )
 
 Progress = Callable[[int, int | None], None]  # (done, total or None when unknown)
+
+#: First bytes of compressed files: an archive is the uncompressed tar export writes.
+_COMPRESSED = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"\x04\x22\x4d\x18": "lz4",
+    b"\x5d\x00\x00": "lzma",
+    b"PK\x03\x04": "zip",
+}
+_HEADER_MAX = 1 << 20  # ARCHIVE.json is a few hundred bytes
+_PIECE = 1 << 20  # bytes copied per read while unpacking
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,35 +160,49 @@ def import_archive(
     The copy is ``ckptlite.sync`` from the archive's store: checkpoints the
     store lacks, their chunks, runs and ledger entries. Idempotent: importing the
     same archive again adds nothing. The archive is unpacked in the temp
-    directory ($TMPDIR) first.
+    directory ($TMPDIR) first, and only once its headers have been checked.
 
     Raises:
-        InvalidInputError: ``path`` is not a ckptlite archive (store unchanged).
-        CorruptCheckpointError: the archive is damaged; names the checkpoints (store unchanged).
+        InvalidInputError: ``path`` is not a ckptlite archive, or is compressed (store
+            unchanged, nothing unpacked).
+        CorruptCheckpointError: the archive is damaged or truncated; names the
+            checkpoints when it can (store unchanged).
+        StoreFullError: the temp directory has less free space than the archive
+            declares (nothing unpacked).
         ReadOnlyStoreError: ``mgr`` is open read-only (nothing is unpacked).
     """
     mgr._refuse_write("import an archive")
     source = to_path(path, "archive")
-    with tempfile.TemporaryDirectory(prefix="ckptlite-import-") as tmp:
-        header = _unpack(source, Path(tmp))
-        with open_store(Path(tmp) / "store", durability="none", create=False) as src:
-            report = src.verify(full=True)
-            if not report.ok:
-                raise CorruptCheckpointError(
-                    f"archive {source} is damaged: {len(report.corrupted)} checkpoint(s) fail "
-                    f"verification ({', '.join(report.corrupted[:5])}); nothing was imported",
-                    hint="Export the archive again from a store that `ckptlite verify --full` "
-                    "passes.",
-                    path=str(source),
-                )
-            if report.checked != header.get("checkpoints"):
-                raise CorruptCheckpointError(
-                    f"archive {source} holds {report.checked} checkpoints, its header says "
-                    f"{header.get('checkpoints')}; nothing was imported",
-                    hint="The archive is truncated or was altered: export it again.",
-                )
-            stats = src.stats()
-            copied = sync(src, mgr, progress=progress)
+    try:
+        f = source.open("rb")
+    except FileNotFoundError:
+        raise InvalidInputError(f"no archive at {source}") from None
+    except OSError as e:  # a directory, no permission
+        raise os_error(e, f"reading {source}") from e
+    with f:
+        members, header = _plan(source, f)
+        _check_free_space(source, sum(size for _, _, size in members))
+        with tempfile.TemporaryDirectory(prefix="ckptlite-import-") as tmp:
+            _unpack(source, f, members, Path(tmp))
+            with open_store(Path(tmp) / "store", durability="none", create=False) as src:
+                report = src.verify(full=True)
+                if not report.ok:
+                    raise CorruptCheckpointError(
+                        f"archive {source} is damaged: {len(report.corrupted)} checkpoint(s) "
+                        f"fail verification ({', '.join(report.corrupted[:5])}); nothing was "
+                        "imported",
+                        hint="Export the archive again from a store that `ckptlite verify "
+                        "--full` passes.",
+                        path=str(source),
+                    )
+                if report.checked != header.get("checkpoints"):
+                    raise CorruptCheckpointError(
+                        f"archive {source} holds {report.checked} checkpoints, its header says "
+                        f"{header.get('checkpoints')}; nothing was imported",
+                        hint="The archive is truncated or was altered: export it again.",
+                    )
+                stats = src.stats()
+                copied = sync(src, mgr, progress=progress)
     return ArchiveReport(
         str(source),
         stats["checkpoints"],
@@ -176,39 +214,89 @@ def import_archive(
     )
 
 
-def _unpack(archive: Path, dest: Path) -> dict[str, object]:
-    """Extract the archive's known members into ``dest``; return its header."""
+_Member = tuple[str, int, int]  # name, offset of its data in the archive, size
+
+
+def _plan(archive: Path, f: BinaryIO) -> tuple[list[_Member], dict[str, object]]:
+    """Read and check every header of the archive; return its members and ARCHIVE.json.
+
+    Nothing is written: every refusal happens here, before anything is unpacked.
+
+    Raises:
+        InvalidInputError: compressed, foreign, or a member export never writes.
+        CorruptCheckpointError: truncated, or sizes that reach past the end of the file.
+    """
     not_archive = f"{archive} is not a ckptlite archive"
+    first = f.read(8)
+    for magic, kind in _COMPRESSED.items():
+        if first.startswith(magic):
+            raise InvalidInputError(
+                f"{archive} is {kind}-compressed; a ckptlite archive is the uncompressed "
+                "tar file `ckptlite export` writes",
+                hint="Decompress it first (gunzip, xz -d, zstd -d, ...) and import the .tar.",
+            )
+    file_size = os.fstat(f.fileno()).st_size
+    damaged = f"archive {archive} is truncated or damaged"
     try:
-        tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the with below
-    except FileNotFoundError:
-        raise InvalidInputError(f"no archive at {archive}") from None
+        f.seek(0)
+        tar = tarfile.open(fileobj=f, mode="r:")  # noqa: SIM115 - closed by the with below
     except tarfile.TarError as e:
         raise InvalidInputError(f"{not_archive}: {e}") from None
-    except OSError as e:  # a directory, no permission
-        raise os_error(e, f"reading {archive}") from e
-    header: dict[str, object] | None = None
+    members: list[_Member] = []
+    seen: set[str] = set()
     try:
-        with tar:
-            for member in tar:
-                m = _MEMBER_RE.match(member.name)
-                if m is None or not member.isreg():
-                    raise InvalidInputError(f"{not_archive}: unexpected member {member.name!r}")
-                out = dest / member.name.removeprefix(f"{_ROOT}/")
-                if out.exists():
-                    raise InvalidInputError(f"{not_archive}: {member.name!r} appears twice")
-                out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                src = tar.extractfile(member)
-                assert src is not None  # a regular file always has data
-                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                with src, os.fdopen(fd, "wb") as f:
-                    shutil.copyfileobj(src, f)
-                if m.group(1) == "ARCHIVE.json":
-                    header = json.loads(out.read_text())
-    except InvalidInputError:
-        raise
-    except (tarfile.TarError, EOFError, ValueError) as e:  # truncated, bad gzip, bad header
-        raise CorruptCheckpointError(f"archive {archive} is damaged: {e}") from None
+        with tar:  # iterating reads each header and seeks past the data
+            for m in tar:
+                if _MEMBER_RE.match(m.name) is None:
+                    raise InvalidInputError(f"{not_archive}: unexpected member {m.name!r}")
+                if m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE) or m.sparse is not None:
+                    raise InvalidInputError(
+                        f"{not_archive}: member {m.name!r} is not a regular file"
+                    )
+                if m.name in seen:
+                    raise InvalidInputError(f"{not_archive}: {m.name!r} appears twice")
+                seen.add(m.name)
+                if not 0 <= m.offset_data <= m.offset_data + m.size <= file_size:
+                    raise CorruptCheckpointError(
+                        f"{damaged}: {m.name!r} declares {m.size} bytes, the file ends first",
+                        hint="Copy or download the archive again; export it again if the "
+                        "copy is truncated too.",
+                        path=str(archive),
+                    )
+                members.append((m.name, m.offset_data, m.size))
+            end = tar.offset
+    except tarfile.TarError as e:
+        raise CorruptCheckpointError(f"{damaged}: {e}", path=str(archive)) from None
+    # tarfile stops quietly at a missing or garbled header: only the end-of-archive
+    # marker (two zero blocks) says that nothing was cut off.
+    f.seek(end)
+    if f.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
+        raise CorruptCheckpointError(
+            f"{damaged}: no end-of-archive marker after {len(members)} member(s)",
+            hint="Copy or download the archive again; export it again if the copy is "
+            "truncated too.",
+            path=str(archive),
+        )
+    return members, _header(archive, f, members)
+
+
+def _header(archive: Path, f: BinaryIO, members: list[_Member]) -> dict[str, object]:
+    """Read and check ARCHIVE.json (bounded), and that the database is there.
+
+    Raises:
+        InvalidInputError: no header, an oversized or foreign one, another version.
+        CorruptCheckpointError: no database.
+    """
+    not_archive = f"{archive} is not a ckptlite archive"
+    found = {name: (offset, size) for name, offset, size in members}
+    offset, size = found.get(f"{_ROOT}/ARCHIVE.json", (0, -1))
+    header: object = None
+    if 0 <= size <= _HEADER_MAX:
+        f.seek(offset)
+        try:
+            header = json.loads(f.read(size))
+        except ValueError:
+            header = None
     if not isinstance(header, dict) or header.get("format") != ARCHIVE_FORMAT:
         raise InvalidInputError(f"{not_archive}: no ARCHIVE.json header")
     if header.get("version") != ARCHIVE_VERSION:
@@ -217,6 +305,68 @@ def _unpack(archive: Path, dest: Path) -> dict[str, object]:
             f"{ARCHIVE_VERSION}",
             hint="Upgrade ckptlite.",
         )
-    if not (dest / "store" / "ckptlite.db").is_file():
-        raise CorruptCheckpointError(f"archive {archive} has no database")
+    if f"{_ROOT}/store/ckptlite.db" not in found:
+        raise CorruptCheckpointError(f"archive {archive} has no database", path=str(archive))
     return header
+
+
+def _check_free_space(archive: Path, declared: int) -> None:
+    """Refuse, before writing, an archive that declares more than $TMPDIR has free.
+
+    Raises:
+        StoreFullError: the unpack directory has not that much free space.
+    """
+    where = tempfile.gettempdir()
+    st = os.statvfs(where)
+    free = st.f_bavail * st.f_frsize
+    need = declared + (declared >> 6) + (1 << 20)  # and room for directories, SQLite's -wal
+    if need > free:
+        raise StoreFullError(
+            f"archive {archive} declares {declared} bytes; {where} has {free} bytes free "
+            "to unpack it",
+            hint="Free space there, or point TMPDIR at a directory with room for the "
+            "archive (TMPDIR=/big/dir ckptlite import-archive ...).",
+        )
+
+
+def _unpack(archive: Path, f: BinaryIO, members: list[_Member], dest: Path) -> None:
+    """Copy each member's declared bytes, and not one more, into ``dest``.
+
+    Raises:
+        CorruptCheckpointError: the file got shorter than its headers said.
+        StoreFullError, StoreIOError: the disk filled up or failed.
+    """
+    fd = f.fileno()
+    for name, offset, size in members:
+        out = dest / name.removeprefix(f"{_ROOT}/")
+        out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with _disk_errors(f"unpacking {name}"):
+            w = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                at, end = offset, offset + size
+                while at < end:  # reads stop at the declared end: more never arrives
+                    piece = os.pread(fd, min(_PIECE, end - at), at)
+                    if not piece:
+                        raise CorruptCheckpointError(
+                            f"archive {archive} got shorter while it was read ({name!r})",
+                            path=str(archive),
+                        )
+                    view = memoryview(piece)
+                    while view:
+                        view = view[os.write(w, view) :]
+                    at += len(piece)
+            finally:
+                os.close(w)
+
+
+@contextmanager
+def _disk_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFullError(
+                f"{what}: the disk is full",
+                hint="Free space in the temp directory, or point TMPDIR at a bigger one.",
+            ) from e
+        raise StoreIOError(f"{what}: {e.strerror or e}") from e

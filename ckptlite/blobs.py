@@ -39,7 +39,7 @@ import re
 import secrets
 import stat
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,16 +274,15 @@ class BlobDir:
         if self._lstat(sub, name) is not None:
             return 0
         fd = source._open_file(sub, name, f"pack {name}")
-        try:
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = f.read()
+        try:  # piece by piece: a pack's size (a sparse file's, say) is not memory to take
+            self._write_atomic(sub, name, _pieces(fd), f"pack {name}")
         finally:
             os.close(fd)
-        self._write_atomic(sub, name, [data], f"pack {name}")
-        return len(data)
+        st = self._lstat(sub, name)
+        return st.st_size if st is not None else 0
 
     def _write_atomic(
-        self, sub: str, name: str, parts: Sequence[bytes | memoryview], what: str
+        self, sub: str, name: str, parts: Iterable[bytes | memoryview], what: str
     ) -> None:
         # temp (flocked: gc skips a live writer's) -> write -> fsync -> rename -> dir fsync
         self._writable(f"writing {what}")
@@ -324,14 +323,21 @@ class BlobDir:
 
     # -- reading ------------------------------------------------------------------
 
-    def read(self, digest: str) -> bytes:
-        """Return a chunk file's bytes.
+    def read(self, digest: str, limit: int | None = None) -> bytes:
+        """Return a chunk file's bytes (refused when the file is over ``limit`` bytes).
 
         Raises:
-            CorruptCheckpointError: the file is missing, unreadable or not a regular file.
+            CorruptCheckpointError: the file is missing, unreadable, not a regular file
+                or larger than ``limit``.
         """
         fd = self._open_file(*self._chunk(digest), f"chunk {digest}", digest)
         try:
+            size = os.fstat(fd).st_size
+            if limit is not None and size > limit:  # before reading it into memory
+                raise CorruptCheckpointError(
+                    f"chunk file {digest} holds {size} bytes, more than any chunk",
+                    digest=digest,
+                )
             with os.fdopen(fd, "rb", closefd=False) as f:
                 return f.read()
         finally:
@@ -358,12 +364,26 @@ class BlobDir:
         """Return the ``n`` bytes of chunk ``digest`` at ``offset`` in pack ``name``.
 
         Read once into a fresh buffer and returned as a view of it (no second copy).
+        ``offset`` and ``n`` come from the chunk index: they are checked against the
+        pack's real size before the buffer is allocated.
 
         Raises:
             CorruptCheckpointError: the pack is missing, unreadable or too short.
         """
-        out = memoryview(bytearray(n))
-        if self.read_packed_into(name, offset, out, digest) != n:
+        fd = self._open_file(*self._pack(name), f"chunk {digest} (pack {name})", digest)
+        try:
+            size = os.fstat(fd).st_size
+            if not 0 <= offset <= offset + n <= size:
+                raise CorruptCheckpointError(
+                    f"chunk {digest} is cut short in pack {name}: {n} bytes at {offset}, "
+                    f"the pack holds {size}",
+                    digest=digest,
+                )
+            out = memoryview(bytearray(n))
+            got = _pread_into(fd, out, offset)
+        finally:
+            os.close(fd)
+        if got != n:
             raise CorruptCheckpointError(
                 f"chunk {digest} is cut short in pack {name}", digest=digest
             )
@@ -757,6 +777,11 @@ class PackWriter:
             if self.blobs.fsync:
                 with _os_errors(f"syncing the directory of pack {self.name}"):
                     os.fsync(packs)
+
+
+def _pieces(fd: int, size: int = 8 << 20) -> Iterator[bytes]:
+    while data := os.read(fd, size):
+        yield data
 
 
 def _pread_into(fd: int, out: memoryview, offset: int) -> int:

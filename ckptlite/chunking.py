@@ -22,6 +22,7 @@ __all__ = [
     "CODEC_ZSTD",
     "EMPTY_MANIFEST",
     "MAX_CHUNK",
+    "ZSTD_MAX_RATIO",
     "Manifest",
     "check_chunk",
     "compress_chunk",
@@ -37,6 +38,8 @@ __all__ = [
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 MAX_CHUNK = 64 << 20  # the largest chunk_size a store may be opened with
+#: zstd's largest expansion: a 4-byte RLE block (3-byte header, 1 byte) gives 128 KiB.
+ZSTD_MAX_RATIO = 1 << 15
 _PROBE = 16 * 1024  # compress a slice first; skip zstd on data it cannot shrink
 
 #: Per buffer: the (digest hex, raw size) of each chunk, in order.
@@ -91,6 +94,11 @@ def raw_bytes(chunk: StoredChunk) -> bytes | memoryview:
         CorruptCheckpointError: the size or the frame does not match.
     """
     size = chunk.size
+    if not 0 <= size <= MAX_CHUNK:  # a size the row declares: check it before allocating
+        raise CorruptCheckpointError(
+            f"chunk {chunk.digest} declares {size} bytes, more than any chunk holds",
+            digest=chunk.digest,
+        )
     if chunk.codec == CODEC_RAW:
         if len(chunk.data) != size:
             raise CorruptCheckpointError(
@@ -101,7 +109,7 @@ def raw_bytes(chunk: StoredChunk) -> bytes | memoryview:
         raise CorruptCheckpointError(f"chunk {chunk.digest} has unknown codec {chunk.codec}")
     try:
         declared = zstandard.frame_content_size(chunk.data)
-        if declared != size:
+        if declared != size or size > len(chunk.data) * ZSTD_MAX_RATIO:
             raise CorruptCheckpointError(
                 f"chunk {chunk.digest} declares {declared} bytes, expected {size}",
                 digest=chunk.digest,

@@ -60,6 +60,8 @@ INLINE_MAX = 64 * 1024
 _EDGE = 4096
 #: A pack holds at most this many bytes (more when one chunk alone is bigger).
 PACK_MAX = 64 << 20
+# chunking.MAX_CHUNK: no chunk is larger, raw or compressed (zstd is kept only when smaller).
+_MAX_CHUNK = 64 << 20
 
 
 def _insert_checkpoint(conn: apsw.Connection, record: StoredRecord, metadata_json: str) -> None:
@@ -103,6 +105,20 @@ def _scratch(n: int) -> bytearray:
         bufs.clear()  # the last chunk of a buffer is smaller: keep one size only
         buf = bufs[n] = bytearray(n)
     return buf
+
+
+def _check_declared(digest: str, size: int, stored: int, offset: int | None) -> None:
+    """Refuse a chunk row whose sizes no chunk has, before anything is allocated for it.
+
+    Raises:
+        CorruptCheckpointError: a size beyond the largest chunk, or a negative offset.
+    """
+    if not (0 <= size <= _MAX_CHUNK and 0 <= stored <= _MAX_CHUNK and (offset or 0) >= 0):
+        raise CorruptCheckpointError(
+            f"chunk {digest} declares {size} bytes, {stored} stored at offset {offset}: "
+            "more than any chunk holds",
+            digest=digest,
+        )
 
 
 _Moved = tuple[str, str, bytes | memoryview]  # digest, the pack it leaves, its stored bytes
@@ -376,6 +392,7 @@ class LocalBackend(LocalLedgerMixin):
         size, codec, data, pack, offset, stored = self._chunk_row(digest)
         if data is not None:
             return StoredChunk(digest, size, codec, data)
+        _check_declared(digest, size, stored, offset)
         if pack is None:  # one file per chunk: stores written before packs
             if out is not None and codec == _CODEC_RAW and size == out.nbytes:
                 if self.blobs.read_into(digest, out) != size:
@@ -383,7 +400,7 @@ class LocalBackend(LocalLedgerMixin):
                         f"chunk {digest} is truncated or padded", digest=digest
                     )
                 return StoredChunk(digest, size, codec, out)
-            return StoredChunk(digest, size, codec, self.blobs.read(digest))
+            return StoredChunk(digest, size, codec, self.blobs.read(digest, _MAX_CHUNK))
         into = (
             out
             if out is not None and codec == _CODEC_RAW and size == stored == out.nbytes
@@ -408,6 +425,7 @@ class LocalBackend(LocalLedgerMixin):
                 if attempt == 2 or moved[3] is None or moved[3] == where:
                     raise
                 where, offset = moved[3], moved[4]
+                _check_declared(digest, size, stored, offset)
         raise AssertionError("unreachable")
 
     # -- records --------------------------------------------------------------
@@ -854,7 +872,7 @@ class LocalBackend(LocalLedgerMixin):
                 snap.close()
             total = len(files) + len(packs)
             for i, d in enumerate(files, 1):
-                target.write(d, self.blobs.read(d))
+                target.write(d, self.blobs.read(d, _MAX_CHUNK))
                 if progress:
                     progress(i, total)
             for i, name in enumerate(packs, len(files) + 1):

@@ -209,7 +209,9 @@ def _add_import_archive(sub: Any) -> argparse.ArgumentParser:
         "import-archive",
         "verify an archive from `ckptlite export`, then add what the store lacks",
         "ckptlite --store ./ckpts import-archive ckpts-2026-11-26.tar",
-        description="Unpack the archive in the temp directory, hash every byte, and only if "
+        description="Check every header first (only the uncompressed tar export writes, "
+        "with export's names, regular files, sizes within the file and the free space of "
+        "$TMPDIR), unpack the archive in the temp directory, hash every byte, and only if "
         "all of it verifies add the checkpoints the store lacks (creating the store if "
         "needed). A damaged archive changes nothing and exits 1. Importing twice adds "
         "nothing the second time.",

@@ -5,11 +5,17 @@ checksum. Each case below plants one whose recorded size is 1 KB but whose
 bytes declare far more (a 1 GiB zstd bomb, 2**32-element containers, a 1 GiB
 buffer in the manifest) or nest thousands deep. Each runs in a fresh child
 process that reports the typed error and its peak RSS growth (ru_maxrss).
+
+Issue 13 item 5 adds sizes the database merely declares: a chunk row whose
+stored_size is 2**40 or whose pack offset is 2**62, a record whose size and
+payload frame both claim 2**40 bytes; and a sync of the store to another, which
+reads every chunk too.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import resource
 import subprocess
 import sys
@@ -63,9 +69,16 @@ SKELETONS: dict[str, Any] = {
     "ndarray-object-dtype": _ndarray("|O", [1], b"\x00" * 8),
     "ndarray-buffer-index-out-of-range": _ndarray("<f8", [4], 7),
 }
+#: Chunk rows edited after a good save: what they declare is not what the pack holds.
+ROWS = {
+    "chunk-row-stored_size-2**40": "UPDATE chunks SET stored_size = 1 << 40 WHERE pack IS NOT NULL",
+    "chunk-row-pack_offset-2**62": "UPDATE chunks SET pack_offset = 1 << 62 WHERE pack IS NOT NULL",
+}
 CASES = [
     *SKELETONS,
+    *ROWS,
     "payload-zstd-bomb-1GiB",
+    "payload-and-size-declare-2**40",
     "chunk-zstd-bomb-1GiB",
     "manifest-declares-1GiB-buffer",
     "manifest-digest-is-a-1G-int",
@@ -75,6 +88,7 @@ CASES = [
 def plant(store: str, case: str) -> str:
     """Commit one hostile record (valid checksum) after a good one; return its id."""
     import msgpack
+    import zstandard
 
     import ckptlite
     from ckptlite import chunking
@@ -82,6 +96,13 @@ def plant(store: str, case: str) -> str:
 
     mgr = ckptlite.open(store, durability="none")
     good = mgr.save("bomb", {"ok": 1})
+    if case in ROWS:  # a real chunk in a pack, then its row says otherwise
+        cp = mgr.save("bomb", {"r": random.Random(7).randbytes(300_000)})
+        with mgr.backend.db.write() as conn:  # type: ignore[attr-defined]
+            conn.execute(ROWS[case])
+        mgr.close()
+        return cp.id
+    size = 1000
     manifest: list[Any] = []
     digests: tuple[str, ...] = ()
     payload = b"\x00" + msgpack.packb({"ok": 2})
@@ -90,6 +111,10 @@ def plant(store: str, case: str) -> str:
         payload = b"\x00" + skel
     elif case == "payload-zstd-bomb-1GiB":
         payload = b"\x01" + _zstd_bomb(GIB)
+    elif case == "payload-and-size-declare-2**40":
+        # A 55-byte frame whose header claims 2**40 bytes, and a record that agrees.
+        cobj = zstandard.ZstdCompressor(write_content_size=True).compressobj(size=1 << 40)
+        payload, size = b"\x01" + cobj.compress(bytes(1 << 20)), 1 << 40
     elif case == "chunk-zstd-bomb-1GiB":
         d = "ab" * 32
         mgr.backend.write_chunks([StoredChunk(d, 1000, chunking.CODEC_ZSTD, _zstd_bomb(GIB))])
@@ -105,7 +130,7 @@ def plant(store: str, case: str) -> str:
     manifest_bytes = msgpack.packb(manifest, use_bin_type=True)
     cp = good.replace(
         id=ckptlite.generate_checkpoint_id(good.level),
-        size=1000,
+        size=size,
         checksum=chunking.record_checksum(payload, manifest_bytes),
     )
     mgr.backend.commit(StoredRecord(cp, payload, manifest_bytes, digests))
@@ -134,6 +159,13 @@ def child(store: str, case: str) -> None:
         # verify checks stored bytes against their checksums (these match: the
         # record was planted whole); it must finish, bounded, naming nothing else.
         out["verify"] = set(mgr.verify(full=True).corrupted) <= {cid}
+        # sync reads and checks every chunk it copies: bounded too, typed.
+        with ckptlite.open("memory://") as other:
+            try:
+                report = ckptlite.sync(mgr, other)
+                out["sync"] = "ok" if report.ok else "refused"
+            except ckptlite.CkptliteError as e:
+                out["sync"] = type(e).__name__
     out["rss_growth_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     print(json.dumps(out))
 
@@ -153,6 +185,7 @@ def test_hostile_record_gives_typed_error_with_bounded_memory(tmp_path: Path, ca
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["load"] == "CorruptCheckpointError", out
     assert out["fallback"] and out["verify"], out
+    assert out["sync"] in ("ok", "refused"), out
     assert out["rss_growth_kb"] < RSS_BOUND_KB, out
 
 
@@ -170,6 +203,14 @@ def test_nesting_limit_is_the_same_for_save_and_load(tmp_path: Path) -> None:
         with pytest.raises(ckptlite.UnsupportedTypeError):
             mgr.save("deep", (ok,))
         assert len(mgr.list()) == 1
+
+
+def test_the_backend_bound_is_the_chunk_bound() -> None:
+    """The local backend checks chunk rows against chunking's bound (it cannot import it)."""
+    from ckptlite import chunking
+    from ckptlite.backends import local
+
+    assert local._MAX_CHUNK == chunking.MAX_CHUNK
 
 
 if __name__ == "__main__":
