@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .backends.local import DB_NAME, forget_store_file
 from .errors import CorruptCheckpointError, InvalidInputError
 from .manager import CheckpointManager, open_store
 from .sync import sync
@@ -94,6 +95,11 @@ def export_archive(
                 sync(mgr, copy, progress=progress)
         with open_store(store, durability="none", create=False) as copy:
             stats = copy.stats()
+        # The snapshot has its own store id (a backup's, or a new store's). Unbound
+        # from this temp file, it keeps that id wherever it is unpacked: importing
+        # one archive twice is a no-op. Two stores unpacked from it by hand share
+        # the id; sync tells them apart by its marks (sync.py).
+        forget_store_file(store / DB_NAME)
         header = {
             "format": ARCHIVE_FORMAT,
             "version": ARCHIVE_VERSION,

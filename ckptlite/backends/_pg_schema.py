@@ -126,6 +126,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE TABLE {ledger_clock} (k INTEGER PRIMARY KEY CHECK (k = 1), v BIGINT NOT NULL)",
         "INSERT INTO {ledger_clock} (k, v) VALUES (1, 0)",
     ),
+    (
+        # A mark also names the source's checkpoint at its seq: a source holding
+        # another one there is a copy of the store that made the mark (sync.py).
+        "ALTER TABLE {sync_marks} ADD COLUMN checkpoint_id TEXT",
+    ),
 ]
 
 

@@ -606,12 +606,25 @@ class PostgresBackend(LedgerMixin):
         row = self._run("reading sync marks", lambda c: c.execute(q, (source,)).fetchone())
         return int(row[0]) if row else 0
 
-    def import_records(self, records: Sequence[StoredRecord], source: str, mark: int) -> int:
+    def sync_mark_id(self, source: str) -> str | None:
+        q = self._q("SELECT checkpoint_id FROM {sync_marks} WHERE source = %s")
+        row = self._run("reading sync marks", lambda c: c.execute(q, (source,)).fetchone())
+        return None if row is None or row[0] is None else str(row[0])
+
+    def import_records(
+        self,
+        records: Sequence[StoredRecord],
+        source: str,
+        mark: int,
+        mark_id: str | None = None,
+        *,
+        reset: bool = False,
+    ) -> int:
         from ._pg_import import import_records
 
         return self._run(  # staged rows already present are skipped: safe to redo
             "importing checkpoints",
-            lambda conn: import_records(self, conn, records, source, mark),
+            lambda conn: import_records(self, conn, records, source, mark, mark_id, reset),
             write=True,
             idempotent=True,
         )
