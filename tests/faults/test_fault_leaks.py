@@ -129,6 +129,7 @@ def our_pg_backends(admin: Any) -> int:
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_postgres_syncs_and_threads_keep_connections_bounded(
     pg_schema: str, tmp_path: Path
 ) -> None:
