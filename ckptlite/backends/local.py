@@ -28,6 +28,8 @@ from ..errors import (
     CorruptCheckpointError,
     InvalidInputError,
     MissingChunksError,
+    StoreFullError,
+    StoreLockedError,
 )
 from ..types import (
     Checkpoint,
@@ -185,7 +187,9 @@ class LocalBackend(LocalLedgerMixin):
         ``store_file`` records the database file's (device, inode); another file
         means a copy. A move on one file system keeps the inode; a move to another
         one looks like a copy, which only makes targets scan it once more. A
-        store that cannot be written keeps its id.
+        store that cannot be written now (read-only, full, busy) keeps its id
+        until an open can: this check never makes an open fail, and sync's mark
+        check covers a copy meanwhile.
         """
         try:
             st = os.stat(self.root / DB_NAME)
@@ -206,7 +210,7 @@ class LocalBackend(LocalLedgerMixin):
                         "WHERE key = 'store_id'"
                     )
                 _record_file(conn, here)
-        except apsw.ReadOnlyError:
+        except (apsw.ReadOnlyError, StoreFullError, StoreLockedError):
             pass
 
     # -- chunks ---------------------------------------------------------------
