@@ -17,8 +17,9 @@ digest and no state is ever decoded.
   that holds another checkpoint there, or whose newest checkpoint the target
   lacks while its seqs stop short of the mark, is not the history the mark
   was made from (a copy of the store, ``cp -r``, with its store id) and is
-  scanned again from the start. On PostgreSQL targets a transaction-level advisory lock per source
-  store makes concurrent syncers of one store take turns batch by batch.
+  scanned again from the start. On PostgreSQL targets a transaction-level
+  advisory lock per source store makes concurrent syncers of one store take
+  turns batch by batch.
 - **Runs and the work-item ledger** changed since the target's ledger mark are
   merged: a run by the later ``updated_at``, an item by ``ledger_entry_wins``
   (done beats failed; a done-mark is never replaced).
