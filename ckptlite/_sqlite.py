@@ -1,6 +1,8 @@
 """Every SQLite setting in one place: pragmas, writers, migrations, fork guard.
 
-One apsw connection per thread (and per process: a fork gets fresh ones).
+One apsw connection per thread (and per process: a fork gets fresh ones),
+closed when its thread ends (``_perthread``): each holds three descriptors
+(the database, its -wal and -shm).
 Writers use ``BEGIN IMMEDIATE`` so a busy store waits up to the busy timeout at
 the start of a transaction instead of failing half-way. The stdlib ``sqlite3``
 module is never used on a store.
@@ -28,6 +30,7 @@ from typing import Any
 import apsw
 
 from ._paths import os_error
+from ._perthread import ThreadOwner
 from .errors import (
     ConfigError,
     InvalidInputError,
@@ -178,10 +181,11 @@ class Database:
             conn = None  # an immutable view of a file that changed: this thread reopens
         if conn is None:
             conn = self._open()
-            self._local.conn = conn
-            self._local.generation = self._generation
             with self._lock:
                 self._all.append(conn)
+            self._local.conn = conn
+            self._local.generation = self._generation
+            self._local.owner = ThreadOwner(conn, self._all, self._lock, _close, _INHERITED)
         return conn
 
     def _after_fork(self) -> None:
@@ -424,10 +428,11 @@ class Database:
             self._after_fork()
             return
         with self._lock:
-            conns, self._all = self._all, []
+            # Emptied in place: the threads' owners look for their connection in it.
+            conns = list(self._all)
+            self._all.clear()
         for c in conns:
-            with contextlib.suppress(apsw.Error):
-                c.close()
+            _close(c)
         self._local = threading.local()
 
     def backup_to(self, dest: Path, progress: Callable[[int, int], None] | None = None) -> None:
@@ -458,6 +463,11 @@ def _file_stamp(path: Path) -> tuple[int, ...]:
     except FileNotFoundError:
         wal = -1
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, wal)
+
+
+def _close(conn: apsw.Connection) -> None:
+    with contextlib.suppress(apsw.Error):
+        conn.close()
 
 
 def _scalar(conn: apsw.Connection, sql: str) -> Any:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ._paths import os_error, to_path
+from .backends.local import DB_NAME, forget_store_file
 from .errors import (
     CorruptCheckpointError,
     InvalidInputError,
@@ -126,6 +127,11 @@ def _export(mgr: CheckpointManager, target: Path, progress: Progress | None) -> 
                 sync(mgr, copy, progress=progress)
         with open_store(store, durability="none", create=False) as copy:
             stats = copy.stats()
+        # The snapshot has its own store id (a backup's, or a new store's). Unbound
+        # from this temp file, it keeps that id wherever it is unpacked: importing
+        # one archive twice is a no-op. Two stores unpacked from it by hand share
+        # the id; sync tells them apart by its marks (sync.py).
+        forget_store_file(store / DB_NAME)
         header = {
             "format": ARCHIVE_FORMAT,
             "version": ARCHIVE_VERSION,

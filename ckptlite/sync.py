@@ -13,8 +13,13 @@ digest and no state is ever decoded.
   its records and the new mark in ONE target transaction: the mark never
   moves past records the target has not committed, and ids already there are
   skipped, so an interrupted sync is simply rerun and a second run copies
-  nothing. On PostgreSQL targets a transaction-level advisory lock per source
-  store makes concurrent syncers of one store take turns batch by batch.
+  nothing. The mark also names the source's checkpoint at its seq: a source
+  that holds another checkpoint there, or whose newest checkpoint the target
+  lacks while its seqs stop short of the mark, is not the history the mark
+  was made from (a copy of the store, ``cp -r``, with its store id) and is
+  scanned again from the start. On PostgreSQL targets a transaction-level
+  advisory lock per source store makes concurrent syncers of one store take
+  turns batch by batch.
 - **Runs and the work-item ledger** changed since the target's ledger mark are
   merged: a run by the later ``updated_at``, an item by ``ledger_entry_wins``
   (done beats failed; a done-mark is never replaced).
@@ -43,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _inputs, chunking
-from .backends.base import Backend
+from .backends.base import Backend, ListQuery
 from .errors import (
     CheckpointNotFoundError,
     CkptliteError,
@@ -180,6 +185,7 @@ class _Job:
         self.runs = self.items = 0
         self.failed: list[str] = []
         self.mark = 0
+        self.mark_id: str | None = None
 
     def report(self, seconds: float) -> SyncReport:
         return SyncReport(
@@ -212,7 +218,12 @@ class _Job:
     # -- checkpoints and chunks -------------------------------------------------------
 
     def _records(self, key: str) -> None:
-        self.mark = self.dst.sync_mark(key)
+        self.mark, self.mark_id = self.dst.sync_mark(key), self.dst.sync_mark_id(key)
+        if self.mark and self.mark_id is not None and not self._mark_holds():
+            # Another history under the same store id: start over. Records the
+            # target has are skipped, so this copies only what it lacks.
+            self.dst.import_records([], key, 0, None, reset=True)
+            self.mark, self.mark_id = 0, None
         # Read the next batch from the source while the target commits this one.
         with ThreadPoolExecutor(1, thread_name_prefix="ckptlite-sync") as pool:
             ahead = pool.submit(self.src.records_after, self.mark, self.batch_size, self.process_id)
@@ -221,28 +232,41 @@ class _Job:
                 ahead = pool.submit(self.src.records_after, last, self.batch_size, self.process_id)
                 self._batch(key, batch, last)
 
+    def _mark_holds(self) -> bool:
+        """Tell whether the source is the history the target's mark was made from."""
+        nxt = self.src.records_after(self.mark - 1, 1, self.process_id)
+        if nxt:
+            cp = nxt[0].checkpoint
+            # Past the mark only: the checkpoint at the mark was deleted at the source.
+            return cp.seq > self.mark or cp.id == self.mark_id
+        # The source stops short of the mark: it deleted its newest checkpoints (the
+        # target has the ones left), or it is a copy that forked before the mark.
+        newest = self.src.list(ListQuery(process_id=self.process_id, limit=1))
+        return not newest or bool(self.dst.has_records([newest[0].id]))
+
     def _batch(self, key: str, batch: list[StoredRecord], last: int) -> None:
         present = self.dst.has_records(r.checkpoint.id for r in batch)
         fresh = [r for r in batch if r.checkpoint.id not in present]
         self.skipped += len(batch) - len(fresh)
         fresh = self._with_ancestors(fresh)
         fresh = self._copy_chunks(fresh)
+        last_id = batch[-1].checkpoint.id
         for attempt in range(3):
             try:
-                self.copied += self.dst.import_records(fresh, key, last)
+                self.copied += self.dst.import_records(fresh, key, last, last_id)
                 break
             except MissingChunksError as e:  # a gc in the target took some: copy again
                 if attempt == 2:
                     raise
                 self._write(list(e.digests))
             except InvalidInputError:
-                self._one_by_one(fresh, key, last)
+                self._one_by_one(fresh, key, last, last_id)
                 break
-        self.mark = last
+        self.mark, self.mark_id = last, last_id
         if self.progress is not None:
             self.progress(self.copied + self.skipped, None)
 
-    def _one_by_one(self, fresh: list[StoredRecord], key: str, last: int) -> None:
+    def _one_by_one(self, fresh: list[StoredRecord], key: str, last: int, last_id: str) -> None:
         """Import record by record, so one the target refuses stops only itself.
 
         A refused record (say, a process id too long for PostgreSQL) and its
@@ -250,10 +274,10 @@ class _Job:
         """
         for rec in fresh:
             try:
-                self.copied += self.dst.import_records([rec], key, self.mark)
+                self.copied += self.dst.import_records([rec], key, self.mark, self.mark_id)
             except InvalidInputError:
                 self.failed.append(rec.checkpoint.id)
-        self.dst.import_records([], key, last)
+        self.dst.import_records([], key, last, last_id)
 
     def _with_ancestors(self, fresh: list[StoredRecord]) -> list[StoredRecord]:
         """Prepend the ancestors the target lacks and the batch does not hold."""

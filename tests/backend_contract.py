@@ -329,6 +329,24 @@ class LedgerContract:
         assert backend.records_after(0, 10, process_id="q")[0].checkpoint.id == own.id
         assert backend.store_id() != src.backend.store_id()
 
+    def test_a_mark_names_the_checkpoint_at_its_seq_and_can_be_reset(
+        self, backend: Backend
+    ) -> None:
+        def mark() -> tuple[int, str | None]:
+            return backend.sync_mark("src"), backend.sync_mark_id("src")
+
+        assert mark() == (0, None)
+        backend.import_records([], "src", 5, "five")
+        assert mark() == (5, "five")
+        backend.import_records([], "src", 3, "three")  # never back: the id stays with its seq
+        assert mark() == (5, "five")
+        backend.import_records([], "src", 7, "seven")
+        assert mark() == (7, "seven")
+        backend.import_records([], "src", 2, "two", reset=True)  # a copy's other history
+        assert mark() == (2, "two")
+        backend.import_records([], "src", 0, None, reset=True)
+        assert mark() == (0, None)
+
     def test_ledger_export_and_import(self, any_mgr: Mgr, backend: Backend) -> None:
         src = ckptlite.open("memory://").backend
         now = datetime.now(UTC)

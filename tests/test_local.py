@@ -60,6 +60,7 @@ def test_schema_6_indexes_only_checkpoints_with_a_parent(tmp_path: Path) -> None
     conn = apsw.Connection(str(db))  # back to schema 5: the full parent index
     conn.execute("DROP INDEX checkpoints_parent")
     conn.execute("CREATE INDEX checkpoints_parent ON checkpoints(parent_id)")
+    conn.execute("ALTER TABLE sync_marks DROP COLUMN checkpoint_id")  # and before schema 7
     conn.execute("PRAGMA user_version=5")
     conn.close()
     with ckptlite.open(tmp_path / "s") as mgr:  # migrates to 6
@@ -75,7 +76,7 @@ def test_schema_6_indexes_only_checkpoints_with_a_parent(tmp_path: Path) -> None
         assert "USING INDEX checkpoints_parent" in str(plan)
         assert [c.id for c in mgr.list(parent=root.id)] == [child.id]
         assert set(mgr.delete(root.id)) == {root.id, child.id}
-    assert pragma(db, "user_version") == len(MIGRATIONS) == 6
+    assert pragma(db, "user_version") == len(MIGRATIONS) == 7
 
 
 def test_reopen_keeps_data_and_runs_no_migration(tmp_path: Path) -> None:

@@ -105,6 +105,12 @@ MIGRATIONS: list[str] = [
     DROP INDEX checkpoints_parent;
     CREATE INDEX checkpoints_parent ON checkpoints(parent_id) WHERE parent_id IS NOT NULL;
     """,
+    # 7: a mark also names the source's checkpoint at its seq. A source holding
+    # another one there is a copy of the store that made the mark (same store id,
+    # other history): sync scans it again from the start instead of skipping.
+    """
+    ALTER TABLE sync_marks ADD COLUMN checkpoint_id TEXT;
+    """,
 ]
 
 CHECKPOINT_COLS = (

@@ -1,7 +1,7 @@
 """PostgreSQL connections for the postgres backend: per thread, fork-safe, retried.
 
 One connection per thread, opened lazily (autocommit; writes open explicit
-transactions); those of finished threads are closed. A forked child opens its
+transactions), closed when its thread ends (``_perthread``). A forked child opens its
 own and never touches (or closes) the parent's. ``run`` redoes what is safe to
 redo after a dropped connection and maps psycopg errors to ckptlite's.
 """
@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import errors as pgerr
 
+from .._perthread import ThreadOwner
 from ..errors import (
     CkptliteError,
     InvalidInputError,
@@ -88,7 +89,6 @@ class Connections:
         self._pid = os.getpid()
         self._local = threading.local()
         self._all: list[Conn] = []
-        self._owners: dict[int, threading.Thread] = {}  # id(conn) -> the thread it serves
         self._lock = threading.Lock()
 
     def get(self) -> Conn:
@@ -111,30 +111,22 @@ class Connections:
             # Short OLTP statements: JIT compilation only adds latency to them.
             with contextlib.suppress(psycopg.Error):
                 conn.execute("SET jit = off")
-            self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
-                self._owners[id(conn)] = threading.current_thread()
-                # Threads come and go (a sync's reader, short-lived workers): close the
-                # connections of finished ones, or each would stay open until close().
-                orphans = [c for c in self._all if not self._owners[id(c)].is_alive()]
-                for c in orphans:
-                    self._all.remove(c)
-                    del self._owners[id(c)]
-            for c in orphans:
-                with contextlib.suppress(psycopg.Error):
-                    c.close()
+            self._local.conn = conn
+            # Threads come and go (a sync's reader, short-lived workers): each
+            # connection is closed when its thread ends, not kept until close().
+            self._local.owner = ThreadOwner(conn, self._all, self._lock, _close, _inherited)
         return conn
 
     def discard(self, conn: Conn) -> None:
         if getattr(self._local, "conn", None) is conn:
             self._local.conn = None
+            self._local.owner = None
         with self._lock:
             if conn in self._all:
                 self._all.remove(conn)
-                del self._owners[id(conn)]
-        with contextlib.suppress(psycopg.Error):
-            conn.close()
+        _close(conn)
 
     def _after_fork(self) -> None:
         # The parent's sockets are shared with it: never close (or use) them here.
@@ -142,7 +134,6 @@ class Connections:
         self._pid = os.getpid()
         self._local = threading.local()
         self._all = []
-        self._owners = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -150,12 +141,17 @@ class Connections:
             self._after_fork()
             return
         with self._lock:
-            conns, self._all = self._all, []
-            self._owners = {}
+            # Emptied in place: the threads' owners look for their connection in it.
+            conns = list(self._all)
+            self._all.clear()
         for c in conns:
-            with contextlib.suppress(psycopg.Error):
-                c.close()
+            _close(c)
         self._local = threading.local()
+
+
+def _close(conn: Conn) -> None:
+    with contextlib.suppress(psycopg.Error):
+        conn.close()
 
 
 def run(

@@ -75,8 +75,12 @@ INSERT INTO {refs} (seq, digest)
 SELECT DISTINCT r.seq, d FROM r JOIN pg_temp.ckptlite_import i USING (checkpoint_id),
 unnest(i.digests) d WHERE cardinality(i.digests) > 0"""
 
-_MARK = """INSERT INTO {sync_marks} (source, seq) VALUES (%s, %s)
-ON CONFLICT (source) DO UPDATE SET seq = GREATEST({sync_marks}.seq, EXCLUDED.seq)"""
+# SET expressions read the old row: the id follows the seq that wins.
+_MARK = """INSERT INTO {sync_marks} AS m (source, seq, checkpoint_id) VALUES (%s, %s, %s)
+ON CONFLICT (source) DO UPDATE SET seq = GREATEST(m.seq, EXCLUDED.seq), checkpoint_id =
+CASE WHEN EXCLUDED.seq >= m.seq THEN EXCLUDED.checkpoint_id ELSE m.checkpoint_id END"""
+_RESET_MARK = """INSERT INTO {sync_marks} AS m (source, seq, checkpoint_id) VALUES (%s, %s, %s)
+ON CONFLICT (source) DO UPDATE SET seq = EXCLUDED.seq, checkpoint_id = EXCLUDED.checkpoint_id"""
 
 
 def import_records(
@@ -85,6 +89,8 @@ def import_records(
     records: Sequence[StoredRecord],
     source: str,
     mark: int,
+    mark_id: str | None = None,
+    reset: bool = False,
 ) -> int:
     """Insert the records ``backend`` lacks and move the mark, in ``conn``'s transaction.
 
@@ -145,5 +151,5 @@ def import_records(
                 )
             inserted = cur.execute(backend._q(_INSERT_LEGACY)).rowcount
             cur.execute(backend._q(_INSERT_RECORDS))
-        cur.execute(backend._q(_MARK), (source, mark))
+        cur.execute(backend._q(_RESET_MARK if reset else _MARK), (source, mark, mark_id))
     return inserted

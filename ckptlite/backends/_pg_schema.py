@@ -2,16 +2,39 @@
 
 The legacy table is created with exactly the DDL of LEGACY_FORMATS.md §4 when
 it is absent and used as it is when present. ckptlite's tables sit beside it,
-named ``<prefix><name>`` (default prefix ``ckptlite_``), versioned by the
-``schema_version`` row of ``<prefix>meta``. Every name goes through
-``psycopg.sql.Identifier``.
+named ``<prefix><name>``, versioned by the ``schema_version`` row of
+``<prefix>meta``; their foreign key binds them to one legacy table. Every name
+goes through ``psycopg.sql.Identifier``, and every name the schema makes,
+including those PostgreSQL derives (``<table>_checkpoint_id_key``, sequences,
+array types), must fit in 63 bytes: a longer one would be cut, and two cut
+names can collide.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 from psycopg import sql
 
-__all__ = ["LEGACY_COLUMNS", "LEGACY_DDL", "MIGRATIONS", "names"]
+from ..errors import ConfigError
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "DEFAULT_TABLE",
+    "LEGACY_COLUMNS",
+    "LEGACY_DDL",
+    "MAX_NAME_BYTES",
+    "MIGRATIONS",
+    "check_names",
+    "derived_prefix",
+    "legacy_names",
+    "names",
+    "own_names",
+]
+
+DEFAULT_TABLE = "pipeline_checkpoints"
+DEFAULT_PREFIX = "ckptlite_"
+MAX_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1: longer names are cut, and may collide
 
 # LEGACY_FORMATS.md §4, verbatim but for the table and index names ({t}, {idx_*})
 # and the doubled braces of the JSON default.
@@ -126,6 +149,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE TABLE {ledger_clock} (k INTEGER PRIMARY KEY CHECK (k = 1), v BIGINT NOT NULL)",
         "INSERT INTO {ledger_clock} (k, v) VALUES (1, 0)",
     ),
+    (
+        # A mark also names the source's checkpoint at its seq: a source holding
+        # another one there is a copy of the store that made the mark (sync.py).
+        "ALTER TABLE {sync_marks} ADD COLUMN checkpoint_id TEXT",
+    ),
 ]
 
 
@@ -147,3 +175,83 @@ def names(table: str, prefix: str) -> dict[str, sql.Identifier]:
     ):
         out[name] = sql.Identifier(prefix + name)
     return out
+
+
+# Every name the DDL above makes, PostgreSQL's own (constraints, identity
+# sequences, array types) included; tests/faults/test_fault_pg_tables.py
+# checks this list against the catalog.
+_LEGACY_NAMES = (
+    "{t}",
+    "_{t}",
+    "{t}_pkey",
+    "{t}_checkpoint_id_key",
+    "{t}_level_check",
+    "{t}_status_check",
+    "{t}_parent_id_fkey",
+    "idx_{t}_processor",
+    "idx_{t}_level",
+    "idx_{t}_status",
+    "idx_{t}_created",
+)
+_OWN_TABLES = ("meta", "records", "chunks", "refs", "sync_marks", "runs", "items", "ledger_clock")
+_OWN_NAMES = (
+    *(f"{{p}}{n}" for n in _OWN_TABLES),
+    *(f"_{{p}}{n}" for n in _OWN_TABLES),
+    *(f"{{p}}{n}_pkey" for n in _OWN_TABLES),
+    "{p}records_slot",
+    "{p}records_process",
+    "{p}records_checkpoint_id_key",
+    "{p}records_checkpoint_id_fkey",
+    "{p}records_seq_seq",
+    "{p}chunks_digest_check",
+    "{p}refs_digest",
+    "{p}refs_seq_fkey",
+    "{p}refs_digest_fkey",
+    "{p}runs_process",
+    "{p}runs_changed",
+    "{p}runs_id_key",
+    "{p}runs_seq_seq",
+    "{p}items_changed",
+    "{p}items_run_fkey",
+    "{p}ledger_clock_k_check",
+)
+
+
+def legacy_names(table: str) -> list[str]:
+    """Return every name creating the legacy table ``table`` makes."""
+    return [n.format(t=table) for n in _LEGACY_NAMES]
+
+
+def own_names(prefix: str) -> list[str]:
+    """Return every name ckptlite's tables under ``prefix`` get."""
+    return [n.format(p=prefix) for n in _OWN_NAMES]
+
+
+def check_names(candidates: list[str], what: str) -> None:
+    """Raise ConfigError when a name is longer than PostgreSQL keeps.
+
+    Raises:
+        ConfigError: the longest name and by how much it is too long.
+    """
+    longest = max(candidates, key=lambda n: len(n.encode()))
+    size = len(longest.encode())
+    if size > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"{what} is too long for PostgreSQL: it makes the name {longest!r} of {size} "
+            f"bytes, and PostgreSQL keeps {MAX_NAME_BYTES} bytes (longer names are cut and "
+            "can collide); nothing was created",
+            hint=f"Choose a name {size - MAX_NAME_BYTES} bytes shorter "
+            "(?ckptlite_table=NAME, ?ckptlite_prefix=P).",
+        )
+
+
+def derived_prefix(table: str) -> str:
+    """Return the prefix of ckptlite's tables for ``table`` when none is given.
+
+    ``ckptlite_<table>_``, or ``ckptlite_<12 hex of its hash>_`` when that would
+    make names too long.
+    """
+    prefix = f"{DEFAULT_PREFIX}{table}_"
+    if max(len(n.encode()) for n in own_names(prefix)) <= MAX_NAME_BYTES:
+        return prefix
+    return f"{DEFAULT_PREFIX}{hashlib.blake2b(table.encode(), digest_size=6).hexdigest()}_"

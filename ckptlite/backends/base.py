@@ -180,13 +180,26 @@ class Backend(Protocol):
     def sync_mark(self, source: str) -> int:
         """Return the source seq up to which records from ``source`` were imported (0: none)."""
 
-    def import_records(self, records: Sequence[StoredRecord], source: str, mark: int) -> int:
+    def sync_mark_id(self, source: str) -> str | None:
+        """Return the id of the source's checkpoint at ``source``'s mark (None: not known)."""
+
+    def import_records(
+        self,
+        records: Sequence[StoredRecord],
+        source: str,
+        mark: int,
+        mark_id: str | None = None,
+        *,
+        reset: bool = False,
+    ) -> int:
         """Insert the records this store lacks and move ``source``'s mark; return how many.
 
         One transaction: records keep id, created_at, status and checksum and get
         this store's next seqs, in the order given (parents first); ids already
         stored are skipped, so repeated or concurrent imports insert nothing twice;
-        the mark for ``source`` becomes ``max(old, mark)``.
+        the mark for ``source`` becomes ``max(old, mark)``, and its id ``mark_id``
+        (the source's checkpoint at seq ``mark``) when ``mark`` wins. ``reset``
+        sets the mark to exactly ``(mark, mark_id)``, even backwards.
 
         Raises:
             MissingChunksError: a record references a chunk this store lacks (nothing committed).

@@ -31,7 +31,9 @@ from ..errors import (
     InvalidInputError,
     MissingChunksError,
     ReadOnlyStoreError,
+    StoreFullError,
     StoreLayoutError,
+    StoreLockedError,
 )
 from ..types import (
     Checkpoint,
@@ -50,7 +52,14 @@ from .base import (
     to_micros,
 )
 
-__all__ = ["DB_NAME", "INLINE_MAX", "MIGRATIONS", "LocalBackend", "store_writable"]
+__all__ = [
+    "DB_NAME",
+    "INLINE_MAX",
+    "MIGRATIONS",
+    "LocalBackend",
+    "forget_store_file",
+    "store_writable",
+]
 
 DB_NAME = "ckptlite.db"
 _CODEC_RAW = 0  # chunking.CODEC_RAW (backends do not import the manager's modules)
@@ -62,6 +71,28 @@ _EDGE = 4096
 PACK_MAX = 64 << 20
 # chunking.MAX_CHUNK: no chunk is larger, raw or compressed (zstd is kept only when smaller).
 _MAX_CHUNK = 64 << 20
+
+
+def _record_file(conn: apsw.Connection, identity: str) -> None:
+    conn.execute(
+        "INSERT INTO store_meta(key, value) VALUES ('store_file', ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (identity,),
+    )
+
+
+def forget_store_file(db: Path) -> None:
+    """Drop the file identity of the store database ``db`` (a closed copy, never a live store).
+
+    The next open records its own without a new store id: an archive's store
+    keeps its id however often it is unpacked, so importing it twice is a no-op.
+    """
+    conn = apsw.Connection(str(db))
+    try:
+        with translate_errors(f"writing {db}"):
+            conn.execute("DELETE FROM store_meta WHERE key = 'store_file'")
+    finally:
+        conn.close()
 
 
 def _insert_checkpoint(conn: apsw.Connection, record: StoredRecord, metadata_json: str) -> None:
@@ -90,6 +121,17 @@ def _insert_checkpoint(conn: apsw.Connection, record: StoredRecord, metadata_jso
         ),
     )
 
+
+# SET expressions read the old row: the id follows the seq that wins.
+_MOVE_MARK = (
+    "INSERT INTO sync_marks(source, seq, checkpoint_id) VALUES (?, ?, ?) "
+    "ON CONFLICT(source) DO UPDATE SET seq = max(seq, excluded.seq), checkpoint_id = "
+    "CASE WHEN excluded.seq >= seq THEN excluded.checkpoint_id ELSE checkpoint_id END"
+)
+_RESET_MARK = (
+    "INSERT INTO sync_marks(source, seq, checkpoint_id) VALUES (?, ?, ?) "
+    "ON CONFLICT(source) DO UPDATE SET seq = excluded.seq, checkpoint_id = excluded.checkpoint_id"
+)
 
 _scratch_local = threading.local()
 
@@ -208,6 +250,7 @@ class LocalBackend(LocalLedgerMixin):
         except BaseException:
             self.db.close()
             raise
+        self._claim_identity()
 
     @staticmethod
     def _make_root(root: Path, mode: int) -> None:
@@ -232,6 +275,40 @@ class LocalBackend(LocalLedgerMixin):
                 if exists
                 else "Pick a directory this user can write on a writable disk.",
             )
+
+    def _claim_identity(self) -> None:
+        """Take a new store id if this store is a copy (``cp -r``) of another.
+
+        The store id keys sync's marks: a copy keeping it would have its new
+        checkpoints (whose seqs the original also uses) skipped by every target.
+        ``store_file`` records the database file's (device, inode); another file
+        means a copy. A move on one file system keeps the inode; a move to another
+        one looks like a copy, which only makes targets scan it once more. A
+        store that cannot be written now (read-only, full, busy) keeps its id
+        until an open can: this check never makes an open fail, and sync's mark
+        check covers a copy meanwhile.
+        """
+        try:
+            st = os.stat(self.root / DB_NAME)
+        except OSError:
+            return
+        here = f"{st.st_dev}:{st.st_ino}"
+        query = "SELECT value FROM store_meta WHERE key='store_file'"
+        with translate_errors("reading the store id"):
+            row = self.db.read().execute(query).fetchone()
+        if row is not None and row[0] == here:
+            return
+        try:
+            with self.db.write() as conn:
+                row = conn.execute(query).fetchone()  # again, under the write lock
+                if row is not None and row[0] != here:
+                    conn.execute(
+                        "UPDATE store_meta SET value = lower(hex(randomblob(16))) "
+                        "WHERE key = 'store_id'"
+                    )
+                _record_file(conn, here)
+        except (apsw.ReadOnlyError, ReadOnlyStoreError, StoreFullError, StoreLockedError):
+            pass
 
     # -- chunks ---------------------------------------------------------------
 
@@ -868,6 +945,8 @@ class LocalBackend(LocalLedgerMixin):
                     "UPDATE store_meta SET value = lower(hex(randomblob(16))) "
                     "WHERE key = 'store_id'"
                 )
+                st = os.stat(dest / DB_NAME)  # its own file: a copy of the backup is a copy
+                _record_file(snap, f"{st.st_dev}:{st.st_ino}")
             finally:
                 snap.close()
             total = len(files) + len(packs)
@@ -929,7 +1008,24 @@ class LocalBackend(LocalLedgerMixin):
             )
         return int(row[0]) if row else 0
 
-    def import_records(self, records: Sequence[StoredRecord], source: str, mark: int) -> int:
+    def sync_mark_id(self, source: str) -> str | None:
+        with translate_errors("reading sync marks"):
+            row = (
+                self.db.read()
+                .execute("SELECT checkpoint_id FROM sync_marks WHERE source=?", (source,))
+                .fetchone()
+            )
+        return None if row is None or row[0] is None else str(row[0])
+
+    def import_records(
+        self,
+        records: Sequence[StoredRecord],
+        source: str,
+        mark: int,
+        mark_id: str | None = None,
+        *,
+        reset: bool = False,
+    ) -> int:
         with self.db.write() as conn:
             present = self.has_records(r.checkpoint.id for r in records)
             fresh: dict[str, StoredRecord] = {}
@@ -957,9 +1053,5 @@ class LocalBackend(LocalLedgerMixin):
                         [(seq, d) for d in rec.digests],
                     )
                 known.add(cp.id)
-            conn.execute(
-                "INSERT INTO sync_marks(source, seq) VALUES (?, ?) "
-                "ON CONFLICT(source) DO UPDATE SET seq=max(seq, excluded.seq)",
-                (source, mark),
-            )
+            conn.execute(_RESET_MARK if reset else _MOVE_MARK, (source, mark, mark_id))
         return len(fresh)

@@ -48,6 +48,7 @@ class MemoryBackend:
         self._clock = 0
         self._store_id = uuid.uuid4().hex
         self._marks: dict[str, int] = {}
+        self._mark_ids: dict[str, str | None] = {}
 
     def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
         chunks = list(chunks)  # a stream is produced outside the lock
@@ -301,7 +302,19 @@ class MemoryBackend:
         with self._lock:
             return self._marks.get(source, 0)
 
-    def import_records(self, records: Sequence[StoredRecord], source: str, mark: int) -> int:
+    def sync_mark_id(self, source: str) -> str | None:
+        with self._lock:
+            return self._mark_ids.get(source)
+
+    def import_records(
+        self,
+        records: Sequence[StoredRecord],
+        source: str,
+        mark: int,
+        mark_id: str | None = None,
+        *,
+        reset: bool = False,
+    ) -> int:
         with self._lock:
             fresh: dict[str, StoredRecord] = {}
             for r in records:
@@ -324,7 +337,8 @@ class MemoryBackend:
                 self._seq += 1
                 cp = r.checkpoint.replace(seq=self._seq)
                 self._records[cp.id] = StoredRecord(cp, r.payload, r.manifest, r.digests)
-            self._marks[source] = max(self._marks.get(source, 0), mark)
+            if reset or mark >= self._marks.get(source, 0):
+                self._marks[source], self._mark_ids[source] = mark, mark_id
             return len(fresh)
 
     def export_ledger(

@@ -132,10 +132,17 @@ class PostgresBackend(LedgerMixin):
     """Records in ``pipeline_checkpoints`` + ckptlite's tables; chunks as BYTEA rows.
 
     ``url`` is a libpq URL; ``?ckptlite_table=NAME`` and ``?ckptlite_prefix=P``
-    choose the legacy table and the prefix of ckptlite's own tables.
+    choose the legacy table and the prefix of ckptlite's own tables. Without a
+    prefix: ``ckptlite_`` for the default table, ``ckptlite_<NAME>_`` for
+    another one (``_pg_schema.derived_prefix``), unless ``ckptlite_``'s tables
+    already serve that table (stores made before the prefix was derived); and
+    for the default table ``ckptlite_pipeline_checkpoints_`` when they serve
+    another. So several tables share one database, each with its own store.
 
     Raises:
-        ConfigError: the server cannot be reached, or the table lacks needed columns.
+        ConfigError: the server cannot be reached, the table lacks needed columns,
+            a name is too long for PostgreSQL, or the prefix's tables serve
+            another table.
         MigrationError: ckptlite's tables were made by a newer ckptlite.
 
     >>> import ckptlite  # doctest: +SKIP
@@ -151,8 +158,15 @@ class PostgresBackend(LedgerMixin):
     ) -> None:
         conninfo, opts = split_url(url)
         self.url = display_url(url)
-        self.table = table or opts.get("table") or "pipeline_checkpoints"
-        self.prefix = prefix or opts.get("prefix") or "ckptlite_"
+        self.table = table or opts.get("table") or _pg_schema.DEFAULT_TABLE
+        self._given_prefix = prefix or opts.get("prefix")
+        # Before connecting: a name PostgreSQL would cut is refused with nothing made.
+        _pg_schema.check_names([self.table], f"the table name {self.table!r}")
+        if self._given_prefix is not None:
+            _pg_schema.check_names(
+                _pg_schema.own_names(self._given_prefix), f"the prefix {self._given_prefix!r}"
+            )
+        self.prefix = self._given_prefix or _pg_schema.DEFAULT_PREFIX  # settled by _setup
         self._n = _pg_schema.names(self.table, self.prefix)
         self._conns = Connections(conninfo)
         try:
@@ -177,9 +191,15 @@ class PostgresBackend(LedgerMixin):
         return run(self._conns, what, fn, write=write, idempotent=idempotent)
 
     def _setup(self, conn: Conn) -> str:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("setup", self.table),))
+        # One lock for every table: which prefix is free is decided under it.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("setup"),))
+        self.prefix = self._choose_prefix(conn)
+        self._n = _pg_schema.names(self.table, self.prefix)
         t = self._n["t"].as_string(conn)
         if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone() == (None,):
+            _pg_schema.check_names(
+                _pg_schema.legacy_names(self.table), f"the table name {self.table!r}"
+            )
             for stmt in _pg_schema.LEGACY_DDL:
                 conn.execute(self._q(stmt))
         cols = {
@@ -222,6 +242,52 @@ class PostgresBackend(LedgerMixin):
         row = conn.execute(self._q("SELECT value FROM {meta} WHERE key='store_id'")).fetchone()
         assert row is not None
         return str(row[0])
+
+    def _choose_prefix(self, conn: Conn) -> str:
+        """Return the prefix of this table's ckptlite tables (see the class docstring).
+
+        Raises:
+            ConfigError: the given prefix's tables serve another table.
+        """
+        if self._given_prefix is not None:
+            serves = self._serves(conn, self._given_prefix)
+            if serves:
+                raise ConfigError(
+                    f"ckptlite's tables with prefix {self._given_prefix!r} belong to the "
+                    f"table {serves}, not {self.table!r}; nothing was created",
+                    hint="Give this table its own ?ckptlite_prefix=P (or leave it out: "
+                    "ckptlite then derives one from the table name).",
+                )
+            return self._given_prefix
+        default = _pg_schema.DEFAULT_PREFIX
+        serves = self._serves(conn, default)
+        if serves == "" or (serves is None and self.table == _pg_schema.DEFAULT_TABLE):
+            return default
+        derived = _pg_schema.derived_prefix(self.table)
+        serves = self._serves(conn, derived)
+        if serves:
+            raise ConfigError(
+                f"ckptlite's tables with prefix {derived!r} belong to the table {serves}, "
+                f"not {self.table!r}; nothing was created",
+                hint="Give this table its own ?ckptlite_prefix=P.",
+            )
+        return derived
+
+    def _serves(self, conn: Conn, prefix: str) -> str | None:
+        """Return the table ``prefix``'s tables serve: "" for this one, None for none.
+
+        Their records table's foreign key names it; None also when it has none.
+        """
+        records = sql.Identifier(prefix + "records").as_string(conn)
+        row = conn.execute(
+            "SELECT c.confrelid::regclass::text, (c.confrelid = to_regclass(%s)) IS TRUE "
+            "FROM pg_constraint c WHERE c.conrelid = to_regclass(%s) AND c.contype = 'f' "
+            "AND c.confrelid <> c.conrelid",
+            (self._n["t"].as_string(conn), records),
+        ).fetchone()
+        if row is None:
+            return None
+        return "" if row[1] else str(row[0])
 
     _COLS = (
         "r.seq, r.checkpoint_id, r.process_id, r.level, r.name, l.parent_id, l.status, "
@@ -606,12 +672,25 @@ class PostgresBackend(LedgerMixin):
         row = self._run("reading sync marks", lambda c: c.execute(q, (source,)).fetchone())
         return int(row[0]) if row else 0
 
-    def import_records(self, records: Sequence[StoredRecord], source: str, mark: int) -> int:
+    def sync_mark_id(self, source: str) -> str | None:
+        q = self._q("SELECT checkpoint_id FROM {sync_marks} WHERE source = %s")
+        row = self._run("reading sync marks", lambda c: c.execute(q, (source,)).fetchone())
+        return None if row is None or row[0] is None else str(row[0])
+
+    def import_records(
+        self,
+        records: Sequence[StoredRecord],
+        source: str,
+        mark: int,
+        mark_id: str | None = None,
+        *,
+        reset: bool = False,
+    ) -> int:
         from ._pg_import import import_records
 
         return self._run(  # staged rows already present are skipped: safe to redo
             "importing checkpoints",
-            lambda conn: import_records(self, conn, records, source, mark),
+            lambda conn: import_records(self, conn, records, source, mark, mark_id, reset),
             write=True,
             idempotent=True,
         )
