@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,6 +43,15 @@ class Sizes:
     rss_mib: int  # P10
     sweep_bytes: tuple[int, ...]  # the throughput plot
     sweep_rounds: int
+    tile_bytes: tuple[int, ...]  # P11: one noise tile saved
+    tile_rounds: int
+    tile_load_bytes: tuple[int, ...]  # P12: one noise tile loaded
+    tile_load_rounds: int
+    raster_bytes: tuple[int, ...]  # P13: compressible rasters
+    raster_rounds: int
+    loop_tiles: int  # P14: tiles saved, then loaded, per loop
+    loop_tile_bytes: int
+    loop_rounds: int
 
 
 QUICK = Sizes(
@@ -58,6 +68,15 @@ QUICK = Sizes(
     rss_mib=16,
     sweep_bytes=(1 << 10, 1 << 20),
     sweep_rounds=2,
+    tile_bytes=(256 << 10, 1 << 20),
+    tile_rounds=3,
+    tile_load_bytes=(256 << 10, 1 << 20),
+    tile_load_rounds=5,
+    raster_bytes=(1 << 20,),
+    raster_rounds=2,
+    loop_tiles=20,
+    loop_tile_bytes=1 << 20,
+    loop_rounds=1,
 )
 FULL_SIZES = Sizes(
     small_rounds=3_000,
@@ -73,6 +92,15 @@ FULL_SIZES = Sizes(
     rss_mib=1_024,
     sweep_bytes=(1 << 10, 16 << 10, 256 << 10, 4 << 20, 64 << 20),
     sweep_rounds=5,
+    tile_bytes=(256 << 10, 1 << 20, 4 << 20),
+    tile_rounds=40,
+    tile_load_bytes=(256 << 10, 1 << 20, 4 << 20, 16 << 20),
+    tile_load_rounds=60,
+    raster_bytes=(4 << 20, 16 << 20),
+    raster_rounds=15,
+    loop_tiles=2_000,
+    loop_tile_bytes=1 << 20,
+    loop_rounds=3,
 )
 SIZES = FULL_SIZES if FULL else QUICK
 
@@ -141,6 +169,22 @@ def run(
         args, kwargs = prepared if prepared else ((), {})
         fn(*args, **kwargs)
     return benchmark.pedantic(fn, setup=setup, rounds=rounds, iterations=1)
+
+
+def size_id(nbytes: int) -> str:
+    """A test id / label for a size: ``256KiB``, ``4MiB``."""
+    return f"{nbytes >> 20}MiB" if nbytes >= 1 << 20 else f"{nbytes >> 10}KiB"
+
+
+def dir_bytes(path: Path) -> int:
+    """The bytes of every regular file under ``path`` (their sizes, as ``du -b`` counts)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
 
 
 def fsync_path(path: Path | str) -> None:

@@ -233,3 +233,161 @@ def breakdowns(rounds: int = 30) -> dict[str, list[tuple[str, float]]]:
             raw_store.close()
             mgr.close()
     return out
+
+
+def _alternate(
+    parts: dict[str, tuple[Callable[..., Any], Callable[[], tuple[Any, ...]] | None]],
+    rounds: int,
+) -> dict[str, float]:
+    """Median seconds per call of each part, one call per part per round, setups untimed."""
+    import statistics
+    import time
+
+    times: dict[str, list[float]] = {k: [] for k in parts}
+    for i in range(rounds + 1):  # the first round warms up
+        for k, (fn, setup) in parts.items():
+            args = setup() if setup else ()
+            t = time.perf_counter()
+            fn(*args)
+            if i:
+                times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def tile_breakdown(nbytes: int = 1 << 20, rounds: int = 20) -> dict[str, list[tuple[str, float]]]:
+    """Time a tile's save and load against the physical steps any durable save takes.
+
+    Returns {"save ...": [(part, seconds)], "load ...": [...]}: ckptlite's and
+    pickle's whole calls beside what bounds them on this machine (a file write
+    plus fsync, the directory fsync that makes a new file's name durable, one
+    SQLite commit, hashing the bytes, copying them into new or reused memory),
+    all alternated round by round. No ckptlite internals are used.
+    """
+    import hashlib
+    import itertools
+    import os
+
+    import apsw
+    import numpy as np
+
+    from bench.peers import pickle_load, pickle_save
+    from bench.states import NoiseTiles
+
+    tiles = NoiseTiles(nbytes)
+    size = f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{nbytes >> 10} KiB"
+    n = itertools.count()
+    out: dict[str, list[tuple[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="ckptlite-tile-parts-") as tmp:
+        d = Path(tmp)
+        mgr = ckptlite.open(d / "store")
+        dbs = []
+        try:
+
+            def new_tile() -> tuple[Any, ...]:
+                return (tiles.make(next(n)),)
+
+            def new_file() -> tuple[Any, ...]:
+                (d / "f.pkl").unlink(missing_ok=True)
+                (d / "f.raw").unlink(missing_ok=True)
+                return (tiles.make(next(n)),)
+
+            def write_fsync(tile: Any, dir_too: bool = False) -> None:
+                fd = os.open(d / "f.raw", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    os.write(fd, memoryview(tile).cast("B"))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                if dir_too:
+                    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+                    try:
+                        os.fsync(dfd)
+                    finally:
+                        os.close(dfd)
+
+            def commit(sync: str) -> Callable[[], None]:
+                db = apsw.Connection(str(d / f"commit-{sync}.db"))
+                dbs.append(db)
+                db.execute(f"PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}")
+                db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+                row = os.urandom(200)
+
+                def fn() -> None:
+                    db.execute("BEGIN IMMEDIATE")
+                    db.execute("INSERT INTO t(v) VALUES (?)", (row,))
+                    db.execute("COMMIT")
+
+                return fn
+
+            save_parts: dict[
+                str, tuple[Callable[..., Any], Callable[[], tuple[Any, ...]] | None]
+            ] = {
+                "ckptlite save, whole call (a new tile, its own name)": (
+                    lambda t: mgr.save("tiles", t, name=f"tile_{next(n)}"),
+                    new_tile,
+                ),
+                "pickle.dump + fsync to a new file, whole call": (
+                    lambda t: pickle_save(d / "f.pkl", t),
+                    new_file,
+                ),
+                "write() of the bytes to a new file + its fsync": (write_fsync, new_file),
+                "the same + fsync of the directory (makes the new name durable)": (
+                    lambda t: write_fsync(t, dir_too=True),
+                    new_file,
+                ),
+                "one SQLite commit of a 200-byte row, WAL, synchronous=NORMAL": (
+                    commit("NORMAL"),
+                    None,
+                ),
+                "one SQLite commit of a 200-byte row, WAL, synchronous=FULL": (
+                    commit("FULL"),
+                    None,
+                ),
+                "SHA-256 of the tile": (lambda t: hashlib.sha256(t).digest(), new_tile),
+            }
+            try:
+                import blake3  # type: ignore[import-not-found]
+
+                save_parts["BLAKE3 of the tile (one thread)"] = (
+                    lambda t: blake3.blake3(t).digest(),
+                    new_tile,
+                )
+            except ImportError:
+                pass
+            out[f"save of one {size} noise tile"] = list(_alternate(save_parts, rounds).items())
+
+            tile = tiles.make(next(n))
+            cp = mgr.save("tiles", tile, name="loaded")
+            pickle_save(d / "loaded.pkl", tile)
+            raw = d / "loaded.raw"
+            raw.write_bytes(memoryview(tile).cast("B"))
+            reused = bytearray(tile.nbytes)
+
+            def read_into(buf: Any) -> None:
+                with open(raw, "rb", buffering=0) as f:
+                    f.readinto(buf)
+
+            load_parts: dict[
+                str, tuple[Callable[..., Any], Callable[[], tuple[Any, ...]] | None]
+            ] = {
+                "ckptlite load, whole call (verified)": (lambda: mgr.load(cp.id), None),
+                "pickle.load, whole call": (lambda: pickle_load(d / "loaded.pkl"), None),
+                "read of the bytes into new memory (np.empty)": (
+                    lambda: read_into(np.empty(tile.nbytes, np.uint8)),
+                    None,
+                ),
+                "read of the bytes into a reused, already-touched buffer": (
+                    lambda: read_into(reused),
+                    None,
+                ),
+                "SHA-256 of the tile": (lambda: hashlib.sha256(tile).digest(), None),
+            }
+            out[f"load of one {size} noise tile (warm cache)"] = list(
+                _alternate(load_parts, rounds).items()
+            )
+            assert np.array_equal(mgr.load(cp.id), tile)
+        finally:
+            for db in dbs:
+                db.close()
+            mgr.close()
+    return out

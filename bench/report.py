@@ -270,7 +270,148 @@ def rows(r: Results) -> list[Row]:
         )
     else:
         out.append(Row("P10", "peak RSS", "-", "-", "not measured", "", None))
+    out += _tile_rows(r, "P11", "save one float32 noise tile (new each round, median)")
+    out += _tile_rows(r, "P12", "verified load of one float32 noise tile (warm cache, median)")
+    out += _raster_rows(r)
+    out += _loop_rows(r)
     return out
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{nbytes >> 10} KiB"
+
+
+def _ratio_row(target: str, work: str, medians: dict[str, float], limit: float) -> Row:
+    """A row from one interleaved test's medians: the first side over the second."""
+    (cl, ct), (bl, bt) = list(medians.items())[:2]
+    ratio = ct / bt
+    return Row(
+        target,
+        work,
+        f"{_fmt_time(ct)} ({cl})",
+        f"{_fmt_time(bt)} ({bl})",
+        f"{ratio:.2f}x",
+        f"<= {limit}x",
+        ratio <= limit,
+    )
+
+
+def _tile_rows(r: Results, target: str, work: str) -> list[Row]:
+    """P11, P12: one row per tile size, ckptlite over pickle in the same rounds."""
+    found = sorted(r.find(target, "pair"), key=lambda b: b["extra_info"]["nbytes"])
+    if not found:
+        return [Row(target, work, "-", "-", "not measured", "", None)]
+    return [
+        _ratio_row(
+            target,
+            f"{work}, {_size(b['extra_info']['nbytes'])}",
+            b["extra_info"]["medians"],
+            float(b["extra_info"]["limit"]),
+        )
+        for b in found
+    ]
+
+
+def _raster_rows(r: Results) -> list[Row]:
+    """P13: per raster kind and size, the bytes stored on disk and the save time."""
+    found = sorted(
+        r.find("P13", "pair"), key=lambda b: (b["extra_info"]["kind"], b["extra_info"]["nbytes"])
+    )
+    if not found:
+        return [Row("P13", "compressible rasters", "-", "-", "not measured", "", None)]
+    out = []
+    for b in found:
+        info = b["extra_info"]
+        what = f"{info['kind']}, {_size(info['nbytes'])}"
+        disk, index, lim = (
+            float(info["stored_disk_ratio"]),
+            float(info["stored_stats_ratio"]),
+            float(info["bytes_limit"]),
+        )
+        out.append(
+            Row(
+                "P13",
+                f"{what}: stored bytes / raw (store's files on disk, {info['saves']} saves)",
+                f"{disk:.3f}x on disk (index: {index:.3f}x)",
+                "-",
+                f"{disk:.3f}x",
+                f"<= {lim}x",
+                disk <= lim,
+            )
+        )
+        out.append(
+            _ratio_row("P13", f"{what}: save time (median)", info["medians"], float(info["limit"]))
+        )
+    return out
+
+
+def _loop_rows(r: Results) -> list[Row]:
+    """P14: the tile loop's save total and load total, ckptlite over pickle."""
+    b = r.one("P14", "pair")
+    if b is None:
+        return [Row("P14", "tile loop", "-", "-", "not measured", "", None)]
+    info = b["extra_info"]
+    what = f"loop of {info['tiles']:,} distinct {_size(info['nbytes'])} tiles"
+    loops = "1 loop" if info["loops"] == 1 else f"median of {info['loops']} loops"
+    return [
+        _ratio_row(
+            "P14", f"{what}: all saves ({loops})", info["medians_save"], float(info["limit_save"])
+        ),
+        _ratio_row(
+            "P14",
+            f"{what}: then all loads ({loops})",
+            info["medians_load"],
+            float(info["limit_load"]),
+        ),
+    ]
+
+
+def _library(label: str) -> str:
+    """The library a side's label names: ``pickle.dump+fsync`` -> ``pickle``."""
+    return label.replace("+", " ").replace(".", " ").split()[0]
+
+
+def tile_peers(r: Results) -> str:
+    """Markdown: every side of P11, P12 and P14 (ckptlite, pickle and the peers), same rounds."""
+    tables = []
+    for target, what in (("P11", "save one tile"), ("P12", "load it")):
+        found = sorted(r.find(target, "pair"), key=lambda b: b["extra_info"]["nbytes"])
+        if not found:
+            continue
+        sizes = [_size(b["extra_info"]["nbytes"]) for b in found]
+        table = [f"| {target}: {what} | " + " | ".join(sizes) + " |"]
+        table.append("|---" * (len(sizes) + 1) + "|")
+        for k, label in enumerate(found[0]["extra_info"]["medians"]):
+            cells = []
+            for b in found:
+                med = list(b["extra_info"]["medians"].values())
+                cells.append(f"{_fmt_time(med[k])} ({med[k] / med[1]:.2f}x)")
+            table.append(f"| {label} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(table))
+    loop = r.one("P14", "pair")
+    if loop is not None:
+        info = loop["extra_info"]
+        table = [
+            f"| P14: {info['tiles']:,} tiles of {_size(info['nbytes'])} | all saves | all loads |",
+            "|---|---|---|",
+        ]
+        saves = list(info["medians_save"].items())
+        loads = list(info["medians_load"].values())
+        for (side, st), lt in zip(saves, loads, strict=True):
+            table.append(
+                f"| {_library(side)} | {_fmt_time(st)} ({st / saves[1][1]:.2f}x) | "
+                f"{_fmt_time(lt)} ({lt / loads[1]:.2f}x) |"
+            )
+        tables.append("\n".join(table))
+    if not tables:
+        return ""
+    return (
+        "\n## Tile sizes: ckptlite, pickle and the peers in the same rounds\n\n"
+        "Medians; in brackets, the ratio to pickle (the baseline) in the same test. Every "
+        "side writes a new file per tile and fsyncs it; only ckptlite verifies what it loads.\n\n"
+        + "\n\n".join(tables)
+        + "\n"
+    )
 
 
 def _limits(r: Results, target: str, pick: Callable[[Any], bool], what: str) -> list[Row]:
@@ -411,8 +552,34 @@ def markdown(table: list[Row], info: dict[str, str], data: dict[str, Any], extra
     return "\n".join(lines)
 
 
+def _sweep_series(r: Results, op: str) -> dict[str, list[tuple[int, float]]]:
+    """The size sweep: {library: [(bytes, MB/s)]} of separate benchmarks."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for b in r.find("sweep"):
+        if b["group"] == f"sweep {op}":
+            n = int(b["extra_info"]["nbytes"])
+            series.setdefault(_library(b["extra_info"]["label"]), []).append(
+                (n, n / r.median(b) / 1e6)
+            )
+    return series
+
+
+def _tile_series(r: Results, target: str) -> dict[str, list[tuple[int, float]]]:
+    """P11 or P12: {library: [(bytes, MB/s)]} from the interleaved medians."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for b in r.find(target, "pair"):
+        n = int(b["extra_info"]["nbytes"])
+        for label, med in b["extra_info"]["medians"].items():
+            series.setdefault(_library(label), []).append((n, n / med / 1e6))
+    return series
+
+
 def plot(r: Results, path: Path) -> bool:
-    """Write throughput (MB/s) against state size, save and load, per library."""
+    """Write throughput (MB/s) against state size, save and load, per library.
+
+    The top row is the size sweep (separate benchmarks); the bottom row, when
+    P11/P12 ran, the tile sizes with every side measured in the same rounds.
+    """
     try:
         import matplotlib
 
@@ -421,28 +588,42 @@ def plot(r: Results, path: Path) -> bool:
     except ImportError:
         print("matplotlib is not installed: no plot", file=sys.stderr)
         return False
-    sweep = r.find("sweep")
-    if not sweep:
+    panels = []
+    if r.find("sweep"):
+        for op in ("save", "load"):
+            how = "(fsynced)" if op == "save" else "(warm cache)"
+            panels.append((f"{op} throughput {how}", "float32 array", _sweep_series(r, op)))
+    if r.find("P11", "pair") or r.find("P12", "pair"):
+        for target, op in (("P11", "save"), ("P12", "load")):
+            how = "(fsynced)" if op == "save" else "(verified, warm cache)"
+            title = f"{target}: tile {op} {how}, sides interleaved"
+            panels.append((title, "float32 noise tile", _tile_series(r, target)))
+    if not panels:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, op in zip(axes, ("save", "load"), strict=True):
-        series: dict[str, list[tuple[int, float]]] = {}
-        for b in sweep:
-            if b["group"] != f"sweep {op}":
-                continue
-            n = int(b["extra_info"]["nbytes"])
-            series.setdefault(b["extra_info"]["label"], []).append((n, n / r.median(b) / 1e6))
+    nrows = len(panels) // 2
+    fig, axes = plt.subplots(nrows, 2, figsize=(12, 4.5 * nrows), sharey=True, squeeze=False)
+    libraries = sorted({label for _, _, series in panels for label in series})
+    for ax, (title, state, series) in zip(axes.flat, panels, strict=True):
         for label, pts in sorted(series.items()):
             pts.sort()
             style = {"linewidth": 2.5} if label == "ckptlite" else {"linestyle": "--"}
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label, **style)
+            color = f"C{libraries.index(label) % 10}"
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="o",
+                label=label,
+                color=color,
+                **style,
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("state size (bytes, float32 array)")
-        ax.set_title(f"{op} throughput" + (" (fsynced)" if op == "save" else " (warm cache)"))
+        ax.set_xlabel(f"state size (bytes, {state})")
+        ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("MB/s (median)")
-    axes[1].legend(fontsize=8)
+        ax.legend(fontsize=8)
+    for row in axes:
+        row[0].set_ylabel("MB/s (median)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -490,13 +671,14 @@ def main(argv: list[str] | None = None) -> int:
     extra = ""
     if args.notes.exists():
         extra += args.notes.read_text() + "\n"
+    extra += tile_peers(r)
     plotted = plot(r, args.out / "throughput.png")
     if plotted:
         extra += (
             "\n## Throughput against state size\n\n![save and load throughput](throughput.png)\n"
         )
     if not args.no_profile:
-        from bench.profiles import breakdowns, profiles
+        from bench.profiles import breakdowns, profiles, tile_breakdown
 
         extra += (
             "\n## Where P1 and P2 go, measured in this run\n\n"
@@ -506,6 +688,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         for target, parts in breakdowns(30 if mode == "full" else 2).items():
             extra += f"\n| {target}: part | median |\n|---|---|\n"
+            extra += "".join(f"| {part} | {_fmt_time(s)} |\n" for part, s in parts)
+        extra += (
+            "\n## Where a 1 MiB tile's save and load go, measured in this run\n\n"
+            "Medians, one call of each part per round, the parts alternated round by round: "
+            "ckptlite's and pickle's whole calls beside the steps that bound any durable "
+            "save or verified load of a new tile on this machine, each timed alone.\n"
+        )
+        for op, parts in tile_breakdown(1 << 20, 30 if mode == "full" else 2).items():
+            extra += f"\n| {op}: part | median |\n|---|---|\n"
             extra += "".join(f"| {part} | {_fmt_time(s)} |\n" for part, s in parts)
         extra += "\n## Profiles (cProfile, sorted by own time)\n"
         for op, text in profiles(64 if mode == "full" else 4).items():
