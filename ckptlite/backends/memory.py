@@ -50,11 +50,12 @@ class MemoryBackend:
         self._marks: dict[str, int] = {}
 
     def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
-        chunks = list(chunks)  # a stream is produced outside the lock
+        # Copied as they come, outside the lock: a stream's chunk may be a view of a
+        # buffer its producer reuses for the next one.
+        copies = [StoredChunk(c.digest, c.size, c.codec, bytes(c.data)) for c in chunks]
         with self._lock:
-            for c in chunks:
-                if c.digest not in self._chunks:
-                    self._chunks[c.digest] = StoredChunk(c.digest, c.size, c.codec, bytes(c.data))
+            for c in copies:
+                self._chunks.setdefault(c.digest, c)
 
     def has_chunks(self, digests: Iterable[str]) -> set[str]:
         with self._lock:

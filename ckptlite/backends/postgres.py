@@ -232,15 +232,16 @@ class PostgresBackend(LedgerMixin):
     # -- chunks -------------------------------------------------------------------
 
     def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
-        chunks = list(chunks)
-        if not chunks:
-            return
-        # Sorted: two writers inserting overlapping sets never deadlock.
+        # Copied as they come (a stream's chunk may be a view of a buffer its producer
+        # reuses for the next one), and sorted: two writers inserting overlapping sets
+        # never deadlock.
         rows = sorted(
             {
                 c.digest: (c.digest, c.size, c.codec, c.stored_size, bytes(c.data)) for c in chunks
             }.values()
         )
+        if not rows:
+            return
         q = self._q(
             "INSERT INTO {chunks} (digest, size, codec, stored_size, data) "
             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (digest) DO NOTHING"
