@@ -158,3 +158,35 @@ def test_arrays_changed_by_another_thread_during_saves_still_load(
         cp = mgr.save("race", {"x": content.copy()}, name="s")
         assert np.array_equal(mgr.load(cp.id)["x"], content)
     assert mgr.verify(full=True).corrupted == ()
+
+
+def test_chunks_reclaimed_before_commit_are_stored_again_as_the_arrays_are_now(
+    mgr: ckptlite.CheckpointManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gc between the chunk writes and the commit takes chunks the save deduplicated.
+
+    The save stores them again; the arrays changed meanwhile, so it must hash
+    them again too, not write today's bytes under yesterday's digests.
+    """
+    old, new = _arrays(1), _arrays(2)
+    first = mgr.save("mut", old, name="s")
+    mgr.delete(first.id)  # its chunks stay stored, unreferenced, until a gc
+    live = {k: v.copy() for k, v in old.items()}
+    real_commit = mgr.backend.commit
+    calls = 0
+
+    def commit(record: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            mgr.gc()  # reclaims the chunks this save found present
+            for k, v in live.items():
+                v[...] = new[k]
+        return real_commit(record)
+
+    monkeypatch.setattr(mgr.backend, "commit", commit)
+    cp = mgr.save("mut", live, name="s")
+    assert calls == 2  # refused once (missing chunks), then committed
+    got = mgr.load(cp.id)
+    assert all(np.array_equal(got[k], new[k]) for k in new)
+    assert mgr.verify(full=True).corrupted == ()
