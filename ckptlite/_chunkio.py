@@ -151,7 +151,8 @@ def read_buffers(
     """Read and verify every chunk of ``manifest`` into fresh buffers.
 
     Raises:
-        CorruptCheckpointError: a chunk is missing or does not match its digest.
+        CorruptCheckpointError: a chunk is missing or does not match its digest
+            (``context["digests"]`` names every such chunk).
     """
     buffers = [new_buffer(n) for n in chunking.buffer_sizes(manifest)]
     jobs: list[tuple[str, int, memoryview]] = []
@@ -166,18 +167,26 @@ def read_buffers(
 
     read_into = getattr(backend, "read_chunk_into", None)
 
-    def fetch(job: tuple[str, int, memoryview]) -> None:
+    def fetch(job: tuple[str, int, memoryview]) -> CorruptCheckpointError | None:
         digest, n, out = job
-        chunk = read_into(digest, out) if read_into else backend.read_chunk(digest)
-        if chunk.size != n:
-            raise CorruptCheckpointError(f"chunk {digest} has the wrong size", digest=digest)
-        chunking.restore_chunk_into(chunk, out)
+        try:
+            chunk = read_into(digest, out) if read_into else backend.read_chunk(digest)
+            if chunk.size != n:
+                raise CorruptCheckpointError(f"chunk {digest} has the wrong size", digest=digest)
+            chunking.restore_chunk_into(chunk, out)
+        except CorruptCheckpointError as e:
+            return e
+        return None
 
-    if len(jobs) == 1:
-        fetch(jobs[0])
-    else:
-        for _ in pool.map(fetch, jobs):
-            pass
+    # Every chunk is read even after one fails: the caller flags all the bad ones,
+    # or the next save of the same state would reuse those it did not flag.
+    errors = [e for e in (map(fetch, jobs) if len(jobs) == 1 else pool.map(fetch, jobs)) if e]
+    if errors:
+        first = errors[0]
+        bad = tuple(dict.fromkeys(d for e in errors if (d := e.context.get("digest"))))
+        raise CorruptCheckpointError(
+            first.message, hint=first.hint, **{**first.context, "digests": bad}
+        ) from first
     return buffers
 
 

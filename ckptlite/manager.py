@@ -570,10 +570,11 @@ class CheckpointManager:
         if cp.status == Status.VALID:
             with contextlib.suppress(CheckpointNotFoundError):
                 self.backend.set_status(cp.id, Status.CORRUPTED)
-        digest = error.context.get("digest") if error else None
+        context = error.context if error else {}
+        digests = context.get("digests") or ([context["digest"]] if "digest" in context else [])
         mark = getattr(self.backend, "mark_bad_chunks", None)
-        if digest and mark is not None:
-            mark([digest])  # the next save of the same bytes stores the chunk again
+        if digests and mark is not None:
+            mark(digests)  # the next save of the same bytes stores them again
 
     def _decode(self, record: StoredRecord) -> Any:
         cp = record.checkpoint
