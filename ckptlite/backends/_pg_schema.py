@@ -126,6 +126,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE TABLE {ledger_clock} (k INTEGER PRIMARY KEY CHECK (k = 1), v BIGINT NOT NULL)",
         "INSERT INTO {ledger_clock} (k, v) VALUES (1, 0)",
     ),
+    (
+        # A chunk that failed verification: not counted as stored, so the next save
+        # of the same bytes writes it again (replacing it) instead of reusing it.
+        "ALTER TABLE {chunks} ADD COLUMN bad BOOLEAN NOT NULL DEFAULT false",
+    ),
 ]
 
 

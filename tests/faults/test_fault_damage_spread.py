@@ -136,3 +136,40 @@ def test_sync_from_a_source_that_cannot_be_flagged_still_reports(
         report = ckptlite.sync(a, b)
         assert set(report.failed) == {cps["x"].id, cps["y"].id, cps["t"].id}
         assert b.load(cps["old"].id) == {"x": _bytes(3), "y": _bytes(4)}
+
+
+def _damage_rows(mgr: ckptlite.CheckpointManager, url: str, digests: list[str]) -> None:
+    """Flip a bit of each chunk where the backend keeps it: a dict, or a BYTEA row."""
+    if url == "memory://":
+        chunks = mgr.backend._chunks  # type: ignore[attr-defined]
+        for d in digests:
+            c = chunks[d]
+            data = bytearray(c.data)
+            data[100] ^= 0x01
+            chunks[d] = type(c)(d, c.size, c.codec, bytes(data))
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE ckptlite_chunks SET data = set_byte(data, 100, get_byte(data, 100) # 1) "
+            "WHERE digest = ANY(%s)",
+            (digests,),
+        )
+
+
+@pytest.mark.parametrize("kind", ["memory", "postgres"])
+def test_load_flags_every_bad_chunk_in_memory_and_postgres(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    url = "memory://" if kind == "memory" else str(request.getfixturevalue("pg_schema"))
+    with ckptlite.open(url, durability="none", chunk_size=CHUNK) as mgr:
+        cp = mgr.save("pt", _state(), name="t")
+        manifest = chunking.unpack_manifest(mgr.backend.get_record(cp.id).manifest)
+        x, y = [[d for d, _ in buf] for buf in manifest]
+        _damage_rows(mgr, url, [x[1], x[3], y[2]])
+        with pytest.raises(ckptlite.CorruptCheckpointError):
+            mgr.load(cp.id)
+        _rerun_loads_first_time(mgr)
+        assert mgr.load(cp.id) == _state()  # repaired in place
+        assert mgr.verify(full=True).corrupted == ()
