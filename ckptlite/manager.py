@@ -341,28 +341,7 @@ class CheckpointManager:
                 self.config.compression_level,
                 previous,
             )
-            manifest_bytes = chunking.pack_manifest(manifest)
-            digests = chunking.manifest_digests(manifest)
-            record = StoredRecord(
-                Checkpoint(  # built directly: dataclasses.replace costs twice as much
-                    id=cp.id,
-                    process_id=cp.process_id,
-                    level=cp.level,
-                    name=cp.name,
-                    parent_id=cp.parent_id,
-                    seq=cp.seq,
-                    status=cp.status,
-                    created_at=cp.created_at,
-                    size=encoded.size,
-                    stored_size=len(payload) + written,
-                    checksum=chunking.record_checksum(payload, manifest_bytes),
-                    metadata=cp.metadata,
-                    progress=cp.progress,
-                ),
-                payload,
-                manifest_bytes,
-                digests,
-            )
+            record = _record(cp, encoded.size, payload, manifest, written)
             try:
                 return self.backend.commit(record)
             except MissingChunksError:
@@ -808,6 +787,29 @@ class CheckpointManager:
         with open_store(target, durability="none", create=False) as check:
             s = check.stats()
         return BackupReport(str(target), s["checkpoints"], s["chunks"], s["stored_bytes"])
+
+
+def _record(
+    cp: Checkpoint, size: int, payload: bytes, manifest: chunking.Manifest, written: int
+) -> StoredRecord:
+    """Return the record of ``cp`` with its payload, manifest, sizes and checksum."""
+    manifest_bytes = chunking.pack_manifest(manifest)
+    cp = Checkpoint(  # built directly: dataclasses.replace costs twice as much
+        id=cp.id,
+        process_id=cp.process_id,
+        level=cp.level,
+        name=cp.name,
+        parent_id=cp.parent_id,
+        seq=cp.seq,
+        status=cp.status,
+        created_at=cp.created_at,
+        size=size,
+        stored_size=len(payload) + written,
+        checksum=chunking.record_checksum(payload, manifest_bytes),
+        metadata=cp.metadata,
+        progress=cp.progress,
+    )
+    return StoredRecord(cp, payload, manifest_bytes, chunking.manifest_digests(manifest))
 
 
 _default_lock = threading.Lock()
