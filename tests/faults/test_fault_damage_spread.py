@@ -121,6 +121,21 @@ def test_sync_flags_every_bad_chunk_at_the_source(tmp_path: Path) -> None:
         assert b.load(cp.id) == _state()
 
 
+def test_sync_into_a_target_with_flagged_chunks_stores_them_again(tmp_path: Path) -> None:
+    """A target's chunks flagged by its own load are copied again, never reused."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    cps, damaged = _build(dst)
+    with open_store(src) as a, open_store(dst) as b:
+        theirs = a.save("pt", _state(), name="t")  # the same bytes, intact
+        with pytest.raises(ckptlite.CorruptCheckpointError):
+            b.load(cps["t"].id)
+        assert _flagged(dst) == set(damaged)
+        assert ckptlite.sync(a, b).failed == ()
+        assert b.load(theirs.id) == _state()  # a reused bad chunk would raise here
+        assert b.load(cps["t"].id) == _state()  # repaired by the copy
+        assert _flagged(dst) == set()
+
+
 def test_sync_from_a_source_that_cannot_be_flagged_still_reports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
