@@ -23,7 +23,6 @@ __all__ = [
     "new_buffer",
     "pack_payload",
     "read_buffers",
-    "rewrite_chunks",
     "unpack_payload",
     "write_buffers",
 ]
@@ -74,32 +73,43 @@ def write_buffers(
         # memory twice (P3). Small chunks share a lookup.
         digests: list[str] = []
         stored: dict[str, int] = {}
+        scratch = _scratch(_LOOKUP_BYTES + size)
 
         def fresh() -> Iterator[StoredChunk]:
             batch: dict[str, memoryview] = {}
-            batch_bytes = 0
+            used = 0  # bytes of ``scratch`` the batch's copies take
             for i, (v, was) in enumerate(group):
+                # Equal to the stored chunk ``was`` as compared: its stored bytes are
+                # intact, whatever the caller does to ``v`` afterwards.
                 if was is not None and equals is not None and equals(was, v):
                     digests.append(was)  # the same bytes at the same place: stored already
                 else:
-                    d = chunking.digest_of(v)
+                    # Hashed, compressed and written from one private copy: the caller
+                    # may change its array meanwhile (a thread, a memory map), and the
+                    # bytes stored under a digest must be the bytes hashed. A cache-hot
+                    # memcpy costs a tenth of the hashing.
+                    copy = scratch[used : used + v.nbytes]
+                    copy[:] = v
+                    d = chunking.digest_of(copy)
                     digests.append(d)
                     with lock:
                         if d not in claimed:  # else another chunk of this save has these bytes
                             claimed.add(d)
-                            batch[d] = v
-                            batch_bytes += v.nbytes
-                if batch and (batch_bytes >= _LOOKUP_BYTES or i == len(group) - 1):
+                            batch[d] = copy
+                            used += v.nbytes
+                if batch and (used >= _LOOKUP_BYTES or i == len(group) - 1):
                     present = backend.has_chunks(batch)
                     # Compressed one at a time as the backend writes them: a group's
-                    # compressed copies are never all in memory at once.
-                    for d, v in batch.items():
+                    # compressed copies are never all in memory at once. A raw chunk's
+                    # data is a view of ``scratch``, which the next batch reuses: the
+                    # backend writes (or copies) each chunk before taking the next.
+                    for d, c in batch.items():
                         if d not in present:
-                            chunk = chunking.compress_chunk(d, v, level)
+                            chunk = chunking.compress_chunk(d, c, level)
                             stored[d] = chunk.stored_size
                             yield chunk
                     batch.clear()
-                    batch_bytes = 0
+                    used = 0
 
         backend.write_chunks(fresh())
         return [(d, stored.pop(d, 0)) for d in digests]
@@ -135,32 +145,14 @@ def write_buffers(
     return manifest, written
 
 
-def rewrite_chunks(
-    backend: Backend,
-    buffers: Sequence[memoryview],
-    manifest: chunking.Manifest,
-    wanted: set[str],
-    level: int,
-) -> None:
-    """Store again the chunks of ``buffers`` whose digests are in ``wanted``."""
-    chunks: list[StoredChunk] = []
-    for buf, entries in zip(buffers, manifest, strict=True):
-        offset = 0
-        for digest, n in entries:
-            if digest in wanted:
-                wanted.discard(digest)
-                chunks.append(chunking.compress_chunk(digest, buf[offset : offset + n], level))
-            offset += n
-    backend.write_chunks(chunks)
-
-
 def read_buffers(
     backend: Backend, pool: ThreadPoolExecutor, manifest: chunking.Manifest
 ) -> list[bytearray | memoryview]:
     """Read and verify every chunk of ``manifest`` into fresh buffers.
 
     Raises:
-        CorruptCheckpointError: a chunk is missing or does not match its digest.
+        CorruptCheckpointError: a chunk is missing or does not match its digest
+            (``context["digests"]`` names every such chunk).
     """
     buffers = [new_buffer(n) for n in chunking.buffer_sizes(manifest)]
     jobs: list[tuple[str, int, memoryview]] = []
@@ -175,19 +167,38 @@ def read_buffers(
 
     read_into = getattr(backend, "read_chunk_into", None)
 
-    def fetch(job: tuple[str, int, memoryview]) -> None:
+    def fetch(job: tuple[str, int, memoryview]) -> CorruptCheckpointError | None:
         digest, n, out = job
-        chunk = read_into(digest, out) if read_into else backend.read_chunk(digest)
-        if chunk.size != n:
-            raise CorruptCheckpointError(f"chunk {digest} has the wrong size", digest=digest)
-        chunking.restore_chunk_into(chunk, out)
+        try:
+            chunk = read_into(digest, out) if read_into else backend.read_chunk(digest)
+            if chunk.size != n:
+                raise CorruptCheckpointError(f"chunk {digest} has the wrong size", digest=digest)
+            chunking.restore_chunk_into(chunk, out)
+        except CorruptCheckpointError as e:
+            return e
+        return None
 
-    if len(jobs) == 1:
-        fetch(jobs[0])
-    else:
-        for _ in pool.map(fetch, jobs):
-            pass
+    # Every chunk is read even after one fails: the caller flags all the bad ones,
+    # or the next save of the same state would reuse those it did not flag.
+    errors = [e for e in (map(fetch, jobs) if len(jobs) == 1 else pool.map(fetch, jobs)) if e]
+    if errors:
+        first = errors[0]
+        bad = tuple(dict.fromkeys(d for e in errors if (d := e.context.get("digest"))))
+        raise CorruptCheckpointError(
+            first.message, hint=first.hint, **{**first.context, "digests": bad}
+        ) from first
     return buffers
+
+
+_local = threading.local()
+
+
+def _scratch(n: int) -> memoryview:
+    """Return this thread's scratch buffer of ``n`` bytes (reused: no page faults per save)."""
+    buf: memoryview | None = getattr(_local, "scratch", None)
+    if buf is None or buf.nbytes != n:
+        buf = _local.scratch = memoryview(bytearray(n))
+    return buf
 
 
 def new_buffer(n: int) -> bytearray | memoryview:

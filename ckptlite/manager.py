@@ -489,47 +489,28 @@ class CheckpointManager:
             return None  # a damaged manifest only costs the shortcut
 
     def _store(self, cp: Checkpoint, encoded: codec.EncodedState) -> Checkpoint:
-        manifest, written = _chunkio.write_buffers(
-            self.backend,
-            self._executor(),
-            encoded.buffers,
-            self.config.chunk_size,
-            self.config.compression_level,
-            self._previous_manifest(cp, encoded),
-        )
+        previous = self._previous_manifest(cp, encoded)
         payload = _chunkio.pack_payload(encoded.skeleton)
-        manifest_bytes = chunking.pack_manifest(manifest)
-        digests = chunking.manifest_digests(manifest)
-        cp = Checkpoint(  # built directly: dataclasses.replace costs twice as much
-            id=cp.id,
-            process_id=cp.process_id,
-            level=cp.level,
-            name=cp.name,
-            parent_id=cp.parent_id,
-            seq=cp.seq,
-            status=cp.status,
-            created_at=cp.created_at,
-            size=encoded.size,
-            stored_size=len(payload) + written,
-            checksum=chunking.record_checksum(payload, manifest_bytes),
-            metadata=cp.metadata,
-            progress=cp.progress,
-        )
-        record = StoredRecord(cp, payload, manifest_bytes, digests)
         for _attempt in range(5):
+            manifest, written = _chunkio.write_buffers(
+                self.backend,
+                self._executor(),
+                encoded.buffers,
+                self.config.chunk_size,
+                self.config.compression_level,
+                previous,
+            )
+            record = _record(cp, encoded.size, payload, manifest, written)
             try:
                 return self.backend.commit(record)
-            except MissingChunksError as e:
-                # A concurrent gc reclaimed chunks we found present: write them again.
-                _chunkio.rewrite_chunks(
-                    self.backend,
-                    encoded.buffers,
-                    manifest,
-                    set(e.digests),
-                    self.config.compression_level,
-                )
+            except MissingChunksError:
+                # A concurrent gc reclaimed chunks we found present (or a load flagged
+                # them bad): store the chunks again. Hashed again too, from the arrays
+                # as they are now: rewriting the missing digests from arrays the caller
+                # may have changed since could store other bytes under them.
+                continue
         raise MissingChunksError(
-            f"chunks of {cp.id} kept disappearing during save", digests=digests
+            f"chunks of {cp.id} kept disappearing during save", digests=record.digests
         )
 
     # -- retention, async saves, processes and runs (thin: see _retention, _async,
@@ -753,10 +734,11 @@ class CheckpointManager:
         if cp.status == Status.VALID:
             with contextlib.suppress(CheckpointNotFoundError):
                 self.backend.set_status(cp.id, Status.CORRUPTED)
-        digest = error.context.get("digest") if error else None
+        context = error.context if error else {}
+        digests = context.get("digests") or ([context["digest"]] if "digest" in context else [])
         mark = getattr(self.backend, "mark_bad_chunks", None)
-        if digest and mark is not None:
-            mark([digest])  # the next save of the same bytes stores the chunk again
+        if digests and mark is not None:
+            mark(digests)  # the next save of the same bytes stores them again
 
     def _decode(self, record: StoredRecord) -> Any:
         cp = record.checkpoint
@@ -1024,6 +1006,29 @@ class CheckpointManager:
         with open_store(target, durability="none", create=False) as check:
             s = check.stats()
         return BackupReport(str(target), s["checkpoints"], s["chunks"], s["stored_bytes"])
+
+
+def _record(
+    cp: Checkpoint, size: int, payload: bytes, manifest: chunking.Manifest, written: int
+) -> StoredRecord:
+    """Return the record of ``cp`` with its payload, manifest, sizes and checksum."""
+    manifest_bytes = chunking.pack_manifest(manifest)
+    cp = Checkpoint(  # built directly: dataclasses.replace costs twice as much
+        id=cp.id,
+        process_id=cp.process_id,
+        level=cp.level,
+        name=cp.name,
+        parent_id=cp.parent_id,
+        seq=cp.seq,
+        status=cp.status,
+        created_at=cp.created_at,
+        size=size,
+        stored_size=len(payload) + written,
+        checksum=chunking.record_checksum(payload, manifest_bytes),
+        metadata=cp.metadata,
+        progress=cp.progress,
+    )
+    return StoredRecord(cp, payload, manifest_bytes, chunking.manifest_digests(manifest))
 
 
 _default_lock = threading.Lock()

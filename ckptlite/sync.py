@@ -313,6 +313,12 @@ class _Job:
         bad = self._write(need)
         if not bad:
             return fresh
+        # A damaged record's chunks that the target had were not read: check them at
+        # the source too, and flag every bad one there, so the source's next save of
+        # the same bytes stores them again instead of reusing them. (The target's
+        # copies are its own: records using only those still copy.)
+        unread = {d for r in fresh if bad.intersection(r.digests) for d in r.digests if d in have}
+        self._flag_at_source(bad | {d for d in sorted(unread) if self._read(d) is None})
         dropped: set[str] = set()
         kept = []
         for r in fresh:  # parents first: a child of a dropped record is dropped too
@@ -334,12 +340,8 @@ class _Job:
         group: list[StoredChunk] = []
         size = 0
         for d in digests:
-            try:
-                chunk = self.src.read_chunk(d)
-                # Checked as it is copied: a damaged chunk would otherwise spread to
-                # every target, and be found only when one of them loads it.
-                chunking.check_chunk(chunk)
-            except (CorruptCheckpointError, OSError):
+            chunk = self._read(d)
+            if chunk is None:
                 bad.add(d)
                 continue
             group.append(chunk)
@@ -349,6 +351,26 @@ class _Job:
                 group, size = [], 0
         self._flush(group)
         return bad
+
+    def _read(self, digest: str) -> StoredChunk | None:
+        """Return a source chunk checked against its digest; None if missing, unreadable or bad."""
+        try:
+            chunk = self.src.read_chunk(digest)
+            # Checked as it is copied: a damaged chunk would otherwise spread to
+            # every target, and be found only when one of them loads it.
+            chunking.check_chunk(chunk)
+        except (CorruptCheckpointError, OSError):
+            return None
+        return chunk
+
+    def _flag_at_source(self, bad: set[str]) -> None:
+        mark = getattr(self.src, "mark_bad_chunks", None)
+        if mark is None:
+            return
+        # Best effort: a read-only source cannot be flagged (its damage is still
+        # reported in ``failed``).
+        with contextlib.suppress(CkptliteError):
+            mark(sorted(bad))
 
     def _flush(self, group: list[StoredChunk]) -> None:
         if group:

@@ -158,6 +158,27 @@ class BackendContract:
         assert bytes(backend.read_chunk(digest).data) == data
         assert digest in set(backend.iter_chunk_digests())
 
+    def test_a_chunk_flagged_bad_is_stored_again_never_reused(
+        self, any_mgr: Mgr, backend: Backend
+    ) -> None:
+        state = {"a": _big(9)}
+        cp = any_mgr.save("p", state)
+        rec = backend.get_record(cp.id)
+        digests = set(rec.digests)
+        flagged = set(rec.digests[1::3])
+        backend.mark_bad_chunks(flagged)  # type: ignore[attr-defined]
+        assert backend.has_chunks(digests) == digests - flagged
+        # A record using a flagged chunk is refused like one using a missing chunk.
+        copy = rec.checkpoint.replace(id=ckptlite.generate_checkpoint_id())
+        with pytest.raises(MissingChunksError):
+            backend.commit(StoredRecord(copy, rec.payload, rec.manifest, rec.digests))
+        again = any_mgr.save("p", state)  # writes the flagged chunks again
+        assert backend.has_chunks(digests) == digests
+        assert np.array_equal(any_mgr.load(again.id)["a"], state["a"])
+        backend.mark_bad_chunks(flagged)  # type: ignore[attr-defined]
+        backend.mark_bad_chunks([], replace=True)  # type: ignore[attr-defined]
+        assert backend.has_chunks(digests) == digests  # ``replace`` clears the others
+
     def test_set_status_and_unknown_ids(self, any_mgr: Mgr, backend: Backend) -> None:
         cp = any_mgr.save("p", 1)
         backend.set_status(cp.id, Status.ARCHIVED)

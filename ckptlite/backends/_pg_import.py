@@ -45,7 +45,7 @@ _TYPES = [
 ]
 
 _MISSING_CHUNKS = """SELECT DISTINCT d FROM pg_temp.ckptlite_import i, unnest(i.digests) d
-WHERE NOT EXISTS (SELECT 1 FROM {chunks} c WHERE c.digest = d) ORDER BY d"""
+WHERE NOT EXISTS (SELECT 1 FROM {chunks} c WHERE c.digest = d AND NOT c.bad) ORDER BY d"""
 
 _MISSING_PARENTS = """SELECT i.parent_id FROM pg_temp.ckptlite_import i
 WHERE i.parent_id IS NOT NULL

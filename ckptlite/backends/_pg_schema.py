@@ -152,7 +152,15 @@ MIGRATIONS: list[tuple[str, ...]] = [
     (
         # A mark also names the source's checkpoint at its seq: a source holding
         # another one there is a copy of the store that made the mark (sync.py).
-        "ALTER TABLE {sync_marks} ADD COLUMN checkpoint_id TEXT",
+        "ALTER TABLE {sync_marks} ADD COLUMN IF NOT EXISTS checkpoint_id TEXT",
+        # A chunk that failed verification: not counted as stored, so the next save
+        # of the same bytes writes it again (replacing it) instead of reusing it.
+        "ALTER TABLE {chunks} ADD COLUMN IF NOT EXISTS bad BOOLEAN NOT NULL DEFAULT false",
+    ),
+    (
+        # Development builds had either column alone as version 3: give both to all.
+        "ALTER TABLE {sync_marks} ADD COLUMN IF NOT EXISTS checkpoint_id TEXT",
+        "ALTER TABLE {chunks} ADD COLUMN IF NOT EXISTS bad BOOLEAN NOT NULL DEFAULT false",
     ),
 ]
 

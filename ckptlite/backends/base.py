@@ -84,7 +84,9 @@ class Backend(Protocol):
     def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
         """Store chunks durably (skipping ones already present); a stream may be consumed lazily.
 
-        Until a committed record references them, ``gc`` may reclaim them.
+        A streamed chunk's ``data`` may be a view of a buffer the stream reuses for
+        the next chunk: write or copy it before taking the next. Until a committed
+        record references them, ``gc`` may reclaim them.
 
         Raises:
             StoreFullError, StoreIOError: nothing referencing them was committed.

@@ -39,6 +39,7 @@ class MemoryBackend:
         self._lock = threading.RLock()
         self._records: dict[str, StoredRecord] = {}
         self._chunks: dict[str, StoredChunk] = {}
+        self._bad: set[str] = set()  # chunks that failed verification: stored again, not reused
         self._seq = 0
         # Runs and the item ledger: {(run_id, group): {item_id: [ok, attempts, error, state,
         # changed]}}; ``_clock`` is the ledger clock.
@@ -51,15 +52,25 @@ class MemoryBackend:
         self._mark_ids: dict[str, str | None] = {}
 
     def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
-        chunks = list(chunks)  # a stream is produced outside the lock
+        # Copied as they come, outside the lock: a stream's chunk may be a view of a
+        # buffer its producer reuses for the next one.
+        copies = [StoredChunk(c.digest, c.size, c.codec, bytes(c.data)) for c in chunks]
         with self._lock:
-            for c in chunks:
-                if c.digest not in self._chunks:
-                    self._chunks[c.digest] = StoredChunk(c.digest, c.size, c.codec, bytes(c.data))
+            for c in copies:
+                if c.digest not in self._chunks or c.digest in self._bad:
+                    self._chunks[c.digest] = c  # a chunk flagged bad is replaced
+                    self._bad.discard(c.digest)
 
     def has_chunks(self, digests: Iterable[str]) -> set[str]:
         with self._lock:
-            return {d for d in digests if d in self._chunks}
+            return {d for d in digests if d in self._chunks and d not in self._bad}
+
+    def mark_bad_chunks(self, digests: Iterable[str], replace: bool = False) -> None:
+        """Flag chunks whose stored bytes failed verification (``replace``: only these)."""
+        with self._lock:
+            if replace:
+                self._bad.clear()
+            self._bad.update(d for d in digests if d in self._chunks)
 
     def read_chunk(self, digest: str) -> StoredChunk:
         with self._lock:
@@ -77,7 +88,7 @@ class MemoryBackend:
                 raise InvalidInputError(
                     f"parent checkpoint {cp.parent_id} does not exist", checkpoint_id=cp.parent_id
                 )
-            missing = tuple(d for d in record.digests if d not in self._chunks)
+            missing = tuple(d for d in record.digests if d not in self._chunks or d in self._bad)
             if missing:
                 raise MissingChunksError(
                     f"{len(missing)} chunk(s) of {cp.id} are not stored", digests=missing
@@ -163,6 +174,7 @@ class MemoryBackend:
             if not dry_run:
                 for d in orphans:
                     del self._chunks[d]
+                    self._bad.discard(d)
         return GcReport(tuple(orphans), (), freed, dry_run)
 
     def stats(self) -> dict[str, Any]:
@@ -321,7 +333,14 @@ class MemoryBackend:
                 if r.checkpoint.id not in self._records:
                     fresh.setdefault(r.checkpoint.id, r)
             missing = tuple(
-                sorted({d for r in fresh.values() for d in r.digests if d not in self._chunks})
+                sorted(
+                    {
+                        d
+                        for r in fresh.values()
+                        for d in r.digests
+                        if d not in self._chunks or d in self._bad
+                    }
+                )
             )
             if missing:
                 raise MissingChunksError(f"{len(missing)} chunk(s) are not stored", digests=missing)

@@ -298,18 +298,22 @@ class PostgresBackend(LedgerMixin):
     # -- chunks -------------------------------------------------------------------
 
     def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
-        chunks = list(chunks)
-        if not chunks:
-            return
-        # Sorted: two writers inserting overlapping sets never deadlock.
+        # Copied as they come (a stream's chunk may be a view of a buffer its producer
+        # reuses for the next one), and sorted: two writers inserting overlapping sets
+        # never deadlock.
         rows = sorted(
             {
                 c.digest: (c.digest, c.size, c.codec, c.stored_size, bytes(c.data)) for c in chunks
             }.values()
         )
+        if not rows:
+            return
+        # A chunk flagged bad is replaced: this copy repairs it.
         q = self._q(
             "INSERT INTO {chunks} (digest, size, codec, stored_size, data) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (digest) DO NOTHING"
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (digest) DO UPDATE SET "
+            "size = EXCLUDED.size, codec = EXCLUDED.codec, stored_size = EXCLUDED.stored_size, "
+            "data = EXCLUDED.data, bad = false WHERE {chunks}.bad"
         )
 
         def run(conn: Conn) -> None:
@@ -319,11 +323,32 @@ class PostgresBackend(LedgerMixin):
         self._run("writing chunks", run, write=True, idempotent=True)
 
     def has_chunks(self, digests: Iterable[str]) -> set[str]:
-        return self._has("{chunks}", "digest", digests, "reading the chunk index")
+        return self._has("{chunks}", "digest", digests, "reading the chunk index", "NOT bad")
 
-    def _has(self, table: str, col: str, values: Iterable[str], what: str) -> set[str]:
+    def mark_bad_chunks(self, digests: Iterable[str], replace: bool = False) -> None:
+        """Flag chunks whose stored bytes failed verification (``replace``: only these).
+
+        ``has_chunks`` stops counting a flagged chunk, so the next save of the same
+        bytes stores it again, which repairs every checkpoint using it.
+        """
+        wanted = sorted(set(digests))
+        clear = self._q("UPDATE {chunks} SET bad = false WHERE bad")
+        flag = self._q("UPDATE {chunks} SET bad = true WHERE digest = ANY(%s) AND NOT bad")
+
+        def run(conn: Conn) -> None:
+            if replace:
+                conn.execute(clear)
+            for i in range(0, len(wanted), _BATCH):
+                conn.execute(flag, (wanted[i : i + _BATCH],))
+
+        if wanted or replace:
+            self._run("flagging bad chunks", run, write=True, idempotent=True)
+
+    def _has(
+        self, table: str, col: str, values: Iterable[str], what: str, extra: str = "TRUE"
+    ) -> set[str]:
         wanted = list(dict.fromkeys(values))
-        q = self._q(f"SELECT {col} FROM {table} WHERE {col} = ANY(%s)")
+        q = self._q(f"SELECT {col} FROM {table} WHERE {col} = ANY(%s) AND {extra}")
 
         def run(conn: Conn) -> set[str]:
             found: set[str] = set()
@@ -351,7 +376,7 @@ class PostgresBackend(LedgerMixin):
             "%(parent)s::text IS NULL OR EXISTS "
             "(SELECT 1 FROM {records} WHERE checkpoint_id = %(parent)s), "
             "ARRAY(SELECT d FROM unnest(%(digests)s::text[]) d "
-            "WHERE NOT EXISTS (SELECT 1 FROM {chunks} c WHERE c.digest = d))"
+            "WHERE NOT EXISTS (SELECT 1 FROM {chunks} c WHERE c.digest = d AND NOT c.bad))"
         )
         insert = self._q(
             "WITH l AS (INSERT INTO {t} (checkpoint_id, level, parent_id, processor_name, "
