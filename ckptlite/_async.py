@@ -19,18 +19,22 @@ import sys
 import threading
 import traceback
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import codec
 from .policies import CheckpointPolicy
 from .types import Checkpoint
 
-if TYPE_CHECKING:
-    from .manager import CheckpointManager
+__all__ = ["AsyncSaver", "Prepare", "Write"]
 
-__all__ = ["AsyncSaver"]
+#: Checks a save's arguments and encodes its state, in the caller's thread:
+#: ``prepare(process_id, state, **record) -> (checkpoint, encoded state)``.
+Prepare = Callable[..., tuple[Checkpoint, codec.EncodedState]]
+#: Writes an encoded save and prunes its slot (the manager's save path after encoding).
+Write = Callable[[Checkpoint, codec.EncodedState, CheckpointPolicy | None], Checkpoint]
 
 _live: weakref.WeakSet[AsyncSaver] = weakref.WeakSet()
 
@@ -56,10 +60,11 @@ else:  # pragma: no cover - CPython has had it since 3.9
 
 
 class AsyncSaver:
-    """The save_async queue of one manager."""
+    """The save_async queue of one manager, which passes in its ``prepare`` and ``write``."""
 
-    def __init__(self, manager: CheckpointManager, max_pending: int = 8) -> None:
-        self.manager = manager
+    def __init__(self, prepare: Prepare, write: Write, max_pending: int = 8) -> None:
+        self._prepare = prepare
+        self._write_save = write
         self.max_pending = max_pending
         self._slots = threading.BoundedSemaphore(max_pending)
         self._lock = threading.Lock()
@@ -95,14 +100,12 @@ class AsyncSaver:
         **record: Any,
     ) -> Future[Checkpoint]:
         """Snapshot ``state`` now and queue its save; block while the queue is full."""
-        mgr = self.manager
         self._after_fork()
         self._slots.acquire()
         released = False
         try:
             try:
-                cp = mgr._new_checkpoint(process_id, **record)
-                encoded = codec.encode(state, allow_pickle=mgr.allow_pickle)
+                cp, encoded = self._prepare(process_id, state, **record)
                 # The snapshot: large buffers are views into the caller's objects.
                 encoded = codec.EncodedState(
                     encoded.skeleton,
@@ -131,7 +134,7 @@ class AsyncSaver:
         self, cp: Checkpoint, encoded: codec.EncodedState, policy: CheckpointPolicy | None
     ) -> Checkpoint:
         try:
-            return self.manager._commit_encoded(cp, encoded, policy)
+            return self._write_save(cp, encoded, policy)
         finally:
             self._slots.release()
 

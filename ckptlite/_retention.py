@@ -1,7 +1,9 @@
 """Retention as the manager applies it: slot positions, pruning after a save, reports.
 
 The decisions themselves are the pure functions of ``ckptlite.policies``; this
-module reads the records, pins what other scopes depend on, and deletes.
+module reads the records, pins what other scopes depend on, and deletes. It works
+on the backend it is given: the manager calls it around its own commit (a slot
+position before, pruning after) and never the other way round.
 """
 
 from __future__ import annotations
@@ -11,18 +13,13 @@ import logging
 import threading
 import zlib
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
-from . import codec
-from .backends.base import ListQuery
+from .backends.base import Backend, ListQuery
 from .errors import CheckpointNotFoundError, CkptliteError, InvalidInputError
 from .policies import SLOT_INDEX_KEY, CheckpointPolicy, RetentionReport, plan_retention
 from .types import Checkpoint
 
-if TYPE_CHECKING:
-    from .manager import CheckpointManager
-
-__all__ = ["apply_retention", "store_with_policy"]
+__all__ = ["apply_retention", "prune_slot", "retain", "slot_lock", "stamp_position"]
 
 log = logging.getLogger("ckptlite")
 
@@ -31,7 +28,8 @@ log = logging.getLogger("ckptlite")
 _SLOT_LOCKS = [threading.Lock() for _ in range(64)]
 
 
-def _slot_lock(cp: Checkpoint) -> threading.Lock:
+def slot_lock(cp: Checkpoint) -> threading.Lock:
+    """Return the lock that saves to ``cp``'s slot take to stamp their position."""
     key = f"{cp.process_id}\0{cp.level.value}\0{cp.name}".encode()
     return _SLOT_LOCKS[zlib.crc32(key) % len(_SLOT_LOCKS)]
 
@@ -40,48 +38,41 @@ def _slot_query(cp: Checkpoint, limit: int | None = None) -> ListQuery:
     return ListQuery(process_id=cp.process_id, level=cp.level, name=cp.name, limit=limit)
 
 
-def _next_position(mgr: CheckpointManager, cp: Checkpoint) -> int:
-    newest = mgr.backend.list(_slot_query(cp, limit=1))
+def _next_position(backend: Backend, cp: Checkpoint) -> int:
+    newest = backend.list(_slot_query(cp, limit=1))
     if not newest:
         return 1
     stamp = newest[0].metadata.get(SLOT_INDEX_KEY)
     if isinstance(stamp, int) and not isinstance(stamp, bool) and stamp > 0:
         return stamp + 1
-    return len(mgr.backend.list(_slot_query(cp))) + 1
+    return len(backend.list(_slot_query(cp))) + 1
 
 
-def store_with_policy(
-    mgr: CheckpointManager,
-    cp: Checkpoint,
-    encoded: codec.EncodedState,
-    policy: CheckpointPolicy | None,
-) -> Checkpoint:
-    """Commit an encoded save; stamp its slot position and prune its slot as ``policy`` says.
+def stamp_position(backend: Backend, cp: Checkpoint) -> Checkpoint:
+    """Return ``cp`` stamped with its position in its slot (for ``keep_every``).
 
-    Pruning runs only on the slot just saved. A pruning failure is logged, not
-    raised: the save itself succeeded, and the next save prunes again.
-
-    Raises:
-        StoreFullError, StoreIOError: the save failed; nothing was committed.
+    Call it holding ``slot_lock(cp)`` until ``cp`` is committed: two saves must
+    never take the same position.
     """
-    if policy is None:
-        return mgr._store(cp, encoded)
-    if policy.keep_every is not None:
-        with _slot_lock(cp):
-            cp = cp.replace(metadata={**cp.metadata, SLOT_INDEX_KEY: _next_position(mgr, cp)})
-            saved = mgr._store(cp, encoded)
-    else:
-        saved = mgr._store(cp, encoded)
-    if policy.keeps_anything_out:
-        try:
-            retain(mgr, policy, _slot_query(saved), whole_store=False)
-        except CkptliteError as e:
-            log.warning("ckptlite: retention after saving %s failed: %s", saved.id, e)
-    return saved
+    return cp.replace(metadata={**cp.metadata, SLOT_INDEX_KEY: _next_position(backend, cp)})
+
+
+def prune_slot(backend: Backend, policy: CheckpointPolicy, saved: Checkpoint) -> None:
+    """Prune the slot of ``saved``, just committed, as ``policy`` says.
+
+    A pruning failure is logged, not raised: the save itself succeeded, and the
+    next save prunes again.
+    """
+    if not policy.keeps_anything_out:
+        return
+    try:
+        retain(backend, policy, _slot_query(saved), whole_store=False)
+    except CkptliteError as e:
+        log.warning("ckptlite: retention after saving %s failed: %s", saved.id, e)
 
 
 def retain(
-    mgr: CheckpointManager,
+    backend: Backend,
     policy: CheckpointPolicy,
     query: ListQuery,
     *,
@@ -90,7 +81,6 @@ def retain(
     now: datetime | None = None,
 ) -> RetentionReport:
     """Plan retention over the records ``query`` selects, then delete (unless dry_run)."""
-    backend = mgr.backend
     records = backend.list(query)
     now = now or datetime.now(UTC)
     pinned: set[str] = set()
@@ -121,17 +111,16 @@ def retain(
 
 
 def apply_retention(
-    mgr: CheckpointManager,
+    backend: Backend,
     process_id: str | None,
     policy: CheckpointPolicy | None,
     dry_run: bool,
 ) -> RetentionReport:
-    """Apply ``policy`` (or the manager's) to one process or the whole store.
+    """Apply ``policy`` (the caller's, else the manager's) to one process or the whole store.
 
     Raises:
-        InvalidInputError: no policy given and the manager has none.
+        InvalidInputError: ``policy`` is None (none given and the manager has none).
     """
-    policy = policy or mgr.policy
     if policy is None:
         raise InvalidInputError(
             "no retention policy: pass policy= or open the store with policy=",
@@ -140,7 +129,7 @@ def apply_retention(
     if not isinstance(policy, CheckpointPolicy):
         raise InvalidInputError(f"policy must be a CheckpointPolicy, not {policy!r}")
     return retain(
-        mgr,
+        backend,
         policy,
         ListQuery(process_id=process_id),
         whole_store=process_id is None,

@@ -1,4 +1,13 @@
-"""The checkpoint manager: the one place that encodes and decodes states."""
+"""The checkpoint manager: the one place that encodes and decodes states.
+
+A save is one straight line: ``save`` checks its arguments and encodes the state
+(``codec``); ``_commit_encoded`` hands it to ``_store``, where ``_chunkio``, the one
+module that moves bytes to the backend, writes the chunks and ``backend.commit``
+commits the record; then ``_retention`` prunes the slot, after the commit. Helpers
+(``_chunkio``, ``_retention``, ``_async``, ``runs``, ``process``) are passed what they
+need (the backend, a callable, an object a Protocol describes) and never import
+this module back: tests/test_init.py guards it.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _async, _chunkio, _inputs, _retention, chunking, codec
 from . import config as _config
@@ -30,6 +39,7 @@ from .errors import (
 )
 from .ids import generate_checkpoint_id
 from .policies import CheckpointPolicy, RetentionReport
+from .process import ResumableProcess, resume_process, set_default_manager
 from .runs import Run, open_run
 from .types import (
     BackupReport,
@@ -42,9 +52,6 @@ from .types import (
     StoredRecord,
     VerifyReport,
 )
-
-if TYPE_CHECKING:
-    from .process import ResumableProcess
 
 __all__ = [
     "CheckpointManager",
@@ -516,10 +523,34 @@ class CheckpointManager:
     # -- retention, async saves, processes and runs (thin: see _retention, _async,
     # -- process and runs) ------------------------------------------------------------
 
+    def _prepare(
+        self, process_id: str, state: Any, **record: Any
+    ) -> tuple[Checkpoint, codec.EncodedState]:
+        """Check a save's arguments and encode its state, as ``save`` does (for save_async)."""
+        cp = self._new_checkpoint(process_id, **record)
+        return cp, codec.encode(state, allow_pickle=self.allow_pickle)
+
     def _commit_encoded(
         self, cp: Checkpoint, encoded: codec.EncodedState, policy: CheckpointPolicy | None
     ) -> Checkpoint:
-        return _retention.store_with_policy(self, cp, encoded, policy or self.policy)
+        """Store an encoded save, then prune its slot: the save path after encoding.
+
+        Retention runs after the commit, on the slot just saved; a ``keep_every``
+        policy also stamps the slot position, under the slot's lock until the commit.
+
+        Raises:
+            StoreFullError, StoreIOError: the save failed; nothing was committed.
+        """
+        policy = policy or self.policy
+        if policy is None:
+            return self._store(cp, encoded)
+        if policy.keep_every is None:
+            saved = self._store(cp, encoded)
+        else:
+            with _retention.slot_lock(cp):
+                saved = self._store(_retention.stamp_position(self.backend, cp), encoded)
+        _retention.prune_slot(self.backend, policy, saved)  # logs a failure, never raises
+        return saved
 
     def save_async(
         self,
@@ -555,7 +586,9 @@ class CheckpointManager:
         _check_policy(policy)
         with self._pool_lock:
             if self._async is None:
-                self._async = _async.AsyncSaver(self, self.max_pending)
+                self._async = _async.AsyncSaver(
+                    self._prepare, self._commit_encoded, self.max_pending
+                )
             saver = self._async
         return saver.submit(
             process_id,
@@ -604,7 +637,7 @@ class CheckpointManager:
         if not dry_run:
             self._refuse_write("remove checkpoints")
         return _retention.apply_retention(
-            self, _inputs.optional(process_id, "process_id"), policy, dry_run
+            self.backend, _inputs.optional(process_id, "process_id"), policy or self.policy, dry_run
         )
 
     def resume_from(
@@ -627,8 +660,6 @@ class CheckpointManager:
             CorruptCheckpointError: ``checkpoint_id`` fails verification.
             InvalidInputError: no process_id given and the process has none.
         """
-        from .process import resume_process
-
         return resume_process(
             self, process, checkpoint_id, process_id=process_id, level=level, name=name
         )
@@ -1049,3 +1080,7 @@ def get_checkpoint_manager() -> CheckpointManager:
             _default = open_store()
             _default_pid = os.getpid()
         return _default
+
+
+# Processes without a manager of their own use the default one.
+set_default_manager(get_checkpoint_manager)

@@ -23,17 +23,20 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
-from .errors import InvalidInputError
-from .manager import get_checkpoint_manager
+from .errors import ConfigError, InvalidInputError
 from .policies import CheckpointPolicy
 from .types import Checkpoint, Level
 
-if TYPE_CHECKING:
-    from .manager import CheckpointManager
-
-__all__ = ["CheckpointableProcess", "ResumableProcess", "resume_process"]
+__all__ = [
+    "CheckpointableProcess",
+    "ProcessManager",
+    "ResumableProcess",
+    "resume_process",
+    "set_default_manager",
+]
 
 
 @runtime_checkable
@@ -48,6 +51,59 @@ class ResumableProcess(Protocol):
 
     def get_progress(self) -> tuple[int, int]:
         """Return ``(done, total)``."""
+
+
+class ProcessManager(Protocol):
+    """What a process uses of its ``CheckpointManager`` (this module does not import it)."""
+
+    def save(
+        self,
+        process_id: str,
+        state: Any,
+        *,
+        level: Level | str = ...,
+        name: str = ...,
+        parent: str | Checkpoint | None = ...,
+        metadata: dict[str, Any] | None = ...,
+        progress: tuple[int, int] | None = ...,
+        policy: CheckpointPolicy | None = ...,
+    ) -> Checkpoint:
+        """Save a process's state (``CheckpointManager.save``)."""
+
+    def resume_from(
+        self, process: ResumableProcess, checkpoint_id: str | None = ...
+    ) -> Checkpoint | None:
+        """Restore a process (``CheckpointManager.resume_from``)."""
+
+
+class _Loader(Protocol):
+    """What ``resume_process`` uses of a ``CheckpointManager``."""
+
+    def get(self, checkpoint_id: str) -> Checkpoint: ...
+
+    def load(self, checkpoint: str | Checkpoint) -> Any: ...
+
+    def load_latest(
+        self, process_id: str, level: Level | str | None = ..., name: str | None = ...
+    ) -> tuple[Checkpoint, Any] | None: ...
+
+
+def _unwired() -> ProcessManager:
+    raise ConfigError(
+        "no default checkpoint manager is set",
+        hint="Set the process's checkpoint_manager (importing ckptlite sets the default).",
+    )
+
+
+#: The manager of a process that has none. ``ckptlite.manager`` sets it to its
+#: ``get_checkpoint_manager`` when it loads: this module does not import the manager.
+_default_manager: Callable[[], ProcessManager] = _unwired
+
+
+def set_default_manager(get: Callable[[], ProcessManager]) -> None:
+    """Make ``get()`` the manager of processes whose ``checkpoint_manager`` is None."""
+    global _default_manager
+    _default_manager = get
 
 
 class CheckpointableProcess:
@@ -70,7 +126,7 @@ class CheckpointableProcess:
     checkpoint_policy: CheckpointPolicy | None = None
     checkpoint_level: Level = Level.STEP
     checkpoint_name: str = ""
-    checkpoint_manager: CheckpointManager | None = None
+    checkpoint_manager: ProcessManager | None = None
 
     @property
     def checkpoint_metadata(self) -> dict[str, Any]:
@@ -86,8 +142,8 @@ class CheckpointableProcess:
     def get_progress(self) -> tuple[int, int]:
         raise NotImplementedError(f"{type(self).__name__} must implement get_progress()")
 
-    def _manager(self) -> CheckpointManager:
-        return self.checkpoint_manager or get_checkpoint_manager()
+    def _manager(self) -> ProcessManager:
+        return self.checkpoint_manager or _default_manager()
 
     def _ckpt_mark(self) -> tuple[float, int]:
         mark: tuple[float, int] | None = self.__dict__.get("_ckpt_last")
@@ -155,7 +211,7 @@ class CheckpointableProcess:
 
 
 def resume_process(
-    mgr: CheckpointManager,
+    mgr: _Loader,
     process: ResumableProcess,
     checkpoint_id: str | None = None,
     *,

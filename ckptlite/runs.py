@@ -33,21 +33,19 @@ import time
 from collections.abc import Iterable, Iterator, Sized
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgpack
 
 from . import _inputs, codec
-from .backends.base import ListQuery
+from .backends.base import Backend, ListQuery
 from .errors import CorruptCheckpointError, InvalidInputError
 from .types import Checkpoint, ItemMark, ItemRecord, Level, RunRecord, RunStatus, Status
-
-if TYPE_CHECKING:
-    from .manager import CheckpointManager
 
 __all__ = [
     "RUN_KEY",
     "Run",
+    "RunManager",
     "Stage",
     "WorkItem",
     "decode_item_state",
@@ -60,6 +58,32 @@ RUN_KEY = "ckptlite.run"
 
 _ERROR_MAX = 4000
 _new_mark = tuple.__new__  # builds an ItemMark without NamedTuple's slower __new__
+
+
+class RunManager(Protocol):
+    """What a run uses of its ``CheckpointManager`` (this module does not import it)."""
+
+    @property
+    def backend(self) -> Backend:
+        """The store's backend: the run and item ledger."""
+
+    @property
+    def allow_pickle(self) -> bool:
+        """Whether item states and stage results may hold pickles."""
+
+    def save(
+        self,
+        process_id: str,
+        state: Any,
+        *,
+        level: Level | str = ...,
+        name: str = ...,
+        metadata: dict[str, Any] | None = ...,
+    ) -> Checkpoint:
+        """Save a stage's result (``CheckpointManager.save``)."""
+
+    def load(self, checkpoint: str | Checkpoint) -> Any:
+        """Return a stage's result (``CheckpointManager.load``)."""
 
 
 def _now() -> datetime:
@@ -232,7 +256,7 @@ class Run:
 
     def __init__(
         self,
-        manager: CheckpointManager,
+        manager: RunManager,
         record: RunRecord,
         *,
         resumed: bool,
@@ -440,7 +464,7 @@ class Run:
 
 
 def open_run(
-    manager: CheckpointManager,
+    manager: RunManager,
     process_id: str,
     *,
     resume: bool = True,

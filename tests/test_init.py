@@ -121,3 +121,52 @@ def test_import_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# The manager's users: the only modules that may import ckptlite.manager. Every other
+# module is a helper of the manager (or below it) and is passed what it needs (a
+# backend, a callable, a Protocol-typed object): no helper imports the manager back,
+# not even under TYPE_CHECKING or inside a function.
+MANAGER_USERS = {"__init__", "cli", "sync", "archive", "legacy"}
+
+
+def _imported(rel: tuple[str, ...], tree: ast.AST) -> set[str]:
+    """Return the top-level ckptlite modules that a module imports, anywhere in it."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "ckptlite" and len(parts) > 1:
+                    found.add(parts[1])
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                parts = (node.module or "").split(".")
+                if parts[0] != "ckptlite":
+                    continue
+                rest = parts[1:]
+            else:
+                base = list(rel[:-1])[: len(rel) - node.level]  # the package it is relative to
+                rest = base + (node.module.split(".") if node.module else [])
+            if rest:
+                found.add(rest[0])
+            else:  # from ckptlite import manager / from . import get_checkpoint_manager
+                for alias in node.names:
+                    owner = getattr(getattr(ckptlite, alias.name, None), "__module__", "")
+                    found.add("manager" if owner == "ckptlite.manager" else alias.name)
+    return found
+
+
+def test_no_helper_imports_the_manager_back() -> None:
+    root = Path(ckptlite.__file__).parent
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).parts
+        if rel[0].removesuffix(".py") in MANAGER_USERS | {"manager"}:
+            continue
+        if "manager" in _imported(rel, ast.parse(path.read_text())):
+            bad.append("/".join(rel))
+    assert not bad, f"helpers that import the manager back: {bad}"
+    # ... and the users stay users: the manager imports none of them.
+    manager_imports = _imported(("manager.py",), ast.parse((root / "manager.py").read_text()))
+    assert not manager_imports & (MANAGER_USERS - {"__init__"}), manager_imports
