@@ -150,6 +150,9 @@ def test_sha256_stores_keep_working(tmp_path: Path, made: str) -> None:
         backup = mgr.backup(tmp_path / "copy")
         kept = len(mgr.list())
     assert _stored_hash(store) == (None if made == "before-issue-14" else "sha256")
+    with ckptlite.open(store, readonly=True) as ro:
+        assert ro.hash_name == "sha256" and ro.verify(full=True).ok
+        assert _equal(ro.load(new.id)["more"], np.random.default_rng(1).random(30_000))
     with _open(backup.dest) as copy:
         assert copy.hash_name == "sha256" and copy.verify(full=True).ok
         assert len(copy.list()) == kept
