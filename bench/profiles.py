@@ -202,7 +202,7 @@ def breakdowns(rounds: int = 30) -> dict[str, list[tuple[str, float]]]:
             row = two_selects()
 
             def verify_and_decode() -> None:
-                chunking.record_checksum(row[14], row[15])
+                chunking.record_checksum(row[14], row[15], mgr.hash_name)
                 codec.decode(memoryview(row[14])[1:], [])
 
             p2 = _medians(

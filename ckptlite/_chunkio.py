@@ -46,8 +46,10 @@ def write_buffers(
     chunk_size: int,
     level: int,
     previous: chunking.Manifest | None = None,
+    *,
+    algo: str,
 ) -> tuple[chunking.Manifest, int]:
-    """Chunk, hash, compress and store ``buffers``; return the manifest and new bytes.
+    """Chunk, hash (by ``algo``), compress and store ``buffers``; return the manifest and new bytes.
 
     ``previous`` is the manifest of the slot's latest checkpoint: a chunk whose
     bytes equal the one at the same place there (compared in the page cache, when
@@ -90,7 +92,7 @@ def write_buffers(
                     # memcpy costs a tenth of the hashing.
                     copy = scratch[used : used + v.nbytes]
                     copy[:] = v
-                    d = chunking.digest_of(copy)
+                    d = chunking.digest_of(copy, algo)
                     digests.append(d)
                     with lock:
                         if d not in claimed:  # else another chunk of this save has these bytes
@@ -146,9 +148,9 @@ def write_buffers(
 
 
 def read_buffers(
-    backend: Backend, pool: ThreadPoolExecutor, manifest: chunking.Manifest
+    backend: Backend, pool: ThreadPoolExecutor, manifest: chunking.Manifest, *, algo: str
 ) -> list[bytearray | memoryview]:
-    """Read and verify every chunk of ``manifest`` into fresh buffers.
+    """Read and verify (by ``algo``) every chunk of ``manifest`` into fresh buffers.
 
     Raises:
         CorruptCheckpointError: a chunk is missing or does not match its digest
@@ -173,7 +175,7 @@ def read_buffers(
             chunk = read_into(digest, out) if read_into else backend.read_chunk(digest)
             if chunk.size != n:
                 raise CorruptCheckpointError(f"chunk {digest} has the wrong size", digest=digest)
-            chunking.restore_chunk_into(chunk, out)
+            chunking.restore_chunk_into(chunk, out, algo)
         except CorruptCheckpointError as e:
             return e
         return None

@@ -123,7 +123,8 @@ def _export(mgr: CheckpointManager, target: Path, progress: Progress | None) -> 
         if hasattr(mgr.backend, "backup"):
             mgr.backup(store, progress)  # one consistent snapshot of everything
         else:
-            with open_store(store, durability="none") as copy:
+            # Made with the store's algorithm: sync then copies chunks without renaming.
+            with open_store(store, durability="none", hash=mgr.hash_name) as copy:
                 sync(mgr, copy, progress=progress)
         with open_store(store, durability="none", create=False) as copy:
             stats = copy.stats()

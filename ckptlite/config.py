@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .types import HASHES
 
 __all__ = ["KEYS", "Key", "Settings", "config_path", "load", "parse_duration"]
 
@@ -142,6 +143,7 @@ KEYS: tuple[Key, ...] = (
     Key("chunk_size", "CKPTLITE_CHUNK_SIZE", _int(4096, 64 << 20), 1 << 20, "chunk bytes"),
     Key("compression_level", "CKPTLITE_COMPRESSION_LEVEL", _int(-7, 22), 1, "zstd level"),
     Key("group_access", "CKPTLITE_GROUP_ACCESS", _bool, False, "new files group-accessible"),
+    Key("hash", "CKPTLITE_HASH", _choice(*HASHES), None, "digest of new stores (blake3)"),
     Key("retention.keep_last", "CKPTLITE_KEEP_LAST", _int(1, 1 << 31), None, "prune: keep N"),
     Key("retention.keep_every", "CKPTLITE_KEEP_EVERY", _int(1, 1 << 31), None, "prune: every Nth"),
     Key("retention.max_age", "CKPTLITE_MAX_AGE", parse_duration, None, "prune: drop older"),
@@ -163,6 +165,7 @@ class Settings:
     chunk_size: int
     compression_level: int
     group_access: bool
+    hash: str | None
     keep_last: int | None
     keep_every: int | None
     max_age: timedelta | None

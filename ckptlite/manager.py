@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -42,6 +43,7 @@ from .policies import CheckpointPolicy, RetentionReport
 from .process import ResumableProcess, resume_process, set_default_manager
 from .runs import Run, open_run
 from .types import (
+    DEFAULT_HASH,
     BackupReport,
     Checkpoint,
     GcReport,
@@ -151,7 +153,7 @@ def _open_backend(config: StorageConfig, create: bool = True) -> Backend:
     if url.startswith("memory://"):
         from .backends.memory import MemoryBackend
 
-        return MemoryBackend(url)
+        return MemoryBackend(url, hash_name=config.hash or DEFAULT_HASH)
     if url.startswith(("postgresql://", "postgres://")):
         try:
             from .backends.postgres import PostgresBackend  # type: ignore[import-not-found,unused-ignore]
@@ -160,7 +162,7 @@ def _open_backend(config: StorageConfig, create: bool = True) -> Backend:
                 f"the postgres backend needs psycopg: {e}",
                 hint="pip install 'ckptlite[postgres]'",
             ) from e
-        backend: Backend = PostgresBackend(url)
+        backend: Backend = PostgresBackend(url, hash_name=config.hash or DEFAULT_HASH)
         return backend
     if "://" in url and not url.startswith("file://"):
         raise ConfigError(
@@ -185,6 +187,7 @@ def _open_backend(config: StorageConfig, create: bool = True) -> Backend:
         busy_timeout=config.busy_timeout,
         group_access=config.group_access,
         readonly=config.readonly,
+        hash_name=config.hash or DEFAULT_HASH,
     )
 
 
@@ -197,6 +200,7 @@ def _check_options(
     flags: Mapping[str, object],
     policy: object,
     max_pending: object,
+    hash_name: object = None,
 ) -> None:
     """Refuse a bad open() argument before anything is created.
 
@@ -239,6 +243,8 @@ def _check_options(
         raise ConfigError(f"policy must be a CheckpointPolicy, not {policy!r}")
     if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1:
         raise ConfigError(f"max_pending must be a positive int, not {max_pending!r}")
+    if hash_name is not None:
+        chunking.check_hash(hash_name)
 
 
 def _check_policy(policy: object) -> None:
@@ -259,6 +265,7 @@ def open_store(
     policy: CheckpointPolicy | None = None,
     max_pending: int = 8,
     readonly: bool = False,
+    hash: str | None = None,
 ) -> CheckpointManager:
     """Open (creating if needed) a checkpoint store and return its manager.
 
@@ -272,11 +279,14 @@ def open_store(
     existing store for reading and writes nothing to it, not even SQLite's
     ``-wal``/``-shm``: for a read-only mount, a snapshot, someone else's store.
     Every write then raises ReadOnlyStoreError, and ``load``/``verify`` report
-    damage without marking anything.
+    damage without marking anything. ``hash`` ("blake3" or "sha256") is the digest
+    algorithm a new store addresses its chunks and checksums its records with
+    (None: blake3); a store keeps the one it was made with.
 
     Raises:
         ConfigError: bad URL or option; no store there and ``create`` is False (or
-            ``readonly``); ``readonly`` on memory:// or PostgreSQL.
+            ``readonly``); ``readonly`` on memory:// or PostgreSQL; ``hash`` is not
+            the algorithm of the existing store.
         MigrationError: the store was written by a newer ckptlite.
         ReadOnlyStoreError: the store is on a read-only disk or directory (and not
             ``readonly``).
@@ -295,6 +305,7 @@ def open_store(
         compression_level = settings.compression_level
     busy_timeout = settings.busy_timeout if busy_timeout is None else busy_timeout
     group_access = settings.group_access if group_access is None else group_access
+    hash = settings.hash if hash is None else hash
     flags = {
         "allow_pickle": allow_pickle,
         "create": create,
@@ -302,7 +313,15 @@ def open_store(
         "readonly": readonly,
     }
     _check_options(
-        url, durability, chunk_size, compression_level, busy_timeout, flags, policy, max_pending
+        url,
+        durability,
+        chunk_size,
+        compression_level,
+        busy_timeout,
+        flags,
+        policy,
+        max_pending,
+        hash,
     )
     raw = os.fspath(url)
     config = StorageConfig(
@@ -314,10 +333,14 @@ def open_store(
         busy_timeout=busy_timeout,
         group_access=group_access,
         readonly=readonly,
+        hash=hash,
     )
-    return CheckpointManager(
-        _open_backend(config, create=create), config, policy=policy, max_pending=max_pending
-    )
+    backend = _open_backend(config, create=create)
+    try:
+        return CheckpointManager(backend, config, policy=policy, max_pending=max_pending)
+    except BaseException:
+        backend.close()
+        raise
 
 
 class CheckpointManager:
@@ -332,7 +355,16 @@ class CheckpointManager:
         max_pending: int = 8,
     ) -> None:
         self.backend = backend
-        self.config = config
+        #: The store's digest algorithm, read once: chunk addresses and record checksums.
+        self.hash_name: str = backend.hash_name
+        if config.hash is not None and config.hash != self.hash_name:
+            raise ConfigError(
+                f"{backend.url} is a {self.hash_name} store, not {config.hash}: a store "
+                "keeps the digest algorithm it was made with",
+                hint=f"Open it without hash= (or with hash={self.hash_name!r}); to move its "
+                f"checkpoints to a {config.hash} store, `ckptlite sync` them into a new one.",
+            )
+        self.config = dataclasses.replace(config, hash=self.hash_name)
         self.allow_pickle = config.allow_pickle
         #: Opened with ``readonly=True``: every write raises ReadOnlyStoreError.
         self.readonly = config.readonly
@@ -506,8 +538,9 @@ class CheckpointManager:
                 self.config.chunk_size,
                 self.config.compression_level,
                 previous,
+                algo=self.hash_name,
             )
-            record = _record(cp, encoded.size, payload, manifest, written)
+            record = _record(cp, encoded.size, payload, manifest, written, self.hash_name)
             try:
                 return self.backend.commit(record)
             except MissingChunksError:
@@ -773,7 +806,7 @@ class CheckpointManager:
 
     def _decode(self, record: StoredRecord) -> Any:
         cp = record.checkpoint
-        if chunking.record_checksum(record.payload, record.manifest) != cp.checksum:
+        if chunking.record_checksum(record.payload, record.manifest, self.hash_name) != cp.checksum:
             raise CorruptCheckpointError("record checksum does not match", checkpoint_id=cp.id)
         skeleton = _chunkio.unpack_payload(record.payload, cp.size)
         if record.manifest == chunking.EMPTY_MANIFEST:  # the common small state: no buffers
@@ -782,7 +815,9 @@ class CheckpointManager:
         if sum(chunking.buffer_sizes(manifest)) > cp.size:  # check before allocating
             raise CorruptCheckpointError("chunk manifest declares more than the recorded size")
         buffers = (
-            _chunkio.read_buffers(self.backend, self._executor(), manifest) if manifest else []
+            _chunkio.read_buffers(self.backend, self._executor(), manifest, algo=self.hash_name)
+            if manifest
+            else []
         )
         return codec.decode(skeleton, buffers, allow_pickle=self.allow_pickle)
 
@@ -916,7 +951,8 @@ class CheckpointManager:
                     continue
                 try:
                     rec = self.backend.get_record(cp.id)
-                    if chunking.record_checksum(rec.payload, rec.manifest) != cp.checksum:
+                    checksum = chunking.record_checksum(rec.payload, rec.manifest, self.hash_name)
+                    if checksum != cp.checksum:
                         bad.add(cp.id)
                     else:
                         chunking.unpack_manifest(rec.manifest)
@@ -953,7 +989,8 @@ class CheckpointManager:
                 chunk = self.backend.read_chunk(digest)
                 if not 0 <= chunk.size <= chunking.MAX_CHUNK:  # before allocating it
                     return digest
-                chunking.restore_chunk_into(chunk, memoryview(bytearray(chunk.size)))
+                out = memoryview(bytearray(chunk.size))
+                chunking.restore_chunk_into(chunk, out, self.hash_name)
             except (CorruptCheckpointError, PermissionError, OSError):
                 return digest
             finally:
@@ -1040,7 +1077,12 @@ class CheckpointManager:
 
 
 def _record(
-    cp: Checkpoint, size: int, payload: bytes, manifest: chunking.Manifest, written: int
+    cp: Checkpoint,
+    size: int,
+    payload: bytes,
+    manifest: chunking.Manifest,
+    written: int,
+    algo: str,
 ) -> StoredRecord:
     """Return the record of ``cp`` with its payload, manifest, sizes and checksum."""
     manifest_bytes = chunking.pack_manifest(manifest)
@@ -1055,7 +1097,7 @@ def _record(
         created_at=cp.created_at,
         size=size,
         stored_size=len(payload) + written,
-        checksum=chunking.record_checksum(payload, manifest_bytes),
+        checksum=chunking.record_checksum(payload, manifest_bytes, algo),
         metadata=cp.metadata,
         progress=cp.progress,
     )

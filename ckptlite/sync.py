@@ -34,6 +34,15 @@ decoded into a state). Checkpoints with a chunk the source cannot read or that
 fails that check, and those the target refuses (a process id longer than
 PostgreSQL's 255 characters), are skipped with their descendants and listed in
 ``SyncReport.failed``; the rest is copied.
+
+Between stores of different digest algorithms (``hash_name``: a SHA-256 store
+and a BLAKE3 one) chunks are re-addressed: each copied chunk's raw bytes are
+checked with the source's algorithm and hashed with the target's, and kept
+stored as they were (a codec does not depend on the address); each record's
+checksum is checked with the source's algorithm (one that fails is listed in
+``failed``), then its manifest gets the new digests and its checksum is made
+with the target's. States are still never decoded; parents, runs and the
+ledger do not change.
 """
 
 from __future__ import annotations
@@ -186,6 +195,9 @@ class _Job:
         self.failed: list[str] = []
         self.mark = 0
         self.mark_id: str | None = None
+        #: Source digest -> target digest, when the stores' algorithms differ (None: same).
+        self.renamed: dict[str, str] | None = None if src.hash_name == dst.hash_name else {}
+        self.origin: dict[str, str] = {}  # target digest -> source digest (re-addressed)
 
     def report(self, seconds: float) -> SyncReport:
         return SyncReport(
@@ -258,7 +270,7 @@ class _Job:
             except MissingChunksError as e:  # a gc in the target took some: copy again
                 if attempt == 2:
                     raise
-                self._write(list(e.digests))
+                self._write([self.origin.get(d, d) for d in e.digests], force=True)
             except InvalidInputError:
                 self._one_by_one(fresh, key, last, last_id)
                 break
@@ -306,6 +318,9 @@ class _Job:
     def _copy_chunks(self, fresh: list[StoredRecord]) -> list[StoredRecord]:
         """Copy the chunks of ``fresh`` the target lacks; drop records that cannot be copied."""
         digests = list(dict.fromkeys(d for r in fresh for d in r.digests))
+        if self.renamed is not None:  # addresses differ: every new chunk is read to rename it
+            bad = self._write([d for d in digests if d not in self.renamed])
+            return self._readdress(fresh, bad)
         if not digests:
             return fresh
         have = self.dst.has_chunks(digests)
@@ -330,11 +345,51 @@ class _Job:
                 kept.append(r)
         return kept
 
-    def _write(self, digests: list[str]) -> set[str]:
+    def _readdress(self, fresh: list[StoredRecord], bad: set[str]) -> list[StoredRecord]:
+        """Return ``fresh`` under the target's addresses; drop records that cannot be copied.
+
+        Dropped (into ``failed``, with their descendants): records with a bad chunk,
+        and records whose checksum fails by the source's algorithm (renamed, they
+        would get a valid one). Every chunk of ``fresh`` was read, so ``bad`` is all.
+        """
+        assert self.renamed is not None
+        src, dst = self.src.hash_name, self.dst.hash_name
+        if bad:
+            self._flag_at_source(bad)
+        dropped: set[str] = set()
+        kept = []
+        for r in fresh:  # parents first: a child of a dropped record is dropped too
+            cp = r.checkpoint
+            new = None
+            if not bad.intersection(r.digests) and cp.parent_id not in dropped:
+                try:
+                    if chunking.record_checksum(r.payload, r.manifest, src) == cp.checksum:
+                        manifest = [
+                            [(self.renamed[d], n) for d, n in buf]
+                            for buf in chunking.unpack_manifest(r.manifest)
+                        ]
+                        packed = chunking.pack_manifest(manifest)
+                        new = StoredRecord(
+                            cp.replace(checksum=chunking.record_checksum(r.payload, packed, dst)),
+                            r.payload,
+                            packed,
+                            chunking.manifest_digests(manifest),
+                        )
+                except (CorruptCheckpointError, KeyError):
+                    new = None  # a malformed manifest, or one naming chunks the record lacks
+            if new is None:
+                dropped.add(cp.id)
+                self.failed.append(cp.id)
+            else:
+                kept.append(new)
+        return kept
+
+    def _write(self, digests: list[str], *, force: bool = False) -> set[str]:
         """Copy chunks source -> target in groups; return the digests it could not copy.
 
         Those are the chunks the source lacks or cannot read, and those whose bytes
-        do not match their digest.
+        do not match their digest. Re-addressed chunks the target has are not
+        written again (unless ``force``: a gc in the target took them meanwhile).
         """
         bad: set[str] = set()
         group: list[StoredChunk] = []
@@ -347,21 +402,29 @@ class _Job:
             group.append(chunk)
             size += chunk.stored_size
             if size >= _CHUNK_GROUP_BYTES:
-                self._flush(group)
+                self._flush(group, force)
                 group, size = [], 0
-        self._flush(group)
+        self._flush(group, force)
         return bad
 
     def _read(self, digest: str) -> StoredChunk | None:
-        """Return a source chunk checked against its digest; None if missing, unreadable or bad."""
+        """Return a source chunk checked against its digest; None if missing, unreadable or bad.
+
+        Between algorithms, the chunk comes addressed by the target's (same stored bytes).
+        """
         try:
             chunk = self.src.read_chunk(digest)
             # Checked as it is copied: a damaged chunk would otherwise spread to
             # every target, and be found only when one of them loads it.
-            chunking.check_chunk(chunk)
+            raw = chunking.check_chunk(chunk, self.src.hash_name)
         except (CorruptCheckpointError, OSError):
             return None
-        return chunk
+        if self.renamed is None:
+            return chunk
+        new = chunking.digest_of(raw, self.dst.hash_name)
+        self.renamed[digest] = new
+        self.origin[new] = digest
+        return StoredChunk(new, chunk.size, chunk.codec, chunk.data)
 
     def _flag_at_source(self, bad: set[str]) -> None:
         mark = getattr(self.src, "mark_bad_chunks", None)
@@ -372,7 +435,11 @@ class _Job:
         with contextlib.suppress(CkptliteError):
             mark(sorted(bad))
 
-    def _flush(self, group: list[StoredChunk]) -> None:
+    def _flush(self, group: list[StoredChunk], force: bool = False) -> None:
+        if group and self.renamed is not None and not force:
+            # Only now are the target's addresses known: skip the chunks it has.
+            have = self.dst.has_chunks(c.digest for c in group)
+            group = [c for c in group if c.digest not in have]
         if group:
             self.dst.write_chunks(group)
             self.chunks += len(group)

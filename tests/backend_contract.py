@@ -148,6 +148,21 @@ class BackendContract:
             backend.commit(orphan)
         assert len(any_mgr.list()) == 1
 
+    def test_a_new_store_records_blake3_and_the_manager_uses_it(
+        self, any_mgr: Mgr, backend: Backend
+    ) -> None:
+        import blake3
+
+        from ckptlite import chunking
+
+        assert backend.hash_name == any_mgr.hash_name == "blake3"
+        cp = any_mgr.save("p", {"a": _big(3)})
+        rec = backend.get_record(cp.id)
+        for d in rec.digests:  # every chunk addressed by BLAKE3 of its raw bytes
+            assert blake3.blake3(chunking.raw_bytes(backend.read_chunk(d))).hexdigest() == d
+        assert cp.checksum == chunking.record_checksum(rec.payload, rec.manifest, "blake3")
+        assert len(cp.checksum) == 64
+
     def test_chunks_by_digest(self, backend: Backend) -> None:
         data = b"x" * 1000
         digest = __import__("hashlib").sha256(data).hexdigest()

@@ -275,9 +275,9 @@ def _count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = chunking.digest_of
 
-    def counting(data: bytes | bytearray | memoryview) -> str:
+    def counting(data: bytes | bytearray | memoryview, algo: str) -> str:
         calls.append(memoryview(data).nbytes)
-        return real(data)
+        return real(data, algo)
 
     monkeypatch.setattr(chunking, "digest_of", counting)
     return calls

@@ -80,6 +80,10 @@ class Backend(Protocol):
     """Where records and chunks live. Every method is safe to call from many threads."""
 
     url: str
+    #: The store's digest algorithm (``types.HASHES``), which its chunk digests and record
+    #: checksums were made with: recorded when the store was made ("sha256" where none
+    #: is). Backends only keep it; the manager hashes.
+    hash_name: str
 
     def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
         """Store chunks durably (skipping ones already present); a stream may be consumed lazily.

@@ -36,6 +36,8 @@ from ..errors import (
     StoreLockedError,
 )
 from ..types import (
+    DEFAULT_HASH,
+    LEGACY_HASH,
     Checkpoint,
     GcReport,
     Level,
@@ -215,10 +217,12 @@ class LocalBackend(LocalLedgerMixin):
         migrations: Sequence[str] = MIGRATIONS,
         vfs: str | None = None,
         readonly: bool = False,
+        hash_name: str = DEFAULT_HASH,
     ) -> None:
         self.root = root
         self.url = str(root)
         self.readonly = readonly
+        self.hash_name = LEGACY_HASH
         if readonly:
             if not (root / DB_NAME).is_file():
                 raise ConfigError(
@@ -229,6 +233,7 @@ class LocalBackend(LocalLedgerMixin):
                 root / DB_NAME, migrations, busy_timeout=busy_timeout, vfs=vfs, readonly=True
             )
             self.blobs = BlobDir(root / "blobs", readonly=True)
+            self.hash_name = self._read_hash() or LEGACY_HASH
             return
         self._make_root(root, 0o770 if group_access else 0o700)
         sync = {"none": "OFF", "safe": "NORMAL", "full": "FULL"}[durability]
@@ -251,6 +256,7 @@ class LocalBackend(LocalLedgerMixin):
             self.db.close()
             raise
         self._claim_identity()
+        self.hash_name = self._settle_hash(hash_name)
 
     @staticmethod
     def _make_root(root: Path, mode: int) -> None:
@@ -275,6 +281,36 @@ class LocalBackend(LocalLedgerMixin):
                 if exists
                 else "Pick a directory this user can write on a writable disk.",
             )
+
+    def _read_hash(self) -> str | None:
+        with translate_errors("reading the store's hash"):
+            row = self.db.read().execute("SELECT value FROM store_meta WHERE key='hash'").fetchone()
+        return None if row is None else str(row[0])
+
+    def _settle_hash(self, wanted: str) -> str:
+        """Return the store's digest algorithm, recording ``wanted`` if the store is new.
+
+        A store without the ``hash`` key was made before stores recorded one: it is
+        SHA-256, unless it holds no checkpoint and no chunk yet (a new store, or one
+        whose creating open stopped before this), which takes ``wanted``. Kept out of
+        the numbered migrations: the key is all a new store needs.
+        """
+        if (found := self._read_hash()) is not None:
+            return found
+        empty = (
+            "SELECT NOT EXISTS (SELECT 1 FROM checkpoints) AND NOT EXISTS (SELECT 1 FROM chunks)"
+        )
+        with translate_errors("reading the store's hash"):
+            if not self.db.read().execute(empty).get:
+                return LEGACY_HASH
+        with self.db.write() as conn:  # again under the write lock: a racing opener
+            row = conn.execute("SELECT value FROM store_meta WHERE key='hash'").fetchone()
+            if row is not None:
+                return str(row[0])
+            if not conn.execute(empty).get:
+                return LEGACY_HASH
+            conn.execute("INSERT INTO store_meta(key, value) VALUES ('hash', ?)", (wanted,))
+        return wanted
 
     def _claim_identity(self) -> None:
         """Take a new store id if this store is a copy (``cp -r``) of another.

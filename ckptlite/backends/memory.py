@@ -16,6 +16,7 @@ from ..errors import (
     RunNotFoundError,
 )
 from ..types import (
+    DEFAULT_HASH,
     Checkpoint,
     GcReport,
     ItemMark,
@@ -34,8 +35,9 @@ __all__ = ["MemoryBackend"]
 class MemoryBackend:
     """Records and chunks in dicts; gone when the process ends."""
 
-    def __init__(self, url: str = "memory://") -> None:
+    def __init__(self, url: str = "memory://", *, hash_name: str = DEFAULT_HASH) -> None:
         self.url = url
+        self.hash_name = hash_name  # a new store each time: it takes the one asked for
         self._lock = threading.RLock()
         self._records: dict[str, StoredRecord] = {}
         self._chunks: dict[str, StoredChunk] = {}

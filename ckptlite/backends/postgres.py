@@ -62,7 +62,16 @@ from ..errors import (
     StoreError,
     StoreIOError,
 )
-from ..types import Checkpoint, GcReport, Level, Status, StoredChunk, StoredRecord
+from ..types import (
+    DEFAULT_HASH,
+    LEGACY_HASH,
+    Checkpoint,
+    GcReport,
+    Level,
+    Status,
+    StoredChunk,
+    StoredRecord,
+)
 from . import _pg_schema
 from ._pg_conn import Conn, Connections, display_url, run, split_url
 from ._pg_ledger import LedgerMixin
@@ -155,8 +164,12 @@ class PostgresBackend(LedgerMixin):
         *,
         table: str | None = None,
         prefix: str | None = None,
+        hash_name: str = DEFAULT_HASH,
     ) -> None:
         conninfo, opts = split_url(url)
+        #: The store's digest algorithm: ``hash_name`` for new tables, else the recorded one.
+        self.hash_name = hash_name
+        self._new_hash = hash_name
         self.url = display_url(url)
         self.table = table or opts.get("table") or _pg_schema.DEFAULT_TABLE
         self._given_prefix = prefix or opts.get("prefix")
@@ -239,6 +252,17 @@ class PostgresBackend(LedgerMixin):
                 ),
                 (str(target),),
             )
+        if version == 0:  # tables made just now, in this transaction: a new store
+            conn.execute(
+                self._q(
+                    "INSERT INTO {meta} (key, value) VALUES ('hash', %s) "
+                    "ON CONFLICT (key) DO NOTHING"
+                ),
+                (self._new_hash,),
+            )
+        # Tables made before stores recorded their algorithm are SHA-256.
+        row = conn.execute(self._q("SELECT value FROM {meta} WHERE key='hash'")).fetchone()
+        self.hash_name = LEGACY_HASH if row is None else str(row[0])
         row = conn.execute(self._q("SELECT value FROM {meta} WHERE key='store_id'")).fetchone()
         assert row is not None
         return str(row[0])

@@ -131,7 +131,7 @@ def plant(store: str, case: str) -> str:
     cp = good.replace(
         id=ckptlite.generate_checkpoint_id(good.level),
         size=size,
-        checksum=chunking.record_checksum(payload, manifest_bytes),
+        checksum=chunking.record_checksum(payload, manifest_bytes, mgr.hash_name),
     )
     mgr.backend.commit(StoredRecord(cp, payload, manifest_bytes, digests))
     mgr.close()

@@ -87,8 +87,8 @@ def test_arrays_changed_between_hashing_and_writing_still_load(
 
     real_digest, real_compress = chunking.digest_of, chunking.compress_chunk
 
-    def digest_of(data: Any) -> str:
-        d = real_digest(data)
+    def digest_of(data: Any, algo: str) -> str:
+        d = real_digest(data, algo)
         if hook == "after-hash":
             mutate()
         return d
