@@ -6,11 +6,11 @@ the manager's thread pool; nothing here encodes or decodes a state.
 
 from __future__ import annotations
 
-import mmap
 import os
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
 
 import zstandard
 
@@ -166,11 +166,20 @@ def read_buffers(
         return buffers
 
     read_into = getattr(backend, "read_chunk_into", None)
+    rows_of = getattr(backend, "chunk_rows", None)
+    # Every row in one query on this thread, not one per chunk from the pool
+    # threads. A missing one is looked up again by the read, which reports it.
+    rows = rows_of(d for d, _, _ in jobs) if rows_of is not None and read_into else {}
 
     def fetch(job: tuple[str, int, memoryview]) -> CorruptCheckpointError | None:
         digest, n, out = job
         try:
-            chunk = read_into(digest, out) if read_into else backend.read_chunk(digest)
+            if read_into is not None and rows:
+                chunk = read_into(digest, out, rows.get(digest))
+            elif read_into is not None:
+                chunk = read_into(digest, out)
+            else:
+                chunk = backend.read_chunk(digest)
             if chunk.size != n:
                 raise CorruptCheckpointError(f"chunk {digest} has the wrong size", digest=digest)
             chunking.restore_chunk_into(chunk, out)
@@ -202,14 +211,28 @@ def _scratch(n: int) -> memoryview:
 
 
 def new_buffer(n: int) -> bytearray | memoryview:
-    """Return a writable buffer of ``n`` bytes for a load to fill.
+    """Return a writable buffer of ``n`` bytes for a load to fill, owned by the caller.
 
-    Big ones are anonymous maps: ``bytearray(n)`` zero-fills its memory first,
-    a pass over the whole state that cost as much as reading it.
+    A numpy array when numpy is there: ``np.empty`` takes memory from malloc
+    without touching it, and glibc hands a freed block of up to 32 MiB back to
+    the next request of its size (its mmap threshold rises to the largest block
+    freed): a tile loaded again and again lands in memory already faulted in.
+    A fresh anonymous map page-faulted on every load: 16 MiB took 13.8 ms to
+    fill, 1.9 ms in reused heap memory (bytearray: 7.2 ms, it zero-fills first).
+    Each call is a new allocation, so results of two loads never share memory.
     """
-    if n < 1 << 20:
+    np = _numpy()
+    if np is None or n < 1 << 16:
         return bytearray(n)
-    return memoryview(mmap.mmap(-1, n))
+    return memoryview(np.empty(n, np.uint8))
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError:  # numpy is optional: bytes states load without it
+        return None
+    return numpy
 
 
 def pack_payload(skeleton: bytes) -> bytes:
