@@ -46,8 +46,12 @@ def write_buffers(
     chunk_size: int,
     level: int,
     previous: chunking.Manifest | None = None,
+    itemsizes: Sequence[int] = (),
 ) -> tuple[chunking.Manifest, int]:
     """Chunk, hash, compress and store ``buffers``; return the manifest and new bytes.
+
+    ``itemsizes`` gives, per buffer, the size of the numbers it holds: their bytes
+    are shuffled before compression (see ``chunking.compress_chunk``).
 
     ``previous`` is the manifest of the slot's latest checkpoint: a chunk whose
     bytes equal the one at the same place there (compared in the page cache, when
@@ -65,7 +69,7 @@ def write_buffers(
     lock = threading.Lock()
     equals = getattr(backend, "chunk_equals", None) if previous else None
 
-    def store(group: Sequence[tuple[memoryview, str | None]]) -> list[tuple[str, int]]:
+    def store(group: Sequence[tuple[memoryview, str | None, int]]) -> list[tuple[str, int]]:
         # Each group of chunks goes into its own pack (one fsync); groups run in
         # parallel on the pool. Chunks are hashed, looked up and written a batch of
         # about 1 MiB at a time, while their bytes are still in the CPU cache:
@@ -76,9 +80,9 @@ def write_buffers(
         scratch = _scratch(_LOOKUP_BYTES + size)
 
         def fresh() -> Iterator[StoredChunk]:
-            batch: dict[str, memoryview] = {}
+            batch: dict[str, tuple[memoryview, int]] = {}
             used = 0  # bytes of ``scratch`` the batch's copies take
-            for i, (v, was) in enumerate(group):
+            for i, (v, was, k) in enumerate(group):
                 # Equal to the stored chunk ``was`` as compared: its stored bytes are
                 # intact, whatever the caller does to ``v`` afterwards.
                 if was is not None and equals is not None and equals(was, v):
@@ -95,7 +99,7 @@ def write_buffers(
                     with lock:
                         if d not in claimed:  # else another chunk of this save has these bytes
                             claimed.add(d)
-                            batch[d] = copy
+                            batch[d] = (copy, k)
                             used += v.nbytes
                 if batch and (used >= _LOOKUP_BYTES or i == len(group) - 1):
                     present = backend.has_chunks(batch)
@@ -103,9 +107,9 @@ def write_buffers(
                     # compressed copies are never all in memory at once. A raw chunk's
                     # data is a view of ``scratch``, which the next batch reuses: the
                     # backend writes (or copies) each chunk before taking the next.
-                    for d, c in batch.items():
+                    for d, (c, k) in batch.items():
                         if d not in present:
-                            chunk = chunking.compress_chunk(d, c, level)
+                            chunk = chunking.compress_chunk(d, c, level, itemsize=k)
                             stored[d] = chunk.stored_size
                             yield chunk
                     batch.clear()
@@ -117,7 +121,7 @@ def write_buffers(
     # Groups run across buffer boundaries: a state of many small arrays still makes
     # few packs (one fsync each), not one per array.
     views = [chunking.split(buf, size) for buf in buffers]
-    groups: list[list[tuple[memoryview, str | None]]] = [[]]
+    groups: list[list[tuple[memoryview, str | None, int]]] = [[]]
     filled = 0
     group_bytes = max(_WRITE_GROUP_BYTES, -(-sum(b.nbytes for b in buffers) // _CORES))
     for i, vs in enumerate(views):
@@ -127,7 +131,7 @@ def write_buffers(
                 groups.append([])
                 filled = 0
             was = before[j][0] if j < len(before) and before[j][1] == v.nbytes else None
-            groups[-1].append((v, was))
+            groups[-1].append((v, was, itemsizes[i] if i < len(itemsizes) else 1))
             filled += v.nbytes
     if len(groups) == 1:  # no hand-off to a pool thread and back (~0.2 ms of a small save)
         results = [store(groups[0])]

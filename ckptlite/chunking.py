@@ -1,7 +1,9 @@
 """Split buffers into content-addressed chunks, compress, verify: compute only, no I/O.
 
 A chunk is addressed by the SHA-256 of its raw bytes. It is stored zstd-compressed
-(``codec=1``) when that saves at least an eighth, raw (``codec=0``) otherwise.
+(``codec=1``), or byte-shuffled then zstd-compressed (``codec=2, 3, 4``: elements
+of 2, 4, 8 bytes) when a probe says that pays, raw (``codec=0``) otherwise. The
+codec changes only the stored bytes, never the digest: dedup is by raw bytes.
 The manifest lists, per buffer, the (digest, size) of its chunks in order.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import msgpack
 import zstandard
@@ -20,6 +23,7 @@ from .types import StoredChunk
 __all__ = [
     "CODEC_RAW",
     "CODEC_ZSTD",
+    "CODEC_ZSTD_SHUFFLE",
     "EMPTY_MANIFEST",
     "MAX_CHUNK",
     "ZSTD_MAX_RATIO",
@@ -37,10 +41,20 @@ __all__ = [
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+#: itemsize -> codec of a chunk whose bytes were shuffled by that itemsize, then zstd'ed.
+CODEC_ZSTD_SHUFFLE = {2: 2, 4: 3, 8: 4}
+_SHUFFLED = {c: k for k, c in CODEC_ZSTD_SHUFFLE.items()}  # codec -> itemsize
 MAX_CHUNK = 64 << 20  # the largest chunk_size a store may be opened with
 #: zstd's largest expansion: a 4-byte RLE block (3-byte header, 1 byte) gives 128 KiB.
 ZSTD_MAX_RATIO = 1 << 15
 _PROBE = 16 * 1024  # compress a slice first; skip zstd on data it cannot shrink
+#: Most stored/raw bytes of the probe for zstd to run on the chunk. Measured (1 MiB
+#: chunks, level 1, pickle + fsync writing ~430 MB/s): shuffled float32 noise gives
+#: 0.81 at 6 ms/MiB, which saves 0.4 ms of writing; a smooth float32 surface 0.66
+#: at 1.8 ms, an int16 DEM 0.52 at 1.0 ms (unshuffled: 0.80 at 10 ms).
+_PAYS = 0.75
+#: Least bytes of a thread's shuffle buffers: a 1 MiB chunk's, grown for bigger ones.
+MIN_SCRATCH = 1 << 20
 
 #: Per buffer: the (digest hex, raw size) of each chunk, in order.
 Manifest = list[list[tuple[str, int]]]
@@ -57,17 +71,103 @@ def digest_of(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def compress_chunk(digest: str, view: memoryview, level: int) -> StoredChunk:
-    """Compress one chunk when zstd pays, else keep it raw."""
+def compress_chunk(digest: str, view: memoryview, level: int, itemsize: int = 1) -> StoredChunk:
+    """Compress one chunk when zstd pays, else keep it raw.
+
+    ``itemsize`` is the size of the elements the bytes hold (2, 4 or 8: a
+    numeric array's): their bytes are shuffled first, byte 0 of every element,
+    then byte 1, ... The high bytes of neighbours are alike, so zstd finds runs
+    it cannot see in interleaved bytes: better ratios, and faster.
+    """
     size = view.nbytes
+    k = itemsize if itemsize in CODEC_ZSTD_SHUFFLE and size >= 4 * itemsize else 1
     if size >= 256:
         # A level-1 probe of one slice tells incompressible data (float noise) cheaply.
-        if size > 2 * _PROBE and len(_compressor(1).compress(view[:_PROBE])) > _PROBE * 7 // 8:
-            return StoredChunk(digest, size, CODEC_RAW, view)
-        packed = _compressor(level).compress(view)
+        if size > 2 * _PROBE:
+            probe = _shuffled(view[:_PROBE], k, _PROBE) if k > 1 else view[:_PROBE]
+            if len(_compressor(1).compress(probe)) > _PROBE * _PAYS:
+                return StoredChunk(digest, size, CODEC_RAW, view)
+        if k > 1:
+            packed = _compressor(level).compress(_shuffled(view, k, size))
+            codec = CODEC_ZSTD_SHUFFLE[k]
+        else:
+            packed, codec = _compressor(level).compress(view), CODEC_ZSTD
         if len(packed) <= size * 7 // 8:
-            return StoredChunk(digest, size, CODEC_ZSTD, packed)
+            return StoredChunk(digest, size, codec, packed)
     return StoredChunk(digest, size, CODEC_RAW, view)
+
+
+def _shuffled(view: memoryview, k: int, n: int) -> memoryview:
+    """Return ``view``'s bytes shuffled by itemsize ``k`` in this thread's scratch buffer.
+
+    The bytes past the last whole element stay at the end, as they are.
+    """
+    np = _numpy()
+    out = _scratch(n)
+    m = n - n % k
+    if np is None:
+        for j in range(k):  # numpy is optional: slices do it in C, only slower
+            out[j * (m // k) : (j + 1) * (m // k)] = view[j:m:k]
+    else:
+        # Wide integers shifted, then truncated to bytes: ~3 GB/s. A transposed
+        # copy of the bytes (a strided view) ran at 0.2-2 GB/s.
+        wide = np.frombuffer(view, np.dtype(f"<u{k}"), m // k)
+        planes = np.frombuffer(out, np.uint8, m).reshape(k, m // k)
+        tmp = _wide_tmp(np, k, m // k)
+        for j in range(k):
+            np.right_shift(wide, 8 * j, out=tmp)
+            np.copyto(planes[j], tmp, casting="unsafe")
+    out[m:n] = view[m:n]
+    return out[:n]
+
+
+def _unshuffle_into(data: bytes | memoryview, k: int, out: memoryview) -> None:
+    """Write the bytes that ``_shuffled`` turned into ``data`` back into ``out``."""
+    np = _numpy()
+    n = out.nbytes
+    m = n - n % k
+    src = memoryview(data)
+    if np is None:
+        for j in range(k):
+            out[j:m:k] = src[j * (m // k) : (j + 1) * (m // k)]
+    else:
+        # Each byte plane widened and shifted into place, OR'ed into the output:
+        # 0.2-0.5 ms/MiB; numpy's transposed byte copy took 1.4-6.8 ms.
+        wide = np.frombuffer(out, np.dtype(f"<u{k}"), m // k)
+        planes = np.frombuffer(src, np.uint8, m).reshape(k, m // k)
+        tmp = _wide_tmp(np, k, m // k)
+        np.copyto(wide, planes[0])
+        for j in range(1, k):
+            np.left_shift(planes[j], 8 * j, out=tmp, dtype=tmp.dtype)
+            np.bitwise_or(wide, tmp, out=wide)
+    out[m:n] = src[m:n]
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError:  # only arrays are shuffled: numpy is there, unless a store moved
+        return None
+    return numpy
+
+
+def _scratch(n: int) -> memoryview:
+    """Return this thread's shuffle buffer, at least ``n`` bytes (reused: no page faults)."""
+    buf: memoryview | None = getattr(_local, "shuffle", None)
+    if buf is None or buf.nbytes < n:
+        buf = _local.shuffle = memoryview(bytearray(max(n, MIN_SCRATCH)))
+    return buf
+
+
+def _wide_tmp(np: Any, k: int, n: int) -> Any:
+    """Return this thread's temporary array of ``n`` little-endian ``k``-byte ints."""
+    cache: dict[int, Any] | None = getattr(_local, "wide", None)
+    if cache is None:
+        cache = _local.wide = {}
+    tmp = cache.get(k)
+    if tmp is None or tmp.size < n:
+        tmp = cache[k] = np.empty(max(n, MIN_SCRATCH // k), np.dtype(f"<u{k}"))
+    return tmp[:n]
 
 
 _local = threading.local()
@@ -105,8 +205,24 @@ def raw_bytes(chunk: StoredChunk) -> bytes | memoryview:
                 f"chunk {chunk.digest} is truncated or padded", digest=chunk.digest
             )
         return chunk.data
-    if chunk.codec != CODEC_ZSTD:
+    if chunk.codec != CODEC_ZSTD and chunk.codec not in _SHUFFLED:
         raise CorruptCheckpointError(f"chunk {chunk.digest} has unknown codec {chunk.codec}")
+    raw = _decompress(chunk)
+    k = _SHUFFLED.get(chunk.codec)
+    if k is None:
+        return raw
+    out = memoryview(bytearray(size))
+    _unshuffle_into(raw, k, out)
+    return out
+
+
+def _decompress(chunk: StoredChunk) -> bytes:
+    """Return a zstd chunk's frame decompressed, at most its recorded size.
+
+    Raises:
+        CorruptCheckpointError: the frame declares another size, or does not decompress.
+    """
+    size = chunk.size
     try:
         declared = zstandard.frame_content_size(chunk.data)
         if declared != size or size > len(chunk.data) * ZSTD_MAX_RATIO:
@@ -148,9 +264,13 @@ def restore_chunk_into(chunk: StoredChunk, out: memoryview) -> None:
         raise CorruptCheckpointError(
             f"chunk {chunk.digest} has the wrong size", digest=chunk.digest
         )
-    raw = raw_bytes(chunk)
-    if raw is not out:  # a backend may have read it into ``out`` already
-        out[:] = raw
+    k = _SHUFFLED.get(chunk.codec)
+    if k is not None:  # unshuffled straight into ``out``: no third copy
+        _unshuffle_into(_decompress(chunk), k, out)
+    else:
+        raw = raw_bytes(chunk)
+        if raw is not out:  # a backend may have read it into ``out`` already
+            out[:] = raw
     if digest_of(out) != chunk.digest:
         raise CorruptCheckpointError(
             f"chunk {chunk.digest} does not match its digest", digest=chunk.digest

@@ -499,6 +499,7 @@ class CheckpointManager:
                 self.config.chunk_size,
                 self.config.compression_level,
                 previous,
+                encoded.itemsizes,
             )
             record = _record(cp, encoded.size, payload, manifest, written)
             try:
