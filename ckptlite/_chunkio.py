@@ -7,6 +7,7 @@ the manager's thread pool; nothing here encodes or decodes a state.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -20,6 +21,7 @@ from .errors import CorruptCheckpointError
 from .types import StoredChunk
 
 __all__ = [
+    "BufferPool",
     "new_buffer",
     "pack_payload",
     "read_buffers",
@@ -150,15 +152,19 @@ def write_buffers(
 
 
 def read_buffers(
-    backend: Backend, pool: ThreadPoolExecutor, manifest: chunking.Manifest
+    backend: Backend,
+    pool: ThreadPoolExecutor,
+    manifest: chunking.Manifest,
+    landing: BufferPool | None = None,
 ) -> list[bytearray | memoryview]:
-    """Read and verify every chunk of ``manifest`` into fresh buffers.
+    """Read and verify every chunk of ``manifest`` into buffers of ``landing`` (or fresh ones).
 
     Raises:
         CorruptCheckpointError: a chunk is missing or does not match its digest
             (``context["digests"]`` names every such chunk).
     """
-    buffers = [new_buffer(n) for n in chunking.buffer_sizes(manifest)]
+    take = landing.take if landing is not None else new_buffer
+    buffers = [take(n) for n in chunking.buffer_sizes(manifest)]
     jobs: list[tuple[str, int, memoryview]] = []
     for buf, entries in zip(buffers, manifest, strict=True):
         view = memoryview(buf)
@@ -214,17 +220,58 @@ def _scratch(n: int) -> memoryview:
     return buf
 
 
-def new_buffer(n: int) -> bytearray | memoryview:
-    """Return a writable buffer of ``n`` bytes for a load to fill, owned by the caller.
+class BufferPool:
+    """Memory for loads to land in: buffers already faulted in, reused once released.
 
-    A numpy array when numpy is there: ``np.empty`` takes memory from malloc
-    without touching it, and glibc hands a freed block of up to 32 MiB back to
-    the next request of its size (its mmap threshold rises to the largest block
-    freed): a tile loaded again and again lands in memory already faulted in.
-    A fresh anonymous map page-faulted on every load: 16 MiB took 13.8 ms to
-    fill, 1.9 ms in reused heap memory (bytearray: 7.2 ms, it zero-fills first).
-    Each call is a new allocation, so results of two loads never share memory.
+    Filling fresh memory cost a page fault per 4 KiB, which was most of a load
+    of 1-16 MiB (a new anonymous map: 16 MiB took 13.8 ms to fill; memory
+    faulted in before: 1.9 ms; pickle.load reuses malloc's freed blocks). A
+    buffer is handed out again only when nothing but the pool refers to it:
+    every array or view a load returned keeps a reference to its buffer, so a
+    result the caller still holds is never given to a later load, and results
+    of two loads never share memory. Thread-safe; one per manager.
     """
+
+    #: Largest buffer kept, and most bytes kept: tiles, not whole big states (RSS).
+    MAX_BUFFER = 16 << 20
+    MAX_BYTES = 64 << 20
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bufs: list[Any] = []  # numpy uint8 arrays
+        self._pid = os.getpid()
+
+    def take(self, n: int) -> bytearray | memoryview:
+        """Return a writable buffer of ``n`` bytes that no one else holds."""
+        np = _numpy()
+        if np is None or n < 1 << 16:
+            return bytearray(n)  # small (the allocator reuses it) or numpy-less: bytes states
+        if n > self.MAX_BUFFER:
+            return memoryview(np.empty(n, np.uint8))
+        if self._pid != os.getpid():  # a forked child: the lock may be held by a lost thread
+            self._lock, self._bufs, self._pid = threading.Lock(), [], os.getpid()
+        with self._lock:
+            bufs = self._bufs
+            for i in range(len(bufs)):
+                # 2 references: the list's and getrefcount's argument. A result, or
+                # any view of one, adds its own: that buffer is still the caller's.
+                if bufs[i].nbytes == n and sys.getrefcount(bufs[i]) == 2:
+                    bufs.append(bufs.pop(i))  # most recently used last
+                    return memoryview(bufs[-1])
+            buf = np.empty(n, np.uint8)
+            free = [i for i in range(len(bufs)) if sys.getrefcount(bufs[i]) == 2]
+            total = sum(b.nbytes for b in bufs)
+            while total + n > self.MAX_BYTES and free:  # drop unused buffers, oldest first
+                total -= bufs[free[0]].nbytes
+                bufs[free.pop(0)] = None
+            self._bufs = bufs = [b for b in bufs if b is not None]
+            if total + n <= self.MAX_BYTES:
+                bufs.append(buf)
+            return memoryview(buf)
+
+
+def new_buffer(n: int) -> bytearray | memoryview:
+    """Return a fresh writable buffer of ``n`` bytes for a load to fill (no pool)."""
     np = _numpy()
     if np is None or n < 1 << 16:
         return bytearray(n)

@@ -144,6 +144,7 @@ def decode(
     """
 
     depth = 0
+    held = list(buffers)
 
     def ext_hook(code: int, data: bytes) -> Any:
         nonlocal depth
@@ -165,9 +166,9 @@ def decode(
         if code == _UUID:
             return uuid.UUID(bytes=data)
         if code == _BUFREF:
-            return bytes(buffers[msgpack.unpackb(data)])
+            return bytes(held[msgpack.unpackb(data)])
         if code == _NDARRAY:
-            return _array_from_parts(_unpack(data, ext_hook), buffers)
+            return _array_from_parts(_unpack(data, ext_hook), held)
         if code == _NPSCALAR:
             import numpy as np
 
@@ -188,6 +189,11 @@ def decode(
     except (ValueError, TypeError, IndexError, KeyError, RecursionError) as e:
         # msgpack's own errors (ExtraData, FormatError, StackError) derive from ValueError.
         raise CorruptCheckpointError(f"state does not decode: {e}") from e
+    finally:
+        # The two hooks refer to each other: a cycle that only the garbage collector
+        # frees, holding the buffers until then. Emptied here, a loaded array is freed
+        # as soon as its caller drops it, and the next load can land in its memory.
+        held.clear()
 
 
 def _pack(obj: Any, default: Callable[[Any], Any]) -> bytes:

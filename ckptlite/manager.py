@@ -330,6 +330,7 @@ class CheckpointManager:
         #: Opened with ``readonly=True``: every write raises ReadOnlyStoreError.
         self.readonly = config.readonly
         self._pool: ThreadPoolExecutor | None = None
+        self._landing = _chunkio.BufferPool()  # memory loads land in, reused
         self._pool_pid = os.getpid()
         self._pool_lock = threading.Lock()
         self._closed = False
@@ -752,7 +753,9 @@ class CheckpointManager:
         if sum(chunking.buffer_sizes(manifest)) > cp.size:  # check before allocating
             raise CorruptCheckpointError("chunk manifest declares more than the recorded size")
         buffers = (
-            _chunkio.read_buffers(self.backend, self._executor(), manifest) if manifest else []
+            _chunkio.read_buffers(self.backend, self._executor(), manifest, self._landing)
+            if manifest
+            else []
         )
         return codec.decode(skeleton, buffers, allow_pickle=self.allow_pickle)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ckptlite
-from ckptlite import chunking, codec
+from ckptlite import _chunkio, chunking, codec
 from ckptlite.types import StoredChunk
 
 
@@ -33,6 +34,38 @@ def test_loaded_arrays_are_owned_writable_and_never_aliased(tmp_path: Path) -> N
         assert not np.shares_memory(third["a"], second["a"])
         third["f"][0, 0] = 7.0
         assert second["f"][0, 0] == arr[0] and mgr.load(cp)["f"][0, 0] == arr[0]
+
+
+def test_the_buffer_pool_hands_out_a_buffer_again_only_once_released() -> None:
+    pool = _chunkio.BufferPool()
+    n = 1 << 20
+    first = np.frombuffer(pool.take(n), np.uint8)  # a result: a view of a pooled buffer
+    second = np.frombuffer(pool.take(n), np.uint8)
+    assert not np.shares_memory(first, second)
+    where = first.ctypes.data
+    view = first[10:20]  # any view keeps the buffer its holder's
+    del first
+    third = np.frombuffer(pool.take(n), np.uint8)
+    assert not np.shares_memory(third, view) and not np.shares_memory(third, second)
+    del view, third
+    again = np.frombuffer(pool.take(n), np.uint8)
+    assert again.ctypes.data == where  # released: handed out again, already faulted in
+    big = pool.take(pool.MAX_BUFFER + 1)  # bigger than a tile: never kept
+    assert all(b.nbytes == n for b in pool._bufs) and big.nbytes == pool.MAX_BUFFER + 1
+
+
+def test_a_warm_load_lands_in_memory_already_faulted_in(tmp_path: Path) -> None:
+    arr = np.random.default_rng(2).random(1 << 20, dtype=np.float32)  # 4 MiB: 1024 pages
+    with ckptlite.open(tmp_path / "s", chunk_size=1 << 20) as mgr:
+        cp = mgr.save("p", arr)
+        for _ in range(3):  # warm: pool threads, connections, the buffer itself
+            assert np.array_equal(mgr.load(cp), arr)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(4):
+            got = mgr.load(cp)
+            del got  # released: the next load may land there
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        assert faults < 4 * 1024 // 4  # a fresh buffer faults in all of its 1024 pages
 
 
 def test_a_load_fetches_its_chunk_rows_in_one_query(
