@@ -48,13 +48,20 @@ MAX_CHUNK = 64 << 20  # the largest chunk_size a store may be opened with
 #: zstd's largest expansion: a 4-byte RLE block (3-byte header, 1 byte) gives 128 KiB.
 ZSTD_MAX_RATIO = 1 << 15
 _PROBE = 16 * 1024  # compress a slice first; skip zstd on data it cannot shrink
-#: Most stored/raw bytes of the probe for zstd to run on the chunk. Measured (1 MiB
-#: chunks, level 1, pickle + fsync writing ~430 MB/s): shuffled float32 noise gives
-#: 0.81 at 6 ms/MiB, which saves 0.4 ms of writing; a smooth float32 surface 0.66
-#: at 1.8 ms, an int16 DEM 0.52 at 1.0 ms (unshuffled: 0.80 at 10 ms).
-_PAYS = 0.75
-#: Least bytes of a thread's shuffle buffers: a 1 MiB chunk's, grown for bigger ones.
+#: The probe of numbers to be shuffled: fewer bytes at a faster level, and a
+#: stricter bar. Measured (1 MiB chunks; pickle + fsync writes ~430 MB/s here):
+#: shuffled float32 noise probes 0.85 and would compress to 0.81 at 6 ms/MiB, to
+#: save 0.4 ms of writing; a smooth float32 surface probes 0.73 (0.62 at 1.5 ms/MiB
+#: over the chunk), an int16 DEM 0.55 (0.52 at 0.8 ms; unshuffled 0.80 at 10 ms).
+#: The probe costs ~50 us a chunk (the 16 KiB level-1 one of shuffled bytes: ~100).
+_PROBE_SHUFFLED = 8 * 1024
+_PROBE_SHUFFLED_LEVEL = -3
+_PAYS_SHUFFLED = 0.80
+#: Least bytes of a thread's shuffle buffer: a 1 MiB chunk's, grown for bigger ones.
 MIN_SCRATCH = 1 << 20
+#: Elements (un)shuffled per numpy call: 1 MiB of float32 at once; fewer calls cost
+#: less (64 Ki elements a call: 0.53 ms/MiB; 256 Ki: 0.46), a bigger temporary more.
+_BLOCK = 1 << 18
 
 #: Per buffer: the (digest hex, raw size) of each chunk, in order.
 Manifest = list[list[tuple[str, int]]]
@@ -82,11 +89,8 @@ def compress_chunk(digest: str, view: memoryview, level: int, itemsize: int = 1)
     size = view.nbytes
     k = itemsize if itemsize in CODEC_ZSTD_SHUFFLE and size >= 4 * itemsize else 1
     if size >= 256:
-        # A level-1 probe of one slice tells incompressible data (float noise) cheaply.
-        if size > 2 * _PROBE:
-            probe = _shuffled(view[:_PROBE], k, _PROBE) if k > 1 else view[:_PROBE]
-            if len(_compressor(1).compress(probe)) > _PROBE * _PAYS:
-                return StoredChunk(digest, size, CODEC_RAW, view)
+        if not _pays(view, k):
+            return StoredChunk(digest, size, CODEC_RAW, view)
         if k > 1:
             packed = _compressor(level).compress(_shuffled(view, k, size))
             codec = CODEC_ZSTD_SHUFFLE[k]
@@ -95,6 +99,21 @@ def compress_chunk(digest: str, view: memoryview, level: int, itemsize: int = 1)
         if len(packed) <= size * 7 // 8:
             return StoredChunk(digest, size, codec, packed)
     return StoredChunk(digest, size, CODEC_RAW, view)
+
+
+def _pays(view: memoryview, k: int) -> bool:
+    """Tell whether compressing ``view`` (shuffled by ``k`` if > 1) is worth its CPU.
+
+    A probe of one slice tells incompressible data (float noise) cheaply.
+    """
+    size = view.nbytes
+    if k > 1:
+        n = _PROBE_SHUFFLED
+        if size <= 2 * n:
+            return True
+        stored = len(_compressor(_PROBE_SHUFFLED_LEVEL).compress(_shuffled(view[:n], k, n)))
+        return stored <= n * _PAYS_SHUFFLED
+    return size <= 2 * _PROBE or len(_compressor(1).compress(view[:_PROBE])) <= _PROBE * 7 // 8
 
 
 def _shuffled(view: memoryview, k: int, n: int) -> memoryview:
@@ -113,10 +132,12 @@ def _shuffled(view: memoryview, k: int, n: int) -> memoryview:
         # copy of the bytes (a strided view) ran at 0.2-2 GB/s.
         wide = np.frombuffer(view, np.dtype(f"<u{k}"), m // k)
         planes = np.frombuffer(out, np.uint8, m).reshape(k, m // k)
-        tmp = _wide_tmp(np, k, m // k)
-        for j in range(k):
-            np.right_shift(wide, 8 * j, out=tmp)
-            np.copyto(planes[j], tmp, casting="unsafe")
+        for a in range(0, m // k, _BLOCK):  # blocks: a big chunk needs no big temporary
+            w, tmp = wide[a : a + _BLOCK], _wide_tmp(np, k)
+            tmp = tmp[: w.size]
+            for j in range(k):
+                np.right_shift(w, 8 * j, out=tmp)
+                np.copyto(planes[j, a : a + _BLOCK], tmp, casting="unsafe")
     out[m:n] = view[m:n]
     return out[:n]
 
@@ -135,11 +156,13 @@ def _unshuffle_into(data: bytes | memoryview, k: int, out: memoryview) -> None:
         # 0.2-0.5 ms/MiB; numpy's transposed byte copy took 1.4-6.8 ms.
         wide = np.frombuffer(out, np.dtype(f"<u{k}"), m // k)
         planes = np.frombuffer(src, np.uint8, m).reshape(k, m // k)
-        tmp = _wide_tmp(np, k, m // k)
-        np.copyto(wide, planes[0])
-        for j in range(1, k):
-            np.left_shift(planes[j], 8 * j, out=tmp, dtype=tmp.dtype)
-            np.bitwise_or(wide, tmp, out=wide)
+        for a in range(0, m // k, _BLOCK):
+            w, tmp = wide[a : a + _BLOCK], _wide_tmp(np, k)
+            tmp = tmp[: w.size]
+            np.copyto(w, planes[0, a : a + _BLOCK])
+            for j in range(1, k):
+                np.left_shift(planes[j, a : a + _BLOCK], 8 * j, out=tmp, dtype=tmp.dtype)
+                np.bitwise_or(w, tmp, out=w)
     out[m:n] = src[m:n]
 
 
@@ -159,15 +182,15 @@ def _scratch(n: int) -> memoryview:
     return buf
 
 
-def _wide_tmp(np: Any, k: int, n: int) -> Any:
-    """Return this thread's temporary array of ``n`` little-endian ``k``-byte ints."""
+def _wide_tmp(np: Any, k: int) -> Any:
+    """Return this thread's temporary array of ``_BLOCK`` little-endian ``k``-byte ints."""
     cache: dict[int, Any] | None = getattr(_local, "wide", None)
     if cache is None:
         cache = _local.wide = {}
     tmp = cache.get(k)
-    if tmp is None or tmp.size < n:
-        tmp = cache[k] = np.empty(max(n, MIN_SCRATCH // k), np.dtype(f"<u{k}"))
-    return tmp[:n]
+    if tmp is None or tmp.size != _BLOCK:
+        tmp = cache[k] = np.empty(_BLOCK, np.dtype(f"<u{k}"))
+    return tmp
 
 
 _local = threading.local()
