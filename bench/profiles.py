@@ -349,7 +349,7 @@ def tile_breakdown(nbytes: int = 1 << 20, rounds: int = 20) -> dict[str, list[tu
                 import blake3  # type: ignore[import-not-found]
 
                 save_parts["BLAKE3 of the tile (one thread)"] = (
-                    lambda t: blake3.blake3(t).digest(),
+                    lambda t: blake3.blake3(memoryview(t).cast("B")).digest(),
                     new_tile,
                 )
             except ImportError:

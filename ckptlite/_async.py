@@ -111,6 +111,7 @@ class AsyncSaver:
                     encoded.skeleton,
                     tuple(memoryview(bytes(b)) for b in encoded.buffers),
                     encoded.pickled,
+                    encoded.itemsizes,
                 )
             except Exception as e:
                 self._slots.release()

@@ -6,11 +6,12 @@ the manager's thread pool; nothing here encodes or decodes a state.
 
 from __future__ import annotations
 
-import mmap
 import os
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
 
 import zstandard
 
@@ -20,6 +21,7 @@ from .errors import CorruptCheckpointError
 from .types import StoredChunk
 
 __all__ = [
+    "BufferPool",
     "new_buffer",
     "pack_payload",
     "read_buffers",
@@ -46,10 +48,14 @@ def write_buffers(
     chunk_size: int,
     level: int,
     previous: chunking.Manifest | None = None,
+    itemsizes: Sequence[int] = (),
     *,
     algo: str,
 ) -> tuple[chunking.Manifest, int]:
     """Chunk, hash (by ``algo``), compress and store ``buffers``; return the manifest and new bytes.
+
+    ``itemsizes`` gives, per buffer, the size of the numbers it holds: their bytes
+    are shuffled before compression (see ``chunking.compress_chunk``).
 
     ``previous`` is the manifest of the slot's latest checkpoint: a chunk whose
     bytes equal the one at the same place there (compared in the page cache, when
@@ -67,7 +73,7 @@ def write_buffers(
     lock = threading.Lock()
     equals = getattr(backend, "chunk_equals", None) if previous else None
 
-    def store(group: Sequence[tuple[memoryview, str | None]]) -> list[tuple[str, int]]:
+    def store(group: Sequence[tuple[memoryview, str | None, int]]) -> list[tuple[str, int]]:
         # Each group of chunks goes into its own pack (one fsync); groups run in
         # parallel on the pool. Chunks are hashed, looked up and written a batch of
         # about 1 MiB at a time, while their bytes are still in the CPU cache:
@@ -78,9 +84,9 @@ def write_buffers(
         scratch = _scratch(_LOOKUP_BYTES + size)
 
         def fresh() -> Iterator[StoredChunk]:
-            batch: dict[str, memoryview] = {}
+            batch: dict[str, tuple[memoryview, int]] = {}
             used = 0  # bytes of ``scratch`` the batch's copies take
-            for i, (v, was) in enumerate(group):
+            for i, (v, was, k) in enumerate(group):
                 # Equal to the stored chunk ``was`` as compared: its stored bytes are
                 # intact, whatever the caller does to ``v`` afterwards.
                 if was is not None and equals is not None and equals(was, v):
@@ -97,7 +103,7 @@ def write_buffers(
                     with lock:
                         if d not in claimed:  # else another chunk of this save has these bytes
                             claimed.add(d)
-                            batch[d] = copy
+                            batch[d] = (copy, k)
                             used += v.nbytes
                 if batch and (used >= _LOOKUP_BYTES or i == len(group) - 1):
                     present = backend.has_chunks(batch)
@@ -105,9 +111,9 @@ def write_buffers(
                     # compressed copies are never all in memory at once. A raw chunk's
                     # data is a view of ``scratch``, which the next batch reuses: the
                     # backend writes (or copies) each chunk before taking the next.
-                    for d, c in batch.items():
+                    for d, (c, k) in batch.items():
                         if d not in present:
-                            chunk = chunking.compress_chunk(d, c, level)
+                            chunk = chunking.compress_chunk(d, c, level, itemsize=k)
                             stored[d] = chunk.stored_size
                             yield chunk
                     batch.clear()
@@ -119,7 +125,7 @@ def write_buffers(
     # Groups run across buffer boundaries: a state of many small arrays still makes
     # few packs (one fsync each), not one per array.
     views = [chunking.split(buf, size) for buf in buffers]
-    groups: list[list[tuple[memoryview, str | None]]] = [[]]
+    groups: list[list[tuple[memoryview, str | None, int]]] = [[]]
     filled = 0
     group_bytes = max(_WRITE_GROUP_BYTES, -(-sum(b.nbytes for b in buffers) // _CORES))
     for i, vs in enumerate(views):
@@ -129,7 +135,7 @@ def write_buffers(
                 groups.append([])
                 filled = 0
             was = before[j][0] if j < len(before) and before[j][1] == v.nbytes else None
-            groups[-1].append((v, was))
+            groups[-1].append((v, was, itemsizes[i] if i < len(itemsizes) else 1))
             filled += v.nbytes
     if len(groups) == 1:  # no hand-off to a pool thread and back (~0.2 ms of a small save)
         results = [store(groups[0])]
@@ -148,15 +154,23 @@ def write_buffers(
 
 
 def read_buffers(
-    backend: Backend, pool: ThreadPoolExecutor, manifest: chunking.Manifest, *, algo: str
+    backend: Backend,
+    pool: ThreadPoolExecutor,
+    manifest: chunking.Manifest,
+    landing: BufferPool | None = None,
+    *,
+    algo: str,
 ) -> list[bytearray | memoryview]:
-    """Read and verify (by ``algo``) every chunk of ``manifest`` into fresh buffers.
+    """Read and verify (by ``algo``) every chunk of ``manifest`` into buffers of ``landing``.
+
+    Without ``landing``, into fresh buffers.
 
     Raises:
         CorruptCheckpointError: a chunk is missing or does not match its digest
             (``context["digests"]`` names every such chunk).
     """
-    buffers = [new_buffer(n) for n in chunking.buffer_sizes(manifest)]
+    take = landing.take if landing is not None else new_buffer
+    buffers = [take(n) for n in chunking.buffer_sizes(manifest)]
     jobs: list[tuple[str, int, memoryview]] = []
     for buf, entries in zip(buffers, manifest, strict=True):
         view = memoryview(buf)
@@ -168,11 +182,20 @@ def read_buffers(
         return buffers
 
     read_into = getattr(backend, "read_chunk_into", None)
+    rows_of = getattr(backend, "chunk_rows", None)
+    # Every row in one query on this thread, not one per chunk from the pool
+    # threads. A missing one is looked up again by the read, which reports it.
+    rows = rows_of(d for d, _, _ in jobs) if rows_of is not None and read_into else {}
 
     def fetch(job: tuple[str, int, memoryview]) -> CorruptCheckpointError | None:
         digest, n, out = job
         try:
-            chunk = read_into(digest, out) if read_into else backend.read_chunk(digest)
+            if read_into is not None and rows:
+                chunk = read_into(digest, out, rows.get(digest))
+            elif read_into is not None:
+                chunk = read_into(digest, out)
+            else:
+                chunk = backend.read_chunk(digest)
             if chunk.size != n:
                 raise CorruptCheckpointError(f"chunk {digest} has the wrong size", digest=digest)
             chunking.restore_chunk_into(chunk, out, algo)
@@ -203,15 +226,70 @@ def _scratch(n: int) -> memoryview:
     return buf
 
 
-def new_buffer(n: int) -> bytearray | memoryview:
-    """Return a writable buffer of ``n`` bytes for a load to fill.
+class BufferPool:
+    """Memory for loads to land in: buffers already faulted in, reused once released.
 
-    Big ones are anonymous maps: ``bytearray(n)`` zero-fills its memory first,
-    a pass over the whole state that cost as much as reading it.
+    Filling fresh memory cost a page fault per 4 KiB, which was most of a load
+    of 1-16 MiB (a new anonymous map: 16 MiB took 13.8 ms to fill; memory
+    faulted in before: 1.9 ms; pickle.load reuses malloc's freed blocks). A
+    buffer is handed out again only when nothing but the pool refers to it:
+    every array or view a load returned keeps a reference to its buffer, so a
+    result the caller still holds is never given to a later load, and results
+    of two loads never share memory. Thread-safe; one per manager.
     """
-    if n < 1 << 20:
+
+    #: Largest buffer kept, and most bytes kept: tiles, not whole big states (RSS).
+    MAX_BUFFER = 16 << 20
+    MAX_BYTES = 64 << 20
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bufs: list[Any] = []  # numpy uint8 arrays
+        self._pid = os.getpid()
+
+    def take(self, n: int) -> bytearray | memoryview:
+        """Return a writable buffer of ``n`` bytes that no one else holds."""
+        np = _numpy()
+        if np is None or n < 1 << 16:
+            return bytearray(n)  # small (the allocator reuses it) or numpy-less: bytes states
+        if n > self.MAX_BUFFER:
+            return memoryview(np.empty(n, np.uint8))
+        if self._pid != os.getpid():  # a forked child: the lock may be held by a lost thread
+            self._lock, self._bufs, self._pid = threading.Lock(), [], os.getpid()
+        with self._lock:
+            bufs = self._bufs
+            for i in range(len(bufs)):
+                # 2 references: the list's and getrefcount's argument. A result, or
+                # any view of one, adds its own: that buffer is still the caller's.
+                if bufs[i].nbytes == n and sys.getrefcount(bufs[i]) == 2:
+                    bufs.append(bufs.pop(i))  # most recently used last
+                    return memoryview(bufs[-1])
+            buf = np.empty(n, np.uint8)
+            free = [i for i in range(len(bufs)) if sys.getrefcount(bufs[i]) == 2]
+            total = sum(b.nbytes for b in bufs)
+            while total + n > self.MAX_BYTES and free:  # drop unused buffers, oldest first
+                total -= bufs[free[0]].nbytes
+                bufs[free.pop(0)] = None
+            self._bufs = bufs = [b for b in bufs if b is not None]
+            if total + n <= self.MAX_BYTES:
+                bufs.append(buf)
+            return memoryview(buf)
+
+
+def new_buffer(n: int) -> bytearray | memoryview:
+    """Return a fresh writable buffer of ``n`` bytes for a load to fill (no pool)."""
+    np = _numpy()
+    if np is None or n < 1 << 16:
         return bytearray(n)
-    return memoryview(mmap.mmap(-1, n))
+    return memoryview(np.empty(n, np.uint8))
+
+
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError:  # numpy is optional: bytes states load without it
+        return None
+    return numpy
 
 
 def pack_payload(skeleton: bytes) -> bytes:

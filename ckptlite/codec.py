@@ -39,6 +39,9 @@ class EncodedState:
     skeleton: bytes
     buffers: tuple[memoryview, ...]
     pickled: bool
+    #: Per buffer, the size of the elements it holds when they are numbers (1 for bytes):
+    #: the chunk codec shuffles their bytes before compressing. Empty: all 1.
+    itemsizes: tuple[int, ...] = ()
 
     @property
     def size(self) -> int:
@@ -58,10 +61,12 @@ def encode(state: Any, *, allow_pickle: bool = False) -> EncodedState:
     {'a': (1, 2)}
     """
     buffers: list[memoryview] = []
+    itemsizes: list[int] = []
     pickled = False
 
-    def add_buffer(view: memoryview) -> int:
+    def add_buffer(view: memoryview, itemsize: int = 1) -> int:
         buffers.append(view)
+        itemsizes.append(itemsize)
         return len(buffers) - 1
 
     depth = 0
@@ -116,9 +121,10 @@ def encode(state: Any, *, allow_pickle: bool = False) -> EncodedState:
         # Big bytes may be inside (a small skeleton cannot hold any): pack again with
         # them lifted out. Walking every state for them was most of a small save's encode.
         buffers.clear()
+        itemsizes.clear()
         pickled = False
         skeleton = _pack(_lift_big_bytes(state, add_buffer), default)
-    return EncodedState(skeleton, tuple(buffers), pickled)
+    return EncodedState(skeleton, tuple(buffers), pickled, tuple(itemsizes))
 
 
 def decode(
@@ -138,6 +144,7 @@ def decode(
     """
 
     depth = 0
+    held = list(buffers)
 
     def ext_hook(code: int, data: bytes) -> Any:
         nonlocal depth
@@ -159,9 +166,9 @@ def decode(
         if code == _UUID:
             return uuid.UUID(bytes=data)
         if code == _BUFREF:
-            return bytes(buffers[msgpack.unpackb(data)])
+            return bytes(held[msgpack.unpackb(data)])
         if code == _NDARRAY:
-            return _array_from_parts(_unpack(data, ext_hook), buffers)
+            return _array_from_parts(_unpack(data, ext_hook), held)
         if code == _NPSCALAR:
             import numpy as np
 
@@ -182,6 +189,11 @@ def decode(
     except (ValueError, TypeError, IndexError, KeyError, RecursionError) as e:
         # msgpack's own errors (ExtraData, FormatError, StackError) derive from ValueError.
         raise CorruptCheckpointError(f"state does not decode: {e}") from e
+    finally:
+        # The two hooks refer to each other: a cycle that only the garbage collector
+        # frees, holding the buffers until then. Emptied here, a loaded array is freed
+        # as soon as its caller drops it, and the next load can land in its memory.
+        held.clear()
 
 
 def _pack(obj: Any, default: Callable[[Any], Any]) -> bytes:
@@ -252,7 +264,7 @@ def _dt_from_parts(parts: list[Any]) -> datetime:
     return dt
 
 
-def _array_parts(np: Any, arr: Any, add_buffer: Callable[[memoryview], int]) -> list[Any]:
+def _array_parts(np: Any, arr: Any, add_buffer: Callable[[memoryview, int], int]) -> list[Any]:
     descr = np.lib.format.dtype_to_descr(arr.dtype)
     if arr.flags.c_contiguous:
         order, data = "C", arr
@@ -263,8 +275,21 @@ def _array_parts(np: Any, arr: Any, add_buffer: Callable[[memoryview], int]) -> 
     # A uint8 view works for every dtype (datetime64 has no buffer format) and copies nothing.
     raw = memoryview(data.reshape(-1).view(np.uint8)) if data.nbytes else memoryview(b"")
     # An int payload is the index of a buffer stored as chunks.
-    payload = add_buffer(raw) if raw.nbytes >= BUFFER_THRESHOLD else raw.tobytes()
+    payload = (
+        add_buffer(raw, _element_size(arr.dtype))
+        if raw.nbytes >= BUFFER_THRESHOLD
+        else raw.tobytes()
+    )
     return [descr, list(arr.shape), order, payload]
+
+
+def _element_size(dtype: Any) -> int:
+    """Return the bytes of one number in ``dtype`` (a complex is two), 1 for other kinds."""
+    if dtype.kind in "iufmM":
+        return int(dtype.itemsize)
+    if dtype.kind == "c":
+        return int(dtype.itemsize) // 2
+    return 1  # bools, strings, records: their bytes are not numbers of one size
 
 
 def _array_from_parts(parts: list[Any], buffers: Sequence[bytes | bytearray | memoryview]) -> Any:

@@ -369,6 +369,7 @@ class CheckpointManager:
         #: Opened with ``readonly=True``: every write raises ReadOnlyStoreError.
         self.readonly = config.readonly
         self._pool: ThreadPoolExecutor | None = None
+        self._landing = _chunkio.BufferPool()  # memory loads land in, reused
         self._pool_pid = os.getpid()
         self._pool_lock = threading.Lock()
         self._closed = False
@@ -538,6 +539,7 @@ class CheckpointManager:
                 self.config.chunk_size,
                 self.config.compression_level,
                 previous,
+                encoded.itemsizes,
                 algo=self.hash_name,
             )
             record = _record(cp, encoded.size, payload, manifest, written, self.hash_name)
@@ -815,7 +817,9 @@ class CheckpointManager:
         if sum(chunking.buffer_sizes(manifest)) > cp.size:  # check before allocating
             raise CorruptCheckpointError("chunk manifest declares more than the recorded size")
         buffers = (
-            _chunkio.read_buffers(self.backend, self._executor(), manifest, algo=self.hash_name)
+            _chunkio.read_buffers(
+                self.backend, self._executor(), manifest, self._landing, algo=self.hash_name
+            )
             if manifest
             else []
         )

@@ -92,14 +92,17 @@ def test_bit_flip_in_a_file_chunk_is_caught_and_latest_falls_back(tmp_path: Path
 def test_load_latest_falls_back_without_a_prior_load(tmp_path: Path) -> None:
     store = tmp_path / "s"
     with ckptlite.open(store, durability="none") as mgr:
-        good = mgr.save("p", {"a": np.arange(200_000)})
+        # Noise: a shuffled arange compresses to a chunk small enough to live in SQLite.
+        ints = np.random.default_rng(0).integers(0, 1 << 62, 200_000)
+        good = mgr.save("p", {"a": ints})
         before = set(chunk_files(store))
-        bad = mgr.save("p", {"a": np.arange(200_000) * 3})
+        bad = mgr.save("p", {"a": ints * 3})
+        assert set(chunk_files(store)) - before
         for f in sorted(set(chunk_files(store)) - before):
             flip_bit(f, 10)
         assert mgr.latest("p").id == bad.id  # type: ignore[union-attr]  # not yet detected
         cp, state = mgr.load_latest("p")  # type: ignore[misc]
-        assert cp.id == good.id and np.array_equal(state["a"], np.arange(200_000))
+        assert cp.id == good.id and np.array_equal(state["a"], ints)
         assert mgr.get(bad.id).status is Status.CORRUPTED
 
 
@@ -128,7 +131,9 @@ def test_verify_full_names_only_the_damaged_checkpoint_and_heals_after_repair(
     store = tmp_path / "s"
     with ckptlite.open(store, durability="none") as mgr:
         cps = [
-            mgr.save("p", {"a": np.full(300_000, i, "f8") + np.arange(300_000)}) for i in range(4)
+            # Noise, so that the chunk lives in a file (a shuffled ramp fits in SQLite)
+            mgr.save("p", {"a": np.random.default_rng(i).random(300_000)})
+            for i in range(4)
         ]
         target = cps[2]
         digest = mgr.backend.get_record(target.id).digests[0]

@@ -93,10 +93,10 @@ def test_arrays_changed_between_hashing_and_writing_still_load(
             mutate()
         return d
 
-    def compress_chunk(digest: str, view: memoryview, level: int) -> Any:
+    def compress_chunk(digest: str, view: memoryview, level: int, **kw: Any) -> Any:
         if hook == "before-compress":
             mutate()
-        return real_compress(digest, view, level)
+        return real_compress(digest, view, level, **kw)
 
     monkeypatch.setattr(chunking, "digest_of", digest_of)
     monkeypatch.setattr(chunking, "compress_chunk", compress_chunk)
