@@ -144,6 +144,10 @@ class Database:
         self._uri = ""
         self._stamp: tuple[int, ...] | None = None
         self._generation = 0
+        # Write transactions this process ended, on any of its connections. SQLite's
+        # data_version does not change for a connection's own commits: the read cache
+        # (``read_cached``) keys on both.
+        self._commits = 0
         self.migrations = migrations
         self.synchronous = synchronous
         self.busy_ms = int(busy_timeout * 1000)
@@ -184,6 +188,7 @@ class Database:
             with self._lock:
                 self._all.append(conn)
             self._local.conn = conn
+            self._local.cache = {}  # what a new connection reads may differ: nothing kept
             self._local.generation = self._generation
             self._local.owner = ThreadOwner(conn, self._all, self._lock, _close, _INHERITED)
         return conn
@@ -409,6 +414,7 @@ class Database:
                     raise
                 conn.execute("COMMIT")
             finally:
+                self._commits += 1  # even on rollback (or a failed COMMIT): one miss is cheap
                 if barrier:
                     with contextlib.suppress(apsw.Error):  # a failed COMMIT may stay open
                         self._pragma(conn, "synchronous", self.synchronous)
@@ -421,6 +427,22 @@ class Database:
     def read(self) -> apsw.Connection:
         """Return this thread's connection for reads (autocommit)."""
         return self.connection()
+
+    def read_cached(self) -> tuple[apsw.Connection, dict[Any, Any], tuple[int, int]]:
+        """Return this thread's connection, its cache, and the store's stamp now.
+
+        A value cached under a stamp is still what the store holds while the stamp
+        is equal: ``PRAGMA data_version`` changes when another connection (thread,
+        process) commits, the write counter when one of ours does. The counter is read
+        first, so a commit racing this call changes one or the other. The cache
+        belongs to the connection: a fork, a ``close`` or a read-only view reopened
+        after its file changed starts an empty one.
+        """
+        commits = self._commits
+        conn = self.connection()
+        row: Any = conn.execute("PRAGMA data_version").fetchone()
+        cache: dict[Any, Any] = self._local.cache
+        return conn, cache, (commits, row[0])
 
     def close(self) -> None:
         """Close every connection this process opened."""

@@ -49,6 +49,7 @@ from .base import (
     ListQuery,
     StructureCheck,
     dump_metadata,
+    load_metadata,
     to_micros,
 )
 
@@ -134,6 +135,33 @@ _RESET_MARK = (
 )
 
 _scratch_local = threading.local()
+
+
+_CACHE_SLOTS = 256  # slots per connection whose latest record is kept
+_CACHE_MAX_BYTES = 64 << 10  # a bigger payload + manifest is read again each time
+
+
+def _fresh(record: StoredRecord | None, meta: str) -> StoredRecord | None:
+    """Return ``record`` with a new Checkpoint: the caller may change its metadata dict."""
+    if record is None:
+        return None
+    cp = record.checkpoint
+    fresh = Checkpoint(
+        cp.id,
+        cp.process_id,
+        cp.level,
+        cp.name,
+        cp.parent_id,
+        cp.seq,
+        cp.status,
+        cp.created_at,  # immutable, like every field but metadata
+        cp.size,
+        cp.stored_size,
+        cp.checksum,
+        load_metadata(meta),
+        cp.progress,
+    )
+    return StoredRecord(fresh, record.payload, record.manifest, record.digests)
 
 
 def _scratch(n: int) -> bytearray:
@@ -602,10 +630,30 @@ class LocalBackend(LocalLedgerMixin):
     def latest_record(
         self, process_id: str, level: Level | None, name: str | None
     ) -> StoredRecord | None:
-        """Return the slot's latest VALID record with its payload, in one query (or None).
+        """Return the slot's latest VALID record with its payload (or None).
 
-        ``latest`` + ``get_record`` in one round trip: what ``load_latest`` needs.
+        ``latest`` + ``get_record`` in one call: what ``load_latest`` needs. While
+        the store is unchanged (``Database.read_cached``), the record read last time
+        is returned again without a query, with a fresh ``Checkpoint`` (its metadata
+        dict is the caller's). Its bytes are immutable, and a load verifies them.
         """
+        key = (process_id, level, name)
+        with translate_errors("reading checkpoint"):
+            conn, cache, stamp = self.db.read_cached()
+            hit = cache.get(key)
+            if hit is not None and hit[0] == stamp:
+                return _fresh(hit[1], hit[2])
+            record, meta = self._read_latest(conn, process_id, level, name)
+        if record is None or len(record.payload) + len(record.manifest) <= _CACHE_MAX_BYTES:
+            if len(cache) >= _CACHE_SLOTS:
+                cache.clear()
+            cache[key] = (stamp, record, meta)
+        return _fresh(record, meta)
+
+    def _read_latest(
+        self, conn: apsw.Connection, process_id: str, level: Level | None, name: str | None
+    ) -> tuple[StoredRecord | None, str]:
+        """Read the slot's latest VALID record and its metadata JSON."""
         where = "process_id=?"
         args: list[Any] = [process_id]
         if level is not None:
@@ -614,39 +662,35 @@ class LocalBackend(LocalLedgerMixin):
         if name is not None:
             where += " AND name=?"
             args.append(name)
-        with translate_errors("reading checkpoint"):
-            conn = self.db.read()
-            # The slot's newest seq from its index, then that row by rowid: two short
-            # statements cost ~25% less than one filtered on status. Only when the
-            # newest is not VALID (or went away meanwhile) does the filtered one run.
-            top = conn.execute(
-                f"SELECT seq FROM checkpoints WHERE {where} ORDER BY seq DESC LIMIT 1", args
-            ).fetchone()
-            if top is None:
-                return None
+        # The slot's newest seq from its index, then that row by rowid: two short
+        # statements cost ~25% less than one filtered on status. Only when the
+        # newest is not VALID (or went away meanwhile) does the filtered one run.
+        top = conn.execute(
+            f"SELECT seq FROM checkpoints WHERE {where} ORDER BY seq DESC LIMIT 1", args
+        ).fetchone()
+        if top is None:
+            return None, ""
+        row = conn.execute(
+            f"SELECT {CHECKPOINT_COLS}, payload, manifest FROM checkpoints WHERE seq=?", top
+        ).fetchone()
+        if row is None or row[6] != Status.VALID.value:
             row = conn.execute(
-                f"SELECT {CHECKPOINT_COLS}, payload, manifest FROM checkpoints WHERE seq=?", top
+                f"SELECT {CHECKPOINT_COLS}, payload, manifest FROM checkpoints WHERE {where} "
+                "AND status='valid' ORDER BY seq DESC LIMIT 1",
+                args,
             ).fetchone()
-            if row is None or row[6] != Status.VALID.value:
-                row = conn.execute(
-                    f"SELECT {CHECKPOINT_COLS}, payload, manifest FROM checkpoints WHERE {where} "
-                    "AND status='valid' ORDER BY seq DESC LIMIT 1",
-                    args,
-                ).fetchone()
-                if row is None:
-                    return None
-            digests: tuple[str, ...] = ()
-            if row[15] != _EMPTY_MANIFEST:
-                digests = tuple(
-                    r[0] for r in conn.execute("SELECT digest FROM refs WHERE seq=?", (row[0],))
-                )
-        return StoredRecord(row_to_checkpoint(row), row[14], row[15], digests)
+            if row is None:
+                return None, ""
+        digests: tuple[str, ...] = ()
+        if row[15] != _EMPTY_MANIFEST:
+            digests = tuple(
+                r[0] for r in conn.execute("SELECT digest FROM refs WHERE seq=?", (row[0],))
+            )
+        return StoredRecord(row_to_checkpoint(row), row[14], row[15], digests), row[11]
 
     def latest(self, process_id: str, level: Level | None, name: str | None) -> Checkpoint | None:
-        found = self.list(
-            ListQuery(process_id=process_id, level=level, name=name, status=Status.VALID, limit=1)
-        )
-        return found[0] if found else None
+        record = self.latest_record(process_id, level, name)  # cached while unchanged
+        return None if record is None else record.checkpoint
 
     def list(self, query: ListQuery) -> list[Checkpoint]:
         where: list[str] = []
