@@ -164,6 +164,33 @@ def _fresh(record: StoredRecord | None, meta: str) -> StoredRecord | None:
     return StoredRecord(fresh, record.payload, record.manifest, record.digests)
 
 
+_LEVELS = tuple(m.value for m in Level)
+
+
+def _per_level(
+    cols: str, where: Sequence[str], args: Sequence[Any], each_level: bool, order: str, limit: int
+) -> tuple[str, builtins.list[Any]]:
+    """Return SQL + args for the first ``limit`` rows by seq of a process's filtered rows.
+
+    With ``each_level`` (a process, no level given) it merges one range per level:
+    there is no index on (process_id, seq), and without this the newest of a process
+    would sort all of its checkpoints.
+    """
+    cond = " AND ".join(where)
+    if not each_level:
+        sql = f"SELECT {cols} FROM checkpoints WHERE {cond} ORDER BY seq {order} LIMIT ?"
+        return sql, [*args, limit]
+    branch = (
+        f"SELECT * FROM (SELECT {cols} FROM checkpoints WHERE {cond} AND level=? "
+        f"ORDER BY seq {order} LIMIT ?)"
+    )
+    out: builtins.list[Any] = []
+    for level in _LEVELS:
+        out += [*args, level, limit]
+    sql = " UNION ALL ".join([branch] * len(_LEVELS)) + f" ORDER BY seq {order} LIMIT ?"
+    return sql, [*out, limit]
+
+
 def _scratch(n: int) -> bytearray:
     # One read buffer per thread and size: a fresh 1 MiB bytearray costs page
     # faults on every use, about what the comparison it serves saves.
@@ -665,9 +692,7 @@ class LocalBackend(LocalLedgerMixin):
         # The slot's newest seq from its index, then that row by rowid: two short
         # statements cost ~25% less than one filtered on status. Only when the
         # newest is not VALID (or went away meanwhile) does the filtered one run.
-        top = conn.execute(
-            f"SELECT seq FROM checkpoints WHERE {where} ORDER BY seq DESC LIMIT 1", args
-        ).fetchone()
+        top = conn.execute(*_per_level("seq", [where], args, level is None, "DESC", 1)).fetchone()
         if top is None:
             return None, ""
         row = conn.execute(
@@ -675,9 +700,14 @@ class LocalBackend(LocalLedgerMixin):
         ).fetchone()
         if row is None or row[6] != Status.VALID.value:
             row = conn.execute(
-                f"SELECT {CHECKPOINT_COLS}, payload, manifest FROM checkpoints WHERE {where} "
-                "AND status='valid' ORDER BY seq DESC LIMIT 1",
-                args,
+                *_per_level(
+                    f"{CHECKPOINT_COLS}, payload, manifest",
+                    [where, "status='valid'"],
+                    args,
+                    level is None,
+                    "DESC",
+                    1,
+                )
             ).fetchone()
             if row is None:
                 return None, ""
@@ -711,13 +741,19 @@ class LocalBackend(LocalLedgerMixin):
         if query.after_seq is not None:
             where.append("seq>?")
             args.append(query.after_seq)
-        sql = f"SELECT {CHECKPOINT_COLS} FROM checkpoints"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq " + ("ASC" if query.ascending else "DESC")
-        if query.limit is not None:
-            sql += " LIMIT ?"
-            args.append(query.limit)
+        order = "ASC" if query.ascending else "DESC"
+        if query.limit is not None and query.process_id is not None:
+            sql, args = _per_level(
+                CHECKPOINT_COLS, where, args, query.level is None, order, query.limit
+            )
+        else:
+            sql = f"SELECT {CHECKPOINT_COLS} FROM checkpoints"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY seq " + order
+            if query.limit is not None:
+                sql += " LIMIT ?"
+                args.append(query.limit)
         with translate_errors("listing checkpoints"):
             return [row_to_checkpoint(r) for r in self.db.read().execute(sql, args)]
 
