@@ -12,6 +12,7 @@ import pytest
 
 import ckptlite
 from ckptlite._sqlite import APPLICATION_ID, refuse_network_fs
+from ckptlite.backends.base import ListQuery
 from ckptlite.backends.local import MIGRATIONS
 from ckptlite.errors import ConfigError, MigrationError
 
@@ -151,6 +152,11 @@ def test_schema_8_drops_the_process_index_and_process_queries_still_search(
         assert [c.name for c in mgr.list(process_id="p", name="t2", limit=2)] == ["t2", "t2"]
         oldest = mgr.list(process_id="p")[-1]
         assert oldest == stage
+        everything = mgr.list(process_id="p")[::-1]  # oldest first
+        ascending = ListQuery(process_id="p", ascending=True, limit=4)
+        assert mgr.backend.list(ascending) == everything[:4]
+        after = ListQuery(process_id="p", ascending=True, after_seq=everything[1].seq, limit=2)
+        assert mgr.backend.list(after) == everything[2:4]
     assert pragma(db, "user_version") == 8
 
 

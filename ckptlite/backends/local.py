@@ -138,7 +138,7 @@ _scratch_local = threading.local()
 
 
 _CACHE_SLOTS = 256  # slots per connection whose latest record is kept
-_CACHE_MAX_BYTES = 64 << 10  # a bigger payload + manifest is read again each time
+_CACHE_MAX_BYTES = 16 << 10  # a bigger payload + manifest is read again each time
 
 
 def _fresh(record: StoredRecord | None, meta: str) -> StoredRecord | None:
