@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import ckptlite
 from ckptlite._sqlite import APPLICATION_ID, refuse_network_fs
 from ckptlite.backends.base import ListQuery
 from ckptlite.backends.local import MIGRATIONS
-from ckptlite.errors import ConfigError, MigrationError
+from ckptlite.errors import ConfigError, MigrationError, StoreFullError
 
 
 def pragma(db: Path, name: str) -> object:
@@ -531,3 +532,23 @@ def test_a_repaired_chunk_leaves_its_old_file_to_gc(tmp_path: Path) -> None:
         assert digest in mgr.gc().chunks
         assert not (store / "blobs" / digest[:2] / digest).exists()
         assert np.array_equal(mgr.load(cp.id)["a"], arr)
+
+
+def test_a_write_block_that_raises_rolls_back_types_the_error_and_frees_the_lock(
+    tmp_path: Path,
+) -> None:
+    with ckptlite.open(tmp_path / "s") as mgr:
+        db = mgr.backend.db  # type: ignore[attr-defined]
+        with pytest.raises(StoreFullError), db.write() as conn:
+            conn.execute("INSERT INTO store_meta(key, value) VALUES ('k', 'v')")
+            raise apsw.FullError("database or disk is full")
+        with pytest.raises(KeyError), db.write() as conn:  # not an apsw error: as it is
+            conn.execute("INSERT INTO store_meta(key, value) VALUES ('k', 'v')")
+            raise KeyError("x")
+        rows = db.read().execute("SELECT value FROM store_meta WHERE key='k'").fetchall()
+        assert rows == []
+        done: list[object] = []
+        t = threading.Thread(target=lambda: done.append(mgr.save("p", 1)))
+        t.start()
+        t.join(30)
+        assert done and mgr.latest("p") == done[0]
