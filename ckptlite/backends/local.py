@@ -172,23 +172,42 @@ def _per_level(
 ) -> tuple[str, builtins.list[Any]]:
     """Return SQL + args for the first ``limit`` rows by seq of a process's filtered rows.
 
-    With ``each_level`` (a process, no level given) it merges one range per level:
-    there is no index on (process_id, seq), and without this the newest of a process
-    would sort all of its checkpoints.
+    With ``each_level`` (a process, no level given) it takes the first ``limit`` seqs
+    of each level's index range and reads those rows in seq order: there is no index
+    on (process_id, seq), and without this the newest of a process would sort all of
+    its checkpoints. (A UNION of the four ranges' rows was slower: a sort per range.)
     """
     cond = " AND ".join(where)
     if not each_level:
         sql = f"SELECT {cols} FROM checkpoints WHERE {cond} ORDER BY seq {order} LIMIT ?"
         return sql, [*args, limit]
     branch = (
-        f"SELECT * FROM (SELECT {cols} FROM checkpoints WHERE {cond} AND level=? "
+        f"SELECT seq FROM (SELECT seq FROM checkpoints WHERE {cond} AND level=? "
         f"ORDER BY seq {order} LIMIT ?)"
     )
     out: builtins.list[Any] = []
     for level in _LEVELS:
         out += [*args, level, limit]
-    sql = " UNION ALL ".join([branch] * len(_LEVELS)) + f" ORDER BY seq {order} LIMIT ?"
+    seqs = " UNION ALL ".join([branch] * len(_LEVELS))
+    sql = f"SELECT {cols} FROM checkpoints WHERE seq IN ({seqs}) ORDER BY seq {order} LIMIT ?"
     return sql, [*out, limit]
+
+
+def _top_seq(cond: str, args: Sequence[Any], each_level: bool) -> tuple[str, builtins.list[Any]]:
+    """Return SQL + args for the newest seq matching ``cond`` (0 or no row: none).
+
+    With ``each_level``: the largest of one index probe per level.
+    """
+    if not each_level:
+        return f"SELECT seq FROM checkpoints WHERE {cond} ORDER BY seq DESC LIMIT 1", [*args]
+    probe = (
+        f"coalesce((SELECT seq FROM checkpoints WHERE {cond} AND level=? "
+        "ORDER BY seq DESC LIMIT 1), 0)"
+    )
+    out: builtins.list[Any] = []
+    for level in _LEVELS:
+        out += [*args, level]
+    return f"SELECT max({', '.join([probe] * len(_LEVELS))})", out
 
 
 def _scratch(n: int) -> bytearray:
@@ -692,8 +711,8 @@ class LocalBackend(LocalLedgerMixin):
         # The slot's newest seq from its index, then that row by rowid: two short
         # statements cost ~25% less than one filtered on status. Only when the
         # newest is not VALID (or went away meanwhile) does the filtered one run.
-        top = conn.execute(*_per_level("seq", [where], args, level is None, "DESC", 1)).fetchone()
-        if top is None:
+        top = conn.execute(*_top_seq(where, args, level is None)).fetchone()
+        if top is None or not top[0]:
             return None, ""
         row = conn.execute(
             f"SELECT {CHECKPOINT_COLS}, payload, manifest FROM checkpoints WHERE seq=?", top
