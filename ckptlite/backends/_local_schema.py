@@ -114,7 +114,7 @@ MIGRATIONS: list[str] = [
     # 8: one index fewer to write per save (P1: ~4 us of a ~45 us transaction). A
     # process's newest checkpoints are the newest of its four levels, each a range of
     # checkpoints_level_seq (or of checkpoints_slot when a name is given): queries on
-    # a process without a level read one range per level (local.py ``_per_level``).
+    # a process without a level read one range per level (local.py ``_top_seq``, ``_per_level``).
     """
     DROP INDEX IF EXISTS checkpoints_process_seq;
     """,
