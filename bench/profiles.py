@@ -122,8 +122,9 @@ def breakdowns(rounds: int = 30) -> dict[str, list[tuple[str, float]]]:
 
     import diskcache
 
-    from ckptlite import chunking, codec
+    from ckptlite import Level, chunking, codec
     from ckptlite.backends._local_schema import CHECKPOINT_COLS, row_to_checkpoint
+    from ckptlite.backends.local import _fresh
 
     state = small_state()
     out: dict[str, list[tuple[str, float]]] = {}
@@ -200,6 +201,7 @@ def breakdowns(rounds: int = 30) -> dict[str, list[tuple[str, float]]]:
                 ).fetchone()
 
             row = two_selects()
+            record = mgr.backend.latest_record("p", Level.STEP, "n")  # type: ignore[attr-defined]
 
             def verify_and_decode() -> None:
                 chunking.record_checksum(row[14], row[15], mgr.hash_name)
@@ -216,9 +218,17 @@ def breakdowns(rounds: int = 30) -> dict[str, list[tuple[str, float]]]:
                     "ckptlite load_latest, whole call": lambda: mgr.load_latest(
                         "p", level="step", name="n"
                     ),
-                    "its two SELECTs (newest seq of the slot, then that row)": two_selects,
-                    "row to Checkpoint (frozen dataclass, enums, datetime)": lambda: (
-                        row_to_checkpoint(row[:14])
+                    "its cache check while the store is unchanged (PRAGMA data_version)": (
+                        lambda: read.execute("PRAGMA data_version").fetchone()
+                    ),
+                    "a fresh Checkpoint of the cached record (the caller owns its metadata)": (
+                        lambda: _fresh(record, "{}")
+                    ),
+                    "on a cache miss: its two SELECTs (newest seq of the slot, then that row)": (
+                        two_selects
+                    ),
+                    "on a cache miss: row to Checkpoint (frozen dataclass, enums, datetime)": (
+                        lambda: row_to_checkpoint(row[:14])
                     ),
                     "verification (SHA-256 of payload + manifest) and msgpack decode": (
                         verify_and_decode

@@ -176,6 +176,10 @@ def test_breakdowns_time_every_part_of_p1_and_p2() -> None:
     )
     assert (
         p2["ckptlite load_latest, whole call"]
-        > p2["its two SELECTs (newest seq of the slot, then that row)"]
+        > p2["its cache check while the store is unchanged (PRAGMA data_version)"]
+    )
+    assert (
+        p2["ckptlite load_latest, whole call"]
+        > p2["verification (SHA-256 of payload + manifest) and msgpack decode"]
     )
     assert p2["diskcache.Cache.get, whole call"] > p2["its SELECT alone (one unique-index probe)"]

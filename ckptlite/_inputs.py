@@ -49,6 +49,8 @@ def level(value: object) -> Level | None:
     Raises:
         InvalidInputError: not a level.
     """
+    if type(value) is Level:  # the common case, without Level()'s ~0.6 us
+        return value
     if value is None or value == "":
         return None
     try:

@@ -144,6 +144,10 @@ class Database:
         self._uri = ""
         self._stamp: tuple[int, ...] | None = None
         self._generation = 0
+        # Write transactions this process ended, on any of its connections. SQLite's
+        # data_version does not change for a connection's own commits: the read cache
+        # (``read_cached``) keys on both.
+        self._commits = 0
         self.migrations = migrations
         self.synchronous = synchronous
         self.busy_ms = int(busy_timeout * 1000)
@@ -184,6 +188,7 @@ class Database:
             with self._lock:
                 self._all.append(conn)
             self._local.conn = conn
+            self._local.cache = {}  # what a new connection reads may differ: nothing kept
             self._local.generation = self._generation
             self._local.owner = ThreadOwner(conn, self._all, self._lock, _close, _INHERITED)
         return conn
@@ -374,16 +379,26 @@ class Database:
                 conn.execute(f"PRAGMA user_version={target}")
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
 
-    @contextlib.contextmanager
     def write(
         self, conn: apsw.Connection | None = None, *, durable: bool = False
-    ) -> Iterator[apsw.Connection]:
+    ) -> contextlib.AbstractContextManager[apsw.Connection]:
         """Run the block in a ``BEGIN IMMEDIATE`` transaction; roll back on error.
 
         ``durable``: the commit is on disk when the block's ``with`` ends, and so is
         every commit before it (a barrier): required before unlinking a file whose
         rows an earlier commit dropped. With synchronous=OFF it syncs nothing.
+
+        Raises:
+            ReadOnlyStoreError: the store is open read-only (when the block is entered).
         """
+        if durable or self.readonly:
+            return self._durable_write(conn, durable)
+        return _Write(self, conn)  # every save passes here: a class, not a generator (~2 us)
+
+    @contextlib.contextmanager
+    def _durable_write(
+        self, conn: apsw.Connection | None, durable: bool
+    ) -> Iterator[apsw.Connection]:
         if self.readonly:
             raise ReadOnlyStoreError(f"{self._writing}: the store is open read-only")
         conn = conn or self.connection()
@@ -409,6 +424,7 @@ class Database:
                     raise
                 conn.execute("COMMIT")
             finally:
+                self._commits += 1  # even on rollback (or a failed COMMIT): one miss is cheap
                 if barrier:
                     with contextlib.suppress(apsw.Error):  # a failed COMMIT may stay open
                         self._pragma(conn, "synchronous", self.synchronous)
@@ -421,6 +437,22 @@ class Database:
     def read(self) -> apsw.Connection:
         """Return this thread's connection for reads (autocommit)."""
         return self.connection()
+
+    def read_cached(self) -> tuple[apsw.Connection, dict[Any, Any], tuple[int, int]]:
+        """Return this thread's connection, its cache, and the store's stamp now.
+
+        A value cached under a stamp is still what the store holds while the stamp
+        is equal: ``PRAGMA data_version`` changes when another connection (thread,
+        process) commits, the write counter when one of ours does. The counter is read
+        first, so a commit racing this call changes one or the other. The cache
+        belongs to the connection: a fork, a ``close`` or a read-only view reopened
+        after its file changed starts an empty one.
+        """
+        commits = self._commits
+        conn = self.connection()
+        row: Any = conn.execute("PRAGMA data_version").fetchone()
+        cache: dict[Any, Any] = self._local.cache
+        return conn, cache, (commits, row[0])
 
     def close(self) -> None:
         """Close every connection this process opened."""
@@ -450,6 +482,51 @@ class Database:
                             progress(b.page_count - b.remaining, b.page_count)
             finally:
                 target.close()
+
+
+class _Write(contextlib.AbstractContextManager[apsw.Connection]):
+    """``Database.write()`` without ``durable``: what ``_durable_write`` does, without a barrier.
+
+    The write mutex, ``BEGIN IMMEDIATE``, the block, ``COMMIT`` (``ROLLBACK`` when
+    the block raises), apsw errors translated, the write counter bumped.
+    """
+
+    __slots__ = ("_conn", "_db")
+
+    def __init__(self, db: Database, conn: apsw.Connection | None) -> None:
+        self._db = db
+        self._conn = conn
+
+    def __enter__(self) -> apsw.Connection:
+        db = self._db
+        conn = self._conn = self._conn or db.connection()
+        db._writer.acquire()
+        try:
+            with translate_errors(db._writing):
+                conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            db._commits += 1
+            db._writer.release()
+            raise
+        return conn
+
+    def __exit__(
+        self, tp: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        db = self._db
+        conn = self._conn
+        assert conn is not None
+        try:
+            if e is None:
+                with translate_errors(db._writing):
+                    conn.execute("COMMIT")
+            else:
+                with contextlib.suppress(apsw.Error):
+                    conn.execute("ROLLBACK")
+                translate_errors(db._writing).__exit__(tp, e, tb)  # raises the typed error
+        finally:
+            db._commits += 1  # even on rollback (or a failed COMMIT): one miss is cheap
+            db._writer.release()
 
 
 def _file_stamp(path: Path) -> tuple[int, ...]:

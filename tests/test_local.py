@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import apsw
@@ -10,8 +12,9 @@ import pytest
 
 import ckptlite
 from ckptlite._sqlite import APPLICATION_ID, refuse_network_fs
+from ckptlite.backends.base import ListQuery
 from ckptlite.backends.local import MIGRATIONS
-from ckptlite.errors import ConfigError, MigrationError
+from ckptlite.errors import ConfigError, MigrationError, StoreFullError
 
 
 def pragma(db: Path, name: str) -> object:
@@ -61,6 +64,7 @@ def test_schema_6_indexes_only_checkpoints_with_a_parent(tmp_path: Path) -> None
     conn.execute("DROP INDEX checkpoints_parent")
     conn.execute("CREATE INDEX checkpoints_parent ON checkpoints(parent_id)")
     conn.execute("ALTER TABLE sync_marks DROP COLUMN checkpoint_id")  # and before schema 7
+    conn.execute("CREATE INDEX checkpoints_process_seq ON checkpoints(process_id, seq)")  # 8
     conn.execute("PRAGMA user_version=5")
     conn.close()
     with ckptlite.open(tmp_path / "s") as mgr:  # migrates to 6
@@ -76,7 +80,81 @@ def test_schema_6_indexes_only_checkpoints_with_a_parent(tmp_path: Path) -> None
         assert "USING INDEX checkpoints_parent" in str(plan)
         assert [c.id for c in mgr.list(parent=root.id)] == [child.id]
         assert set(mgr.delete(root.id)) == {root.id, child.id}
-    assert pragma(db, "user_version") == len(MIGRATIONS) == 7
+    assert pragma(db, "user_version") == len(MIGRATIONS) == 8
+
+
+def _plans(mgr: ckptlite.CheckpointManager, call: Callable[[], object]) -> list[str]:
+    """Return the query plan of every checkpoints query ``call`` runs on this thread."""
+    ran: list[tuple[str, object]] = []
+    conn = mgr.backend.db.connection()  # type: ignore[attr-defined]
+
+    def trace(_cursor: apsw.Cursor, sql: str, bindings: object) -> bool:
+        if "FROM checkpoints" in sql:
+            ran.append((sql, bindings))
+        return True
+
+    conn.exec_trace = trace
+    try:
+        call()
+    finally:
+        conn.exec_trace = None
+    assert ran
+    return [
+        " / ".join(str(r[3]) for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+        for sql, args in ran
+    ]
+
+
+def test_schema_8_drops_the_process_index_and_process_queries_still_search(
+    tmp_path: Path,
+) -> None:
+    with ckptlite.open(tmp_path / "s") as mgr:
+        stage = mgr.save("p", 0, level="stage", name="s")
+        for i in range(20):
+            mgr.save("p", i, level="step", name=f"t{i % 3}")
+            mgr.save("q", i, level="substep", name="x")
+    db = tmp_path / "s" / "ckptlite.db"
+    conn = apsw.Connection(str(db))  # back to schema 7
+    conn.execute("CREATE INDEX checkpoints_process_seq ON checkpoints(process_id, seq)")
+    conn.execute("PRAGMA user_version=7")
+    conn.close()
+    with ckptlite.open(tmp_path / "s") as mgr:  # migrates to 8
+        indexes = {
+            r[0]
+            for r in mgr.backend.db.read().execute(  # type: ignore[attr-defined]
+                "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='checkpoints'"
+            )
+        }
+        assert "checkpoints_process_seq" not in indexes
+        newest = mgr.list(process_id="p")[0]
+        calls: list[Callable[[], object]] = [
+            lambda: mgr.latest("p"),
+            lambda: mgr.latest("p", name="t1"),
+            lambda: mgr.load_latest("p", level="stage"),
+            lambda: mgr.list(process_id="p", limit=3),
+            lambda: mgr.list(process_id="p", name="t2", limit=2),
+            lambda: mgr.list(process_id="p", status="valid", limit=2),
+        ]
+        for call in calls:
+            for plan in _plans(mgr, call):
+                # Every process query reads an index range; none scans the table or
+                # sorts all of a process's checkpoints to find the newest.
+                assert "SCAN checkpoints" not in plan, plan
+                assert "TEMP B-TREE" not in plan, plan
+        assert mgr.latest("p") == newest
+        assert mgr.latest("p", level="stage") == stage
+        assert [c.seq for c in mgr.list(process_id="p", limit=3)] == [
+            c.seq for c in mgr.list(process_id="p")[:3]
+        ]
+        assert [c.name for c in mgr.list(process_id="p", name="t2", limit=2)] == ["t2", "t2"]
+        oldest = mgr.list(process_id="p")[-1]
+        assert oldest == stage
+        everything = mgr.list(process_id="p")[::-1]  # oldest first
+        ascending = ListQuery(process_id="p", ascending=True, limit=4)
+        assert mgr.backend.list(ascending) == everything[:4]
+        after = ListQuery(process_id="p", ascending=True, after_seq=everything[1].seq, limit=2)
+        assert mgr.backend.list(after) == everything[2:4]
+    assert pragma(db, "user_version") == 8
 
 
 def test_reopen_keeps_data_and_runs_no_migration(tmp_path: Path) -> None:
@@ -450,3 +528,23 @@ def test_a_repaired_chunk_leaves_its_old_file_to_gc(tmp_path: Path) -> None:
         assert digest in mgr.gc().chunks
         assert not (store / "blobs" / digest[:2] / digest).exists()
         assert np.array_equal(mgr.load(cp.id)["a"], arr)
+
+
+def test_a_write_block_that_raises_rolls_back_types_the_error_and_frees_the_lock(
+    tmp_path: Path,
+) -> None:
+    with ckptlite.open(tmp_path / "s") as mgr:
+        db = mgr.backend.db  # type: ignore[attr-defined]
+        with pytest.raises(StoreFullError), db.write() as conn:
+            conn.execute("INSERT INTO store_meta(key, value) VALUES ('k', 'v')")
+            raise apsw.FullError("database or disk is full")
+        with pytest.raises(KeyError), db.write() as conn:  # not an apsw error: as it is
+            conn.execute("INSERT INTO store_meta(key, value) VALUES ('k', 'v')")
+            raise KeyError("x")
+        rows = db.read().execute("SELECT value FROM store_meta WHERE key='k'").fetchall()
+        assert rows == []
+        done: list[object] = []
+        t = threading.Thread(target=lambda: done.append(mgr.save("p", 1)))
+        t.start()
+        t.join(30)
+        assert done and mgr.latest("p") == done[0]

@@ -327,7 +327,12 @@ def ledger_entry_wins(new_ok: bool, new_attempts: int, old: tuple[bool, int] | N
 
 def to_micros(dt: datetime) -> int:
     """Return microseconds since the epoch for an aware datetime."""
-    delta = dt.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    # An aware datetime subtracts from the epoch in any zone, without astimezone (~1 us
+    # of every save); a naive one is taken as local time, as astimezone does.
+    try:
+        delta = dt - _EPOCH
+    except TypeError:
+        delta = dt.astimezone(UTC) - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
