@@ -23,7 +23,7 @@ import apsw
 from .. import _faults
 from .._paths import os_error
 from .._sqlite import Database, translate_errors
-from ..blobs import BlobDir, PackWriter
+from ..blobs import BlobDir
 from ..errors import (
     CheckpointNotFoundError,
     ConfigError,
@@ -47,6 +47,7 @@ from ._local_ledger import LocalLedgerMixin
 from ._local_schema import CHECKPOINT_COLS, MIGRATIONS, row_to_checkpoint
 from .base import (
     ListQuery,
+    Staged,
     StructureCheck,
     dump_metadata,
     to_micros,
@@ -164,6 +165,21 @@ def _check_declared(digest: str, size: int, stored: int, offset: int | None) -> 
 
 
 _Moved = tuple[str, str, bytes | memoryview]  # digest, the pack it leaves, its stored bytes
+
+
+_ChunkRow = tuple[str, int, int, int, bytes | None, str | None, int | None]
+
+
+def _insert_chunk_rows(conn: apsw.Connection, rows: Sequence[_ChunkRow]) -> None:
+    # A chunk flagged bad is replaced: this copy repairs it.
+    conn.executemany(
+        "INSERT INTO chunks(digest, size, stored_size, codec, data, pack, "
+        "pack_offset) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(digest) DO "
+        "UPDATE SET size=excluded.size, stored_size=excluded.stored_size, "
+        "codec=excluded.codec, data=excluded.data, pack=excluded.pack, "
+        "pack_offset=excluded.pack_offset, bad=0 WHERE chunks.bad=1",
+        rows,
+    )
 
 
 def _refuse_unsafe(unsafe: Sequence[str], live: set[str] | None, what: str = "gc") -> None:
@@ -313,18 +329,30 @@ class LocalBackend(LocalLedgerMixin):
     # -- chunks ---------------------------------------------------------------
 
     def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
-        """Store chunks: big ones into new pack files as they come, small ones inline.
+        """Store chunks and commit their index rows (``stage_chunks`` + a transaction)."""
+        staged = self.stage_chunks(chunks)
+        with self.blobs.gc_lock(exclusive=False):  # rows in before gc may see the packs free
+            try:
+                if staged.rows:
+                    with self.db.write() as conn:
+                        _insert_chunk_rows(conn, staged.rows)
+            finally:
+                staged.release()
+
+    def stage_chunks(self, chunks: Iterable[StoredChunk]) -> Staged:
+        """Store chunks: big ones appended to an open pack as they come, small ones kept for
+        their rows. Return their rows, which ``commit`` inserts with the checkpoint.
 
         A list is checked against the index first; a stream (the manager's, which
         checks as it hashes) is written as it comes, so writing overlaps hashing.
+        The packs stay flocked until the Staged is released: gc leaves them alone.
         """
-        # The exit stack removes the temp file of every pack not committed.
-        with self.blobs.gc_lock(exclusive=False), contextlib.ExitStack() as uncommitted:
+        # On an error the appender cuts each pack back to what was durable before.
+        with self.blobs.gc_lock(exclusive=False), self.blobs.appender(PACK_MAX) as packs:
             if isinstance(chunks, Sequence):
                 present = self.has_chunks(c.digest for c in chunks)
                 chunks = [c for c in chunks if c.digest not in present]
-            rows: list[tuple[str, int, int, int, bytes | None, str | None, int | None]] = []
-            packs: list[PackWriter] = []
+            rows: list[_ChunkRow] = []
             seen: set[str] = set()
             for c in chunks:
                 if c.digest in seen:
@@ -335,25 +363,10 @@ class LocalBackend(LocalLedgerMixin):
                         (c.digest, c.size, c.stored_size, c.codec, bytes(c.data), None, None)
                     )
                     continue
-                if not packs or (packs[-1].size and packs[-1].size + c.stored_size > PACK_MAX):
-                    packs.append(uncommitted.enter_context(PackWriter(self.blobs)))
-                offset = packs[-1].add(c.data)
-                rows.append(
-                    (c.digest, c.size, c.stored_size, c.codec, None, packs[-1].name, offset)
-                )
-            for pack in packs:
-                pack.commit()
-            if rows:
-                with self.db.write() as conn:
-                    # A chunk flagged bad is replaced: this copy repairs it.
-                    conn.executemany(
-                        "INSERT INTO chunks(digest, size, stored_size, codec, data, pack, "
-                        "pack_offset) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(digest) DO "
-                        "UPDATE SET size=excluded.size, stored_size=excluded.stored_size, "
-                        "codec=excluded.codec, data=excluded.data, pack=excluded.pack, "
-                        "pack_offset=excluded.pack_offset, bad=0 WHERE chunks.bad=1",
-                        rows,
-                    )
+                pack, offset = packs.add(c.data)
+                rows.append((c.digest, c.size, c.stored_size, c.codec, None, pack, offset))
+            packs.sync()  # one fdatasync per pack written (no new file unless one was needed)
+        return Staged(rows, packs.release)
 
     def has_chunks(self, digests: Iterable[str]) -> set[str]:
         wanted = list(dict.fromkeys(digests))
@@ -507,12 +520,37 @@ class LocalBackend(LocalLedgerMixin):
 
     # -- records --------------------------------------------------------------
 
-    def commit(self, record: StoredRecord) -> Checkpoint:
+    def commit(self, record: StoredRecord, staged: Sequence[Staged] = ()) -> Checkpoint:
+        """Insert the staged chunk rows, the checkpoint and its refs in one transaction.
+
+        Packs written for it are released after COMMIT, under the shared gc lock:
+        a gc reading the rows before sees them flocked, one reading after sees the rows.
+
+        Raises:
+            MissingChunksError: a referenced chunk is not stored (nothing committed).
+            InvalidInputError: the id exists already, or the parent does not.
+        """
+        rows = [r for s in staged for r in s.rows]
+        packed = any(r[5] is not None for r in rows)
+        with self.blobs.gc_lock(exclusive=False) if packed else contextlib.nullcontext():
+            try:
+                return self._commit(record, rows)
+            finally:
+                for s in staged:
+                    s.release()
+
+    def _commit(self, record: StoredRecord, rows: Sequence[_ChunkRow]) -> Checkpoint:
         cp = record.checkpoint
         meta = dump_metadata(cp.metadata)
         with self.db.write() as conn:
+            if rows:
+                _insert_chunk_rows(conn, rows)
             if record.digests:
-                missing = tuple(set(record.digests) - self.has_chunks(record.digests))
+                # Staged rows are in: present (or a concurrent copy's row is, never bad).
+                # The others were found stored before; a gc may have taken them since.
+                mine = {r[0] for r in rows}
+                others = [d for d in record.digests if d not in mine]
+                missing = tuple(set(others) - self.has_chunks(others))
                 if missing:
                     raise MissingChunksError(
                         f"{len(missing)} chunk(s) of {cp.id} are not stored", digests=missing
@@ -760,10 +798,12 @@ class LocalBackend(LocalLedgerMixin):
                     missing.setdefault(cid, []).append(d)
         stray = [d for d, _ in self.blobs.digests() if d not in indexed]
         used = {pack for _, pack, _ in pack_rows}
+        # A pack a live writer holds open may have no committed rows yet: not an orphan.
+        unused = [p for p in set(on_disk) - used if not self.blobs.pack_busy(p)]
         return StructureCheck(
             {k: tuple(v) for k, v in missing.items()},
             tuple(sorted(set(unreferenced + stray))),
-            tuple(sorted(set(on_disk) - used)),
+            tuple(sorted(unused)),
             tuple(self.blobs.unsafe()),
         )
 
@@ -832,6 +872,8 @@ class LocalBackend(LocalLedgerMixin):
         freed = 0
         sparse: dict[str, int] = {}  # name -> dead bytes
         for name, size in list(self.blobs.packs()):
+            if self.blobs.pack_busy(name):
+                continue  # a live writer appends to it (and its dead tail waits for it)
             if name not in live:
                 names.append(name)
                 freed += size if dry_run else self.blobs.remove_pack(name)
@@ -960,6 +1002,7 @@ class LocalBackend(LocalLedgerMixin):
                     progress(i, total)
 
     def close(self) -> None:
+        self.blobs.close()
         self.db.close()
 
     # -- sync -------------------------------------------------------------------
