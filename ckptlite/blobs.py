@@ -538,6 +538,31 @@ class BlobDir:
         self._writable(f"removing pack {name}")
         return self._unlink(*self._pack(name))
 
+    def truncate_pack(self, name: str, length: int) -> int:
+        """Cut pack ``name`` down to ``length`` bytes (its dead tail); return the bytes freed.
+
+        Only for a pack no writer holds (see ``pack_busy``) and no row names past ``length``.
+
+        Raises:
+            StoreLayoutError: ``packs/`` is a symlink (nothing is changed).
+        """
+        self._writable(f"truncating pack {name}")
+        sub, name = self._pack(name)
+        try:
+            with self._dir(sub) as parent:
+                fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent)
+        except OSError:
+            return 0  # gone, or a link (verify reports it): nothing of ours to cut
+        try:
+            size = os.fstat(fd).st_size
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or size <= length:
+                return 0
+            with _os_errors(f"truncating pack {name}"):
+                os.ftruncate(fd, length)
+            return size - length
+        finally:
+            os.close(fd)
+
     def _unlink(self, sub: str, name: str) -> int:
         # A symlink itself goes (unlink never follows the last component); a
         # directory under a pack's name is left for verify to report.

@@ -830,11 +830,14 @@ class LocalBackend(LocalLedgerMixin):
                     )
                 }
                 live: dict[str, int] = {}
-                for digest, pack, stored in conn.execute(
-                    "SELECT digest, pack, stored_size FROM chunks WHERE pack IS NOT NULL"
+                ends: dict[str, int] = {}  # where each pack's last live chunk ends
+                for digest, pack, stored, offset in conn.execute(
+                    "SELECT digest, pack, stored_size, pack_offset FROM chunks "
+                    "WHERE pack IS NOT NULL"
                 ):
                     if digest not in dead:  # a dry run deleted nothing
                         live[pack] = live.get(pack, 0) + stored
+                        ends[pack] = max(ends.get(pack, 0), offset + stored)
                 # Refused before COMMIT, so a refusing gc changes nothing.
                 _refuse_unsafe(unsafe, set(live) | (indexed - dead))
             _faults.point("gc.after_delete")
@@ -850,7 +853,7 @@ class LocalBackend(LocalLedgerMixin):
                     freed += size
                     if not dry_run:
                         self.blobs.remove(digest)
-            packs, pack_freed = self._collect_packs(live, dry_run)
+            packs, pack_freed = self._collect_packs(live, ends, dry_run)
             freed += pack_freed
             temps = []
             for name, size in self.blobs.collect_temps(dry_run):
@@ -860,13 +863,19 @@ class LocalBackend(LocalLedgerMixin):
             tuple(sorted(removed)), tuple(sorted(temps)), freed, dry_run, tuple(sorted(packs))
         )
 
-    def _collect_packs(self, live: dict[str, int], dry_run: bool) -> tuple[builtins.list[str], int]:
-        """Delete packs nothing uses; rewrite those mostly dead. Return their names, bytes freed.
+    def _collect_packs(
+        self, live: dict[str, int], ends: dict[str, int], dry_run: bool
+    ) -> tuple[builtins.list[str], int]:
+        """Delete packs nothing uses; cut dead tails; rewrite packs mostly dead.
 
-        Called under the exclusive gc lock. A rewrite writes the live chunks into a
-        new pack, moves their rows in one transaction, and only then unlinks the old
-        pack: a crash leaves an unused pack (the next gc removes it), never a row
-        pointing at nothing.
+        Return the names of the packs removed or rewritten, and the bytes freed.
+        Called under the exclusive gc lock. A pack a live writer holds open is left
+        alone. A dead tail (bytes past the last live chunk: appended by a save that
+        crashed or failed, or whose chunks died) is cut off in place: no row names
+        it, and no writer appends to a pack it does not hold. A rewrite writes the
+        live chunks into a new pack, moves their rows in one transaction, and only
+        then unlinks the old pack: a crash leaves an unused pack (the next gc
+        removes it), never a row pointing at nothing.
         """
         names: builtins.list[str] = []
         freed = 0
@@ -877,7 +886,13 @@ class LocalBackend(LocalLedgerMixin):
             if name not in live:
                 names.append(name)
                 freed += size if dry_run else self.blobs.remove_pack(name)
-            elif live[name] * 2 < size:
+                continue
+            if size > ends[name]:
+                freed += (
+                    size - ends[name] if dry_run else self.blobs.truncate_pack(name, ends[name])
+                )
+                size = ends[name]
+            if live[name] * 2 < size:
                 sparse[name] = size - live[name]
         if dry_run:
             return names + list(sparse), freed + sum(sparse.values())

@@ -70,7 +70,8 @@ def test_sigkill_at_named_point_in_gc(tmp_path: Path) -> None:
 
 def _parts(seed: int) -> dict[str, bytes]:
     r = random.Random(seed)
-    return {"a": r.randbytes(300_000), "b": r.randbytes(900_000)}
+    a, b = r.randbytes(300_000), r.randbytes(900_000)
+    return {"b": b, "a": a}  # "a" stored last: its pack, once "b" dies, is rewritten, not cut
 
 
 def test_sigkill_at_named_point_in_gc_repack(tmp_path: Path) -> None:
