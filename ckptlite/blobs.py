@@ -1,9 +1,12 @@
 """The blob directory: pack files ``blobs/packs/<64 hex>`` holding many chunks, written atomically.
 
-A save's big chunks go into one new pack per group (one fsync for the group,
-not one per chunk); the chunk index (``chunks.pack``, ``pack_offset``) says
-where each chunk lies. Packs are never changed once renamed into place: gc
-deletes a dead pack and rewrites a mostly dead one into a new pack. Stores
+A save's big chunks are appended, one write group at a time, to a pack this
+process holds open and flocked (``PackAppender``; one fdatasync for the group);
+a new pack is made only when none is open or the open one is full. The chunk
+index (``chunks.pack``, ``pack_offset``) says where each chunk lies. A pack only
+grows while its writer holds it open, and never changes after that: gc deletes
+a dead pack, cuts a dead tail off, and rewrites a mostly dead one into a new
+pack, never touching a pack a live writer holds (``pack_busy``). Stores
 written before packs hold one file per chunk, ``blobs/<2 hex>/<64 hex>``;
 those are still read, verified, backed up and collected.
 

@@ -7,6 +7,7 @@ real SIGKILL and real files.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -87,7 +88,7 @@ def test_processes_and_threads_appending_never_interleave(tmp_path: Path) -> Non
         spans.sort()
         # No two chunks overlap, and a save's chunks in a pack are one run: no other
         # writer's chunk lies between two of them.
-        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
         owners = [cid for _, _, cid in spans]
         runs = [c for i, c in enumerate(owners) if i == 0 or owners[i - 1] != c]
         assert len(runs) == len(set(runs)), f"a save's chunks are interleaved: {runs}"
