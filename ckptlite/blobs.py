@@ -887,10 +887,11 @@ class PackWriter:
 class _OpenPack:
     """A pack file this process holds flocked: ``size`` bytes durable, ``end`` written."""
 
-    __slots__ = ("end", "fd", "linked", "name", "size")
+    __slots__ = ("end", "fd", "flushed", "linked", "name", "size")
 
     def __init__(self, name: str, fd: int, size: int, linked: bool) -> None:
         self.name, self.fd, self.size, self.end, self.linked = name, fd, size, size, linked
+        self.flushed = size  # writeback started up to here
 
 
 class PackAppender:
@@ -939,12 +940,16 @@ class PackAppender:
             self._packs.append(pack)
         offset = pack.end
         with _os_errors(f"writing pack {pack.name}"):
+            if self.blobs.fsync and offset > pack.flushed:
+                # Writeback of the chunks before this one starts now, overlapping the
+                # next hash and write; the sync waits for the tail only. Not for the
+                # last chunk (the sync writes it): a one-chunk save makes no such call.
+                _start_writeback(pack.fd, pack.flushed, offset - pack.flushed)
+                pack.flushed = offset
             while view.nbytes:
                 n = os.pwrite(pack.fd, view, pack.end)
                 view = view[n:]
                 pack.end += n
-            if self.blobs.fsync:
-                _start_writeback(pack.fd, offset, pack.end - offset)
         _faults.point("pack.after_append" if pack.linked else "blob.after_write")
         return pack.name, offset
 
@@ -986,7 +991,7 @@ class PackAppender:
                         _faults.point("blob.after_rename")
                         if b.fsync:
                             os.fsync(packs)
-            pack.size = pack.end
+            pack.size = pack.flushed = pack.end
 
     def release(self) -> None:
         """Hand the current pack back to the pool; close the others (their flocks go)."""
