@@ -143,9 +143,9 @@ def write_buffers(
         wait(futures)
         failed = [e for f in futures if (e := f.exception()) is not None]
         if failed:
-            for f in futures:  # the others' packs go back: nothing will commit their rows
+            for f in futures:  # nothing will commit the others' rows: their bytes go
                 if f.exception() is None:
-                    f.result()[1].release()
+                    f.result()[1].discard()
             raise failed[0]
         results = [f.result() for f in futures]
     done = iter([e for r, _ in results for e in r])

@@ -916,6 +916,7 @@ class PackAppender:
         self.blobs = blobs
         self.limit = limit
         self._packs: list[_OpenPack] = []  # every pack this group wrote to; the last is current
+        self._starts: list[int] = []  # each one's length before this group appended
 
     def __enter__(self) -> PackAppender:
         return self
@@ -935,9 +936,11 @@ class PackAppender:
         pack = self._packs[-1] if self._packs else None
         if pack is None and (pack := self.blobs._checkout()) is not None:
             self._packs.append(pack)
+            self._starts.append(pack.size)
         if pack is None or (pack.end and pack.end + view.nbytes > self.limit):
             pack = self._create()  # a full pack is closed by release, with its flock
             self._packs.append(pack)
+            self._starts.append(0)
         offset = pack.end
         with _os_errors(f"writing pack {pack.name}"):
             if self.blobs.fsync and offset > pack.flushed:
@@ -993,9 +996,26 @@ class PackAppender:
                             os.fsync(packs)
             pack.size = pack.flushed = pack.end
 
+    def discard(self) -> None:
+        """Cut every pack back to its length before this group, then ``release``.
+
+        For appended bytes no row will name (the save's commit failed): no dead
+        space is left behind. We hold each pack's flock: the cut bytes are ours.
+        """
+        for i, (pack, start) in enumerate(zip(self._packs, self._starts, strict=True)):
+            try:
+                os.ftruncate(pack.fd, start)
+            except OSError:
+                os.close(pack.fd)  # not trusted again: closed, its tail left to gc
+                self._packs[i] = _OpenPack(pack.name, -1, start, False)
+                continue
+            pack.size = pack.end = pack.flushed = start
+        self.release()
+
     def release(self) -> None:
         """Hand the current pack back to the pool; close the others (their flocks go)."""
-        packs, self._packs = self._packs, []
+        packs, self._packs, self._starts = self._packs, [], []
+        packs = [p for p in packs if p.fd >= 0]
         for i, pack in enumerate(packs):
             if i == len(packs) - 1 and pack.linked and pack.end == pack.size:
                 self.blobs._checkin(pack, self.limit)
@@ -1003,7 +1023,7 @@ class PackAppender:
                 os.close(pack.fd)
 
     def _abort(self) -> None:
-        packs, self._packs = self._packs, []
+        packs, self._packs, self._starts = self._packs, [], []
         for pack in packs:
             with contextlib.suppress(OSError):
                 if pack.linked:

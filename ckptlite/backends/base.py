@@ -80,19 +80,26 @@ class Staged:
     """Chunks one write group stored whose index rows wait for the save's commit.
 
     ``rows`` are backend-specific (empty where ``stage_chunks`` committed them at
-    once); ``release`` frees what the stored bytes hold (the local backend's open
-    packs) and runs once, whether or not the commit happened.
+    once). After the commit, ``release`` frees what holds the stored bytes (the
+    local backend's open packs); when no row will name them, ``discard`` also
+    takes the bytes back where it can. Either runs once; later calls do nothing.
     """
 
-    __slots__ = ("_release", "rows")
+    __slots__ = ("_discard", "_release", "rows")
 
-    def __init__(self, rows: Sequence[Any] = (), release: Any = None) -> None:
+    def __init__(self, rows: Sequence[Any] = (), release: Any = None, discard: Any = None) -> None:
         self.rows = rows
-        self._release = release
+        self._release, self._discard = release, discard
 
     def release(self) -> None:
-        """Free what holds the staged bytes (idempotent)."""
-        done, self._release = self._release, None
+        """Free what holds the staged bytes, which committed rows now name."""
+        done, self._release, self._discard = self._release, None, None
+        if done is not None:
+            done()
+
+    def discard(self) -> None:
+        """Free the staged bytes: no committed row names them."""
+        done, self._release, self._discard = self._discard or self._release, None, None
         if done is not None:
             done()
 

@@ -336,8 +336,10 @@ class LocalBackend(LocalLedgerMixin):
                 if staged.rows:
                     with self.db.write() as conn:
                         _insert_chunk_rows(conn, staged.rows)
-            finally:
-                staged.release()
+            except BaseException:
+                staged.discard()
+                raise
+            staged.release()
 
     def stage_chunks(self, chunks: Iterable[StoredChunk]) -> Staged:
         """Store chunks: big ones appended to an open pack as they come, small ones kept for
@@ -366,7 +368,7 @@ class LocalBackend(LocalLedgerMixin):
                 pack, offset = packs.add(c.data)
                 rows.append((c.digest, c.size, c.stored_size, c.codec, None, pack, offset))
             packs.sync()  # one fdatasync per pack written (no new file unless one was needed)
-        return Staged(rows, packs.release)
+        return Staged(rows, packs.release, packs.discard)
 
     def has_chunks(self, digests: Iterable[str]) -> set[str]:
         wanted = list(dict.fromkeys(digests))
@@ -534,10 +536,14 @@ class LocalBackend(LocalLedgerMixin):
         packed = any(r[5] is not None for r in rows)
         with self.blobs.gc_lock(exclusive=False) if packed else contextlib.nullcontext():
             try:
-                return self._commit(record, rows)
-            finally:
-                for s in staged:
-                    s.release()
+                cp = self._commit(record, rows)
+            except BaseException:
+                for s in staged:  # rolled back: the appended bytes are cut off again
+                    s.discard()
+                raise
+            for s in staged:
+                s.release()
+            return cp
 
     def _commit(self, record: StoredRecord, rows: Sequence[_ChunkRow]) -> Checkpoint:
         cp = record.checkpoint
@@ -898,6 +904,7 @@ class LocalBackend(LocalLedgerMixin):
             return names + list(sparse), freed + sum(sparse.values())
         batch: builtins.list[_Moved] = []
         olds: builtins.list[str] = []
+        pending = 0  # dead bytes of ``olds``
         for name, dead in sparse.items():
             try:
                 with translate_errors("reading the chunk index"):
@@ -913,19 +920,28 @@ class LocalBackend(LocalLedgerMixin):
                 continue  # damaged: left as it is for verify to report
             batch += chunks
             olds.append(name)
-            names.append(name)
-            freed += dead
+            pending += dead
             if sum(len(c[2]) for c in batch) >= PACK_MAX:
-                self._rewrite_packs(batch, olds)
-                batch, olds = [], []
-        if olds:
-            self._rewrite_packs(batch, olds)
+                if not self._rewrite_packs(batch, olds):
+                    return names, freed  # the disk is full: compaction waits for room
+                names += olds
+                freed += pending
+                batch, olds, pending = [], [], 0
+        if olds and self._rewrite_packs(batch, olds):
+            names += olds
+            freed += pending
         return names, freed
 
-    def _rewrite_packs(self, batch: builtins.list[_Moved], olds: builtins.list[str]) -> None:
-        """Move ``batch``'s chunks into a new pack, then unlink the packs ``olds``."""
+    def _rewrite_packs(self, batch: builtins.list[_Moved], olds: builtins.list[str]) -> bool:
+        """Move ``batch``'s chunks into a new pack, then unlink the packs ``olds``.
+
+        Return False, changing nothing, when the disk has no room for the new pack.
+        """
         if batch:
-            new, offsets = self.blobs.write_pack([data for _, _, data in batch])
+            try:
+                new, offsets = self.blobs.write_pack([data for _, _, data in batch])
+            except StoreFullError:
+                return False  # its temp file is gone; the old packs stay as they are
             with self.db.write(durable=True) as conn:  # on disk before the old packs go
                 conn.executemany(
                     "UPDATE chunks SET pack=?, pack_offset=? WHERE digest=? AND pack=?",
@@ -934,6 +950,7 @@ class LocalBackend(LocalLedgerMixin):
         _faults.point("gc.after_repack")
         for name in olds:
             self.blobs.remove_pack(name)
+        return True
 
     def stats(self) -> dict[str, Any]:
         conn = self.db.read()

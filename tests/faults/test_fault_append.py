@@ -194,3 +194,21 @@ def test_a_forked_child_never_appends_to_the_parents_pack(tmp_path: Path) -> Non
             assert mgr.load(cp.id) == {"b": _blob(seed)}
         assert mgr.load(child_id) == {"b": _blob(9)}
         assert mgr.verify(full=True).ok
+
+
+def test_a_save_whose_commit_fails_leaves_no_dead_bytes(tmp_path: Path) -> None:
+    """Chunks appended, then the commit refuses the record: the pack is cut back."""
+    store = tmp_path / "store"
+    with open_store(store) as mgr:
+        first = mgr.save("p", {"b": _blob(11)})
+        (pack,) = _packs_of(store, first)
+        path = store / "blobs" / "packs" / pack
+        size = path.stat().st_size
+        ghost = "chk_step_20260101T000000.000000Z_" + "0" * 32
+        with pytest.raises(ckptlite.InvalidInputError):
+            mgr.save("p", {"b": _blob(12)}, parent=ghost)  # refused in the commit
+        assert path.stat().st_size == size
+        again = mgr.save("p", {"b": _blob(12)})
+        assert _packs_of(store, again) == {pack}
+        assert mgr.load(again.id) == {"b": _blob(12)}
+        assert mgr.verify(full=True).ok
