@@ -337,7 +337,8 @@ class LocalBackend(LocalLedgerMixin):
                     with self.db.write() as conn:
                         _insert_chunk_rows(conn, staged.rows)
             except BaseException:
-                staged.discard()
+                rolled_back = self.db.connection().getautocommit()  # see commit
+                staged.discard() if rolled_back else staged.release()
                 raise
             staged.release()
 
@@ -538,8 +539,12 @@ class LocalBackend(LocalLedgerMixin):
             try:
                 cp = self._commit(record, rows)
             except BaseException:
-                for s in staged:  # rolled back: the appended bytes are cut off again
-                    s.discard()
+                # Rolled back: the appended bytes are cut off again. A COMMIT that failed
+                # may leave its transaction open (a later COMMIT could take the rows):
+                # then the bytes stay, dead space for gc at worst.
+                rolled_back = self.db.connection().getautocommit()
+                for s in staged:
+                    s.discard() if rolled_back else s.release()
                 raise
             for s in staged:
                 s.release()
