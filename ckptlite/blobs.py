@@ -335,10 +335,10 @@ class BlobDir:
 
     def close(self) -> None:
         """Close this process's open packs (their flocks go with them)."""
+        # In a forked child these are copies of the parent's descriptors: closing them
+        # leaves the parent's flocks in place (see _checkout).
         with self._pool_lock:
             pool, self._pool = self._pool, []
-            if self._pool_pid != os.getpid():
-                pool = []  # a child's copies: left alone (see _checkout)
         for pack in pool:
             with contextlib.suppress(OSError):
                 os.close(pack.fd)
