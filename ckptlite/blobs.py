@@ -891,7 +891,7 @@ class _OpenPack:
 
     def __init__(self, name: str, fd: int, size: int, linked: bool) -> None:
         self.name, self.fd, self.size, self.end, self.linked = name, fd, size, size, linked
-        self.flushed = size  # writeback started up to here
+        self.flushed = size  # writeback started (or synced) up to here
 
 
 class PackAppender:
@@ -943,16 +943,16 @@ class PackAppender:
             self._starts.append(0)
         offset = pack.end
         with _os_errors(f"writing pack {pack.name}"):
-            if self.blobs.fsync and offset > pack.flushed:
-                # Writeback of the chunks before this one starts now, overlapping the
-                # next hash and write; the sync waits for the tail only. Not for the
-                # last chunk (the sync writes it): a one-chunk save makes no such call.
-                _start_writeback(pack.fd, pack.flushed, offset - pack.flushed)
-                pack.flushed = offset
             while view.nbytes:
                 n = os.pwrite(pack.fd, view, pack.end)
                 view = view[n:]
                 pack.end += n
+            if self.blobs.fsync and offset > pack.flushed:
+                # Writeback starts now, overlapping the next hash and write: the sync
+                # waits for the tail only. From a group's second chunk on: a one-chunk
+                # save makes no such call (its sync writes the chunk anyway).
+                _start_writeback(pack.fd, pack.flushed, pack.end - pack.flushed)
+                pack.flushed = pack.end
         _faults.point("pack.after_append" if pack.linked else "blob.after_write")
         return pack.name, offset
 
