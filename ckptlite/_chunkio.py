@@ -16,7 +16,7 @@ from typing import Any
 import zstandard
 
 from . import chunking
-from .backends.base import Backend
+from .backends.base import Backend, Staged
 from .errors import CorruptCheckpointError
 from .types import StoredChunk
 
@@ -51,11 +51,13 @@ def write_buffers(
     itemsizes: Sequence[int] = (),
     *,
     algo: str,
-) -> tuple[chunking.Manifest, int]:
-    """Chunk, hash (by ``algo``), compress and store ``buffers``; return the manifest and new bytes.
+) -> tuple[chunking.Manifest, int, list[Staged]]:
+    """Chunk, hash (by ``algo``), compress and store ``buffers``; return manifest, bytes, rows.
 
     ``itemsizes`` gives, per buffer, the size of the numbers it holds: their bytes
-    are shuffled before compression (see ``chunking.compress_chunk``).
+    are shuffled before compression (see ``chunking.compress_chunk``). The staged
+    chunk rows go into the checkpoint's own transaction: pass them to
+    ``backend.commit``, which releases them.
 
     ``previous`` is the manifest of the slot's latest checkpoint: a chunk whose
     bytes equal the one at the same place there (compared in the page cache, when
@@ -67,13 +69,15 @@ def write_buffers(
     manifest: chunking.Manifest = []
     written = 0
     if not buffers:
-        return manifest, written
+        return manifest, written, []
     size = chunk_size
     claimed: set[str] = set()
     lock = threading.Lock()
     equals = getattr(backend, "chunk_equals", None) if previous else None
 
-    def store(group: Sequence[tuple[memoryview, str | None, int]]) -> list[tuple[str, int]]:
+    def store(
+        group: Sequence[tuple[memoryview, str | None, int]],
+    ) -> tuple[list[tuple[str, int]], Staged]:
         # Each group of chunks goes into its own pack (one fsync); groups run in
         # parallel on the pool. Chunks are hashed, looked up and written a batch of
         # about 1 MiB at a time, while their bytes are still in the CPU cache:
@@ -119,8 +123,8 @@ def write_buffers(
                     batch.clear()
                     used = 0
 
-        backend.write_chunks(fresh())
-        return [(d, stored.pop(d, 0)) for d in digests]
+        staged = backend.stage_chunks(fresh())
+        return [(d, stored.pop(d, 0)) for d in digests], staged
 
     # Groups run across buffer boundaries: a state of many small arrays still makes
     # few packs (one fsync each), not one per array.
@@ -144,13 +148,19 @@ def write_buffers(
         # Let every group finish before raising one's error: a failed save must not
         # return while other groups are still writing (their temp files, their rows).
         wait(futures)
+        failed = [e for f in futures if (e := f.exception()) is not None]
+        if failed:
+            for f in futures:  # nothing will commit the others' rows: their bytes go
+                if f.exception() is None:
+                    f.result()[1].discard()
+            raise failed[0]
         results = [f.result() for f in futures]
-    done = iter([e for r in results for e in r])
+    done = iter([e for r, _ in results for e in r])
     for vs in views:
         entries = [next(done) for _ in vs]
         written += sum(n for _, n in entries)
         manifest.append([(d, v.nbytes) for (d, _), v in zip(entries, vs, strict=True)])
-    return manifest, written
+    return manifest, written, [staged for _, staged in results]
 
 
 def read_buffers(

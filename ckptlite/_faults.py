@@ -18,6 +18,8 @@ POINTS = (
     "blob.after_write",  # a chunk's bytes in the temp pack file, not yet fsynced
     "blob.after_fsync",  # temp file durable, not yet renamed
     "blob.after_rename",  # pack (or chunk) file in place, its rows not yet inserted
+    "pack.after_append",  # chunk bytes appended to an open pack, not yet fdatasynced
+    "pack.after_sync",  # appended bytes durable, their rows not yet committed
     "commit.in_transaction",  # record inserted, COMMIT not yet run
     "commit.after_commit",  # committed, save() has not returned
     "gc.after_delete",  # chunk rows deleted and committed, files not yet unlinked

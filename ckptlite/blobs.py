@@ -1,9 +1,12 @@
 """The blob directory: pack files ``blobs/packs/<64 hex>`` holding many chunks, written atomically.
 
-A save's big chunks go into one new pack per group (one fsync for the group,
-not one per chunk); the chunk index (``chunks.pack``, ``pack_offset``) says
-where each chunk lies. Packs are never changed once renamed into place: gc
-deletes a dead pack and rewrites a mostly dead one into a new pack. Stores
+A save's big chunks are appended, one write group at a time, to a pack this
+process holds open and flocked (``PackAppender``; one fdatasync for the group);
+a new pack is made only when none is open or the open one is full. The chunk
+index (``chunks.pack``, ``pack_offset``) says where each chunk lies. A pack only
+grows while its writer holds it open, and never changes after that: gc deletes
+a dead pack, cuts a dead tail off, and rewrites a mostly dead one into a new
+pack, never touching a pack a live writer holds (``pack_busy``). Stores
 written before packs hold one file per chunk, ``blobs/<2 hex>/<64 hex>``;
 those are still read, verified, backed up and collected.
 
@@ -39,6 +42,7 @@ import re
 import secrets
 import stat
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +56,7 @@ from .errors import (
     StoreLayoutError,
 )
 
-__all__ = ["BlobDir"]
+__all__ = ["BlobDir", "PackAppender"]
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 _SUB_RE = re.compile(r"^[0-9a-f]{2}$")  # a chunk directory of stores written before packs
@@ -63,6 +67,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 # O_NONBLOCK: a FIFO planted under a pack's name must not block the open.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+#: Idle open packs a BlobDir keeps for appends (about one per write group in flight).
+_POOL_MAX = 4
 
 
 class BlobDir:
@@ -78,6 +84,10 @@ class BlobDir:
         self.dir_mode = 0o770 if group else 0o700
         self.file_mode = 0o660 if group else 0o600
         self._lock_path = root / ".lock"
+        # Open packs this process appends to, each flocked while it is open (see PackAppender).
+        self._pool: list[_OpenPack] = []
+        self._pool_lock = threading.Lock()
+        self._pool_pid = os.getpid()
         if readonly:
             return
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -263,7 +273,10 @@ class BlobDir:
         return pack.name, offsets
 
     def copy_pack(self, source: BlobDir, name: str) -> int:
-        """Copy pack ``name`` from ``source`` unless present; return the bytes copied.
+        """Copy pack ``name`` from ``source`` unless present as long; return the bytes copied.
+
+        A pack grows while its writer appends: an older, shorter copy is replaced.
+        What is copied is a prefix holding every chunk committed before the call.
 
         Raises:
             CorruptCheckpointError: the source pack is missing or unreadable.
@@ -271,15 +284,82 @@ class BlobDir:
         """
         self._writable(f"copying pack {name}")
         sub, name = self._pack(name)
-        if self._lstat(sub, name) is not None:
-            return 0
+        have = self._lstat(sub, name)
         fd = source._open_file(sub, name, f"pack {name}")
+        if have is not None and have.st_size >= os.fstat(fd).st_size:
+            os.close(fd)
+            return 0
         try:  # piece by piece: a pack's size (a sparse file's, say) is not memory to take
             self._write_atomic(sub, name, _pieces(fd), f"pack {name}")
         finally:
             os.close(fd)
         st = self._lstat(sub, name)
         return st.st_size if st is not None else 0
+
+    # -- open packs: appended to by this process ----------------------------------
+
+    def appender(self, limit: int) -> PackAppender:
+        """Return a writer appending to one of this process's open packs (see PackAppender).
+
+        Raises:
+            ReadOnlyStoreError: the store is open read-only.
+        """
+        self._writable("writing a pack")
+        return PackAppender(self, limit)
+
+    def _checkout(self) -> _OpenPack | None:
+        """Take an open pack out of the pool for one writer (None: none is open)."""
+        with self._pool_lock:
+            if self._pool_pid != os.getpid():
+                # A forked child: the packs are the parent's. Closing our copies of their
+                # descriptors leaves the parent's flocks (never LOCK_UN) in place.
+                for pack in self._pool:
+                    with contextlib.suppress(OSError):
+                        os.close(pack.fd)
+                self._pool, self._pool_pid = [], os.getpid()
+            while self._pool:
+                pack = self._pool.pop()
+                # Unlinked (by hand: gc skips flocked packs): rows naming it would name nothing.
+                if os.fstat(pack.fd).st_nlink > 0:
+                    return pack
+                os.close(pack.fd)
+        return None
+
+    def _checkin(self, pack: _OpenPack, limit: int) -> None:
+        """Give a writer's pack back to the pool, or close it (full, pool full, forked)."""
+        with self._pool_lock:
+            if pack.size < limit and len(self._pool) < _POOL_MAX and self._pool_pid == os.getpid():
+                self._pool.append(pack)
+                return
+        os.close(pack.fd)  # the flock goes with it: gc may now collect the pack
+
+    def close(self) -> None:
+        """Close this process's open packs (their flocks go with them)."""
+        # In a forked child these are copies of the parent's descriptors: closing them
+        # leaves the parent's flocks in place (see _checkout).
+        with self._pool_lock:
+            pool, self._pool = self._pool, []
+        for pack in pool:
+            with contextlib.suppress(OSError):
+                os.close(pack.fd)
+
+    def pack_busy(self, name: str) -> bool:
+        """Tell whether a live writer holds pack ``name`` open for appends (its flock is taken).
+
+        gc never removes or rewrites such a pack: its writer would append to an
+        unlinked file and commit rows pointing at nothing.
+        """
+        try:
+            fd = self._open_file(*self._pack(name), f"pack {name}")
+        except CorruptCheckpointError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # our probe's flock (if taken) goes with it
+        return False
 
     def _write_atomic(
         self, sub: str, name: str, parts: Iterable[bytes | memoryview], what: str
@@ -460,6 +540,31 @@ class BlobDir:
         """
         self._writable(f"removing pack {name}")
         return self._unlink(*self._pack(name))
+
+    def truncate_pack(self, name: str, length: int) -> int:
+        """Cut pack ``name`` down to ``length`` bytes (its dead tail); return the bytes freed.
+
+        Only for a pack no writer holds (see ``pack_busy``) and no row names past ``length``.
+
+        Raises:
+            StoreLayoutError: ``packs/`` is a symlink (nothing is changed).
+        """
+        self._writable(f"truncating pack {name}")
+        sub, name = self._pack(name)
+        try:
+            with self._dir(sub) as parent:
+                fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent)
+        except OSError:
+            return 0  # gone, or a link (verify reports it): nothing of ours to cut
+        try:
+            size = os.fstat(fd).st_size
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or size <= length:
+                return 0
+            with _os_errors(f"truncating pack {name}"):
+                os.ftruncate(fd, length)
+            return size - length
+        finally:
+            os.close(fd)
 
     def _unlink(self, sub: str, name: str) -> int:
         # A symlink itself goes (unlink never follows the last component); a
@@ -777,6 +882,161 @@ class PackWriter:
             if self.blobs.fsync:
                 with _os_errors(f"syncing the directory of pack {self.name}"):
                     os.fsync(packs)
+
+
+class _OpenPack:
+    """A pack file this process holds flocked: ``size`` bytes durable, ``end`` written."""
+
+    __slots__ = ("end", "fd", "flushed", "linked", "name", "size")
+
+    def __init__(self, name: str, fd: int, size: int, linked: bool) -> None:
+        self.name, self.fd, self.size, self.end, self.linked = name, fd, size, size, linked
+        self.flushed = size  # writeback started (or synced) up to here
+
+
+class PackAppender:
+    """Append one write group's chunks to an open pack; one ``fdatasync`` makes them durable.
+
+    A pack is checked out of the BlobDir's pool (one writer at a time: threads
+    and processes never interleave inside a pack) and appended to at its end;
+    only when none is open, or the open one is past ``limit``, a new one is made
+    as before: a flocked temp file in ``tmp/``, fsync, rename into ``packs/``,
+    directory fsync. Every open pack stays flocked, so gc leaves it alone. A
+    crash after an append leaves bytes no row names past the pack's last
+    committed chunk: dead space, which gc reclaims with the pack.
+
+    ``sync`` makes every appended byte durable; ``release`` hands the packs
+    back once the rows naming their chunks are committed (or dropped). Leaving
+    the ``with`` block on an error truncates each pack back to its durable
+    length and closes it: the next save never appends after bytes of a failed
+    append.
+    """
+
+    def __init__(self, blobs: BlobDir, limit: int) -> None:
+        self.blobs = blobs
+        self.limit = limit
+        self._packs: list[_OpenPack] = []  # every pack this group wrote to; the last is current
+        self._starts: list[int] = []  # each one's length before this group appended
+
+    def __enter__(self) -> PackAppender:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self._abort()
+
+    def add(self, data: bytes | memoryview) -> tuple[str, int]:
+        """Append ``data``; return the pack it went into and its offset there.
+
+        Raises:
+            StoreFullError, StoreIOError: the write failed.
+            StoreLayoutError: ``tmp/`` is a symlink.
+        """
+        view = memoryview(data).cast("B")
+        pack = self._packs[-1] if self._packs else None
+        if pack is None and (pack := self.blobs._checkout()) is not None:
+            self._packs.append(pack)
+            self._starts.append(pack.size)
+        if pack is None or (pack.end and pack.end + view.nbytes > self.limit):
+            pack = self._create()  # a full pack is closed by release, with its flock
+            self._packs.append(pack)
+            self._starts.append(0)
+        offset = pack.end
+        with _os_errors(f"writing pack {pack.name}"):
+            while view.nbytes:
+                n = os.pwrite(pack.fd, view, pack.end)
+                view = view[n:]
+                pack.end += n
+            if self.blobs.fsync and offset > pack.flushed:
+                # Writeback starts now, overlapping the next hash and write: the sync
+                # waits for the tail only. From a group's second chunk on: a one-chunk
+                # save makes no such call (its sync writes the chunk anyway).
+                _start_writeback(pack.fd, pack.flushed, pack.end - pack.flushed)
+                pack.flushed = pack.end
+        _faults.point("pack.after_append" if pack.linked else "blob.after_write")
+        return pack.name, offset
+
+    def _create(self) -> _OpenPack:
+        b = self.blobs
+        name = secrets.token_hex(32)
+        with b._dir(_TMP) as tmp_dir, _os_errors(f"creating pack {name}"):
+            # Creating the temp file can hit ENOSPC too (no inode left): same typed error.
+            fd = os.open(_tmp_name(name), _CREATE_FLAGS, b.file_mode, dir_fd=tmp_dir)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held while it is open: gc skips it
+        os.fchmod(fd, b.file_mode)  # not cut by the umask (see BlobDir._mkdir_at)
+        return _OpenPack(name, fd, 0, False)
+
+    def sync(self) -> None:
+        """Make every appended byte durable: one fdatasync per pack written; a new pack is renamed.
+
+        Raises:
+            StoreFullError, StoreIOError: the sync or rename failed.
+            StoreLayoutError: ``tmp/`` or ``packs/`` is a symlink.
+        """
+        b = self.blobs
+        for pack in self._packs:
+            if pack.end == pack.size and pack.linked:
+                continue
+            with _os_errors(f"writing pack {pack.name}"):
+                if pack.linked:
+                    if b.fsync:
+                        os.fdatasync(pack.fd)
+                    _faults.point("pack.after_sync")
+                else:
+                    if b.fsync:
+                        os.fsync(pack.fd)
+                    _faults.point("blob.after_fsync")
+                    with b._dir(_TMP) as tmp_dir, b._dir(_PACKS) as packs:
+                        os.rename(
+                            _tmp_name(pack.name), pack.name, src_dir_fd=tmp_dir, dst_dir_fd=packs
+                        )
+                        pack.linked = True
+                        _faults.point("blob.after_rename")
+                        if b.fsync:
+                            os.fsync(packs)
+            pack.size = pack.flushed = pack.end
+
+    def discard(self) -> None:
+        """Cut every pack back to its length before this group, then ``release``.
+
+        For appended bytes no row will name (the save's commit failed): no dead
+        space is left behind. We hold each pack's flock: the cut bytes are ours.
+        """
+        for i, (pack, start) in enumerate(zip(self._packs, self._starts, strict=True)):
+            try:
+                os.ftruncate(pack.fd, start)
+            except OSError:
+                os.close(pack.fd)  # not trusted again: closed, its tail left to gc
+                self._packs[i] = _OpenPack(pack.name, -1, start, False)
+                continue
+            pack.size = pack.end = pack.flushed = start
+        self.release()
+
+    def release(self) -> None:
+        """Hand the current pack back to the pool; close the others (their flocks go)."""
+        packs, self._packs, self._starts = self._packs, [], []
+        packs = [p for p in packs if p.fd >= 0]
+        for i, pack in enumerate(packs):
+            if i == len(packs) - 1 and pack.linked and pack.end == pack.size:
+                self.blobs._checkin(pack, self.limit)
+            else:
+                os.close(pack.fd)
+
+    def _abort(self) -> None:
+        packs, self._packs, self._starts = self._packs, [], []
+        for pack in packs:
+            with contextlib.suppress(OSError):
+                if pack.linked:
+                    # We hold its flock: nobody else appends. Cut what this group added.
+                    os.ftruncate(pack.fd, pack.size)
+                else:
+                    with self.blobs._dir(_TMP) as tmp_dir:
+                        os.unlink(_tmp_name(pack.name), dir_fd=tmp_dir)
+            os.close(pack.fd)
+
+
+def _tmp_name(name: str) -> str:
+    return f"{name[:16]}.{os.getpid()}.pack.tmp"
 
 
 def _pieces(fd: int, size: int = 8 << 20) -> Iterator[bytes]:

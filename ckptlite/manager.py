@@ -532,7 +532,7 @@ class CheckpointManager:
         previous = self._previous_manifest(cp, encoded)
         payload = _chunkio.pack_payload(encoded.skeleton)
         for _attempt in range(5):
-            manifest, written = _chunkio.write_buffers(
+            manifest, written, staged = _chunkio.write_buffers(
                 self.backend,
                 self._executor(),
                 encoded.buffers,
@@ -544,7 +544,8 @@ class CheckpointManager:
             )
             record = _record(cp, encoded.size, payload, manifest, written, self.hash_name)
             try:
-                return self.backend.commit(record)
+                # One transaction: the chunk rows, the checkpoint, its refs.
+                return self.backend.commit(record, staged)
             except MissingChunksError:
                 # A concurrent gc reclaimed chunks we found present (or a load flagged
                 # them bad): store the chunks again. Hashed again too, from the arrays

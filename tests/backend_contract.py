@@ -163,6 +163,32 @@ class BackendContract:
         assert cp.checksum == chunking.record_checksum(rec.payload, rec.manifest, "blake3")
         assert len(cp.checksum) == 64
 
+    def test_staged_chunks_are_committed_with_the_record(
+        self, any_mgr: Mgr, backend: Backend
+    ) -> None:
+        """``stage_chunks`` then ``commit(record, staged)``: one save's chunks and record."""
+        cp = any_mgr.save("p", {"a": _big(11)})
+        rec = backend.get_record(cp.id)
+        chunks = [backend.read_chunk(d) for d in rec.digests]
+        chunks = [StoredChunk(c.digest, c.size, c.codec, bytes(c.data)) for c in chunks]
+        any_mgr.delete(cp.id)
+        any_mgr.gc()
+        assert backend.has_chunks(rec.digests) == set()
+
+        def copy(*extra: str) -> StoredRecord:
+            new = rec.checkpoint.replace(id=ckptlite.generate_checkpoint_id())
+            return StoredRecord(new, rec.payload, rec.manifest, rec.digests + extra)
+
+        ghost = copy("ab" * 32)  # refused whole: the staged chunks do not make it valid
+        with pytest.raises(MissingChunksError) as e:
+            backend.commit(ghost, [backend.stage_chunks(chunks)])
+        assert e.value.digests == ("ab" * 32,) and not any_mgr.exists(ghost.checkpoint.id)
+        good = copy()
+        assert backend.commit(good, [backend.stage_chunks(chunks)]).seq > 0
+        assert backend.has_chunks(rec.digests) == set(rec.digests)
+        assert np.array_equal(any_mgr.load(good.checkpoint.id)["a"], _big(11))
+        assert any_mgr.verify(full=True).ok
+
     def test_chunks_by_digest(self, backend: Backend) -> None:
         data = b"x" * 1000
         digest = __import__("hashlib").sha256(data).hexdigest()

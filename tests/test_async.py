@@ -58,7 +58,7 @@ def test_disk_full_surfaces_on_the_future_and_at_flush(
     def full(chunks: Any) -> None:
         raise StoreFullError("injected: no space left on device")
 
-    monkeypatch.setattr(mgr.backend, "write_chunks", full)
+    monkeypatch.setattr(mgr.backend, "stage_chunks", full)
     futs = [mgr.save_async("p", np.ones(100_000, "f8") * i) for i in range(3)]
     with pytest.raises(StoreFullError) as err:
         mgr.flush()
@@ -98,9 +98,9 @@ def test_bounded_queue_blocks_the_caller(store_dir: Path, monkeypatch: pytest.Mo
     gate = threading.Event()
     real_commit = m.backend.commit
 
-    def slow_commit(record: Any) -> Any:
+    def slow_commit(record: Any, *staged: Any) -> Any:
         gate.wait(30)
-        return real_commit(record)
+        return real_commit(record, *staged)
 
     monkeypatch.setattr(m.backend, "commit", slow_commit)
     m.save_async("p", 0)
@@ -161,9 +161,9 @@ def test_a_forked_child_has_its_own_queue(mgr: Mgr) -> None:
     gate = threading.Event()
     real = mgr.backend.commit
 
-    def slow(record: Any) -> Any:
+    def slow(record: Any, *staged: Any) -> Any:
         gate.wait(30)
-        return real(record)
+        return real(record, *staged)
 
     mgr.backend.commit = slow  # type: ignore[method-assign]
     parent_futs = [mgr.save_async("p", i) for i in range(mgr.max_pending)]  # queue full

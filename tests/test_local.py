@@ -291,15 +291,24 @@ def test_a_store_with_one_file_per_chunk_still_loads_verifies_backs_up_and_colle
 
 def _two_parts(seed: int) -> dict[str, bytes]:
     rng = np.random.default_rng(seed)
-    return {"a": rng.bytes(1 << 20), "b": rng.bytes(3 << 20)}
+    a, b = rng.bytes(1 << 20), rng.bytes(3 << 20)
+    # "b" first: stored first in the pack, so when only "a" lives on, its pack is mostly
+    # dead with a live tail (a rewrite), not a dead tail (cut off in place).
+    return {"b": b, "a": a}
+
+
+def _save_alone(store: Path, state: dict[str, bytes]) -> ckptlite.Checkpoint:
+    """Save from a manager of its own: closing it closes its open pack (next save: a new one)."""
+    with ckptlite.open(store) as mgr:
+        return mgr.save("p", state)
 
 
 def test_gc_rewrites_a_mostly_dead_pack_and_deletes_a_dead_one(tmp_path: Path) -> None:
     store = tmp_path / "s"
+    both = _save_alone(store, _two_parts(1))
+    kept = _save_alone(store, {"a": _two_parts(1)["a"]})  # shares a's chunk, no new pack
+    gone = _save_alone(store, _two_parts(2))
     with ckptlite.open(store) as mgr:
-        both = mgr.save("p", _two_parts(1))
-        kept = mgr.save("p", {"a": _two_parts(1)["a"]})  # shares a's chunk, no new pack
-        gone = mgr.save("p", _two_parts(2))
         (old,) = set(_packs(store)) - {
             r[1] for r in _chunk_rows(mgr) if r[0] in mgr.backend.get_record(gone.id).digests
         }
@@ -324,9 +333,9 @@ def test_a_load_racing_a_pack_rewrite_reads_the_new_pack(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = tmp_path / "s"
+    both = _save_alone(store, _two_parts(1))
+    kept = _save_alone(store, {"a": _two_parts(1)["a"]})
     with ckptlite.open(store) as mgr:
-        both = mgr.save("p", _two_parts(1))
-        kept = mgr.save("p", {"a": _two_parts(1)["a"]})
         mgr.delete(both.id)
         blobs = mgr.backend.blobs  # type: ignore[attr-defined]
         real = blobs.read_packed_into

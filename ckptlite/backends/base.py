@@ -29,6 +29,7 @@ from ..types import (
 __all__ = [
     "Backend",
     "ListQuery",
+    "Staged",
     "StructureCheck",
     "dump_metadata",
     "from_micros",
@@ -75,6 +76,34 @@ class StructureCheck:
     unsafe_paths: tuple[str, ...] = ()  # local store: symlinks where its own files belong
 
 
+class Staged:
+    """Chunks one write group stored whose index rows wait for the save's commit.
+
+    ``rows`` are backend-specific (empty where ``stage_chunks`` committed them at
+    once). After the commit, ``release`` frees what holds the stored bytes (the
+    local backend's open packs); when no row will name them, ``discard`` also
+    takes the bytes back where it can. Either runs once; later calls do nothing.
+    """
+
+    __slots__ = ("_discard", "_release", "rows")
+
+    def __init__(self, rows: Sequence[Any] = (), release: Any = None, discard: Any = None) -> None:
+        self.rows = rows
+        self._release, self._discard = release, discard
+
+    def release(self) -> None:
+        """Free what holds the staged bytes, which committed rows now name."""
+        done, self._release, self._discard = self._release, None, None
+        if done is not None:
+            done()
+
+    def discard(self) -> None:
+        """Free the staged bytes: no committed row names them."""
+        done, self._release, self._discard = self._discard or self._release, None, None
+        if done is not None:
+            done()
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Where records and chunks live. Every method is safe to call from many threads."""
@@ -96,6 +125,16 @@ class Backend(Protocol):
             StoreFullError, StoreIOError: nothing referencing them was committed.
         """
 
+    def stage_chunks(self, chunks: Iterable[StoredChunk]) -> Staged:
+        """Store chunks durably like ``write_chunks``; their index rows may wait for ``commit``.
+
+        Pass the result to ``commit`` (which releases it) or release it. Until
+        then the chunks may not count as stored for ``has_chunks``.
+
+        Raises:
+            StoreFullError, StoreIOError: nothing referencing them was committed.
+        """
+
     def has_chunks(self, digests: Iterable[str]) -> set[str]:
         """Return the subset of ``digests`` that is stored."""
 
@@ -106,8 +145,10 @@ class Backend(Protocol):
             CorruptCheckpointError: the chunk is missing or unreadable as stored.
         """
 
-    def commit(self, record: StoredRecord) -> Checkpoint:
-        """Insert a record atomically; assign and return its ``seq``.
+    def commit(self, record: StoredRecord, staged: Sequence[Staged] = ()) -> Checkpoint:
+        """Insert a record, with the index rows of ``staged``, atomically; return it with its seq.
+
+        ``staged`` is released whatever happens.
 
         Raises:
             MissingChunksError: a referenced chunk is not stored (nothing committed).

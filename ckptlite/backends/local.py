@@ -23,7 +23,7 @@ import apsw
 from .. import _faults
 from .._paths import os_error
 from .._sqlite import Database, translate_errors
-from ..blobs import BlobDir, PackWriter
+from ..blobs import BlobDir
 from ..errors import (
     CheckpointNotFoundError,
     ConfigError,
@@ -49,6 +49,7 @@ from ._local_ledger import LocalLedgerMixin
 from ._local_schema import CHECKPOINT_COLS, MIGRATIONS, row_to_checkpoint
 from .base import (
     ListQuery,
+    Staged,
     StructureCheck,
     dump_metadata,
     load_metadata,
@@ -242,6 +243,20 @@ def _check_declared(digest: str, size: int, stored: int, offset: int | None) -> 
 #: A chunk's index row: size, codec, inline data, pack, offset in it, stored size.
 _ChunkRow = tuple[int, int, bytes | None, str | None, int, int]
 _Moved = tuple[str, str, bytes | memoryview]  # digest, the pack it leaves, its stored bytes
+#: A new chunk's row: digest, size, stored size, codec, inline data, pack, offset in it.
+_NewChunkRow = tuple[str, int, int, int, bytes | None, str | None, int | None]
+
+
+def _insert_chunk_rows(conn: apsw.Connection, rows: Sequence[_NewChunkRow]) -> None:
+    # A chunk flagged bad is replaced: this copy repairs it.
+    conn.executemany(
+        "INSERT INTO chunks(digest, size, stored_size, codec, data, pack, "
+        "pack_offset) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(digest) DO "
+        "UPDATE SET size=excluded.size, stored_size=excluded.stored_size, "
+        "codec=excluded.codec, data=excluded.data, pack=excluded.pack, "
+        "pack_offset=excluded.pack_offset, bad=0 WHERE chunks.bad=1",
+        rows,
+    )
 
 
 def _refuse_unsafe(unsafe: Sequence[str], live: set[str] | None, what: str = "gc") -> None:
@@ -425,18 +440,33 @@ class LocalBackend(LocalLedgerMixin):
     # -- chunks ---------------------------------------------------------------
 
     def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
-        """Store chunks: big ones into new pack files as they come, small ones inline.
+        """Store chunks and commit their index rows (``stage_chunks`` + a transaction)."""
+        staged = self.stage_chunks(chunks)
+        with self.blobs.gc_lock(exclusive=False):  # rows in before gc may see the packs free
+            try:
+                if staged.rows:
+                    with self.db.write() as conn:
+                        _insert_chunk_rows(conn, staged.rows)
+            except BaseException:
+                rolled_back = self.db.connection().getautocommit()  # see commit
+                staged.discard() if rolled_back else staged.release()
+                raise
+            staged.release()
+
+    def stage_chunks(self, chunks: Iterable[StoredChunk]) -> Staged:
+        """Store chunks: big ones appended to an open pack as they come, small ones kept for
+        their rows. Return their rows, which ``commit`` inserts with the checkpoint.
 
         A list is checked against the index first; a stream (the manager's, which
         checks as it hashes) is written as it comes, so writing overlaps hashing.
+        The packs stay flocked until the Staged is released: gc leaves them alone.
         """
-        # The exit stack removes the temp file of every pack not committed.
-        with self.blobs.gc_lock(exclusive=False), contextlib.ExitStack() as uncommitted:
+        # On an error the appender cuts each pack back to what was durable before.
+        with self.blobs.gc_lock(exclusive=False), self.blobs.appender(PACK_MAX) as packs:
             if isinstance(chunks, Sequence):
                 present = self.has_chunks(c.digest for c in chunks)
                 chunks = [c for c in chunks if c.digest not in present]
-            rows: list[tuple[str, int, int, int, bytes | None, str | None, int | None]] = []
-            packs: list[PackWriter] = []
+            rows: list[_NewChunkRow] = []
             seen: set[str] = set()
             for c in chunks:
                 if c.digest in seen:
@@ -447,25 +477,10 @@ class LocalBackend(LocalLedgerMixin):
                         (c.digest, c.size, c.stored_size, c.codec, bytes(c.data), None, None)
                     )
                     continue
-                if not packs or (packs[-1].size and packs[-1].size + c.stored_size > PACK_MAX):
-                    packs.append(uncommitted.enter_context(PackWriter(self.blobs)))
-                offset = packs[-1].add(c.data)
-                rows.append(
-                    (c.digest, c.size, c.stored_size, c.codec, None, packs[-1].name, offset)
-                )
-            for pack in packs:
-                pack.commit()
-            if rows:
-                with self.db.write() as conn:
-                    # A chunk flagged bad is replaced: this copy repairs it.
-                    conn.executemany(
-                        "INSERT INTO chunks(digest, size, stored_size, codec, data, pack, "
-                        "pack_offset) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(digest) DO "
-                        "UPDATE SET size=excluded.size, stored_size=excluded.stored_size, "
-                        "codec=excluded.codec, data=excluded.data, pack=excluded.pack, "
-                        "pack_offset=excluded.pack_offset, bad=0 WHERE chunks.bad=1",
-                        rows,
-                    )
+                pack, offset = packs.add(c.data)
+                rows.append((c.digest, c.size, c.stored_size, c.codec, None, pack, offset))
+            packs.sync()  # one fdatasync per pack written (no new file unless one was needed)
+        return Staged(rows, packs.release, packs.discard)
 
     def has_chunks(self, digests: Iterable[str]) -> set[str]:
         wanted = list(dict.fromkeys(digests))
@@ -648,12 +663,45 @@ class LocalBackend(LocalLedgerMixin):
 
     # -- records --------------------------------------------------------------
 
-    def commit(self, record: StoredRecord) -> Checkpoint:
+    def commit(self, record: StoredRecord, staged: Sequence[Staged] = ()) -> Checkpoint:
+        """Insert the staged chunk rows, the checkpoint and its refs in one transaction.
+
+        Packs written for it are released after COMMIT, under the shared gc lock:
+        a gc reading the rows before sees them flocked, one reading after sees the rows.
+
+        Raises:
+            MissingChunksError: a referenced chunk is not stored (nothing committed).
+            InvalidInputError: the id exists already, or the parent does not.
+        """
+        rows = [r for s in staged for r in s.rows]
+        packed = any(r[5] is not None for r in rows)
+        with self.blobs.gc_lock(exclusive=False) if packed else contextlib.nullcontext():
+            try:
+                cp = self._commit(record, rows)
+            except BaseException:
+                # Rolled back: the appended bytes are cut off again. A COMMIT that failed
+                # may leave its transaction open (a later COMMIT could take the rows):
+                # then the bytes stay, dead space for gc at worst.
+                rolled_back = self.db.connection().getautocommit()
+                for s in staged:
+                    s.discard() if rolled_back else s.release()
+                raise
+            for s in staged:
+                s.release()
+            return cp
+
+    def _commit(self, record: StoredRecord, rows: Sequence[_NewChunkRow]) -> Checkpoint:
         cp = record.checkpoint
         meta = dump_metadata(cp.metadata)
         with self.db.write() as conn:
+            if rows:
+                _insert_chunk_rows(conn, rows)
             if record.digests:
-                missing = tuple(set(record.digests) - self.has_chunks(record.digests))
+                # Staged rows are in: present (or a concurrent copy's row is, never bad).
+                # The others were found stored before; a gc may have taken them since.
+                mine = {r[0] for r in rows}
+                others = [d for d in record.digests if d not in mine]
+                missing = tuple(set(others) - self.has_chunks(others))
                 if missing:
                     raise MissingChunksError(
                         f"{len(missing)} chunk(s) of {cp.id} are not stored", digests=missing
@@ -926,10 +974,12 @@ class LocalBackend(LocalLedgerMixin):
                     missing.setdefault(cid, []).append(d)
         stray = [d for d, _ in self.blobs.digests() if d not in indexed]
         used = {pack for _, pack, _ in pack_rows}
+        # A pack a live writer holds open may have no committed rows yet: not an orphan.
+        unused = [p for p in set(on_disk) - used if not self.blobs.pack_busy(p)]
         return StructureCheck(
             {k: tuple(v) for k, v in missing.items()},
             tuple(sorted(set(unreferenced + stray))),
-            tuple(sorted(set(on_disk) - used)),
+            tuple(sorted(unused)),
             tuple(self.blobs.unsafe()),
         )
 
@@ -956,11 +1006,14 @@ class LocalBackend(LocalLedgerMixin):
                     )
                 }
                 live: dict[str, int] = {}
-                for digest, pack, stored in conn.execute(
-                    "SELECT digest, pack, stored_size FROM chunks WHERE pack IS NOT NULL"
+                ends: dict[str, int] = {}  # where each pack's last live chunk ends
+                for digest, pack, stored, offset in conn.execute(
+                    "SELECT digest, pack, stored_size, pack_offset FROM chunks "
+                    "WHERE pack IS NOT NULL"
                 ):
                     if digest not in dead:  # a dry run deleted nothing
                         live[pack] = live.get(pack, 0) + stored
+                        ends[pack] = max(ends.get(pack, 0), offset + stored)
                 # Refused before COMMIT, so a refusing gc changes nothing.
                 _refuse_unsafe(unsafe, set(live) | (indexed - dead))
             _faults.point("gc.after_delete")
@@ -976,7 +1029,7 @@ class LocalBackend(LocalLedgerMixin):
                     freed += size
                     if not dry_run:
                         self.blobs.remove(digest)
-            packs, pack_freed = self._collect_packs(live, dry_run)
+            packs, pack_freed = self._collect_packs(live, ends, dry_run)
             freed += pack_freed
             temps = []
             for name, size in self.blobs.collect_temps(dry_run):
@@ -986,27 +1039,42 @@ class LocalBackend(LocalLedgerMixin):
             tuple(sorted(removed)), tuple(sorted(temps)), freed, dry_run, tuple(sorted(packs))
         )
 
-    def _collect_packs(self, live: dict[str, int], dry_run: bool) -> tuple[builtins.list[str], int]:
-        """Delete packs nothing uses; rewrite those mostly dead. Return their names, bytes freed.
+    def _collect_packs(
+        self, live: dict[str, int], ends: dict[str, int], dry_run: bool
+    ) -> tuple[builtins.list[str], int]:
+        """Delete packs nothing uses; cut dead tails; rewrite packs mostly dead.
 
-        Called under the exclusive gc lock. A rewrite writes the live chunks into a
-        new pack, moves their rows in one transaction, and only then unlinks the old
-        pack: a crash leaves an unused pack (the next gc removes it), never a row
-        pointing at nothing.
+        Return the names of the packs removed or rewritten, and the bytes freed.
+        Called under the exclusive gc lock. A pack a live writer holds open is left
+        alone. A dead tail (bytes past the last live chunk: appended by a save that
+        crashed or failed, or whose chunks died) is cut off in place: no row names
+        it, and no writer appends to a pack it does not hold. A rewrite writes the
+        live chunks into a new pack, moves their rows in one transaction, and only
+        then unlinks the old pack: a crash leaves an unused pack (the next gc
+        removes it), never a row pointing at nothing.
         """
         names: builtins.list[str] = []
         freed = 0
         sparse: dict[str, int] = {}  # name -> dead bytes
         for name, size in list(self.blobs.packs()):
+            if self.blobs.pack_busy(name):
+                continue  # a live writer appends to it (and its dead tail waits for it)
             if name not in live:
                 names.append(name)
                 freed += size if dry_run else self.blobs.remove_pack(name)
-            elif live[name] * 2 < size:
+                continue
+            if size > ends[name]:
+                freed += (
+                    size - ends[name] if dry_run else self.blobs.truncate_pack(name, ends[name])
+                )
+                size = ends[name]
+            if live[name] * 2 < size:
                 sparse[name] = size - live[name]
         if dry_run:
             return names + list(sparse), freed + sum(sparse.values())
         batch: builtins.list[_Moved] = []
         olds: builtins.list[str] = []
+        pending = 0  # dead bytes of ``olds``
         for name, dead in sparse.items():
             try:
                 with translate_errors("reading the chunk index"):
@@ -1022,19 +1090,28 @@ class LocalBackend(LocalLedgerMixin):
                 continue  # damaged: left as it is for verify to report
             batch += chunks
             olds.append(name)
-            names.append(name)
-            freed += dead
+            pending += dead
             if sum(len(c[2]) for c in batch) >= PACK_MAX:
-                self._rewrite_packs(batch, olds)
-                batch, olds = [], []
-        if olds:
-            self._rewrite_packs(batch, olds)
+                if not self._rewrite_packs(batch, olds):
+                    return names, freed  # the disk is full: compaction waits for room
+                names += olds
+                freed += pending
+                batch, olds, pending = [], [], 0
+        if olds and self._rewrite_packs(batch, olds):
+            names += olds
+            freed += pending
         return names, freed
 
-    def _rewrite_packs(self, batch: builtins.list[_Moved], olds: builtins.list[str]) -> None:
-        """Move ``batch``'s chunks into a new pack, then unlink the packs ``olds``."""
+    def _rewrite_packs(self, batch: builtins.list[_Moved], olds: builtins.list[str]) -> bool:
+        """Move ``batch``'s chunks into a new pack, then unlink the packs ``olds``.
+
+        Return False, changing nothing, when the disk has no room for the new pack.
+        """
         if batch:
-            new, offsets = self.blobs.write_pack([data for _, _, data in batch])
+            try:
+                new, offsets = self.blobs.write_pack([data for _, _, data in batch])
+            except StoreFullError:
+                return False  # its temp file is gone; the old packs stay as they are
             with self.db.write(durable=True) as conn:  # on disk before the old packs go
                 conn.executemany(
                     "UPDATE chunks SET pack=?, pack_offset=? WHERE digest=? AND pack=?",
@@ -1043,6 +1120,7 @@ class LocalBackend(LocalLedgerMixin):
         _faults.point("gc.after_repack")
         for name in olds:
             self.blobs.remove_pack(name)
+        return True
 
     def stats(self) -> dict[str, Any]:
         conn = self.db.read()
@@ -1126,6 +1204,7 @@ class LocalBackend(LocalLedgerMixin):
                     progress(i, total)
 
     def close(self) -> None:
+        self.blobs.close()
         self.db.close()
 
     # -- sync -------------------------------------------------------------------

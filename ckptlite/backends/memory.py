@@ -27,7 +27,7 @@ from ..types import (
     StoredChunk,
     StoredRecord,
 )
-from .base import ListQuery, StructureCheck, ledger_entry_wins
+from .base import ListQuery, Staged, StructureCheck, ledger_entry_wins
 
 __all__ = ["MemoryBackend"]
 
@@ -63,6 +63,10 @@ class MemoryBackend:
                     self._chunks[c.digest] = c  # a chunk flagged bad is replaced
                     self._bad.discard(c.digest)
 
+    def stage_chunks(self, chunks: Iterable[StoredChunk]) -> Staged:
+        self.write_chunks(chunks)  # nothing to gain from waiting: stored at once
+        return Staged()
+
     def has_chunks(self, digests: Iterable[str]) -> set[str]:
         with self._lock:
             return {d for d in digests if d in self._chunks and d not in self._bad}
@@ -81,7 +85,9 @@ class MemoryBackend:
             except KeyError:
                 raise CorruptCheckpointError(f"chunk {digest} is missing", digest=digest) from None
 
-    def commit(self, record: StoredRecord) -> Checkpoint:
+    def commit(self, record: StoredRecord, staged: Sequence[Staged] = ()) -> Checkpoint:
+        for s in staged:
+            s.release()  # rows committed by stage_chunks already
         cp = record.checkpoint
         with self._lock:
             if cp.id in self._records:

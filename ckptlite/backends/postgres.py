@@ -75,7 +75,7 @@ from ..types import (
 from . import _pg_schema
 from ._pg_conn import Conn, Connections, display_url, run, split_url
 from ._pg_ledger import LedgerMixin
-from .base import ListQuery, StructureCheck, dump_metadata
+from .base import ListQuery, Staged, StructureCheck, dump_metadata
 
 __all__ = ["PostgresBackend"]
 
@@ -321,6 +321,12 @@ class PostgresBackend(LedgerMixin):
 
     # -- chunks -------------------------------------------------------------------
 
+    def stage_chunks(self, chunks: Iterable[StoredChunk]) -> Staged:
+        # Committed at once: a chunk row's transaction of its own costs a round trip
+        # either way, and joins no lock the checkpoint's commit takes.
+        self.write_chunks(chunks)
+        return Staged()
+
     def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
         # Copied as they come (a stream's chunk may be a view of a buffer its producer
         # reuses for the next one), and sorted: two writers inserting overlapping sets
@@ -391,7 +397,9 @@ class PostgresBackend(LedgerMixin):
 
     # -- records ------------------------------------------------------------------
 
-    def commit(self, record: StoredRecord) -> Checkpoint:
+    def commit(self, record: StoredRecord, staged: Sequence[Staged] = ()) -> Checkpoint:
+        for s in staged:
+            s.release()  # rows committed by stage_chunks already
         cp = record.checkpoint
         summary = Jsonb(_summary(cp))
         digests = sorted(set(record.digests))

@@ -390,6 +390,8 @@ def crash_once(store: str, side_path: str, action: str) -> None:
     mgr = open_store(store)
     side = Side(side_path)
     if action == "save":
+        # Two saves: the first makes a new pack, the second appends to it (pack.* points).
+        save_one(mgr, side, 776, 300_000)
         save_one(mgr, side, 777, 300_000)
     elif action == "gc":
         for cp in mgr.list(process_id=PROC)[1:]:

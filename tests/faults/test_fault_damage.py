@@ -38,11 +38,12 @@ def _expected(cp: ckptlite.Checkpoint) -> object:
 
 
 def _make(store: Path) -> dict[str, ckptlite.Checkpoint]:
-    with open_store(store) as mgr:
-        return {
-            label: mgr.save(PROC, _state(seed), name="s", metadata={"k": seed})
-            for label, seed in (("A", 1), ("C", 2), ("B", 3))
-        }
+    made = {}
+    for label, seed in (("A", 1), ("C", 2), ("B", 3)):
+        # A manager of its own per save: one that stays open appends to its open pack.
+        with open_store(store) as mgr:
+            made[label] = mgr.save(PROC, _state(seed), name="s", metadata={"k": seed})
+    return made
 
 
 def _chunk_file(store: Path, cp: ckptlite.Checkpoint) -> Path:

@@ -34,12 +34,16 @@ def _state() -> dict[str, Any]:
 
 def _build(store: Path) -> tuple[dict[str, ckptlite.Checkpoint], list[str]]:
     """Save X, Y, then T = X + Y (in two packs); damage 3 of T's chunks; return them."""
+    cps = {}
+    # A manager per save: a manager kept open appends its saves to one open pack.
+    for key, proc, state, name in (
+        ("old", "pt", {"x": _bytes(3), "y": _bytes(4)}, "t"),  # a fallback
+        ("x", "px", {"x": _bytes(1)}, ""),
+        ("y", "py", {"y": _bytes(2)}, ""),
+    ):
+        with open_store(store) as mgr:
+            cps[key] = mgr.save(proc, state, name=name)
     with open_store(store) as mgr:
-        cps = {
-            "old": mgr.save("pt", {"x": _bytes(3), "y": _bytes(4)}, name="t"),  # a fallback
-            "x": mgr.save("px", {"x": _bytes(1)}),
-            "y": mgr.save("py", {"y": _bytes(2)}),
-        }
         cps["t"] = mgr.save("pt", _state(), name="t")
         manifest = chunking.unpack_manifest(mgr.backend.get_record(cps["t"].id).manifest)
     x, y = [[d for d, _ in buf] for buf in manifest]

@@ -45,6 +45,18 @@ class _FullDiskOS:
         self.free -= n
         return os.write(fd, data)
 
+    def pwrite(self, fd: int, data: Any, offset: int) -> int:  # appends to an open pack
+        n = memoryview(data).nbytes
+        if n > self.free:
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        self.free -= n
+        return os.pwrite(fd, data, offset)
+
+    def ftruncate(self, fd: int, length: int) -> None:  # a failed append cut back; a dead tail
+        size = os.fstat(fd).st_size
+        os.ftruncate(fd, length)
+        self.free += max(0, size - length)
+
     def unlink(self, path: Any, *, dir_fd: int | None = None) -> None:
         size = os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_size
         os.unlink(path, dir_fd=dir_fd)
@@ -149,9 +161,13 @@ def test_enospc_when_no_inode_is_left(tmp_path: Path) -> None:
                     p.touch()
                     fillers.append(p)
             assert full.value.errno == errno.ENOSPC
-            with pytest.raises(ckptlite.StoreFullError):
-                save_one(mgr, None, 2, 1_200_000)
-            _assert_failed_cleanly(mgr, store, 1)
+            # This manager appends to the pack it holds open: no new file, no inode needed.
+            cp = save_one(mgr, None, 4, 1_200_000)
+            reported.saved[cp.id] = (4, 1_200_000)
+            with open_store(store) as fresh:  # no open pack: its save needs a new file
+                with pytest.raises(ckptlite.StoreFullError):
+                    save_one(fresh, None, 2, 1_200_000)
+                _assert_failed_cleanly(fresh, store, 2)
             for p in fillers:
                 p.unlink()
             cp = save_one(mgr, None, 3, 1_200_000)

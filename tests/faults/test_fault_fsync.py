@@ -89,3 +89,37 @@ def test_fsync_eio_fails_the_save_and_commits_nothing(
                 monkeypatch.setattr(os, "fsync", fault.real)
         common_check(store, reported, expected=_expected)
     assert k >= 3, "expected a save to fsync its pack file and the pack directory"
+
+
+def test_eio_on_the_fdatasync_of_an_append_commits_nothing_and_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append to the open pack fails its fdatasync: the save fails, the pack is cut back
+    to its committed chunks and closed; the next save goes to a new pack and loads."""
+    from damage import chunk_span
+
+    store = tmp_path / "store"
+    real = os.fdatasync
+    calls = []
+
+    def failing(fd: int) -> None:
+        calls.append(fd)
+        raise OSError(errno.EIO, "Input/output error (injected)")
+
+    with open_store(store) as mgr:
+        first = mgr.save("eio", _state(1), metadata={"b": 1})
+        (pack,) = {chunk_span(store, d)[0] for d in mgr.backend.get_record(first.id).digests}
+        size = pack.stat().st_size
+        monkeypatch.setattr(os, "fdatasync", failing)
+        with pytest.raises(ckptlite.StoreIOError) as exc:
+            mgr.save("eio", _state(2), metadata={"b": 2})
+        monkeypatch.setattr(os, "fdatasync", real)
+        assert calls and exc.value.hint
+        assert [cp.id for cp in mgr.list()] == [first.id]
+        assert pack.stat().st_size == size  # the failed append's bytes were cut off
+        again = mgr.save("eio", _state(2), metadata={"b": 2})
+        packs = {chunk_span(store, d)[0] for d in mgr.backend.get_record(again.id).digests}
+        assert pack not in packs  # never appended after bytes whose sync failed
+        assert mgr.load(again.id) == _state(2) and mgr.load(first.id) == _state(1)
+        assert mgr.verify(full=True).ok
+    common_check(store, Reported(), expected=_expected)

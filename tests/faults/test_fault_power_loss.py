@@ -108,8 +108,12 @@ def _state(seed: int, size: int) -> dict[str, bytes]:
 
 
 def _saves(store: Path, *specs: dict[str, bytes]) -> list[ckptlite.Checkpoint]:
-    with ckptlite.open(store, chunk_size=CHUNK) as mgr:
-        return [mgr.save("p", s, metadata={"n": i}) for i, s in enumerate(specs)]
+    """Save each state from a manager of its own: each in a pack of its own."""
+    cps = []
+    for i, s in enumerate(specs):
+        with ckptlite.open(store, chunk_size=CHUNK) as mgr:  # closed: its open pack too
+            cps.append(mgr.save("p", s, metadata={"n": i}))
+    return cps
 
 
 def _to_chunk_files(store: Path) -> None:
