@@ -14,21 +14,24 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
-import math
 import os
-import re
 import shutil
 import threading
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from . import _async, _chunkio, _inputs, _retention, chunking, codec
 from . import config as _config
 from ._paths import os_error, to_path
+from ._stores import (
+    check_options,
+    check_policy,
+    open_backend,
+    resolve_url,
+    store_is_read_only,
+)
 from .backends.base import Backend, ListQuery, dump_metadata
 from .errors import (
     CheckpointNotFoundError,
@@ -43,7 +46,6 @@ from .policies import CheckpointPolicy, RetentionReport
 from .process import ResumableProcess, resume_process, set_default_manager
 from .runs import Run, open_run
 from .types import (
-    DEFAULT_HASH,
     BackupReport,
     Checkpoint,
     GcReport,
@@ -63,193 +65,12 @@ __all__ = [
     "store_is_read_only",
 ]
 
-_DURABILITY = ("none", "safe", "full")
 #: Chunk threads. Their work is half I/O (fsync waits on the disk), so more than the
 #: cores: on 2 cores, 8 threads saved 64 MiB in 0.6x the time 2 threads took.
 _POOL_THREADS = max(8, 2 * (os.cpu_count() or 2))
 #: States with fewer buffer bytes are hashed outright: the lookup of the slot's latest
 #: manifest (~0.5 ms) would eat most of what comparing instead of hashing saves.
 _COMPARE_MIN = 4 << 20
-
-
-def resolve_url(url: str | os.PathLike[str] | None = None) -> str:
-    """Return the store URL: ``url``, else the configured one (``ckptlite.config``).
-
-    Unset, that is $CKPTLITE_URL, $CKPTLITE_HOME, ``ckptlite.toml``, the user data dir.
-    """
-    if url is not None:
-        return os.fspath(url)
-    return _config.load().url
-
-
-#: ckptlite's own parameters of a PostgreSQL URL; libpq's own ones pass through to it.
-_PG_PARAMS = ("ckptlite_table", "ckptlite_prefix")
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"^([a-z]+://[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
-def _check_url(url: str, readonly: bool) -> None:
-    """Refuse URL parameters nobody reads, and ``readonly`` where it has no meaning.
-
-    Raises:
-        ConfigError: an unknown parameter, or readonly on memory:// or PostgreSQL.
-    """
-    scheme = url.partition("://")[0] if "://" in url else ""
-    if scheme in ("postgresql", "postgres"):
-        query = urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query, keep_blank_values=True)
-        unknown = sorted({k for k, _ in query if k.startswith("ckptlite_")} - set(_PG_PARAMS))
-        if unknown:
-            raise ConfigError(
-                f"unknown ckptlite parameter(s) {', '.join(unknown)} in {_redact(url)}",
-                hint=f"ckptlite reads {' and '.join(_PG_PARAMS)}; other parameters go to libpq "
-                "(sslmode, application_name, connect_timeout, options, ...).",
-            )
-        if readonly:
-            raise ConfigError(
-                "readonly=True is for local stores (a directory); not for PostgreSQL",
-                hint="For a read-only view of a PostgreSQL store, connect as a role that has "
-                "only SELECT rights: every write then fails with a StoreError.",
-            )
-        return
-    if "?" in url:
-        raise ConfigError(
-            f"{url!r}: {scheme + ':// URLs' if scheme else 'local store paths'} take no parameters",
-            hint="Set options as open() arguments, $CKPTLITE_* variables or in ckptlite.toml; "
-            "a '?' cannot be part of a local store's path.",
-        )
-    if scheme == "memory" and readonly:
-        raise ConfigError(
-            "readonly=True on memory:// has nothing to read: a memory store starts empty",
-            hint="Open memory:// without readonly, or a directory with readonly=True.",
-        )
-
-
-def _local_path(url: str) -> Path:
-    return to_path(url.removeprefix("file://"), "the store path", ConfigError)
-
-
-def store_is_read_only(url: str | os.PathLike[str]) -> bool:
-    """Tell whether ``url`` is an existing local store this process cannot write.
-
-    Commands that only read open such a store with ``readonly=True``.
-    """
-    from .backends.local import DB_NAME, store_writable
-
-    text = os.fspath(url)
-    if not isinstance(text, str) or ("://" in text and not text.startswith("file://")):
-        return False
-    try:
-        path = _local_path(text)
-        return (path / DB_NAME).is_file() and not store_writable(path)
-    except (ConfigError, OSError):
-        return False  # open() reports what is wrong with it
-
-
-def _open_backend(config: StorageConfig, create: bool = True) -> Backend:
-    url = config.url
-    _check_url(url, config.readonly)
-    if url.startswith("memory://"):
-        from .backends.memory import MemoryBackend
-
-        return MemoryBackend(url, hash_name=config.hash or DEFAULT_HASH)
-    if url.startswith(("postgresql://", "postgres://")):
-        try:
-            from .backends.postgres import PostgresBackend  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as e:
-            raise ConfigError(
-                f"the postgres backend needs psycopg: {e}",
-                hint="pip install 'ckptlite[postgres]'",
-            ) from e
-        backend: Backend = PostgresBackend(url, hash_name=config.hash or DEFAULT_HASH)
-        return backend
-    if "://" in url and not url.startswith("file://"):
-        raise ConfigError(
-            f"unknown store URL scheme in {url!r}",
-            hint="Use a directory path, file://PATH, memory:// or postgresql://...",
-        )
-    from .backends.local import DB_NAME, LocalBackend
-
-    path = _local_path(url)
-    try:
-        absent = not (path / DB_NAME).is_file()
-    except OSError as e:
-        raise os_error(e, f"opening {path}", ConfigError) from e
-    if (not create or config.readonly) and absent:
-        raise ConfigError(
-            f"no ckptlite store at {path}",
-            hint="Check --store / $CKPTLITE_URL (`ckptlite config` shows where it came from).",
-        )
-    return LocalBackend(
-        path,
-        durability=config.durability,
-        busy_timeout=config.busy_timeout,
-        group_access=config.group_access,
-        readonly=config.readonly,
-        hash_name=config.hash or DEFAULT_HASH,
-    )
-
-
-def _check_options(
-    url: object,
-    durability: object,
-    chunk_size: object,
-    compression_level: object,
-    busy_timeout: object,
-    flags: Mapping[str, object],
-    policy: object,
-    max_pending: object,
-    hash_name: object = None,
-) -> None:
-    """Refuse a bad open() argument before anything is created.
-
-    Raises:
-        ConfigError: the first bad argument.
-    """
-    if not isinstance(url, str | os.PathLike) or os.fspath(url) in ("", b""):
-        raise ConfigError(
-            f"the store URL must be a non-empty str or path, not {url!r}",
-            hint="Pass a directory, file://DIR, memory:// or postgresql://..., or None for "
-            "the configured store.",
-        )
-    if durability not in _DURABILITY:
-        raise ConfigError(f"durability must be one of {_DURABILITY}, not {durability!r}")
-    if (
-        not isinstance(chunk_size, int)
-        or isinstance(chunk_size, bool)
-        or not 4096 <= chunk_size <= 64 << 20
-    ):
-        raise ConfigError(f"chunk_size must be an int from 4 KiB to 64 MiB, not {chunk_size!r}")
-    if (
-        not isinstance(compression_level, int)
-        or isinstance(compression_level, bool)
-        or not -7 <= compression_level <= 22
-    ):
-        raise ConfigError(
-            f"compression_level must be an int from -7 to 22, not {compression_level!r}"
-        )
-    if (
-        not isinstance(busy_timeout, int | float)
-        or isinstance(busy_timeout, bool)
-        or not math.isfinite(busy_timeout)
-        or not 0 < busy_timeout <= 2_000_000  # SQLite takes milliseconds as a C int
-    ):
-        raise ConfigError(f"busy_timeout must be seconds > 0, not {busy_timeout!r}")
-    for name, value in flags.items():
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be True or False, not {value!r}")
-    if policy is not None and not isinstance(policy, CheckpointPolicy):
-        raise ConfigError(f"policy must be a CheckpointPolicy, not {policy!r}")
-    if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1:
-        raise ConfigError(f"max_pending must be a positive int, not {max_pending!r}")
-    if hash_name is not None:
-        chunking.check_hash(hash_name)
-
-
-def _check_policy(policy: object) -> None:
-    if policy is not None and not isinstance(policy, CheckpointPolicy):
-        raise InvalidInputError(f"policy must be a CheckpointPolicy, not {policy!r}")
 
 
 def open_store(
@@ -312,7 +133,7 @@ def open_store(
         "group_access": group_access,
         "readonly": readonly,
     }
-    _check_options(
+    check_options(
         url,
         durability,
         chunk_size,
@@ -335,7 +156,7 @@ def open_store(
         readonly=readonly,
         hash=hash,
     )
-    backend = _open_backend(config, create=create)
+    backend = open_backend(config, create=create)
     try:
         return CheckpointManager(backend, config, policy=policy, max_pending=max_pending)
     except BaseException:
@@ -465,7 +286,7 @@ class CheckpointManager:
         'tile_0'
         """
         self._refuse_write("save")
-        _check_policy(policy)
+        check_policy(policy)
         cp = self._new_checkpoint(process_id, level, name, parent, metadata, progress)
         encoded = codec.encode(state, allow_pickle=self.allow_pickle)
         return self._commit_encoded(cp, encoded, policy)
@@ -619,7 +440,7 @@ class CheckpointManager:
         if self._closed:
             raise ConfigError("this checkpoint manager is closed", hint="Open a new one.")
         self._refuse_write("save")
-        _check_policy(policy)
+        check_policy(policy)
         with self._pool_lock:
             if self._async is None:
                 self._async = _async.AsyncSaver(

@@ -76,7 +76,7 @@ def test_every_public_name_resolves() -> None:
 # Layers, lowest first: a module may import only from its own layer or lower ones.
 LAYERS = [
     {"errors", "types", "ids", "codec", "chunking", "_faults", "_paths", "_inputs"},
-    {"blobs", "_sqlite", "_perthread"},
+    {"blobs", "_packs", "_sqlite", "_perthread"},
     {"backends"},
     {"manager", "process", "sync", "legacy", "policies", "runs", "_async", "config"},
     {"cli"},

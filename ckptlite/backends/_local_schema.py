@@ -8,7 +8,22 @@ from typing import Any
 from ..types import Checkpoint, Level, RunRecord, RunStatus, Status
 from .base import from_micros, load_metadata
 
-__all__ = ["CHECKPOINT_COLS", "MIGRATIONS", "RUN_COLS", "row_to_checkpoint", "row_to_run"]
+__all__ = [
+    "CHECKPOINT_COLS",
+    "DB_NAME",
+    "MAX_CHUNK",
+    "MIGRATIONS",
+    "PACK_MAX",
+    "RUN_COLS",
+    "row_to_checkpoint",
+    "row_to_run",
+]
+
+DB_NAME = "ckptlite.db"
+#: A pack holds at most this many bytes (more when one chunk alone is bigger).
+PACK_MAX = 64 << 20
+#: chunking.MAX_CHUNK: no chunk is larger, raw or compressed (zstd is kept only when smaller).
+MAX_CHUNK = 64 << 20
 
 MIGRATIONS: list[str] = [
     """

@@ -14,7 +14,7 @@ import builtins
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +32,30 @@ from ..errors import (
     MissingChunksError,
     ReadOnlyStoreError,
     StoreFullError,
-    StoreLayoutError,
     StoreLockedError,
 )
 from ..types import (
     DEFAULT_HASH,
     LEGACY_HASH,
     Checkpoint,
-    GcReport,
     Level,
     Status,
     StoredChunk,
     StoredRecord,
 )
 from ._local_ledger import LocalLedgerMixin
-from ._local_schema import CHECKPOINT_COLS, MIGRATIONS, row_to_checkpoint
+from ._local_maintenance import LocalMaintenanceMixin, record_file
+from ._local_schema import (
+    CHECKPOINT_COLS,
+    DB_NAME,
+    MAX_CHUNK,
+    MIGRATIONS,
+    PACK_MAX,
+    row_to_checkpoint,
+)
 from .base import (
     ListQuery,
     Staged,
-    StructureCheck,
     dump_metadata,
     load_metadata,
     to_micros,
@@ -65,24 +70,11 @@ __all__ = [
     "store_writable",
 ]
 
-DB_NAME = "ckptlite.db"
 _CODEC_RAW = 0  # chunking.CODEC_RAW (backends do not import the manager's modules)
 _EMPTY_MANIFEST = b"\x90"  # msgpack of [], chunking's manifest of a state without buffers
 INLINE_MAX = 64 * 1024
 #: Bytes compared at each end of a chunk before the whole of it (chunk_equals).
 _EDGE = 4096
-#: A pack holds at most this many bytes (more when one chunk alone is bigger).
-PACK_MAX = 64 << 20
-# chunking.MAX_CHUNK: no chunk is larger, raw or compressed (zstd is kept only when smaller).
-_MAX_CHUNK = 64 << 20
-
-
-def _record_file(conn: apsw.Connection, identity: str) -> None:
-    conn.execute(
-        "INSERT INTO store_meta(key, value) VALUES ('store_file', ?) "
-        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        (identity,),
-    )
 
 
 def forget_store_file(db: Path) -> None:
@@ -232,7 +224,7 @@ def _check_declared(digest: str, size: int, stored: int, offset: int | None) -> 
     Raises:
         CorruptCheckpointError: a size beyond the largest chunk, or a negative offset.
     """
-    if not (0 <= size <= _MAX_CHUNK and 0 <= stored <= _MAX_CHUNK and (offset or 0) >= 0):
+    if not (0 <= size <= MAX_CHUNK and 0 <= stored <= MAX_CHUNK and (offset or 0) >= 0):
         raise CorruptCheckpointError(
             f"chunk {digest} declares {size} bytes, {stored} stored at offset {offset}: "
             "more than any chunk holds",
@@ -242,7 +234,7 @@ def _check_declared(digest: str, size: int, stored: int, offset: int | None) -> 
 
 #: A chunk's index row: size, codec, inline data, pack, offset in it, stored size.
 _ChunkRow = tuple[int, int, bytes | None, str | None, int, int]
-_Moved = tuple[str, str, bytes | memoryview]  # digest, the pack it leaves, its stored bytes
+
 #: A new chunk's row: digest, size, stored size, codec, inline data, pack, offset in it.
 _NewChunkRow = tuple[str, int, int, int, bytes | None, str | None, int | None]
 
@@ -259,25 +251,6 @@ def _insert_chunk_rows(conn: apsw.Connection, rows: Sequence[_NewChunkRow]) -> N
     )
 
 
-def _refuse_unsafe(unsafe: Sequence[str], live: set[str] | None, what: str = "gc") -> None:
-    """Raise StoreLayoutError for what ``unsafe`` lists, except links no live row names.
-
-    A pack or chunk file that is a link is only junk once no row needs it: gc
-    unlinks the link itself, never what it points to. ``live`` None: refuse all.
-
-    Raises:
-        StoreLayoutError: a symlink or foreign file stands where the store keeps its own.
-    """
-    bad = [p for p in unsafe if live is None or p.count("/") != 2 or p.rsplit("/", 1)[1] in live]
-    if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise StoreLayoutError(
-            f"{what} refused: {', '.join(bad[:3])}{more} is a symlink or not what ckptlite "
-            "keeps there (nothing was changed)",
-            path=bad[0],
-        )
-
-
 def store_writable(root: Path) -> bool:
     """Tell whether this process may write the store at ``root`` (False on a read-only mount).
 
@@ -287,7 +260,7 @@ def store_writable(root: Path) -> bool:
     return all(os.access(p, os.W_OK) for p in paths if os.path.lexists(p))
 
 
-class LocalBackend(LocalLedgerMixin):
+class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
     """A store directory: ``<root>/ckptlite.db`` and ``<root>/blobs/``.
 
     ``readonly=True`` writes nothing at all (see ``Database`` and ``BlobDir``):
@@ -433,7 +406,7 @@ class LocalBackend(LocalLedgerMixin):
                         "UPDATE store_meta SET value = lower(hex(randomblob(16))) "
                         "WHERE key = 'store_id'"
                     )
-                _record_file(conn, here)
+                record_file(conn, here)
         except (apsw.ReadOnlyError, ReadOnlyStoreError, StoreFullError, StoreLockedError):
             pass
 
@@ -633,7 +606,7 @@ class LocalBackend(LocalLedgerMixin):
                         f"chunk {digest} is truncated or padded", digest=digest
                     )
                 return StoredChunk(digest, size, codec, out)
-            return StoredChunk(digest, size, codec, self.blobs.read(digest, _MAX_CHUNK))
+            return StoredChunk(digest, size, codec, self.blobs.read(digest, MAX_CHUNK))
         into = (
             out
             if out is not None and codec == _CODEC_RAW and size == stored == out.nbytes
@@ -918,290 +891,6 @@ class LocalBackend(LocalLedgerMixin):
                 )
             conn.execute("DELETE FROM checkpoints WHERE id=?", (checkpoint_id,))
         return ids
-
-    # -- maintenance ------------------------------------------------------------
-
-    def iter_chunk_digests(self) -> Iterator[str]:
-        with translate_errors("listing chunks"):
-            rows: list[Any] = self.db.read().execute("SELECT digest FROM chunks").fetchall()
-        yield from (r[0] for r in rows)
-
-    def checkpoints_using(self, digests: Iterable[str]) -> set[str]:
-        wanted = list(dict.fromkeys(digests))
-        found: set[str] = set()
-        conn = self.db.read()
-        with translate_errors("reading chunk references"):
-            for i in range(0, len(wanted), 500):
-                part = wanted[i : i + 500]
-                q = (
-                    "SELECT DISTINCT c.id FROM refs r JOIN checkpoints c ON c.seq=r.seq "
-                    f"WHERE r.digest IN ({','.join('?' * len(part))})"
-                )
-                found.update(r[0] for r in conn.execute(q, part))
-        return found
-
-    def check(self) -> StructureCheck:
-        conn = self.db.read()
-        with translate_errors("checking the store"):
-            # Rows before files: a pack written after this read may look unused
-            # (reported, never removed here), but a row read here has its file.
-            file_rows: list[Any] = conn.execute(
-                "SELECT digest FROM chunks WHERE data IS NULL AND pack IS NULL"
-            ).fetchall()
-            pack_rows: list[Any] = conn.execute(
-                "SELECT digest, pack, pack_offset + stored_size FROM chunks WHERE pack IS NOT NULL"
-            ).fetchall()
-            unreferenced = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT digest FROM chunks c WHERE NOT EXISTS "
-                    "(SELECT 1 FROM refs r WHERE r.digest=c.digest)"
-                )
-            ]
-            # A chunk file whose row now names a pack (a repaired chunk) is stray too.
-            indexed = {d for (d,) in file_rows}
-            on_disk = dict(self.blobs.packs())
-            absent = [d for (d,) in file_rows if not self.blobs.exists(d)]
-            absent += [d for d, pack, end in pack_rows if on_disk.get(pack, -1) < end]
-            missing: dict[str, list[str]] = {}
-            for i in range(0, len(absent), 500):
-                part = absent[i : i + 500]
-                q = (
-                    "SELECT c.id, r.digest FROM refs r JOIN checkpoints c ON c.seq=r.seq "
-                    f"WHERE r.digest IN ({','.join('?' * len(part))})"
-                )
-                for cid, d in conn.execute(q, part):
-                    missing.setdefault(cid, []).append(d)
-        stray = [d for d, _ in self.blobs.digests() if d not in indexed]
-        used = {pack for _, pack, _ in pack_rows}
-        # A pack a live writer holds open may have no committed rows yet: not an orphan.
-        unused = [p for p in set(on_disk) - used if not self.blobs.pack_busy(p)]
-        return StructureCheck(
-            {k: tuple(v) for k, v in missing.items()},
-            tuple(sorted(set(unreferenced + stray))),
-            tuple(sorted(unused)),
-            tuple(self.blobs.unsafe()),
-        )
-
-    def gc(self, dry_run: bool = False) -> GcReport:
-        with self.blobs.gc_lock(exclusive=True):
-            unsafe = self.blobs.unsafe()
-            conn = self.db.connection()
-            # Durable: every unlink below needs the rows naming the file gone for good,
-            # including ones an earlier commit dropped (a delete, a repaired chunk's move):
-            # after a power loss, a row back from the dead must not name a missing file.
-            ctx = contextlib.nullcontext(conn) if dry_run else self.db.write(conn, durable=True)
-            with ctx:
-                rows: list[Any] = conn.execute(
-                    "SELECT digest, stored_size, data IS NULL AND pack IS NULL FROM chunks c "
-                    "WHERE NOT EXISTS (SELECT 1 FROM refs r WHERE r.digest=c.digest)"
-                ).fetchall()
-                dead = {r[0] for r in rows}
-                if not dry_run:
-                    conn.executemany("DELETE FROM chunks WHERE digest=?", [(d,) for d in dead])
-                indexed = {  # chunks that live in files of their own
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT digest FROM chunks WHERE data IS NULL AND pack IS NULL"
-                    )
-                }
-                live: dict[str, int] = {}
-                ends: dict[str, int] = {}  # where each pack's last live chunk ends
-                for digest, pack, stored, offset in conn.execute(
-                    "SELECT digest, pack, stored_size, pack_offset FROM chunks "
-                    "WHERE pack IS NOT NULL"
-                ):
-                    if digest not in dead:  # a dry run deleted nothing
-                        live[pack] = live.get(pack, 0) + stored
-                        ends[pack] = max(ends.get(pack, 0), offset + stored)
-                # Refused before COMMIT, so a refusing gc changes nothing.
-                _refuse_unsafe(unsafe, set(live) | (indexed - dead))
-            _faults.point("gc.after_delete")
-            # Unlink only after a durable COMMIT: a rolled-back delete must still find its files.
-            freed = sum(size for _, size, is_file in rows if not is_file)  # inline rows
-            removed: list[str] = [r[0] for r in rows]
-            for digest, _, is_file in rows:
-                if is_file:
-                    freed += self.blobs.remove(digest) if not dry_run else self.blobs.size(digest)
-            for digest, size in list(self.blobs.digests()):
-                if digest not in indexed and digest not in removed:
-                    removed.append(digest)
-                    freed += size
-                    if not dry_run:
-                        self.blobs.remove(digest)
-            packs, pack_freed = self._collect_packs(live, ends, dry_run)
-            freed += pack_freed
-            temps = []
-            for name, size in self.blobs.collect_temps(dry_run):
-                temps.append(name)
-                freed += size
-        return GcReport(
-            tuple(sorted(removed)), tuple(sorted(temps)), freed, dry_run, tuple(sorted(packs))
-        )
-
-    def _collect_packs(
-        self, live: dict[str, int], ends: dict[str, int], dry_run: bool
-    ) -> tuple[builtins.list[str], int]:
-        """Delete packs nothing uses; cut dead tails; rewrite packs mostly dead.
-
-        Return the names of the packs removed or rewritten, and the bytes freed.
-        Called under the exclusive gc lock. A pack a live writer holds open is left
-        alone. A dead tail (bytes past the last live chunk: appended by a save that
-        crashed or failed, or whose chunks died) is cut off in place: no row names
-        it, and no writer appends to a pack it does not hold. A rewrite writes the
-        live chunks into a new pack, moves their rows in one transaction, and only
-        then unlinks the old pack: a crash leaves an unused pack (the next gc
-        removes it), never a row pointing at nothing.
-        """
-        names: builtins.list[str] = []
-        freed = 0
-        sparse: dict[str, int] = {}  # name -> dead bytes
-        for name, size in list(self.blobs.packs()):
-            if self.blobs.pack_busy(name):
-                continue  # a live writer appends to it (and its dead tail waits for it)
-            if name not in live:
-                names.append(name)
-                freed += size if dry_run else self.blobs.remove_pack(name)
-                continue
-            if size > ends[name]:
-                freed += (
-                    size - ends[name] if dry_run else self.blobs.truncate_pack(name, ends[name])
-                )
-                size = ends[name]
-            if live[name] * 2 < size:
-                sparse[name] = size - live[name]
-        if dry_run:
-            return names + list(sparse), freed + sum(sparse.values())
-        batch: builtins.list[_Moved] = []
-        olds: builtins.list[str] = []
-        pending = 0  # dead bytes of ``olds``
-        for name, dead in sparse.items():
-            try:
-                with translate_errors("reading the chunk index"):
-                    rows = (
-                        self.db.read()
-                        .execute(
-                            "SELECT digest FROM chunks WHERE pack=? ORDER BY pack_offset", (name,)
-                        )
-                        .fetchall()
-                    )
-                chunks = [(str(d), name, self.read_chunk(str(d)).data) for (d,) in rows]
-            except CorruptCheckpointError:
-                continue  # damaged: left as it is for verify to report
-            batch += chunks
-            olds.append(name)
-            pending += dead
-            if sum(len(c[2]) for c in batch) >= PACK_MAX:
-                if not self._rewrite_packs(batch, olds):
-                    return names, freed  # the disk is full: compaction waits for room
-                names += olds
-                freed += pending
-                batch, olds, pending = [], [], 0
-        if olds and self._rewrite_packs(batch, olds):
-            names += olds
-            freed += pending
-        return names, freed
-
-    def _rewrite_packs(self, batch: builtins.list[_Moved], olds: builtins.list[str]) -> bool:
-        """Move ``batch``'s chunks into a new pack, then unlink the packs ``olds``.
-
-        Return False, changing nothing, when the disk has no room for the new pack.
-        """
-        if batch:
-            try:
-                new, offsets = self.blobs.write_pack([data for _, _, data in batch])
-            except StoreFullError:
-                return False  # its temp file is gone; the old packs stay as they are
-            with self.db.write(durable=True) as conn:  # on disk before the old packs go
-                conn.executemany(
-                    "UPDATE chunks SET pack=?, pack_offset=? WHERE digest=? AND pack=?",
-                    [(new, o, d, old) for (d, old, _), o in zip(batch, offsets, strict=True)],
-                )
-        _faults.point("gc.after_repack")
-        for name in olds:
-            self.blobs.remove_pack(name)
-        return True
-
-    def stats(self) -> dict[str, Any]:
-        conn = self.db.read()
-        with translate_errors("reading stats"):
-            totals: Any = conn.execute(
-                "SELECT count(*), coalesce(sum(size),0), coalesce(sum(length(payload)),0) "
-                "FROM checkpoints"
-            ).fetchone()
-            chunk_totals: Any = conn.execute(
-                "SELECT count(*), coalesce(sum(stored_size),0) FROM chunks"
-            ).fetchone()
-            by_process: dict[str, dict[str, int]] = {}
-            for pid, level, count in conn.execute(
-                "SELECT process_id, level, count(*) FROM checkpoints GROUP BY process_id, level"
-            ):
-                by_process.setdefault(pid, {})[level] = count
-            by_status = {
-                status: count
-                for status, count in conn.execute(
-                    "SELECT status, count(*) FROM checkpoints GROUP BY status"
-                )
-            }
-        n, logical, payload = totals
-        chunks, chunk_bytes = chunk_totals
-        return {
-            "checkpoints": n,
-            "chunks": chunks,
-            "logical_bytes": logical,
-            "stored_bytes": payload + chunk_bytes,
-            "by_process": by_process,
-            "by_status": by_status,
-        }
-
-    def backup(self, dest: Path, progress: Callable[[int, int], None] | None = None) -> None:
-        """Copy the store to ``dest`` while it stays in use (SQLite backup API + chunks).
-
-        ``progress(done, total)`` is called as chunk files are copied.
-
-        Raises:
-            StoreLayoutError: a symlink (or a foreign file) stands in the blob tree.
-        """
-        # Snapshot the database first: every chunk it references exists until gc,
-        # and gc cannot run while we hold the shared lock.
-        with self.blobs.gc_lock(exclusive=False):
-            _refuse_unsafe(self.blobs.unsafe(), None, "backup")
-            dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-            target = BlobDir(dest / "blobs", fsync=True)
-            self.db.backup_to(dest / DB_NAME)
-            snap = apsw.Connection(str(dest / DB_NAME))
-            try:
-                files = [
-                    r[0]
-                    for r in snap.execute(
-                        "SELECT digest FROM chunks WHERE data IS NULL AND pack IS NULL"
-                    )
-                ]
-                packs = [
-                    r[0]
-                    for r in snap.execute(
-                        "SELECT DISTINCT pack FROM chunks WHERE pack IS NOT NULL ORDER BY pack"
-                    )
-                ]
-                # The copy is another store: with the same id, sync would take its new
-                # checkpoints (seqs reused after the copy point) for ones already synced.
-                snap.execute(
-                    "UPDATE store_meta SET value = lower(hex(randomblob(16))) "
-                    "WHERE key = 'store_id'"
-                )
-                st = os.stat(dest / DB_NAME)  # its own file: a copy of the backup is a copy
-                _record_file(snap, f"{st.st_dev}:{st.st_ino}")
-            finally:
-                snap.close()
-            total = len(files) + len(packs)
-            for i, d in enumerate(files, 1):
-                target.write(d, self.blobs.read(d, _MAX_CHUNK))
-                if progress:
-                    progress(i, total)
-            for i, name in enumerate(packs, len(files) + 1):
-                target.copy_pack(self.blobs, name)
-                if progress:
-                    progress(i, total)
 
     def close(self) -> None:
         self.blobs.close()

@@ -69,10 +69,13 @@ def full_disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     if request.param == "tmpfs":
         yield request.getfixturevalue("small_disk")
         return
+    import ckptlite._packs
     import ckptlite.blobs
 
     mp = request.getfixturevalue("monkeypatch")
-    mp.setattr(ckptlite.blobs, "os", _FullDiskOS(8 << 20))
+    disk = _FullDiskOS(8 << 20)  # one disk for both modules that write blobs
+    mp.setattr(ckptlite.blobs, "os", disk)
+    mp.setattr(ckptlite._packs, "os", disk)
     yield tmp_path
 
 

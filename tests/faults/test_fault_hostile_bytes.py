@@ -208,9 +208,9 @@ def test_nesting_limit_is_the_same_for_save_and_load(tmp_path: Path) -> None:
 def test_the_backend_bound_is_the_chunk_bound() -> None:
     """The local backend checks chunk rows against chunking's bound (it cannot import it)."""
     from ckptlite import chunking
-    from ckptlite.backends import local
+    from ckptlite.backends import _local_schema
 
-    assert local._MAX_CHUNK == chunking.MAX_CHUNK
+    assert _local_schema.MAX_CHUNK == chunking.MAX_CHUNK
 
 
 if __name__ == "__main__":
