@@ -22,7 +22,7 @@ from .._sqlite import Database, translate_errors
 from ..blobs import BlobDir
 from ..errors import CorruptCheckpointError, StoreFullError, StoreLayoutError
 from ..types import GcReport, StoredChunk
-from ._local_schema import DB_NAME, MAX_CHUNK, PACK_MAX
+from ._local_schema import DB_NAME, MAX_CHUNK, PACK_MAX, select_in
 from .base import StructureCheck
 
 __all__ = ["LocalMaintenanceMixin", "record_file"]
@@ -73,18 +73,12 @@ class LocalMaintenanceMixin:
         yield from (r[0] for r in rows)
 
     def checkpoints_using(self, digests: Iterable[str]) -> set[str]:
-        wanted = list(dict.fromkeys(digests))
-        found: set[str] = set()
-        conn = self.db.read()
+        sql = (
+            "SELECT DISTINCT c.id FROM refs r JOIN checkpoints c ON c.seq=r.seq "
+            "WHERE r.digest IN ({})"
+        )
         with translate_errors("reading chunk references"):
-            for i in range(0, len(wanted), 500):
-                part = wanted[i : i + 500]
-                q = (
-                    "SELECT DISTINCT c.id FROM refs r JOIN checkpoints c ON c.seq=r.seq "
-                    f"WHERE r.digest IN ({','.join('?' * len(part))})"
-                )
-                found.update(r[0] for r in conn.execute(q, part))
-        return found
+            return {r[0] for r in select_in(self.db.read(), sql, digests)}
 
     def check(self) -> StructureCheck:
         conn = self.db.read()
@@ -110,14 +104,12 @@ class LocalMaintenanceMixin:
             absent = [d for (d,) in file_rows if not self.blobs.exists(d)]
             absent += [d for d, pack, end in pack_rows if on_disk.get(pack, -1) < end]
             missing: dict[str, list[str]] = {}
-            for i in range(0, len(absent), 500):
-                part = absent[i : i + 500]
-                q = (
-                    "SELECT c.id, r.digest FROM refs r JOIN checkpoints c ON c.seq=r.seq "
-                    f"WHERE r.digest IN ({','.join('?' * len(part))})"
-                )
-                for cid, d in conn.execute(q, part):
-                    missing.setdefault(cid, []).append(d)
+            sql = (
+                "SELECT c.id, r.digest FROM refs r JOIN checkpoints c ON c.seq=r.seq "
+                "WHERE r.digest IN ({})"
+            )
+            for cid, d in select_in(conn, sql, absent):
+                missing.setdefault(cid, []).append(d)
         stray = [d for d, _ in self.blobs.digests() if d not in indexed]
         used = {pack for _, pack, _ in pack_rows}
         # A pack a live writer holds open may have no committed rows yet: not an orphan.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
+
+import apsw
 
 from ..types import Checkpoint, Level, RunRecord, RunStatus, Status
 from .base import from_micros, load_metadata
@@ -17,6 +19,7 @@ __all__ = [
     "RUN_COLS",
     "row_to_checkpoint",
     "row_to_run",
+    "select_in",
 ]
 
 DB_NAME = "ckptlite.db"
@@ -186,3 +189,14 @@ def row_to_run(row: Sequence[Any]) -> RunRecord:
         seq=seq,
         changed=changed,
     )
+
+
+def select_in(conn: apsw.Connection, sql: str, values: Iterable[Any]) -> Iterator[Any]:
+    """Yield the rows of ``sql`` (its ``{}`` is the IN list) over ``values``, 500 at a time.
+
+    Batched: SQLite caps the parameters of one statement. Duplicates are asked once.
+    """
+    wanted = list(dict.fromkeys(values))
+    for i in range(0, len(wanted), 500):
+        part = wanted[i : i + 500]
+        yield from conn.execute(sql.format(",".join("?" * len(part))), part)

@@ -52,6 +52,7 @@ from ._local_schema import (
     MIGRATIONS,
     PACK_MAX,
     row_to_checkpoint,
+    select_in,
 )
 from .base import (
     ListQuery,
@@ -456,18 +457,9 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
         return Staged(rows, packs.release, packs.discard)
 
     def has_chunks(self, digests: Iterable[str]) -> set[str]:
-        wanted = list(dict.fromkeys(digests))
-        found: set[str] = set()
-        conn = self.db.read()
+        sql = "SELECT digest FROM chunks WHERE digest IN ({}) AND bad=0"
         with translate_errors("reading chunk index"):
-            for i in range(0, len(wanted), 500):
-                part = wanted[i : i + 500]
-                q = (
-                    "SELECT digest FROM chunks "
-                    f"WHERE digest IN ({','.join('?' * len(part))}) AND bad=0"
-                )
-                found.update(r[0] for r in conn.execute(q, part))
-        return found
+            return {r[0] for r in select_in(self.db.read(), sql, digests)}
 
     def mark_bad_chunks(self, digests: Iterable[str], replace: bool = False) -> None:
         """Flag chunks whose stored bytes failed verification (``replace``: only these).
@@ -492,19 +484,12 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
         Raises:
             StoreIOError: the index cannot be read.
         """
-        wanted = list(dict.fromkeys(digests))
-        rows: dict[str, _ChunkRow] = {}
-        conn = self.db.read()
+        sql = (
+            "SELECT digest, size, codec, data, pack, pack_offset, stored_size FROM chunks "
+            "WHERE digest IN ({})"
+        )
         with translate_errors("reading chunk index"):
-            for i in range(0, len(wanted), 500):
-                part = wanted[i : i + 500]
-                q = (
-                    "SELECT digest, size, codec, data, pack, pack_offset, stored_size FROM chunks "
-                    f"WHERE digest IN ({','.join('?' * len(part))})"
-                )
-                for d, *row in conn.execute(q, part):
-                    rows[d] = tuple(row)
-        return rows
+            return {d: tuple(row) for d, *row in select_in(self.db.read(), sql, digests)}
 
     def _chunk_row(self, digest: str) -> _ChunkRow:
         with translate_errors(f"reading chunk {digest}"):
@@ -751,15 +736,9 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
         return StoredRecord(row_to_checkpoint(row), row[14], row[15], digests)
 
     def has_records(self, ids: Iterable[str]) -> set[str]:
-        wanted = list(dict.fromkeys(ids))
-        found: set[str] = set()
-        conn = self.db.read()
+        sql = "SELECT id FROM checkpoints WHERE id IN ({})"
         with translate_errors("reading checkpoints"):
-            for i in range(0, len(wanted), 500):
-                part = wanted[i : i + 500]
-                q = f"SELECT id FROM checkpoints WHERE id IN ({','.join('?' * len(part))})"
-                found.update(r[0] for r in conn.execute(q, part))
-        return found
+            return {r[0] for r in select_in(self.db.read(), sql, ids)}
 
     def latest_record(
         self, process_id: str, level: Level | None, name: str | None
