@@ -126,6 +126,7 @@ def open_store(
         compression_level = settings.compression_level
     busy_timeout = settings.busy_timeout if busy_timeout is None else busy_timeout
     group_access = settings.group_access if group_access is None else group_access
+    asked_hash = hash  # only an explicit hash= must match an existing store's
     hash = settings.hash if hash is None else hash
     flags = {
         "allow_pickle": allow_pickle,
@@ -157,6 +158,8 @@ def open_store(
         hash=hash,
     )
     backend = open_backend(config, create=create)
+    if asked_hash is None:  # the setting names the digest of new stores, not a demand
+        config = dataclasses.replace(config, hash=None)
     try:
         return CheckpointManager(backend, config, policy=policy, max_pending=max_pending)
     except BaseException:

@@ -130,6 +130,21 @@ def test_hash_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         _open(tmp_path / "t")
 
 
+def test_the_hash_setting_names_new_stores_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A configured hash does not refuse an existing store of the other algorithm."""
+    monkeypatch.setenv("CKPTLITE_CONFIG", str(tmp_path / "none.toml"))
+    with _open(tmp_path / "b3") as mgr:
+        cp = mgr.save("p", {"x": 1})
+    monkeypatch.setenv("CKPTLITE_HASH", "sha256")
+    with _open(tmp_path / "b3") as mgr:
+        assert mgr.hash_name == mgr.config.hash == "blake3"
+        assert mgr.load(cp.id) == {"x": 1}
+    with pytest.raises(ConfigError, match="blake3 store"):  # an explicit hash= still refuses
+        _open(tmp_path / "b3", hash="sha256")
+
+
 @pytest.mark.parametrize("made", ["before-issue-14", "hash=sha256"])
 def test_sha256_stores_keep_working(tmp_path: Path, made: str) -> None:
     store = tmp_path / "old"
