@@ -1,112 +1,21 @@
-"""Pack writers: a new pack written whole (``PackWriter``), or appended to (``PackAppender``).
+"""Packs appended to by this process (``PackAppender``); ``BlobDir.write_pack`` writes whole ones.
 
-``BlobDir`` hands them out (``write_pack``, ``appender``) and keeps the pool of
-open packs; they write through its directory descriptors, so nothing they do
-follows a symlink. See ``blobs`` for the layout and the locking.
+``BlobDir.appender`` hands them out and keeps the pool of open packs; they
+write through its directory descriptors, so nothing they do follows a symlink.
+See ``blobs`` for the layout and the locking.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import secrets
 
 from . import _faults
 from .blobs import _CREATE_FLAGS, _PACKS, _TMP, BlobDir, _os_errors, _start_writeback
+from .errors import StoreLayoutError
 
-__all__ = ["PackAppender", "PackWriter"]
-
-
-class PackWriter:
-    """One new pack file, written part by part as the parts come.
-
-    Parts go into a flocked temp file, and writeback of each starts at once, so
-    the fsync in ``commit`` waits for the tail only: one file and one fsync for a
-    group of chunks, where a file per chunk cost a journal commit each (P3).
-    ``commit`` makes it durable (fsync, rename, directory fsync); leaving the
-    ``with`` block without it removes the temp file.
-
-    >>> import tempfile, pathlib
-    >>> blobs = BlobDir(pathlib.Path(tempfile.mkdtemp()) / "blobs", fsync=False)
-    >>> with PackWriter(blobs) as pack:
-    ...     offsets = [pack.add(b"abc"), pack.add(b"de")]
-    ...     pack.commit()
-    >>> offsets, bytes(blobs.read_packed(pack.name, 3, 2, "-"))
-    ([0, 3], b'de')
-    """
-
-    def __init__(self, blobs: BlobDir) -> None:
-        self.blobs = blobs
-        self.name = secrets.token_hex(32)
-        self.size = 0
-        self._tmp = f"{self.name[:16]}.{os.getpid()}.pack.tmp"
-        self._tmp_dir = -1  # blobs/tmp, opened once without following a symlink
-        self._fd = -1
-
-    def __enter__(self) -> PackWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd >= 0:  # not committed: the temp file goes
-            with contextlib.suppress(OSError):
-                os.unlink(self._tmp, dir_fd=self._tmp_dir)
-            os.close(self._fd)
-            self._fd = -1
-        if self._tmp_dir >= 0:
-            os.close(self._tmp_dir)
-            self._tmp_dir = -1
-
-    def add(self, data: bytes | memoryview) -> int:
-        """Append ``data``; return its offset in the pack.
-
-        Raises:
-            StoreFullError, StoreIOError: the write failed.
-            StoreLayoutError: ``tmp/`` is a symlink.
-        """
-        b = self.blobs
-        b._writable(f"writing pack {self.name}")
-        if self._fd < 0:
-            if self._tmp_dir < 0:
-                self._tmp_dir = b._open_dir(_TMP)
-            # Creating the temp file can hit ENOSPC too (no inode left): same typed error.
-            with _os_errors(f"creating pack {self.name}"):
-                self._fd = os.open(self._tmp, _CREATE_FLAGS, b.file_mode, dir_fd=self._tmp_dir)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)  # gc removes only unlocked (dead) temps
-            os.fchmod(self._fd, b.file_mode)  # not cut by the umask (see BlobDir._mkdir_at)
-        offset = self.size
-        view = memoryview(data).cast("B")
-        with _os_errors(f"writing pack {self.name}"):
-            while view.nbytes:
-                n = os.write(self._fd, view)
-                view = view[n:]
-                self.size += n
-            if b.fsync:
-                _start_writeback(self._fd, offset, self.size - offset)
-        _faults.point("blob.after_write")
-        return offset
-
-    def commit(self) -> None:
-        """Make the pack durable under its name (nothing to do if no part was added).
-
-        Raises:
-            StoreFullError, StoreIOError: the fsync or rename failed (the temp file goes).
-            StoreLayoutError: ``packs/`` is a symlink (the temp file goes).
-        """
-        if self._fd < 0:
-            return
-        with self.blobs._dir(_PACKS) as packs:
-            with _os_errors(f"writing pack {self.name}"):
-                if self.blobs.fsync:
-                    os.fsync(self._fd)
-                _faults.point("blob.after_fsync")
-                os.rename(self._tmp, self.name, src_dir_fd=self._tmp_dir, dst_dir_fd=packs)
-            os.close(self._fd)
-            self._fd = -1
-            _faults.point("blob.after_rename")
-            if self.blobs.fsync:
-                with _os_errors(f"syncing the directory of pack {self.name}"):
-                    os.fsync(packs)
+__all__ = ["PackAppender"]
 
 
 class _OpenPack:
@@ -250,14 +159,19 @@ class PackAppender:
     def _abort(self) -> None:
         packs, self._packs, self._starts = self._packs, [], []
         for pack in packs:
-            with contextlib.suppress(OSError):
+            # Best effort, every pack closed whatever fails: the error that made us
+            # abort is the one the caller must see.
+            try:
                 if pack.linked:
                     # We hold its flock: nobody else appends. Cut what this group added.
                     os.ftruncate(pack.fd, pack.size)
                 else:
                     with self.blobs._dir(_TMP) as tmp_dir:
                         os.unlink(_tmp_name(pack.name), dir_fd=tmp_dir)
-            os.close(pack.fd)
+            except (OSError, StoreLayoutError):
+                pass
+            finally:
+                os.close(pack.fd)
 
 
 def _tmp_name(name: str) -> str:

@@ -429,11 +429,6 @@ class Database:
                     with contextlib.suppress(apsw.Error):  # a failed COMMIT may stay open
                         self._pragma(conn, "synchronous", self.synchronous)
 
-    def barrier(self) -> None:
-        """Make every commit so far durable (see ``write(durable=True)``)."""
-        with self.write(durable=True):
-            pass
-
     def read(self) -> apsw.Connection:
         """Return this thread's connection for reads (autocommit)."""
         return self.connection()

@@ -270,12 +270,13 @@ class BlobDir:
             StoreIOError: a write or fsync failed (nothing is renamed into place).
             StoreLayoutError: ``tmp/`` or ``packs/`` is a symlink.
         """
-        from ._packs import PackWriter  # here: _packs builds on this module
-
-        with PackWriter(self) as pack:
-            offsets = [pack.add(part) for part in parts]
-            pack.commit()
-        return pack.name, offsets
+        name = secrets.token_hex(32)
+        offsets, at = [], 0
+        for part in parts:
+            offsets.append(at)
+            at += memoryview(part).nbytes
+        self._write_atomic(_PACKS, name, parts, f"pack {name}")
+        return name, offsets
 
     def copy_pack(self, source: BlobDir, name: str) -> int:
         """Copy pack ``name`` from ``source`` unless present as long; return the bytes copied.

@@ -252,6 +252,17 @@ def _insert_chunk_rows(conn: apsw.Connection, rows: Sequence[_NewChunkRow]) -> N
     )
 
 
+def _settle(conn: apsw.Connection, staged: Sequence[Staged]) -> None:
+    """Let go of the packs of a failed commit: cut their appended bytes off if it rolled back.
+
+    A COMMIT that failed may leave its transaction open (a later COMMIT could take
+    the rows): then the bytes stay, dead space for gc at worst.
+    """
+    rolled_back = conn.getautocommit()
+    for s in staged:
+        s.discard() if rolled_back else s.release()
+
+
 def store_writable(root: Path) -> bool:
     """Tell whether this process may write the store at ``root`` (False on a read-only mount).
 
@@ -416,16 +427,22 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
     def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
         """Store chunks and commit their index rows (``stage_chunks`` + a transaction)."""
         staged = self.stage_chunks(chunks)
-        with self.blobs.gc_lock(exclusive=False):  # rows in before gc may see the packs free
-            try:
-                if staged.rows:
-                    with self.db.write() as conn:
-                        _insert_chunk_rows(conn, staged.rows)
-            except BaseException:
-                rolled_back = self.db.connection().getautocommit()  # see commit
-                staged.discard() if rolled_back else staged.release()
-                raise
-            staged.release()
+        locked = False
+        try:
+            with self.blobs.gc_lock(exclusive=False):  # rows in before gc may see packs free
+                locked = True
+                try:
+                    if staged.rows:
+                        with self.db.write() as conn:
+                            _insert_chunk_rows(conn, staged.rows)
+                except BaseException:
+                    _settle(self.db.connection(), [staged])
+                    raise
+                staged.release()
+        except BaseException:
+            if not locked:  # the lock could not be taken: nothing was committed
+                staged.discard()
+            raise
 
     def stage_chunks(self, chunks: Iterable[StoredChunk]) -> Staged:
         """Store chunks: big ones appended to an open pack as they come, small ones kept for
@@ -633,20 +650,23 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
         """
         rows = [r for s in staged for r in s.rows]
         packed = any(r[5] is not None for r in rows)
-        with self.blobs.gc_lock(exclusive=False) if packed else contextlib.nullcontext():
-            try:
-                cp = self._commit(record, rows)
-            except BaseException:
-                # Rolled back: the appended bytes are cut off again. A COMMIT that failed
-                # may leave its transaction open (a later COMMIT could take the rows):
-                # then the bytes stay, dead space for gc at worst.
-                rolled_back = self.db.connection().getautocommit()
+        locked = False
+        try:
+            with self.blobs.gc_lock(exclusive=False) if packed else contextlib.nullcontext():
+                locked = True
+                try:
+                    cp = self._commit(record, rows)
+                except BaseException:
+                    _settle(self.db.connection(), staged)
+                    raise
                 for s in staged:
-                    s.discard() if rolled_back else s.release()
-                raise
-            for s in staged:
-                s.release()
-            return cp
+                    s.release()
+                return cp
+        except BaseException:
+            if not locked:  # the lock could not be taken: nothing was committed
+                for s in staged:
+                    s.discard()
+            raise
 
     def _commit(self, record: StoredRecord, rows: Sequence[_NewChunkRow]) -> Checkpoint:
         cp = record.checkpoint

@@ -132,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         usage_ctx = Context(argparse.Namespace(json="--json" in argv))
         return _report(usage_ctx, "UsageError", e.message, e.usage.strip(), EXIT_USAGE)
-    except Exception as e:  # an argument converter failed in a way argparse does not catch
+    except (ValueError, OverflowError, TypeError) as e:  # a converter argparse does not catch
+        if "--debug" in argv:
+            traceback.print_exc()
         usage_ctx = Context(argparse.Namespace(json="--json" in argv))
         message = f"bad argument: {type(e).__name__}: {e}"
         return _report(usage_ctx, "UsageError", message, parser.format_usage().strip(), EXIT_USAGE)

@@ -133,7 +133,8 @@ def our_pg_backends(admin: Any) -> int:
 def test_postgres_syncs_and_threads_keep_connections_bounded(
     pg_schema: str, tmp_path: Path
 ) -> None:
-    psycopg = pytest.importorskip("psycopg")
+    import psycopg  # the postgres extra: CI installs it, and require_pg() ran first
+
     a = tmp_path / "a"
     with local(a) as src:
         src.save("p", 0)
