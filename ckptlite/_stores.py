@@ -23,8 +23,6 @@ from .types import DEFAULT_HASH, StorageConfig
 
 __all__ = ["check_options", "check_policy", "open_backend", "resolve_url", "store_is_read_only"]
 
-_DURABILITY = ("none", "safe", "full")
-
 
 def resolve_url(url: str | os.PathLike[str] | None = None) -> str:
     """Return the store URL: ``url``, else the configured one (``ckptlite.config``).
@@ -167,8 +165,8 @@ def check_options(
             hint="Pass a directory, file://DIR, memory:// or postgresql://..., or None for "
             "the configured store.",
         )
-    if durability not in _DURABILITY:
-        raise ConfigError(f"durability must be one of {_DURABILITY}, not {durability!r}")
+    if durability not in _config.DURABILITY:
+        raise ConfigError(f"durability must be one of {_config.DURABILITY}, not {durability!r}")
     if (
         not isinstance(chunk_size, int)
         or isinstance(chunk_size, bool)

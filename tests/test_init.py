@@ -100,13 +100,16 @@ def test_imports_point_one_way() -> None:
         own = _layer(rel[0].removesuffix(".py"))
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level > 0 and node.module:
-                depth = node.level - (len(rel) - 1)  # levels above the package root
-                target = node.module.split(".")[0] if depth >= 1 else rel[0]
-                if depth < 1:
-                    continue  # a sibling inside the same subpackage
-                if _layer(target) > own:
-                    bad.append(f"{'/'.join(rel)} imports {node.module}")
+            if not isinstance(node, ast.ImportFrom) or node.level == 0:
+                continue
+            depth = node.level - (len(rel) - 1)  # levels above the package root
+            if depth < 1:
+                continue  # a sibling inside the same subpackage
+            # ``from .x import y`` names module x; ``from . import x, y`` names x and y.
+            targets = [node.module] if node.module else [a.name for a in node.names]
+            for module in targets:
+                if _layer(module.split(".")[0]) > own:
+                    bad.append(f"{'/'.join(rel)} imports {module}")
     assert not bad, bad
 
 
