@@ -50,6 +50,7 @@ from .types import (
     Checkpoint,
     GcReport,
     Level,
+    RunOverview,
     RunRecord,
     Status,
     StorageConfig,
@@ -533,11 +534,17 @@ class CheckpointManager:
         batch_size: int = 1000,
         batch_seconds: float = 2.0,
         max_attempts: int = 3,
+        key: str | dict[str, Any] | None = None,
+        force: bool = False,
+        lease: float = 60.0,
     ) -> Run:
-        """Resume the newest unfinished run of ``process_id``, or start a new one.
+        """Join the run of ``process_id`` that workers share, or start a new one.
 
-        A newest run that COMPLETED starts a new run; ``resume=False`` always
-        starts one; ``run_id`` reopens that run. See ``ckptlite.runs``.
+        Many workers calling this at once join one run (``run.worker_id``, leases of
+        ``lease`` seconds). A newest run that COMPLETED starts a new run;
+        ``resume=False`` always starts one; ``run_id`` reopens that run. With
+        ``key`` (a str or a dict of parameters), a completed run of the same key is
+        reused (``run.completed_before``) unless ``force=True``. See ``ckptlite.runs``.
 
         Raises:
             InvalidInputError: a bad argument, or ``run_id`` is another process's.
@@ -563,6 +570,9 @@ class CheckpointManager:
             batch_size=batch_size,
             batch_seconds=batch_seconds,
             max_attempts=max_attempts,
+            key=key,
+            force=force,
+            lease=lease,
         )
 
     def list_runs(self, process_id: str | None = None) -> builtins.list[RunRecord]:
@@ -572,6 +582,17 @@ class CheckpointManager:
             InvalidInputError: ``process_id`` is not a str.
         """
         return self.backend.list_runs(_inputs.optional(process_id, "process_id"))
+
+    def run_overview(self, process_id: str | None = None) -> builtins.list[RunOverview]:
+        """Return the runs of one process (or all), newest first, with counts and workers.
+
+        Raises:
+            InvalidInputError: ``process_id`` is not a str.
+        """
+        return [
+            RunOverview(r, self.backend.run_counts(r.id), tuple(self.backend.list_workers(r.id)))
+            for r in self.list_runs(process_id)
+        ]
 
     # -- read -------------------------------------------------------------------
 

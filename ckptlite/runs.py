@@ -1,4 +1,4 @@
-"""Pipeline runs, stages and the work-item ledger (the manager side).
+"""Pipeline runs, stages and the work-item ledger (the manager side), shared by workers.
 
 A run records its lifecycle (running / completed / failed with the error),
 timestamps and progress. ``run.stage(name)`` remembers a finished stage as a
@@ -10,11 +10,40 @@ queues a done-mark with its (encoded) state, and marks are committed in batches
 batch in one transaction. A crash loses at most the open batch: those items run
 again; a committed done-mark is never lost and never recorded twice.
 
-Runs are keyed by process: ``mgr.run(pid)`` resumes the newest run of ``pid``
-when it is unfinished (RUNNING, or FAILED), and starts a new one when the newest
-completed; ``resume=False`` always starts a new run and ``run_id=`` reopens one
-exact run. A run resumed while another process still works on it shares its
-ledger: done-marks stay exactly-once, but both may work on the same items.
+Many workers, one run. ``mgr.run(pid)`` called by several processes (or
+machines, on PostgreSQL) at once joins ONE run: finding or creating it is one
+transaction. Each ``Run`` is a worker (``run.worker_id``: host, pid and a random
+suffix) with a lease renewed by a heartbeat thread every lease/3 seconds.
+``run.items(group, ids, lease=..., claim=...)`` cuts the ids (every worker must
+pass the same ids in the same order: a fingerprint is checked) into batches of
+``claim`` items and claims a few free batches at a time (``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL, a short ``BEGIN IMMEDIATE`` on SQLite): a worker is only
+handed items no live worker holds, and never waits for another's item work. A
+batch is done, in the transaction of its last marks, when all its items are
+marked; a worker that dies (SIGKILL, a lost connection) loses its batches when
+their lease expires, and at once when it is seen dead on the same machine, and
+other workers then take them: only items it had not committed run again. When
+its batches run out, a worker waits for batches others hold, so a dead worker's
+items are taken over. A done-mark is recorded once: the first wins, and the
+mark of a worker whose lease was lost, for an item another worker has done
+since, is ignored (counted in ``run.marks_ignored``): never a second record.
+
+``run.stage(name).compute(fn)``: one worker runs ``fn`` and saves the stage,
+the others wait and get its result; when it dies, another takes over after its
+lease. A run ends COMPLETED only when the last live worker leaves and every
+registered item group is done and every begun stage complete; a worker that
+leaves while others work leaves it RUNNING. FAILED when items failed (as
+before) or a worker left with an error.
+
+Runs that remember. ``mgr.run(pid, key=...)``: a key (a str or a dict of
+parameters, hashed canonically) names the work. When the newest run with that
+key COMPLETED, ``run.completed_before`` is true: its stages are done with their
+saved results and ``run.items`` yields nothing. ``force=True`` starts over (but
+joins a run of that key still running: the other workers of the same start); a
+different key starts a new run. Without a key, ``mgr.run(pid)`` resumes the
+newest run of ``pid`` when it is unfinished (RUNNING, or FAILED), and starts a
+new one when the newest completed; ``resume=False`` always starts a new run and
+``run_id=`` reopens one exact run.
 
 >>> import ckptlite
 >>> with ckptlite.open("memory://") as mgr:
@@ -27,10 +56,16 @@ ledger: done-marks stay exactly-once, but both may work on the same items.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
 import secrets
+import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sized
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol
@@ -39,8 +74,19 @@ import msgpack
 
 from . import _inputs, codec
 from .backends.base import Backend, ListQuery
-from .errors import CorruptCheckpointError, InvalidInputError
-from .types import Checkpoint, ItemMark, ItemRecord, Level, RunRecord, RunStatus, Status
+from .errors import CkptliteError, CorruptCheckpointError, InvalidInputError
+from .types import (
+    Checkpoint,
+    ItemMark,
+    ItemRecord,
+    Level,
+    RunCounts,
+    RunRecord,
+    RunStatus,
+    Status,
+    WorkerInfo,
+    WorkerRecord,
+)
 
 __all__ = [
     "RUN_KEY",
@@ -51,13 +97,18 @@ __all__ = [
     "decode_item_state",
     "encode_item_state",
     "open_run",
+    "run_key",
 ]
 
 #: Metadata key tying a STAGE checkpoint to the run that completed it.
 RUN_KEY = "ckptlite.run"
 
 _ERROR_MAX = 4000
+_MAX_SEG = 256  # items per batch at most (auto): a batch is what a dead worker's successor redoes
 _new_mark = tuple.__new__  # builds an ItemMark without NamedTuple's slower __new__
+#: Runs (workers) alive in this process, by worker id: a worker of this pid that is
+#: not here (or whose manager closed) is dead, whatever its lease says.
+_LIVE: weakref.WeakValueDictionary[str, Run] = weakref.WeakValueDictionary()
 
 
 class RunManager(Protocol):
@@ -136,17 +187,108 @@ def _error_text(exc: BaseException | str) -> str:
     return text[:_ERROR_MAX]
 
 
+def run_key(key: str | dict[str, Any]) -> str:
+    """Return the canonical digest of a run key (a str, or a dict of JSON parameters).
+
+    Raises:
+        InvalidInputError: the key is not a str or a dict of JSON values (NaN refused).
+
+    >>> run_key({"b": 1, "a": [1, 2]}) == run_key({"a": [1, 2], "b": 1})
+    True
+    """
+    if not isinstance(key, str | dict):
+        raise InvalidInputError(f"key must be a str or a dict, not {type(key).__name__}")
+    try:
+        text = json.dumps(
+            key, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False
+        )
+        data = text.encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise InvalidInputError(
+            f"key is not JSON: {e}",
+            hint="A run key is a str or a dict of str, int, float, bool, None, list, dict.",
+        ) from None
+    return hashlib.sha256(data).hexdigest()
+
+
+def _node() -> str:
+    """Name this machine and pid namespace: pids are compared only within one node."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        boot, pidns = "", 0
+    return f"{socket.gethostname()}/{boot}/{pidns}"
+
+
+def _new_worker(lease: float) -> WorkerInfo:
+    host, pid = socket.gethostname(), os.getpid()
+    return WorkerInfo(f"{host}:{pid}:{secrets.token_hex(4)}", host, pid, _node(), lease)
+
+
+def _alive(w: WorkerRecord, node: str) -> bool:
+    """Tell whether a worker recorded live may still run (False: seen dead from here)."""
+    if w.node != node:
+        return True  # another machine: only its lease tells
+    if w.pid == os.getpid():
+        run = _LIVE.get(w.worker_id)
+        return run is not None and not getattr(run.manager, "_closed", False)
+    try:
+        os.kill(w.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_lease(lease: float, what: str = "lease") -> float:
+    if isinstance(lease, bool) or not isinstance(lease, int | float) or not lease > 0:
+        raise InvalidInputError(f"{what} must be a positive number of seconds, not {lease!r}")
+    return float(lease)
+
+
+class _Heart(threading.Thread):
+    """Renews a worker's leases every lease/3 s; holds the run weakly (stops with it)."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(name=f"ckptlite-heartbeat-{run.id}", daemon=True)
+        self._run = weakref.ref(run)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            r = self._run()
+            if r is None:
+                return
+            every = r._beat_every
+            del r
+            if self.stop.wait(every):
+                return
+            r = self._run()
+            if r is None or getattr(r.manager, "_closed", False):
+                return
+            # A lost connection or a busy store: the next beat retries.
+            with contextlib.suppress(Exception):
+                r._others = r.manager.backend.heartbeat(r.id, r.worker_id)
+            del r
+
+
 class WorkItem:
     """One pending item yielded by ``run.items``: call ``done`` or ``fail`` once."""
 
-    __slots__ = ("_resolved", "attempts", "group", "id", "run")
+    __slots__ = ("_resolved", "_seg", "attempts", "group", "id", "run")
 
-    def __init__(self, run: Run, group: str, item_id: str, attempts: int) -> None:
+    def __init__(
+        self, run: Run, group: str, item_id: str, attempts: int, seg: list[Any] | None = None
+    ) -> None:
         self.run = run
         self.group = group
         self.id = item_id
         self.attempts = attempts  # failed attempts recorded before this one
         self._resolved = False
+        self._seg = seg
 
     def __repr__(self) -> str:
         return f"<WorkItem {self.group}/{self.id} attempts={self.attempts}>"
@@ -168,7 +310,7 @@ class WorkItem:
             else encode_item_state(state, allow_pickle=self.run.manager.allow_pickle)
         )
         self._resolved = True
-        self.run._mark(_new_mark(ItemMark, (self.group, self.id, True, data, None)))
+        self.run._mark(_new_mark(ItemMark, (self.group, self.id, True, data, None)), self._seg)
 
     def fail(self, exc: BaseException | str) -> None:
         """Mark the item failed with ``exc``; a resumed run retries it up to max_attempts.
@@ -179,7 +321,7 @@ class WorkItem:
         if self._resolved:
             raise InvalidInputError(f"item {self.group}/{self.id} was already marked")
         self._resolved = True
-        self.run._mark(ItemMark(self.group, self.id, False, None, _error_text(exc)))
+        self.run._mark(ItemMark(self.group, self.id, False, None, _error_text(exc)), self._seg)
 
 
 class Stage:
@@ -250,9 +392,63 @@ class Stage:
         self._checkpoint, self._looked = cp, True
         return cp
 
+    def compute(
+        self,
+        fn: Callable[[], Any],
+        *,
+        lease: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Any:
+        """Return the stage's result, computing it with ``fn()`` in exactly one worker.
+
+        Done already: its saved result. Otherwise the first worker to claim the
+        stage runs ``fn`` and saves what it returns (as ``complete``) while the
+        others wait for it and then load it; if that worker dies, another takes
+        over once its lease (default: the run's) expires. When ``fn`` raises, the
+        claim is let go (another waiting worker tries) and the error propagates.
+
+        Raises:
+            UnsupportedTypeError: ``fn``'s result has no encoding (stage not done).
+            InvalidInputError: a bad lease.
+
+        >>> import ckptlite
+        >>> with ckptlite.open("memory://") as mgr, mgr.run("job") as run:
+        ...     run.stage("load").compute(lambda: [1, 2])
+        [1, 2]
+        """
+        run = self.run
+        lease = run.lease if lease is None else _check_lease(lease)
+        if self.done:
+            return self.result
+        if run.worker is None:  # a completed run reused by key: the stage is new to it
+            self.complete(fn(), metadata=metadata)
+            return self.result
+        backend = run.manager.backend
+        run._use_lease(lease)
+        while True:
+            got = backend.claim_stage(run.id, self.name, run.worker_id, lease)
+            self._looked = False
+            if self.done:
+                if got != "done":
+                    backend.finish_stage(run.id, self.name)
+                return self.result
+            if got == "claimed":
+                try:
+                    result = fn()
+                except BaseException:
+                    backend.release_segments(run.id, run.worker_id, self.name, [-1])
+                    raise
+                self._looked = False
+                if not self.done:  # unless a worker that took over (lost lease) finished first
+                    self.complete(result, metadata=metadata)
+                backend.finish_stage(run.id, self.name)
+                return self.result
+            run._reap()
+            time.sleep(run._poll)
+
 
 class Run:
-    """A run of a process: lifecycle, stages and the work-item ledger. Use it in ``with``."""
+    """A run of a process, as one worker sees it: lifecycle, stages, the ledger. Use ``with``."""
 
     def __init__(
         self,
@@ -263,6 +459,8 @@ class Run:
         batch_size: int,
         batch_seconds: float,
         max_attempts: int,
+        worker: WorkerInfo | None = None,
+        completed_before: bool = False,
     ) -> None:
         self.manager = manager
         self.record = record
@@ -270,14 +468,29 @@ class Run:
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
         self.max_attempts = max_attempts
+        self.worker = worker
+        self.completed_before = completed_before
+        self.lease = worker.lease if worker else 60.0
+        #: Done-marks of this worker ignored because another worker had done the item.
+        self.marks_ignored = 0
         self._lock = threading.RLock()
         self._pending: list[ItemMark] = []
+        self._closing: list[tuple[str, int]] = []
         self._last_flush = time.monotonic()
         self._last_progress = 0.0
         self._failed_now: set[tuple[str, str]] = set()
         self._exhausted: set[tuple[str, str]] = set()
         self._totals: dict[str, tuple[int, int]] = {}  # group -> (done before, total)
         self._ndone = 0  # done-marks made in this session
+        self._others = 0  # other live workers, as the last heartbeat saw them
+        self._beat_every = self.lease / 3
+        self._poll = min(0.5, self.lease / 8)
+        self._node = _node()
+        self._heart: _Heart | None = None
+        if worker is not None:
+            _LIVE[worker.worker_id] = self
+            self._heart = _Heart(self)
+            self._heart.start()
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.process_id} {self.status.value}>"
@@ -294,6 +507,19 @@ class Run:
     def status(self) -> RunStatus:
         return self.record.status
 
+    @property
+    def worker_id(self) -> str:
+        """This worker's id: host, pid and a random suffix ("" for a reused completed run)."""
+        return self.worker.worker_id if self.worker else ""
+
+    def workers(self) -> list[WorkerRecord]:
+        """Return the run's workers (live or not), oldest first."""
+        return self.manager.backend.list_workers(self.id)
+
+    def counts(self) -> RunCounts:
+        """Return the run's items done / failed / claimed / pending and its live workers."""
+        return self.manager.backend.run_counts(self.id)
+
     def __enter__(self) -> Run:
         return self
 
@@ -303,8 +529,8 @@ class Run:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.record.status != RunStatus.RUNNING:
-            return  # finished explicitly inside the block
+        if self.record.status != RunStatus.RUNNING or self.worker is None:
+            return  # finished explicitly inside the block, or a completed run reused
         try:
             self.commit()
         except BaseException as e:
@@ -312,10 +538,25 @@ class Run:
             raise
         self._finish(exc)
 
+    def _use_lease(self, lease: float) -> None:
+        with self._lock:
+            self._beat_every = min(self._beat_every, lease / 3)
+            self._poll = min(self._poll, lease / 8)
+
+    def _reap(self) -> None:
+        """Expire the workers of this run seen dead from here (same machine, no process)."""
+        dead = [
+            w.worker_id
+            for w in self.manager.backend.list_workers(self.id)
+            if w.live and w.worker_id != self.worker_id and not _alive(w, self._node)
+        ]
+        if dead:
+            self.manager.backend.reap_workers(self.id, dead)
+
     # -- stages ---------------------------------------------------------------------
 
     def stage(self, name: str) -> Stage:
-        """Return the handle of stage ``name`` (``.done``, ``.result``, ``.complete``).
+        """Return the handle of stage ``name`` (done, result, complete, compute).
 
         Raises:
             InvalidInputError: ``name`` is empty or not a str.
@@ -325,42 +566,108 @@ class Run:
     # -- items ----------------------------------------------------------------------
 
     def items(
-        self, group: str, item_ids: Iterable[str], *, max_attempts: int | None = None
+        self,
+        group: str,
+        item_ids: Iterable[str],
+        *,
+        max_attempts: int | None = None,
+        lease: float | None = None,
+        claim: int | None = None,
     ) -> Iterator[WorkItem]:
-        """Yield a ``WorkItem`` for each id of ``group`` not yet done in this run.
+        """Yield a ``WorkItem`` for each id of ``group`` not done, that no live worker holds.
 
-        Items that failed ``max_attempts`` times (default: the run's) are skipped and
-        make the run end FAILED. Duplicate ids are yielded once. When the loop ends,
-        queued marks are committed.
+        The ids (every worker of the run passes the same, in the same order) are
+        cut into batches of ``claim`` items (default: 1/128 of them, 1 to 256); a
+        few free batches at a time are claimed with a ``lease`` (seconds, default:
+        the run's) renewed by the heartbeat. Items that failed ``max_attempts``
+        times (default: the run's) are skipped and make the run end FAILED.
+        Duplicate ids are yielded once. When no batch is free, the loop waits
+        for the batches other workers hold (taking over those whose lease
+        expires); when it ends, queued marks are committed.
 
         Raises:
-            InvalidInputError: ``group`` or an id is not a str.
+            InvalidInputError: ``group`` or an id is not a str; other live workers
+                passed other ids for this group.
         """
         _inputs.text(group, "group", empty=False)
         limit = self.max_attempts if max_attempts is None else max_attempts
-        done, failed = self.manager.backend.item_marks(self.id, group)
-        total = len(item_ids) if isinstance(item_ids, Sized) else 0
-        seen: set[str] = set()
+        lease = self.lease if lease is None else _check_lease(lease)
+        if claim is not None and (
+            isinstance(claim, bool) or not isinstance(claim, int) or claim < 1
+        ):
+            raise InvalidInputError(f"claim must be a positive int, not {claim!r}")
+        if self.completed_before:
+            return
+        yield from self._items(group, item_ids, limit, lease, claim)
+
+    def _items(
+        self, group: str, item_ids: Iterable[str], limit: int, lease: float, claim: int | None
+    ) -> Iterator[WorkItem]:
+        try:
+            ids = list(dict.fromkeys(item_ids))
+            blob = "\x00".join(ids).encode("utf-8", "surrogatepass")
+        except TypeError:
+            bad = next((i for i in item_ids if type(i) is not str), None)
+            raise InvalidInputError(f"item ids must be str, not {bad!r}") from None
+        fingerprint = hashlib.blake2b(blob, digest_size=16).hexdigest()
+        del blob
+        backend = self.manager.backend
+        self._use_lease(lease)
+        done, failed = backend.item_marks(self.id, group)
         with self._lock:
-            self._totals[group] = (len(done), total)
-        # The hot loop of a 1,000,000-item ledger: locals and cheap checks first.
-        seen_add, new_item = seen.add, WorkItem
-        for item_id in item_ids:
-            if item_id in done or item_id in seen:
-                continue
-            if type(item_id) is not str:
-                raise InvalidInputError(f"item ids must be str, not {item_id!r}")
-            if not item_id.isascii():
-                _inputs.text(item_id, "item id")  # refused now, not when its mark commits
-            attempts = failed.get(item_id, 0) if failed else 0
-            if attempts >= limit:
-                self._exhausted.add((group, item_id))
-                continue
-            seen_add(item_id)
-            yield new_item(self, group, item_id, attempts)
+            self._totals[group] = (len(done), len(ids))
+        want = claim or max(1, min(_MAX_SEG, len(ids) // 128))
+        size, self._others = backend.register_group(
+            self.id,
+            group,
+            total=len(ids),
+            seg_size=want,
+            fingerprint=fingerprint,
+            worker_id=self.worker_id,
+        )
+        held: set[int] = set()  # claimed, not all yielded: released if the loop stops early
+        count = 1
+        new_item, lock = WorkItem, self._lock
+        try:
+            while True:
+                got = backend.claim_segments(self.id, group, self.worker_id, count, lease)
+                if not got:
+                    self.commit()  # our closed batches, before anyone waits on them
+                    if not backend.group_busy(self.id, group, self.worker_id):
+                        break
+                    self._reap()
+                    time.sleep(self._poll)
+                    continue
+                # Alone: claim more per transaction (the ledger's speed); else one at a time.
+                count = min(count * 2, 16) if not self._others else 1
+                held.update(seg for seg, _ in got)
+                for seg, taken in got:
+                    chunk = ids[seg * size : (seg + 1) * size]
+                    if taken:  # a dead worker's batch: what it committed is done
+                        done.update(backend.done_among(self.id, group, chunk))
+                    st: list[Any] = [0, False, group, seg]  # outstanding, all yielded, key
+                    for item_id in chunk:
+                        if item_id in done:
+                            continue
+                        if not item_id.isascii():
+                            _inputs.text(item_id, "item id")  # refused now, not at commit
+                        attempts = failed.get(item_id, 0) if failed else 0
+                        if attempts >= limit:
+                            self._exhausted.add((group, item_id))
+                            continue
+                        st[0] += 1
+                        yield new_item(self, group, item_id, attempts, st)
+                    with lock:
+                        st[1] = True
+                        held.discard(seg)
+                        if st[0] == 0:
+                            self._closing.append((group, seg))
+        finally:
+            if held:
+                backend.release_segments(self.id, self.worker_id, group, sorted(held))
         self.commit()
 
-    def _mark(self, mark: ItemMark) -> None:
+    def _mark(self, mark: ItemMark, seg: list[Any] | None = None) -> None:
         with self._lock:
             pending = self._pending
             pending.append(mark)
@@ -370,6 +677,10 @@ class Run:
                     self._failed_now.discard((mark.group, mark.item_id))
             else:
                 self._failed_now.add((mark.group, mark.item_id))
+            if seg is not None:
+                seg[0] -= 1
+                if not seg[0] and seg[1]:
+                    self._closing.append((seg[2], seg[3]))
             due = len(pending) >= self.batch_size or (
                 time.monotonic() - self._last_flush >= self.batch_seconds
             )
@@ -379,17 +690,25 @@ class Run:
     def commit(self) -> None:
         """Commit the queued item marks (with their states) in one transaction.
 
+        Batches whose items are all marked are set done in the same transaction.
+
         Raises:
             StoreFullError, StoreIOError, StoreLockedError: nothing of the batch was
                 committed; the marks stay queued for the next commit.
         """
         with self._lock:
             batch, self._pending = self._pending, []
+            closing, self._closing = self._closing, []
             try:
-                if batch:
+                if closing:
+                    self.manager.backend.mark_items(
+                        self.id, batch, closing=closing, worker_id=self.worker_id
+                    )
+                elif batch:
                     self.manager.backend.mark_items(self.id, batch)
             except BaseException:
                 self._pending = batch + self._pending
+                self._closing = closing + self._closing
                 raise
             self._last_flush = now = time.monotonic()
             if batch and now - self._last_progress >= 1.0:
@@ -424,22 +743,39 @@ class Run:
     # -- lifecycle --------------------------------------------------------------------
 
     def finish(self, error: BaseException | str | None = None) -> RunRecord:
-        """Commit queued marks and end the run: COMPLETED, or FAILED with ``error``.
+        """Commit queued marks and leave the run; the last worker out ends it.
 
-        Without an error, the run still ends FAILED when items failed and were not
-        done since (a resumed run retries them).
+        The last live worker ends it COMPLETED when every registered item group is
+        done and every begun stage complete, FAILED with ``error`` (or a worker's
+        error, or when items failed and were not done since: a resumed run retries
+        them); otherwise, and while other workers are live, it stays RUNNING.
         """
         self.commit()
         return self._finish(error)
 
     def _finish(self, error: BaseException | str | None) -> RunRecord:
+        if self.worker is None:
+            return self.record
+        if self._heart is not None:
+            self._heart.stop.set()
+        text = None if error is None else _error_text(error)
+        backend = self.manager.backend
+        with contextlib.suppress(CkptliteError):  # best effort: a lease expires anyway
+            self._reap()
+        counts = backend.leave_run(self.id, self.worker_id, text)
+        _LIVE.pop(self.worker_id, None)
+        if counts.others_live:
+            self.record = backend.get_run(self.id)
+            return self.record
         with self._lock:
             failures = len(self._failed_now | self._exhausted)
-        text: str | None = None
-        if error is not None:
-            text = _error_text(error)
-        elif failures:
-            text = f"{failures} item(s) failed"
+        if text is None and counts.errors:
+            text = counts.errors[0]
+        if text is None and (failures or counts.failed):
+            text = f"{max(failures, counts.failed)} item(s) failed"
+        if text is None and counts.open_work:
+            self.record = self._update(progress=self.progress)
+            return self.record  # work left (a stage or items not done): a resume finishes it
         status = RunStatus.FAILED if text else RunStatus.COMPLETED
         return self._update(status=status, error=text, finished=True, progress=self.progress)
 
@@ -472,8 +808,11 @@ def open_run(
     batch_size: int = 1000,
     batch_seconds: float = 2.0,
     max_attempts: int = 3,
+    key: str | dict[str, Any] | None = None,
+    force: bool = False,
+    lease: float = 60.0,
 ) -> Run:
-    """Resume the newest unfinished run of ``process_id`` or start a new one (see module doc).
+    """Join the run of ``process_id`` that workers share, or start one (see module doc).
 
     Raises:
         InvalidInputError: a bad argument, or ``run_id`` belongs to another process.
@@ -487,30 +826,46 @@ def open_run(
         raise InvalidInputError(f"max_attempts must be a positive int, not {max_attempts!r}")
     if not batch_seconds > 0:
         raise InvalidInputError(f"batch_seconds must be > 0, not {batch_seconds!r}")
+    lease = _check_lease(lease)
+    digest = None if key is None else run_key(key)
+    if digest is not None and (run_id is not None or not resume):
+        raise InvalidInputError(
+            "key= names the run to reuse or join: it cannot go with run_id= or resume=False",
+            hint="Use force=True to start the keyed work over.",
+        )
     backend = manager.backend
-    record: RunRecord | None = None
+    worker = _new_worker(lease)
+    kwargs: dict[str, Any] = {
+        "batch_size": batch_size,
+        "batch_seconds": batch_seconds,
+        "max_attempts": max_attempts,
+    }
+    now = _now()
+    fresh = RunRecord(new_run_id(), process_id, RunStatus.RUNNING, now, now)
     if run_id is not None:
         record = backend.get_run(run_id)
         if record.process_id != process_id:
             raise InvalidInputError(
                 f"run {run_id} belongs to process {record.process_id!r}, not {process_id!r}"
             )
-    elif resume:
-        newest = backend.list_runs(process_id, limit=1)
-        if newest and newest[0].status != RunStatus.COMPLETED:
-            record = newest[0]
-    kwargs: dict[str, Any] = {
-        "batch_size": batch_size,
-        "batch_seconds": batch_seconds,
-        "max_attempts": max_attempts,
-    }
-    if record is None:
-        now = _now()
-        record = backend.create_run(
-            RunRecord(new_run_id(), process_id, RunStatus.RUNNING, now, now)
-        )
-        return Run(manager, record, resumed=False, **kwargs)
-    record = backend.update_run(
-        record.replace(status=RunStatus.RUNNING, error=None, finished_at=None, updated_at=_now())
-    )
-    return Run(manager, record, resumed=True, **kwargs)
+        failed = record.status == RunStatus.FAILED
+        if record.status != RunStatus.RUNNING:
+            record = backend.update_run(
+                record.replace(
+                    status=RunStatus.RUNNING, error=None, finished_at=None, updated_at=now
+                )
+            )
+        backend.add_worker(record.id, worker, reset=failed)
+        how = "resume"
+    elif not resume:
+        record = backend.create_run(fresh)
+        backend.add_worker(record.id, worker)
+        how = "create"
+    else:
+        record, how = backend.join_run(fresh, digest, worker, force=force)
+    if how == "reuse":
+        return Run(manager, record, resumed=False, completed_before=True, **kwargs)
+    run = Run(manager, record, resumed=how != "create", worker=worker, **kwargs)
+    if how != "create":
+        run._reap()
+    return run

@@ -18,6 +18,8 @@ __all__ = [
     "ItemMark",
     "ItemRecord",
     "Level",
+    "RunCounts",
+    "RunOverview",
     "RunRecord",
     "RunStatus",
     "Status",
@@ -25,6 +27,8 @@ __all__ = [
     "StoredChunk",
     "StoredRecord",
     "VerifyReport",
+    "WorkerInfo",
+    "WorkerRecord",
 ]
 
 
@@ -208,6 +212,66 @@ class ItemMark(NamedTuple):
     ok: bool
     state: bytes | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """Who a worker of a shared run is: id (host, pid, random suffix), host, pid, node, lease.
+
+    ``node`` names the machine and pid namespace, so that a worker's pid is only
+    checked (is that process alive?) from the same node.
+    """
+
+    worker_id: str
+    host: str
+    pid: int
+    node: str
+    lease: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """One worker of a run as the ledger stores it; ``live``: not left and lease unexpired."""
+
+    run_id: str
+    worker_id: str
+    host: str
+    pid: int
+    node: str
+    started_at: datetime
+    beat_at: datetime
+    live: bool
+    left: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunCounts:
+    """A run's work now: items done / failed / in claimed batches / pending, and the rest.
+
+    ``claimed`` counts the items of batches a live worker holds (done ones excluded
+    only when the batch closes); ``open_work`` counts item batches and begun stages
+    not yet done; ``errors`` are the errors workers left with; ``others_live`` the
+    live workers besides the one asking (0 when nobody asked).
+    """
+
+    done: int
+    failed: int
+    claimed: int
+    pending: int
+    open_work: int
+    workers_live: int
+    errors: tuple[str, ...] = ()
+    others_live: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunOverview:
+    """A run with its item counts now and its workers (what ``ckptlite runs`` shows)."""
+
+    run: RunRecord
+    counts: RunCounts
+    workers: tuple[WorkerRecord, ...]
 
 
 @dataclass(frozen=True, slots=True)

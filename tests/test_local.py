@@ -55,6 +55,14 @@ def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
         ckptlite.open(tmp_path / "s")
 
 
+def undo_schema_9(conn: apsw.Connection) -> None:
+    """Take a store back to before schema 9 (runs shared by many workers)."""
+    for table in ("run_workers", "run_groups", "run_claims"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("DROP INDEX runs_key")
+    conn.execute("ALTER TABLE runs DROP COLUMN run_key")
+
+
 def test_schema_6_indexes_only_checkpoints_with_a_parent(tmp_path: Path) -> None:
     with ckptlite.open(tmp_path / "s") as mgr:
         root = mgr.save("p", 1, level="stage")
@@ -65,6 +73,7 @@ def test_schema_6_indexes_only_checkpoints_with_a_parent(tmp_path: Path) -> None
     conn.execute("CREATE INDEX checkpoints_parent ON checkpoints(parent_id)")
     conn.execute("ALTER TABLE sync_marks DROP COLUMN checkpoint_id")  # and before schema 7
     conn.execute("CREATE INDEX checkpoints_process_seq ON checkpoints(process_id, seq)")  # 8
+    undo_schema_9(conn)
     conn.execute("PRAGMA user_version=5")
     conn.close()
     with ckptlite.open(tmp_path / "s") as mgr:  # migrates to 6
@@ -80,7 +89,7 @@ def test_schema_6_indexes_only_checkpoints_with_a_parent(tmp_path: Path) -> None
         assert "USING INDEX checkpoints_parent" in str(plan)
         assert [c.id for c in mgr.list(parent=root.id)] == [child.id]
         assert set(mgr.delete(root.id)) == {root.id, child.id}
-    assert pragma(db, "user_version") == len(MIGRATIONS) == 8
+    assert pragma(db, "user_version") == len(MIGRATIONS) == 9
 
 
 def _plans(mgr: ckptlite.CheckpointManager, call: Callable[[], object]) -> list[str]:
@@ -116,6 +125,7 @@ def test_schema_8_drops_the_process_index_and_process_queries_still_search(
     db = tmp_path / "s" / "ckptlite.db"
     conn = apsw.Connection(str(db))  # back to schema 7
     conn.execute("CREATE INDEX checkpoints_process_seq ON checkpoints(process_id, seq)")
+    undo_schema_9(conn)
     conn.execute("PRAGMA user_version=7")
     conn.close()
     with ckptlite.open(tmp_path / "s") as mgr:  # migrates to 8
@@ -154,7 +164,7 @@ def test_schema_8_drops_the_process_index_and_process_queries_still_search(
         assert mgr.backend.list(ascending) == everything[:4]
         after = ListQuery(process_id="p", ascending=True, after_seq=everything[1].seq, limit=2)
         assert mgr.backend.list(after) == everything[2:4]
-    assert pragma(db, "user_version") == 8
+    assert pragma(db, "user_version") == 9
 
 
 def test_reopen_keeps_data_and_runs_no_migration(tmp_path: Path) -> None:

@@ -47,8 +47,13 @@ def test_an_exception_fails_the_run_and_the_next_run_resumes_it(mgr: Mgr) -> Non
     with mgr.run("job") as again:
         assert again.id == run.id and again.resumed
         assert again.status is RunStatus.RUNNING and again.record.error is None
-        assert list(again.items("g", ["a", "b", "c"])) != []
-    assert mgr.list_runs("job")[0].status is RunStatus.COMPLETED
+        assert [i.id for i in again.items("g", ["a", "b", "c"])] == ["c"]
+    # "c" was yielded but never marked: the group is not done, so the run is not either.
+    assert mgr.list_runs("job")[0].status is RunStatus.RUNNING
+    with mgr.run("job") as third:
+        for item in third.items("g", ["a", "b", "c"]):
+            item.done()
+    assert third.id == run.id and mgr.list_runs("job")[0].status is RunStatus.COMPLETED
 
 
 def test_a_completed_run_is_not_resumed_unless_asked(mgr: Mgr) -> None:
@@ -224,7 +229,7 @@ def test_a_failed_batch_commit_keeps_its_marks(mgr: Mgr, monkeypatch: pytest.Mon
     items = list(run.items("g", ["a", "b"]))
     items[0].done(1)
 
-    def full(run_id: str, marks: Any) -> int:
+    def full(run_id: str, marks: Any, **kwargs: Any) -> int:
         raise StoreFullError("injected")
 
     monkeypatch.setattr(mgr.backend, "mark_items", full)

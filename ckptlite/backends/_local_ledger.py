@@ -8,6 +8,7 @@ wins and failed items count their attempts.
 from __future__ import annotations
 
 import builtins
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,10 +16,10 @@ import apsw
 
 from .._sqlite import Database, translate_errors
 from ..errors import InvalidInputError, RunNotFoundError
-from ..types import ItemMark, ItemRecord, RunRecord
+from ..types import ItemMark, ItemRecord, RunCounts, RunRecord, WorkerInfo, WorkerRecord
 from ._local_schema import RUN_COLS as _RUN_COLS
 from ._local_schema import row_to_run as _row_to_run
-from .base import ledger_entry_wins, to_micros
+from .base import from_micros, join_decision, ledger_entry_wins, to_micros
 
 __all__ = ["LocalLedgerMixin"]
 
@@ -36,27 +37,32 @@ class LocalLedgerMixin:
 
     def create_run(self, run: RunRecord) -> RunRecord:
         with self.db.write() as conn:
-            if conn.execute("SELECT 1 FROM runs WHERE id=?", (run.id,)).fetchone():
-                raise InvalidInputError(f"run {run.id} exists already", run_id=run.id)
-            changed = self._tick(conn)
-            progress = run.progress or (None, None)
-            conn.execute(
-                "INSERT INTO runs(id, process_id, status, started_at, updated_at, finished_at, "
-                "error, progress_done, progress_total, changed) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    run.id,
-                    run.process_id,
-                    run.status.value,
-                    to_micros(run.started_at),
-                    to_micros(run.updated_at),
-                    None if run.finished_at is None else to_micros(run.finished_at),
-                    run.error,
-                    progress[0],
-                    progress[1],
-                    changed,
-                ),
-            )
-            seq = conn.last_insert_rowid()
+            return self._insert_run(conn, run, None)
+
+    def _insert_run(self, conn: apsw.Connection, run: RunRecord, key: str | None) -> RunRecord:
+        if conn.execute("SELECT 1 FROM runs WHERE id=?", (run.id,)).fetchone():
+            raise InvalidInputError(f"run {run.id} exists already", run_id=run.id)
+        changed = self._tick(conn)
+        progress = run.progress or (None, None)
+        conn.execute(
+            "INSERT INTO runs(id, process_id, status, started_at, updated_at, finished_at, "
+            "error, progress_done, progress_total, changed, run_key) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                run.id,
+                run.process_id,
+                run.status.value,
+                to_micros(run.started_at),
+                to_micros(run.updated_at),
+                None if run.finished_at is None else to_micros(run.finished_at),
+                run.error,
+                progress[0],
+                progress[1],
+                changed,
+                key,
+            ),
+        )
+        seq = conn.last_insert_rowid()
         return run.replace(seq=seq, changed=changed)
 
     def update_run(self, run: RunRecord) -> RunRecord:
@@ -121,7 +127,14 @@ class LocalLedgerMixin:
         row: Any = conn.execute("SELECT seq FROM runs WHERE id=?", (run_id,)).fetchone()
         return None if row is None else int(row[0])
 
-    def mark_items(self, run_id: str, marks: Sequence[ItemMark]) -> int:
+    def mark_items(
+        self,
+        run_id: str,
+        marks: Sequence[ItemMark],
+        *,
+        closing: Sequence[tuple[str, int]] = (),
+        worker_id: str | None = None,
+    ) -> int:
         with self.db.write() as conn:
             run = self._run_seq(conn, run_id)
             if run is None:
@@ -137,6 +150,12 @@ class LocalLedgerMixin:
                     "attempts=items.attempts+1, error=excluded.error, state=excluded.state, "
                     "changed=excluded.changed WHERE items.ok=0",
                     marks,
+                )
+            if closing:
+                conn.executemany(
+                    f"UPDATE run_claims SET done=1, worker=NULL, expires=NULL WHERE run={int(run)} "
+                    "AND grp=? AND seg=? AND worker=? AND done=0",
+                    [(g, seg, worker_id) for g, seg in closing],
                 )
         return changed
 
@@ -290,3 +309,333 @@ class LocalLedgerMixin:
                 (source, mark),
             )
         return written
+
+    # -- runs shared by many workers ----------------------------------------------------
+
+    def join_run(
+        self, fresh: RunRecord, key: str | None, worker: WorkerInfo | None, *, force: bool
+    ) -> tuple[RunRecord, str]:
+        with self.db.write() as conn:
+            sql = f"SELECT {_RUN_COLS} FROM runs WHERE process_id=?"
+            args: builtins.list[Any] = [fresh.process_id]
+            if key is not None:
+                sql += " AND run_key=?"
+                args.append(key)
+            row = conn.execute(sql + " ORDER BY seq DESC LIMIT 1", args).fetchone()
+            newest = None if row is None else _row_to_run(row)
+            how = join_decision(
+                None if newest is None else newest.status, keyed=key is not None, force=force
+            )
+            if how == "reuse":
+                assert newest is not None
+                return newest, how
+            if how == "create":
+                run = self._insert_run(conn, fresh, key)
+            else:
+                assert newest is not None
+                run = newest
+                if how == "resume":
+                    now = to_micros(fresh.updated_at)
+                    conn.execute(
+                        "UPDATE runs SET status='running', error=NULL, finished_at=NULL, "
+                        "updated_at=?, changed=? WHERE seq=?",
+                        (now, self._tick(conn), run.seq),
+                    )
+                    got: Any = conn.execute(
+                        f"SELECT {_RUN_COLS} FROM runs WHERE seq=?", (run.seq,)
+                    ).fetchone()
+                    run = _row_to_run(got)
+            if worker is not None:
+                self._add_worker(conn, run.seq, worker, reset=how == "resume")
+            return run, how
+
+    def _add_worker(self, conn: apsw.Connection, run: int, w: WorkerInfo, *, reset: bool) -> None:
+        if reset:
+            for table in ("run_workers", "run_groups", "run_claims"):
+                conn.execute(f"DELETE FROM {table} WHERE run=?", (run,))
+        now = _now_us()
+        conn.execute(
+            "INSERT OR REPLACE INTO run_workers(run, worker, host, pid, node, started_at, "
+            "beat_at, expires, lease, gone, error) VALUES (?,?,?,?,?,?,?,?,?,0,NULL)",
+            (run, w.worker_id, w.host, w.pid, w.node, now, now, now + _us(w.lease), w.lease),
+        )
+
+    def add_worker(self, run_id: str, worker: WorkerInfo, *, reset: bool = False) -> None:
+        with self.db.write() as conn:
+            run = self._run_seq(conn, run_id)
+            if run is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            self._add_worker(conn, run, worker, reset=reset)
+
+    def _others_live(self, conn: apsw.Connection, run: int, worker_id: str, now: int) -> int:
+        row: Any = conn.execute(
+            "SELECT count(*) FROM run_workers WHERE run=? AND worker!=? AND gone=0 AND expires>?",
+            (run, worker_id, now),
+        ).fetchone()
+        return int(row[0])
+
+    def heartbeat(self, run_id: str, worker_id: str) -> int:
+        with self.db.write() as conn:
+            run = self._run_seq(conn, run_id)
+            if run is None:
+                return 0
+            now = _now_us()
+            conn.execute(
+                "UPDATE run_workers SET beat_at=?, expires=?+CAST(lease*1000000 AS INTEGER) "
+                "WHERE run=? AND worker=? AND gone=0",
+                (now, now, run, worker_id),
+            )
+            conn.execute(
+                "UPDATE run_claims SET expires=?+CAST(lease*1000000 AS INTEGER) "
+                "WHERE run=? AND worker=? AND done=0",
+                (now, run, worker_id),
+            )
+            return self._others_live(conn, run, worker_id, now)
+
+    def reap_workers(self, run_id: str, worker_ids: Sequence[str]) -> None:
+        with self.db.write() as conn:
+            run = self._run_seq(conn, run_id)
+            for w in worker_ids:
+                conn.execute("UPDATE run_workers SET expires=0 WHERE run=? AND worker=?", (run, w))
+                conn.execute(
+                    "UPDATE run_claims SET worker=NULL, expires=NULL "
+                    "WHERE run=? AND worker=? AND done=0",
+                    (run, w),
+                )
+
+    def list_workers(self, run_id: str) -> builtins.list[WorkerRecord]:
+        conn = self.db.read()
+        now = _now_us()
+        with translate_errors("reading a run's workers"):
+            run = self._run_seq(conn, run_id)
+            rows: builtins.list[Any] = conn.execute(
+                "SELECT worker, host, pid, node, started_at, beat_at, expires, gone, error "
+                "FROM run_workers WHERE run=? ORDER BY started_at, worker",
+                (run,),
+            ).fetchall()
+        return [
+            WorkerRecord(
+                run_id,
+                w,
+                host,
+                pid,
+                node,
+                from_micros(st),
+                from_micros(beat),
+                not left and exp > now,
+                bool(left),
+                err,
+            )
+            for w, host, pid, node, st, beat, exp, left, err in rows
+        ]
+
+    def register_group(
+        self,
+        run_id: str,
+        group: str,
+        *,
+        total: int,
+        seg_size: int,
+        fingerprint: str,
+        worker_id: str,
+    ) -> tuple[int, int]:
+        with self.db.write() as conn:
+            run = self._run_seq(conn, run_id)
+            if run is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            others = self._others_live(conn, run, worker_id, _now_us())
+            row: Any = conn.execute(
+                "SELECT seg_size, fingerprint FROM run_groups WHERE run=? AND grp=?", (run, group)
+            ).fetchone()
+            if row is not None and others:
+                if row[1] != fingerprint:
+                    raise _other_ids(group)
+                return int(row[0]), others
+            conn.execute("DELETE FROM run_claims WHERE run=? AND grp=? AND seg>=0", (run, group))
+            conn.execute(
+                "INSERT OR REPLACE INTO run_groups(run, grp, total, seg_size, fingerprint) "
+                "VALUES (?,?,?,?,?)",
+                (run, group, total, seg_size, fingerprint),
+            )
+            nsegs = -(-total // seg_size)
+            if nsegs:
+                conn.execute(
+                    "WITH RECURSIVE s(x) AS (SELECT 0 UNION ALL SELECT x+1 FROM s WHERE x+1<?) "
+                    "INSERT INTO run_claims(run, grp, seg, done) SELECT ?, ?, x, 0 FROM s",
+                    (nsegs, run, group),
+                )
+            return seg_size, others
+
+    def claim_segments(
+        self, run_id: str, group: str, worker_id: str, count: int, lease: float
+    ) -> builtins.list[tuple[int, bool]]:
+        with self.db.write() as conn:
+            run = self._run_seq(conn, run_id)
+            now = _now_us()
+            rows: builtins.list[Any] = conn.execute(
+                "SELECT seg, worker IS NOT NULL FROM run_claims WHERE run=? AND grp=? AND seg>=0 "
+                "AND done=0 AND (worker IS NULL OR expires<?) ORDER BY seg LIMIT ?",
+                (run, group, now, count),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE run_claims SET worker=?, expires=?, lease=? "
+                "WHERE run=? AND grp=? AND seg=?",
+                [(worker_id, now + _us(lease), lease, run, group, seg) for seg, _ in rows],
+            )
+        return [(int(seg), bool(taken)) for seg, taken in rows]
+
+    def group_busy(self, run_id: str, group: str, worker_id: str) -> bool:
+        conn = self.db.read()
+        with translate_errors("reading claims"):
+            run = self._run_seq(conn, run_id)
+            row = conn.execute(
+                "SELECT 1 FROM run_claims WHERE run=? AND grp=? AND seg>=0 AND done=0 "
+                "AND (worker IS NULL OR worker!=?) LIMIT 1",
+                (run, group, worker_id),
+            ).fetchone()
+        return row is not None
+
+    def release_segments(
+        self, run_id: str, worker_id: str, group: str | None = None, segs: Sequence[int] = ()
+    ) -> None:
+        with self.db.write() as conn:
+            run = self._run_seq(conn, run_id)
+            sql = (
+                "UPDATE run_claims SET worker=NULL, expires=NULL "
+                "WHERE run=? AND worker=? AND done=0"
+            )
+            if group is None:
+                conn.execute(sql, (run, worker_id))
+            else:
+                conn.executemany(
+                    sql + " AND grp=? AND seg=?", [(run, worker_id, group, s) for s in segs]
+                )
+
+    def done_among(self, run_id: str, group: str, ids: Sequence[str]) -> set[str]:
+        conn = self.db.read()
+        with translate_errors("reading the item ledger"):
+            run = self._run_seq(conn, run_id)
+            sql = (
+                f"SELECT item FROM items WHERE run={int(run or 0)} "
+                "AND grp=? AND ok=1 AND item IN ({})"
+            )
+            out: set[str] = set()
+            for i in range(0, len(ids), 500):
+                part = list(ids[i : i + 500])
+                out.update(
+                    r[0]
+                    for r in conn.execute(sql.format(",".join("?" * len(part))), [group, *part])
+                )
+        return out
+
+    def claim_stage(self, run_id: str, name: str, worker_id: str, lease: float) -> str:
+        with self.db.write() as conn:
+            run = self._run_seq(conn, run_id)
+            now = _now_us()
+            row: Any = conn.execute(
+                "SELECT worker, expires, done FROM run_claims WHERE run=? AND grp=? AND seg=-1",
+                (run, name),
+            ).fetchone()
+            if row is not None and row[2]:
+                return "done"
+            if row is not None and row[0] not in (None, worker_id) and row[1] > now:
+                return "held"
+            conn.execute(
+                "INSERT OR REPLACE INTO run_claims(run, grp, seg, worker, expires, lease, done) "
+                "VALUES (?,?,-1,?,?,?,0)",
+                (run, name, worker_id, now + _us(lease), lease),
+            )
+            return "claimed"
+
+    def finish_stage(self, run_id: str, name: str) -> None:
+        with self.db.write() as conn:
+            run = self._run_seq(conn, run_id)
+            conn.execute(
+                "UPDATE run_claims SET done=1, worker=NULL, expires=NULL "
+                "WHERE run=? AND grp=? AND seg=-1",
+                (run, name),
+            )
+
+    def _counts(self, conn: apsw.Connection, run: int, worker_id: str) -> RunCounts:
+        now = _now_us()
+        counted: Any = conn.execute(
+            "SELECT coalesce(sum(ok=1),0), coalesce(sum(ok=0 AND grp IN "
+            "(SELECT grp FROM run_groups WHERE run=?1)),0) FROM items WHERE run=?1",
+            (run,),
+        ).fetchone()
+        done, failed = counted
+        total: Any = conn.execute(
+            "SELECT coalesce(sum(total),0) FROM run_groups WHERE run=?", (run,)
+        ).fetchone()
+        claimed: Any = conn.execute(
+            "SELECT coalesce(sum(min(g.seg_size, g.total - c.seg*g.seg_size)),0) "
+            "FROM run_claims c JOIN run_groups g ON g.run=c.run AND g.grp=c.grp "
+            "WHERE c.run=? AND c.seg>=0 AND c.done=0 AND c.worker IS NOT NULL AND c.expires>?",
+            (run, now),
+        ).fetchone()
+        open_work: Any = conn.execute(
+            "SELECT count(*) FROM run_claims WHERE run=? AND done=0", (run,)
+        ).fetchone()
+        live: Any = conn.execute(
+            "SELECT count(*) FROM run_workers WHERE run=? AND gone=0 AND expires>?", (run, now)
+        ).fetchone()
+        errors = tuple(
+            r[0]
+            for r in conn.execute(
+                "SELECT error FROM run_workers WHERE run=? AND error IS NOT NULL "
+                "ORDER BY started_at",
+                (run,),
+            )
+        )
+        pending = max(0, int(total[0]) - int(done) - int(failed) - int(claimed[0]))
+        return RunCounts(
+            int(done),
+            int(failed),
+            int(claimed[0]),
+            pending,
+            int(open_work[0]),
+            int(live[0]),
+            errors,
+            self._others_live(conn, run, worker_id, now),
+        )
+
+    def leave_run(self, run_id: str, worker_id: str, error: str | None) -> RunCounts:
+        with self.db.write() as conn:
+            run = self._run_seq(conn, run_id)
+            if run is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            now = _now_us()
+            conn.execute(
+                "UPDATE run_workers SET gone=1, error=?, expires=?, beat_at=? "
+                "WHERE run=? AND worker=?",
+                (error, now, now, run, worker_id),
+            )
+            conn.execute(
+                "UPDATE run_claims SET worker=NULL, expires=NULL "
+                "WHERE run=? AND worker=? AND done=0",
+                (run, worker_id),
+            )
+            return self._counts(conn, run, worker_id)
+
+    def run_counts(self, run_id: str) -> RunCounts:
+        conn = self.db.read()
+        with translate_errors("reading a run's counts"):
+            run = self._run_seq(conn, run_id)
+            if run is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            return self._counts(conn, run, "")
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _us(seconds: float) -> int:
+    return int(seconds * 1_000_000)
+
+
+def _other_ids(group: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"item group {group!r} is being worked on by other live workers with other item ids",
+        hint="Every worker of a run must pass the same ids, in the same order, to run.items().",
+    )

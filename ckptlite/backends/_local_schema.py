@@ -136,6 +136,49 @@ MIGRATIONS: list[str] = [
     """
     DROP INDEX IF EXISTS checkpoints_process_seq;
     """,
+    # 9: runs shared by many workers (runs.py). ``run_key`` names the work a run does
+    # (mgr.run(key=...)); ``run_workers`` are the workers that joined, with their lease;
+    # ``run_groups`` the item groups registered (a fingerprint of their ids, cut into
+    # batches of ``seg_size``); ``run_claims`` one row per batch (seg >= 0) or begun
+    # stage (seg = -1): who holds it until when, and whether it is done. Times are
+    # microseconds of the machine's clock (one machine shares a local store).
+    """
+    ALTER TABLE runs ADD COLUMN run_key TEXT;
+    CREATE INDEX runs_key ON runs(process_id, run_key, seq) WHERE run_key IS NOT NULL;
+    CREATE TABLE run_workers (
+        run INTEGER NOT NULL,
+        worker TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        node TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        beat_at INTEGER NOT NULL,
+        expires INTEGER NOT NULL,
+        lease REAL NOT NULL,
+        gone INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        PRIMARY KEY (run, worker)
+    ) WITHOUT ROWID;
+    CREATE TABLE run_groups (
+        run INTEGER NOT NULL,
+        grp TEXT NOT NULL,
+        total INTEGER NOT NULL,
+        seg_size INTEGER NOT NULL,
+        fingerprint TEXT NOT NULL,
+        PRIMARY KEY (run, grp)
+    ) WITHOUT ROWID;
+    CREATE TABLE run_claims (
+        run INTEGER NOT NULL,
+        grp TEXT NOT NULL,
+        seg INTEGER NOT NULL,
+        worker TEXT,
+        expires INTEGER,
+        lease REAL,
+        done INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (run, grp, seg)
+    ) WITHOUT ROWID;
+    CREATE INDEX run_claims_open ON run_claims(run, grp, seg) WHERE done = 0;
+    """,
 ]
 
 CHECKPOINT_COLS = (

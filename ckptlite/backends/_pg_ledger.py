@@ -13,8 +13,8 @@ from datetime import UTC
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import InvalidInputError, RunNotFoundError
-from ..types import ItemMark, ItemRecord, RunRecord, RunStatus
-from .base import ledger_entry_wins
+from ..types import ItemMark, ItemRecord, RunCounts, RunRecord, RunStatus, WorkerInfo, WorkerRecord
+from .base import join_decision, ledger_entry_wins
 
 if TYPE_CHECKING:
     from psycopg import sql
@@ -113,20 +113,19 @@ class LedgerMixin:
         return int(row[0])
 
     def create_run(self, run: RunRecord) -> RunRecord:
+        return self._run("creating a run", lambda c: self._insert_run(c, run, None), write=True)
+
+    def _insert_run(self, conn: Conn, run: RunRecord, key: str | None) -> RunRecord:
         q = self._q(
             "INSERT INTO {runs} (id, process_id, status, started_at, updated_at, finished_at, "
-            "error, progress_done, progress_total, changed) VALUES "
-            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING "
+            "error, progress_done, progress_total, changed, run_key) VALUES "
+            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING "
             f"RETURNING {_RUN_COLS}"
         )
-
-        def go(conn: Conn) -> RunRecord:
-            row = conn.execute(q, _run_values(run, self._tick(conn))).fetchone()
-            if row is None:
-                raise InvalidInputError(f"run {run.id} exists already", run_id=run.id)
-            return _run_row(row)
-
-        return self._run("creating a run", go, write=True)
+        row = conn.execute(q, (*_run_values(run, self._tick(conn)), key)).fetchone()
+        if row is None:
+            raise InvalidInputError(f"run {run.id} exists already", run_id=run.id)
+        return _run_row(row)
 
     def update_run(self, run: RunRecord) -> RunRecord:
         q = self._q(
@@ -187,7 +186,14 @@ class LedgerMixin:
         rows = self._run("listing runs", lambda c: c.execute(q, args).fetchall())
         return [_run_row(r) for r in rows]
 
-    def mark_items(self, run_id: str, marks: Sequence[ItemMark]) -> int:
+    def mark_items(
+        self,
+        run_id: str,
+        marks: Sequence[ItemMark],
+        *,
+        closing: Sequence[tuple[str, int]] = (),
+        worker_id: str | None = None,
+    ) -> int:
         q = self._q(
             "INSERT INTO {items} AS o (run, grp, item, ok, attempts, error, state, changed) "
             "VALUES (%s, %s, %s, %s, 1, %s, %s, %s) ON CONFLICT (run, grp, item) DO UPDATE SET "
@@ -202,6 +208,15 @@ class LedgerMixin:
                 with conn.cursor() as cur:
                     cur.executemany(
                         q, [(run, m.group, m.item_id, m.ok, m.error, m.state, tick) for m in marks]
+                    )
+            if closing:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        self._q(
+                            "UPDATE {run_claims} SET done = true, worker = NULL, expires = NULL "
+                            "WHERE run = %s AND grp = %s AND seg = %s AND worker = %s AND NOT done"
+                        ),
+                        [(run, g, seg, worker_id) for g, seg in closing],
                     )
             return tick
 
@@ -341,3 +356,358 @@ class LedgerMixin:
             return written
 
         return self._run("importing the item ledger", go, write=True, idempotent=True)
+
+    # -- runs shared by many workers ----------------------------------------------------
+
+    def join_run(
+        self, fresh: RunRecord, key: str | None, worker: WorkerInfo | None, *, force: bool
+    ) -> tuple[RunRecord, str]:
+        from .postgres import _lock_key
+
+        text = f"SELECT {_RUN_COLS} FROM {{runs}} WHERE process_id = %s"
+        args: builtins.list[Any] = [fresh.process_id]
+        if key is not None:
+            text += " AND run_key = %s"
+            args.append(key)
+        find = self._q(text + " ORDER BY seq DESC LIMIT 1")
+        resume = self._q(
+            "UPDATE {runs} SET status = 'running', error = NULL, finished_at = NULL, "
+            f"updated_at = %s, changed = %s WHERE seq = %s RETURNING {_RUN_COLS}"
+        )
+
+        def go(conn: Conn) -> tuple[RunRecord, str]:
+            # One lock per process id: two workers starting at once see each other's run.
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(%s)",
+                (_lock_key("run", self.store_id(), fresh.process_id),),
+            )
+            row = conn.execute(find, args).fetchone()
+            newest = None if row is None else _run_row(row)
+            how = join_decision(
+                None if newest is None else newest.status, keyed=key is not None, force=force
+            )
+            if how == "reuse":
+                assert newest is not None
+                return newest, how
+            if how == "create":
+                run = self._insert_run(conn, fresh, key)
+            else:
+                assert newest is not None
+                run = newest
+                if how == "resume":
+                    got = conn.execute(
+                        resume, (fresh.updated_at, self._tick(conn), run.seq)
+                    ).fetchone()
+                    assert got is not None
+                    run = _run_row(got)
+            if worker is not None:
+                self._add_worker(conn, run.seq, worker, reset=how == "resume")
+            return run, how
+
+        return self._run("joining a run", go, write=True)
+
+    def _add_worker(self, conn: Conn, run: int, w: WorkerInfo, *, reset: bool) -> None:
+        if reset:
+            for table in ("run_workers", "run_groups", "run_claims"):
+                conn.execute(self._q(f"DELETE FROM {{{table}}} WHERE run = %s"), (run,))
+        conn.execute(
+            self._q(
+                "INSERT INTO {run_workers} (run, worker, host, pid, node, started_at, beat_at, "
+                "expires, lease) VALUES (%s, %s, %s, %s, %s, clock_timestamp(), "
+                "clock_timestamp(), clock_timestamp() + make_interval(secs => %s), %s) "
+                "ON CONFLICT (run, worker) DO UPDATE SET gone = false, error = NULL, "
+                "beat_at = EXCLUDED.beat_at, expires = EXCLUDED.expires"
+            ),
+            (run, w.worker_id, w.host, w.pid, w.node, w.lease, w.lease),
+        )
+
+    def add_worker(self, run_id: str, worker: WorkerInfo, *, reset: bool = False) -> None:
+        def go(conn: Conn) -> None:
+            self._add_worker(conn, self._run_seq(conn, run_id), worker, reset=reset)
+
+        self._run("joining a run", go, write=True)
+
+    def _others_live(self, conn: Conn, run: int, worker_id: str) -> int:
+        row = conn.execute(
+            self._q(
+                "SELECT count(*) FROM {run_workers} WHERE run = %s AND worker <> %s "
+                "AND NOT gone AND expires > clock_timestamp()"
+            ),
+            (run, worker_id),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def heartbeat(self, run_id: str, worker_id: str) -> int:
+        def go(conn: Conn) -> int:
+            run = self._run_seq(conn, run_id)
+            conn.execute(
+                self._q(
+                    "UPDATE {run_workers} SET beat_at = clock_timestamp(), expires = "
+                    "clock_timestamp() + make_interval(secs => lease) "
+                    "WHERE run = %s AND worker = %s AND NOT gone"
+                ),
+                (run, worker_id),
+            )
+            conn.execute(
+                self._q(
+                    "UPDATE {run_claims} SET expires = clock_timestamp() + "
+                    "make_interval(secs => lease) WHERE run = %s AND worker = %s AND NOT done"
+                ),
+                (run, worker_id),
+            )
+            return self._others_live(conn, run, worker_id)
+
+        return self._run("renewing leases", go, write=True, idempotent=True)
+
+    def reap_workers(self, run_id: str, worker_ids: Sequence[str]) -> None:
+        def go(conn: Conn) -> None:
+            run = self._run_seq(conn, run_id)
+            ids = list(worker_ids)
+            conn.execute(
+                self._q(
+                    "UPDATE {run_workers} SET expires = '-infinity' "
+                    "WHERE run = %s AND worker = ANY(%s)"
+                ),
+                (run, ids),
+            )
+            conn.execute(
+                self._q(
+                    "UPDATE {run_claims} SET worker = NULL, expires = NULL "
+                    "WHERE run = %s AND worker = ANY(%s) AND NOT done"
+                ),
+                (run, ids),
+            )
+
+        self._run("expiring dead workers", go, write=True, idempotent=True)
+
+    def list_workers(self, run_id: str) -> builtins.list[WorkerRecord]:
+        q = self._q(
+            "SELECT worker, host, pid, node, started_at, beat_at, "
+            "NOT gone AND expires > clock_timestamp(), gone, error FROM {run_workers} "
+            "WHERE run = (SELECT seq FROM {runs} WHERE id = %s) ORDER BY started_at, worker"
+        )
+        rows = self._run("reading a run's workers", lambda c: c.execute(q, (run_id,)).fetchall())
+        return [
+            WorkerRecord(
+                run_id, w, host, pid, node, st.astimezone(UTC), beat.astimezone(UTC), live, gone, e
+            )
+            for w, host, pid, node, st, beat, live, gone, e in rows
+        ]
+
+    def register_group(
+        self,
+        run_id: str,
+        group: str,
+        *,
+        total: int,
+        seg_size: int,
+        fingerprint: str,
+        worker_id: str,
+    ) -> tuple[int, int]:
+        def go(conn: Conn) -> tuple[int, int]:
+            run = self._run_seq(conn, run_id)
+            # Registering workers of one group queue here (a short transaction).
+            conn.execute(self._q("SELECT 1 FROM {runs} WHERE seq = %s FOR UPDATE"), (run,))
+            others = self._others_live(conn, run, worker_id)
+            row = conn.execute(
+                self._q(
+                    "SELECT seg_size, fingerprint FROM {run_groups} WHERE run = %s AND grp = %s"
+                ),
+                (run, group),
+            ).fetchone()
+            if row is not None and others:
+                if row[1] != fingerprint:
+                    raise InvalidInputError(
+                        f"item group {group!r} is being worked on by other live workers with "
+                        "other item ids",
+                        hint="Every worker of a run must pass the same ids, in the same order, "
+                        "to run.items().",
+                    )
+                return int(row[0]), others
+            conn.execute(
+                self._q("DELETE FROM {run_claims} WHERE run = %s AND grp = %s AND seg >= 0"),
+                (run, group),
+            )
+            conn.execute(
+                self._q(
+                    "INSERT INTO {run_groups} (run, grp, total, seg_size, fingerprint) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run, grp) DO UPDATE SET "
+                    "total = EXCLUDED.total, seg_size = EXCLUDED.seg_size, "
+                    "fingerprint = EXCLUDED.fingerprint"
+                ),
+                (run, group, total, seg_size, fingerprint),
+            )
+            conn.execute(
+                self._q(
+                    "INSERT INTO {run_claims} (run, grp, seg) "
+                    "SELECT %s, %s, s FROM generate_series(0, %s - 1) AS s"
+                ),
+                (run, group, -(-total // seg_size)),
+            )
+            return seg_size, others
+
+        return self._run("registering an item group", go, write=True)
+
+    def claim_segments(
+        self, run_id: str, group: str, worker_id: str, count: int, lease: float
+    ) -> builtins.list[tuple[int, bool]]:
+        # procrastinate's claim: one statement picks free rows, skipping rows another
+        # transaction holds (never waiting for it), and stamps them with a lease set
+        # by the database's clock.
+        q = self._q(
+            "UPDATE {run_claims} c SET worker = %s, lease = %s, "
+            "expires = clock_timestamp() + make_interval(secs => %s) "
+            "FROM (SELECT grp, seg, worker IS NOT NULL AS taken FROM {run_claims} "
+            "WHERE run = %s AND grp = %s AND seg >= 0 AND NOT done "
+            "AND (worker IS NULL OR expires < clock_timestamp()) "
+            "ORDER BY seg LIMIT %s FOR UPDATE SKIP LOCKED) f "
+            "WHERE c.run = %s AND c.grp = f.grp AND c.seg = f.seg RETURNING c.seg, f.taken"
+        )
+
+        def go(conn: Conn) -> builtins.list[tuple[int, bool]]:
+            run = self._run_seq(conn, run_id)
+            rows = conn.execute(q, (worker_id, lease, lease, run, group, count, run)).fetchall()
+            return sorted((int(seg), bool(taken)) for seg, taken in rows)
+
+        return self._run("claiming work items", go, write=True)
+
+    def group_busy(self, run_id: str, group: str, worker_id: str) -> bool:
+        q = self._q(
+            "SELECT 1 FROM {run_claims} WHERE run = (SELECT seq FROM {runs} WHERE id = %s) "
+            "AND grp = %s AND seg >= 0 AND NOT done AND worker IS DISTINCT FROM %s LIMIT 1"
+        )
+        row = self._run(
+            "reading claims", lambda c: c.execute(q, (run_id, group, worker_id)).fetchone()
+        )
+        return row is not None
+
+    def release_segments(
+        self, run_id: str, worker_id: str, group: str | None = None, segs: Sequence[int] = ()
+    ) -> None:
+        text = (
+            "UPDATE {run_claims} SET worker = NULL, expires = NULL "
+            "WHERE run = (SELECT seq FROM {runs} WHERE id = %s) AND worker = %s AND NOT done"
+        )
+        args: builtins.list[Any] = [run_id, worker_id]
+        if group is not None:
+            text += " AND grp = %s AND seg = ANY(%s)"
+            args += [group, list(segs)]
+        q = self._q(text)
+        self._run("releasing claims", lambda c: c.execute(q, args), write=True, idempotent=True)
+
+    def done_among(self, run_id: str, group: str, ids: Sequence[str]) -> set[str]:
+        q = self._q(
+            "SELECT item FROM {items} WHERE run = (SELECT seq FROM {runs} WHERE id = %s) "
+            "AND grp = %s AND ok AND item = ANY(%s)"
+        )
+        rows = self._run(
+            "reading the item ledger", lambda c: c.execute(q, (run_id, group, list(ids))).fetchall()
+        )
+        return {r[0] for r in rows}
+
+    def claim_stage(self, run_id: str, name: str, worker_id: str, lease: float) -> str:
+        def go(conn: Conn) -> str:
+            run = self._run_seq(conn, run_id)
+            conn.execute(
+                self._q(
+                    "INSERT INTO {run_claims} (run, grp, seg) VALUES (%s, %s, -1) "
+                    "ON CONFLICT DO NOTHING"
+                ),
+                (run, name),
+            )
+            row = conn.execute(
+                self._q(
+                    "SELECT worker, expires > clock_timestamp(), done FROM {run_claims} "
+                    "WHERE run = %s AND grp = %s AND seg = -1 FOR UPDATE"
+                ),
+                (run, name),
+            ).fetchone()
+            assert row is not None
+            if row[2]:
+                return "done"
+            if row[0] not in (None, worker_id) and row[1]:
+                return "held"
+            conn.execute(
+                self._q(
+                    "UPDATE {run_claims} SET worker = %s, lease = %s, "
+                    "expires = clock_timestamp() + make_interval(secs => %s) "
+                    "WHERE run = %s AND grp = %s AND seg = -1"
+                ),
+                (worker_id, lease, lease, run, name),
+            )
+            return "claimed"
+
+        return self._run("claiming a stage", go, write=True)
+
+    def finish_stage(self, run_id: str, name: str) -> None:
+        q = self._q(
+            "UPDATE {run_claims} SET done = true, worker = NULL, expires = NULL "
+            "WHERE run = (SELECT seq FROM {runs} WHERE id = %s) AND grp = %s AND seg = -1"
+        )
+        self._run(
+            "finishing a stage", lambda c: c.execute(q, (run_id, name)), write=True, idempotent=True
+        )
+
+    def _counts(self, conn: Conn, run: int, worker_id: str) -> RunCounts:
+        row = conn.execute(
+            self._q(
+                "SELECT "
+                "(SELECT count(*) FILTER (WHERE ok) FROM {items} WHERE run = %(r)s), "
+                "(SELECT count(*) FILTER (WHERE NOT ok) FROM {items} WHERE run = %(r)s AND grp IN "
+                " (SELECT grp FROM {run_groups} WHERE run = %(r)s)), "
+                "(SELECT coalesce(sum(total), 0) FROM {run_groups} WHERE run = %(r)s), "
+                "(SELECT coalesce(sum(LEAST(g.seg_size, g.total - c.seg * g.seg_size)), 0) "
+                " FROM {run_claims} c JOIN {run_groups} g ON g.run = c.run AND g.grp = c.grp "
+                " WHERE c.run = %(r)s AND c.seg >= 0 AND NOT c.done AND c.worker IS NOT NULL "
+                " AND c.expires > clock_timestamp()), "
+                "(SELECT count(*) FROM {run_claims} WHERE run = %(r)s AND NOT done), "
+                "(SELECT count(*) FROM {run_workers} WHERE run = %(r)s AND NOT gone "
+                " AND expires > clock_timestamp()), "
+                "(SELECT coalesce(array_agg(error ORDER BY started_at), '{{}}') "
+                " FROM {run_workers} WHERE run = %(r)s AND error IS NOT NULL)"
+            ),
+            {"r": run},
+        ).fetchone()
+        assert row is not None
+        done, failed, total, claimed, open_work, live, errors = row
+        return RunCounts(
+            int(done),
+            int(failed),
+            int(claimed),
+            max(0, int(total) - int(done) - int(failed) - int(claimed)),
+            int(open_work),
+            int(live),
+            tuple(errors),
+            self._others_live(conn, run, worker_id),
+        )
+
+    def leave_run(self, run_id: str, worker_id: str, error: str | None) -> RunCounts:
+        def go(conn: Conn) -> RunCounts:
+            run = self._run_seq(conn, run_id)
+            # Leaving workers queue on the run's row: the last one out sees the others gone.
+            conn.execute(self._q("SELECT 1 FROM {runs} WHERE seq = %s FOR UPDATE"), (run,))
+            conn.execute(
+                self._q(
+                    "UPDATE {run_workers} SET gone = true, error = %s, "
+                    "beat_at = clock_timestamp(), expires = clock_timestamp() "
+                    "WHERE run = %s AND worker = %s"
+                ),
+                (error, run, worker_id),
+            )
+            conn.execute(
+                self._q(
+                    "UPDATE {run_claims} SET worker = NULL, expires = NULL "
+                    "WHERE run = %s AND worker = %s AND NOT done"
+                ),
+                (run, worker_id),
+            )
+            return self._counts(conn, run, worker_id)
+
+        return self._run("leaving a run", go, write=True, idempotent=True)
+
+    def run_counts(self, run_id: str) -> RunCounts:
+        def go(conn: Conn) -> RunCounts:
+            return self._counts(conn, self._run_seq(conn, run_id), "")
+
+        return self._run("reading a run's counts", go)

@@ -162,12 +162,53 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE {sync_marks} ADD COLUMN IF NOT EXISTS checkpoint_id TEXT",
         "ALTER TABLE {chunks} ADD COLUMN IF NOT EXISTS bad BOOLEAN NOT NULL DEFAULT false",
     ),
+    (
+        # Runs shared by many workers (runs.py; the local store's migration 9): the
+        # key of a run's work, its workers with their leases, its item groups cut into
+        # batches, and one claim row per batch (seg >= 0) or begun stage (seg = -1).
+        # Leases run on the database's clock (clock_timestamp()), never a worker's.
+        "ALTER TABLE {runs} ADD COLUMN IF NOT EXISTS run_key TEXT",
+        "CREATE INDEX {runs_key} ON {runs}(process_id, run_key, seq) WHERE run_key IS NOT NULL",
+        """CREATE TABLE {run_workers} (
+            run BIGINT NOT NULL REFERENCES {runs}(seq) ON DELETE CASCADE,
+            worker TEXT NOT NULL,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            node TEXT NOT NULL,
+            started_at TIMESTAMPTZ NOT NULL,
+            beat_at TIMESTAMPTZ NOT NULL,
+            expires TIMESTAMPTZ NOT NULL,
+            lease DOUBLE PRECISION NOT NULL,
+            gone BOOLEAN NOT NULL DEFAULT false,
+            error TEXT,
+            PRIMARY KEY (run, worker)
+        )""",
+        """CREATE TABLE {run_groups} (
+            run BIGINT NOT NULL REFERENCES {runs}(seq) ON DELETE CASCADE,
+            grp TEXT NOT NULL,
+            total BIGINT NOT NULL,
+            seg_size INTEGER NOT NULL,
+            fingerprint TEXT NOT NULL,
+            PRIMARY KEY (run, grp)
+        )""",
+        """CREATE TABLE {run_claims} (
+            run BIGINT NOT NULL REFERENCES {runs}(seq) ON DELETE CASCADE,
+            grp TEXT NOT NULL,
+            seg INTEGER NOT NULL,
+            worker TEXT,
+            expires TIMESTAMPTZ,
+            lease DOUBLE PRECISION,
+            done BOOLEAN NOT NULL DEFAULT false,
+            PRIMARY KEY (run, grp, seg)
+        )""",
+        "CREATE INDEX {run_claims_open} ON {run_claims}(run, grp, seg) WHERE NOT done",
+    ),
 ]
 
 
 def names(table: str, prefix: str) -> dict[str, sql.Identifier]:
     """Return the identifiers the DDL and queries are formatted with."""
-    own = ("meta", "records", "chunks", "refs", "sync_marks", "runs", "items", "ledger_clock")
+    own = _OWN_TABLES
     out = {"t": sql.Identifier(table)}
     for idx in ("processor", "level", "status", "created"):
         out[f"idx_{idx}"] = sql.Identifier(f"idx_{table}_{idx}")
@@ -180,6 +221,8 @@ def names(table: str, prefix: str) -> dict[str, sql.Identifier]:
         "runs_process",
         "runs_changed",
         "items_changed",
+        "runs_key",
+        "run_claims_open",
     ):
         out[name] = sql.Identifier(prefix + name)
     return out
@@ -201,7 +244,19 @@ _LEGACY_NAMES = (
     "idx_{t}_status",
     "idx_{t}_created",
 )
-_OWN_TABLES = ("meta", "records", "chunks", "refs", "sync_marks", "runs", "items", "ledger_clock")
+_OWN_TABLES = (
+    "meta",
+    "records",
+    "chunks",
+    "refs",
+    "sync_marks",
+    "runs",
+    "items",
+    "ledger_clock",
+    "run_workers",
+    "run_groups",
+    "run_claims",
+)
 _OWN_NAMES = (
     *(f"{{p}}{n}" for n in _OWN_TABLES),
     *(f"_{{p}}{n}" for n in _OWN_TABLES),
@@ -222,6 +277,11 @@ _OWN_NAMES = (
     "{p}items_changed",
     "{p}items_run_fkey",
     "{p}ledger_clock_k_check",
+    "{p}runs_key",
+    "{p}run_claims_open",
+    "{p}run_workers_run_fkey",
+    "{p}run_groups_run_fkey",
+    "{p}run_claims_run_fkey",
 )
 
 

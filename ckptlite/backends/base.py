@@ -20,10 +20,14 @@ from ..types import (
     ItemMark,
     ItemRecord,
     Level,
+    RunCounts,
     RunRecord,
+    RunStatus,
     Status,
     StoredChunk,
     StoredRecord,
+    WorkerInfo,
+    WorkerRecord,
 )
 
 __all__ = [
@@ -33,6 +37,7 @@ __all__ = [
     "StructureCheck",
     "dump_metadata",
     "from_micros",
+    "join_decision",
     "ledger_entry_wins",
     "load_metadata",
     "to_micros",
@@ -319,14 +324,23 @@ class Backend(Protocol):
         lowest ``changed`` first.
         """
 
-    def mark_items(self, run_id: str, marks: Sequence[ItemMark]) -> int:
+    def mark_items(
+        self,
+        run_id: str,
+        marks: Sequence[ItemMark],
+        *,
+        closing: Sequence[tuple[str, int]] = (),
+        worker_id: str | None = None,
+    ) -> int:
         """Record done- and failed-marks with their states, all in ONE transaction.
 
         A new item gets ``attempts=1``; an item marked failed before gets the new
         mark and ``attempts+1``; an item already done is left as it is (the first
         done-mark wins, so no item is ever recorded done twice). Marks of one call
         apply in order. Every item written gets the same new ledger clock value,
-        which is returned.
+        which is returned. ``closing``: ``(group, batch)`` claims of ``worker_id``
+        whose items are all marked, set done in the same transaction (a batch
+        another worker holds now is left to it).
 
         Raises:
             RunNotFoundError: no such run (nothing written).
@@ -353,6 +367,101 @@ class Backend(Protocol):
         ``after_changed`` keeps only entries written after that clock value (for sync).
         An unknown run has no entries.
         """
+
+    # -- runs shared by many workers (claims with leases; see ckptlite.runs) ------------
+
+    def join_run(
+        self, fresh: RunRecord, key: str | None, worker: WorkerInfo | None, *, force: bool
+    ) -> tuple[RunRecord, str]:
+        """Atomically find the newest run of ``fresh.process_id`` (of ``key`` when given) and act.
+
+        Acts as ``join_decision`` says: inserts ``fresh`` (with ``key``), joins, resumes
+        (a failed run back to running, its old workers, batches and begun stages
+        forgotten) or reuses; registers ``worker`` unless reused. Returns the run and
+        the decision. Two workers calling this at once join one run.
+        """
+
+    def add_worker(self, run_id: str, worker: WorkerInfo, *, reset: bool = False) -> None:
+        """Register ``worker`` in a run (``reset``: forget old workers, batches, begun stages).
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+
+    def heartbeat(self, run_id: str, worker_id: str) -> int:
+        """Renew the leases of a worker and of what it holds; return the other live workers."""
+
+    def reap_workers(self, run_id: str, worker_ids: Sequence[str]) -> None:
+        """Expire workers known dead now: their claims return to the pool."""
+
+    def list_workers(self, run_id: str) -> builtins.list[WorkerRecord]:
+        """Return a run's workers, oldest first (``live`` by the store's clock)."""
+
+    def register_group(
+        self,
+        run_id: str,
+        group: str,
+        *,
+        total: int,
+        seg_size: int,
+        fingerprint: str,
+        worker_id: str,
+    ) -> tuple[int, int]:
+        """Register an item group cut into batches; return ``(batch size in use, others live)``.
+
+        A worker alone in the run (re)registers the group afresh; joining workers
+        adopt the registered batch size.
+
+        Raises:
+            InvalidInputError: other live workers registered other ids for the group.
+        """
+
+    def claim_segments(
+        self, run_id: str, group: str, worker_id: str, count: int, lease: float
+    ) -> builtins.list[tuple[int, bool]]:
+        """Claim up to ``count`` free batches (never held, or their lease expired).
+
+        Returns ``(batch, taken over)`` pairs, lowest first; never waits for a lock
+        another worker holds.
+        """
+
+    def group_busy(self, run_id: str, group: str, worker_id: str) -> bool:
+        """Tell whether batches of the group not done are held by other workers."""
+
+    def release_segments(
+        self, run_id: str, worker_id: str, group: str | None = None, segs: Sequence[int] = ()
+    ) -> None:
+        """Let go of a worker's claims not done (of ``segs`` of ``group``, or all)."""
+
+    def done_among(self, run_id: str, group: str, ids: Sequence[str]) -> set[str]:
+        """Return which of ``ids`` are done in the group."""
+
+    def claim_stage(self, run_id: str, name: str, worker_id: str, lease: float) -> str:
+        """Try to claim a stage: ``"claimed"``, ``"done"`` or ``"held"`` (by a live worker)."""
+
+    def finish_stage(self, run_id: str, name: str) -> None:
+        """Record a stage begun with ``claim_stage`` as done."""
+
+    def leave_run(self, run_id: str, worker_id: str, error: str | None) -> RunCounts:
+        """Mark a worker gone (releasing its claims) and return the run's counts, atomically."""
+
+    def run_counts(self, run_id: str) -> RunCounts:
+        """Return a run's counts of items and workers now."""
+
+
+def join_decision(status: RunStatus | None, *, keyed: bool, force: bool) -> str:
+    """Tell what ``mgr.run`` does with the newest run it found (status, or None if none).
+
+    ``"create"`` a new run, ``"join"`` a running one, ``"resume"`` a failed one
+    (back to running), or ``"reuse"`` a completed one of the same key.
+    """
+    if status is None:
+        return "create"
+    if status == RunStatus.RUNNING:
+        return "join"
+    if status == RunStatus.COMPLETED:
+        return "reuse" if keyed and not force else "create"
+    return "create" if force else "resume"
 
 
 def ledger_entry_wins(new_ok: bool, new_attempts: int, old: tuple[bool, int] | None) -> bool:

@@ -27,12 +27,13 @@ from ..types import (
     StoredChunk,
     StoredRecord,
 )
+from ._memory_ledger import MemoryClaimsMixin
 from .base import ListQuery, Staged, StructureCheck, ledger_entry_wins
 
 __all__ = ["MemoryBackend"]
 
 
-class MemoryBackend:
+class MemoryBackend(MemoryClaimsMixin):
     """Records and chunks in dicts; gone when the process ends."""
 
     def __init__(self, url: str = "memory://", *, hash_name: str = DEFAULT_HASH) -> None:
@@ -52,6 +53,7 @@ class MemoryBackend:
         self._store_id = uuid.uuid4().hex
         self._marks: dict[str, int] = {}
         self._mark_ids: dict[str, str | None] = {}
+        self._claims_init()
 
     def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
         # Copied as they come, outside the lock: a stream's chunk may be a view of a
@@ -258,8 +260,16 @@ class MemoryBackend:
             runs.sort(key=lambda r: r.changed)
         return runs if limit is None else runs[:limit]
 
-    def mark_items(self, run_id: str, marks: Sequence[ItemMark]) -> int:
+    def mark_items(
+        self,
+        run_id: str,
+        marks: Sequence[ItemMark],
+        *,
+        closing: Sequence[tuple[str, int]] = (),
+        worker_id: str | None = None,
+    ) -> int:
         with self._lock:
+            self._close(run_id, closing, worker_id)
             self.get_run(run_id)
             self._clock += 1
             tick = self._clock
