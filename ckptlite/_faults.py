@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["POINTS", "point"]
+__all__ = ["POINTS", "RUN_POINTS", "point"]
 
 #: Every crash point the core calls, in write-path order.
 POINTS = (
@@ -24,6 +24,10 @@ POINTS = (
     "commit.after_commit",  # committed, save() has not returned
     "gc.after_delete",  # chunk rows deleted and committed, files not yet unlinked
     "gc.after_repack",  # live chunks moved to a new pack and committed, old packs not unlinked
+)
+#: Crash points of runs shared by many workers (runs.py, the backends' ledgers).
+RUN_POINTS = (
+    "claim.in_transaction",  # batches claimed (rows updated), COMMIT not yet run
 )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import apsw
 
+from .. import _faults
 from .._sqlite import Database, translate_errors
 from ..errors import InvalidInputError, RunNotFoundError
 from ..types import ItemMark, ItemRecord, RunCounts, RunRecord, WorkerInfo, WorkerRecord
@@ -482,6 +483,7 @@ class LocalLedgerMixin:
                 "WHERE run=? AND grp=? AND seg=?",
                 [(worker_id, now + _us(lease), lease, run, group, seg) for seg, _ in rows],
             )
+            _faults.point("claim.in_transaction")
         return [(int(seg), bool(taken)) for seg, taken in rows]
 
     def group_busy(self, run_id: str, group: str, worker_id: str) -> bool:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .. import _faults
 from ..errors import InvalidInputError, RunNotFoundError
 from ..types import ItemMark, ItemRecord, RunCounts, RunRecord, RunStatus, WorkerInfo, WorkerRecord
 from .base import join_decision, ledger_entry_wins
@@ -568,6 +569,7 @@ class LedgerMixin:
         def go(conn: Conn) -> builtins.list[tuple[int, bool]]:
             run = self._run_seq(conn, run_id)
             rows = conn.execute(q, (worker_id, lease, lease, run, group, count, run)).fetchall()
+            _faults.point("claim.in_transaction")
             return sorted((int(seg), bool(taken)) for seg, taken in rows)
 
         return self._run("claiming work items", go, write=True)

@@ -1,0 +1,394 @@
+"""Runs shared by many workers (runs.py): real processes, a real local store and PostgreSQL.
+
+Workers are ``tests/shared_worker.py`` processes released together by a barrier
+file; every piece of work they start is logged, so a test sees both what the
+ledger recorded (each item exactly once) and what ran twice (only what a dead
+worker had claimed and not committed).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ckptlite
+from ckptlite import Level, RunStatus
+from ckptlite.errors import InvalidInputError
+from ckptlite.runs import decode_item_state, run_key
+
+WORKER = Path(__file__).resolve().parent / "shared_worker.py"
+
+
+def store_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if kind == "pg":
+        return str(request.getfixturevalue("pg_schema"))
+    return str(tmp_path / "store")
+
+
+class Pool:
+    """N worker processes of one config, started at the same instant by a barrier."""
+
+    def __init__(self, out: Path, n: int, env: dict[str, str] | None = None, **cfg: Any) -> None:
+        self.out = out
+        out.mkdir(exist_ok=True)
+        self.cfg = {"out": str(out), **cfg}
+        self.procs = [self.spawn(env) for _ in range(n)]
+        deadline = time.monotonic() + 60
+        while len(list(out.glob("ready-*"))) < n:
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.01)
+        (out / "go").touch()
+
+    def spawn(self, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, str(WORKER), json.dumps(self.cfg)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+
+    def did(self, proc: subprocess.Popen[str]) -> list[str]:
+        path = self.out / f"did-{proc.pid}"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def wait_for(self, proc: subprocess.Popen[str], lines: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.did(proc)) < lines:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the worker made no progress"
+            time.sleep(0.005)
+
+    def finish(self, procs: list[subprocess.Popen[str]], timeout: float = 120) -> list[str]:
+        outs = []
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=timeout)
+            assert p.returncode == 0, stderr
+            assert stdout.startswith("finished"), stderr
+            outs.append(stdout)
+        return outs
+
+    def work_counts(self) -> collections.Counter[str]:
+        """How many times each item (and the stage) was started, over every worker."""
+        c: collections.Counter[str] = collections.Counter()
+        for path in self.out.glob("did-*"):
+            for line in path.read_text().splitlines():
+                if not line.startswith(("worker", "dropped")):
+                    c[line.split()[-1]] += 1
+        return c
+
+
+def check_ledger(url: str, groups: dict[str, int]) -> ckptlite.RunRecord:
+    """One run, COMPLETED, each item done exactly once with a loadable state."""
+    with ckptlite.open(url) as mgr:
+        (run,) = mgr.list_runs("job")
+        assert run.status is RunStatus.COMPLETED, run
+        for group, n in groups.items():
+            ledger = mgr.backend.list_items(run.id, group)
+            assert sorted(e.item_id for e in ledger) == [f"{group}{i:04d}" for i in range(n)]
+            assert all(e.ok and e.attempts == 1 for e in ledger)
+            for e in ledger:
+                state = decode_item_state(e.state)
+                assert state["id"] == e.item_id and state["arr"] == [0, 1, 2, 3, 4]
+        return run
+
+
+# -- started together -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["local", "pg"])
+def test_barrier_started_workers_join_one_run_and_do_each_item_once(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = store_url(kind, tmp_path, request)
+    pool = Pool(tmp_path / "w", 4, url=url, groups={"t": 160}, delay=0.01, claim=4)
+    outs = pool.finish(pool.procs)
+    assert len({o.split()[1] for o in outs}) == 1  # every worker was in the same run
+    run = check_ledger(url, {"t": 160})
+    work = pool.work_counts()
+    assert len(work) == 160 and set(work.values()) == {1}  # nobody did anything twice
+    busy = [p for p in pool.procs if sum(1 for line in pool.did(p) if line.startswith("t "))]
+    assert len(busy) >= 2  # the work was shared, not done by the first one alone
+    with ckptlite.open(url) as mgr:
+        (view,) = mgr.run_overview("job")
+        assert view.run.id == run.id and view.counts.done == 160 and view.counts.pending == 0
+        assert len(view.workers) == 4 and not any(w.live for w in view.workers)
+
+
+def test_threads_started_together_join_one_run(tmp_path: Path) -> None:
+    url = str(tmp_path / "s")
+    ids = [f"i{n}" for n in range(300)]
+    barrier = threading.Barrier(3)
+    runs: list[str] = []
+    done: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with ckptlite.open(url) as mgr:
+            barrier.wait()
+            with mgr.run("job", batch_size=7) as run:
+                runs.append(run.id)
+                for item in run.items("g", ids, claim=5):
+                    with lock:
+                        done[item.id] += 1
+                    item.done(item.id)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(set(runs)) == 1 and len(runs) == 3
+    assert set(done) == set(ids) and set(done.values()) == {1}
+    with ckptlite.open(url) as mgr:
+        (rec,) = mgr.list_runs("job")
+        assert rec.status is RunStatus.COMPLETED
+        assert len(mgr.backend.list_items(rec.id, "g")) == 300
+
+
+# -- dead, paused and disconnected workers ------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["local", "pg"])
+@pytest.mark.parametrize("remote", [False, True], ids=["same-machine", "other-machine"])
+def test_a_worker_killed_mid_batch_loses_only_its_uncommitted_items(
+    kind: str, remote: bool, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = store_url(kind, tmp_path, request)
+    # other-machine: the victim's node differs, so only its lease (1.5 s) frees its items.
+    pool = Pool(tmp_path / "w", 3, url=url, groups={"t": 120}, delay=0.02, claim=4, lease=1.5)
+    victim, *rest = pool.procs
+    if remote:
+        victim.kill()
+        victim.communicate()
+        pool.procs[0] = victim = pool.spawn({"CKPTLITE_NODE": "elsewhere"})
+    pool.wait_for(victim, 8)
+    killed_at = time.monotonic()
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    pool.finish(rest)
+    took = time.monotonic() - killed_at
+    check_ledger(url, {"t": 120})
+    work = pool.work_counts()
+    twice = {k for k, v in work.items() if v > 1}
+    mine = {line.split()[-1] for line in pool.did(victim) if line.startswith("t ")}
+    assert twice <= mine  # only what the dead worker had started ran again
+    assert took < 60
+
+
+@pytest.mark.slow
+def test_a_worker_killed_inside_its_claim_transaction(tmp_path: Path) -> None:
+    url = str(tmp_path / "store")
+    pool = Pool(tmp_path / "w", 2, url=url, groups={"t": 60}, delay=0.01, claim=3)
+    victim = pool.spawn({"CKPTLITE_CRASH_AT": "claim.in_transaction@3"})
+    victim.communicate(timeout=60)
+    assert victim.returncode == -signal.SIGKILL  # it died holding the write lock
+    pool.finish(pool.procs)
+    check_ledger(url, {"t": 60})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["local", "pg"])
+def test_a_worker_paused_past_its_lease_then_resumed(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = store_url(kind, tmp_path, request)
+    pool = Pool(
+        tmp_path / "w", 3, url=url, groups={"t": 90}, delay=0.03, claim=3, lease=1.0, batch=2
+    )
+    victim, *rest = pool.procs
+    pool.wait_for(victim, 4)
+    victim.send_signal(signal.SIGSTOP)
+    time.sleep(3.0)  # three leases: the others take its batches
+    victim.send_signal(signal.SIGCONT)
+    pool.finish(pool.procs)  # the paused one finishes too: its late marks are ignored
+    check_ledger(url, {"t": 90})
+
+
+@pytest.mark.slow
+def test_a_worker_whose_postgres_session_is_terminated(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = str(request.getfixturevalue("pg_schema"))
+    pool = Pool(tmp_path / "w", 2, url=url, groups={"t": 80}, delay=0.02, claim=4, lease=1.5)
+    victim = pool.spawn()
+    victim.kill()  # replaced by one that drops its own connection after 5 items
+    victim.communicate()
+    pool.cfg["drop_connection_at"] = 5
+    dropper = pool.spawn()
+    stdout, stderr = dropper.communicate(timeout=120)
+    # It resumes on a new connection, or fails cleanly with a ckptlite error.
+    assert dropper.returncode == 0 or "ckptlite.errors" in stderr, stderr
+    assert "dropped" in (pool.out / f"did-{dropper.pid}").read_text()
+    pool.finish(pool.procs)
+    check_ledger(url, {"t": 80})
+
+
+# -- stages -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["local", "pg"])
+def test_two_groups_and_a_stage_computed_once_by_four_workers(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = store_url(kind, tmp_path, request)
+    pool = Pool(
+        tmp_path / "w", 4, url=url, groups={"a": 40, "b": 30}, delay=0.01, claim=3, stage=0.5
+    )
+    outs = pool.finish(pool.procs)
+    assert {o.split()[2] for o in outs} == {"42"}  # every worker got the stage's result
+    assert pool.work_counts()["stage"] == 1  # computed by one of them
+    run = check_ledger(url, {"a": 40, "b": 30})
+    with ckptlite.open(url) as mgr:
+        stages = [c for c in mgr.list("job", level=Level.STAGE) if c.metadata["ckptlite.run"]]
+        assert len(stages) == 1 and mgr.load(stages[0].id) == 42
+        assert mgr.run_overview("job")[0].counts.open_work == 0 and run.id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("remote", [False, True], ids=["same-machine", "other-machine"])
+def test_a_worker_dying_inside_the_stage_function(remote: bool, tmp_path: Path) -> None:
+    url = str(tmp_path / "store")
+    env = {"CKPTLITE_NODE": "elsewhere"} if remote else None
+    pool = Pool(tmp_path / "w", 0, url=url, groups={"t": 20}, claim=2, stage=0.5, lease=1.0)
+    pool.cfg["stage"] = 30.0  # the first one would take long: it dies inside fn
+    victim = pool.spawn(env)
+    pool.wait_for(victim, 2)  # "worker ..." and "stage"
+    assert pool.did(victim)[1] == "stage"
+    pool.cfg["stage"] = 0.2
+    rest = [pool.spawn() for _ in range(2)]
+    time.sleep(0.3)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    outs = pool.finish(rest)
+    assert {o.split()[2] for o in outs} == {"42"}
+    assert pool.work_counts()["stage"] == 2  # the dead one's, and one taker's
+    check_ledger(url, {"t": 20})
+
+
+# -- in one process -------------------------------------------------------------------------
+
+
+def test_worker_identity_and_heartbeat(any_mgr: ckptlite.CheckpointManager) -> None:
+    with any_mgr.run("job", lease=0.6) as run:
+        host, pid, suffix = run.worker_id.rsplit(":", 2)
+        assert pid == str(os.getpid()) and len(suffix) == 8 and host
+        (w,) = run.workers()
+        first = w.beat_at
+        time.sleep(0.9)  # past the lease: only the heartbeat keeps it live
+        (w,) = run.workers()
+        assert w.live and w.beat_at > first and w.worker_id == run.worker_id
+    (w,) = any_mgr.run_overview("job")[0].workers
+    assert not w.live and w.left
+
+
+def test_a_worker_that_leaves_early_leaves_the_run_running(
+    any_mgr: ckptlite.CheckpointManager,
+) -> None:
+    a = any_mgr.run("job")
+    b = any_mgr.run("job")
+    assert a.id == b.id and b.resumed
+    items = list(a.items("g", ["x", "y", "z", "w"], claim=2))
+    assert [i.id for i in items] == ["x", "y", "z", "w"]  # a alone: it claimed every batch
+    for item in items:
+        item.done()
+    a.finish()
+    assert a.status is RunStatus.RUNNING  # b is still live
+    b.finish()
+    assert b.status is RunStatus.COMPLETED  # the last one out
+
+
+def test_other_ids_for_a_group_others_work_on_are_refused(
+    any_mgr: ckptlite.CheckpointManager,
+) -> None:
+    a = any_mgr.run("job")
+    b = any_mgr.run("job")
+    next(a.items("g", ["x", "y"]))
+    with pytest.raises(InvalidInputError) as e:
+        next(b.items("g", ["y", "x"]))
+    assert "same ids" in (e.value.hint or "")
+    a.finish("stop")
+    b.finish()
+
+
+def test_a_lost_mark_is_ignored_not_recorded_twice(tmp_path: Path) -> None:
+    with ckptlite.open(tmp_path / "s") as mgr:
+        slow = mgr.run("job", lease=0.3)
+        item = next(slow.items("g", ["x"], lease=0.3))
+        slow._heart.stop.set()  # type: ignore[union-attr]  # "paused": no more beats
+        time.sleep(0.5)
+        fast = mgr.run("job")
+        taken = list(fast.items("g", ["x"]))
+        assert [i.id for i in taken] == ["x"]  # its lease expired: taken over
+        taken[0].done("fast")
+        fast.commit()
+        item.done("slow")  # too late: the item is done
+        slow.commit()
+        (entry,) = fast.ledger("g")
+        assert entry.attempts == 1 and fast.results("g") == {"x": "fast"}
+        slow.finish()
+        fast.finish()
+        assert mgr.list_runs("job")[0].status is RunStatus.COMPLETED
+
+
+# -- runs that remember ---------------------------------------------------------------------
+
+
+def test_a_keyed_run_is_reused_when_completed(any_mgr: ckptlite.CheckpointManager) -> None:
+    calls: list[str] = []
+
+    def pipeline(key: Any, **kw: Any) -> ckptlite.RunRecord:
+        with any_mgr.run("geo", key=key, **kw) as run:
+            base = run.stage("base").compute(lambda: calls.append("base") or [1, 2])
+            for item in run.items("t", ["a", "b"]):
+                calls.append(item.id)
+                item.done(base[0])
+        return run.record
+
+    first = pipeline({"res": 10, "bands": ["r", "g"]})
+    assert calls == ["base", "a", "b"] and first.status is RunStatus.COMPLETED
+    with any_mgr.run("geo", key={"bands": ["r", "g"], "res": 10}) as again:  # same key
+        assert again.completed_before and again.id == first.id
+        assert again.stage("base").done and again.stage("base").result == [1, 2]
+        assert list(again.items("t", ["a", "b", "c"])) == []
+        assert again.results("t") == {"a": 1, "b": 1}
+    assert pipeline({"res": 10, "bands": ["r", "g"]}).id == first.id
+    assert calls == ["base", "a", "b"]  # nothing ran again
+    other = pipeline({"res": 20, "bands": ["r", "g"]})  # a different key: a new run
+    assert other.id != first.id and calls[3:] == ["base", "a", "b"]
+    forced = pipeline({"res": 10, "bands": ["r", "g"]}, force=True)
+    assert forced.id not in (first.id, other.id) and calls[6:] == ["base", "a", "b"]
+    # The newest run of the key is the forced one, and it completed: reused next time.
+    assert pipeline({"res": 10, "bands": ["r", "g"]}).id == forced.id
+    assert pipeline("a string key").id not in (first.id, other.id, forced.id)
+
+
+def test_an_unfinished_keyed_run_is_resumed_and_keys_are_checked(
+    any_mgr: ckptlite.CheckpointManager,
+) -> None:
+    with pytest.raises(ZeroDivisionError), any_mgr.run("geo", key="k") as run:
+        for item in run.items("t", ["a", "b"]):
+            item.done()
+            1 / 0  # noqa: B018
+    with any_mgr.run("geo", key="k") as again:
+        assert again.id == run.id and again.resumed and not again.completed_before
+        assert [i.id for i in again.items("t", ["a", "b"])] == ["b"]
+    for bad in ({"x": float("nan")}, {"x": object()}, 3):
+        with pytest.raises(InvalidInputError):
+            any_mgr.run("geo", key=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        any_mgr.run("geo", key="k", resume=False)
+    assert run_key("k") != run_key({"k": None})
