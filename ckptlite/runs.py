@@ -26,7 +26,8 @@ other workers then take them: only items it had not committed run again. When
 its batches run out, a worker waits for batches others hold, so a dead worker's
 items are taken over. A done-mark is recorded once: the first wins, and the
 mark of a worker whose lease was lost, for an item another worker has done
-since, is ignored (counted in ``run.marks_ignored``): never a second record.
+since, is ignored (its batch stays with the worker that took it over): never a
+second record.
 
 ``run.stage(name).compute(fn)``: one worker runs ``fn`` and saves the stage,
 the others wait and get its result; when it dies, another takes over after its
@@ -477,8 +478,6 @@ class Run:
         self.worker = worker
         self.completed_before = completed_before
         self.lease = worker.lease if worker else 60.0
-        #: Done-marks of this worker ignored because another worker had done the item.
-        self.marks_ignored = 0
         self._lock = threading.RLock()
         self._pending: list[ItemMark] = []
         self._closing: list[tuple[str, int]] = []

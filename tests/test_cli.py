@@ -556,6 +556,35 @@ def test_runs_json_shows_lifecycle_and_ledger_progress(
     assert code == 0 and "failed" in out and "9/10" in out
 
 
+def test_runs_shows_live_workers_and_items_done_claimed_failed_pending(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = str(tmp_path / "r")
+    with ckptlite.open(store, durability="none") as mgr:
+        run = mgr.run("tiles", batch_size=1)
+        items = run.items("t", [f"t{i}" for i in range(10)], claim=2)
+        next(items).done()
+        next(items).fail("bad")
+        next(items)  # alone, it claims more per transaction: batches 0 (its marks not
+        # committed with the close yet), 1 and 2 are held: 6 items claimed
+        (view,) = run_json(capsys, "--store", store, "runs")["runs"]
+        assert view["items"] == {"done": 1, "claimed": 6, "failed": 1, "pending": 2}
+        (worker,) = view["workers"]
+        assert worker["worker_id"] == run.worker_id and worker["live"] is True
+        assert worker["host"] and worker["beat_at"]
+        code, out, _ = run_cli_text(capsys, store)
+        assert code == 0 and "live workers:" in out and run.worker_id in out
+        run.finish()
+    (view,) = run_json(capsys, "--store", store, "runs")["runs"]
+    assert view["status"] == "failed"  # an item failed (the last worker out decides)
+    assert not view["workers"][0]["live"] and view["items"]["claimed"] == 0
+    assert "live workers:" not in run_cli_text(capsys, store)[1]
+
+
+def run_cli_text(capsys: pytest.CaptureFixture[str], store: str) -> tuple[int, str, str]:
+    return run(capsys, "--store", store, "runs")
+
+
 def test_export_then_import_archive(
     capsys: pytest.CaptureFixture[str], pipeline: dict, tmp_path: Path
 ) -> None:

@@ -208,7 +208,7 @@ def test_a_worker_paused_past_its_lease_then_resumed(
     pool = Pool(
         tmp_path / "w", 3, url=url, groups={"t": 90}, delay=0.03, claim=3, lease=1.0, batch=2
     )
-    victim, *rest = pool.procs
+    victim = pool.procs[0]
     pool.wait_for(victim, 4)
     victim.send_signal(signal.SIGSTOP)
     time.sleep(3.0)  # three leases: the others take its batches
@@ -228,7 +228,7 @@ def test_a_worker_whose_postgres_session_is_terminated(
     victim.communicate()
     pool.cfg["drop_connection_at"] = 5
     dropper = pool.spawn()
-    stdout, stderr = dropper.communicate(timeout=120)
+    _, stderr = dropper.communicate(timeout=120)
     # It resumes on a new connection, or fails cleanly with a ckptlite error.
     assert dropper.returncode == 0 or "ckptlite.errors" in stderr, stderr
     assert "dropped" in (pool.out / f"did-{dropper.pid}").read_text()

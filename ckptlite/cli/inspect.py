@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..types import Level, Status
-from ..views import checkpoint_view, state_view
+from ..views import checkpoint_view, jsonable, state_view
 from ._base import (
     EXIT_OK,
     Context,
@@ -163,7 +163,7 @@ def _add_runs(sub: Any) -> argparse.ArgumentParser:
     p = new_command(
         sub,
         "runs",
-        "list pipeline runs: status, progress of their work items, error",
+        "list pipeline runs: status, items done / claimed / failed / pending, live workers",
         "ckptlite runs --process geo-run",
     )
     p.add_argument("--process", "-p", metavar="ID", help="only this process")
@@ -173,10 +173,26 @@ def _add_runs(sub: Any) -> argparse.ArgumentParser:
 
 def _runs(ctx: Context) -> int:
     with ctx.open(reads=True) as mgr:
-        runs = mgr.list_runs(ctx.args.process)
-    rows = [["RUN", "PROCESS", "STATUS", "STARTED", "UPDATED", "ITEMS DONE", "ERROR"]]
-    for r in runs:
-        prog = f"{r.progress[0]}/{r.progress[1]}" if r.progress else ""
+        views = mgr.run_overview(ctx.args.process)
+    rows = [
+        [
+            "RUN",
+            "PROCESS",
+            "STATUS",
+            "STARTED",
+            "UPDATED",
+            "ITEMS DONE",
+            "CLAIMED",
+            "FAILED",
+            "PENDING",
+            "WORKERS",
+            "ERROR",
+        ]
+    ]
+    lines: list[str] = []
+    for v in views:
+        r, c = v.run, v.counts
+        prog = f"{r.progress[0]}/{r.progress[1]}" if r.progress else str(c.done)
         rows.append(
             [
                 r.id,
@@ -185,8 +201,36 @@ def _runs(ctx: Context) -> int:
                 r.started_at.strftime("%Y-%m-%d %H:%M:%SZ"),
                 r.updated_at.strftime("%Y-%m-%d %H:%M:%SZ"),
                 prog,
+                str(c.claimed),
+                str(c.failed),
+                str(c.pending),
+                str(c.workers_live),
                 r.error.splitlines()[0][:60] if r.error else "",
             ]
         )
-    ctx.emit({"runs": runs}, _table(rows) if runs else "no runs")
+        lines += [
+            f"  {r.id}: worker {w.worker_id} on {w.host}, last heartbeat "
+            f"{w.beat_at.strftime('%Y-%m-%d %H:%M:%SZ')}"
+            for w in v.workers
+            if w.live
+        ]
+    data = {
+        "runs": [
+            {
+                **jsonable(v.run),
+                "items": {
+                    "done": v.counts.done,
+                    "claimed": v.counts.claimed,
+                    "failed": v.counts.failed,
+                    "pending": v.counts.pending,
+                },
+                "workers": [jsonable(w) for w in v.workers],
+            }
+            for v in views
+        ]
+    }
+    if not views:
+        ctx.emit(data, "no runs")
+    else:
+        ctx.emit(data, [*_table(rows), *(["", "live workers:", *lines] if lines else [])])
     return EXIT_OK
