@@ -586,9 +586,9 @@ class Run:
         few free batches at a time are claimed with a ``lease`` (seconds, default:
         the run's) renewed by the heartbeat. Items that failed ``max_attempts``
         times (default: the run's) are skipped and make the run end FAILED.
-        Duplicate ids are yielded once. When no batch is free, the loop waits
-        for the batches other workers hold (taking over those whose lease
-        expires); when it ends, queued marks are committed.
+        Duplicate ids are yielded once by a worker. When no batch is free, the
+        loop waits for the batches other workers hold (taking over those whose
+        lease expires); when it ends, queued marks are committed.
 
         Raises:
             InvalidInputError: ``group`` or an id is not a str; other live workers
@@ -602,17 +602,17 @@ class Run:
         ):
             raise InvalidInputError(f"claim must be a positive int, not {claim!r}")
         if self.completed_before:
-            return
-        yield from self._items(group, item_ids, limit, lease, claim)
+            return iter(())
+        return self._items(group, item_ids, limit, lease, claim)
 
     def _items(
         self, group: str, item_ids: Iterable[str], limit: int, lease: float, claim: int | None
     ) -> Iterator[WorkItem]:
+        ids = list(item_ids)
         try:
-            ids = list(dict.fromkeys(item_ids))
             blob = "\x00".join(ids).encode("utf-8", "surrogatepass")
         except TypeError:
-            bad = next((i for i in item_ids if type(i) is not str), None)
+            bad = next(i for i in ids if type(i) is not str)
             raise InvalidInputError(f"item ids must be str, not {bad!r}") from None
         fingerprint = hashlib.blake2b(blob, digest_size=16).hexdigest()
         del blob
@@ -631,8 +631,9 @@ class Run:
             worker_id=self.worker_id,
         )
         held: set[int] = set()  # claimed, not all yielded: released if the loop stops early
+        seen: set[str] = set()
         count = 1
-        new_item, lock = WorkItem, self._lock
+        new_item, lock, seen_add = WorkItem, self._lock, seen.add
         try:
             while True:
                 got = backend.claim_segments(self.id, group, self.worker_id, count, lease)
@@ -644,7 +645,7 @@ class Run:
                     time.sleep(self._poll)
                     continue
                 # Alone: claim more per transaction (the ledger's speed); else one at a time.
-                count = min(count * 2, 16) if not self._others else 1
+                count = min(count * 2, 64) if not self._others else 1
                 held.update(seg for seg, _ in got)
                 for seg, taken in got:
                     chunk = ids[seg * size : (seg + 1) * size]
@@ -652,7 +653,7 @@ class Run:
                         done.update(backend.done_among(self.id, group, chunk))
                     st: list[Any] = [0, False, group, seg]  # outstanding, all yielded, key
                     for item_id in chunk:
-                        if item_id in done:
+                        if item_id in done or item_id in seen:
                             continue
                         if not item_id.isascii():
                             _inputs.text(item_id, "item id")  # refused now, not at commit
@@ -660,6 +661,7 @@ class Run:
                         if attempts >= limit:
                             self._exhausted.add((group, item_id))
                             continue
+                        seen_add(item_id)
                         st[0] += 1
                         yield new_item(self, group, item_id, attempts, st)
                     with lock:

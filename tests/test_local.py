@@ -60,6 +60,7 @@ def undo_schema_9(conn: apsw.Connection) -> None:
     for table in ("run_workers", "run_groups", "run_claims"):
         conn.execute(f"DROP TABLE {table}")
     conn.execute("DROP INDEX runs_key")
+    conn.execute("DROP INDEX items_failed")
     conn.execute("ALTER TABLE runs DROP COLUMN run_key")
 
 

@@ -38,11 +38,14 @@ def store_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
 class Pool:
     """N worker processes of one config, started at the same instant by a barrier."""
 
-    def __init__(self, out: Path, n: int, env: dict[str, str] | None = None, **cfg: Any) -> None:
+    def __init__(
+        self, out: Path, n: int, envs: list[dict[str, str]] | None = None, **cfg: Any
+    ) -> None:
         self.out = out
         out.mkdir(exist_ok=True)
         self.cfg = {"out": str(out), **cfg}
-        self.procs = [self.spawn(env) for _ in range(n)]
+        envs = envs or [{}] * n
+        self.procs = [self.spawn(envs[i]) for i in range(n)]
         deadline = time.monotonic() + 60
         while len(list(out.glob("ready-*"))) < n:
             assert time.monotonic() < deadline, "workers did not start"
@@ -191,11 +194,12 @@ def test_a_worker_killed_mid_batch_loses_only_its_uncommitted_items(
 @pytest.mark.slow
 def test_a_worker_killed_inside_its_claim_transaction(tmp_path: Path) -> None:
     url = str(tmp_path / "store")
-    pool = Pool(tmp_path / "w", 2, url=url, groups={"t": 60}, delay=0.01, claim=3)
-    victim = pool.spawn({"CKPTLITE_CRASH_AT": "claim.in_transaction@3"})
+    envs = [{"CKPTLITE_CRASH_AT": "claim.in_transaction@2"}, {}, {}]
+    pool = Pool(tmp_path / "w", 3, envs, url=url, groups={"t": 60}, delay=0.02, claim=3)
+    victim, *rest = pool.procs
     victim.communicate(timeout=60)
     assert victim.returncode == -signal.SIGKILL  # it died holding the write lock
-    pool.finish(pool.procs)
+    pool.finish(rest)
     check_ledger(url, {"t": 60})
 
 

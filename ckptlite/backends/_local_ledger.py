@@ -558,14 +558,22 @@ class LocalLedgerMixin:
                 (run, name),
             )
 
-    def _counts(self, conn: apsw.Connection, run: int, worker_id: str) -> RunCounts:
+    def _counts(
+        self, conn: apsw.Connection, run: int, worker_id: str, *, done_too: bool = True
+    ) -> RunCounts:
         now = _now_us()
-        counted: Any = conn.execute(
-            "SELECT coalesce(sum(ok=1),0), coalesce(sum(ok=0 AND grp IN "
-            "(SELECT grp FROM run_groups WHERE run=?1)),0) FROM items WHERE run=?1",
+        done = 0
+        if done_too:  # a range scan of the run's whole ledger: not when a worker leaves
+            got: Any = conn.execute(
+                "SELECT count(*) FROM items WHERE run=? AND ok=1", (run,)
+            ).fetchone()
+            done = int(got[0])
+        nfailed: Any = conn.execute(
+            "SELECT count(*) FROM items WHERE run=?1 AND ok=0 AND grp IN "
+            "(SELECT grp FROM run_groups WHERE run=?1)",
             (run,),
         ).fetchone()
-        done, failed = counted
+        failed = int(nfailed[0])
         total: Any = conn.execute(
             "SELECT coalesce(sum(total),0) FROM run_groups WHERE run=?", (run,)
         ).fetchone()
@@ -617,7 +625,7 @@ class LocalLedgerMixin:
                 "WHERE run=? AND worker=? AND done=0",
                 (run, worker_id),
             )
-            return self._counts(conn, run, worker_id)
+            return self._counts(conn, run, worker_id, done_too=False)
 
     def run_counts(self, run_id: str) -> RunCounts:
         conn = self.db.read()

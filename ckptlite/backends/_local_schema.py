@@ -178,6 +178,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run, grp, seg)
     ) WITHOUT ROWID;
     CREATE INDEX run_claims_open ON run_claims(run, grp, seg) WHERE done = 0;
+    CREATE INDEX items_failed ON items(run, grp) WHERE ok = 0;
     """,
 ]
 

@@ -651,12 +651,12 @@ class LedgerMixin:
             "finishing a stage", lambda c: c.execute(q, (run_id, name)), write=True, idempotent=True
         )
 
-    def _counts(self, conn: Conn, run: int, worker_id: str) -> RunCounts:
+    def _counts(self, conn: Conn, run: int, worker_id: str, *, done_too: bool = True) -> RunCounts:
         row = conn.execute(
             self._q(
                 "SELECT "
-                "(SELECT count(*) FILTER (WHERE ok) FROM {items} WHERE run = %(r)s), "
-                "(SELECT count(*) FILTER (WHERE NOT ok) FROM {items} WHERE run = %(r)s AND grp IN "
+                "(SELECT count(*) FROM {items} WHERE run = %(r)s AND ok AND %(d)s), "
+                "(SELECT count(*) FROM {items} WHERE run = %(r)s AND NOT ok AND grp IN "
                 " (SELECT grp FROM {run_groups} WHERE run = %(r)s)), "
                 "(SELECT coalesce(sum(total), 0) FROM {run_groups} WHERE run = %(r)s), "
                 "(SELECT coalesce(sum(LEAST(g.seg_size, g.total - c.seg * g.seg_size)), 0) "
@@ -669,7 +669,7 @@ class LedgerMixin:
                 "(SELECT coalesce(array_agg(error ORDER BY started_at), '{{}}') "
                 " FROM {run_workers} WHERE run = %(r)s AND error IS NOT NULL)"
             ),
-            {"r": run},
+            {"r": run, "d": done_too},
         ).fetchone()
         assert row is not None
         done, failed, total, claimed, open_work, live, errors = row
@@ -704,7 +704,7 @@ class LedgerMixin:
                 ),
                 (run, worker_id),
             )
-            return self._counts(conn, run, worker_id)
+            return self._counts(conn, run, worker_id, done_too=False)
 
         return self._run("leaving a run", go, write=True, idempotent=True)
 

@@ -202,6 +202,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
             PRIMARY KEY (run, grp, seg)
         )""",
         "CREATE INDEX {run_claims_open} ON {run_claims}(run, grp, seg) WHERE NOT done",
+        # The last worker out counts failed items: a few rows, not the whole ledger.
+        "CREATE INDEX {items_failed} ON {items}(run, grp) WHERE NOT ok",
     ),
 ]
 
@@ -223,6 +225,7 @@ def names(table: str, prefix: str) -> dict[str, sql.Identifier]:
         "items_changed",
         "runs_key",
         "run_claims_open",
+        "items_failed",
     ):
         out[name] = sql.Identifier(prefix + name)
     return out
@@ -279,6 +282,7 @@ _OWN_NAMES = (
     "{p}ledger_clock_k_check",
     "{p}runs_key",
     "{p}run_claims_open",
+    "{p}items_failed",
     "{p}run_workers_run_fkey",
     "{p}run_groups_run_fkey",
     "{p}run_claims_run_fkey",

@@ -443,7 +443,10 @@ class Backend(Protocol):
         """Record a stage begun with ``claim_stage`` as done."""
 
     def leave_run(self, run_id: str, worker_id: str, error: str | None) -> RunCounts:
-        """Mark a worker gone (releasing its claims) and return the run's counts, atomically."""
+        """Mark a worker gone (releasing its claims) and return the run's counts, atomically.
+
+        Items done are not counted (0): that would read the whole ledger.
+        """
 
     def run_counts(self, run_id: str) -> RunCounts:
         """Return a run's counts of items and workers now."""
