@@ -47,11 +47,14 @@ from .types import (
     GcReport,
     ItemRecord,
     Level,
+    RunCounts,
+    RunOverview,
     RunRecord,
     RunStatus,
     Status,
     StorageConfig,
     VerifyReport,
+    WorkerRecord,
 )
 
 if TYPE_CHECKING:
@@ -107,7 +110,9 @@ __all__ = [
     "RetentionDecision",
     "RetentionReport",
     "Run",
+    "RunCounts",
     "RunNotFoundError",
+    "RunOverview",
     "RunRecord",
     "RunStatus",
     "Stage",
@@ -124,6 +129,7 @@ __all__ = [
     "UnsupportedTypeError",
     "VerifyReport",
     "WorkItem",
+    "WorkerRecord",
     "__version__",
     "export_archive",
     "generate_checkpoint_id",
