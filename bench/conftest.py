@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,9 @@ class Sizes:
     loop_tiles: int  # P14: tiles saved, then loaded, per loop
     loop_tile_bytes: int
     loop_rounds: int
+    worker_items: int  # P15-P17: items of simulated I/O-bound work, shared by workers
+    worker_item_s: float  # seconds of that work per item
+    worker_lease: float  # P16: the lease (seconds) a killed worker's items wait for
 
 
 QUICK = Sizes(
@@ -77,6 +81,9 @@ QUICK = Sizes(
     loop_tiles=20,
     loop_tile_bytes=1 << 20,
     loop_rounds=1,
+    worker_items=80,
+    worker_item_s=0.005,
+    worker_lease=1.0,
 )
 FULL_SIZES = Sizes(
     small_rounds=3_000,
@@ -101,8 +108,34 @@ FULL_SIZES = Sizes(
     loop_tiles=2_000,
     loop_tile_bytes=1 << 20,
     loop_rounds=3,
+    worker_items=2_000,
+    worker_item_s=0.020,
+    worker_lease=5.0,
 )
 SIZES = FULL_SIZES if FULL else QUICK
+
+
+PG_DSN = os.environ.get("CKPTLITE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema; the URL's search_path points at it."""
+    psycopg = pytest.importorskip("psycopg")
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(PG_DSN, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+    except psycopg.OperationalError as e:
+        if os.environ.get("CKPTLITE_REQUIRE_PG") == "1":
+            pytest.fail(f"PostgreSQL not reachable at {PG_DSN}: {e}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_DSN}")
+    sep = "&" if "?" in PG_DSN else "?"
+    try:
+        yield f"{PG_DSN}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture(scope="session")

@@ -274,6 +274,7 @@ def rows(r: Results) -> list[Row]:
     out += _tile_rows(r, "P12", "verified load of one float32 noise tile (warm cache, median)")
     out += _raster_rows(r)
     out += _loop_rows(r)
+    out += _worker_rows(r)
     return out
 
 
@@ -364,6 +365,73 @@ def _loop_rows(r: Results) -> list[Row]:
             float(info["limit_load"]),
         ),
     ]
+
+
+def _worker_rows(r: Results) -> list[Row]:
+    """P15-P17: workers sharing one run, against one worker; duplicates; a killed worker."""
+    out: list[Row] = []
+    for target, where in (("P15", "PostgreSQL"), ("P17", "a local store")):
+        b = r.one(target, "pair")
+        if b is None:
+            out.append(Row(target, f"4 workers on {where}", "-", "-", "not measured", "", None))
+            continue
+        info = b["extra_info"]
+        what = f"{info['items']:,} items of {info['item_s'] * 1000:.0f} ms on {where}"
+        out.append(_ratio_row(target, f"{what}: wall time", info["medians"], info["limit"]))
+        out.append(
+            Row(
+                target,
+                f"{what}: items done twice",
+                str(info["duplicates"]),
+                "-",
+                str(info["duplicates"]),
+                "0",
+                info["duplicates"] == 0,
+            )
+        )
+        if "overhead_limit_ms" in info:
+            ms = float(info["overhead_ms_per_item"])
+            out.append(
+                Row(
+                    target,
+                    f"{what}: claim + mark overhead per item",
+                    f"{ms:.3f} ms",
+                    "-",
+                    f"{ms:.3f} ms",
+                    "<= 1 ms",
+                    ms <= float(info["overhead_limit_ms"]),
+                )
+            )
+    b = r.one("P16", "ckptlite")
+    if b is None:
+        return [*out, Row("P16", "one worker killed", "-", "-", "not measured", "", None)]
+    info = b["extra_info"]
+    ok = info["missing_or_duplicated"] == 0 and info["rerun_not_the_victims"] == 0
+    out.append(
+        Row(
+            "P16",
+            f"{info['items']:,} items, one of 4 workers SIGKILLed: all done once, "
+            "only its items rerun",
+            f"{info['rerun_items']} rerun (of {info['victim_started']} it started)",
+            "-",
+            "ok" if ok else "NOT ok",
+            "all; only its",
+            ok,
+        )
+    )
+    after, lim = float(info["finished_after_kill_s"]), float(info["limit_after_kill_s"])
+    out.append(
+        Row(
+            "P16",
+            f"finished after the kill (lease {info['lease_s']:.0f} s)",
+            _fmt_time(after),
+            "-",
+            _fmt_time(after),
+            f"<= {lim:.0f} s",
+            after <= lim,
+        )
+    )
+    return out
 
 
 def _library(label: str) -> str:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,28 +10,6 @@ import pytest
 import ckptlite
 from bench.builder import build_store
 from bench.conftest import SIZES, run
-
-PG_DSN = os.environ.get("CKPTLITE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL schema; the URL's search_path points at it."""
-    psycopg = pytest.importorskip("psycopg")
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(PG_DSN, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-    except psycopg.OperationalError as e:
-        if os.environ.get("CKPTLITE_REQUIRE_PG") == "1":
-            pytest.fail(f"PostgreSQL not reachable at {PG_DSN}: {e}")
-        pytest.skip(f"PostgreSQL not reachable at {PG_DSN}")
-    sep = "&" if "?" in PG_DSN else "?"
-    try:
-        yield f"{PG_DSN}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.mark.benchmark(group="P9 sync to PostgreSQL")

@@ -489,7 +489,7 @@ class Run:
         self._ndone = 0  # done-marks made in this session
         self._others = 0  # other live workers, as the last heartbeat saw them
         self._beat_every = self.lease / 3
-        self._poll = min(0.5, self.lease / 8)
+        self._poll = min(0.1, self.lease / 8)
         self._node = _node()
         self._heart: _Heart | None = None
         if worker is not None:
