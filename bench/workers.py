@@ -32,7 +32,7 @@ def main() -> int:
     started = time.perf_counter()
     with (
         ckptlite.open(cfg["url"]) as mgr,
-        mgr.run(cfg["process"], lease=cfg["lease"], batch_size=16, batch_seconds=0.5) as run,
+        mgr.run(cfg["process"], lease=cfg["lease"], batch_size=100, batch_seconds=1.0) as run,
     ):
         # Overhead: the time between one item's work and the next one's (claims, marks,
         # commits); the wait at the end for other workers' batches is idle, not counted.

@@ -632,7 +632,7 @@ class Run:
         )
         held: set[int] = set()  # claimed, not all yielded: released if the loop stops early
         seen: set[str] = set()
-        count = 1
+        count, cap, looked = 1, max(1, min(64, -(-len(ids) // size) // 64)), time.monotonic()
         new_item, lock, seen_add = WorkItem, self._lock, seen.add
         try:
             while True:
@@ -644,8 +644,14 @@ class Run:
                     self._reap()
                     time.sleep(self._poll)
                     continue
-                # Alone: claim more per transaction (the ledger's speed); else one at a time.
-                count = min(count * 2, 64) if not self._others else 1
+                # Alone: claim more per transaction (the ledger's speed), at most 1/64 of
+                # the group ahead (a worker joining later finds most of it free); with
+                # others: one batch at a time. Who is live is looked at again each second.
+                now = time.monotonic()
+                if now - looked >= 1.0:
+                    looked = now
+                    self._others = sum(1 for w in backend.list_workers(self.id) if w.live) - 1
+                count = min(count * 2, cap) if not self._others else 1
                 held.update(seg for seg, _ in got)
                 for seg, taken in got:
                     chunk = ids[seg * size : (seg + 1) * size]
