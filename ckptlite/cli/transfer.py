@@ -81,16 +81,27 @@ def _migrate(ctx: Context) -> int:
             ctx.out.write(entry.line() + "\n")
             ctx.out.flush()
 
+    opened: list[Any] = []
+
+    def create() -> Any:  # the store is made on the first import, not before
+        opened.append(ctx.open(create=True))
+        return opened[-1]
+
+    target: Any
     try:
-        mgr = ctx.open(create=not a.dry_run, reads=a.dry_run)
+        target = ctx.open(reads=a.dry_run)
+        opened.append(target)
     except ConfigError:
-        if not a.dry_run:
-            raise
-        mgr = open_store("memory://")  # a dry run into a store that does not exist yet
-    with mgr, ctx.progress("migrate") as bar:
+        if a.dry_run:
+            target = open_store("memory://")  # a dry run into a store that does not exist yet
+            opened.append(target)
+        else:
+            target = create
+    with contextlib.ExitStack() as stack, ctx.progress("migrate") as bar:
+        stack.callback(lambda: [m.close() for m in opened])
         report = migrate(
             a.source,
-            mgr,
+            target,
             format=a.format,
             dry_run=a.dry_run,
             trust_pickle=a.trust_pickle,

@@ -20,8 +20,10 @@ from ._common import (
     LegacyCheckpoint,
     LegacyState,
     ReadFailure,
+    digest_bytes,
     from_epoch,
     from_iso,
+    identity,
     keep_or_raw,
     read_bytes,
 )
@@ -79,7 +81,7 @@ def scan(root: Path) -> Iterator[LegacyCheckpoint | ReadFailure]:
         try:
             yield checkpoint(path, path.parent.name)
         except LegacyFormatError as e:
-            yield ReadFailure("pipeline", legacy_id, str(path), e.message)
+            yield ReadFailure("pipeline", legacy_id, str(path), f"{type(e).__name__}: {e.message}")
 
 
 def json_state(doc: Any, path: Path) -> LegacyState:
@@ -95,7 +97,11 @@ def checkpoint(path: Path, experiment_dir: str) -> LegacyCheckpoint:
     Raises:
         LegacyFormatError: not a pipeline checkpoint file.
     """
-    doc = read_json(path)
+    raw = read_bytes(path)
+    try:
+        doc = json.loads(raw)
+    except ValueError as e:
+        raise LegacyFormatError(f"{path} is not JSON: {e}", path=str(path)) from e
     if not isinstance(doc, dict):
         raise LegacyFormatError(f"{path} does not hold a JSON object")
     stage = stage_of(path)
@@ -127,7 +133,8 @@ def checkpoint(path: Path, experiment_dir: str) -> LegacyCheckpoint:
         level=Level.STAGE,
         name=stage,
         created_at=created,
-        identity=f"pipeline\0{experiment}/{stage}\0{doc.get('timestamp')!r}",
+        identity=identity(f"{experiment}/{stage}", digest_bytes(raw)),
         load=load,
         metadata=meta,
+        order=mtime,  # load_latest ranked the files by modification time
     )
