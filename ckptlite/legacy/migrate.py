@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import codec
 from ..backends.base import dump_metadata
@@ -197,14 +197,18 @@ class _Target:
     """
 
     def __init__(self, target: CheckpointManager | Callable[[], CheckpointManager]) -> None:
-        self._open = None if _is_manager(target) else target
-        self.mgr: CheckpointManager | None = target if _is_manager(target) else None  # type: ignore[assignment]
+        self.mgr: CheckpointManager | None = None
+        self._open: Callable[[], CheckpointManager] | None = None
+        if _is_manager(target):
+            self.mgr = cast("CheckpointManager", target)
+        else:
+            self._open = cast("Callable[[], CheckpointManager]", target)
         self._index: dict[str, Checkpoint] | None = None
 
     def writable(self) -> CheckpointManager:
         if self.mgr is None:
             assert self._open is not None
-            self.mgr = self._open()  # type: ignore[operator]
+            self.mgr = self._open()
         return self.mgr
 
     def index(self) -> dict[str, Checkpoint]:
@@ -361,6 +365,7 @@ def migrate(
             on_entry(entry)
 
     items: Iterator[LegacyCheckpoint | ReadFailure]
+    formats: tuple[str, ...]
     plan: walk.Plan | None = None
     if postgres.detect(src):
         if only not in (None, "postgres"):
