@@ -283,6 +283,7 @@ def load_dir(
     if not isinstance(files, list):
         files = [str(p.relative_to(base)) for p in sorted(ckpt_dir.glob("*.pkl*"))]
         meta["legacy_data_files_guessed"] = True
+    meta["legacy_data_files"] = [str(f) for f in files]
     state: dict[str, Any] = {}
     raw_flags: dict[str, Any] = {}
     classes: set[str] = set()
