@@ -288,6 +288,7 @@ def load_dir(
     raw_flags: dict[str, Any] = {}
     classes: set[str] = set()
     missing: list[str] = []
+    gz_headers: dict[str, int] = {}
     for rel in files:
         path = base / str(rel)
         key = Path(str(rel)).stem.replace(".pkl", "")
@@ -299,6 +300,9 @@ def load_dir(
         except LegacyFormatError:
             missing.append(str(rel))
             continue
+        if on_disk[:2] == b"\x1f\x8b" and len(on_disk) >= 10:
+            # The gzip header's time and flags: export-legacy writes the same bytes back.
+            gz_headers[key] = int.from_bytes(on_disk[4:8], "little")
         try:
             data = _gunzip(on_disk)
         except (OSError, EOFError, zlib.error) as e:
@@ -320,6 +324,8 @@ def load_dir(
         corrupted = corrupted or f"data files missing: {', '.join(missing)}"
     if raw_flags:
         meta["legacy_raw"] = raw_flags
+    if gz_headers:
+        meta["legacy_gzip_mtime"] = gz_headers
     if classes:
         meta["legacy_classes"] = sorted(classes)
     if corrupted:
