@@ -253,3 +253,13 @@ def test_symlinks_are_reported_not_followed(
     report = migrate(root, mgr)
     (e,) = [e for e in report.entries if e.outcome == SKIPPED]
     assert "symlink" in (e.reason or "") and not report.ok
+
+
+def test_pointing_at_registry_json_reads_its_folder(
+    tmp_path: Path, mgr: ckptlite.CheckpointManager
+) -> None:
+    core = LegacyCoreManager(tmp_path / "checkpoints")
+    core.save("a", {"v": 1}, timestamp=T0)
+    core.save("b", {"v": 2}, timestamp=T0 + 1)
+    report = migrate(tmp_path / "checkpoints" / "registry.json", mgr, trust_pickle=True)
+    assert report.count(IMPORTED) == 2 and report.ok

@@ -145,6 +145,10 @@ def walk(root: Path) -> Plan:
     plan = Plan()
     if not root.exists() and not root.is_symlink():
         raise LegacyFormatError(f"{root} does not exist", path=str(root))
+    if root.is_file() and root.name == "registry.json":  # the core-manager folder it indexes
+        metas = [m for m in sorted(root.parent.rglob("metadata.json")) if m.parent != root.parent]
+        plan.core_roots[root.parent] = metas
+        return plan
     if root.is_file():
         if not _classify_file(root, plan):
             plan.not_legacy.clear()
