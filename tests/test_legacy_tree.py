@@ -263,3 +263,15 @@ def test_pointing_at_registry_json_reads_its_folder(
     core.save("b", {"v": 2}, timestamp=T0 + 1)
     report = migrate(tmp_path / "checkpoints" / "registry.json", mgr, trust_pickle=True)
     assert report.count(IMPORTED) == 2 and report.ok
+
+
+def test_import_one_format_from_a_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    expected = build_tree(data)
+    store = tmp_path / "store"
+    assert main(["--store", str(store), "import", "script", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert len(re.findall(r"^imported +script ", out, re.M)) == expected["script"]
+    assert not re.search(r"^imported +(core|pipeline|tile)", out, re.M)
+    with ckptlite.open(str(store)) as mgr:
+        assert {cp.metadata["legacy_format"] for cp in mgr.list()} == {"script"}
