@@ -285,14 +285,15 @@ def _read_plan(
     if want("pipeline"):
         for path in plan.pipeline:
             try:
-                yield pipeline.checkpoint(path, path.parent.name)
+                yield pipeline.checkpoint(path, path.parent.name, plan.docs.get(path))
             except LegacyFormatError as e:
                 yield ReadFailure(
                     "pipeline", path.name, str(path), f"{type(e).__name__}: {e.message}"
                 )
     if want("script"):
         for path in plan.script:
-            yield from script.scan(path, process_id)
+            doc, digest = plan.docs[path]
+            yield script.checkpoint(path, doc, process_id or script.DEFAULT_PROCESS, digest)
     if want("tile"):
         for path in plan.tile:
             yield from tile.scan(path, trust_pickle, process_id)

@@ -28,7 +28,7 @@ from ._common import (
     read_bytes,
 )
 
-__all__ = ["checkpoint", "detect", "json_state", "read_json", "scan", "stage_of"]
+__all__ = ["checkpoint", "detect", "json_state", "read_doc", "read_json", "scan", "stage_of"]
 
 
 def detect(path: Path) -> bool:
@@ -66,6 +66,19 @@ def read_json(path: Path) -> Any:
         raise LegacyFormatError(f"{path} is not JSON: {e}", path=str(path)) from e
 
 
+def read_doc(path: Path) -> tuple[Any, str]:
+    """Return a JSON file's content and the SHA-256 of its bytes (read once).
+
+    Raises:
+        LegacyFormatError: unreadable or not JSON.
+    """
+    raw = read_bytes(path)
+    try:
+        return json.loads(raw), digest_bytes(raw)
+    except ValueError as e:
+        raise LegacyFormatError(f"{path} is not JSON: {e}", path=str(path)) from e
+
+
 def scan(root: Path) -> Iterator[LegacyCheckpoint | ReadFailure]:
     """Yield a checkpoint per ``<experiment>/checkpoint_<stage>.json`` under ``root``.
 
@@ -91,17 +104,15 @@ def json_state(doc: Any, path: Path) -> LegacyState:
     return LegacyState(state, {"legacy_raw": raw} if raw else {})
 
 
-def checkpoint(path: Path, experiment_dir: str) -> LegacyCheckpoint:
-    """Return the checkpoint one pipeline JSON file holds.
+def checkpoint(
+    path: Path, experiment_dir: str, parsed: tuple[Any, str] | None = None
+) -> LegacyCheckpoint:
+    """Return the checkpoint one pipeline JSON file holds (``parsed``: its ``read_doc``).
 
     Raises:
         LegacyFormatError: not a pipeline checkpoint file.
     """
-    raw = read_bytes(path)
-    try:
-        doc = json.loads(raw)
-    except ValueError as e:
-        raise LegacyFormatError(f"{path} is not JSON: {e}", path=str(path)) from e
+    doc, digest = read_doc(path) if parsed is None else parsed
     if not isinstance(doc, dict):
         raise LegacyFormatError(f"{path} does not hold a JSON object")
     stage = stage_of(path)
@@ -133,7 +144,7 @@ def checkpoint(path: Path, experiment_dir: str) -> LegacyCheckpoint:
         level=Level.STAGE,
         name=stage,
         created_at=created,
-        identity=identity(f"{experiment}/{stage}", digest_bytes(raw)),
+        identity=identity(f"{experiment}/{stage}", digest),
         load=load,
         metadata=meta,
         order=mtime,  # load_latest ranked the files by modification time

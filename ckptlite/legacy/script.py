@@ -61,8 +61,10 @@ def scan(path: Path, process_id: str | None = None) -> Iterator[LegacyCheckpoint
             yield ReadFailure("script", stage_of(f), str(f), f"{type(e).__name__}: {e.message}")
 
 
-def checkpoint(path: Path, doc: dict[str, Any], process_id: str) -> LegacyCheckpoint:
-    """Return the checkpoint a script JSON document holds."""
+def checkpoint(
+    path: Path, doc: dict[str, Any], process_id: str, digest: str | None = None
+) -> LegacyCheckpoint:
+    """Return the checkpoint a script JSON document holds (``digest``: of the file's bytes)."""
     stage = doc.get("stage") if isinstance(doc.get("stage"), str) else stage_of(path)
     mtime = path.stat().st_mtime
     meta: dict[str, Any] = {
@@ -86,7 +88,7 @@ def checkpoint(path: Path, doc: dict[str, Any], process_id: str) -> LegacyCheckp
         level=Level.STAGE,
         name=str(stage),
         created_at=created,
-        identity=identity(str(stage), digest_bytes(read_bytes(path))),
+        identity=identity(str(stage), digest or digest_bytes(read_bytes(path))),
         load=lambda: json_state(doc, path),
         metadata=meta,
     )

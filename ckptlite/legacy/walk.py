@@ -19,9 +19,9 @@ from typing import Any
 
 from ..errors import LegacyFormatError
 from . import script, tile
-from .pipeline import read_json
+from .pipeline import read_doc, read_json
 
-__all__ = ["Plan", "classify_json", "walk"]
+__all__ = ["Plan", "classify_doc", "walk"]
 
 _CORE_RECORD_KEYS = frozenset({"checkpoint_id", "timestamp", "data_files"})
 
@@ -37,6 +37,7 @@ class Plan:
     failed: list[tuple[str, Path, str]] = field(default_factory=list)  # (format, path, why)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     not_legacy: list[tuple[Path, str]] = field(default_factory=list)
+    docs: dict[Path, tuple[Any, str]] = field(default_factory=dict)  # JSON read while walking
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -67,13 +68,8 @@ class Plan:
         )
 
 
-def classify_json(path: Path) -> tuple[str | None, str]:
-    """Return ``(format, why)`` for a ``checkpoint_*.json``: pipeline, script, or None.
-
-    Raises:
-        LegacyFormatError: unreadable or not JSON (a recognised name: a failure).
-    """
-    doc = read_json(path)
+def classify_doc(doc: Any) -> tuple[str | None, str]:
+    """Return ``(format, why)`` for a ``checkpoint_*.json`` document: pipeline, script, or None."""
     if isinstance(doc, dict) and "experiment_id" in doc:
         return "pipeline", ""
     if script.is_script_doc(doc):
@@ -114,10 +110,13 @@ def _classify_file(p: Path, plan: Plan) -> bool:
     name = p.name
     if name.startswith("checkpoint_") and name.endswith(".json"):
         try:
-            fmt, why = classify_json(p)
+            parsed = read_doc(p)  # kept: the reader uses it instead of reading it again
         except LegacyFormatError as e:
             plan.failed.append(("pipeline", p, f"{type(e).__name__}: {e.message}"))
             return True
+        fmt, why = classify_doc(parsed[0])
+        if fmt is not None:
+            plan.docs[p] = parsed
         if fmt == "pipeline":
             plan.pipeline.append(p)
         elif fmt == "script":
