@@ -103,6 +103,7 @@ class CoreCheckpointManager:
 
     def __init__(self, store: CheckpointManager | str | os.PathLike[str] | None = None) -> None:
         deprecated(type(self), "ckptlite.open(...).save/load_latest")
+        self._owned = isinstance(store, str | os.PathLike)  # opened here: closed here
         self._mgr = open_target(store)
         self._dir = self._mgr.url
         self._lock = threading.RLock()
@@ -120,7 +121,10 @@ class CoreCheckpointManager:
     def set_checkpoint_directory(self, directory: str | os.PathLike[str]) -> None:
         """Use the ckptlite store at ``directory`` (created if absent)."""
         with self._lock:
+            if self._owned:
+                self._mgr.close()
             self._mgr = open_target(directory)
+            self._owned = True
             self._dir = os.fspath(directory)
 
     def configure_retention(self, **config: Any) -> None:
@@ -180,9 +184,8 @@ class CoreCheckpointManager:
                 metadata=record_meta,
             )
             old = current.get(checkpoint_id)
-            if old is not None and old.status == Status.VALID:
+            if old is not None and old.id != saved.id and old.status == Status.VALID:
                 self._mgr.backend.set_status(old.id, Status.ARCHIVED)  # overwritten in place
-            del saved
             return os.path.join(self._dir, checkpoint_id)
 
     def load_checkpoint(self, checkpoint_id: str) -> dict[str, Any]:
@@ -323,7 +326,10 @@ class CoreCheckpointManager:
             return deleted
 
     def stop(self) -> None:
-        """End background work (there is none: kept for the legacy call)."""
+        """End background work (there is no cleanup thread); close a store opened here."""
+        if self._owned:
+            self._mgr.close()
+            self._owned = False
 
 
 _default: CoreCheckpointManager | None = None

@@ -67,8 +67,6 @@ class DatabaseCheckpoints:
         for key in ("created_at", "updated_at"):
             if isinstance(row.get(key), str):
                 row[key] = datetime.fromisoformat(row[key])
-        if isinstance(row.get("id"), str):
-            row["id"] = uuid.UUID(row["id"])
         return row
 
     def _save_row(self, row: dict[str, Any], parent: Checkpoint | None) -> Checkpoint:
@@ -109,8 +107,8 @@ class DatabaseCheckpoints:
         file_path: str,
         file_size_bytes: int,
         compression_type: str | None = None,
-    ) -> uuid.UUID:
-        """Insert a row with status ``created``; return its ``id`` (a UUID).
+    ) -> str:
+        """Insert a row with status ``created``; return its ``id`` (a UUID string, as before).
 
         Raises:
             InvalidInputError: the id exists, the level is not a legacy one, or the
@@ -125,9 +123,9 @@ class DatabaseCheckpoints:
         if parent_id is not None and parent is None:
             raise InvalidInputError(f"parent_id {parent_id!r} is not a checkpoint row")
         now = datetime.now(UTC)
-        row_id = uuid.uuid4()
+        row_id = str(uuid.uuid4())
         row = {
-            "id": str(row_id),
+            "id": row_id,
             "checkpoint_id": checkpoint_id,
             "level": level,
             "parent_id": parent_id,
@@ -175,7 +173,6 @@ class DatabaseCheckpoints:
             error_message=error_message,
             updated_at=datetime.now(UTC),
         )
-        row["id"] = str(row["id"])
         pid = row["parent_id"]
         parent_cp = self._mgr.get(cp.parent_id) if cp.parent_id else None
         if parent_cp is None and pid is not None:
