@@ -9,6 +9,7 @@ imported only when a value needs it and the caller allowed it.
 
 from __future__ import annotations
 
+import json
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 import msgpack
 
+from . import _codec_ext
 from .errors import CorruptCheckpointError, PickleNotAllowedError, UnsupportedTypeError
 
 __all__ = ["BUFFER_THRESHOLD", "EncodedState", "decode", "encode"]
@@ -54,12 +56,30 @@ def encode(state: Any, *, allow_pickle: bool = False) -> EncodedState:
     A ``bytearray`` comes back as ``bytes``; every other supported type keeps its type.
 
     Raises:
-        UnsupportedTypeError: a value has no encoding and pickle is not allowed.
+        UnsupportedTypeError: a value has no encoding and pickle is not allowed; the
+            message names where it sits (``state["tiles"][3]["mask"]: Foo``).
 
     >>> enc = encode({"a": (1, 2)})
     >>> decode(enc.skeleton, enc.buffers)
     {'a': (1, 2)}
     """
+    try:
+        return _encode(state, allow_pickle)
+    except UnsupportedTypeError as e:
+        # Found only now, on the error path: tracking the path while packing would
+        # cost every save (msgpack walks dicts and lists in C, out of our sight).
+        found = _locate(state, "state", allow_pickle)
+        if found is None:
+            raise
+        where, value, inner = found
+        raise UnsupportedTypeError(
+            f"{where}: {type(value).__qualname__}: {inner.message}",
+            hint=inner.hint,
+            **{**inner.context, "path": where},
+        ) from e
+
+
+def _encode(state: Any, allow_pickle: bool) -> EncodedState:
     buffers: list[memoryview] = []
     itemsizes: list[int] = []
     pickled = False
@@ -68,6 +88,9 @@ def encode(state: Any, *, allow_pickle: bool = False) -> EncodedState:
         buffers.append(view)
         itemsizes.append(itemsize)
         return len(buffers) - 1
+
+    def blob(data: bytes) -> int | bytes:
+        return add_buffer(memoryview(data)) if len(data) >= BUFFER_THRESHOLD else data
 
     depth = 0
 
@@ -101,6 +124,9 @@ def encode(state: Any, *, allow_pickle: bool = False) -> EncodedState:
                 return msgpack.ExtType(_NDARRAY, _pack(_array_parts(np, obj, add_buffer), default))
             if isinstance(obj, np.generic) and not obj.dtype.hasobject:
                 return msgpack.ExtType(_NPSCALAR, _pack([obj.dtype.str, obj.tobytes()], default))
+        ext = _codec_ext.encode_ext(obj, t, ext_encoder)
+        if ext is not None:
+            return msgpack.ExtType(*ext)
         if t is int:
             raise UnsupportedTypeError(
                 f"integer {obj} is outside the 64-bit range",
@@ -116,6 +142,7 @@ def encode(state: Any, *, allow_pickle: bool = False) -> EncodedState:
             type_name=f"{t.__module__}.{t.__qualname__}",
         )
 
+    ext_encoder = _codec_ext.Encoder(lambda value: _pack(value, default), blob)
     skeleton = _pack(state, default)
     if len(skeleton) >= BUFFER_THRESHOLD:
         # Big bytes may be inside (a small skeleton cannot hold any): pack again with
@@ -145,6 +172,7 @@ def decode(
 
     depth = 0
     held = list(buffers)
+    ext_decoder = _codec_ext.Decoder(lambda data: _unpack(data, ext_hook), held)
 
     def ext_hook(code: int, data: bytes) -> Any:
         nonlocal depth
@@ -180,6 +208,8 @@ def decode(
             import pickle
 
             return pickle.loads(data)
+        if code in _codec_ext.CODES:
+            return _codec_ext.decode_ext(code, data, ext_decoder)
         raise CorruptCheckpointError(f"unknown msgpack extension type {code}")
 
     try:
@@ -194,6 +224,48 @@ def decode(
         # frees, holding the buffers until then. Emptied here, a loaded array is freed
         # as soon as its caller drops it, and the next load can land in its memory.
         held.clear()
+
+
+def _locate(value: Any, where: str, allow_pickle: bool) -> tuple[str, Any, Any] | None:
+    """Return (path, value, error) of the first value in ``value`` that does not encode."""
+    t = type(value)
+    if t in _ATOMS and (t is not int or -(2**63) <= value < 2**64):
+        return None
+    try:
+        if t is dict:
+            for k, v in value.items():
+                found = _locate(k, f"{where} key {_show(k)}", allow_pickle) or _locate(
+                    v, f"{where}[{_show(k)}]", allow_pickle
+                )
+                if found:
+                    return found
+            return None
+        if t is list or t is tuple:
+            for i, v in enumerate(value):
+                found = _locate(v, f"{where}[{i}]", allow_pickle)
+                if found:
+                    return found
+            return None
+        if t is set or t is frozenset:
+            for v in value:
+                found = _locate(v, f"{where}{{{_show(v)}}}", allow_pickle)
+                if found:
+                    return found
+            return None
+    except RecursionError:
+        return None
+    try:
+        _encode(value, allow_pickle)
+    except UnsupportedTypeError as e:
+        return where, value, e
+    return None
+
+
+def _show(key: Any) -> str:
+    if type(key) is str:
+        return json.dumps(key, ensure_ascii=False)
+    text = repr(key)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _pack(obj: Any, default: Callable[[Any], Any]) -> bytes:

@@ -1,0 +1,233 @@
+"""The codec's extension types: round trips (Hypothesis) keep type and value; bad ones refuse."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from ckptlite.codec import decode, encode
+from ckptlite.errors import CorruptCheckpointError, UnsupportedTypeError
+
+
+def round_trip(state: Any) -> Any:
+    enc = encode(state)
+    return decode(enc.skeleton, [bytearray(b) for b in enc.buffers])
+
+
+class Foo:
+    pass
+
+
+def test_unsupported_error_names_where_the_value_sits() -> None:
+    state = {"tiles": [{"mask": None}, {"mask": 1}, {"mask": 2}, {"mask": Foo()}]}
+    with pytest.raises(UnsupportedTypeError) as e:
+        encode(state)
+    assert 'state["tiles"][3]["mask"]: Foo' in str(e.value)
+    assert e.value.context["path"] == 'state["tiles"][3]["mask"]'
+    assert str(e.value).count("hint:") == 1
+    with pytest.raises(UnsupportedTypeError, match=r"state\[1\]\[0\]\[2\]: int"):
+        encode([0, ((1, 2, 2**70),)])
+    with pytest.raises(UnsupportedTypeError, match=r'state\["k"\] key Foo\(\)|key <'):
+        encode({"k": {_Key(): 1}})
+
+
+class _Key:
+    def __repr__(self) -> str:
+        return "Foo()"
+
+    def __hash__(self) -> int:
+        return 1
+
+
+def test_unsupported_values_inside_sets_and_tuples_are_located() -> None:
+    with pytest.raises(UnsupportedTypeError, match=r'state\["s"\]\[0\]\{\(1, <.*\}\[1\]: Foo'):
+        encode({"s": [frozenset({(1, Foo())})]})
+
+
+def canon(x: Any) -> Any:
+    """Return ``x`` as nested (type, value) pairs: equal only if types are equal throughout."""
+    if isinstance(x, set | frozenset):
+        return type(x).__name__, sorted(repr(canon(v)) for v in x)
+    if isinstance(x, list | tuple):
+        return type(x).__name__, [canon(v) for v in x]
+    return type(x).__name__, x
+
+
+def _bits(x: float) -> str:
+    return x.hex() if not math.isnan(x) else "nan"
+
+
+@given(st.timedeltas())
+def test_timedeltas_round_trip(value: timedelta) -> None:
+    back = round_trip({"dt": value})["dt"]
+    assert type(back) is timedelta and back == value
+
+
+hashables = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: st.frozensets(inner, max_size=4) | st.lists(inner, max_size=3).map(tuple),
+    max_leaves=10,
+)
+
+
+@given(st.sets(hashables, max_size=8), st.frozensets(hashables, max_size=8))
+def test_sets_and_frozensets_round_trip(s: set[Any], f: frozenset[Any]) -> None:
+    back = round_trip([s, f, set(), frozenset()])
+    assert [type(x) for x in back] == [set, frozenset, set, frozenset]
+    # Their members keep their types too (True == 1 == 1.0 would hide a lossy codec).
+    assert canon(back) == canon([s, f, set(), frozenset()])
+
+
+def test_equal_sets_encode_to_the_same_bytes() -> None:
+    a = {f"tile-{i}" for i in range(100)}
+    b = set(sorted(a, reverse=True))
+    assert encode(a).skeleton == encode(b).skeleton
+
+
+@given(st.complex_numbers(allow_nan=True, allow_infinity=True))
+def test_complex_round_trips_bit_exactly(value: complex) -> None:
+    back = round_trip(value)
+    assert type(back) is complex
+    assert (_bits(back.real), _bits(back.imag)) == (_bits(value.real), _bits(value.imag))
+
+
+@given(st.decimals(allow_nan=True, allow_infinity=True))
+def test_decimals_round_trip_exactly(value: Decimal) -> None:
+    back = round_trip(value)
+    assert type(back) is Decimal and back.as_tuple() == value.as_tuple()
+
+
+@pytest.mark.parametrize(
+    "text", ["-0", "1E+2", "1.500", "-0E-7", "NaN", "-NaN123", "sNaN", "-Infinity", "1e-999999"]
+)
+def test_decimal_sign_exponent_and_nan_kinds_are_kept(text: str) -> None:
+    value = Decimal(text)
+    back = round_trip(value)
+    assert back.as_tuple() == value.as_tuple() and str(back) == str(value)
+    assert back.is_snan() == value.is_snan()
+
+
+path_parts = st.lists(st.text(min_size=1, max_size=6).filter(lambda s: "\x00" not in s), max_size=4)
+
+
+@given(
+    st.sampled_from([pathlib.PurePosixPath, pathlib.PureWindowsPath, pathlib.Path]),
+    path_parts,
+    st.booleans(),
+)
+def test_paths_keep_their_class(
+    cls: type[pathlib.PurePath], parts: list[str], absolute: bool
+) -> None:
+    root = "C:\\" if cls is pathlib.PureWindowsPath else "/"
+    value = cls(root if absolute else "", *parts)
+    back = round_trip({"p": value})["p"]
+    assert type(back) is type(value) and back == value and str(back) == str(value)
+
+
+def test_a_path_that_is_not_utf8_round_trips() -> None:
+    value = pathlib.Path(b"/data/tile-\xff.tif".decode("utf-8", "surrogateescape"))
+    back = round_trip(value)
+    assert back == value and bytes(back) == b"/data/tile-\xff.tif"
+
+
+masked_dtypes = hnp.scalar_dtypes() | hnp.byte_string_dtypes() | hnp.unicode_string_dtypes()
+
+
+@st.composite
+def masked_arrays(draw: st.DrawFn) -> np.ma.MaskedArray[Any, Any]:
+    dtype = draw(masked_dtypes)
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, max_side=5))
+    data = draw(hnp.arrays(dtype, shape))
+    kind = draw(st.sampled_from(["nomask", "full", "all-false"]))
+    if kind == "nomask":
+        arr = np.ma.MaskedArray(data, mask=np.ma.nomask)
+    else:
+        mask = draw(hnp.arrays(np.bool_, shape)) if kind == "full" else np.zeros(shape, bool)
+        arr = np.ma.MaskedArray(data, mask=mask)
+    if draw(st.booleans()):
+        arr.fill_value = draw(hnp.from_dtype(dtype))
+    if draw(st.booleans()):
+        arr.harden_mask()
+    return arr
+
+
+def assert_same_masked(back: Any, arr: Any) -> None:
+    assert type(back) is np.ma.MaskedArray
+    assert back.dtype == arr.dtype and back.shape == arr.shape
+    assert np.ma.getdata(back).tobytes() == np.ma.getdata(arr).tobytes()
+    assert (np.ma.getmask(back) is np.ma.nomask) == (np.ma.getmask(arr) is np.ma.nomask)
+    assert np.ma.getmaskarray(back).tobytes() == np.ma.getmaskarray(arr).tobytes()
+    fill, expected = np.asarray(back.fill_value), np.asarray(arr.fill_value)
+    assert fill.dtype == expected.dtype and fill.tobytes() == expected.tobytes()
+    assert back.hardmask == arr.hardmask
+
+
+@given(masked_arrays())
+@settings(max_examples=200)
+def test_masked_arrays_round_trip(arr: np.ma.MaskedArray[Any, Any]) -> None:
+    assert_same_masked(round_trip({"tile": arr})["tile"], arr)
+
+
+def test_masked_structured_and_constant() -> None:
+    rec = np.ma.MaskedArray(
+        np.zeros(3, dtype=[("x", "<i4"), ("y", ">f8")]), mask=[(0, 1), (1, 0), (0, 0)]
+    )
+    rec.fill_value = (7, 2.5)
+    assert_same_masked(round_trip(rec), rec)
+    assert round_trip([np.ma.masked])[0] is np.ma.masked
+
+
+def test_masked_data_and_mask_become_buffers_when_big() -> None:
+    data = np.arange(200_000, dtype="f4").reshape(400, 500)
+    arr = np.ma.masked_less(data, 1000.0)
+    arr.fill_value = -9999.0
+    enc = encode({"dem": arr})
+    assert len(enc.skeleton) < 500  # neither array is inlined
+    assert sorted(b.nbytes for b in enc.buffers) == [200_000, 800_000]
+    assert sorted(enc.itemsizes) == [1, 4]  # the data shuffles as float32 numbers
+    assert_same_masked(decode(enc.skeleton, enc.buffers)["dem"], arr)
+
+
+def test_masked_object_arrays_refuse() -> None:
+    arr = np.ma.MaskedArray(np.array([Foo()], dtype=object))
+    with pytest.raises(UnsupportedTypeError, match=r'state\["m"\]: MaskedArray'):
+        encode({"m": arr})
+
+
+@given(hnp.scalar_dtypes() | hnp.nested_dtypes())
+def test_numpy_dtypes_round_trip(dtype: np.dtype[Any]) -> None:
+    back = round_trip({"dtype": dtype})["dtype"]
+    assert isinstance(back, np.dtype) and back == dtype and back.descr == dtype.descr
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        [9, [1, 2]],  # a timedelta of two numbers
+        [12, ["x", 1.0]],  # a complex with a str part
+        [14, ["NoSuchPath", b"/x"]],
+        [15, [1, None, "not an array", False]],
+        [13, b"not a decimal"],
+    ],
+)
+def test_hostile_extension_payloads_raise_corrupt(payload: list[Any]) -> None:
+    import msgpack
+
+    code, parts = payload
+    data = parts if isinstance(parts, bytes) else msgpack.packb(parts)
+    with pytest.raises(CorruptCheckpointError):
+        decode(msgpack.packb(msgpack.ExtType(code, data)), [])
