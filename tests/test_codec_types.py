@@ -231,3 +231,131 @@ def test_hostile_extension_payloads_raise_corrupt(payload: list[Any]) -> None:
     data = parts if isinstance(parts, bytes) else msgpack.packb(parts)
     with pytest.raises(CorruptCheckpointError):
         decode(msgpack.packb(msgpack.ExtType(code, data)), [])
+
+
+pd = pytest.importorskip("pandas")
+from hypothesis.extra import pandas as hpd  # noqa: E402
+
+
+def assert_same_frame(back: Any, df: Any) -> None:
+    assert type(back) is type(df)
+    pd.testing.assert_frame_equal(
+        back, df, check_exact=True, check_index_type=True, check_column_type=True, check_freq=True
+    )
+    assert list(back.dtypes) == list(df.dtypes) and back.attrs == df.attrs
+    assert list(back.columns) == list(df.columns)
+
+
+def assert_same_index(back: Any, idx: Any) -> None:
+    assert type(back) is type(idx)
+    pd.testing.assert_index_equal(back, idx, exact=True, check_exact=True)
+    assert back.names == idx.names and back.dtype == idx.dtype
+    assert getattr(back, "freq", None) == getattr(idx, "freq", None)
+
+
+@st.composite
+def numeric_frames(draw: st.DrawFn) -> Any:
+    names = draw(st.lists(st.text(max_size=5), max_size=4, unique=True))
+    dtypes = ["int64", "float32", "float64", "bool", "uint8", "complex128", "M8[ns]", "m8[s]"]
+    cols = [hpd.column(name, dtype=np.dtype(draw(st.sampled_from(dtypes)))) for name in names]
+    index = hpd.range_indexes(max_size=8) | hpd.indexes(dtype=np.dtype("int64"), max_size=8)
+    return draw(hpd.data_frames(columns=cols, index=index))
+
+
+@given(numeric_frames())
+@settings(max_examples=100)
+def test_numeric_frames_round_trip(df: Any) -> None:
+    assert_same_frame(round_trip({"df": df})["df"], df)
+
+
+text = st.text(max_size=6)
+maybe_text = st.none() | text
+
+
+@given(
+    st.lists(st.tuples(text, maybe_text, st.integers(-5, 5), st.floats()), max_size=8), st.data()
+)
+@settings(max_examples=100)
+def test_frames_with_strings_categories_and_nullable_columns(rows: list[Any], data: Any) -> None:
+    n = len(rows)
+    df = pd.DataFrame(
+        {
+            "name": pd.Series([r[0] for r in rows], dtype="str"),
+            "opt": pd.Series([r[1] for r in rows], dtype=object),
+            "label": pd.Series([r[1] for r in rows], dtype="string"),
+            "cls": pd.Categorical([r[0][:1] for r in rows], ordered=data.draw(st.booleans())),
+            "count": pd.array([None if r[2] == 0 else r[2] for r in rows], dtype="Int64"),
+            "flag": pd.array([None if r[2] == 1 else r[2] > 0 for r in rows], dtype="boolean"),
+            "x": [r[3] for r in rows],
+            "when": pd.date_range("2026-01-01", periods=n, freq="h", tz="Europe/Berlin"),
+            "utc": pd.date_range("2026-01-01", periods=n, freq="D", tz="UTC", unit="s"),
+        },
+        index=pd.Index([f"t{i}" for i in range(n)], name="tile"),
+    )
+    df.attrs["crs"] = "EPSG:4326"
+    assert_same_frame(round_trip(df), df)
+
+
+def test_series_and_indexes_keep_names_types_and_freq() -> None:
+    idx = [
+        pd.RangeIndex(2, 20, 3, name="row"),
+        pd.date_range("2026-01-01", periods=5, freq="D", name="day"),
+        pd.date_range("2026-01-01", periods=3, freq="15min", tz="UTC"),
+        pd.timedelta_range("1h", periods=4, freq="30min"),
+        pd.Index(["a", "b", None], dtype=object, name=("multi", "part", "name")),
+        pd.Index(["a", "b"]),
+        pd.Index([1.5, float("nan")], name=3),
+        pd.CategoricalIndex(["x", "y", "x"], categories=["y", "x"], ordered=True),
+        pd.MultiIndex.from_product([["n", "s"], [1, 2, 3]], names=["hemi", "band"]),
+        pd.DatetimeIndex(["2026-01-01", "2026-03-01"]),  # no freq
+    ]
+    for i in idx:
+        assert_same_index(round_trip({"i": i})["i"], i)
+    s = pd.Series(np.arange(6.0), index=idx[-2], name="reflectance")
+    s.attrs["units"] = "1"
+    back = round_trip(s)
+    pd.testing.assert_series_equal(back, s, check_exact=True, check_index_type=True)
+    assert back.attrs == s.attrs and back.name == s.name
+
+
+def test_frames_with_duplicate_columns_multiindex_columns_and_no_columns() -> None:
+    dup = pd.DataFrame([[1, 2.0, "a"]], columns=["v", "v", "w"])
+    wide = pd.DataFrame(
+        np.arange(12).reshape(2, 6),
+        columns=pd.MultiIndex.from_product([["a", "b"], ["x", "y", "z"]], names=["g", "c"]),
+    )
+    empty = pd.DataFrame(index=pd.RangeIndex(3, name="i"))
+    for df in (dup, wide, empty, pd.DataFrame()):
+        assert_same_frame(round_trip(df), df)
+
+
+def test_big_columns_become_buffers_and_big_string_columns_too() -> None:
+    n = 50_000
+    df = pd.DataFrame(
+        {"v": np.arange(n, dtype="f8"), "name": [f"tile-{i}" for i in range(n)]},
+        index=pd.RangeIndex(n),
+    )
+    enc = encode({"df": df})
+    assert len(enc.skeleton) < 1000
+    assert len(enc.buffers) == 2 and 8 * n in [b.nbytes for b in enc.buffers]
+    assert_same_frame(decode(enc.skeleton, enc.buffers)["df"], df)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pd.period_range("2026-01", periods=3, freq="M"),
+        pd.Series(pd.arrays.IntervalArray.from_breaks([0, 1, 2])),
+        pd.Series(pd.arrays.SparseArray([0, 0, 1])),
+        pd.DataFrame({"o": [Foo()]}),
+    ],
+)
+def test_pandas_values_that_cannot_round_trip_refuse(value: Any) -> None:
+    with pytest.raises(UnsupportedTypeError, match=r'state\["v"\]: '):
+        encode({"v": value})
+
+
+def test_an_unsupported_column_is_named() -> None:
+    df = pd.DataFrame({"ok": [1], "bad": pd.Series(pd.arrays.SparseArray([0]))})
+    with pytest.raises(UnsupportedTypeError, match=r"column 'bad': pandas dtype Sparse"):
+        encode(df)
