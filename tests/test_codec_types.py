@@ -359,3 +359,73 @@ def test_an_unsupported_column_is_named() -> None:
     df = pd.DataFrame({"ok": [1], "bad": pd.Series(pd.arrays.SparseArray([0]))})
     with pytest.raises(UnsupportedTypeError, match=r"column 'bad': pandas dtype Sparse"):
         encode(df)
+
+
+xr = pytest.importorskip("xarray")
+
+
+def _dataset(n: int = 4) -> Any:
+    lat = np.linspace(50.0, 49.0, n)
+    ds = xr.Dataset(
+        {
+            "dem": (("y", "x"), np.arange(n * n, dtype="i2").reshape(n, n), {"units": "m"}),
+            "ndvi": (("time", "y", "x"), np.random.default_rng(0).random((2, n, n), dtype="f4")),
+            "name": ((), "scene-1"),
+        },
+        coords={
+            "y": ("y", lat, {"axis": "Y"}),
+            "x": np.arange(n) * 10.0,
+            "time": pd.date_range("2026-01-01", periods=2, freq="D"),
+            "band": ("time", np.array(["B04", "B08"], dtype=object)),
+            "crs": ((), 4326),
+        },
+        attrs={"title": "tile", "created": timedelta(hours=1), "bbox": (1.0, 2.0, 3.0, 4.0)},
+    )
+    ds["dem"].encoding = {"dtype": np.dtype("int16"), "zlib": True}
+    return ds
+
+
+def test_datasets_round_trip_identically() -> None:
+    ds = _dataset()
+    back = round_trip({"ds": ds})["ds"]
+    assert type(back) is xr.Dataset
+    xr.testing.assert_identical(back, ds)
+    assert list(back.data_vars) == list(ds.data_vars) and list(back.coords) == list(ds.coords)
+    assert back["dem"].encoding == ds["dem"].encoding
+    assert back["band"].dtype == object and list(back["band"].values) == ["B04", "B08"]
+
+
+@given(st.data())
+@settings(max_examples=50)
+def test_data_arrays_round_trip_identically(data: Any) -> None:
+    from xarray.testing import strategies as xrst
+
+    var = data.draw(xrst.variables(attrs=xrst.simple_attrs))
+    name = data.draw(st.none() | st.text(max_size=5))
+    da = xr.DataArray(var, name=name)
+    back = round_trip([da])[0]
+    assert type(back) is xr.DataArray
+    xr.testing.assert_identical(back, da)
+
+
+def test_a_data_array_keeps_its_coordinates_and_name() -> None:
+    da = _dataset()["ndvi"]
+    back = round_trip(da)
+    xr.testing.assert_identical(back, da)
+    assert back.name == "ndvi" and set(back.coords) == set(da.coords)
+
+
+def test_big_variables_become_buffers_and_dedup_by_content() -> None:
+    ds = _dataset(200)
+    enc = encode({"a": ds, "b": ds["ndvi"]})
+    assert len(enc.skeleton) < 10_000  # the 1-d coordinates are small: inline
+    sizes = sorted(b.nbytes for b in enc.buffers)
+    assert sizes == [80_000, 320_000, 320_000]  # dem, and ndvi once per value
+    xr.testing.assert_identical(decode(enc.skeleton, enc.buffers)["a"], ds)
+
+
+def test_an_unsupported_attribute_is_located() -> None:
+    ds = _dataset()
+    ds.attrs["handler"] = Foo()
+    with pytest.raises(UnsupportedTypeError, match=r'state\["tiles"\]\[0\]: Dataset: .*Foo'):
+        encode({"tiles": [ds]})
