@@ -224,6 +224,7 @@ def xarray_parts(obj: Any, enc: Encoder) -> list[Any]:
         UnsupportedTypeError: a variable, attribute or name cannot round-trip exactly.
     """
     xr = sys.modules["xarray"]
+    _check_default_indexes(obj)
     if type(obj) is xr.DataArray:
         coords = [[n, _variable_parts(n, obj.coords[n].variable, enc)] for n in obj.coords]
         return ["array", obj.name, _variable_parts(obj.name, obj.variable, enc), coords]
@@ -259,6 +260,22 @@ def xarray_from_parts(parts: list[Any], dec: Decoder) -> Any:
         ds.encoding = encoding
         return ds
     raise CorruptCheckpointError(f"unknown xarray value kind {kind!r}")
+
+
+def _check_default_indexes(obj: Any) -> None:
+    """Refuse indexes that loading would not rebuild: only one per dimension coordinate."""
+    for name, index in obj.xindexes.items():
+        if type(index).__name__ != "PandasIndex" or name not in obj.dims:
+            raise UnsupportedTypeError(
+                f"coordinate {name!r} has a {type(index).__name__}, not the default index",
+                hint="Reset it to a default index (reset_index / set_xindex), or pickle.",
+            )
+    for dim in obj.dims:
+        if dim in obj.coords and dim not in obj.xindexes:
+            raise UnsupportedTypeError(
+                f"dimension coordinate {dim!r} has no index (loading would make one)",
+                hint="Keep its default index, or rename the coordinate.",
+            )
 
 
 def _variable_parts(name: Any, var: Any, enc: Encoder) -> list[Any]:

@@ -467,3 +467,11 @@ def test_saving_the_same_big_frame_and_dataset_again_stores_little(any_mgr: Any)
     grown = any_mgr.stats()["stored_bytes"] - first
     assert grown < first // 20, (grown, first)
     xr.testing.assert_identical(any_mgr.load(cp.id)["ds"], state["ds"])
+
+
+def test_xarray_indexes_that_would_not_come_back_refuse() -> None:
+    stacked = _dataset().stack(cell=("y", "x"))  # a PandasMultiIndex
+    unindexed = _dataset().drop_indexes("x")
+    for ds in (stacked, unindexed):
+        with pytest.raises(UnsupportedTypeError, match="index"):
+            encode(ds)
