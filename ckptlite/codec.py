@@ -4,7 +4,9 @@
 large *buffers* (ndarray data, big bytes) that the manager chunks and stores
 separately; the skeleton refers to them by index. ``decode`` reverses it.
 numpy is optional: it is imported only when an array is met. ``pickle`` is
-imported only when a value needs it and the caller allowed it.
+imported only when a value needs it and the caller allowed it. The other types
+(sets, Decimal, paths, masked arrays, pandas and xarray values...) are encoded
+by ``_codec_ext``, through this module's packing, so their arrays are buffers too.
 """
 
 from __future__ import annotations
