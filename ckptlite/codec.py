@@ -91,6 +91,9 @@ def _encode(state: Any, allow_pickle: bool) -> EncodedState:
         itemsizes.append(itemsize)
         return len(buffers) - 1
 
+    def pack(value: Any) -> bytes:
+        return _pack(value, default)
+
     def blob(data: bytes) -> int | bytes:
         return add_buffer(memoryview(data)) if len(data) >= BUFFER_THRESHOLD else data
 
@@ -126,7 +129,8 @@ def _encode(state: Any, allow_pickle: bool) -> EncodedState:
                 return msgpack.ExtType(_NDARRAY, _pack(_array_parts(np, obj, add_buffer), default))
             if isinstance(obj, np.generic) and not obj.dtype.hasobject:
                 return msgpack.ExtType(_NPSCALAR, _pack([obj.dtype.str, obj.tobytes()], default))
-        ext = _codec_ext.encode_ext(obj, t, ext_encoder)
+        # Made here, not per encode: most states never reach this line.
+        ext = _codec_ext.encode_ext(obj, t, _codec_ext.Encoder(pack, blob))
         if ext is not None:
             return msgpack.ExtType(*ext)
         if t is int:
@@ -144,7 +148,6 @@ def _encode(state: Any, allow_pickle: bool) -> EncodedState:
             type_name=f"{t.__module__}.{t.__qualname__}",
         )
 
-    ext_encoder = _codec_ext.Encoder(lambda value: _pack(value, default), blob)
     skeleton = _pack(state, default)
     if len(skeleton) >= BUFFER_THRESHOLD:
         # Big bytes may be inside (a small skeleton cannot hold any): pack again with
@@ -174,7 +177,6 @@ def decode(
 
     depth = 0
     held = list(buffers)
-    ext_decoder = _codec_ext.Decoder(lambda data: _unpack(data, ext_hook), held)
 
     def ext_hook(code: int, data: bytes) -> Any:
         nonlocal depth
@@ -211,7 +213,8 @@ def decode(
 
             return pickle.loads(data)
         if code in _codec_ext.CODES:
-            return _codec_ext.decode_ext(code, data, ext_decoder)
+            dec = _codec_ext.Decoder(lambda data: _unpack(data, ext_hook), held)
+            return _codec_ext.decode_ext(code, data, dec)
         raise CorruptCheckpointError(f"unknown msgpack extension type {code}")
 
     try:
