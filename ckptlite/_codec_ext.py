@@ -41,11 +41,21 @@ _PURE_OF = {"PosixPath": pathlib.PurePosixPath, "WindowsPath": pathlib.PureWindo
 class Encoder:
     """What an extension encoder needs from the codec: nested packing and big blobs."""
 
-    __slots__ = ("blob", "pack")
+    __slots__ = ("_add_buffer", "_threshold", "pack")
 
-    def __init__(self, pack: Callable[[Any], bytes], blob: Callable[[bytes], int | bytes]):
+    def __init__(
+        self,
+        pack: Callable[[Any], bytes],
+        add_buffer: Callable[[memoryview], int],
+        threshold: int,
+    ) -> None:
         self.pack = pack  #: packs any supported value (arrays become buffer references)
-        self.blob = blob  #: large packed bytes -> buffer index (chunked); small stay inline
+        self._add_buffer = add_buffer
+        self._threshold = threshold
+
+    def blob(self, data: bytes) -> int | bytes:
+        """Return large packed bytes as a buffer index (chunked); small ones stay inline."""
+        return self._add_buffer(memoryview(data)) if len(data) >= self._threshold else data
 
 
 class Decoder:

@@ -91,12 +91,6 @@ def _encode(state: Any, allow_pickle: bool) -> EncodedState:
         itemsizes.append(itemsize)
         return len(buffers) - 1
 
-    def pack(value: Any) -> bytes:
-        return _pack(value, default)
-
-    def blob(data: bytes) -> int | bytes:
-        return add_buffer(memoryview(data)) if len(data) >= BUFFER_THRESHOLD else data
-
     depth = 0
 
     def default(obj: Any) -> Any:
@@ -130,7 +124,8 @@ def _encode(state: Any, allow_pickle: bool) -> EncodedState:
             if isinstance(obj, np.generic) and not obj.dtype.hasobject:
                 return msgpack.ExtType(_NPSCALAR, _pack([obj.dtype.str, obj.tobytes()], default))
         # Made here, not per encode: most states never reach this line.
-        ext = _codec_ext.encode_ext(obj, t, _codec_ext.Encoder(pack, blob))
+        enc = _codec_ext.Encoder(lambda v: _pack(v, default), add_buffer, BUFFER_THRESHOLD)
+        ext = _codec_ext.encode_ext(obj, t, enc)
         if ext is not None:
             return msgpack.ExtType(*ext)
         if t is int:
