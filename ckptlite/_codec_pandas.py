@@ -50,10 +50,12 @@ def pandas_parts(obj: Any, enc: Encoder) -> list[Any]:
             _index_parts(obj.index, enc),
             cols,
             dict(obj.attrs),
+            bool(obj.flags.allows_duplicate_labels),
         ]
     if type(obj) is pd.Series:
         idx = _index_parts(obj.index, enc)
-        return ["series", obj.name, idx, _array_parts(obj, enc), dict(obj.attrs)]
+        flag = bool(obj.flags.allows_duplicate_labels)
+        return ["series", obj.name, idx, _array_parts(obj, enc), dict(obj.attrs), flag]
     return ["index", _index_parts(obj, enc)]
 
 
@@ -63,7 +65,7 @@ def pandas_from_parts(parts: list[Any], dec: Decoder) -> Any:
 
     kind = parts[0]
     if kind == "frame":
-        _, columns, index, cols, attrs = parts
+        _, columns, index, cols, attrs, dup_ok = parts
         columns, index = _index_from(columns, dec), _index_from(index, dec)
         data = {}
         for i, col in enumerate(cols):
@@ -72,13 +74,13 @@ def pandas_from_parts(parts: list[Any], dec: Decoder) -> Any:
         df = pd.DataFrame(data, index=index) if data else pd.DataFrame(index=index)
         df.columns = columns
         df.attrs.update(attrs)
-        return df
+        return df if dup_ok else df.set_flags(allows_duplicate_labels=False)
     if kind == "series":
-        _, name, index, col, attrs = parts
+        _, name, index, col, attrs, dup_ok = parts
         values = _array_from(col, dec)
         s = pd.Series(values, index=_index_from(index, dec), dtype=values.dtype, name=name)
         s.attrs.update(attrs)
-        return s
+        return s if dup_ok else s.set_flags(allows_duplicate_labels=False)
     if kind == "index":
         return _index_from(parts[1], dec)
     raise CorruptCheckpointError(f"unknown pandas value kind {kind!r}")
@@ -188,6 +190,8 @@ def _values_from(parts: list[Any], dec: Decoder) -> Any:
     import numpy as np
 
     if parts[0] == "np":
+        if not isinstance(parts[1], np.ndarray):
+            raise CorruptCheckpointError("a pandas or xarray value's array is not an array")
         return parts[1]
     _, shape, ref = parts
     items = dec.blob(ref)
@@ -281,6 +285,11 @@ def _check_default_indexes(obj: Any) -> None:
 def _variable_parts(name: Any, var: Any, enc: Encoder) -> list[Any]:
     import numpy as np
 
+    if not isinstance(var.dtype, np.dtype):  # a pandas extension array would come back numpy
+        raise UnsupportedTypeError(
+            f"variable {name!r} holds a {var.dtype} extension array, kept only as numpy",
+            hint="Convert it to a numpy dtype (var.astype(...)), or pickle.",
+        )
     try:
         values = _values_parts(np.asarray(var.values), enc)
     except UnsupportedTypeError as e:

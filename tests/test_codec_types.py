@@ -243,6 +243,7 @@ def assert_same_frame(back: Any, df: Any) -> None:
         back, df, check_exact=True, check_index_type=True, check_column_type=True, check_freq=True
     )
     assert list(back.dtypes) == list(df.dtypes) and back.attrs == df.attrs
+    assert back.flags.allows_duplicate_labels == df.flags.allows_duplicate_labels
     assert list(back.columns) == list(df.columns)
 
 
@@ -316,6 +317,8 @@ def test_series_and_indexes_keep_names_types_and_freq() -> None:
     back = round_trip(s)
     pd.testing.assert_series_equal(back, s, check_exact=True, check_index_type=True)
     assert back.attrs == s.attrs and back.name == s.name
+    strict = s.set_flags(allows_duplicate_labels=False)
+    assert not round_trip(strict).flags.allows_duplicate_labels
 
 
 def test_frames_with_duplicate_columns_multiindex_columns_and_no_columns() -> None:
@@ -325,7 +328,8 @@ def test_frames_with_duplicate_columns_multiindex_columns_and_no_columns() -> No
         columns=pd.MultiIndex.from_product([["a", "b"], ["x", "y", "z"]], names=["g", "c"]),
     )
     empty = pd.DataFrame(index=pd.RangeIndex(3, name="i"))
-    for df in (dup, wide, empty, pd.DataFrame()):
+    strict = pd.DataFrame({"a": [1]}).set_flags(allows_duplicate_labels=False)
+    for df in (dup, wide, empty, pd.DataFrame(), strict):
         assert_same_frame(round_trip(df), df)
 
 
@@ -475,3 +479,10 @@ def test_xarray_indexes_that_would_not_come_back_refuse() -> None:
     for ds in (stacked, unindexed):
         with pytest.raises(UnsupportedTypeError, match="index"):
             encode(ds)
+
+
+def test_xarray_extension_arrays_refuse_rather_than_come_back_numpy() -> None:
+    ds = xr.Dataset.from_dataframe(pd.DataFrame({"c": pd.Categorical(["a", "b"])}))
+    assert ds["c"].dtype == "category"
+    with pytest.raises(UnsupportedTypeError, match=r"variable 'c' holds a category"):
+        encode(ds)
