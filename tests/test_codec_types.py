@@ -297,6 +297,31 @@ def test_frames_with_strings_categories_and_nullable_columns(rows: list[Any], da
     assert_same_frame(round_trip(df), df)
 
 
+index_dtypes = st.sampled_from(["int64", "float64", "uint16", "M8[ns]", "m8[ms]", "bool", "object"])
+
+
+@given(
+    index_dtypes.flatmap(
+        lambda d: hpd.indexes(
+            elements=st.text(max_size=4) if d == "object" else None,
+            dtype=None if d == "object" else np.dtype(d),
+            max_size=6,
+            unique=d != "bool",
+        )
+    ),
+    st.none() | st.text(max_size=4) | st.integers(0, 9),
+    st.sampled_from(["float32", "int8", "complex64", "M8[s]"]),
+)
+@settings(max_examples=100)
+def test_series_and_indexes_round_trip(index: Any, name: Any, dtype: str) -> None:
+    index = index.rename(name)
+    assert_same_index(round_trip(index), index)
+    s = pd.Series(np.zeros(len(index), dtype=dtype), index=index, name=name)
+    back = round_trip({"s": s})["s"]
+    pd.testing.assert_series_equal(back, s, check_exact=True, check_index_type=True)
+    assert back.dtype == s.dtype and back.index.dtype == s.index.dtype
+
+
 def test_series_and_indexes_keep_names_types_and_freq() -> None:
     idx = [
         pd.RangeIndex(2, 20, 3, name="row"),
@@ -359,6 +384,33 @@ def test_pandas_values_that_cannot_round_trip_refuse(value: Any) -> None:
         encode({"v": value})
 
 
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ["frame", ["range", 0, 1, 1, None], ["range", 0, 2, 1, None], [["np", 5]], {}, True],
+        ["series", None, ["range", 0, 2, 1, None], ["obj", [3], 99], {}, True],
+        ["index", ["index", None, ["masked", "Sparse", [], []], None]],
+        ["index", ["nope"]],
+        [
+            "series",
+            None,
+            ["range", 0, 0, 1, None],
+            ["dttz", ["zone", "../../etc/passwd"], np.zeros(0, "M8[ns]")],
+            {},
+            True,
+        ],
+    ],
+)
+def test_hostile_pandas_payloads_raise_corrupt(parts: list[Any]) -> None:
+    import msgpack
+
+    from ckptlite import _codec_ext
+
+    data = msgpack.packb(msgpack.ExtType(_codec_ext._PANDAS, encode(parts).skeleton))
+    with pytest.raises(CorruptCheckpointError):
+        decode(data, [])
+
+
 def test_an_unsupported_column_is_named() -> None:
     df = pd.DataFrame({"ok": [1], "bad": pd.Series(pd.arrays.SparseArray([0]))})
     with pytest.raises(UnsupportedTypeError, match=r"column 'bad': pandas dtype Sparse"):
@@ -410,6 +462,24 @@ def test_data_arrays_round_trip_identically(data: Any) -> None:
     back = round_trip([da])[0]
     assert type(back) is xr.DataArray
     xr.testing.assert_identical(back, da)
+
+
+@given(st.data())
+@settings(max_examples=50)
+def test_datasets_round_trip_identically_hypothesis(data: Any) -> None:
+    from xarray.testing import strategies as xrst
+
+    sizes = data.draw(xrst.dimension_sizes(min_dims=1, max_dims=3, max_side=3))
+    variables = {
+        f"v{i}": data.draw(xrst.variables(dims=st.just(sizes), attrs=xrst.simple_attrs))
+        for i in range(data.draw(st.integers(0, 3)))
+    }
+    first = next(iter(sizes))
+    ds = xr.Dataset(variables, coords={first: np.arange(sizes[first]) * 0.5})
+    ds.attrs = data.draw(xrst.simple_attrs)
+    back = round_trip({"ds": ds})["ds"]
+    xr.testing.assert_identical(back, ds)
+    assert list(back.data_vars) == list(ds.data_vars)
 
 
 def test_a_data_array_keeps_its_coordinates_and_name() -> None:
