@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import CkptliteError, CorruptCheckpointError, UnsupportedTypeError
 
-__all__ = ["CODES", "Decoder", "Encoder", "decode_ext", "encode_ext"]
+__all__ = ["CODES", "Decoder", "Encoder", "decode_ext", "dtype_descr", "encode_ext"]
 
 _TIMEDELTA, _SET, _FROZENSET, _COMPLEX, _DECIMAL, _PATH = range(9, 15)
 _MASKED, _DTYPE, _PANDAS, _XARRAY = range(15, 19)
@@ -96,7 +96,7 @@ def encode_ext(obj: Any, t: type, enc: Encoder) -> tuple[int, bytes] | None:
         if t is np.ma.MaskedArray or t is np.ma.core.MaskedConstant:
             return _MASKED, enc.pack(_masked_parts(np, obj))
         if isinstance(obj, np.dtype) and not obj.hasobject:
-            return _DTYPE, enc.pack(np.lib.format.dtype_to_descr(obj))
+            return _DTYPE, enc.pack(dtype_descr(np, obj))
     pd = sys.modules.get("pandas")
     if pd is not None and (t is pd.DataFrame or t is pd.Series or isinstance(obj, pd.Index)):
         from . import _codec_pandas
@@ -164,6 +164,40 @@ def _decode_ext(code: int, data: bytes, dec: Decoder) -> Any:
     if code == _XARRAY:
         return _codec_pandas.xarray_from_parts(parts, dec)
     raise CorruptCheckpointError(f"unknown msgpack extension type {code}")
+
+
+def dtype_descr(np: Any, dtype: Any) -> Any:
+    """Return the descr that rebuilds ``dtype`` (``np.lib.format.dtype_to_descr``'s).
+
+    Raises:
+        UnsupportedTypeError: the dtype carries metadata, which no descr keeps.
+    """
+    if dtype.metadata is None and dtype.names is None:
+        return np.lib.format.dtype_to_descr(dtype)
+    # Empty metadata (an unpickled datetime64 dtype has it) loses nothing: dropped.
+    # numpy would drop any with only a warning.
+    metadata = _metadata(dtype)
+    if any(metadata):
+        raise UnsupportedTypeError(
+            f"dtype {dtype} carries metadata {metadata[0]!r} that cannot be kept",
+            hint="Drop the metadata (np.dtype(dtype.descr)), or pickle.",
+        )
+    return (
+        dtype.descr
+        if dtype.names is not None
+        else np.lib.format.dtype_to_descr(np.dtype(dtype.str))
+    )
+
+
+def _metadata(dtype: Any) -> list[Any]:
+    """Return the metadata mappings of ``dtype``, its fields and subarray bases."""
+    found = [] if dtype.metadata is None else [dtype.metadata]
+    if dtype.names is not None:
+        for name in dtype.names:
+            found += _metadata(dtype.fields[name][0])
+    if dtype.subdtype is not None:
+        found += _metadata(dtype.subdtype[0])
+    return sorted(found, key=bool, reverse=True)  # a non-empty one first
 
 
 def _ordered(items: set[Any] | frozenset[Any]) -> list[Any]:

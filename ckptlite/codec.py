@@ -337,7 +337,7 @@ def _dt_from_parts(parts: list[Any]) -> datetime:
 
 
 def _array_parts(np: Any, arr: Any, add_buffer: Callable[[memoryview, int], int]) -> list[Any]:
-    descr = np.lib.format.dtype_to_descr(arr.dtype)
+    descr = _codec_ext.dtype_descr(np, arr.dtype)
     if arr.flags.c_contiguous:
         order, data = "C", arr
     elif arr.flags.f_contiguous:

@@ -556,3 +556,19 @@ def test_xarray_extension_arrays_refuse_rather_than_come_back_numpy() -> None:
     assert ds["c"].dtype == "category"
     with pytest.raises(UnsupportedTypeError, match=r"variable 'c' holds a category"):
         encode(ds)
+
+
+def test_dtype_metadata_is_dropped_when_empty_and_refused_when_not() -> None:
+    empty = np.dtype("<M8[ns]", metadata={})
+    arr = np.zeros(3, dtype=empty)
+    back = round_trip(arr)  # an unpickled datetime64 dtype carries {}: nothing to lose
+    assert back.dtype == arr.dtype and back.dtype.metadata is None
+    assert round_trip(empty) == empty
+    rec = np.zeros(2, dtype=[("t", empty), ("v", "<f4")])
+    assert round_trip(rec).tobytes() == rec.tobytes()
+    for value in (
+        np.zeros(2, dtype=np.dtype("<f4", metadata={"units": "m"})),
+        np.dtype([("v", np.dtype("<f4", metadata={"units": "m"}))]),
+    ):
+        with pytest.raises(UnsupportedTypeError, match="metadata"):
+            encode({"v": value})
