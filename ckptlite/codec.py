@@ -129,10 +129,7 @@ def _encode(state: Any, allow_pickle: bool) -> EncodedState:
         if ext is not None:
             return msgpack.ExtType(*ext)
         if t is int:
-            raise UnsupportedTypeError(
-                f"integer {obj} is outside the 64-bit range",
-                hint="Store it as a str, or open the store with allow_pickle=True.",
-            )
+            raise _big_int_error(obj)
         if allow_pickle:
             import pickle
 
@@ -229,7 +226,14 @@ def decode(
 def _locate(value: Any, where: str, allow_pickle: bool) -> tuple[str, Any, Any] | None:
     """Return (path, value, error) of the first value in ``value`` that does not encode."""
     t = type(value)
-    if t in _ATOMS and (t is not int or -(2**63) <= value < 2**64):
+    if t in _ATOMS:
+        if t is int and not -(2**63) <= value < 2**64:
+            return where, value, _big_int_error(value)
+        if t is str and not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError as e:  # a lone surrogate: msgpack refuses it
+                return where, value, UnsupportedTypeError(f"a str that is not UTF-8: {e}")
         return None
     try:
         if t is dict:
@@ -259,6 +263,13 @@ def _locate(value: Any, where: str, allow_pickle: bool) -> tuple[str, Any, Any] 
     except UnsupportedTypeError as e:
         return where, value, e
     return None
+
+
+def _big_int_error(value: int) -> UnsupportedTypeError:
+    return UnsupportedTypeError(
+        f"integer {value} is outside the 64-bit range",
+        hint="Store it as a str, or open the store with allow_pickle=True.",
+    )
 
 
 def _show(key: Any) -> str:

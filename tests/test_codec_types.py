@@ -48,6 +48,11 @@ class _Key:
         return 1
 
 
+def test_a_str_that_is_not_utf8_is_located() -> None:
+    with pytest.raises(UnsupportedTypeError, match=r'state\["names"\]\[1\]: str: a str that'):
+        encode({"names": ["ok", "bad\udcff"]})
+
+
 def test_unsupported_values_inside_sets_and_tuples_are_located() -> None:
     with pytest.raises(UnsupportedTypeError, match=r'state\["s"\]\[0\]\{\(1, <.*\}\[1\]: Foo'):
         encode({"s": [frozenset({(1, Foo())})]})
