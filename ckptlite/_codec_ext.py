@@ -19,7 +19,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from .errors import CkptliteError, CorruptCheckpointError, UnsupportedTypeError
+from .errors import CkptliteError, ConfigError, CorruptCheckpointError, UnsupportedTypeError
 
 __all__ = ["CODES", "Decoder", "Encoder", "decode_ext", "dtype_descr", "encode_ext"]
 
@@ -115,15 +115,17 @@ def decode_ext(code: int, data: bytes, dec: Decoder) -> Any:
 
     Raises:
         CorruptCheckpointError: the payload is not a valid encoding.
+        ConfigError: the value needs a library (pandas, xarray) that is not installed.
     """
     try:
         return _decode_ext(code, data, dec)
     except CkptliteError:
         raise
-    except ImportError as e:
-        raise CorruptCheckpointError(
+    except ImportError as e:  # not damage: the checkpoint must not be marked corrupted
+        raise ConfigError(
             f"this state holds a value whose library is not installed: {e}",
-            hint="Install the library the checkpoint was saved with (pandas, xarray).",
+            hint="Install the library the checkpoint was saved with (pandas, xarray), "
+            "then load it again.",
         ) from e
     except Exception as e:  # a constructor refusing hostile parts: any error is possible
         raise CorruptCheckpointError(f"extension value {code} does not decode: {e}") from e

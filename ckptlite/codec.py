@@ -22,7 +22,12 @@ from typing import Any
 import msgpack
 
 from . import _codec_ext
-from .errors import CorruptCheckpointError, PickleNotAllowedError, UnsupportedTypeError
+from .errors import (
+    ConfigError,
+    CorruptCheckpointError,
+    PickleNotAllowedError,
+    UnsupportedTypeError,
+)
 
 __all__ = ["BUFFER_THRESHOLD", "EncodedState", "decode", "encode"]
 
@@ -162,6 +167,7 @@ def decode(
     Raises:
         PickleNotAllowedError: the state holds a pickled value and allow_pickle is False.
         CorruptCheckpointError: the bytes are not a valid encoding.
+        ConfigError: a value needs a library (pandas, xarray) that is not installed.
 
     >>> decode(encode([1, "x"]).skeleton, [])
     [1, 'x']
@@ -211,7 +217,7 @@ def decode(
 
     try:
         return _unpack(skeleton, ext_hook)
-    except (PickleNotAllowedError, CorruptCheckpointError):
+    except (PickleNotAllowedError, CorruptCheckpointError, ConfigError):
         raise
     except (ValueError, TypeError, IndexError, KeyError, RecursionError) as e:
         # msgpack's own errors (ExtraData, FormatError, StackError) derive from ValueError.

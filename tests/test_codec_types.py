@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import sys
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -577,3 +578,18 @@ def test_dtype_metadata_is_dropped_when_empty_and_refused_when_not() -> None:
     ):
         with pytest.raises(UnsupportedTypeError, match="metadata"):
             encode({"v": value})
+
+
+def test_loading_without_pandas_is_a_config_error_not_corruption(
+    mgr: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckptlite import Status
+    from ckptlite.errors import ConfigError
+
+    cp = mgr.save("geo", {"table": pd.DataFrame({"a": [1]})})
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas now fails
+    with pytest.raises(ConfigError, match="not installed"):
+        mgr.load(cp.id)
+    assert mgr.get(cp.id).status is Status.VALID
+    monkeypatch.undo()
+    assert mgr.load(cp.id)["table"]["a"].tolist() == [1]
