@@ -56,14 +56,30 @@ def core(mgr: ckptlite.CheckpointManager) -> CoreCheckpointManager:
 # -- the core manager ----------------------------------------------------------------------
 
 
-def test_each_class_warns_once_when_made(mgr: ckptlite.CheckpointManager) -> None:
-    for cls in (CoreCheckpointManager, TileCheckpointer, DatabaseCheckpoints):
+@pytest.fixture
+def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget which compat classes warned already in this process."""
+    import ckptlite.compat._common as common
+
+    monkeypatch.setattr(common, "_WARNED", set())
+
+
+def test_each_class_warns_once_pointing_at_the_caller(
+    mgr: ckptlite.CheckpointManager, fresh_warnings: None
+) -> None:
+    makers = [
+        (CoreCheckpointManager, lambda: CoreCheckpointManager(mgr)),
+        (TileCheckpointer, lambda: TileCheckpointer(mgr)),
+        (DatabaseCheckpoints, lambda: DatabaseCheckpoints(mgr)),
+        (PipelineCheckpointManager, lambda: PipelineCheckpointManager({}, store=mgr)),
+    ]
+    for cls, make in makers:
         with pytest.warns(DeprecationWarning, match=cls.__name__) as got:
-            cls(mgr)
-        assert len(got) == 1
-    with pytest.warns(DeprecationWarning, match="PipelineCheckpointManager") as got:
-        PipelineCheckpointManager({}, store=mgr)
-    assert len(got) == 1
+            make()
+        assert len(got) == 1 and got[0].filename == __file__  # the caller's line
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a second object warns no more
+            make()
 
 
 def test_save_load_and_the_record(
@@ -201,13 +217,16 @@ class Merger(ProcessorCheckpointMixin):
         self._checkpoint_data = {"alignment_completed": True}
 
 
-def test_processor_mixin(core: CoreCheckpointManager, mgr: ckptlite.CheckpointManager) -> None:
+def test_processor_mixin(
+    core: CoreCheckpointManager, mgr: ckptlite.CheckpointManager, fresh_warnings: None
+) -> None:
     p = Merger(core)
     assert not p.should_checkpoint(9) and p.should_checkpoint(10)
     p._last_checkpoint_items = 40
     p._progress_node_id = "Merger_op_1"
-    with pytest.warns(DeprecationWarning, match="Merger"):
+    with pytest.warns(DeprecationWarning, match="Merger") as got:
         path = p.save_checkpoint(data={"processed_items": [1, 2]})
+    assert got[0].filename == __file__
     cid = Path(path).name
     assert cid.startswith("Merger_") and cid.split("_")[1].isdigit()
     data = core.load_checkpoint(cid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Iterable
 from datetime import datetime
@@ -30,13 +31,26 @@ LEVEL_NAMES = {
 }
 
 
-def deprecated(cls: type, instead: str) -> None:
-    """Emit the one DeprecationWarning a compat class gives when it is made."""
+#: Classes that warned already: one DeprecationWarning per class and process, not per
+#: object (a warning per save would flood the users' logs).
+_WARNED: set[type] = set()
+_WARNED_LOCK = threading.Lock()
+
+
+def deprecated(cls: type, instead: str, stacklevel: int = 3) -> None:
+    """Emit the one DeprecationWarning of a compat class, the first time it is used.
+
+    ``stacklevel`` points the warning at the caller's line, not into ckptlite.
+    """
+    with _WARNED_LOCK:
+        if cls in _WARNED:
+            return
+        _WARNED.add(cls)
     warnings.warn(
         f"{cls.__module__}.{cls.__qualname__} is a transition layer over ckptlite; "
         f"move to {instead} (see docs/migration.md)",
         DeprecationWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
 
 

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError
 from ..legacy._common import map_level
@@ -354,7 +354,6 @@ class ProcessorCheckpointMixin:
     ``_progress_node_id`` and ``_checkpoint_data``.
     """
 
-    _compat_warned: ClassVar[bool] = False
     enable_checkpoints: bool = True
     checkpoint_interval: int = 100
     config: dict[str, Any]
@@ -365,10 +364,8 @@ class ProcessorCheckpointMixin:
     def _compat_manager(self) -> CoreCheckpointManager | None:
         if not self.enable_checkpoints:
             return None
-        cls = type(self)
-        if not cls.__dict__.get("_compat_warned", False):
-            cls._compat_warned = True
-            deprecated(cls, "ckptlite.CheckpointableProcess")
+        # Called from save/load_checkpoint: stacklevel 4 is the processor's own caller.
+        deprecated(type(self), "ckptlite.CheckpointableProcess", stacklevel=4)
         if self._checkpoint_manager is None:
             self._checkpoint_manager = get_checkpoint_manager()
         return self._checkpoint_manager
