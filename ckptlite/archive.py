@@ -120,7 +120,7 @@ def _export(mgr: CheckpointManager, target: Path, progress: Progress | None) -> 
 
     with tempfile.TemporaryDirectory(prefix=".ckptlite-export-", dir=target.parent) as tmp:
         store = Path(tmp) / "store"
-        if hasattr(mgr.backend, "backup"):
+        if mgr.backend.supports_backup:
             mgr.backup(store, progress)  # one consistent snapshot of everything
         else:
             # Made with the store's algorithm: sync then copies chunks without renaming.

@@ -511,19 +511,27 @@ class BlobDir:
             raise CorruptCheckpointError(
                 f"{what} cannot be read: {e.message}", hint=e.hint, digest=digest
             ) from None
-        except PermissionError:
-            raise CorruptCheckpointError(
+        except PermissionError as e:
+            # Unreadable is not damaged: the bytes may be intact, so this stays an I/O
+            # error and never marks a checkpoint CORRUPTED.
+            raise StoreIOError(
                 f"{what} cannot be read: permission denied",
                 hint="Give the store's files back to the user that writes it (chown/chmod), "
-                "then `ckptlite verify --full` marks the checkpoint valid again.",
+                "then retry.",
                 digest=digest,
-            ) from None
+                path=f"{sub}/{name}",
+            ) from e
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise CorruptCheckpointError(
                     f"{what} is a symlink; refusing to follow it", digest=digest
                 ) from None
-            raise
+            raise StoreIOError(
+                f"{what} cannot be read: {e.strerror or e}",
+                hint="Check the store's disk and permissions, then retry.",
+                digest=digest,
+                path=f"{sub}/{name}",
+            ) from e
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise CorruptCheckpointError(f"{what} is not a regular file", digest=digest)

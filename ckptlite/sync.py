@@ -427,13 +427,10 @@ class _Job:
         return StoredChunk(new, chunk.size, chunk.codec, chunk.data)
 
     def _flag_at_source(self, bad: set[str]) -> None:
-        mark = getattr(self.src, "mark_bad_chunks", None)
-        if mark is None:
-            return
         # Best effort: a read-only source cannot be flagged (its damage is still
         # reported in ``failed``).
         with contextlib.suppress(CkptliteError):
-            mark(sorted(bad))
+            self.src.mark_bad_chunks(sorted(bad))
 
     def _flush(self, group: list[StoredChunk], force: bool = False) -> None:
         if group and self.renamed is not None and not force:

@@ -55,6 +55,7 @@ from ._local_schema import (
     select_in,
 )
 from .base import (
+    BaseBackend,
     ListQuery,
     Staged,
     dump_metadata,
@@ -141,22 +142,8 @@ def _fresh(record: StoredRecord | None, meta: str) -> StoredRecord | None:
     """Return ``record`` with a new Checkpoint: the caller may change its metadata dict."""
     if record is None:
         return None
-    cp = record.checkpoint
-    fresh = Checkpoint(
-        cp.id,
-        cp.process_id,
-        cp.level,
-        cp.name,
-        cp.parent_id,
-        cp.seq,
-        cp.status,
-        cp.created_at,  # immutable, like every field but metadata
-        cp.size,
-        cp.stored_size,
-        cp.checksum,
-        load_metadata(meta),
-        cp.progress,
-    )
+    # Every field but metadata is immutable.
+    fresh = record.checkpoint.copy(metadata=load_metadata(meta))
     return StoredRecord(fresh, record.payload, record.manifest, record.digests)
 
 
@@ -272,7 +259,7 @@ def store_writable(root: Path) -> bool:
     return all(os.access(p, os.W_OK) for p in paths if os.path.lexists(p))
 
 
-class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
+class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin, BaseBackend):
     """A store directory: ``<root>/ckptlite.db`` and ``<root>/blobs/``.
 
     ``readonly=True`` writes nothing at all (see ``Database`` and ``BlobDir``):
@@ -282,6 +269,8 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
         ConfigError: ``root`` is not a directory, or holds another program's SQLite file.
         ReadOnlyStoreError: ``root`` is not writable and ``readonly`` is False.
     """
+
+    supports_backup = True
 
     def __init__(
         self,
@@ -710,21 +699,7 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
                 )
             _faults.point("commit.in_transaction")
         _faults.point("commit.after_commit")
-        return Checkpoint(  # built directly: dataclasses.replace costs twice as much
-            id=cp.id,
-            process_id=cp.process_id,
-            level=cp.level,
-            name=cp.name,
-            parent_id=cp.parent_id,
-            seq=seq,
-            status=cp.status,
-            created_at=cp.created_at,
-            size=cp.size,
-            stored_size=cp.stored_size,
-            checksum=cp.checksum,
-            metadata=cp.metadata,
-            progress=cp.progress,
-        )
+        return cp.copy(seq=seq)
 
     def get(self, checkpoint_id: str) -> Checkpoint:
         with translate_errors("reading checkpoint"):

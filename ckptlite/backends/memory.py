@@ -27,12 +27,12 @@ from ..types import (
     StoredChunk,
     StoredRecord,
 )
-from .base import ListQuery, Staged, StructureCheck, ledger_entry_wins
+from .base import BaseBackend, ListQuery, Staged, StructureCheck, ledger_entry_wins
 
 __all__ = ["MemoryBackend"]
 
 
-class MemoryBackend:
+class MemoryBackend(BaseBackend):
     """Records and chunks in dicts; gone when the process ends."""
 
     def __init__(self, url: str = "memory://", *, hash_name: str = DEFAULT_HASH) -> None:

@@ -75,7 +75,7 @@ from ..types import (
 from . import _pg_schema
 from ._pg_conn import Conn, Connections, display_url, run, split_url
 from ._pg_ledger import LedgerMixin
-from .base import ListQuery, Staged, StructureCheck, dump_metadata
+from .base import BaseBackend, ListQuery, Staged, StructureCheck, dump_metadata
 
 __all__ = ["PostgresBackend"]
 
@@ -137,7 +137,7 @@ def _checkpoint(row: Sequence[Any]) -> Checkpoint:
     )
 
 
-class PostgresBackend(LedgerMixin):
+class PostgresBackend(LedgerMixin, BaseBackend):
     """Records in ``pipeline_checkpoints`` + ckptlite's tables; chunks as BYTEA rows.
 
     ``url`` is a libpq URL; ``?ckptlite_table=NAME`` and ``?ckptlite_prefix=P``
