@@ -1,6 +1,6 @@
 """Packs appended to by this process (``PackAppender``); ``BlobDir.write_pack`` writes whole ones.
 
-``BlobDir.appender`` hands them out and keeps the pool of open packs; they
+``appender`` hands them out; ``BlobDir`` keeps the pool of open packs; they
 write through its directory descriptors, so nothing they do follows a symlink.
 See ``blobs`` for the layout and the locking.
 """
@@ -15,7 +15,7 @@ from . import _faults
 from .blobs import _CREATE_FLAGS, _PACKS, _TMP, BlobDir, _os_errors, _start_writeback
 from .errors import StoreLayoutError
 
-__all__ = ["PackAppender"]
+__all__ = ["PackAppender", "appender"]
 
 
 class _OpenPack:
@@ -176,3 +176,15 @@ class PackAppender:
 
 def _tmp_name(name: str) -> str:
     return f"{name[:16]}.{os.getpid()}.pack.tmp"
+
+
+def appender(blobs: BlobDir, limit: int) -> PackAppender:
+    """Return a writer appending to one of this process's open packs of ``blobs``.
+
+    Here, not on ``BlobDir``: this module builds on ``blobs``, never the reverse.
+
+    Raises:
+        ReadOnlyStoreError: the store is open read-only.
+    """
+    blobs._writable("writing a pack")
+    return PackAppender(blobs, limit)

@@ -57,7 +57,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._packs import PackAppender, _OpenPack
+    from ._packs import _OpenPack
 
 __all__ = ["BlobDir"]
 
@@ -303,17 +303,6 @@ class BlobDir:
         return st.st_size if st is not None else 0
 
     # -- open packs: appended to by this process ----------------------------------
-
-    def appender(self, limit: int) -> PackAppender:
-        """Return a writer appending to one of this process's open packs (see PackAppender).
-
-        Raises:
-            ReadOnlyStoreError: the store is open read-only.
-        """
-        from ._packs import PackAppender  # here: _packs builds on this module
-
-        self._writable("writing a pack")
-        return PackAppender(self, limit)
 
     def _checkout(self) -> _OpenPack | None:
         """Take an open pack out of the pool for one writer (None: none is open)."""

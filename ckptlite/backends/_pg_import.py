@@ -98,7 +98,7 @@ def import_records(
         MissingChunksError: a record references a chunk the store lacks.
         InvalidInputError: a parent is neither stored nor earlier in ``records``.
     """
-    from .postgres import _TO_LEGACY_STATUS, _legacy_level, _lock_key, _summary
+    from ._pg_rows import TO_LEGACY_STATUS, legacy_level, lock_key, record_summary
 
     rows: list[tuple[Any, ...]] = []
     seen: set[str] = set()
@@ -111,14 +111,14 @@ def import_records(
             (
                 len(rows),
                 cp.id,
-                _legacy_level(cp.level),
+                legacy_level(cp.level),
                 cp.level.value,
                 cp.name,
                 cp.parent_id,
                 cp.process_id,
-                _summary(cp, check=False),  # read from a store: valid JSON already
+                record_summary(cp, check=False),  # read from a store: valid JSON already
                 cp.size,
-                _TO_LEGACY_STATUS[cp.status],
+                TO_LEGACY_STATUS[cp.status],
                 cp.checksum,
                 cp.created_at,
                 rec.payload,
@@ -133,7 +133,7 @@ def import_records(
                 copy.set_types(_TYPES)
                 for row in rows:
                     copy.write_row(row)
-        source_key = _lock_key("sync", backend.store_id(), source)
+        source_key = lock_key("sync", backend.store_id(), source)
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (source_key,))
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (backend._commit_key,))
         inserted = 0

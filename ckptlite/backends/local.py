@@ -21,6 +21,7 @@ from typing import Any
 import apsw
 
 from .. import _faults
+from .._packs import appender
 from .._paths import os_error
 from .._sqlite import Database, translate_errors
 from ..blobs import BlobDir
@@ -442,7 +443,7 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin, BaseBackend):
         The packs stay flocked until the Staged is released: gc leaves them alone.
         """
         # On an error the appender cuts each pack back to what was durable before.
-        with self.blobs.gc_lock(exclusive=False), self.blobs.appender(PACK_MAX) as packs:
+        with self.blobs.gc_lock(exclusive=False), appender(self.blobs, PACK_MAX) as packs:
             if isinstance(chunks, Sequence):
                 present = self.has_chunks(c.digest for c in chunks)
                 chunks = [c for c in chunks if c.digest not in present]

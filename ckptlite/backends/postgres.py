@@ -43,9 +43,7 @@ raise ``StoreIOError`` (their transaction was rolled back).
 from __future__ import annotations
 
 import builtins
-import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC
 from typing import Any, TypeVar
 
 from psycopg import errors as pgerr
@@ -75,66 +73,21 @@ from ..types import (
 from . import _pg_schema
 from ._pg_conn import Conn, Connections, display_url, run, split_url
 from ._pg_ledger import LedgerMixin
-from .base import BaseBackend, ListQuery, Staged, StructureCheck, dump_metadata
+from ._pg_rows import (
+    FROM_LEGACY_STATUS,
+    TO_LEGACY_STATUS,
+    legacy_level,
+    lock_key,
+    record_summary,
+    row_checkpoint,
+)
+from .base import BaseBackend, ListQuery, Staged, StructureCheck
 
 __all__ = ["PostgresBackend"]
 
 T = TypeVar("T")
 
-_TO_LEGACY_LEVEL = {Level.STAGE: "phase"}
-_FROM_LEGACY_LEVEL = {"phase": Level.STAGE}
-_TO_LEGACY_STATUS = {
-    Status.VALID: "valid",
-    Status.CREATED: "created",
-    Status.CORRUPTED: "corrupted",
-    Status.ARCHIVED: "deleted",
-}
-_FROM_LEGACY_STATUS = {v: k for k, v in _TO_LEGACY_STATUS.items()}
 _BATCH = 5000  # ids per ANY(%s) query
-
-
-def _legacy_level(level: Level) -> str:
-    return _TO_LEGACY_LEVEL.get(level, level.value)
-
-
-def _lock_key(*parts: str) -> int:
-    """Return a signed 64-bit advisory lock key for ``parts``."""
-    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def _summary(cp: Checkpoint, *, check: bool = True) -> dict[str, Any]:
-    if check:
-        dump_metadata(cp.metadata)  # InvalidInputError before anything is written
-    return {
-        "ckptlite": 1,
-        "name": cp.name,
-        "status": cp.status.value,
-        "size": cp.size,
-        "stored_size": cp.stored_size,
-        "metadata": cp.metadata,
-        "progress": list(cp.progress) if cp.progress is not None else None,
-    }
-
-
-def _checkpoint(row: Sequence[Any]) -> Checkpoint:
-    seq, cid, pid, level, name, parent, status, created, ds, checksum = row[:10]
-    progress = ds.get("progress")
-    return Checkpoint(
-        id=cid,
-        process_id=pid,
-        level=Level(level),
-        name=name,
-        parent_id=parent,
-        seq=seq,
-        status=_FROM_LEGACY_STATUS.get(status, Status.ARCHIVED),
-        created_at=created.astimezone(UTC),
-        size=int(ds.get("size", 0)),
-        stored_size=int(ds.get("stored_size", 0)),
-        checksum=checksum or "",
-        metadata=ds.get("metadata") or {},
-        progress=None if progress is None else (int(progress[0]), int(progress[1])),
-    )
 
 
 class PostgresBackend(LedgerMixin, BaseBackend):
@@ -191,7 +144,7 @@ class PostgresBackend(LedgerMixin, BaseBackend):
         except BaseException:
             self._conns.close()
             raise
-        self._commit_key = _lock_key("commit", self._store_id)
+        self._commit_key = lock_key("commit", self._store_id)
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -205,7 +158,7 @@ class PostgresBackend(LedgerMixin, BaseBackend):
 
     def _setup(self, conn: Conn) -> str:
         # One lock for every table: which prefix is free is decided under it.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("setup"),))
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("setup"),))
         self.prefix = self._choose_prefix(conn)
         self._n = _pg_schema.names(self.table, self.prefix)
         t = self._n["t"].as_string(conn)
@@ -401,7 +354,7 @@ class PostgresBackend(LedgerMixin, BaseBackend):
         for s in staged:
             s.release()  # rows committed by stage_chunks already
         cp = record.checkpoint
-        summary = Jsonb(_summary(cp))
+        summary = Jsonb(record_summary(cp))
         digests = sorted(set(record.digests))
         check = self._q(
             "SELECT EXISTS (SELECT 1 FROM {t} WHERE checkpoint_id = %(id)s), "
@@ -428,13 +381,13 @@ class PostgresBackend(LedgerMixin, BaseBackend):
             "path": f"ckptlite://{cp.id}",
             "parent": cp.parent_id,
             "digests": digests,
-            "llevel": _legacy_level(cp.level),
+            "llevel": legacy_level(cp.level),
             "level": cp.level.value,
             "pid": cp.process_id,
             "name": cp.name,
             "summary": summary,
             "size": cp.size,
-            "status": _TO_LEGACY_STATUS[cp.status],
+            "status": TO_LEGACY_STATUS[cp.status],
             "checksum": cp.checksum,
             "created": cp.created_at,
             "payload": record.payload,
@@ -495,7 +448,7 @@ class PostgresBackend(LedgerMixin, BaseBackend):
             raise CheckpointNotFoundError(
                 f"no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id
             )
-        return _checkpoint(row)
+        return row_checkpoint(row)
 
     _RECORD_EXTRA = (
         ", r.payload, r.manifest, "
@@ -503,7 +456,7 @@ class PostgresBackend(LedgerMixin, BaseBackend):
     )
 
     def _record(self, row: Sequence[Any]) -> StoredRecord:
-        return StoredRecord(_checkpoint(row), bytes(row[10]), bytes(row[11]), tuple(row[12]))
+        return StoredRecord(row_checkpoint(row), bytes(row[10]), bytes(row[11]), tuple(row[12]))
 
     def get_record(self, checkpoint_id: str) -> StoredRecord:
         if not isinstance(checkpoint_id, str):
@@ -547,7 +500,7 @@ class PostgresBackend(LedgerMixin, BaseBackend):
             ("r.process_id", query.process_id),
             ("r.level", query.level.value if query.level else None),
             ("r.name", query.name),
-            ("l.status", _TO_LEGACY_STATUS[query.status] if query.status else None),
+            ("l.status", TO_LEGACY_STATUS[query.status] if query.status else None),
             ("l.parent_id", query.parent),
         ):
             if val is not None:
@@ -565,7 +518,7 @@ class PostgresBackend(LedgerMixin, BaseBackend):
             args.append(query.limit)
         q = self._select("WHERE " + " AND ".join(where) if where else "", tail)
         rows = self._run("listing checkpoints", lambda c: c.execute(q, args).fetchall())
-        return [_checkpoint(r) for r in rows]
+        return [row_checkpoint(r) for r in rows]
 
     def set_status(self, checkpoint_id: str, status: Status) -> None:
         q = self._q(
@@ -575,7 +528,7 @@ class PostgresBackend(LedgerMixin, BaseBackend):
             "AND EXISTS (SELECT 1 FROM {records} WHERE checkpoint_id = %s)"
         )
         st = Status(status)
-        args = (_TO_LEGACY_STATUS[st], st.value, checkpoint_id, checkpoint_id)
+        args = (TO_LEGACY_STATUS[st], st.value, checkpoint_id, checkpoint_id)
         n = self._run(
             "changing a status", lambda c: c.execute(q, args).rowcount, write=True, idempotent=True
         )
@@ -682,7 +635,7 @@ class PostgresBackend(LedgerMixin, BaseBackend):
             ):
                 by_process.setdefault(pid, {})[level] = count
             by_status = {
-                _FROM_LEGACY_STATUS.get(s, Status.ARCHIVED).value: count
+                FROM_LEGACY_STATUS.get(s, Status.ARCHIVED).value: count
                 for s, count in conn.execute(
                     self._q("SELECT l.status, count(*) FROM " + self._FROM + " GROUP BY 1")
                 )
