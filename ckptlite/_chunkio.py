@@ -5,6 +5,7 @@ run on the pool it passes; nothing here encodes or decodes a state, or frames
 its skeleton (``_envelope`` does).
 """
 
+# Performance targets cited as (P1)...(P17): bench/TARGETS.md.
 from __future__ import annotations
 
 import os

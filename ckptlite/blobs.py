@@ -32,6 +32,7 @@ file; it flocks the lock files through read-only descriptors when they exist,
 and every write raises ``ReadOnlyStoreError``.
 """
 
+# Performance targets cited as (P1)...(P17): bench/TARGETS.md.
 from __future__ import annotations
 
 import contextlib

@@ -8,6 +8,7 @@ its bytes, and ``refs`` (a foreign key to ``chunks``) means a committed record
 never points at a missing chunk.
 """
 
+# Performance targets cited as (P1)...(P17): bench/TARGETS.md.
 from __future__ import annotations
 
 import builtins
@@ -44,6 +45,7 @@ from ..types import (
     StoredChunk,
     StoredRecord,
 )
+from . import _query
 from ._local_ledger import LocalLedgerMixin
 from ._local_maintenance import LocalMaintenanceMixin, record_file
 from ._local_schema import (
@@ -136,6 +138,20 @@ _scratch_local = threading.local()
 
 
 _CACHE_SLOTS = 256  # slots per connection whose latest record is kept
+#: How SQLite spells ``ListQuery``'s filters (``_query``).
+SQLITE = _query.Dialect(
+    param="?",
+    process_id="process_id",
+    level="level",
+    name="name",
+    status="status",
+    parent="parent_id",
+    created_at="created_at",
+    seq="seq",
+    status_value=lambda s: s.value,
+    time_value=to_micros,
+)
+
 _CACHE_MAX_BYTES = 16 << 10  # a bigger payload + manifest is read again each time
 
 
@@ -763,14 +779,8 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin, BaseBackend):
         self, conn: apsw.Connection, process_id: str, level: Level | None, name: str | None
     ) -> tuple[StoredRecord | None, str]:
         """Read the slot's latest VALID record and its metadata JSON."""
-        where = "process_id=?"
-        args: list[Any] = [process_id]
-        if level is not None:
-            where += " AND level=?"
-            args.append(level.value)
-        if name is not None:
-            where += " AND name=?"
-            args.append(name)
+        conds, args = _query.slot_where(SQLITE, process_id, level, name)
+        where = " AND ".join(conds)
         # The slot's newest seq from its index, then that row by rowid: two short
         # statements cost ~25% less than one filtered on status. Only when the
         # newest is not VALID (or went away meanwhile) does the filtered one run.
@@ -805,26 +815,9 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin, BaseBackend):
         return None if record is None else record.checkpoint
 
     def list(self, query: ListQuery) -> list[Checkpoint]:
-        where: list[str] = []
-        args: list[Any] = []
-        for col, val in (
-            ("process_id", query.process_id),
-            ("level", query.level.value if query.level else None),
-            ("name", query.name),
-            ("status", query.status.value if query.status else None),
-            ("parent_id", query.parent),
-        ):
-            if val is not None:
-                where.append(f"{col}=?")
-                args.append(val)
-        if query.since is not None:
-            where.append("created_at>=?")
-            args.append(to_micros(query.since))
-        if query.after_seq is not None:
-            where.append("seq>?")
-            args.append(query.after_seq)
-        order = "ASC" if query.ascending else "DESC"
+        where, args = _query.where(SQLITE, query)
         if query.limit is not None and query.process_id is not None:
+            order = "ASC" if query.ascending else "DESC"
             sql, args = _per_level(
                 CHECKPOINT_COLS, where, args, query.level is None, order, query.limit
             )
@@ -832,10 +825,7 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin, BaseBackend):
             sql = f"SELECT {CHECKPOINT_COLS} FROM checkpoints"
             if where:
                 sql += " WHERE " + " AND ".join(where)
-            sql += " ORDER BY seq " + order
-            if query.limit is not None:
-                sql += " LIMIT ?"
-                args.append(query.limit)
+            sql += " " + _query.order_limit(SQLITE, query, args)
         with translate_errors("listing checkpoints"):
             return [row_to_checkpoint(r) for r in self.db.read().execute(sql, args)]
 

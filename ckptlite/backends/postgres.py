@@ -70,7 +70,7 @@ from ..types import (
     StoredChunk,
     StoredRecord,
 )
-from . import _pg_schema
+from . import _pg_schema, _query
 from ._pg_conn import Conn, Connections, display_url, run, split_url
 from ._pg_ledger import LedgerMixin
 from ._pg_rows import (
@@ -87,6 +87,19 @@ __all__ = ["PostgresBackend"]
 
 T = TypeVar("T")
 
+#: How PostgreSQL (the legacy table ``l`` and ckptlite's records ``r``) spells the filters.
+POSTGRES = _query.Dialect(
+    param="%s",
+    process_id="r.process_id",
+    level="r.level",
+    name="r.name",
+    status="l.status",
+    parent="l.parent_id",
+    created_at="l.created_at",
+    seq="r.seq",
+    status_value=TO_LEGACY_STATUS.__getitem__,
+    time_value=lambda t: t,
+)
 _BATCH = 5000  # ids per ANY(%s) query
 
 
@@ -482,40 +495,18 @@ class PostgresBackend(LedgerMixin, BaseBackend):
         self, process_id: str, level: Level | None, name: str | None
     ) -> StoredRecord | None:
         """Return the slot's latest VALID record with its payload, in one query (or None)."""
-        where, args = "WHERE r.process_id = %s AND l.status = 'valid'", [process_id]
-        if level is not None:
-            where += " AND r.level = %s"
-            args.append(level.value)
-        if name is not None:
-            where += " AND r.name = %s"
-            args.append(name)
+        conds, args = _query.where(
+            POSTGRES,
+            ListQuery(process_id=process_id, level=level, name=name, status=Status.VALID),
+        )
+        where = "WHERE " + " AND ".join(conds)
         q = self._select(where, "ORDER BY r.seq DESC LIMIT 1", extra=self._RECORD_EXTRA)
         row = self._run("reading a checkpoint", lambda c: c.execute(q, args).fetchone())
         return None if row is None else self._record(row)
 
     def list(self, query: ListQuery) -> builtins.list[Checkpoint]:
-        where: builtins.list[str] = []
-        args: builtins.list[Any] = []
-        for col, val in (
-            ("r.process_id", query.process_id),
-            ("r.level", query.level.value if query.level else None),
-            ("r.name", query.name),
-            ("l.status", TO_LEGACY_STATUS[query.status] if query.status else None),
-            ("l.parent_id", query.parent),
-        ):
-            if val is not None:
-                where.append(f"{col} = %s")
-                args.append(val)
-        if query.since is not None:
-            where.append("l.created_at >= %s")
-            args.append(query.since)
-        if query.after_seq is not None:
-            where.append("r.seq > %s")
-            args.append(query.after_seq)
-        tail = "ORDER BY r.seq " + ("ASC" if query.ascending else "DESC")
-        if query.limit is not None:
-            tail += " LIMIT %s"
-            args.append(query.limit)
+        where, args = _query.where(POSTGRES, query)
+        tail = _query.order_limit(POSTGRES, query, args)
         q = self._select("WHERE " + " AND ".join(where) if where else "", tail)
         rows = self._run("listing checkpoints", lambda c: c.execute(q, args).fetchall())
         return [row_checkpoint(r) for r in rows]
