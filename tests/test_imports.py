@@ -103,9 +103,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_walker_sees_function_level_and_relative_imports() -> None:
     graph = _graph()
-    # postgres imports _pg_import inside import_records; local imports _packs' appender.
+    # postgres imports _pg_import inside import_records; _local_chunks imports _packs.
     assert "ckptlite.backends._pg_import" in graph["ckptlite.backends.postgres"]
-    assert "ckptlite._packs" in graph["ckptlite.backends.local"]
+    assert "ckptlite._packs" in graph["ckptlite.backends._local_chunks"]
     assert "ckptlite._engine" in graph["ckptlite.manager"]
     # and finds a cycle when there is one
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
