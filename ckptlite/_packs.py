@@ -12,7 +12,8 @@ import os
 import secrets
 
 from . import _faults
-from .blobs import _CREATE_FLAGS, _PACKS, _TMP, BlobDir, _os_errors, _start_writeback
+from ._blobfs import CREATE_FLAGS, PACKS, TMP, os_errors, start_writeback
+from .blobs import BlobDir
 from .errors import StoreLayoutError
 
 __all__ = ["PackAppender", "appender"]
@@ -76,7 +77,7 @@ class PackAppender:
             self._packs.append(pack)
             self._starts.append(0)
         offset = pack.end
-        with _os_errors(f"writing pack {pack.name}"):
+        with os_errors(f"writing pack {pack.name}"):
             while view.nbytes:
                 n = os.pwrite(pack.fd, view, pack.end)
                 view = view[n:]
@@ -85,7 +86,7 @@ class PackAppender:
                 # Writeback starts now, overlapping the next hash and write: the sync
                 # waits for the tail only. From a group's second chunk on: a one-chunk
                 # save makes no such call (its sync writes the chunk anyway).
-                _start_writeback(pack.fd, pack.flushed, pack.end - pack.flushed)
+                start_writeback(pack.fd, pack.flushed, pack.end - pack.flushed)
                 pack.flushed = pack.end
         _faults.point("pack.after_append" if pack.linked else "blob.after_write")
         return pack.name, offset
@@ -93,9 +94,9 @@ class PackAppender:
     def _create(self) -> _OpenPack:
         b = self.blobs
         name = secrets.token_hex(32)
-        with b._dir(_TMP) as tmp_dir, _os_errors(f"creating pack {name}"):
+        with b._dir(TMP) as tmp_dir, os_errors(f"creating pack {name}"):
             # Creating the temp file can hit ENOSPC too (no inode left): same typed error.
-            fd = os.open(_tmp_name(name), _CREATE_FLAGS, b.file_mode, dir_fd=tmp_dir)
+            fd = os.open(_tmp_name(name), CREATE_FLAGS, b.file_mode, dir_fd=tmp_dir)
         fcntl.flock(fd, fcntl.LOCK_EX)  # held while it is open: gc skips it
         os.fchmod(fd, b.file_mode)  # not cut by the umask (see BlobDir._mkdir_at)
         return _OpenPack(name, fd, 0, False)
@@ -111,7 +112,7 @@ class PackAppender:
         for pack in self._packs:
             if pack.end == pack.size and pack.linked:
                 continue
-            with _os_errors(f"writing pack {pack.name}"):
+            with os_errors(f"writing pack {pack.name}"):
                 if pack.linked:
                     if b.fsync:
                         os.fdatasync(pack.fd)
@@ -120,7 +121,7 @@ class PackAppender:
                     if b.fsync:
                         os.fsync(pack.fd)
                     _faults.point("blob.after_fsync")
-                    with b._dir(_TMP) as tmp_dir, b._dir(_PACKS) as packs:
+                    with b._dir(TMP) as tmp_dir, b._dir(PACKS) as packs:
                         os.rename(
                             _tmp_name(pack.name), pack.name, src_dir_fd=tmp_dir, dst_dir_fd=packs
                         )
@@ -166,7 +167,7 @@ class PackAppender:
                     # We hold its flock: nobody else appends. Cut what this group added.
                     os.ftruncate(pack.fd, pack.size)
                 else:
-                    with self.blobs._dir(_TMP) as tmp_dir:
+                    with self.blobs._dir(TMP) as tmp_dir:
                         os.unlink(_tmp_name(pack.name), dir_fd=tmp_dir)
             except (OSError, StoreLayoutError):
                 pass
