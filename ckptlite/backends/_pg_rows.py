@@ -7,22 +7,31 @@ import these from here, never from ``postgres``: the imports point one way.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..types import Checkpoint, Level, Status
+
+if TYPE_CHECKING:
+    from psycopg import sql
+
+    from ._pg_conn import Conn
+
 from .base import dump_metadata
 
 __all__ = [
+    "BATCH",
     "FROM_LEGACY_LEVEL",
     "FROM_LEGACY_STATUS",
     "TO_LEGACY_LEVEL",
     "TO_LEGACY_STATUS",
+    "batches",
     "legacy_level",
     "lock_key",
     "record_summary",
     "row_checkpoint",
+    "select_any",
 ]
 
 TO_LEGACY_LEVEL = {Level.STAGE: "phase"}
@@ -78,3 +87,19 @@ def row_checkpoint(row: Sequence[Any]) -> Checkpoint:
         metadata=ds.get("metadata") or {},
         progress=None if progress is None else (int(progress[0]), int(progress[1])),
     )
+
+
+#: Values per ``= ANY(%s)`` query: one helper batches every such lookup.
+BATCH = 5000
+
+
+def batches(values: Sequence[Any], n: int = BATCH) -> Iterator[Sequence[Any]]:
+    """Yield ``values`` in slices of at most ``n``."""
+    for i in range(0, len(values), n):
+        yield values[i : i + n]
+
+
+def select_any(conn: Conn, query: sql.Composed, values: Sequence[Any]) -> Iterator[Any]:
+    """Yield the rows of ``query`` (one ``= ANY(%s)`` parameter) over ``values``, in batches."""
+    for batch in batches(values):
+        yield from conn.execute(query, (list(batch),))

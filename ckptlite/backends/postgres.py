@@ -43,7 +43,7 @@ raise ``StoreIOError`` (their transaction was rolled back).
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from psycopg import errors as pgerr
@@ -57,14 +57,12 @@ from ..errors import (
     InvalidInputError,
     MigrationError,
     MissingChunksError,
-    StoreError,
     StoreIOError,
 )
 from ..types import (
     DEFAULT_HASH,
     LEGACY_HASH,
     Checkpoint,
-    GcReport,
     Level,
     Status,
     StoredChunk,
@@ -73,15 +71,17 @@ from ..types import (
 from . import _pg_schema, _query
 from ._pg_conn import Conn, Connections, display_url, run, split_url
 from ._pg_ledger import LedgerMixin
+from ._pg_maintenance import PgMaintenanceMixin
 from ._pg_rows import (
-    FROM_LEGACY_STATUS,
     TO_LEGACY_STATUS,
+    batches,
     legacy_level,
     lock_key,
     record_summary,
     row_checkpoint,
+    select_any,
 )
-from .base import BaseBackend, ListQuery, Staged, StructureCheck
+from .base import BaseBackend, ListQuery, Staged
 
 __all__ = ["PostgresBackend"]
 
@@ -100,10 +100,9 @@ POSTGRES = _query.Dialect(
     status_value=TO_LEGACY_STATUS.__getitem__,
     time_value=lambda t: t,
 )
-_BATCH = 5000  # ids per ANY(%s) query
 
 
-class PostgresBackend(LedgerMixin, BaseBackend):
+class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
     """Records in ``pipeline_checkpoints`` + ckptlite's tables; chunks as BYTEA rows.
 
     ``url`` is a libpq URL; ``?ckptlite_table=NAME`` and ``?ckptlite_prefix=P``
@@ -334,8 +333,8 @@ class PostgresBackend(LedgerMixin, BaseBackend):
         def run(conn: Conn) -> None:
             if replace:
                 conn.execute(clear)
-            for i in range(0, len(wanted), _BATCH):
-                conn.execute(flag, (wanted[i : i + _BATCH],))
+            for batch in batches(wanted):
+                conn.execute(flag, (batch,))
 
         if wanted or replace:
             self._run("flagging bad chunks", run, write=True, idempotent=True)
@@ -347,10 +346,7 @@ class PostgresBackend(LedgerMixin, BaseBackend):
         q = self._q(f"SELECT {col} FROM {table} WHERE {col} = ANY(%s) AND {extra}")
 
         def run(conn: Conn) -> set[str]:
-            found: set[str] = set()
-            for i in range(0, len(wanted), _BATCH):
-                found.update(r[0] for r in conn.execute(q, (wanted[i : i + _BATCH],)))
-            return found
+            return {r[0] for r in select_any(conn, q, wanted)}
 
         return self._run(what, run) if wanted else set()
 
@@ -557,97 +553,6 @@ class PostgresBackend(LedgerMixin, BaseBackend):
                 f"no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id
             )
         return ids
-
-    # -- maintenance --------------------------------------------------------------
-
-    def iter_chunk_digests(self) -> Iterator[str]:
-        q = self._q("SELECT digest FROM {chunks}")
-        rows = self._run("listing chunks", lambda c: c.execute(q).fetchall())
-        yield from (r[0] for r in rows)
-
-    def checkpoints_using(self, digests: Iterable[str]) -> set[str]:
-        wanted = list(dict.fromkeys(digests))
-        q = self._q(
-            "SELECT DISTINCT r.checkpoint_id FROM {refs} f JOIN {records} r ON r.seq = f.seq "
-            "WHERE f.digest = ANY(%s)"
-        )
-
-        def run(conn: Conn) -> set[str]:
-            found: set[str] = set()
-            for i in range(0, len(wanted), _BATCH):
-                found.update(r[0] for r in conn.execute(q, (wanted[i : i + _BATCH],)))
-            return found
-
-        return self._run("reading chunk references", run) if wanted else set()
-
-    _ORPHANS = "FROM {chunks} c WHERE NOT EXISTS (SELECT 1 FROM {refs} f WHERE f.digest = c.digest)"
-
-    def check(self) -> StructureCheck:
-        # refs.digest is a foreign key to chunks: a record cannot lose a chunk here.
-        q = self._q("SELECT c.digest " + self._ORPHANS + " ORDER BY c.digest")
-        rows = self._run("checking the store", lambda c: c.execute(q).fetchall())
-        return StructureCheck({}, tuple(r[0] for r in rows))
-
-    def gc(self, dry_run: bool = False) -> GcReport:
-        if dry_run:
-            q = self._q("SELECT c.digest, c.stored_size " + self._ORPHANS)
-        else:
-            q = self._q("DELETE " + self._ORPHANS + " RETURNING c.digest, c.stored_size")
-
-        def run(conn: Conn) -> builtins.list[Any]:
-            return conn.execute(q).fetchall()
-
-        for attempt in range(5):
-            try:
-                rows = self._run("collecting garbage", run, write=not dry_run)
-                break
-            except StoreError as e:
-                # A save referenced a chunk while we deleted it: the FK refused; redo.
-                if attempt == 4 or not isinstance(e.__cause__, pgerr.ForeignKeyViolation):
-                    raise
-        return GcReport(
-            tuple(sorted(r[0] for r in rows)), (), sum(r[1] for r in rows), dry_run=dry_run
-        )
-
-    def stats(self) -> dict[str, Any]:
-        def run(conn: Conn) -> dict[str, Any]:
-            n, logical, payload = conn.execute(
-                self._q(
-                    "SELECT count(*), coalesce(sum((l.data_summary->>'size')::bigint), 0), "
-                    "coalesce(sum(length(r.payload)), 0) FROM " + self._FROM
-                )
-            ).fetchone() or (0, 0, 0)
-            chunks, chunk_bytes = conn.execute(
-                self._q("SELECT count(*), coalesce(sum(stored_size), 0) FROM {chunks}")
-            ).fetchone() or (0, 0)
-            by_process: dict[str, dict[str, int]] = {}
-            for pid, level, count in conn.execute(
-                self._q("SELECT process_id, level, count(*) FROM {records} GROUP BY 1, 2")
-            ):
-                by_process.setdefault(pid, {})[level] = count
-            by_status = {
-                FROM_LEGACY_STATUS.get(s, Status.ARCHIVED).value: count
-                for s, count in conn.execute(
-                    self._q("SELECT l.status, count(*) FROM " + self._FROM + " GROUP BY 1")
-                )
-            }
-            (legacy,) = conn.execute(
-                self._q(
-                    "SELECT count(*) FROM {t} l WHERE NOT EXISTS "
-                    "(SELECT 1 FROM {records} r WHERE r.checkpoint_id = l.checkpoint_id)"
-                )
-            ).fetchone() or (0,)
-            return {
-                "checkpoints": n,
-                "chunks": chunks,
-                "logical_bytes": int(logical),
-                "stored_bytes": int(payload) + int(chunk_bytes),
-                "by_process": by_process,
-                "by_status": by_status,
-                "legacy_rows": legacy,
-            }
-
-        return self._run("reading stats", run)
 
     def close(self) -> None:
         self._conns.close()
