@@ -40,6 +40,7 @@ from .backends.local import DB_NAME, forget_store_file
 from .errors import (
     CorruptCheckpointError,
     InvalidInputError,
+    ReadOnlyStoreError,
     StoreFullError,
     StoreIOError,
 )
@@ -178,7 +179,8 @@ def import_archive(
             declares (nothing unpacked).
         ReadOnlyStoreError: ``mgr`` is open read-only (nothing is unpacked).
     """
-    mgr._refuse_write("import an archive")
+    if mgr.readonly:
+        raise ReadOnlyStoreError(f"{mgr.url} is open read-only: cannot import an archive")
     source = to_path(path, "archive")
     try:
         f = source.open("rb")
