@@ -32,6 +32,7 @@ __all__ = [
     "os_errors",
     "pieces",
     "pread_into",
+    "read_errors",
     "scan",
     "start_writeback",
 ]
@@ -121,3 +122,17 @@ def os_errors(what: str) -> Iterator[None]:
         if e.errno == errno.EIO:
             raise StoreIOError(f"{what}: I/O error") from e
         raise
+
+
+@contextlib.contextmanager
+def read_errors(what: str, digest: str | None, path: str) -> Iterator[None]:
+    """Raise an OS error met reading ``what`` as StoreIOError: unreadable is not damaged."""
+    try:
+        yield
+    except OSError as e:
+        raise StoreIOError(
+            f"{what} cannot be read: {e.strerror or e}",
+            hint="Check the store's disk (dmesg) and permissions, then retry.",
+            digest=digest,
+            path=path,
+        ) from e

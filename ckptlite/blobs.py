@@ -60,6 +60,7 @@ from ._blobfs import (
     os_errors,
     pieces,
     pread_into,
+    read_errors,
     start_writeback,
 )
 from .errors import (
@@ -416,7 +417,10 @@ class BlobDir(BlobUpkeepMixin):
                     f"chunk file {digest} holds {size} bytes, more than any chunk",
                     digest=digest,
                 )
-            with os.fdopen(fd, "rb", closefd=False) as f:
+            with (
+                read_errors(f"chunk {digest}", digest, "/".join(self._chunk(digest))),
+                os.fdopen(fd, "rb", closefd=False) as f,
+            ):
                 return f.read()
         finally:
             os.close(fd)
@@ -433,8 +437,9 @@ class BlobDir(BlobUpkeepMixin):
         """
         fd = self._open_file(*self._chunk(digest), f"chunk {digest}", digest)
         try:
-            got = pread_into(fd, out, 0)
-            return got + (len(os.pread(fd, 1, got)) if got == out.nbytes else 0)
+            with read_errors(f"chunk {digest}", digest, "/".join(self._chunk(digest))):
+                got = pread_into(fd, out, 0)
+                return got + (len(os.pread(fd, 1, got)) if got == out.nbytes else 0)
         finally:
             os.close(fd)
 
@@ -458,7 +463,8 @@ class BlobDir(BlobUpkeepMixin):
                     digest=digest,
                 )
             out = memoryview(bytearray(n))
-            got = pread_into(fd, out, offset)
+            with read_errors(f"chunk {digest} (pack {name})", digest, "/".join(self._pack(name))):
+                got = pread_into(fd, out, offset)
         finally:
             os.close(fd)
         if got != n:
@@ -475,7 +481,8 @@ class BlobDir(BlobUpkeepMixin):
         """
         fd = self._open_file(*self._pack(name), f"chunk {digest} (pack {name})", digest)
         try:
-            return pread_into(fd, out, offset)
+            with read_errors(f"chunk {digest} (pack {name})", digest, "/".join(self._pack(name))):
+                return pread_into(fd, out, offset)
         finally:
             os.close(fd)
 

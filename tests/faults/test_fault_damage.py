@@ -199,3 +199,33 @@ def test_chunk_chmod_000_for_a_normal_user(tmp_path: Path) -> None:
         common_check(store, expected=_expected)  # readable again: verify marks B valid
     finally:
         shutil.rmtree(base)
+
+
+def test_an_io_error_reading_a_pack_is_not_corruption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EIO mid-read (a failing disk): StoreIOError naming the pack; nothing marked CORRUPTED."""
+    import errno
+
+    import ckptlite.blobs
+
+    store = tmp_path / "store"
+    cps = _make(store)
+
+    def failing(fd: int, out: memoryview, offset: int) -> int:
+        raise OSError(errno.EIO, "Input/output error (injected)")
+
+    with open_store(store) as mgr:
+        with monkeypatch.context() as mp:
+            mp.setattr(ckptlite.blobs, "pread_into", failing)
+            for call in (
+                lambda: mgr.load(cps["B"].id),
+                lambda: mgr.load_latest(PROC, name="s"),
+                lambda: mgr.verify(full=True),
+            ):
+                with pytest.raises(ckptlite.StoreIOError) as e:
+                    call()
+                assert e.value.path is not None and e.value.path.startswith("packs/")
+        assert {c.status for c in mgr.list()} == {ckptlite.Status.VALID}
+        assert mgr.load(cps["B"].id) == _state(3)  # the disk is back: nothing was lost
+    common_check(store, expected=_expected)
