@@ -445,7 +445,7 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
             return int(seq[0])
 
         seq = self._run(f"committing {cp.id}", run, write=True, idempotent=True)
-        return cp.replace(seq=seq)
+        return cp.copy(seq=seq)
 
     def _select(self, where: str = "", tail: str = "", extra: str = "") -> sql.Composed:
         return self._q(f"SELECT {self._COLS}{extra} FROM {self._FROM} {where} {tail}")
