@@ -11,7 +11,6 @@ tests/test_imports.py walks the imports and fails on a cycle.
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import os
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 from . import _async, _inputs, _retention, codec
 from . import config as _config
 from ._engine import StateIO
+from ._pipelines import Pipelines
 from ._stores import (
     check_options,
     check_policy,
@@ -40,12 +40,10 @@ from .errors import (
 )
 from .ids import generate_checkpoint_id
 from .policies import CheckpointPolicy
-from .process import ResumableProcess, resume_process, set_default_manager
-from .runs import Run, open_run
+from .process import set_default_manager
 from .types import (
     Checkpoint,
     Level,
-    RunRecord,
     Status,
     StorageConfig,
 )
@@ -157,7 +155,7 @@ def open_store(
         raise
 
 
-class CheckpointManager(Upkeep):
+class CheckpointManager(Upkeep, Pipelines):
     """Save, load and find checkpoints in one store. Safe to share between threads."""
 
     def __init__(
@@ -408,79 +406,6 @@ class CheckpointManager(Upkeep):
         """
         if self._async is not None:
             self._async.flush(timeout)
-
-    def resume_from(
-        self,
-        process: ResumableProcess,
-        checkpoint_id: str | None = None,
-        *,
-        process_id: str | None = None,
-        level: Level | str | None = None,
-        name: str | None = None,
-    ) -> Checkpoint | None:
-        """Restore ``process`` from a checkpoint (default: its slot's newest loadable one).
-
-        The slot is ``process_id`` / ``level`` / ``name``, defaulting to the process's
-        ``process_id``, ``checkpoint_level`` and ``checkpoint_name`` attributes.
-        Returns the checkpoint restored, or None when there is none (state untouched).
-
-        Raises:
-            CheckpointNotFoundError: ``checkpoint_id`` does not exist.
-            CorruptCheckpointError: ``checkpoint_id`` fails verification.
-            InvalidInputError: no process_id given and the process has none.
-        """
-        return resume_process(
-            self, process, checkpoint_id, process_id=process_id, level=level, name=name
-        )
-
-    def run(
-        self,
-        process_id: str,
-        *,
-        resume: bool = True,
-        run_id: str | None = None,
-        batch_size: int = 1000,
-        batch_seconds: float = 2.0,
-        max_attempts: int = 3,
-    ) -> Run:
-        """Resume the newest unfinished run of ``process_id``, or start a new one.
-
-        A newest run that COMPLETED starts a new run; ``resume=False`` always
-        starts one; ``run_id`` reopens that run. See ``ckptlite.runs``.
-
-        Raises:
-            InvalidInputError: a bad argument, or ``run_id`` is another process's.
-            RunNotFoundError: no run ``run_id``.
-            ReadOnlyStoreError: the store is open read-only.
-
-        >>> import ckptlite
-        >>> with ckptlite.open("memory://") as mgr, mgr.run("job") as run:
-        ...     stage = run.stage("load")
-        ...     _ = stage.complete([1, 2]) if not stage.done else None
-        ...     run.stage("load").result
-        [1, 2]
-        """
-        self._refuse_write("start or resume a run")
-        _inputs.text(process_id, "process_id", empty=False)
-        if run_id is not None:
-            _inputs.text(run_id, "run_id")
-        return open_run(
-            self,
-            process_id,
-            resume=resume,
-            run_id=run_id,
-            batch_size=batch_size,
-            batch_seconds=batch_seconds,
-            max_attempts=max_attempts,
-        )
-
-    def list_runs(self, process_id: str | None = None) -> builtins.list[RunRecord]:
-        """Return the runs of one process (or all), newest first.
-
-        Raises:
-            InvalidInputError: ``process_id`` is not a str.
-        """
-        return self.backend.list_runs(_inputs.optional(process_id, "process_id"))
 
     # -- read -------------------------------------------------------------------
 
