@@ -28,6 +28,7 @@ __all__ = [
     "READ_FLAGS",
     "SUB_RE",
     "TMP",
+    "OpenPack",
     "files",
     "os_errors",
     "pieces",
@@ -136,3 +137,13 @@ def read_errors(what: str, digest: str | None, path: str) -> Iterator[None]:
             digest=digest,
             path=path,
         ) from e
+
+
+class OpenPack:
+    """A pack file this process holds flocked: ``size`` bytes durable, ``end`` written."""
+
+    __slots__ = ("end", "fd", "flushed", "linked", "name", "size")
+
+    def __init__(self, name: str, fd: int, size: int, linked: bool) -> None:
+        self.name, self.fd, self.size, self.end, self.linked = name, fd, size, size, linked
+        self.flushed = size  # writeback started (or synced) up to here

@@ -12,21 +12,11 @@ import os
 import secrets
 
 from . import _faults
-from ._blobfs import CREATE_FLAGS, PACKS, TMP, os_errors, start_writeback
+from ._blobfs import CREATE_FLAGS, PACKS, TMP, OpenPack, os_errors, start_writeback
 from .blobs import BlobDir
 from .errors import StoreLayoutError
 
 __all__ = ["PackAppender", "appender"]
-
-
-class _OpenPack:
-    """A pack file this process holds flocked: ``size`` bytes durable, ``end`` written."""
-
-    __slots__ = ("end", "fd", "flushed", "linked", "name", "size")
-
-    def __init__(self, name: str, fd: int, size: int, linked: bool) -> None:
-        self.name, self.fd, self.size, self.end, self.linked = name, fd, size, size, linked
-        self.flushed = size  # writeback started (or synced) up to here
 
 
 class PackAppender:
@@ -50,7 +40,7 @@ class PackAppender:
     def __init__(self, blobs: BlobDir, limit: int) -> None:
         self.blobs = blobs
         self.limit = limit
-        self._packs: list[_OpenPack] = []  # every pack this group wrote to; the last is current
+        self._packs: list[OpenPack] = []  # every pack this group wrote to; the last is current
         self._starts: list[int] = []  # each one's length before this group appended
 
     def __enter__(self) -> PackAppender:
@@ -91,7 +81,7 @@ class PackAppender:
         _faults.point("pack.after_append" if pack.linked else "blob.after_write")
         return pack.name, offset
 
-    def _create(self) -> _OpenPack:
+    def _create(self) -> OpenPack:
         b = self.blobs
         name = secrets.token_hex(32)
         with b._dir(TMP) as tmp_dir, os_errors(f"creating pack {name}"):
@@ -99,7 +89,7 @@ class PackAppender:
             fd = os.open(_tmp_name(name), CREATE_FLAGS, b.file_mode, dir_fd=tmp_dir)
         fcntl.flock(fd, fcntl.LOCK_EX)  # held while it is open: gc skips it
         os.fchmod(fd, b.file_mode)  # not cut by the umask (see BlobDir._mkdir_at)
-        return _OpenPack(name, fd, 0, False)
+        return OpenPack(name, fd, 0, False)
 
     def sync(self) -> None:
         """Make every appended byte durable: one fdatasync per pack written; a new pack is renamed.
@@ -142,7 +132,7 @@ class PackAppender:
                 os.ftruncate(pack.fd, start)
             except OSError:
                 os.close(pack.fd)  # not trusted again: closed, its tail left to gc
-                self._packs[i] = _OpenPack(pack.name, -1, start, False)
+                self._packs[i] = OpenPack(pack.name, -1, start, False)
                 continue
             pack.size = pack.end = pack.flushed = start
         self.release()

@@ -44,7 +44,6 @@ import stat
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import _faults
 from ._blob_upkeep import BlobUpkeepMixin
@@ -57,6 +56,7 @@ from ._blobfs import (
     POOL_MAX,
     READ_FLAGS,
     TMP,
+    OpenPack,
     os_errors,
     pieces,
     pread_into,
@@ -69,9 +69,6 @@ from .errors import (
     StoreIOError,
     StoreLayoutError,
 )
-
-if TYPE_CHECKING:
-    from ._packs import _OpenPack
 
 __all__ = ["BlobDir"]
 
@@ -90,7 +87,7 @@ class BlobDir(BlobUpkeepMixin):
         self.file_mode = 0o660 if group else 0o600
         self._lock_path = root / ".lock"
         # Open packs this process appends to, each flocked while it is open (see PackAppender).
-        self._pool: list[_OpenPack] = []
+        self._pool: list[OpenPack] = []
         self._pool_lock = threading.Lock()
         self._pool_pid = os.getpid()
         if readonly:
@@ -306,7 +303,7 @@ class BlobDir(BlobUpkeepMixin):
 
     # -- open packs: appended to by this process ----------------------------------
 
-    def _checkout(self) -> _OpenPack | None:
+    def _checkout(self) -> OpenPack | None:
         """Take an open pack out of the pool for one writer (None: none is open)."""
         with self._pool_lock:
             if self._pool_pid != os.getpid():
@@ -324,7 +321,7 @@ class BlobDir(BlobUpkeepMixin):
                 os.close(pack.fd)
         return None
 
-    def _checkin(self, pack: _OpenPack, limit: int) -> None:
+    def _checkin(self, pack: OpenPack, limit: int) -> None:
         """Give a writer's pack back to the pool, or close it (full, pool full, forked)."""
         with self._pool_lock:
             if pack.size < limit and len(self._pool) < POOL_MAX and self._pool_pid == os.getpid():

@@ -10,14 +10,26 @@ until COMMIT, so rows already present can be dropped before plain INSERTs).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InvalidInputError, MissingChunksError
 from ..types import StoredRecord
 
 if TYPE_CHECKING:
+    from psycopg import sql
+
     from ._pg_conn import Conn
-    from .postgres import PostgresBackend
+
+
+class _Importer(Protocol):
+    """What an import uses of ``PostgresBackend`` (this module does not import it)."""
+
+    _commit_key: int
+
+    def _q(self, text: str) -> sql.Composed: ...
+
+    def store_id(self) -> str: ...
+
 
 __all__ = ["import_records"]
 
@@ -84,7 +96,7 @@ ON CONFLICT (source) DO UPDATE SET seq = EXCLUDED.seq, checkpoint_id = EXCLUDED.
 
 
 def import_records(
-    backend: PostgresBackend,
+    backend: _Importer,
     conn: Conn,
     records: Sequence[StoredRecord],
     source: str,
