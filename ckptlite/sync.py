@@ -127,7 +127,7 @@ def sync(
     called as ``progress(checkpoints_done, None)`` after each batch.
 
     Raises:
-        SyncError: a store failed mid-way (``.context["report"]`` holds what was
+        SyncError: a store failed mid-way (``.report`` holds what was
             copied); rerun to resume. Also for the same store on both sides.
         InvalidInputError: a bad argument.
         ReadOnlyStoreError: ``target`` is read-only (nothing is copied).
