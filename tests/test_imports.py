@@ -1,9 +1,9 @@
 """The package's imports point one way, and backend capabilities are declared, not probed.
 
-Walks every module's source (``ast``): module-level, function-level and
-``if TYPE_CHECKING:`` imports all count (a typing-only import back up is still
-a layer that knows the one above it), ``from . import x`` included. A cycle
-anywhere in ``ckptlite/`` fails.
+Walks every module's source (``ast``): module-level and function-level imports
+count, ``from . import x`` included; imports under ``if TYPE_CHECKING:`` are left
+out (they never run: a type named for mypy is not a layer calling back up). A
+cycle anywhere in ``ckptlite/`` fails.
 """
 
 from __future__ import annotations
@@ -27,12 +27,25 @@ def _modules() -> dict[str, Path]:
     return found
 
 
+def _typing_only(tree: ast.AST) -> set[int]:
+    """Return the ids of the nodes under ``if TYPE_CHECKING:``."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for stmt in node.body:
+                skip.update(id(n) for n in ast.walk(stmt))
+    return skip
+
+
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """Return the ckptlite modules ``name`` imports anywhere in its source."""
+    """Return the ckptlite modules ``name`` imports when it runs (not only for typing)."""
     tree = ast.parse(path.read_text())
+    skip = _typing_only(tree)
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     out: set[str] = set()
     for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.split(".")[0] == "ckptlite")
         elif isinstance(node, ast.ImportFrom):
