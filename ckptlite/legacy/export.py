@@ -34,67 +34,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError
-from ..types import Checkpoint, Level, Status
+from ..types import Checkpoint, Status
 from . import core
+from ._export_common import (
+    ALREADY,
+    EXPORT_FORMATS,
+    FAILED,
+    FAMILY,
+    LEGACY_LEVELS,
+    OUTCOMES,
+    SKIPPED,
+    TILE_CLASS,
+    WRITTEN,
+    ExportEntry,
+    legacy_id,
+    redact,
+)
 from .tile import FIELDS
 
 if TYPE_CHECKING:
     from ..manager import CheckpointManager
 
 __all__ = ["EXPORT_FORMATS", "ExportEntry", "ExportReport", "export_legacy"]
-
-EXPORT_FORMATS = ("core", "pipeline", "script", "tile", "postgres")
-WRITTEN = "written"
-ALREADY = "already there"
-SKIPPED = "skipped"
-FAILED = "failed"
-_OUTCOMES = (WRITTEN, ALREADY, SKIPPED, FAILED)
-
-#: Which imported formats each export format writes (native checkpoints go where they fit).
-_FAMILY = {
-    "core": ("core", "processor"),
-    "pipeline": ("pipeline",),
-    "script": ("script",),
-    "tile": ("tile",),
-    "postgres": ("postgres", "core", "processor"),
-}
-_LEGACY_LEVELS = {Level.PIPELINE: "pipeline", Level.STAGE: "phase", Level.STEP: "step"}
-_LEGACY_LEVELS[Level.SUBSTEP] = "substep"
-TILE_CLASS = ("src.base.tile_processor", "ProcessingCheckpoint")
-
-
-@dataclass(frozen=True, slots=True)
-class ExportEntry:
-    """What happened to one checkpoint: written, already there, skipped or failed (why)."""
-
-    checkpoint_id: str
-    legacy_id: str
-    outcome: str
-    path: str | None = None
-    reason: str | None = None
-    notes: tuple[str, ...] = ()
-
-    def line(self) -> str:
-        """Return the entry as one report line."""
-        text = f"{self.outcome:<14} {self.legacy_id}"
-        if self.path:
-            text += f" -> {self.path}"
-        if self.reason:
-            text += f": {self.reason}"
-        if self.notes:
-            text += " (" + "; ".join(self.notes) + ")"
-        return text
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the entry as JSON-ready data."""
-        return {
-            "checkpoint_id": self.checkpoint_id,
-            "legacy_id": self.legacy_id,
-            "outcome": self.outcome,
-            "path": self.path,
-            "reason": self.reason,
-            "notes": list(self.notes),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +77,7 @@ class ExportReport:
 
     def summary(self) -> list[str]:
         """Return the counts as a report line."""
-        parts = [f"{self.count(o)} {o}" for o in _OUTCOMES if self.count(o)]
+        parts = [f"{self.count(o)} {o}" for o in OUTCOMES if self.count(o)]
         lossy = sum(1 for e in self.entries if e.notes and e.outcome == WRITTEN)
         tail = f"; {lossy} with notes on what the format could not hold" if lossy else ""
         return [f"{self.format} -> {self.dest}: {', '.join(parts) or 'nothing to export'}{tail}"]
@@ -127,7 +88,7 @@ class ExportReport:
             "format": self.format,
             "dest": self.dest,
             "ok": self.ok,
-            "counts": {o: self.count(o) for o in _OUTCOMES},
+            "counts": {o: self.count(o) for o in OUTCOMES},
             "entries": [e.to_dict() for e in self.entries],
         }
 
@@ -174,11 +135,11 @@ def export_legacy(
     chosen: list[Checkpoint] = []
     for cp in cps:
         fmt = cp.metadata.get("legacy_format")
-        if isinstance(fmt, str) and fmt not in _FAMILY[format]:
+        if isinstance(fmt, str) and fmt not in FAMILY[format]:
             report(
                 ExportEntry(
                     cp.id,
-                    _legacy_id(cp, format),
+                    legacy_id(cp, format),
                     SKIPPED,
                     reason=f"imported from {fmt}: export it with --format {_home(fmt)}",
                 )
@@ -195,17 +156,11 @@ def export_legacy(
     else:
         for entry in _files(source, Path(target), format, chosen):
             report(entry)
-    return ExportReport(format, _redact(target), tuple(entries))
+    return ExportReport(format, redact(target), tuple(entries))
 
 
 def _home(fmt: str) -> str:
     return "core" if fmt == "processor" else fmt
-
-
-def _redact(target: str) -> str:
-    import re
-
-    return re.sub(r"^([a-z]+://[^:/@]*:)[^@]*@", r"\1***@", target)
 
 
 def _order(cp: Checkpoint) -> float:
@@ -220,30 +175,13 @@ def _num(md: dict[str, Any], key: str) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
-def _legacy_id(cp: Checkpoint, format: str) -> str:
-    md = cp.metadata
-    lid = md.get("legacy_id")
-    if isinstance(lid, str) and md.get("legacy_format") in _FAMILY[format]:
-        return lid
-    if format == "pipeline":
-        return f"{cp.process_id}/{cp.name}"
-    if format == "script":
-        return cp.name
-    if format == "tile":
-        return cp.process_id
-    return cp.id
-
-
-# -- files ---------------------------------------------------------------------------
-
-
 def _files(
     source: CheckpointManager, dest: Path, format: str, cps: list[Checkpoint]
 ) -> Iterator[ExportEntry]:
     placed: dict[Path, tuple[Checkpoint, bytes | None]] = {}
     planned: list[tuple[Checkpoint, Path, dict[str, bytes], dict[str, Any], list[str]]] = []
     for cp in cps:
-        lid = _legacy_id(cp, format)
+        lid = legacy_id(cp, format)
         try:
             state = source.load(cp)
             where, files, record, notes = _render(cp, lid, state, format, dest)
@@ -255,7 +193,7 @@ def _files(
             old = placed[where][0]
             yield ExportEntry(
                 old.id,
-                _legacy_id(old, format),
+                legacy_id(old, format),
                 SKIPPED,
                 reason=f"replaced by the newer {cp.id} (the format keeps one per place)",
             )
@@ -264,7 +202,7 @@ def _files(
         planned.append((cp, where, files, record, notes))
     registry: dict[str, Any] = {}
     for cp, where, files, record, notes in planned:
-        lid = _legacy_id(cp, format)
+        lid = legacy_id(cp, format)
         try:
             outcome = _write(where, files, record, dest)
             if outcome == WRITTEN and not record:
@@ -381,7 +319,7 @@ def _render_core(
     record = {
         "checkpoint_id": lid,
         "timestamp": timestamp,
-        "level": level if isinstance(level, str) else _LEGACY_LEVELS[cp.level],
+        "level": level if isinstance(level, str) else LEGACY_LEVELS[cp.level],
         "parent_id": parent if isinstance(parent, str) else None,
         "status": status,
         "data_files": names,

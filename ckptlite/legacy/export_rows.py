@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..types import Checkpoint, Status
-from .export import _LEGACY_LEVELS, ALREADY, FAILED, WRITTEN, ExportEntry, _legacy_id, _redact
+from ._export_common import ALREADY, FAILED, LEGACY_LEVELS, WRITTEN, ExportEntry, legacy_id, redact
 
 __all__ = ["write_rows"]
 
@@ -59,10 +59,10 @@ def _row(cp: Checkpoint, parent_lid: str | None) -> tuple[dict[str, Any], list[s
         row["status"] = status if status in _ROW_STATUS.values() else _ROW_STATUS[cp.status]
         return row, notes
     level = md.get("legacy_level")
-    if level not in _LEGACY_LEVELS.values():
+    if level not in LEGACY_LEVELS.values():
         if isinstance(level, str):
             notes.append(f"level {level!r} is not allowed in the table: written as the mapped one")
-        level = _LEGACY_LEVELS[cp.level]
+        level = LEGACY_LEVELS[cp.level]
     path = md.get("legacy_path") or md.get("legacy_data_path")
     if not isinstance(path, str):
         path = f"ckptlite-export:{cp.id}"
@@ -73,7 +73,7 @@ def _row(cp: Checkpoint, parent_lid: str | None) -> tuple[dict[str, Any], list[s
     files = md.get("legacy_data_files")
     return {
         "id": str(uuid.uuid4()),
-        "checkpoint_id": _legacy_id(cp, "postgres"),
+        "checkpoint_id": legacy_id(cp, "postgres"),
         "level": level,
         "parent_id": parent_lid,
         "processor_name": cp.process_id,
@@ -106,13 +106,13 @@ def write_rows(dsn: str, cps: list[Checkpoint]) -> Iterator[ExportEntry]:
     try:
         conn = psycopg.connect(dsn, connect_timeout=10)
     except psycopg.OperationalError as e:
-        raise ConfigError(f"cannot connect to {_redact(dsn)}: {e}") from e
+        raise ConfigError(f"cannot connect to {redact(dsn)}: {e}") from e
     by_id = {cp.id: cp for cp in cps}
     with conn:
         conn.execute(_DDL)
         for cp in _parents_first(cps, by_id):
             parent = by_id.get(cp.parent_id) if cp.parent_id else None
-            parent_lid = _legacy_id(parent, "postgres") if parent is not None else None
+            parent_lid = legacy_id(parent, "postgres") if parent is not None else None
             row, notes = _row(cp, parent_lid)
             lid = str(row["checkpoint_id"])
             cols = list(row)
