@@ -59,6 +59,7 @@ from .types import (
 
 if TYPE_CHECKING:
     from .archive import ArchiveReport, export_archive, import_archive
+    from .legacy.export import ExportReport, export_legacy
     from .legacy.migrate import MigrationEntry, MigrationReport, migrate
 
 # Archives and the legacy importers load on first use: `import ckptlite` stays light
@@ -67,6 +68,8 @@ _LAZY = {
     "ArchiveReport": ".archive",
     "export_archive": ".archive",
     "import_archive": ".archive",
+    "ExportReport": ".legacy",
+    "export_legacy": ".legacy",
     "MigrationEntry": ".legacy",
     "MigrationReport": ".legacy",
     "migrate": ".legacy",
@@ -94,6 +97,7 @@ __all__ = [
     "CkptliteError",
     "ConfigError",
     "CorruptCheckpointError",
+    "ExportReport",
     "ForkedStoreError",
     "GcReport",
     "InvalidInputError",
@@ -132,6 +136,7 @@ __all__ = [
     "WorkerRecord",
     "__version__",
     "export_archive",
+    "export_legacy",
     "generate_checkpoint_id",
     "get_checkpoint_manager",
     "import_archive",

@@ -305,7 +305,7 @@ class LedgerMixin:
         source: str,
         mark: int,
     ) -> int:
-        from .postgres import _lock_key
+        from ._pg_rows import lock_key
 
         best: dict[tuple[str, str, str], ItemRecord] = {}
         for it in items:
@@ -318,7 +318,7 @@ class LedgerMixin:
 
         def go(conn: Conn) -> int:
             conn.execute(
-                "SELECT pg_advisory_xact_lock(%s)", (_lock_key("ledger", self.store_id(), source),)
+                "SELECT pg_advisory_xact_lock(%s)", (lock_key("ledger", self.store_id(), source),)
             )
             tick = self._tick(conn)
             written = 0
@@ -363,7 +363,7 @@ class LedgerMixin:
     def join_run(
         self, fresh: RunRecord, key: str | None, worker: WorkerInfo | None, *, force: bool
     ) -> tuple[RunRecord, str]:
-        from .postgres import _lock_key
+        from ._pg_rows import lock_key
 
         text = f"SELECT {_RUN_COLS} FROM {{runs}} WHERE process_id = %s"
         args: builtins.list[Any] = [fresh.process_id]
@@ -380,7 +380,7 @@ class LedgerMixin:
             # One lock per process id: two workers starting at once see each other's run.
             conn.execute(
                 "SELECT pg_advisory_xact_lock(%s)",
-                (_lock_key("run", self.store_id(), fresh.process_id),),
+                (lock_key("run", self.store_id(), fresh.process_id),),
             )
             row = conn.execute(find, args).fetchone()
             newest = None if row is None else _run_row(row)

@@ -44,7 +44,7 @@ from .maintain import (
     _add_rm,
     _add_verify,
 )
-from .transfer import _add_import, _add_migrate, _add_sync
+from .transfer import _add_export_legacy, _add_import, _add_migrate, _add_sync
 
 __all__ = [
     "COMMANDS",
@@ -75,6 +75,7 @@ COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
     ("config", _add_config),
     ("migrate", _add_migrate),
     ("import", _add_import),
+    ("export-legacy", _add_export_legacy),
     ("sync", _add_sync),
 ]
 
