@@ -572,11 +572,16 @@ class Run:
         self, group: str, item_ids: Iterable[str], limit: int, lease: float, claim: int | None
     ) -> Iterator[WorkItem]:
         ids = list(item_ids)
+        # Every id is checked before anything is written (registering the group).
         try:
-            blob = "\x00".join(ids).encode("utf-8", "surrogatepass")
+            blob = "\x00".join(ids).encode("utf-8")
         except TypeError:
             bad = next(i for i in ids if type(i) is not str)
             raise InvalidInputError(f"item ids must be str, not {bad!r}") from None
+        except UnicodeEncodeError:
+            for i in ids:
+                _inputs.text(i, "item id")
+            raise
         fingerprint = hashlib.blake2b(blob, digest_size=16).hexdigest()
         del blob
         backend = self.manager.backend
@@ -624,8 +629,6 @@ class Run:
                     for item_id in chunk:
                         if item_id in done or item_id in seen:
                             continue
-                        if not item_id.isascii():
-                            _inputs.text(item_id, "item id")  # refused now, not at commit
                         attempts = failed.get(item_id, 0) if failed else 0
                         if attempts >= limit:
                             self._exhausted.add((group, item_id))

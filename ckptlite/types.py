@@ -233,6 +233,7 @@ class RunRecord:
     progress: tuple[int, int] | None = None
     seq: int = 0
     changed: int = 0
+    key: str | None = None  # the digest of mgr.run(key=...): the work the run does
 
     def replace(self, **changes: Any) -> RunRecord:
         """Return a copy with ``changes`` applied."""

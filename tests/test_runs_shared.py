@@ -132,7 +132,7 @@ def test_barrier_started_workers_join_one_run_and_do_each_item_once(
 def test_threads_started_together_join_one_run(tmp_path: Path) -> None:
     url = str(tmp_path / "s")
     ids = [f"i{n}" for n in range(300)]
-    barrier = threading.Barrier(3)
+    barrier, joined = threading.Barrier(3), threading.Barrier(3)
     runs: list[str] = []
     done: collections.Counter[str] = collections.Counter()
     lock = threading.Lock()
@@ -142,6 +142,7 @@ def test_threads_started_together_join_one_run(tmp_path: Path) -> None:
             barrier.wait()
             with mgr.run("job", batch_size=7) as run:
                 runs.append(run.id)
+                joined.wait()  # nobody finishes the run before all have joined it
                 for item in run.items("g", ids, claim=5):
                     with lock:
                         done[item.id] += 1
@@ -396,3 +397,16 @@ def test_an_unfinished_keyed_run_is_resumed_and_keys_are_checked(
     with pytest.raises(InvalidInputError):
         any_mgr.run("geo", key="k", resume=False)
     assert run_key("k") != run_key({"k": None})
+
+
+def test_a_keyed_run_keeps_its_key_through_sync(tmp_path: Path) -> None:
+    with ckptlite.open(tmp_path / "a") as a:
+        with a.run("geo", key={"res": 10}) as run:
+            run.stage("base").compute(lambda: 7)
+        ckptlite.sync(a, tmp_path / "b")
+    with ckptlite.open(tmp_path / "b") as b:
+        (copied,) = b.list_runs("geo")
+        assert copied.key == run_key({"res": 10}) == run.record.key
+        with b.run("geo", key={"res": 10}) as again:
+            assert again.completed_before and again.id == run.id
+            assert again.stage("base").result == 7

@@ -38,7 +38,7 @@ class LocalLedgerMixin:
 
     def create_run(self, run: RunRecord) -> RunRecord:
         with self.db.write() as conn:
-            return self._insert_run(conn, run, None)
+            return self._insert_run(conn, run, run.key)
 
     def _insert_run(self, conn: apsw.Connection, run: RunRecord, key: str | None) -> RunRecord:
         if conn.execute("SELECT 1 FROM runs WHERE id=?", (run.id,)).fetchone():
@@ -64,7 +64,7 @@ class LocalLedgerMixin:
             ),
         )
         seq = conn.last_insert_rowid()
-        return run.replace(seq=seq, changed=changed)
+        return run.replace(seq=seq, changed=changed, key=key)
 
     def update_run(self, run: RunRecord) -> RunRecord:
         with self.db.write() as conn:
@@ -267,20 +267,21 @@ class LocalLedgerMixin:
                     progress[0],
                     progress[1],
                     tick,
+                    run.key,
                     run.id,
                 )
                 if old is None:
                     conn.execute(
                         "INSERT INTO runs(process_id, status, started_at, updated_at, "
-                        "finished_at, error, progress_done, progress_total, changed, id) "
-                        "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        "finished_at, error, progress_done, progress_total, changed, run_key, "
+                        "id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                         values,
                     )
                 elif old[0] < to_micros(run.updated_at):
                     conn.execute(
                         "UPDATE runs SET process_id=?, status=?, started_at=?, updated_at=?, "
-                        "finished_at=?, error=?, progress_done=?, progress_total=?, changed=? "
-                        "WHERE id=?",
+                        "finished_at=?, error=?, progress_done=?, progress_total=?, changed=?, "
+                        "run_key=coalesce(?, run_key) WHERE id=?",
                         values,
                     )
                 else:

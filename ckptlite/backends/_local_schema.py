@@ -216,12 +216,12 @@ def row_to_checkpoint(row: Sequence[Any]) -> Checkpoint:
 
 RUN_COLS = (
     "seq, id, process_id, status, started_at, updated_at, finished_at, error, "
-    "progress_done, progress_total, changed"
+    "progress_done, progress_total, changed, run_key"
 )
 
 
 def row_to_run(row: Sequence[Any]) -> RunRecord:
-    seq, rid, pid, status, started, updated, finished, error, pd, pt, changed = row
+    seq, rid, pid, status, started, updated, finished, error, pd, pt, changed, key = row
     return RunRecord(
         id=rid,
         process_id=pid,
@@ -233,6 +233,7 @@ def row_to_run(row: Sequence[Any]) -> RunRecord:
         progress=None if pd is None else (pd, pt),
         seq=seq,
         changed=changed,
+        key=key,
     )
 
 

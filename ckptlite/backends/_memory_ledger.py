@@ -49,7 +49,6 @@ class MemoryClaimsMixin:
     _items: dict[tuple[str, str], dict[str, list[Any]]]
 
     def _claims_init(self) -> None:
-        self._keys: dict[str, str] = {}  # run id -> key
         self._workers: dict[str, dict[str, _Worker]] = {}
         self._groups: dict[tuple[str, str], tuple[int, int, str]] = {}  # total, size, fingerprint
         self._claims: dict[str, dict[tuple[str, int], _Claim]] = {}
@@ -67,7 +66,7 @@ class MemoryClaimsMixin:
             runs = [
                 r
                 for r in self._runs.values()
-                if r.process_id == fresh.process_id and (key is None or self._keys.get(r.id) == key)
+                if r.process_id == fresh.process_id and (key is None or r.key == key)
             ]
             newest = max(runs, key=lambda r: r.seq) if runs else None
             how = join_decision(
@@ -77,9 +76,7 @@ class MemoryClaimsMixin:
                 assert newest is not None
                 return newest, how
             if how == "create":
-                run = self.create_run(fresh)
-                if key is not None:
-                    self._keys[run.id] = key
+                run = self.create_run(fresh.replace(key=key))
             else:
                 assert newest is not None
                 run = newest

@@ -28,16 +28,16 @@ T = TypeVar("T")
 
 _RUN_COLS = (
     "seq, id, process_id, status, started_at, updated_at, finished_at, error, "
-    "progress_done, progress_total, changed"
+    "progress_done, progress_total, changed, run_key"
 )
 _UPSERT_RUN = """INSERT INTO {runs} AS o (id, process_id, status, started_at, updated_at,
-    finished_at, error, progress_done, progress_total, changed)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    finished_at, error, progress_done, progress_total, changed, run_key)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (id) DO UPDATE SET process_id = EXCLUDED.process_id, status = EXCLUDED.status,
     started_at = EXCLUDED.started_at, updated_at = EXCLUDED.updated_at,
     finished_at = EXCLUDED.finished_at, error = EXCLUDED.error,
     progress_done = EXCLUDED.progress_done, progress_total = EXCLUDED.progress_total,
-    changed = EXCLUDED.changed
+    changed = EXCLUDED.changed, run_key = coalesce(EXCLUDED.run_key, o.run_key)
 WHERE o.updated_at < EXCLUDED.updated_at"""
 _TEMP = """CREATE TEMP TABLE IF NOT EXISTS ckptlite_ledger_import (
     run_id TEXT, grp TEXT, item TEXT, ok BOOL, attempts INT4, error TEXT, state BYTEA
@@ -53,7 +53,7 @@ ON CONFLICT (source) DO UPDATE SET seq = GREATEST({sync_marks}.seq, EXCLUDED.seq
 
 
 def _run_row(row: Sequence[Any]) -> RunRecord:
-    seq, rid, pid, status, started, updated, finished, error, pd, pt, changed = row
+    seq, rid, pid, status, started, updated, finished, error, pd, pt, changed, key = row
     return RunRecord(
         id=rid,
         process_id=pid,
@@ -65,6 +65,7 @@ def _run_row(row: Sequence[Any]) -> RunRecord:
         progress=None if pd is None else (int(pd), int(pt)),
         seq=int(seq),
         changed=int(changed),
+        key=key,
     )
 
 
@@ -81,6 +82,7 @@ def _run_values(run: RunRecord, changed: int) -> tuple[Any, ...]:
         progress[0],
         progress[1],
         changed,
+        run.key,
     )
 
 
@@ -114,7 +116,7 @@ class LedgerMixin:
         return int(row[0])
 
     def create_run(self, run: RunRecord) -> RunRecord:
-        return self._run("creating a run", lambda c: self._insert_run(c, run, None), write=True)
+        return self._run("creating a run", lambda c: self._insert_run(c, run, run.key), write=True)
 
     def _insert_run(self, conn: Conn, run: RunRecord, key: str | None) -> RunRecord:
         q = self._q(
@@ -123,7 +125,7 @@ class LedgerMixin:
             "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING "
             f"RETURNING {_RUN_COLS}"
         )
-        row = conn.execute(q, (*_run_values(run, self._tick(conn)), key)).fetchone()
+        row = conn.execute(q, _run_values(run.replace(key=key), self._tick(conn))).fetchone()
         if row is None:
             raise InvalidInputError(f"run {run.id} exists already", run_id=run.id)
         return _run_row(row)
