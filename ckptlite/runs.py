@@ -642,8 +642,9 @@ class Run:
                         if st[0] == 0:
                             self._closing.append((group, seg))
         finally:
-            if held:
-                backend.release_segments(self.id, self.worker_id, group, sorted(held))
+            if held:  # best effort (the store may be closed by now): their lease expires too
+                with contextlib.suppress(CkptliteError):
+                    backend.release_segments(self.id, self.worker_id, group, sorted(held))
         self.commit()
 
     def _mark(self, mark: ItemMark, seg: list[Any] | None = None) -> None:
