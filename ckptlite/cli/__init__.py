@@ -44,6 +44,7 @@ from .maintain import (
     _add_rm,
     _add_verify,
 )
+from .serve import _add_ui
 from .transfer import _add_import, _add_migrate, _add_sync
 
 __all__ = [
@@ -76,6 +77,7 @@ COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
     ("migrate", _add_migrate),
     ("import", _add_import),
     ("sync", _add_sync),
+    ("ui", _add_ui),
 ]
 
 

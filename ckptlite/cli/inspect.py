@@ -45,18 +45,10 @@ def _ls(ctx: Context) -> int:
     with ctx.open(reads=True) as mgr:
         cps = mgr.list(a.process, a.level, a.name, a.status, since=a.since, limit=a.limit)
     if a.tree:
-        from ..tree import TreeNode, build_tree, render_tree
+        from ..tree import build_tree, render_tree, tree_view
 
         roots = build_tree(cps)
-
-        def node(n: TreeNode) -> dict[str, Any]:
-            return {
-                "checkpoint": checkpoint_view(n.checkpoint),
-                "detached": n.detached,
-                "children": [node(c) for c in n.children],
-            }
-
-        ctx.emit({"tree": [node(r) for r in roots]}, render_tree(roots, _label))
+        ctx.emit({"tree": tree_view(roots)}, render_tree(roots, _label))
         return EXIT_OK
     rows = [["ID", "PROCESS", "LEVEL", "NAME", "STATUS", "CREATED", "SIZE", "PROGRESS"]]
     rows += [

@@ -1,0 +1,387 @@
+"""What the dashboard shows, as JSON-ready dicts: one method per view, reads only.
+
+Record shapes come from the functions the CLI's ``--json`` uses (``jsonable``,
+``checkpoint_view``, ``state_view``, ``tree_view``), so ``/api/runs`` holds the
+``runs`` list ``ckptlite runs --json`` prints, ``/api/stats`` is ``ckptlite stats
+--json``, and so on; what only the dashboard has (rates, item counts, the tile
+map) sits beside them under keys of its own.
+
+A run's work-item ledger is read once and then followed by its change clock
+(``list_items(after_changed=...)``): a poll of a live run reads only the items
+marked since the last one, so a dashboard polling every second costs the
+pipeline writing to the store almost nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..errors import CkptliteError, InvalidInputError
+from ..manager import CheckpointManager
+from ..runs import RUN_KEY, decode_item_state
+from ..tree import build_tree, tree_view
+from ..types import Checkpoint, ItemRecord, Level, RunRecord, RunStatus, Status
+from ..views import checkpoint_view, jsonable, state_view
+from ._coords import MAX_CELLS, tile_of_id, tile_of_state
+
+__all__ = ["CELL_CODES", "Dashboard"]
+
+#: One character per cell of a map: pending (not in the ledger), done, failed, claimed.
+CELL_CODES = {"pending": ".", "done": "d", "failed": "f", "claimed": "c"}
+#: Item states up to this size are decoded to look for row/col or y/x keys.
+_STATE_PEEK = 1024
+#: Failed items a run's view lists (all of them are in ``/items?status=failed``).
+_FAILED_SHOWN = 200
+
+
+@dataclass(slots=True)
+class _Item:
+    ok: bool
+    attempts: int
+    error: str | None
+    size: int
+    tile: tuple[int, int] | None
+
+
+@dataclass(slots=True)
+class _Map:
+    clock: int
+    payload: dict[str, Any]
+    cells: list[str | None]  # the item id of each cell (None: pending)
+
+
+@dataclass(slots=True)
+class _Ledger:
+    """A run's ledger as the dashboard keeps it, up to change clock ``clock``."""
+
+    clock: int = -1
+    run_changed: int = -1
+    groups: dict[str, dict[str, _Item]] = field(default_factory=dict)
+    maps: dict[str, _Map] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for g, items in self.groups.items():
+            done = sum(1 for it in items.values() if it.ok)
+            out[g] = {"done": done, "failed": len(items) - done}
+        return out
+
+
+def _item_view(group: str, item_id: str, it: _Item) -> dict[str, Any]:
+    return {
+        "group": group,
+        "item_id": item_id,
+        "status": "done" if it.ok else "failed",
+        "attempts": it.attempts,
+        "error": it.error,
+        "size": it.size,
+        "tile": list(it.tile) if it.tile else None,
+    }
+
+
+def _iso(dt: datetime) -> str:
+    return dt.isoformat()
+
+
+class Dashboard:
+    """The dashboard's views of one open store (thread-safe; every method only reads)."""
+
+    def __init__(
+        self, manager: CheckpointManager, *, rate_window: float = 300.0, max_runs: int = 32
+    ) -> None:
+        self.manager = manager
+        self.rate_window = rate_window
+        self.max_runs = max_runs
+        self._lock = threading.Lock()
+        self._ledgers: OrderedDict[str, _Ledger] = OrderedDict()
+        self._samples: dict[str, deque[tuple[float, int]]] = {}
+
+    # -- runs -----------------------------------------------------------------------
+
+    def runs(self, process_id: str | None = None, limit: int = 100) -> dict[str, Any]:
+        """Return ``{"runs": [...], "live": {run id: counts, rate, eta}}``, newest first.
+
+        ``runs`` is what ``ckptlite runs --json`` prints (the newest ``limit``).
+        """
+        with self._lock:
+            runs = self.manager.list_runs(process_id)[: max(1, limit)]
+            live = {r.id: self._live(r, self._ledger(r)) for r in runs}
+        return {"runs": jsonable(runs), "live": live, "now": _iso(datetime.now(UTC))}
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        """Return one run: its record, counts, rate, per-group counts, stages, failed items.
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+        with self._lock:
+            rec = self.manager.backend.get_run(run_id)
+            led = self._ledger(rec)
+            live = self._live(rec, led)
+            failed = sorted(
+                (g, i, it)
+                for g, items in led.groups.items()
+                for i, it in items.items()
+                if not it.ok
+            )
+            groups = led.counts()
+        return {
+            "run": jsonable(rec),
+            "live": live,
+            "groups": groups,
+            "stages": self._stages(rec),
+            "failed": [_item_view(g, i, it) for g, i, it in failed[:_FAILED_SHOWN]],
+            "failed_total": len(failed),
+            "now": _iso(datetime.now(UTC)),
+        }
+
+    def items(
+        self,
+        run_id: str,
+        group: str | None = None,
+        status: str | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> dict[str, Any]:
+        """Return a page of a run's ledger entries, by group and item id.
+
+        Raises:
+            RunNotFoundError: no such run.
+            InvalidInputError: an unknown status, or a negative offset or limit.
+        """
+        if status not in (None, "done", "failed"):
+            raise InvalidInputError(f"status must be done or failed, not {status!r}")
+        if offset < 0 or not 0 < limit <= 1000:
+            raise InvalidInputError("offset must be >= 0 and limit within 1..1000")
+        want = None if status is None else status == "done"
+        with self._lock:
+            led = self._ledger(self.manager.backend.get_run(run_id))
+            rows = sorted(
+                (g, i, it)
+                for g, items in led.groups.items()
+                if group is None or g == group
+                for i, it in items.items()
+                if want is None or it.ok == want
+            )
+        return {
+            "items": [_item_view(g, i, it) for g, i, it in rows[offset : offset + limit]],
+            "total": len(rows),
+            "offset": offset,
+        }
+
+    def item_map(self, run_id: str, group: str) -> dict[str, Any]:
+        """Return a group's items as a compact map: one status character per cell.
+
+        ``layout`` is ``tiles`` when every item names a tile (row, col: by its id or
+        its state), the cells then cover the tiles' bounding box row by row, and a
+        cell no item fills is pending; else ``grid``: the items by id, ``cols`` a row.
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+        with self._lock:
+            led = self._ledger(self.manager.backend.get_run(run_id))
+            return self._map(led, group).payload
+
+    def cell(self, run_id: str, group: str, index: int) -> dict[str, Any]:
+        """Return the item in cell ``index`` of ``item_map`` (``item`` None: pending).
+
+        Raises:
+            RunNotFoundError: no such run.
+            InvalidInputError: ``index`` is outside the map.
+        """
+        with self._lock:
+            led = self._ledger(self.manager.backend.get_run(run_id))
+            m = self._map(led, group)
+            if not 0 <= index < len(m.cells):
+                raise InvalidInputError(f"cell {index} is outside the map of {group!r}")
+            item_id = m.cells[index]
+            item = led.groups[group][item_id] if item_id is not None else None
+        p = m.payload
+        out: dict[str, Any] = {"index": index, "group": group}
+        if p["layout"] == "tiles":
+            out["tile"] = [p["row0"] + index // p["cols"], p["col0"] + index % p["cols"]]
+        out["item"] = _item_view(group, item_id, item) if item and item_id else None
+        return out
+
+    # -- checkpoints and the store ------------------------------------------------------
+
+    def checkpoints(self, process_id: str | None = None, limit: int = 2000) -> dict[str, Any]:
+        """Return ``{"tree": [...]}`` as ``ckptlite ls --tree --json`` prints it (newest ``limit``).
+
+        Raises:
+            InvalidInputError: a bad process id or limit.
+        """
+        cps = self.manager.list(process_id, limit=limit)
+        return {"tree": tree_view(build_tree(cps)), "shown": len(cps), "limit": limit}
+
+    def checkpoint(self, checkpoint_id: str) -> dict[str, Any]:
+        """Return ``{"checkpoint": ...}`` as ``ckptlite show --json`` prints it.
+
+        Raises:
+            CheckpointNotFoundError: no such id.
+        """
+        return {"checkpoint": checkpoint_view(self.manager.get(checkpoint_id))}
+
+    def state(self, checkpoint_id: str) -> dict[str, Any]:
+        """Return ``{"id", "state"}`` as ``ckptlite cat --json`` prints it (summarised).
+
+        Raises:
+            CheckpointNotFoundError: no such id.
+            CorruptCheckpointError: the state fails verification.
+            PickleNotAllowedError: the state holds pickles (never loaded here).
+        """
+        return {"id": checkpoint_id, "state": state_view(self.manager.load(checkpoint_id))}
+
+    def stats(self) -> dict[str, Any]:
+        """Return what ``ckptlite stats --json`` prints."""
+        return self.manager.stats()
+
+    def health(self) -> dict[str, Any]:
+        """Return the store's stats, bytes per process, corrupted checkpoints, last verify."""
+        stats = self.manager.stats()
+        per: dict[str, dict[str, int]] = {}
+        for cp in self.manager.list():
+            p = per.setdefault(cp.process_id, {"checkpoints": 0, "size": 0, "stored_size": 0})
+            p["checkpoints"] += 1
+            p["size"] += cp.size
+            p["stored_size"] += cp.stored_size
+        corrupted = self.manager.list(status=Status.CORRUPTED)
+        return {
+            "stats": stats,
+            "bytes_by_process": dict(sorted(per.items())),
+            "corrupted": [checkpoint_view(c) for c in corrupted],
+            # Stores do not record their verifies yet; shown when one does.
+            "last_verify": jsonable(stats.get("last_verify")),
+        }
+
+    # -- internals ------------------------------------------------------------------
+
+    def _ledger(self, rec: RunRecord) -> _Ledger:
+        """Return the run's ledger, reading only what changed since the last call."""
+        led = self._ledgers.get(rec.id)
+        if led is None:
+            led = self._ledgers[rec.id] = _Ledger()
+            while len(self._ledgers) > self.max_runs:
+                self._ledgers.popitem(last=False)
+        self._ledgers.move_to_end(rec.id)
+        if rec.status != RunStatus.RUNNING and led.run_changed == rec.changed:
+            return led  # a finished run that did not change since it was read
+        after = None if led.clock < 0 else led.clock
+        fresh = self.manager.backend.list_items(rec.id, after_changed=after)
+        for r in fresh:
+            self._take(led, r)
+        if fresh:
+            led.clock = max(led.clock, fresh[-1].changed)
+        led.clock = max(led.clock, 0)
+        led.run_changed = rec.changed
+        return led
+
+    def _take(self, led: _Ledger, r: ItemRecord) -> None:
+        tile = tile_of_id(r.item_id)
+        if tile is None and r.state is not None and len(r.state) <= _STATE_PEEK:
+            try:
+                tile = tile_of_state(decode_item_state(r.state))
+            except CkptliteError:
+                tile = None  # a state we may not or cannot decode names no tile
+        size = len(r.state) if r.state is not None else 0
+        led.groups.setdefault(r.group, {})[r.item_id] = _Item(r.ok, r.attempts, r.error, size, tile)
+
+    def _live(self, rec: RunRecord, led: _Ledger) -> dict[str, Any]:
+        """Return a run's counts, rate (items per minute) and ETA."""
+        counts = led.counts()
+        done = sum(c["done"] for c in counts.values())
+        failed = sum(c["failed"] for c in counts.values())
+        extra = jsonable(rec)  # fields a newer RunRecord may have (claimed, workers)
+        claimed = extra.get("claimed")
+        claimed = claimed if isinstance(claimed, int) else 0
+        total = max(rec.progress[1] if rec.progress else 0, done + failed + claimed)
+        rate, basis = self._rate(rec, done)
+        pending = max(0, total - done - failed - claimed)
+        eta = None
+        if rec.status == RunStatus.RUNNING and rate and rate > 0 and pending:
+            eta = pending / rate * 60
+        return {
+            "done": done,
+            "failed": failed,
+            "claimed": claimed,
+            "pending": pending,
+            "total": total,
+            "rate_per_min": rate,
+            "rate_basis": basis,
+            "eta_seconds": eta,
+        }
+
+    def _rate(self, rec: RunRecord, done: int) -> tuple[float | None, str | None]:
+        now = time.monotonic()
+        samples = self._samples.setdefault(rec.id, deque())
+        if not samples or samples[-1][1] != done or now - samples[-1][0] >= 1.0:
+            samples.append((now, done))
+        while len(samples) > 2 and now - samples[0][0] > self.rate_window:
+            samples.popleft()
+        t0, d0 = samples[0]
+        if rec.status == RunStatus.RUNNING and now - t0 >= 2.0:
+            return (done - d0) / (now - t0) * 60, "window"
+        span = (rec.updated_at - rec.started_at).total_seconds()
+        if span > 0 and done:
+            return done / span * 60, "average"
+        return None, None
+
+    def _stages(self, rec: RunRecord) -> list[dict[str, Any]]:
+        cps: list[Checkpoint] = [
+            c
+            for c in self.manager.list(rec.process_id, level=Level.STAGE)
+            if c.metadata.get(RUN_KEY) == rec.id
+        ]
+        cps.sort(key=lambda c: c.seq)
+        out, start = [], rec.started_at
+        for c in cps:
+            end = c.created_at
+            out.append(
+                {
+                    "name": c.name,
+                    "checkpoint_id": c.id,
+                    "status": c.status.value,
+                    "start": _iso(start),
+                    "end": _iso(end),
+                    "duration": max(0.0, (end - start).total_seconds()),
+                    "size": c.size,
+                }
+            )
+            start = max(start, end)
+        return out
+
+    def _map(self, led: _Ledger, group: str) -> _Map:
+        cached = led.maps.get(group)
+        if cached is not None and cached.clock == led.clock:
+            return cached
+        items = led.groups.get(group, {})
+        tiles = {it.tile: i for i, it in items.items() if it.tile is not None}
+        payload: dict[str, Any] = {"group": group, "items": len(items)}
+        cells: list[str | None]
+        if items and len(tiles) == len(items):
+            r0 = min(t[0] for t in tiles)
+            c0 = min(t[1] for t in tiles)
+            rows = max(t[0] for t in tiles) - r0 + 1
+            cols = max(t[1] for t in tiles) - c0 + 1
+        if items and len(tiles) == len(items) and rows * cols <= MAX_CELLS:
+            cells = [None] * (rows * cols)
+            for (r, c), i in tiles.items():
+                cells[(r - r0) * cols + (c - c0)] = i
+            payload.update(layout="tiles", rows=rows, cols=cols, row0=r0, col0=c0)
+        else:
+            cells = list(sorted(items))
+            cols = max(1, math.ceil(math.sqrt(len(cells))))
+            payload.update(layout="grid", rows=math.ceil(len(cells) / cols), cols=cols)
+        pend, done, fail = CELL_CODES["pending"], CELL_CODES["done"], CELL_CODES["failed"]
+        payload["cells"] = "".join(
+            pend if i is None else (done if items[i].ok else fail) for i in cells
+        )
+        led.maps[group] = m = _Map(led.clock, payload, cells)
+        return m
