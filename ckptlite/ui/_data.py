@@ -54,6 +54,7 @@ class _Map:
     clock: int
     payload: dict[str, Any]
     cells: list[str | None]  # the item id of each cell (None: pending)
+    expected: int
 
 
 @dataclass(slots=True)
@@ -136,6 +137,10 @@ class Dashboard:
             "live": live,
             "groups": groups,
             "stages": self._stages(rec),
+            # The timeline's axis: the run's start to its end (or now, while it runs).
+            "span": max(
+                1.0, ((rec.finished_at or datetime.now(UTC)) - rec.started_at).total_seconds()
+            ),
             "failed": [_item_view(g, i, it) for g, i, it in failed[:_FAILED_SHOWN]],
             "failed_total": len(failed),
             "now": _iso(datetime.now(UTC)),
@@ -186,8 +191,9 @@ class Dashboard:
             RunNotFoundError: no such run.
         """
         with self._lock:
-            led = self._ledger(self.manager.backend.get_run(run_id))
-            return self._map(led, group).payload
+            rec = self.manager.backend.get_run(run_id)
+            led = self._ledger(rec)
+            return self._map(led, group, self._expected(rec, led, group)).payload
 
     def cell(self, run_id: str, group: str, index: int) -> dict[str, Any]:
         """Return the item in cell ``index`` of ``item_map`` (``item`` None: pending).
@@ -197,8 +203,9 @@ class Dashboard:
             InvalidInputError: ``index`` is outside the map.
         """
         with self._lock:
-            led = self._ledger(self.manager.backend.get_run(run_id))
-            m = self._map(led, group)
+            rec = self.manager.backend.get_run(run_id)
+            led = self._ledger(rec)
+            m = self._map(led, group, self._expected(rec, led, group))
             if not 0 <= index < len(m.cells):
                 raise InvalidInputError(f"cell {index} is outside the map of {group!r}")
             item_id = m.cells[index]
@@ -351,15 +358,24 @@ class Dashboard:
                     "start": _iso(start),
                     "end": _iso(end),
                     "duration": max(0.0, (end - start).total_seconds()),
+                    "offset": max(0.0, (start - rec.started_at).total_seconds()),
                     "size": c.size,
                 }
             )
             start = max(start, end)
         return out
 
-    def _map(self, led: _Ledger, group: str) -> _Map:
+    def _expected(self, rec: RunRecord, led: _Ledger, group: str) -> int:
+        # The run's progress total counts every group: it is this group's only when
+        # the group is the run's one group.
+        if rec.progress and set(led.groups) == {group}:
+            return rec.progress[1]
+        return 0
+
+    def _map(self, led: _Ledger, group: str, expected: int = 0) -> _Map:
+        """Return a group's map; ``expected``: how many items the group will have, if known."""
         cached = led.maps.get(group)
-        if cached is not None and cached.clock == led.clock:
+        if cached is not None and cached.clock == led.clock and cached.expected == expected:
             return cached
         items = led.groups.get(group, {})
         tiles = {it.tile: i for i, it in items.items() if it.tile is not None}
@@ -370,6 +386,8 @@ class Dashboard:
             c0 = min(t[1] for t in tiles)
             rows = max(t[0] for t in tiles) - r0 + 1
             cols = max(t[1] for t in tiles) - c0 + 1
+            if expected > len(items) and r0 == 0 and c0 == 0:
+                rows = max(rows, math.ceil(expected / cols))  # rows not reached yet: pending
         if items and len(tiles) == len(items) and rows * cols <= MAX_CELLS:
             cells = [None] * (rows * cols)
             for (r, c), i in tiles.items():
@@ -383,5 +401,5 @@ class Dashboard:
         payload["cells"] = "".join(
             pend if i is None else (done if items[i].ok else fail) for i in cells
         )
-        led.maps[group] = m = _Map(led.clock, payload, cells)
+        led.maps[group] = m = _Map(led.clock, payload, cells, expected)
         return m

@@ -100,6 +100,10 @@
   function updateRun(data) {
     fillLive(document.getElementById("summary"), data.run, data.live);
     set(document, "failed_total", "(" + data.failed_total + ")");
+    document.querySelectorAll("[data-gcount]").forEach((e) => {
+      const c = data.groups[e.dataset.gcount];
+      if (c) e.textContent = "(" + c.done + " done, " + c.failed + " failed)";
+    });
     const tbody = document.querySelector("#failed tbody");
     tbody.replaceChildren(...data.failed.map((it) => {
       const tr = el("tr");
@@ -130,7 +134,7 @@
       px[4 * i] = c[0]; px[4 * i + 1] = c[1]; px[4 * i + 2] = c[2]; px[4 * i + 3] = 255;
     }
     octx.putImageData(img, 0, 0);
-    const scale = Math.max(1, Math.floor(Math.min(900 / cols, 600 / rows)));
+    const scale = Math.max(1, Math.floor(Math.min(900 / cols, 420 / rows)));
     canvas.width = cols * scale; canvas.height = rows * scale;
     const ctx = canvas.getContext("2d");
     ctx.imageSmoothingEnabled = false;

@@ -1,0 +1,173 @@
+"""The dashboard in a real browser: headless Chromium on a store a running pipeline writes.
+
+A pipeline process works through a 30x30 tile grid (one tile fails), ``ckptlite ui``
+serves its store from another process, and Chromium loads the runs page and the
+run page (``--dump-dom`` after the page's own polls ran): the rendered DOM shows
+the counts, the statuses and the tile map (the map's data island, which the page
+writes after drawing the canvas), and the counts advance between two loads.
+``CKPTLITE_UI_SCREENSHOT=docs/ui.png`` also saves the run page's screenshot there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import ckptlite
+
+PIPELINE = textwrap.dedent(
+    """
+    import sys, time, ckptlite
+    store, n, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    with ckptlite.open(store, durability="none") as mgr:
+        with mgr.run("tiles", batch_size=5, batch_seconds=0.2) as run:
+            stage = run.stage("prepare")
+            if not stage.done:
+                stage.complete({"grid": [n, n]})
+            ids = [f"tile_{r}_{c}" for r in range(n) for c in range(n)]
+            for item in run.items("tile", ids):
+                time.sleep(delay)
+                if item.id == "tile_0_3":
+                    item.fail(ValueError("no data in tile_0_3"))
+                else:
+                    item.done({"px": 1})
+    """
+)
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "headless Chromium is needed: apt-get install -y chromium (.ci/run does it)"
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _browse(url: str, profile: Path, *extra: str) -> str:
+    """Load ``url`` in headless Chromium, let its scripts run ~3 s, return stdout."""
+    argv = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",  # tests run as root in CI containers
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=3000",
+        *extra,
+        url,
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def _field(dom: str, key: str) -> str:
+    m = re.search(rf'data-k="{key}"[^>]*>([^<]*)<', dom)
+    assert m, f"no {key} in the DOM"
+    return m[1]
+
+
+@pytest.fixture
+def live_store(tmp_path: Path) -> Iterator[str]:
+    """A store a pipeline process is writing to (killed at the end)."""
+    store = tmp_path / "store"
+    script = tmp_path / "pipeline.py"
+    script.write_text(PIPELINE)
+    proc = subprocess.Popen([sys.executable, str(script), str(store), "30", "0.05"])
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if (store / "ckptlite.db").exists():
+                with ckptlite.open(store, readonly=True) as mgr:
+                    runs = mgr.list_runs()
+                    if runs and runs[0].progress and runs[0].progress[0] >= 20:
+                        break
+            assert proc.poll() is None, "the pipeline ended early"
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the pipeline did not start")
+        yield str(store)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+
+@pytest.fixture
+def server(live_store: str) -> Iterator[str]:
+    """``ckptlite ui`` on a free port, in its own process; yields its base URL."""
+    port = _free_port()
+    code = "import sys; from ckptlite.cli import main; sys.exit(main())"
+    argv = [sys.executable, "-c", code, "--store", live_store, "ui", "--port", str(port)]
+    with subprocess.Popen([*argv, "--poll", "1"], stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            line = proc.stderr.readline() if proc.stderr else ""
+            assert f"http://127.0.0.1:{port}/" in line, line
+            for _ in range(100):
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                time.sleep(0.1)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.mark.slow
+def test_runs_and_run_pages_in_chromium_follow_a_running_pipeline(
+    server: str, live_store: str, tmp_path: Path
+) -> None:
+    with ckptlite.open(live_store, readonly=True) as mgr:
+        run_id = mgr.list_runs()[0].id
+
+    runs_dom = _browse(f"{server}/", tmp_path / "p1", "--dump-dom")
+    row = runs_dom.split(f'data-run="{run_id}"', 1)[1].split("</tr>", 1)[0]
+    assert _field(row, "status") == "running" and _field(row, "process_id") == "tiles"
+    assert int(_field(row, "done")) >= 20 and _field(row, "failed") == "1"
+    assert re.search(r'id="live"[^>]*data-polls="[1-9]', runs_dom), "the page never polled"
+
+    def observe() -> tuple[int, dict[str, object]]:
+        dom = _browse(f"{server}/runs/{run_id}", tmp_path / "p2", "--dump-dom")
+        assert _field(dom, "status") == "running"
+        assert "no data in tile_0_3" in dom
+        island = re.search(r'<script type="application/json" id="map-json">([^<]*)</script>', dom)
+        assert island, "the tile map was not drawn"
+        return int(_field(dom, "done")), json.loads(island[1])
+
+    done1, map1 = observe()
+    assert (map1["layout"], map1["cols"], map1["row0"], map1["col0"]) == ("tiles", 30, 0, 0)
+    assert map1["rows"] == 30  # rows not reached yet are drawn pending
+    cells = str(map1["cells"])
+    assert cells[3] == "f"  # tile_0_3
+    assert cells[0] == cells[1] == cells[29] == "d"  # tile_0_0, tile_0_1, tile_0_29
+    assert cells[-1] == "."  # tile_29_29: pending
+    assert cells.count("d") >= done1 - 5
+
+    time.sleep(1.5)
+    done2, map2 = observe()
+    assert done2 > done1, "the counts did not advance"
+    assert str(map2["cells"]).count("d") > cells.count("d")
+
+    shot = tmp_path / "ui.png"
+    size = "--window-size=1280,1000"
+    _browse(f"{server}/runs/{run_id}", tmp_path / "p3", f"--screenshot={shot}", size)
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    if os.environ.get("CKPTLITE_UI_SCREENSHOT"):
+        shutil.copyfile(shot, os.environ["CKPTLITE_UI_SCREENSHOT"])
