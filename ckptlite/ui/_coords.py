@@ -18,14 +18,19 @@ __all__ = ["MAX_CELLS", "tile_of_id", "tile_of_state"]
 #: A tile map larger than this (its bounding box, in cells) is drawn as a plain grid.
 MAX_CELLS = 4_000_000
 
-_RC = re.compile(r"(?:^|[^a-z0-9])r(\d{1,7})[_\-/,.]?c(\d{1,7})$", re.IGNORECASE)
-_PAIR = re.compile(r"(?:^|[^0-9])(\d{1,7})[_/,\-](\d{1,7})$")
+# One search per id: ``r3_c7`` (groups 1, 2) or ``..3_7`` / ``3/7`` (groups 3, 4).
+_TILE = re.compile(
+    r"(?:(?:^|[^a-z0-9])r(\d{1,7})[_\-/,.]?c(\d{1,7})|(?:^|[^0-9])(\d{1,7})[_/,\-](\d{1,7}))$",
+    re.IGNORECASE,
+)
 
 
 def tile_of_id(item_id: str) -> tuple[int, int] | None:
     """Return the (row, col) an item id names, or None."""
-    m = _RC.search(item_id) or _PAIR.search(item_id)
-    return (int(m[1]), int(m[2])) if m else None
+    m = _TILE.search(item_id)
+    if m is None:
+        return None
+    return (int(m[1]), int(m[2])) if m[1] is not None else (int(m[3]), int(m[4]))
 
 
 def tile_of_state(state: Any) -> tuple[int, int] | None:

@@ -59,19 +59,26 @@ class _Map:
 
 @dataclass(slots=True)
 class _Ledger:
-    """A run's ledger as the dashboard keeps it, up to change clock ``clock``."""
+    """A run's ledger as the dashboard keeps it, up to change clock ``clock``.
+
+    Counts and failed ids are kept as items arrive, so a poll costs what changed.
+    """
 
     clock: int = -1
     run_changed: int = -1
     groups: dict[str, dict[str, _Item]] = field(default_factory=dict)
+    done: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, set[str]] = field(default_factory=dict)
+    # Per group: True when its ids name tiles (parsed when a map is drawn), False when
+    # its items' states were looked at for row/col instead.
+    tile_ids: dict[str, bool] = field(default_factory=dict)
     maps: dict[str, _Map] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
-        out = {}
-        for g, items in self.groups.items():
-            done = sum(1 for it in items.values() if it.ok)
-            out[g] = {"done": done, "failed": len(items) - done}
-        return out
+        return {
+            g: {"done": self.done.get(g, 0), "failed": len(self.failed.get(g, ()))}
+            for g in self.groups
+        }
 
 
 def _item_view(group: str, item_id: str, it: _Item) -> dict[str, Any]:
@@ -82,7 +89,7 @@ def _item_view(group: str, item_id: str, it: _Item) -> dict[str, Any]:
         "attempts": it.attempts,
         "error": it.error,
         "size": it.size,
-        "tile": list(it.tile) if it.tile else None,
+        "tile": list(tile) if (tile := it.tile or tile_of_id(item_id)) else None,
     }
 
 
@@ -125,12 +132,7 @@ class Dashboard:
             rec = self.manager.backend.get_run(run_id)
             led = self._ledger(rec)
             live = self._live(rec, led)
-            failed = sorted(
-                (g, i, it)
-                for g, items in led.groups.items()
-                for i, it in items.items()
-                if not it.ok
-            )
+            failed = sorted((g, i, led.groups[g][i]) for g, ids in led.failed.items() for i in ids)
             groups = led.counts()
         return {
             "run": jsonable(rec),
@@ -291,14 +293,28 @@ class Dashboard:
         return led
 
     def _take(self, led: _Ledger, r: ItemRecord) -> None:
-        tile = tile_of_id(r.item_id)
-        if tile is None and r.state is not None and len(r.state) <= _STATE_PEEK:
+        group, item_id = r.group, r.item_id
+        items = led.groups.get(group)
+        if items is None:
+            items = led.groups[group] = {}
+            led.done[group], led.failed[group] = 0, set()
+            led.tile_ids[group] = tile_of_id(item_id) is not None
+        tile = None
+        if not led.tile_ids[group] and r.state is not None and len(r.state) <= _STATE_PEEK:
             try:
                 tile = tile_of_state(decode_item_state(r.state))
             except CkptliteError:
                 tile = None  # a state we may not or cannot decode names no tile
+        old = items.get(item_id)
+        if old is not None and old.ok:
+            return  # the first done-mark stays (the ledger never changes it)
+        if r.ok:
+            led.done[group] += 1
+            led.failed[group].discard(item_id)
+        else:
+            led.failed[group].add(item_id)
         size = len(r.state) if r.state is not None else 0
-        led.groups.setdefault(r.group, {})[r.item_id] = _Item(r.ok, r.attempts, r.error, size, tile)
+        items[item_id] = _Item(r.ok, r.attempts, r.error, size, tile)
 
     def _live(self, rec: RunRecord, led: _Ledger) -> dict[str, Any]:
         """Return a run's counts, rate (items per minute) and ETA."""
@@ -378,6 +394,10 @@ class Dashboard:
         if cached is not None and cached.clock == led.clock and cached.expected == expected:
             return cached
         items = led.groups.get(group, {})
+        if led.tile_ids.get(group):
+            for i, it in items.items():
+                if it.tile is None:
+                    it.tile = tile_of_id(i)  # once per item: kept for the next map
         tiles = {it.tile: i for i, it in items.items() if it.tile is not None}
         payload: dict[str, Any] = {"group": group, "items": len(items)}
         cells: list[str | None]

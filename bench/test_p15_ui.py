@@ -1,0 +1,168 @@
+"""P15: the dashboard (``ckptlite ui``): pages of a 100,000-item run, and what polling costs.
+
+Render: a store holds one run of 100,000 tile items (250 failed); each round
+builds a fresh app (a cold cache: the first request reads the whole ledger) and
+times, through Starlette's TestClient, the runs page, the run page, and the run
+page's tile-map payload. Target: each under 1 s.
+
+Polling: a pipeline saves checkpoints (a 16 KiB array each, with a done-mark per
+item) as fast as it can for a few seconds; rounds alternate without and with a
+dashboard (``ckptlite ui`` in its own process) polled every second by another
+process the way a browser on the run page polls it (the run's JSON and its map).
+Target: the save rate with the dashboard >= 0.95x the rate without.
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+import ckptlite
+from bench.conftest import FULL, MODE
+from ckptlite.ui import open_readonly
+from ckptlite.ui.app import create_app
+
+ITEMS = (250, 400)  # rows x cols: 100,000 tiles
+RENDER_ROUNDS = 5 if FULL else 2
+POLL_ROUNDS = 4 if FULL else 1  # pairs of (without, with)
+POLL_SECONDS = 8.0 if FULL else 2.0
+
+POLLER = textwrap.dedent(
+    """
+    # What a browser on the newest run's page asks for, every second.
+    import sys, time, httpx2 as httpx
+    base = sys.argv[1]
+    while True:
+        t = time.monotonic()
+        try:
+            runs = httpx.get(base + "/api/runs?limit=1", timeout=10).json()["runs"]
+            if runs:
+                rid = runs[0]["id"]
+                httpx.get(f"{base}/api/runs/{rid}", timeout=10)
+                httpx.get(f"{base}/api/runs/{rid}/map?group=tile", timeout=10)
+        except httpx.TransportError:
+            pass
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - t)))
+    """
+)
+
+
+def _big_store(where: Path) -> str:
+    rows, cols = ITEMS
+    with ckptlite.open(where, durability="none") as mgr, mgr.run("big", batch_size=10_000) as run:
+        for it in run.items("tile", [f"tile_{r}_{c}" for r in range(rows) for c in range(cols)]):
+            if it.id.endswith("_7"):
+                it.fail("no data")
+            else:
+                it.done({"px": 1})
+    return run.id
+
+
+@pytest.mark.benchmark(group="P15 dashboard")
+def test_p15_pages_of_a_100000_item_run(benchmark: Any, scratch: Path) -> None:
+    store = scratch / "store"
+    run_id = _big_store(store)
+    paths = {
+        "runs page": "/",
+        "run page": f"/runs/{run_id}",
+        "tile map payload": f"/api/runs/{run_id}/map?group=tile",
+    }
+    times: dict[str, list[float]] = {k: [] for k in paths}
+
+    def rounds() -> None:
+        for _ in range(RENDER_ROUNDS):
+            for label, path in paths.items():
+                mgr = open_readonly(str(store))
+                client = TestClient(create_app(mgr))  # cold: the ledger is read afresh
+                t0 = time.perf_counter()
+                r = client.get(path)
+                times[label].append(time.perf_counter() - t0)
+                assert r.status_code == 200
+                mgr.close()
+
+    benchmark.pedantic(rounds, rounds=1, iterations=1)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    benchmark.extra_info.update(
+        target="P15", role="limits", mode=MODE, items=ITEMS[0] * ITEMS[1], medians_s=medians
+    )
+    print("\nP15 cold render, 100,000 items (median s):", medians)
+    if FULL:
+        assert all(t < 1.0 for t in medians.values()), medians
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _save_rate(mgr: ckptlite.CheckpointManager, seconds: float) -> float:
+    """Save checkpoints (and mark items) for ``seconds``; return saves per second."""
+    state = np.random.default_rng(1).random(2048)  # 16 KiB
+    n, t0 = 0, time.perf_counter()
+    with mgr.run("pipeline", resume=False, batch_size=50, batch_seconds=0.5) as run:
+        ids = (f"tile_{i // 100}_{i % 100}" for i in range(10**9))
+        for item in run.items("tile", ids):
+            state[0] = n
+            mgr.save("pipeline", state, name="tile")
+            item.done(n)
+            n += 1
+            if time.perf_counter() - t0 >= seconds:
+                break
+    return n / (time.perf_counter() - t0)
+
+
+@pytest.mark.benchmark(group="P15 dashboard")
+def test_p15_save_rate_with_a_polling_dashboard(benchmark: Any, scratch: Path) -> None:
+    store = scratch / "live"
+    port = _free_port()
+    rates: dict[str, list[float]] = {"without": [], "with": []}
+    script = scratch / "poller.py"
+    script.write_text(POLLER)
+    mgr = ckptlite.open(store, durability="none")
+
+    def rounds() -> None:
+        for _ in range(POLL_ROUNDS):
+            rates["without"].append(_save_rate(mgr, POLL_SECONDS))
+            code = "import sys; from ckptlite.cli import main; sys.exit(main())"
+            argv = [sys.executable, "-c", code, "--store", str(store), "ui", "--port", str(port)]
+            with subprocess.Popen(argv, stderr=subprocess.DEVNULL) as server:
+                for _ in range(100):
+                    with socket.socket() as s:
+                        if s.connect_ex(("127.0.0.1", port)) == 0:
+                            break
+                    time.sleep(0.1)
+                argv = [sys.executable, str(script), f"http://127.0.0.1:{port}"]
+                with subprocess.Popen(argv) as poller:
+                    time.sleep(1.0)  # the server and the poller start: not the steady state
+                    rates["with"].append(_save_rate(mgr, POLL_SECONDS))
+                    poller.terminate()
+                server.terminate()
+
+    try:
+        benchmark.pedantic(rounds, rounds=1, iterations=1)
+    finally:
+        mgr.close()
+    without, with_ = statistics.median(rates["without"]), statistics.median(rates["with"])
+    ratio = with_ / without
+    benchmark.extra_info.update(
+        target="P15",
+        role="pair",
+        mode=MODE,
+        label="saves/s with a dashboard polled every second vs without",
+        rates=rates,
+        ratio=ratio,
+    )
+    print(f"\nP15 save rate: without {without:.0f}/s, with dashboard {with_:.0f}/s: {ratio:.3f}x")
+    if FULL:
+        assert ratio >= 0.95, rates
