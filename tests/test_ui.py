@@ -426,3 +426,43 @@ def test_a_run_of_100000_items(tmp_path: Path) -> None:
     assert r.headers.get("content-encoding") == "gzip"
     assert get_json(client, f"/api/runs/{run.id}/items?status=failed&limit=1000")["total"] == 250
     mgr.close()
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [f"tile_{r}_{c}" for r in range(6) for c in range(4)],  # a tile map
+        [f"part-{n:03d}" for n in range(24)],  # a grid
+    ],
+)
+def test_maps_followed_by_the_ledger_clock_equal_maps_built_afresh(
+    tmp_path: Path, ids: list[str]
+) -> None:
+    from ckptlite.ui._data import Dashboard
+
+    store = tmp_path / "store"
+    with ckptlite.open(store, durability="none") as mgr:
+        run = mgr.run("p", batch_size=1)
+        items = list(run.items("g", ids))
+        for it in items[:10]:
+            it.fail("boom") if it.id in (ids[3], ids[7]) else it.done(1)
+        followed = Dashboard(open_readonly(str(store)))
+        first = followed.item_map(run.id, "g")
+        assert first["cells"].count("f") == 2 and first["items"] == 10
+        rerun = mgr.run("p", run_id=run.id, batch_size=1)  # failed items done, new ones marked
+        for it in rerun.items("g", ids):
+            if it.id in (ids[3], ids[7], *ids[10:16]):
+                it.fail("again") if it.id == ids[12] else it.done(2)
+        with mgr.run("p", run_id=run.id, batch_size=1) as last:  # a tile outside the map
+            for it in last.items("g", ["tile_9_9"] if "tile_0_0" in ids else ["zz"]):
+                it.done(3)
+        fresh = Dashboard(open_readonly(str(store)))
+        for group_map in (followed, fresh):
+            m = group_map.item_map(run.id, "g")
+            assert m["items"] == 17 and m["cells"].count("f") == 1
+        assert followed.item_map(run.id, "g") == fresh.item_map(run.id, "g")
+        assert (
+            followed.run(run.id)["groups"]
+            == fresh.run(run.id)["groups"]
+            == {"g": {"done": 16, "failed": 1}}
+        )

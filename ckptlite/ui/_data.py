@@ -14,7 +14,6 @@ pipeline writing to the store almost nothing.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -28,12 +27,11 @@ from ..runs import RUN_KEY, decode_item_state
 from ..tree import build_tree, tree_view
 from ..types import Checkpoint, ItemRecord, Level, RunRecord, RunStatus, Status
 from ..views import checkpoint_view, jsonable, state_view
-from ._coords import MAX_CELLS, tile_of_id, tile_of_state
+from ._coords import tile_of_id, tile_of_state
+from ._map import ItemMap
 
-__all__ = ["CELL_CODES", "Dashboard"]
+__all__ = ["Dashboard"]
 
-#: One character per cell of a map: pending (not in the ledger), done, failed, claimed.
-CELL_CODES = {"pending": ".", "done": "d", "failed": "f", "claimed": "c"}
 #: Item states up to this size are decoded to look for row/col or y/x keys.
 _STATE_PEEK = 1024
 #: Failed items a run's view lists (all of them are in ``/items?status=failed``).
@@ -47,14 +45,6 @@ class _Item:
     error: str | None
     size: int
     tile: tuple[int, int] | None
-
-
-@dataclass(slots=True)
-class _Map:
-    clock: int
-    payload: dict[str, Any]
-    cells: list[str | None]  # the item id of each cell (None: pending)
-    expected: int
 
 
 @dataclass(slots=True)
@@ -72,7 +62,7 @@ class _Ledger:
     # Per group: True when its ids name tiles (parsed when a map is drawn), False when
     # its items' states were looked at for row/col instead.
     tile_ids: dict[str, bool] = field(default_factory=dict)
-    maps: dict[str, _Map] = field(default_factory=dict)
+    maps: dict[str, ItemMap] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
         return {
@@ -195,7 +185,7 @@ class Dashboard:
         with self._lock:
             rec = self.manager.backend.get_run(run_id)
             led = self._ledger(rec)
-            return self._map(led, group, self._expected(rec, led, group)).payload
+            return self._map(led, group, self._expected(rec, led, group)).payload()
 
     def cell(self, run_id: str, group: str, index: int) -> dict[str, Any]:
         """Return the item in cell ``index`` of ``item_map`` (``item`` None: pending).
@@ -212,10 +202,9 @@ class Dashboard:
                 raise InvalidInputError(f"cell {index} is outside the map of {group!r}")
             item_id = m.cells[index]
             item = led.groups[group][item_id] if item_id is not None else None
-        p = m.payload
-        out: dict[str, Any] = {"index": index, "group": group}
-        if p["layout"] == "tiles":
-            out["tile"] = [p["row0"] + index // p["cols"], p["col0"] + index % p["cols"]]
+            out: dict[str, Any] = {"index": index, "group": group}
+            if m.layout == "tiles":
+                out["tile"] = [m.row0 + index // m.cols, m.col0 + index % m.cols]
         out["item"] = _item_view(group, item_id, item) if item and item_id else None
         return out
 
@@ -314,7 +303,10 @@ class Dashboard:
         else:
             led.failed[group].add(item_id)
         size = len(r.state) if r.state is not None else 0
-        items[item_id] = _Item(r.ok, r.attempts, r.error, size, tile)
+        items[item_id] = item = _Item(r.ok, r.attempts, r.error, size, tile)
+        m = led.maps.get(group)
+        if m is not None and not m.update(item_id, item, new=old is None):
+            del led.maps[group]  # built again when it is next asked for
 
     def _live(self, rec: RunRecord, led: _Ledger) -> dict[str, Any]:
         """Return a run's counts, rate (items per minute) and ETA."""
@@ -388,38 +380,11 @@ class Dashboard:
             return rec.progress[1]
         return 0
 
-    def _map(self, led: _Ledger, group: str, expected: int = 0) -> _Map:
+    def _map(self, led: _Ledger, group: str, expected: int = 0) -> ItemMap:
         """Return a group's map; ``expected``: how many items the group will have, if known."""
-        cached = led.maps.get(group)
-        if cached is not None and cached.clock == led.clock and cached.expected == expected:
-            return cached
-        items = led.groups.get(group, {})
-        if led.tile_ids.get(group):
-            for i, it in items.items():
-                if it.tile is None:
-                    it.tile = tile_of_id(i)  # once per item: kept for the next map
-        tiles = {it.tile: i for i, it in items.items() if it.tile is not None}
-        payload: dict[str, Any] = {"group": group, "items": len(items)}
-        cells: list[str | None]
-        if items and len(tiles) == len(items):
-            r0 = min(t[0] for t in tiles)
-            c0 = min(t[1] for t in tiles)
-            rows = max(t[0] for t in tiles) - r0 + 1
-            cols = max(t[1] for t in tiles) - c0 + 1
-            if expected > len(items) and r0 == 0 and c0 == 0:
-                rows = max(rows, math.ceil(expected / cols))  # rows not reached yet: pending
-        if items and len(tiles) == len(items) and rows * cols <= MAX_CELLS:
-            cells = [None] * (rows * cols)
-            for (r, c), i in tiles.items():
-                cells[(r - r0) * cols + (c - c0)] = i
-            payload.update(layout="tiles", rows=rows, cols=cols, row0=r0, col0=c0)
-        else:
-            cells = list(sorted(items))
-            cols = max(1, math.ceil(math.sqrt(len(cells))))
-            payload.update(layout="grid", rows=math.ceil(len(cells) / cols), cols=cols)
-        pend, done, fail = CELL_CODES["pending"], CELL_CODES["done"], CELL_CODES["failed"]
-        payload["cells"] = "".join(
-            pend if i is None else (done if items[i].ok else fail) for i in cells
-        )
-        led.maps[group] = m = _Map(led.clock, payload, cells, expected)
+        m = led.maps.get(group)
+        if m is None or m.expected != expected:
+            items = led.groups.get(group, {})
+            m = ItemMap(group, items, led.tile_ids.get(group, False), expected)
+            led.maps[group] = m
         return m

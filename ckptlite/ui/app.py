@@ -40,7 +40,8 @@ from ..errors import (
 )
 from ..manager import CheckpointManager
 from ..views import jsonable
-from ._data import CELL_CODES, Dashboard
+from ._data import Dashboard
+from ._map import CELL_CODES
 
 __all__ = ["TOKEN_COOKIE", "create_app"]
 
