@@ -161,6 +161,8 @@ def test_p15_save_rate_with_a_polling_dashboard(benchmark: Any, scratch: Path) -
         mode=MODE,
         label="saves/s with a dashboard polled every second vs without",
         rates=rates,
+        median_with=with_,
+        median_without=without,
         ratio=ratio,
     )
     print(f"\nP15 save rate: without {without:.0f}/s, with dashboard {with_:.0f}/s: {ratio:.3f}x")

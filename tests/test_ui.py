@@ -466,3 +466,19 @@ def test_maps_followed_by_the_ledger_clock_equal_maps_built_afresh(
             == fresh.run(run.id)["groups"]
             == {"g": {"done": 16, "failed": 1}}
         )
+
+
+def test_tile_map_laid_out_by_row_col_in_item_states(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    with ckptlite.open(store, durability="none") as mgr, mgr.run("scenes") as run:
+        for n, it in enumerate(run.items("scene", [f"S2A_{n:04d}" for n in range(6)])):
+            row, col = divmod(n, 3)
+            it.done({"row": row + 10, "col": col + 20, "cloud": 0.1}) if n != 4 else it.fail("x")
+    mgr = open_readonly(str(store))
+    try:
+        m = get_json(TestClient(create_app(mgr)), f"/api/runs/{run.id}/map?group=scene")
+        assert (m["layout"], m["rows"], m["cols"], m["row0"], m["col0"]) == ("tiles", 2, 3, 10, 20)
+        # the failed scene has no state to place it by: left out, and counted
+        assert m["cells"] == "dddd.d" and m["unplaced"] == 1 and m["items"] == 6
+    finally:
+        mgr.close()

@@ -1,9 +1,11 @@
 """A group's work items as a map of cells, one status character each, kept up to date.
 
-``tiles`` layout: every item names a tile (row, col), and the cells cover the
-tiles' bounding box row by row (grown to the group's expected item count when
-the tiles start at 0, 0), a cell no item fills being pending. Else ``grid``: the
-items in ledger order, ``cols`` a row. An item marked after the map was built
+``tiles`` layout: every item names a tile (row, col), by its id or by its state
+(a failed item has no state: it is left out of a map its states lay out, and
+counted in ``unplaced``), and the cells cover the tiles' bounding box row by row
+(grown to the group's expected item count when the tiles start at 0, 0), a cell
+no item fills being pending. Else ``grid``: the items in ledger order, ``cols``
+a row. An item marked after the map was built
 changes its cell in place (or joins the grid), so a poll of a live run costs
 what changed; an item outside the box makes the caller build the map again.
 """
@@ -43,9 +45,12 @@ class ItemMap:
                 if it.tile is None:
                     it.tile = tile_of_id(i)  # once per item: kept for the next build
         tiles = [it.tile for it in items.values() if it.tile is not None]
+        # Laid out by states: failed items (no state) have no place, and are counted.
+        self.unplaced = set() if tile_ids else {i for i, it in items.items() if it.tile is None}
         self.layout = "grid"
         self.row0 = self.col0 = 0
-        if items and len(tiles) == len(items):
+        placeable = not any(items[i].ok for i in self.unplaced)
+        if tiles and placeable and len(tiles) + len(self.unplaced) == len(items):
             r0, c0 = min(t[0] for t in tiles), min(t[1] for t in tiles)
             rows = max(t[0] for t in tiles) - r0 + 1
             cols = max(t[1] for t in tiles) - c0 + 1
@@ -63,7 +68,8 @@ class ItemMap:
             self.cells: list[str | None] = [None] * (self.rows * self.cols)
             self.codes = bytearray([_PENDING]) * len(self.cells)
             for i, it in items.items():
-                assert it.tile is not None
+                if it.tile is None:
+                    continue  # unplaced
                 k = (it.tile[0] - self.row0) * self.cols + (it.tile[1] - self.col0)
                 self.cells[k] = i
                 self.codes[k] = _DONE if it.ok else _FAILED
@@ -72,6 +78,7 @@ class ItemMap:
             self.cells = list(items)
             self.codes = bytearray(_DONE if it.ok else _FAILED for it in items.values())
             self.index = {i: k for k, i in enumerate(self.cells)}
+            self.unplaced = set()
 
     def update(self, item_id: str, item: MapItem, new: bool) -> bool:
         """Show an item marked since; False when the map must be built again."""
@@ -80,7 +87,12 @@ class ItemMap:
             if item.tile is None and self.tile_ids:
                 item.tile = tile_of_id(item_id)
             if item.tile is None:
-                return False
+                if self.tile_ids or item.ok:
+                    return False
+                self.unplaced.add(item_id)  # failed: no state to place it by
+                self.n += new
+                return True
+            self.unplaced.discard(item_id)
             r, c = item.tile[0] - self.row0, item.tile[1] - self.col0
             if not (0 <= r < self.rows and 0 <= c < self.cols):
                 return False
@@ -110,5 +122,6 @@ class ItemMap:
             "cols": self.cols,
             "row0": self.row0,
             "col0": self.col0,
+            "unplaced": len(self.unplaced),
             "cells": self.codes.decode("ascii"),
         }

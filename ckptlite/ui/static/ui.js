@@ -144,7 +144,8 @@
     const n = (ch) => m.cells.split(ch).length - 1;
     document.getElementById("map-layout").textContent = (m.layout === "tiles"
       ? "tile map, rows " + m.row0 + "–" + (m.row0 + rows - 1) + ", cols " + m.col0 + "–" + (m.col0 + cols - 1)
-      : "grid of " + m.items + " items by id") + ": " + n("d") + " done, " + n("f") + " failed";
+      : "grid of " + m.items + " items in ledger order") + ": " + n("d") + " done, " + n("f") + " failed" +
+      (m.unplaced ? ", " + m.unplaced + " failed without a state to place them by" : "");
     // The map as data, for tools and tests: {layout, rows, cols, row0, col0, cells}.
     document.getElementById("map-json").textContent = JSON.stringify(m);
     fig.dataset.drawn = String((parseInt(fig.dataset.drawn || "0", 10)) + 1);
