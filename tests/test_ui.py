@@ -446,7 +446,7 @@ def test_maps_followed_by_the_ledger_clock_equal_maps_built_afresh(
         items = list(run.items("g", ids))
         for it in items[:10]:
             it.fail("boom") if it.id in (ids[3], ids[7]) else it.done(1)
-        followed = Dashboard(open_readonly(str(store)))
+        followed = Dashboard(open_readonly(str(store)), min_interval=0)
         first = followed.item_map(run.id, "g")
         assert first["cells"].count("f") == 2 and first["items"] == 10
         rerun = mgr.run("p", run_id=run.id, batch_size=1)  # failed items done, new ones marked

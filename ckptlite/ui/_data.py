@@ -56,6 +56,7 @@ class _Ledger:
 
     clock: int = -1
     run_changed: int = -1
+    read_at: float = -1e9  # time.monotonic() of the last read
     groups: dict[str, dict[str, _Item]] = field(default_factory=dict)
     done: dict[str, int] = field(default_factory=dict)
     failed: dict[str, set[str]] = field(default_factory=dict)
@@ -91,9 +92,16 @@ class Dashboard:
     """The dashboard's views of one open store (thread-safe; every method only reads)."""
 
     def __init__(
-        self, manager: CheckpointManager, *, rate_window: float = 300.0, max_runs: int = 32
+        self,
+        manager: CheckpointManager,
+        *,
+        rate_window: float = 300.0,
+        max_runs: int = 32,
+        min_interval: float = 0.5,
     ) -> None:
         self.manager = manager
+        #: A live run's ledger is read at most once in this many seconds.
+        self.min_interval = min_interval
         self.rate_window = rate_window
         self.max_runs = max_runs
         self._lock = threading.Lock()
@@ -271,6 +279,10 @@ class Dashboard:
         self._ledgers.move_to_end(rec.id)
         if rec.status != RunStatus.RUNNING and led.run_changed == rec.changed:
             return led  # a finished run that did not change since it was read
+        now = time.monotonic()
+        if led.run_changed == rec.changed and now - led.read_at < self.min_interval:
+            return led  # read a moment ago (a page asks for a run and its map at once)
+        led.read_at = now
         after = None if led.clock < 0 else led.clock
         fresh = self.manager.backend.list_items(rec.id, after_changed=after)
         for r in fresh:
