@@ -33,9 +33,11 @@ PIPELINE = textwrap.dedent(
     store, n, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     with ckptlite.open(store, durability="none") as mgr:
         with mgr.run("tiles", batch_size=5, batch_seconds=0.2) as run:
-            stage = run.stage("prepare")
-            if not stage.done:
-                stage.complete({"grid": [n, n]})
+            for name, seconds in (("generate", 0.4), ("resample", 0.6)):
+                stage = run.stage(name)
+                if not stage.done:
+                    time.sleep(seconds)
+                    stage.complete({"grid": [n, n], "stage": name})
             ids = [f"tile_{r}_{c}" for r in range(n) for c in range(n)]
             for item in run.items("tile", ids):
                 time.sleep(delay)
@@ -146,6 +148,7 @@ def test_runs_and_run_pages_in_chromium_follow_a_running_pipeline(
         dom = _browse(f"{server}/runs/{run_id}", tmp_path / "p2", "--dump-dom")
         assert _field(dom, "status") == "running"
         assert "no data in tile_0_3" in dom
+        assert ">generate<" in dom and ">resample<" in dom  # the stages, on the timeline
         island = re.search(r'<script type="application/json" id="map-json">([^<]*)</script>', dom)
         assert island, "the tile map was not drawn"
         return int(_field(dom, "done")), json.loads(island[1])

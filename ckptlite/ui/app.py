@@ -75,9 +75,11 @@ def _age(iso: str | None) -> str:
     return _duration(max(0.0, secs)) + " ago"
 
 
-def _duration(secs: float | None) -> str:
+def _duration(secs: float | int | None) -> str:
     if secs is None:
         return "-"
+    if secs < 10:
+        return f"{secs:.1f}s"
     secs = int(secs)
     if secs < 120:
         return f"{secs}s"

@@ -18,6 +18,7 @@
   function link(href, text) { const a = el("a", text); a.setAttribute("href", href); return a; }
   function duration(s) {
     if (s === null || s === undefined) return "-";
+    if (s < 10) return s.toFixed(1) + "s";
     s = Math.floor(s);
     const p = (n) => String(n).padStart(2, "0");
     if (s < 120) return s + "s";
@@ -134,7 +135,7 @@
       px[4 * i] = c[0]; px[4 * i + 1] = c[1]; px[4 * i + 2] = c[2]; px[4 * i + 3] = 255;
     }
     octx.putImageData(img, 0, 0);
-    const scale = Math.max(1, Math.floor(Math.min(900 / cols, 420 / rows)));
+    const scale = Math.max(1, Math.floor(Math.min(900 / cols, 320 / rows)));
     canvas.width = cols * scale; canvas.height = rows * scale;
     const ctx = canvas.getContext("2d");
     ctx.imageSmoothingEnabled = false;
