@@ -482,3 +482,18 @@ def test_tile_map_laid_out_by_row_col_in_item_states(tmp_path: Path) -> None:
         assert m["cells"] == "dddd.d" and m["unplaced"] == 1 and m["items"] == 6
     finally:
         mgr.close()
+
+
+def test_big_states_are_not_loaded_to_be_summarised(built: tuple[str, dict[str, Any]]) -> None:
+    url, ids = built
+    mgr = open_readonly(url)
+    try:
+        client = TestClient(create_app(mgr, max_state_bytes=50))
+        big, small = ids["stage"].id, ids["step"].id  # 85 and 7 bytes of state
+        err = get_json(client, f"/api/checkpoints/{big}/state", 400)["error"]
+        assert "up to 50 bytes" in err["message"] and f"ckptlite cat {big}" in err["hint"]
+        html = get_page(client, f"/checkpoints/{big}")
+        assert "up to 50 bytes" in html and "EPSG" not in html
+        assert get_json(client, f"/api/checkpoints/{small}/state")["state"] == {"tile": 0}
+    finally:
+        mgr.close()

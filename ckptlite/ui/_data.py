@@ -98,8 +98,11 @@ class Dashboard:
         rate_window: float = 300.0,
         max_runs: int = 32,
         min_interval: float = 0.5,
+        max_state_bytes: int = 256 << 20,
     ) -> None:
         self.manager = manager
+        #: Bigger states are not loaded to be summarised (``ckptlite cat`` still can).
+        self.max_state_bytes = max_state_bytes
         #: A live run's ledger is read at most once in this many seconds.
         self.min_interval = min_interval
         self.rate_window = rate_window
@@ -242,8 +245,16 @@ class Dashboard:
             CheckpointNotFoundError: no such id.
             CorruptCheckpointError: the state fails verification.
             PickleNotAllowedError: the state holds pickles (never loaded here).
+            InvalidInputError: the state is bigger than ``max_state_bytes``.
         """
-        return {"id": checkpoint_id, "state": state_view(self.manager.load(checkpoint_id))}
+        cp = self.manager.get(checkpoint_id)
+        if cp.size > self.max_state_bytes:
+            raise InvalidInputError(
+                f"the state of {checkpoint_id} is {cp.size} bytes: the dashboard summarises "
+                f"states up to {self.max_state_bytes} bytes",
+                hint=f"Run: ckptlite cat {checkpoint_id}",
+            )
+        return {"id": checkpoint_id, "state": state_view(self.manager.load(cp))}
 
     def stats(self) -> dict[str, Any]:
         """Return what ``ckptlite stats --json`` prints."""

@@ -35,7 +35,6 @@ from ..errors import (
     CheckpointNotFoundError,
     CkptliteError,
     InvalidInputError,
-    PickleNotAllowedError,
     RunNotFoundError,
 )
 from ..manager import CheckpointManager
@@ -130,16 +129,18 @@ def create_app(
     token: str | None = None,
     poll_seconds: float = 3.0,
     allowed_hosts: list[str] | None = None,
+    max_state_bytes: int = 256 << 20,
 ) -> Starlette:
     """Return the dashboard app for an open store (open it with ``readonly=True``).
 
     ``token``: every request must carry it. ``allowed_hosts``: the Host headers
     answered (a guard against DNS rebinding on a loopback bind); None answers any.
+    ``max_state_bytes``: bigger states are not loaded to be summarised.
 
     >>> import ckptlite
     >>> app = create_app(ckptlite.open("memory://"))
     """
-    dash = Dashboard(manager)
+    dash = Dashboard(manager, max_state_bytes=max_state_bytes)
     templates = _templates()
 
     def api(
@@ -213,7 +214,7 @@ def create_app(
         data = dash.checkpoint(cid)
         try:
             data.update(dash.state(cid))
-        except (CkptliteError, PickleNotAllowedError) as e:
+        except CkptliteError as e:
             data["state_error"] = _error_body(e)["error"]
         return data
 
