@@ -362,6 +362,13 @@ def test_non_loopback_bind_without_token_is_refused(
     code = main(["--store", str(store), "ui", "--host", "0.0.0.0", "--port", "1"])
     _, err = capsys.readouterr()
     assert code == 2 and "without --token" in err and "hint:" in err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        code = main(["--store", str(store), "ui", "--port", port])
+        _, err = capsys.readouterr()
+        assert code == 2 and "cannot listen on 127.0.0.1:" in err and "--port" in err
     code = main(["--store", str(tmp_path / "absent"), "ui", "--json"])
     out, _ = capsys.readouterr()
     assert code == 2 and json.loads(out)["error"]["type"] == "ConfigError"

@@ -14,6 +14,7 @@ carry (``?token=`` once in the browser, which keeps it in a cookie).
 from __future__ import annotations
 
 import ipaddress
+import socket
 import sys
 import webbrowser
 from typing import Any, TextIO
@@ -22,9 +23,10 @@ from urllib.parse import quote
 from ..errors import ConfigError
 from ..manager import CheckpointManager, open_store, resolve_url
 
-__all__ = ["check_bind", "is_loopback", "open_readonly", "serve"]
+__all__ = ["check_bind", "is_loopback", "listen", "open_readonly", "serve"]
 
 _EXTRA_HINT = "Install the dashboard's extra: pip install 'ckptlite[ui]'."
+_BIND_HINT = "Pick another --port (another program uses it), or a --host of this machine."
 
 
 def is_loopback(host: str) -> bool:
@@ -58,6 +60,26 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """Return a socket bound to ``host:port`` (the server accepts on it).
+
+    Raises:
+        ConfigError: the address cannot be bound (in use, not this machine's, no such host).
+    """
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port}: {e}", hint=_BIND_HINT) from e
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}", hint=_BIND_HINT) from e
+    return sock
+
+
 def open_readonly(url: str | None) -> CheckpointManager:
     """Open a store for the dashboard: local ones read-only, PostgreSQL for reads only.
 
@@ -86,7 +108,7 @@ def serve(
 
     Raises:
         ConfigError: a non-loopback ``host`` without ``token``; the ``ui`` extra is
-            missing; no store at ``url``.
+            missing; no store at ``url``; ``host:port`` cannot be bound (in use).
 
     Example: ``ckptlite --store ./ckpts ui --port 8765 --open``.
     """
@@ -99,6 +121,11 @@ def serve(
         raise ConfigError(f"the dashboard needs {e.name or 'its extra'}", hint=_EXTRA_HINT) from e
     out = out or sys.stderr
     mgr = open_readonly(url)
+    try:
+        sock = listen(host, port)
+    except BaseException:
+        mgr.close()
+        raise
     try:
         loopback = is_loopback(host)
         hosts = [host, "localhost", "127.0.0.1", "[::1]", "::1"] if loopback else None
@@ -114,6 +141,7 @@ def serve(
         config: Any = uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False
         )
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
+        sock.close()
         mgr.close()
