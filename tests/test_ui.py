@@ -438,7 +438,7 @@ def test_a_run_of_100000_items(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "ids",
     [
-        [f"tile_{r}_{c}" for r in range(6) for c in range(4)],  # a tile map
+        [f"tile_{r}_{c}" for r in range(6) for c in range(4)],  # a tile map, growing down
         [f"part-{n:03d}" for n in range(24)],  # a grid
     ],
 )
@@ -450,16 +450,19 @@ def test_maps_followed_by_the_ledger_clock_equal_maps_built_afresh(
     store = tmp_path / "store"
     with ckptlite.open(store, durability="none") as mgr:
         run = mgr.run("p", batch_size=1)
-        items = list(run.items("g", ids))
+        items = list(run.items("g", iter(ids)))  # no total known: the map grows as items come
         for it in items[:10]:
             it.fail("boom") if it.id in (ids[3], ids[7]) else it.done(1)
         followed = Dashboard(open_readonly(str(store)), min_interval=0)
         first = followed.item_map(run.id, "g")
         assert first["cells"].count("f") == 2 and first["items"] == 10
         rerun = mgr.run("p", run_id=run.id, batch_size=1)  # failed items done, new ones marked
-        for it in rerun.items("g", ids):
+        for it in rerun.items("g", iter(ids)):
             if it.id in (ids[3], ids[7], *ids[10:16]):
                 it.fail("again") if it.id == ids[12] else it.done(2)
+        grown = followed.item_map(run.id, "g")  # a row more below the tiles, or cells more
+        assert grown == Dashboard(open_readonly(str(store))).item_map(run.id, "g")
+        assert grown["rows"] == 4 and grown["cells"].count("d") == 15
         with mgr.run("p", run_id=run.id, batch_size=1) as last:  # a tile outside the map
             for it in last.items("g", ["tile_9_9"] if "tile_0_0" in ids else ["zz"]):
                 it.done(3)

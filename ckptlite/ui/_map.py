@@ -6,8 +6,9 @@ counted in ``unplaced``), and the cells cover the tiles' bounding box row by row
 (grown to the group's expected item count when the tiles start at 0, 0), a cell
 no item fills being pending. Else ``grid``: the items in ledger order, ``cols``
 a row. An item marked after the map was built
-changes its cell in place (or joins the grid), so a poll of a live run costs
-what changed; an item outside the box makes the caller build the map again.
+changes its cell in place (or joins the grid, or adds rows below the tiles), so
+a poll of a live run costs what changed; any other item outside the box makes
+the caller build the map again.
 """
 
 from __future__ import annotations
@@ -94,6 +95,12 @@ class ItemMap:
                 return True
             self.unplaced.discard(item_id)
             r, c = item.tile[0] - self.row0, item.tile[1] - self.col0
+            if 0 <= c < self.cols and r >= self.rows and (r + 1) * self.cols <= MAX_CELLS:
+                # Rows below the map (a run working down its rows): grow it in place.
+                grow = (r + 1 - self.rows) * self.cols
+                self.cells.extend([None] * grow)
+                self.codes.extend(bytes([_PENDING]) * grow)
+                self.rows = r + 1
             if not (0 <= r < self.rows and 0 <= c < self.cols):
                 return False
             k = r * self.cols + c
