@@ -95,7 +95,9 @@ def _add_cat(sub: Any) -> argparse.ArgumentParser:
         "print a checkpoint's state as JSON (every byte verified)",
         "ckptlite cat chk_step_2026... --full > state.json",
         description="Print a checkpoint's state as JSON. Arrays show dtype, shape, min and "
-        "max, and bytes longer than 64 show size and sha256, unless --full.",
+        "max (masked arrays: of the valid values), DataFrames shape, columns and dtypes, "
+        "xarray values dims and variables, and bytes longer than 64 show size and sha256, "
+        "unless --full.",
     )
     p.add_argument("id", help="checkpoint id")
     p.add_argument("--full", action="store_true", help="include array data and all bytes")
