@@ -45,7 +45,7 @@ from .maintain import (
     _add_verify,
 )
 from .serve import _add_ui
-from .transfer import _add_import, _add_migrate, _add_sync
+from .transfer import _add_export_legacy, _add_import, _add_migrate, _add_sync
 
 __all__ = [
     "COMMANDS",
@@ -76,6 +76,7 @@ COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
     ("config", _add_config),
     ("migrate", _add_migrate),
     ("import", _add_import),
+    ("export-legacy", _add_export_legacy),
     ("sync", _add_sync),
     ("ui", _add_ui),
 ]
