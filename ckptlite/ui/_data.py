@@ -10,7 +10,7 @@ A run's work-item ledger is read once and then followed by its change clock
 (``list_items(after_changed=...)``): a poll of a live run gets only the items
 marked since the last one (SQLite still walks the run's rows to find them: the
 clock has no index), at most twice a second, and updates counts and maps in
-place. Bench P15 measures what a polling dashboard costs a pipeline.
+place. Bench P18 measures what a polling dashboard costs a pipeline.
 Runs and ledgers are read through the manager's backend (``get_run``,
 ``list_items``): the manager has no public method for them yet.
 """

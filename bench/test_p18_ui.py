@@ -1,4 +1,4 @@
-"""P15: the dashboard (``ckptlite ui``): pages of a 100,000-item run, and what polling costs.
+"""P18: the dashboard (``ckptlite ui``): pages of a 100,000-item run, and what polling costs.
 
 Render: a store holds one run of 100,000 tile items (250 failed); each round
 builds a fresh app (a cold cache: the first request reads the whole ledger) and
@@ -73,8 +73,8 @@ def _big_store(where: Path) -> str:
     return run.id
 
 
-@pytest.mark.benchmark(group="P15 dashboard")
-def test_p15_pages_of_a_100000_item_run(benchmark: Any, scratch: Path) -> None:
+@pytest.mark.benchmark(group="P18 dashboard")
+def test_p18_pages_of_a_100000_item_run(benchmark: Any, scratch: Path) -> None:
     store = scratch / "store"
     run_id = _big_store(store)
     paths = {
@@ -98,9 +98,9 @@ def test_p15_pages_of_a_100000_item_run(benchmark: Any, scratch: Path) -> None:
     benchmark.pedantic(rounds, rounds=1, iterations=1)
     medians = {k: statistics.median(v) for k, v in times.items()}
     benchmark.extra_info.update(
-        target="P15", role="limits", mode=MODE, items=ITEMS[0] * ITEMS[1], medians_s=medians
+        target="P18", role="limits", mode=MODE, items=ITEMS[0] * ITEMS[1], medians_s=medians
     )
-    print("\nP15 cold render, 100,000 items (median s):", medians)
+    print("\nP18 cold render, 100,000 items (median s):", medians)
     if FULL:
         assert all(t < 1.0 for t in medians.values()), medians
 
@@ -126,8 +126,8 @@ def _pipeline(mgr: ckptlite.CheckpointManager, seconds: float, times: list[float
                 break
 
 
-@pytest.mark.benchmark(group="P15 dashboard")
-def test_p15_save_rate_with_a_polling_dashboard(benchmark: Any, scratch: Path) -> None:
+@pytest.mark.benchmark(group="P18 dashboard")
+def test_p18_save_rate_with_a_polling_dashboard(benchmark: Any, scratch: Path) -> None:
     """Intervals alternate with the poller running and stopped (SIGSTOP): same store,
     same processes, so the store's growth and the machine's load hit both sides alike."""
     store, port = scratch / "live", _free_port()
@@ -173,7 +173,7 @@ def test_p15_save_rate_with_a_polling_dashboard(benchmark: Any, scratch: Path) -
     without, with_ = statistics.median(rates["without"]), statistics.median(rates["with"])
     ratio = with_ / without
     benchmark.extra_info.update(
-        target="P15",
+        target="P18",
         role="pair",
         mode=MODE,
         label="saves/s with a dashboard polled every second vs without",
@@ -182,6 +182,6 @@ def test_p15_save_rate_with_a_polling_dashboard(benchmark: Any, scratch: Path) -
         median_without=without,
         ratio=ratio,
     )
-    print(f"\nP15 save rate: without {without:.0f}/s, with dashboard {with_:.0f}/s: {ratio:.3f}x")
+    print(f"\nP18 save rate: without {without:.0f}/s, with dashboard {with_:.0f}/s: {ratio:.3f}x")
     if FULL:
         assert ratio >= 0.95, rates
