@@ -66,7 +66,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol
@@ -202,8 +202,12 @@ def _alive(w: WorkerRecord, node: str) -> bool:
     if w.node != node:
         return True  # another machine: only its lease tells
     if w.pid == os.getpid():
+        # In this process, a worker is alive while a thread works for it: in an items
+        # loop or a stage's compute. A Run kept but left idle (say, a loop stopped early
+        # and the run reopened with run_id=) must not hold its batches from the others
+        # of this process, which would wait for them forever.
         run = _LIVE.get(w.worker_id)
-        return run is not None and not getattr(run.manager, "_closed", False)
+        return run is not None and not getattr(run.manager, "_closed", False) and run._active > 0
     try:
         os.kill(w.pid, 0)
     except ProcessLookupError:
@@ -393,8 +397,18 @@ class Stage:
         if run.worker is None:  # a completed run reused by key: the stage is new to it
             self.complete(fn(), metadata=metadata)
             return self.result
-        backend = run.manager.backend
         run._use_lease(lease)
+        with run._lock:
+            run._active += 1
+        try:
+            return self._compute(fn, lease, metadata)
+        finally:
+            with run._lock:
+                run._active -= 1
+
+    def _compute(self, fn: Callable[[], Any], lease: float, metadata: dict[str, Any] | None) -> Any:
+        run = self.run
+        backend = run.manager.backend
         while True:
             got = backend.claim_stage(run.id, self.name, run.worker_id, lease)
             self._looked = False
@@ -451,6 +465,7 @@ class Run:
         self._totals: dict[str, tuple[int, int]] = {}  # group -> (done before, total)
         self._ndone = 0  # done-marks made in this session
         self._others = 0  # other live workers, as the last heartbeat saw them
+        self._active = 0  # items loops and stage computes running (threads working for it)
         self._beat_every = self.lease / 3
         self._poll = min(0.1, self.lease / 8)
         self._node = _node()
@@ -571,6 +586,8 @@ class Run:
     def _items(
         self, group: str, item_ids: Iterable[str], limit: int, lease: float, claim: int | None
     ) -> Iterator[WorkItem]:
+        # The progress total is known only when the caller gave a sized collection.
+        total = len(item_ids) if isinstance(item_ids, Sized) else 0
         ids = list(item_ids)
         # Every id is checked before anything is written (registering the group).
         try:
@@ -584,11 +601,11 @@ class Run:
             raise
         fingerprint = hashlib.blake2b(blob, digest_size=16).hexdigest()
         del blob
-        backend = self.manager.backend
+        backend, lock_ = self.manager.backend, self._lock
         self._use_lease(lease)
         done, failed = backend.item_marks(self.id, group)
         with self._lock:
-            self._totals[group] = (len(done), len(ids))
+            self._totals[group] = (len(done), total)
         want = claim or max(1, min(_MAX_SEG, len(ids) // 128))
         size, self._others = backend.register_group(
             self.id,
@@ -598,6 +615,8 @@ class Run:
             fingerprint=fingerprint,
             worker_id=self.worker_id,
         )
+        with lock_:
+            self._active += 1
         held: set[int] = set()  # claimed, not all yielded: released if the loop stops early
         seen: set[str] = set()
         count, cap, looked = 1, max(1, min(64, -(-len(ids) // size) // 64)), time.monotonic()
@@ -642,6 +661,8 @@ class Run:
                         if st[0] == 0:
                             self._closing.append((group, seg))
         finally:
+            with lock_:
+                self._active -= 1
             if held:  # best effort (the store may be closed by now): their lease expires too
                 with contextlib.suppress(CkptliteError):
                     backend.release_segments(self.id, self.worker_id, group, sorted(held))

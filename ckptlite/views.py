@@ -26,9 +26,9 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from .types import Checkpoint
+from .types import Checkpoint, RunOverview
 
-__all__ = ["checkpoint_view", "jsonable", "state_view"]
+__all__ = ["checkpoint_view", "jsonable", "run_view", "state_view"]
 
 #: Bytes values up to this size are shown whole (base64) even without ``full``.
 SHORT_BYTES = 64
@@ -54,6 +54,16 @@ def checkpoint_view(cp: Checkpoint) -> dict[str, Any]:
         "checksum": cp.checksum,
         "metadata": cp.metadata,
         "progress": list(cp.progress) if cp.progress is not None else None,
+    }
+
+
+def run_view(view: RunOverview) -> dict[str, Any]:
+    """Return a run as ``ckptlite runs --json`` prints it: its record, item counts, workers."""
+    c = view.counts
+    return {
+        **jsonable(view.run),
+        "items": {"done": c.done, "claimed": c.claimed, "failed": c.failed, "pending": c.pending},
+        "workers": [jsonable(w) for w in view.workers],
     }
 
 

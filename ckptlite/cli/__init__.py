@@ -44,6 +44,7 @@ from .maintain import (
     _add_rm,
     _add_verify,
 )
+from .serve import _add_ui
 from .transfer import _add_export_legacy, _add_import, _add_migrate, _add_sync
 
 __all__ = [
@@ -77,6 +78,7 @@ COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
     ("import", _add_import),
     ("export-legacy", _add_export_legacy),
     ("sync", _add_sync),
+    ("ui", _add_ui),
 ]
 
 

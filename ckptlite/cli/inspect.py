@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..types import Level, Status
-from ..views import checkpoint_view, jsonable, state_view
+from ..views import checkpoint_view, run_view, state_view
 from ._base import (
     EXIT_OK,
     Context,
@@ -45,18 +45,10 @@ def _ls(ctx: Context) -> int:
     with ctx.open(reads=True) as mgr:
         cps = mgr.list(a.process, a.level, a.name, a.status, since=a.since, limit=a.limit)
     if a.tree:
-        from ..tree import TreeNode, build_tree, render_tree
+        from ..tree import build_tree, render_tree, tree_view
 
         roots = build_tree(cps)
-
-        def node(n: TreeNode) -> dict[str, Any]:
-            return {
-                "checkpoint": checkpoint_view(n.checkpoint),
-                "detached": n.detached,
-                "children": [node(c) for c in n.children],
-            }
-
-        ctx.emit({"tree": [node(r) for r in roots]}, render_tree(roots, _label))
+        ctx.emit({"tree": tree_view(roots)}, render_tree(roots, _label))
         return EXIT_OK
     rows = [["ID", "PROCESS", "LEVEL", "NAME", "STATUS", "CREATED", "SIZE", "PROGRESS"]]
     rows += [
@@ -216,21 +208,7 @@ def _runs(ctx: Context) -> int:
             for w in v.workers
             if w.live
         ]
-    data = {
-        "runs": [
-            {
-                **jsonable(v.run),
-                "items": {
-                    "done": v.counts.done,
-                    "claimed": v.counts.claimed,
-                    "failed": v.counts.failed,
-                    "pending": v.counts.pending,
-                },
-                "workers": [jsonable(w) for w in v.workers],
-            }
-            for v in views
-        ]
-    }
+    data = {"runs": [run_view(v) for v in views]}
     if not views:
         ctx.emit(data, "no runs")
     else:
