@@ -566,17 +566,18 @@ def test_runs_shows_live_workers_and_items_done_claimed_failed_pending(
         next(items).done()
         next(items).fail("bad")
         next(items)  # batches 0 (not closed until its marks commit) and 1 are held
-        (view,) = run_json(capsys, "--store", store, "runs")["runs"]
-        assert view["items"] == {"done": 1, "claimed": 4, "failed": 1, "pending": 4}
-        (worker,) = view["workers"]
+        out = run_json(capsys, "--store", store, "runs")
+        assert out["items"][run.id] == {"done": 1, "claimed": 4, "failed": 1, "pending": 4}
+        (worker,) = out["workers"][run.id]
         assert worker["worker_id"] == run.worker_id and worker["live"] is True
         assert worker["host"] and worker["beat_at"]
         code, out, _ = run_cli_text(capsys, store)
         assert code == 0 and "live workers:" in out and run.worker_id in out
         run.finish()
-    (view,) = run_json(capsys, "--store", store, "runs")["runs"]
+    out = run_json(capsys, "--store", store, "runs")
+    (view,) = out["runs"]
     assert view["status"] == "failed"  # an item failed (the last worker out decides)
-    assert not view["workers"][0]["live"] and view["items"]["claimed"] == 0
+    assert not out["workers"][view["id"]][0]["live"] and out["items"][view["id"]]["claimed"] == 0
     assert "live workers:" not in run_cli_text(capsys, store)[1]
 
 

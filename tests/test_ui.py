@@ -509,24 +509,34 @@ def test_big_states_are_not_loaded_to_be_summarised(built: tuple[str, dict[str, 
         mgr.close()
 
 
-def test_workers_and_claimed_items_are_shown_when_runs_record_them(tmp_path: Path) -> None:
-    """Shared runs (issue 15): a run's live workers and claimed items are rendered."""
-    with ckptlite.open(tmp_path / "store", durability="none") as writer:
-        run = writer.run("shared", batch_size=1)
-        items = run.items("t", [f"t{i}" for i in range(10)], claim=3)
-        next(items).done()  # batch 0 (3 items) held, one of them done
-        mgr = open_readonly(str(tmp_path / "store"))
-        try:
-            client = TestClient(create_app(mgr))
-            data = get_json(client, "/api/runs")
-            (worker,) = data["runs"][0]["workers"]
-            assert worker["worker_id"] == run.worker_id and worker["live"] is True
-            live = data["live"][run.id]
-            assert live["claimed"] == 3 and live["done"] == 1 and live["pending"] == 6
-            for page in ("/", f"/runs/{run.id}"):
-                html = get_page(client, page)
-                assert run.worker_id in html
-                assert 'data-seg="claimed"' in html and 'width="30.0"' in html  # 3 of 10
-        finally:
-            mgr.close()
-        run.finish()
+def test_workers_and_claimed_items_are_shown_when_runs_record_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shared runs (issue 15) add claimed counts and workers to a run: both are rendered."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class SharedRun(ckptlite.RunRecord):
+        claimed: int = 0
+        workers: tuple[dict[str, Any], ...] = ()
+
+    with ckptlite.open(tmp_path / "store", durability="none") as mgr:
+        live = build(mgr)["live_run"]
+    mgr = open_readonly(str(tmp_path / "store"))
+    try:
+        plain = mgr.backend.get_run(live)
+        worker = {"id": "w-7", "host": "<b>gpu-3</b>", "heartbeat": "2026-11-30T12:00:00+00:00"}
+        shared = SharedRun(**{f.name: getattr(plain, f.name) for f in dataclasses.fields(plain)})
+        shared = dataclasses.replace(shared, claimed=3, workers=(worker,))
+        monkeypatch.setattr(mgr, "list_runs", lambda process_id=None: [shared])
+        monkeypatch.setattr(mgr.backend, "get_run", lambda run_id: shared)
+        client = TestClient(create_app(mgr))
+        data = get_json(client, "/api/runs")
+        assert data["runs"][0]["workers"] == [worker]
+        assert data["live"][live]["claimed"] == 3 and data["live"][live]["pending"] == 1
+        for page in ("/", f"/runs/{live}"):
+            html = get_page(client, page)
+            assert "w-7" in html and "&lt;b&gt;gpu-3&lt;/b&gt;" in html and "<b>gpu" not in html
+            assert 'data-seg="claimed"' in html and 'width="30.0"' in html  # 3 of 10
+    finally:
+        mgr.close()

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..types import Level, Status
-from ..views import checkpoint_view, run_view, state_view
+from ..views import checkpoint_view, jsonable, run_view, state_view
 from ._base import (
     EXIT_OK,
     Context,
@@ -208,7 +208,12 @@ def _runs(ctx: Context) -> int:
             for w in v.workers
             if w.live
         ]
-    data = {"runs": [run_view(v) for v in views]}
+    views_json = [run_view(v) for v in views]
+    data = {
+        "runs": [jsonable(v.run) for v in views],
+        "items": {v["id"]: v["items"] for v in views_json},
+        "workers": {v["id"]: v["workers"] for v in views_json},
+    }
     if not views:
         ctx.emit(data, "no runs")
     else:

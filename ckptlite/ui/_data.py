@@ -28,8 +28,8 @@ from ..errors import CkptliteError, InvalidInputError
 from ..manager import CheckpointManager
 from ..runs import RUN_KEY, decode_item_state
 from ..tree import build_tree, tree_view
-from ..types import Checkpoint, ItemRecord, Level, RunOverview, RunRecord, RunStatus, Status
-from ..views import checkpoint_view, jsonable, run_view, state_view
+from ..types import Checkpoint, ItemRecord, Level, RunRecord, RunStatus, Status
+from ..views import checkpoint_view, jsonable, state_view
 from ._coords import tile_of_id, tile_of_state
 from ._map import ItemMap
 
@@ -122,20 +122,9 @@ class Dashboard:
         ``runs`` is what ``ckptlite runs --json`` prints (the newest ``limit``).
         """
         with self._lock:
-            views = [self._overview(r) for r in self.manager.list_runs(process_id)[: max(1, limit)]]
-            live = {
-                v.run.id: self._live(v.run, self._ledger(v.run), v.counts.claimed) for v in views
-            }
-        return {
-            "runs": [run_view(v) for v in views],
-            "live": live,
-            "now": _iso(datetime.now(UTC)),
-        }
-
-    def _overview(self, rec: RunRecord) -> RunOverview:
-        """A run with its claimed items and workers (runs shared by many workers)."""
-        backend = self.manager.backend
-        return RunOverview(rec, backend.run_counts(rec.id), tuple(backend.list_workers(rec.id)))
+            runs = self.manager.list_runs(process_id)[: max(1, limit)]
+            live = {r.id: self._live(r, self._ledger(r)) for r in runs}
+        return {"runs": jsonable(runs), "live": live, "now": _iso(datetime.now(UTC))}
 
     def run(self, run_id: str) -> dict[str, Any]:
         """Return one run: its record, counts, rate, per-group counts, stages, failed items.
@@ -146,12 +135,11 @@ class Dashboard:
         with self._lock:
             rec = self.manager.backend.get_run(run_id)
             led = self._ledger(rec)
-            view = self._overview(rec)
-            live = self._live(rec, led, view.counts.claimed)
+            live = self._live(rec, led)
             failed = sorted((g, i, led.groups[g][i]) for g, ids in led.failed.items() for i in ids)
             groups = led.counts()
         return {
-            "run": run_view(view),
+            "run": jsonable(rec),
             "live": live,
             "groups": groups,
             "stages": self._stages(rec),
@@ -347,11 +335,14 @@ class Dashboard:
         if m is not None and not m.update(item_id, item, new=old is None):
             del led.maps[group]  # built again when it is next asked for
 
-    def _live(self, rec: RunRecord, led: _Ledger, claimed: int = 0) -> dict[str, Any]:
-        """Return a run's counts (``claimed``: items in batches live workers hold), rate, ETA."""
+    def _live(self, rec: RunRecord, led: _Ledger) -> dict[str, Any]:
+        """Return a run's counts, rate (items per minute) and ETA."""
         counts = led.counts()
         done = sum(c["done"] for c in counts.values())
         failed = sum(c["failed"] for c in counts.values())
+        extra = jsonable(rec)  # fields a newer RunRecord may have (claimed, workers)
+        claimed = extra.get("claimed")
+        claimed = claimed if isinstance(claimed, int) else 0
         total = max(rec.progress[1] if rec.progress else 0, done + failed + claimed)
         rate, basis = self._rate(rec, done)
         pending = max(0, total - done - failed - claimed)
