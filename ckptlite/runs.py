@@ -197,17 +197,23 @@ def _new_worker(lease: float) -> WorkerInfo:
     return WorkerInfo(f"{host}:{pid}:{secrets.token_hex(4)}", host, pid, _node(), lease)
 
 
-def _alive(w: WorkerRecord, node: str) -> bool:
-    """Tell whether a worker recorded live may still run (False: seen dead from here)."""
+def _alive(w: WorkerRecord, node: str, waiting: bool = False) -> bool:
+    """Tell whether a worker recorded live may still run (False: seen dead from here).
+
+    ``waiting``: the caller waits for work others hold. Then a worker of this process
+    counts only while a thread works for it (an items loop or a stage's compute): a Run
+    kept but left idle (a loop stopped early, the run reopened with ``run_id=``) must
+    not hold its batches from the others of this process, which would wait forever.
+    Otherwise (joining, leaving) an open Run of this process is alive, idle or not:
+    threads that joined together may not have started their loops yet.
+    """
     if w.node != node:
         return True  # another machine: only its lease tells
     if w.pid == os.getpid():
-        # In this process, a worker is alive while a thread works for it: in an items
-        # loop or a stage's compute. A Run kept but left idle (say, a loop stopped early
-        # and the run reopened with run_id=) must not hold its batches from the others
-        # of this process, which would wait for them forever.
         run = _LIVE.get(w.worker_id)
-        return run is not None and not getattr(run.manager, "_closed", False) and run._active > 0
+        if run is None or getattr(run.manager, "_closed", False):
+            return False
+        return run._active > 0 or not waiting
     try:
         os.kill(w.pid, 0)
     except ProcessLookupError:
@@ -427,7 +433,7 @@ class Stage:
                     self.complete(result, metadata=metadata)
                 backend.finish_stage(run.id, self.name)
                 return self.result
-            run._reap()
+            run._reap(waiting=True)
             time.sleep(run._poll)
 
 
@@ -526,12 +532,12 @@ class Run:
             self._beat_every = min(self._beat_every, lease / 3)
             self._poll = min(self._poll, lease / 8)
 
-    def _reap(self) -> None:
-        """Expire the workers of this run seen dead from here (same machine, no process)."""
+    def _reap(self, waiting: bool = False) -> None:
+        """Expire the workers of this run seen dead from here (see ``_alive``)."""
         dead = [
             w.worker_id
             for w in self.manager.backend.list_workers(self.id)
-            if w.live and w.worker_id != self.worker_id and not _alive(w, self._node)
+            if w.live and w.worker_id != self.worker_id and not _alive(w, self._node, waiting)
         ]
         if dead:
             self.manager.backend.reap_workers(self.id, dead)
@@ -628,7 +634,7 @@ class Run:
                     self.commit()  # our closed batches, before anyone waits on them
                     if not backend.group_busy(self.id, group, self.worker_id):
                         break
-                    self._reap()
+                    self._reap(waiting=True)
                     time.sleep(self._poll)
                     continue
                 # Alone: claim more per transaction (the ledger's speed), at most 1/64 of

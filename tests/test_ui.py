@@ -456,6 +456,7 @@ def test_maps_followed_by_the_ledger_clock_equal_maps_built_afresh(
         followed = Dashboard(open_readonly(str(store)), min_interval=0)
         first = followed.item_map(run.id, "g")
         assert first["cells"].count("f") == 2 and first["items"] == 10
+        run.finish()  # this worker leaves; the rerun registers the group afresh
         rerun = mgr.run("p", run_id=run.id, batch_size=1)  # failed items done, new ones marked
         for it in rerun.items("g", iter(ids)):
             if it.id in (ids[3], ids[7], *ids[10:16]):
@@ -463,6 +464,7 @@ def test_maps_followed_by_the_ledger_clock_equal_maps_built_afresh(
         grown = followed.item_map(run.id, "g")  # a row more below the tiles, or cells more
         assert grown == Dashboard(open_readonly(str(store))).item_map(run.id, "g")
         assert grown["rows"] == 4 and grown["cells"].count("d") == 15
+        rerun.finish()  # other ids next: no other worker may be working on the group
         with mgr.run("p", run_id=run.id, batch_size=1) as last:  # a tile outside the map
             for it in last.items("g", ["tile_9_9"] if "tile_0_0" in ids else ["zz"]):
                 it.done(3)
