@@ -395,21 +395,19 @@ class CheckpointManager:
     ) -> Checkpoint:
         """Store an encoded save, then prune its slot: the save path after encoding.
 
-        Retention runs after the commit, on the slot just saved; a ``keep_every``
-        policy also stamps the slot position, under the slot's lock until the commit.
+        Every save is stamped with its slot position, under the slot's lock until the
+        commit; retention runs after the commit, on the slot just saved.
 
         Raises:
             StoreFullError, StoreIOError: the save failed; nothing was committed.
         """
         policy = policy or self.policy
-        if policy is None:
-            return self._store(cp, encoded)
-        if policy.keep_every is None:
-            saved = self._store(cp, encoded)
-        else:
-            with _retention.slot_lock(cp):
-                saved = self._store(_retention.stamp_position(self.backend, cp), encoded)
-        _retention.prune_slot(self.backend, policy, saved)  # logs a failure, never raises
+        # Every save is stamped (policy or not): a later prune's keep_every needs
+        # positions that do not move when older checkpoints are removed.
+        with _retention.slot_lock(cp):
+            saved = self._store(_retention.stamp_position(self.backend, cp), encoded)
+        if policy is not None:
+            _retention.prune_slot(self.backend, policy, saved)  # logs, never raises
         return saved
 
     def save_async(

@@ -41,7 +41,8 @@ class BackendContract:
         assert back["meta"] == (1, "x", None) and back["when"] == state["when"]
         got = any_mgr.get(cp.id)
         assert got == cp
-        assert got.metadata == {"crs": "EPSG:4326"} and got.level is Level.STAGE
+        assert got.metadata == {"crs": "EPSG:4326", "ckptlite.slot_index": 1}
+        assert got.level is Level.STAGE
         assert got.created_at.tzinfo is not None
 
     def test_seq_is_monotonic_and_latest_uses_it(self, any_mgr: Mgr) -> None:
@@ -234,7 +235,7 @@ class BackendContract:
         meta = {"ünïcode": "✓", "n": [1, 2.5, None, True], "nested": {"k": "v"}}
         cp = any_mgr.save("p", None, metadata=meta, progress=(37, 1200))
         got = any_mgr.get(cp.id)
-        assert got.metadata == meta and got.progress == (37, 1200)
+        assert got.metadata == {**meta, "ckptlite.slot_index": 1} and got.progress == (37, 1200)
 
     def test_stats_count_bytes(self, any_mgr: Mgr) -> None:
         any_mgr.save("p", {"a": _big(7)})

@@ -645,3 +645,19 @@ def test_usage_errors_in_json_mode_are_json(capsys: pytest.CaptureFixture[str]) 
     assert "galaxy" in error["message"] and error["hint"].startswith("usage: ckptlite ls")
     code, out, err = run(capsys, "ls", "--limit", "many")
     assert code == 2 and out == "" and "usage: ckptlite ls" in err and "many" in err
+
+
+def test_prune_keep_last_keep_every_twice_keeps_the_same(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = tmp_path / "s"
+    with ckptlite.open(store, durability="none") as mgr:  # saved without any policy
+        cps = [mgr.save("geo", i, name="tile") for i in range(20)]
+    expected = sorted(cps[p - 1].id for p in (5, 10, 15, 19, 20))
+    argv = ("--store", str(store), "prune", "--keep-last", "2", "--keep-every", "5")
+    for _ in range(3):
+        assert run(capsys, *argv)[0] == 0
+        assert (
+            sorted(c["id"] for c in run_json(capsys, "--store", str(store), "ls")["checkpoints"])
+            == expected
+        )

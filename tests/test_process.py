@@ -77,7 +77,7 @@ def test_save_and_load_checkpoint(mgr: Mgr) -> None:
         p.step()
     cp = p.save_checkpoint()
     assert cp.process_id == "summer" and cp.level is Level.STEP and cp.progress == (10, 100)
-    assert cp.metadata == {"kind": "summer"}
+    assert cp.metadata == {"kind": "summer", "ckptlite.slot_index": 1}
     q = Summer(mgr)
     restored = q.load_checkpoint()
     assert restored is not None and restored.id == cp.id
