@@ -155,13 +155,24 @@ class BackupReport:
 
 @dataclass(frozen=True, slots=True)
 class GcReport:
-    """What ``gc`` removed (or would remove, with ``dry_run``)."""
+    """What ``gc`` removed (or would remove, with ``dry_run``).
+
+    ``bytes_reclaimed`` is the drop in disk usage: chunk files, packs deleted, dead
+    bytes cut or compacted out of packs, temp files (on PostgreSQL and in memory:
+    the stored size of the chunk rows deleted). ``inline_bytes`` counts chunk rows
+    deleted from a local store's database, whose space SQLite reuses for new rows
+    (the file does not shrink). ``packs`` is ``deleted_packs`` + ``compacted_packs``.
+    """
 
     chunks: tuple[str, ...] = ()
     temp_files: tuple[str, ...] = ()
     bytes_reclaimed: int = 0
     dry_run: bool = False
     packs: tuple[str, ...] = ()  # pack files deleted, or rewritten without their dead chunks
+    deleted_packs: tuple[str, ...] = ()  # no live chunk: unlinked
+    compacted_packs: tuple[str, ...] = ()  # mostly dead: live chunks moved to a new pack
+    truncated_packs: tuple[str, ...] = ()  # a dead tail cut off in place
+    inline_bytes: int = 0
 
 
 class RunStatus(StrEnum):

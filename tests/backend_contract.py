@@ -99,9 +99,12 @@ class BackendContract:
         with pytest.raises(CheckpointNotFoundError):
             any_mgr.get(grandchild.id)
         dry = any_mgr.gc(dry_run=True)
-        assert dry.chunks and dry.bytes_reclaimed > 0
+        assert dry.chunks
         real = any_mgr.gc()
         assert real.chunks == dry.chunks
+        # What a dry run predicts is what gc frees (a local store's open pack keeps
+        # its dead bytes until it is closed: then 0 is the truth).
+        assert (real.bytes_reclaimed, real.inline_bytes) == (dry.bytes_reclaimed, dry.inline_bytes)
         assert any_mgr.gc(dry_run=True).chunks == ()
         assert np.array_equal(any_mgr.load(other.id)["a"], _big(3))
         assert any_mgr.verify(full=True).ok

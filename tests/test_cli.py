@@ -661,3 +661,27 @@ def test_prune_keep_last_keep_every_twice_keeps_the_same(
             sorted(c["id"] for c in run_json(capsys, "--store", str(store), "ls")["checkpoints"])
             == expected
         )
+
+
+def test_gc_dry_run_prints_a_summary_and_names_deleted_packs_as_deleted(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = tmp_path / "s"
+    rng = np.random.default_rng(5)
+    with ckptlite.open(store, durability="none") as mgr:
+        mgr.save("p", {"keep": rng.bytes(1 << 20)})
+    with ckptlite.open(store, durability="none") as mgr:  # a pack of its own
+        gone = mgr.save("p", {"gone": rng.bytes(4 << 20)})
+    with ckptlite.open(store, durability="none") as mgr:
+        mgr.delete(gone.id)
+    dry = run_json(capsys, "--store", str(store), "gc", "--dry-run")
+    assert dry["chunks"] and dry["deleted_packs"] and dry["compacted_packs"] == []
+    code, out, _ = run(capsys, "--store", str(store), "gc", "--dry-run")
+    assert code == 0 and len(out.splitlines()) == 1  # the summary only
+    assert f"would remove {len(dry['chunks'])} chunks" in out and "4.0 MiB" in out
+    assert "would delete 1 pack" in out and "compact" not in out
+    code, out, _ = run(capsys, "--store", str(store), "gc", "--dry-run", "--verbose")
+    assert all(f"would remove chunk {d}" in out for d in dry["chunks"])
+    assert f"would delete pack {dry['deleted_packs'][0]}" in out and "compact" not in out
+    code, out, _ = run(capsys, "--store", str(store), "gc")
+    assert code == 0 and "removed" in out and "4.0 MiB" in out and "chunk " not in out
