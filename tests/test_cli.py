@@ -685,3 +685,90 @@ def test_gc_dry_run_prints_a_summary_and_names_deleted_packs_as_deleted(
     assert f"would delete pack {dry['deleted_packs'][0]}" in out and "compact" not in out
     code, out, _ = run(capsys, "--store", str(store), "gc")
     assert code == 0 and "removed" in out and "4.0 MiB" in out and "chunk " not in out
+
+
+# -- sync: remote names, PostgreSQL from libpq's environment, paths -------------------
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> tuple[Path, str]:
+    store = tmp_path / "here"
+    with ckptlite.open(store, durability="none") as mgr:
+        cid = mgr.save("geo", {"tile": 1}).id
+    return store, cid
+
+
+def test_sync_to_postgres_uses_libpq_environment_and_creates_no_directory(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pg_schema: str,
+    small_store: tuple[Path, str],
+) -> None:
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(pg_schema)
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    for var in ("PGSERVICE", "PGPASSFILE", "PGHOSTADDR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PGHOST", parts.hostname or "")
+    monkeypatch.setenv("PGPORT", str(parts.port or 5432))
+    monkeypatch.setenv("PGUSER", parts.username or "")
+    monkeypatch.setenv("PGDATABASE", parts.path.lstrip("/"))
+    monkeypatch.setenv("PGOPTIONS", query["options"])  # the test's own schema
+    monkeypatch.chdir(tmp_path)
+    store, cid = small_store
+    code, _, err = run(capsys, "--store", str(store), "sync", "--to", "postgres")
+    assert code == 0, err
+    assert not (tmp_path / "postgres").exists()
+    with ckptlite.open(pg_schema) as pg:
+        assert pg.load(cid) == {"tile": 1}
+
+
+def test_sync_to_an_unknown_bare_name_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    small_store: tuple[Path, str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store, _ = small_store
+    code, _, err = run(capsys, "--store", str(store), "sync", "--to", "prod")
+    assert code == 2 and not (tmp_path / "prod").exists()
+    assert "not a configured remote" in err and "ckptlite remote add prod" in err
+    assert "./prod" in err  # how to mean a new local directory
+    # A path (it has a '/') is a directory, created as before.
+    code, _, err = run(capsys, "--store", str(store), "sync", "--to", "./prod")
+    assert code == 0, err
+    assert (tmp_path / "prod" / "ckptlite.db").is_file()
+
+
+def test_remote_add_list_remove_and_sync_by_name(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    small_store: tuple[Path, str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store, cid = small_store
+    hub = tmp_path / "hub"
+    assert run(capsys, "remote", "add", "hub", str(hub))[0] == 0
+    monkeypatch.setenv("CKPTLITE_REMOTE_MIRROR", "memory://")
+    listed = run_json(capsys, "remote", "list")
+    assert listed["remotes"]["hub"]["url"] == str(hub)
+    assert listed["remotes"]["mirror"]["source"] == "env CKPTLITE_REMOTE_MIRROR"
+    code, out, _ = run(capsys, "remote", "list")
+    assert code == 0 and "hub" in out and str(hub) in out
+    code, _, err = run(capsys, "--store", str(store), "sync", "--to", "hub")
+    assert code == 0, err
+    assert not (tmp_path / "hub").samefile(tmp_path) and (hub / "ckptlite.db").is_file()
+    with ckptlite.open(hub) as mgr:
+        assert mgr.load(cid) == {"tile": 1}
+    # Pull back by name too.
+    assert run(capsys, "--store", str(tmp_path / "back"), "sync", "--from", "hub")[0] == 0
+    code, _, err = run(capsys, "remote", "add", "hub", "memory://")
+    assert code == 2 and "exists" in err  # no silent overwrite
+    assert run(capsys, "remote", "remove", "hub")[0] == 0
+    assert "hub" not in run_json(capsys, "remote", "list")["remotes"]
+    assert run(capsys, "remote", "remove", "hub")[0] == 2
+    assert run(capsys, "remote", "add", "bad/name", "memory://")[0] == 2

@@ -44,6 +44,7 @@ from .maintain import (
     _add_rm,
     _add_verify,
 )
+from .remotes import _add_remote
 from .transfer import _add_import, _add_migrate, _add_sync
 
 __all__ = [
@@ -76,6 +77,7 @@ COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
     ("migrate", _add_migrate),
     ("import", _add_import),
     ("sync", _add_sync),
+    ("remote", _add_remote),
 ]
 
 
