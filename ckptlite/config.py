@@ -155,6 +155,8 @@ class Key:
         return self.name.rpartition(".")[2]
 
 
+_COUNT = _int(1, (1 << 31) - 1)  # an int32 ceiling: the largest count stores round-trip
+
 KEYS: tuple[Key, ...] = (
     Key("url", "CKPTLITE_URL", _text, None, "store URL: a directory, memory://, postgresql://..."),
     Key("home", "CKPTLITE_HOME", _text, None, "directory of the local store (if no url)"),
@@ -164,8 +166,14 @@ KEYS: tuple[Key, ...] = (
     Key("compression_level", "CKPTLITE_COMPRESSION_LEVEL", _int(-7, 22), 1, "zstd level"),
     Key("group_access", "CKPTLITE_GROUP_ACCESS", _bool, False, "new files group-accessible"),
     Key("hash", "CKPTLITE_HASH", _choice(*HASHES), None, "digest of new stores (blake3)"),
-    Key("retention.keep_last", "CKPTLITE_KEEP_LAST", _int(1, 1 << 31), None, "prune: keep N"),
-    Key("retention.keep_every", "CKPTLITE_KEEP_EVERY", _int(1, 1 << 31), None, "prune: every Nth"),
+    Key("retention.keep_last", "CKPTLITE_KEEP_LAST", _COUNT, None, "prune: keep N"),
+    Key(
+        "retention.keep_every",
+        "CKPTLITE_KEEP_EVERY",
+        _COUNT,
+        None,
+        "prune: every Nth",
+    ),
     Key("retention.max_age", "CKPTLITE_MAX_AGE", parse_duration, None, "prune: drop older"),
     Key("retention.keep_best", "CKPTLITE_KEEP_BEST", _best, None, "prune: METRIC:min|max"),
 )
@@ -278,7 +286,11 @@ def load(
             try:
                 values[name] = key.parse(raw)
             except ConfigError as e:
-                raise ConfigError(f"{name} from {source}: {e.message}", hint=e.hint) from None
+                hint = e.hint
+                if hint == ConfigError.default_hint:  # a bare parser error: say where to fix it
+                    where = {"env": f"${key.env}", "flag": (overrides or {}).get(name, ("", ""))[1]}
+                    hint = f"Give {where.get(label) or label} a valid value ({key.help})."
+                raise ConfigError(f"{name} from {source}: {e.message}", hint=hint) from None
             sources[name] = source
             if name in ("url", "home"):
                 url_layer = layer

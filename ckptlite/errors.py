@@ -67,9 +67,12 @@ class CkptliteError(Exception):
         self.message = message
         self.hint = hint or self.default_hint
         self.context = context
+        # The hint is a note, not part of str(): a traceback shows it once, and whoever
+        # prints the message and then the hint (the CLI does) does not repeat it.
+        self.add_note(f"hint: {self.hint}")
 
     def __str__(self) -> str:
-        return f"{self.message} (hint: {self.hint})"
+        return self.message
 
 
 class CheckpointNotFoundError(CkptliteError, KeyError):

@@ -233,3 +233,15 @@ class ItemRecord:
     error: str | None
     state: bytes | None
     changed: int
+
+    def __repr__(self) -> str:
+        # Bounded: the state may be megabytes, and a repr lands in logs and tracebacks.
+        state = "None" if self.state is None else f"<{len(self.state)} bytes>"
+        error = (
+            self.error if self.error is None or len(self.error) <= 80 else self.error[:77] + "..."
+        )
+        return (
+            f"ItemRecord(run_id={self.run_id!r}, group={self.group!r}, item_id={self.item_id!r}, "
+            f"ok={self.ok}, attempts={self.attempts}, error={error!r}, state={state}, "
+            f"changed={self.changed})"
+        )

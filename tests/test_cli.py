@@ -772,3 +772,41 @@ def test_remote_add_list_remove_and_sync_by_name(
     assert "hub" not in run_json(capsys, "remote", "list")["remotes"]
     assert run(capsys, "remote", "remove", "hub")[0] == 2
     assert run(capsys, "remote", "add", "bad/name", "memory://")[0] == 2
+
+
+# -- small things that surprised (issue 17, bug 4) ------------------------------------
+
+
+def test_cat_of_a_pickled_state_hints_the_flag(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import collections
+
+    store = tmp_path / "s"
+    with ckptlite.open(store, allow_pickle=True) as mgr:
+        cid = mgr.save("p", {"q": collections.deque([1])}).id
+    code, _, err = run(capsys, "--store", str(store), "cat", cid)
+    assert code == 2 and "--allow-pickle" in err and "allow_pickle=True" not in err
+    code, out, _ = run(capsys, "--store", str(store), "cat", cid, "--allow-pickle")
+    assert code == 0 and json.loads(out)
+
+
+def test_prune_keep_last_0_names_the_flag_and_the_true_range(
+    capsys: pytest.CaptureFixture[str], pipeline: dict
+) -> None:
+    code, _, err = run(capsys, "--store", pipeline["store"], "prune", "--keep-last", "0")
+    assert code == 2
+    assert "from 1 to 2147483647" in err and "2147483648" not in err
+    assert "store URL" not in err and "--keep-last" in err.split("hint:")[1]
+
+
+def test_the_progress_bar_draws_a_finished_count_once() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    with Progress("export", stream=stream) as bar:
+        bar.update(8, 8)
+        time.sleep(0.8)  # the display thread wakes ~6 times: nothing new to draw
+    assert stream.getvalue().count("8/8") == 1

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
+from ..errors import PickleNotAllowedError
 from ..types import Level, Status
 from ..views import checkpoint_view, state_view
 from ._base import (
@@ -20,6 +23,19 @@ from ._base import (
 )
 
 # -- inspect ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _pickle_hint() -> Iterator[None]:
+    """Say what to do in CLI words: ``--allow-pickle``, not the library's argument."""
+    try:
+        yield
+    except PickleNotAllowedError as e:
+        raise PickleNotAllowedError(
+            e.message,
+            hint="It holds pickled values: rerun with --allow-pickle, only if you trust "
+            "whoever wrote the store (unpickling runs code).",
+        ) from e
 
 
 def _add_ls(sub: Any) -> argparse.ArgumentParser:
@@ -116,7 +132,7 @@ def _add_cat(sub: Any) -> argparse.ArgumentParser:
 
 def _cat(ctx: Context) -> int:
     a = ctx.args
-    with ctx.open(allow_pickle=a.allow_pickle, reads=True) as mgr:
+    with ctx.open(allow_pickle=a.allow_pickle, reads=True) as mgr, _pickle_hint():
         state = mgr.load(a.id)
     view = state_view(state, full=a.full)
     if ctx.json:
