@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from . import _async, _chunkio, _inputs, _retention, chunking, codec
+from . import _async, _chunkio, _inputs, _items, _retention, chunking, codec
 from . import config as _config
 from ._paths import os_error, to_path
 from ._stores import (
@@ -49,6 +49,7 @@ from .types import (
     BackupReport,
     Checkpoint,
     GcReport,
+    ItemRecord,
     Level,
     RunRecord,
     Status,
@@ -571,6 +572,37 @@ class CheckpointManager:
         """
         return self.backend.list_runs(_inputs.optional(process_id, "process_id"))
 
+    def list_items(
+        self, run_id: str, group: str | None = None, status: str | None = None
+    ) -> builtins.list[ItemRecord]:
+        """Return a run's work-item ledger entries, by group and item id.
+
+        ``status`` is ``"done"`` or ``"failed"`` (see ``ckptlite._items``).
+
+        Raises:
+            RunNotFoundError: no such run.
+            InvalidInputError: a bad argument.
+        """
+        _inputs.text(run_id, "run_id")
+        return _items.list_items(
+            self.backend,
+            run_id,
+            _inputs.optional(group, "group"),
+            _inputs.optional(status, "status"),
+        )
+
+    def load_item(self, run_id: str, group: str, item_id: str) -> Any:
+        """Return the result a done work item was marked with (``item.done(state)``).
+
+        Raises:
+            RunNotFoundError: no such run.
+            CheckpointNotFoundError: no such item, or it failed (it has no result).
+            PickleNotAllowedError: the result holds pickles and the store forbids them.
+        """
+        for value, what in ((run_id, "run_id"), (group, "group"), (item_id, "item_id")):
+            _inputs.text(value, what)
+        return _items.load_item(self.backend, run_id, group, item_id, self.allow_pickle)
+
     # -- read -------------------------------------------------------------------
 
     def get(self, checkpoint_id: str) -> Checkpoint:
@@ -843,9 +875,14 @@ class CheckpointManager:
         """Return counts and byte totals; ``dedup_ratio`` is logical / stored bytes.
 
         Keys: checkpoints, chunks, logical_bytes, stored_bytes, dedup_ratio,
-        by_process ({process: {level: count}}), by_status ({status: count}).
+        by_process ({process: {level: count}}), by_status ({status: count}),
+        item_results ({count, logical_bytes, stored_bytes}: the done items' states in
+        the run ledger; the byte totals include them).
         """
         s = dict(self.backend.stats())
+        items = s.setdefault("item_results", {"count": 0, "logical_bytes": 0, "stored_bytes": 0})
+        s["logical_bytes"] += items["logical_bytes"]
+        s["stored_bytes"] += items["stored_bytes"]
         s["dedup_ratio"] = s["logical_bytes"] / s["stored_bytes"] if s["stored_bytes"] else 1.0
         return s
 

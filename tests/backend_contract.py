@@ -248,6 +248,22 @@ class BackendContract:
         assert s["logical_bytes"] > s["stored_bytes"]  # deduplicated
         assert s["dedup_ratio"] > 1.5
 
+    def test_stats_count_item_results(self, any_mgr: Mgr) -> None:
+        with any_mgr.run("p") as run:
+            for it in run.items("g", ["a", "b", "c"]):
+                if it.id == "c":
+                    it.fail("no")
+                else:
+                    it.done({"px": np.arange(5000)})
+        s = any_mgr.stats()
+        ledger = any_mgr.list_items(run.id)
+        size = sum(len(e.state or b"") for e in ledger)
+        assert size > 2 * 40_000
+        assert s["item_results"]["count"] == 2
+        assert s["item_results"]["logical_bytes"] == size
+        assert 0 < s["item_results"]["stored_bytes"] <= size + 64
+        assert s["logical_bytes"] == size and s["checkpoints"] == 0
+
     def test_structure_check_finds_nothing_on_healthy_store(self, any_mgr: Mgr) -> None:
         any_mgr.save("p", {"a": _big(8)})
         report = any_mgr.verify()

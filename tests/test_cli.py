@@ -810,3 +810,76 @@ def test_the_progress_bar_draws_a_finished_count_once() -> None:
         bar.update(8, 8)
         time.sleep(0.8)  # the display thread wakes ~6 times: nothing new to draw
     assert stream.getvalue().count("8/8") == 1
+
+
+# -- seeing what is in a store: items, cat RUN/GROUP/ITEM, stats of item results -------
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> tuple[str, str]:
+    """A store whose run did 3 tiles, failed one, and has a second group."""
+    store = tmp_path / "ledger"
+    with ckptlite.open(store, durability="none") as mgr, mgr.run("tiles") as run:
+        for it in run.items("tiles", [f"t{i}" for i in range(4)]):
+            if it.id == "t3":
+                it.fail("ValueError: no data over the sea")
+            else:
+                it.done({"tile": it.id, "px": np.arange(1000 * (int(it.id[1]) + 1))})
+        for it in run.items("other", ["x"]):
+            it.done(None)
+        run_id = run.id
+    return str(store), run_id
+
+
+def test_items_lists_a_runs_work_items(
+    capsys: pytest.CaptureFixture[str], ledger: tuple[str, str]
+) -> None:
+    store, run_id = ledger
+    data = run_json(capsys, "--store", store, "items", run_id)
+    by_id = {(e["group"], e["item"]): e for e in data["items"]}
+    assert set(by_id) == {("tiles", f"t{i}") for i in range(4)} | {("other", "x")}
+    assert by_id[("tiles", "t3")]["status"] == "failed"
+    assert by_id[("tiles", "t3")]["error"] == "ValueError: no data over the sea"
+    assert by_id[("tiles", "t3")]["attempts"] == 1
+    sizes = [by_id[("tiles", f"t{i}")]["size"] for i in range(3)]
+    assert sizes[0] > 8000 and sizes[0] < sizes[1] < sizes[2]  # arange(1000) is 8000 bytes
+    assert by_id[("other", "x")]["size"] == 0 and by_id[("other", "x")]["status"] == "done"
+    failed = run_json(capsys, "--store", store, "items", run_id, "--status", "failed")["items"]
+    assert [e["item"] for e in failed] == ["t3"]
+    other = run_json(capsys, "--store", store, "items", run_id, "--group", "other")["items"]
+    assert [e["item"] for e in other] == ["x"]
+    code, out, _ = run(capsys, "--store", store, "items", run_id, "--status", "failed")
+    assert code == 0 and "ATTEMPTS" in out and "no data over the sea" in out and "t0" not in out
+    code, _, err = run(capsys, "--store", store, "items", "run_nope")
+    assert code == 2 and "run_nope" in err
+
+
+def test_cat_prints_an_items_result(
+    capsys: pytest.CaptureFixture[str], ledger: tuple[str, str]
+) -> None:
+    store, run_id = ledger
+    data = run_json(capsys, "--store", store, "cat", f"{run_id}/tiles/t1")
+    assert data["state"]["tile"] == "t1"
+    assert data["state"]["px"]["__type__"] == "ndarray" and data["state"]["px"]["shape"] == [2000]
+    code, out, _ = run(capsys, "--store", store, "cat", f"{run_id}/tiles/t0", "--full")
+    assert code == 0 and json.loads(out)["px"]["data"][:3] == [0, 1, 2]
+    code, _, err = run(capsys, "--store", store, "cat", f"{run_id}/tiles/t3")
+    assert code == 2 and "failed" in err  # a failed item has no result
+    code, _, err = run(capsys, "--store", store, "cat", f"{run_id}/tiles/t9")
+    assert code == 2 and "t9" in err
+
+
+def test_stats_counts_item_results(
+    capsys: pytest.CaptureFixture[str], ledger: tuple[str, str]
+) -> None:
+    store, run_id = ledger
+    s = run_json(capsys, "--store", store, "stats")
+    entries = run_json(capsys, "--store", store, "items", run_id)["items"]
+    results = sum(e["size"] for e in entries)
+    assert results > 48_000
+    assert s["item_results"]["count"] == 4  # three tiles and one None: every done item
+    assert s["item_results"]["logical_bytes"] == results
+    assert s["item_results"]["stored_bytes"] > 0
+    assert s["logical_bytes"] >= results and s["stored_bytes"] >= s["item_results"]["stored_bytes"]
+    code, out, _ = run(capsys, "--store", store, "stats")
+    assert code == 0 and "item results" in out

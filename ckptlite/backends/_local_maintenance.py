@@ -305,6 +305,10 @@ class LocalMaintenanceMixin:
                     "SELECT status, count(*) FROM checkpoints GROUP BY status"
                 )
             }
+            # SQLite keeps an item's encoded state as it is: logical = stored.
+            items, item_bytes = conn.execute(
+                "SELECT count(*), coalesce(sum(length(state)),0) FROM items WHERE ok"
+            ).fetchone() or (0, 0)
         n, logical, payload = totals
         chunks, chunk_bytes = chunk_totals
         return {
@@ -314,6 +318,11 @@ class LocalMaintenanceMixin:
             "stored_bytes": payload + chunk_bytes,
             "by_process": by_process,
             "by_status": by_status,
+            "item_results": {
+                "count": items,
+                "logical_bytes": item_bytes,
+                "stored_bytes": item_bytes,
+            },
         }
 
     def backup(self, dest: Path, progress: Callable[[int, int], None] | None = None) -> None:

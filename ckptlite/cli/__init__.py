@@ -33,7 +33,7 @@ from ._base import (
     exit_code,
     new_command,
 )
-from .inspect import _add_cat, _add_ls, _add_runs, _add_show, _add_stats
+from .inspect import _add_cat, _add_items, _add_ls, _add_runs, _add_show, _add_stats
 from .maintain import (
     _add_backup,
     _add_config,
@@ -66,6 +66,7 @@ COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
     ("cat", _add_cat),
     ("stats", _add_stats),
     ("runs", _add_runs),
+    ("items", _add_items),
     ("verify", _add_verify),
     ("gc", _add_gc),
     ("prune", _add_prune),

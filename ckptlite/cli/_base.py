@@ -19,6 +19,7 @@ from ..errors import (
     MigrationError,
     PickleNotAllowedError,
     ReadOnlyStoreError,
+    RunNotFoundError,
 )
 from ..manager import CheckpointManager, open_store, store_is_read_only
 from ..progress import Progress
@@ -42,6 +43,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (ConfigError, EXIT_USAGE),
     (InvalidInputError, EXIT_USAGE),
     (CheckpointNotFoundError, EXIT_USAGE),
+    (RunNotFoundError, EXIT_USAGE),
     (PickleNotAllowedError, EXIT_USAGE),
     (MigrationError, EXIT_USAGE),
     (ReadOnlyStoreError, EXIT_USAGE),  # a write asked of a store that cannot take one

@@ -8,7 +8,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import PickleNotAllowedError
+from .._items import ITEM_STATUSES, item_status
+from ..errors import InvalidInputError, PickleNotAllowedError
 from ..types import Level, Status
 from ..views import checkpoint_view, state_view
 from ._base import (
@@ -116,12 +117,14 @@ def _add_cat(sub: Any) -> argparse.ArgumentParser:
     p = new_command(
         sub,
         "cat",
-        "print a checkpoint's state as JSON (every byte verified)",
+        "print a checkpoint's state, or a work item's result, as JSON",
         "ckptlite cat chk_step_2026... --full > state.json",
-        description="Print a checkpoint's state as JSON. Arrays show dtype, shape, min and "
+        description="Print a checkpoint's state (every byte verified) as JSON; "
+        "RUN/GROUP/ITEM prints the result a run's work item was marked done with "
+        "(`ckptlite items RUN` lists them). Arrays show dtype, shape, min and "
         "max, and bytes longer than 64 show size and sha256, unless --full.",
     )
-    p.add_argument("id", help="checkpoint id")
+    p.add_argument("id", help="checkpoint id, or RUN/GROUP/ITEM")
     p.add_argument("--full", action="store_true", help="include array data and all bytes")
     p.add_argument(
         "--allow-pickle", action="store_true", help="load pickled values (runs code: trust!)"
@@ -133,7 +136,17 @@ def _add_cat(sub: Any) -> argparse.ArgumentParser:
 def _cat(ctx: Context) -> int:
     a = ctx.args
     with ctx.open(allow_pickle=a.allow_pickle, reads=True) as mgr, _pickle_hint():
-        state = mgr.load(a.id)
+        if "/" in a.id:  # checkpoint ids never hold a '/'; RUN/GROUP/ITEM (ITEM may)
+            run_id, _, rest = a.id.partition("/")
+            group, sep, item = rest.partition("/")
+            if not (run_id and group and sep and item):
+                raise InvalidInputError(
+                    f"{a.id!r} is neither a checkpoint id nor RUN/GROUP/ITEM",
+                    hint="For example: ckptlite cat run_2026.../tiles/t_0042",
+                )
+            state = mgr.load_item(run_id, group, item)
+        else:
+            state = mgr.load(a.id)
     view = state_view(state, full=a.full)
     if ctx.json:
         ctx.emit({"id": a.id, "state": view}, "")
@@ -171,7 +184,64 @@ def _stats(ctx: Context) -> int:
                 [pid, *(str(counts.get(lv, 0)) for lv in levels), str(sum(counts.values()))]
             )
         lines += ["", *_table(rows)]
+    items = s["item_results"]
+    lines.insert(
+        4,
+        f"item results   {items['count']} ({_human(items['logical_bytes'])} logical, "
+        f"{_human(items['stored_bytes'])} stored: in the byte totals)",
+    )
     ctx.emit(s, lines)
+    return EXIT_OK
+
+
+def _add_items(sub: Any) -> argparse.ArgumentParser:
+    p = new_command(
+        sub,
+        "items",
+        "list a run's work items: status, attempts, error, size of the result",
+        "ckptlite items run_2026... --status failed",
+        description="List the work-item ledger of a run (`ckptlite runs` lists runs): "
+        "group, item, status, attempts, the error of a failed item and the size of a "
+        "done item's result (`ckptlite cat RUN/GROUP/ITEM` prints it).",
+    )
+    p.add_argument("run", help="run id")
+    p.add_argument("--group", "-g", metavar="G", help="only this group")
+    p.add_argument("--status", choices=ITEM_STATUSES, help="only items with this status")
+    p.set_defaults(func=_items)
+    return p
+
+
+def _items(ctx: Context) -> int:
+    a = ctx.args
+    with ctx.open(reads=True) as mgr:
+        entries = mgr.list_items(a.run, a.group, a.status)
+    data = {
+        "run": a.run,
+        "items": [
+            {
+                "group": e.group,
+                "item": e.item_id,
+                "status": item_status(e),
+                "attempts": e.attempts,
+                "error": e.error,
+                "size": len(e.state or b""),
+            }
+            for e in entries
+        ],
+    }
+    rows = [["GROUP", "ITEM", "STATUS", "ATTEMPTS", "SIZE", "ERROR"]]
+    rows += [
+        [
+            e["group"],
+            e["item"],
+            e["status"],
+            str(e["attempts"]),
+            _human(e["size"]) if e["status"] == "done" else "-",
+            (e["error"] or "").splitlines()[0][:80] if e["error"] else "",
+        ]
+        for e in data["items"]
+    ]
+    ctx.emit(data, _table(rows) if entries else "no items")
     return EXIT_OK
 
 
