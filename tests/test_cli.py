@@ -883,3 +883,52 @@ def test_stats_counts_item_results(
     assert s["logical_bytes"] >= results and s["stored_bytes"] >= s["item_results"]["stored_bytes"]
     code, out, _ = run(capsys, "--store", store, "stats")
     assert code == 0 and "item results" in out
+
+
+def _ls_on_a_terminal(store: Path, *args: str) -> str:
+    """Run `ckptlite ls` with stdout on a pseudo-terminal; return what it drew."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        [str(CKPTLITE), "--store", str(store), "ls", *args],
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.stderr is not None
+    with proc.stderr:
+        err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    return b"".join(chunks).decode()
+
+
+def test_ls_on_a_terminal_shows_the_newest_50_and_says_how_many_more(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = tmp_path / "s"
+    with ckptlite.open(store, durability="none") as mgr:
+        cps = [mgr.save("p", i, name=f"n{i}") for i in range(60)]
+    out = _ls_on_a_terminal(store)
+    lines = [ln for ln in out.splitlines() if ln.startswith("chk_")]
+    assert len(lines) == 50 and lines[0].startswith(cps[-1].id)
+    assert "10 more" in out and "-n 0" in out
+    everything = _ls_on_a_terminal(store, "-n", "0")
+    assert len([ln for ln in everything.splitlines() if ln.startswith("chk_")]) == 60
+    assert "more" not in everything
+    # Not a terminal (a pipe, --json): everything, as before.
+    assert len(run_json(capsys, "--store", str(store), "ls")["checkpoints"]) == 60
+    code, out, _ = run(capsys, "--store", str(store), "ls")
+    assert code == 0 and len([ln for ln in out.splitlines() if ln.startswith("chk_")]) == 60

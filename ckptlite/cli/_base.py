@@ -68,6 +68,12 @@ class Context:
     def json(self) -> bool:
         return bool(getattr(self.args, "json", False))
 
+    @property
+    def terminal(self) -> bool:
+        """Tell whether the output goes to a terminal (a person reads it)."""
+        isatty = getattr(self.out, "isatty", None)
+        return bool(isatty and isatty())
+
     def settings(self) -> _config.Settings:
         """Return the effective configuration, with this command's flags on top."""
         flags = {"url": (getattr(self.args, "store", None), "--store")}

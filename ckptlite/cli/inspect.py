@@ -25,6 +25,9 @@ from ._base import (
 
 # -- inspect ---------------------------------------------------------------------
 
+#: ``ls`` on a terminal shows this many checkpoints unless ``-n`` says otherwise.
+TERMINAL_ROWS = 50
+
 
 @contextlib.contextmanager
 def _pickle_hint() -> Iterator[None]:
@@ -51,7 +54,13 @@ def _add_ls(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--name", help="only this slot name")
     p.add_argument("--status", choices=[s.value for s in Status], help="only this status")
     p.add_argument("--since", type=_since, metavar="WHEN", help="ISO time, or an age: 2h, 3d")
-    p.add_argument("--limit", "-n", type=int, metavar="N", help="at most N checkpoints")
+    p.add_argument(
+        "--limit",
+        "-n",
+        type=int,
+        metavar="N",
+        help=f"at most N checkpoints (on a terminal: {TERMINAL_ROWS} unless given; 0: all)",
+    )
     p.add_argument("--tree", action="store_true", help="draw the parent/child hierarchy")
     p.set_defaults(func=_ls)
     return p
@@ -59,8 +68,19 @@ def _add_ls(sub: Any) -> argparse.ArgumentParser:
 
 def _ls(ctx: Context) -> int:
     a = ctx.args
+    if a.limit is not None and a.limit < 0:
+        raise InvalidInputError(f"--limit must be >= 0, not {a.limit}", hint="0 lists all.")
+    limit = a.limit or None
+    # A person at a terminal sees the newest TERMINAL_ROWS and how many more there
+    # are; a pipe or --json gets everything, as before.
+    cut = a.limit is None and not ctx.json and not a.tree and ctx.terminal
     with ctx.open(reads=True) as mgr:
-        cps = mgr.list(a.process, a.level, a.name, a.status, since=a.since, limit=a.limit)
+        query = (a.process, a.level, a.name, a.status)
+        cps = mgr.list(*query, since=a.since, limit=TERMINAL_ROWS + 1 if cut else limit)
+        more = 0
+        if cut and len(cps) > TERMINAL_ROWS:
+            more = len(mgr.list(*query, since=a.since)) - TERMINAL_ROWS
+            cps = cps[:TERMINAL_ROWS]
     if a.tree:
         from ..tree import TreeNode, build_tree, render_tree
 
@@ -89,7 +109,10 @@ def _ls(ctx: Context) -> int:
         ]
         for c in cps
     ]
-    ctx.emit({"checkpoints": cps}, _table(rows) if cps else "no checkpoints")
+    lines = _table(rows) if cps else ["no checkpoints"]
+    if more:
+        lines.append(f"... and {more} more (older; `ckptlite ls -n 0` lists all)")
+    ctx.emit({"checkpoints": cps}, lines)
     return EXIT_OK
 
 
