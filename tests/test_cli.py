@@ -139,8 +139,8 @@ def test_ls_tree_shows_the_hierarchy(capsys: pytest.CaptureFixture[str], pipelin
     assert depth[pipeline["top"].id] == 0 and depth[pipeline["other"].id] == 0
     assert depth[pipeline["resample"].id] == 1 and depth[pipeline["render"].id] == 1
     assert all(depth[s.id] == 2 for s in pipeline["steps"])
-    assert lines[where[pipeline["steps"][-1].id]].lstrip("│ ").startswith("└─ step tile_3")
-    assert lines[where[pipeline["render"].id]].startswith("└─ stage render")
+    assert lines[where[pipeline["steps"][-1].id]].lstrip("│ ").startswith("└─ tile_3  tiles")
+    assert lines[where[pipeline["render"].id]].startswith("└─ render")
 
     tree = run_json(capsys, "ls", "--tree", "--store", pipeline["store"])["tree"]
     assert [n["checkpoint"]["id"] for n in tree] == [pipeline["top"].id, pipeline["other"].id]
@@ -491,7 +491,8 @@ def test_checkpoint_statuses_render(capsys: pytest.CaptureFixture[str], pipeline
     with ckptlite.open(pipeline["store"]) as mgr:
         mgr.backend.set_status(pipeline["render"].id, Status.ARCHIVED)
     code, out, _ = run(capsys, "--store", pipeline["store"], "ls", "--tree")
-    assert code == 0 and "[archived]" in out
+    line = next(ln for ln in out.splitlines() if pipeline["render"].id in ln)
+    assert code == 0 and line.split()[4] == "archived"  # TREE PROCESS LEVEL STATUS
 
 
 # -- prune and runs (the process layer's retention and run ledger) -----------------------
@@ -599,9 +600,15 @@ def test_on_the_example_pipelines_store(capsys: pytest.CaptureFixture[str], tmp_
     assert len(runs) == 1
     assert runs[0]["status"] == "completed" and runs[0]["progress"] == [64, 64]
     tree = run_json(capsys, "--store", store, "ls", "--tree")["tree"]
-    assert [n["checkpoint"]["name"] for n in tree] == ["generate", "resample", "mosaic"]
+    assert [n["checkpoint"]["level"] for n in tree] == ["pipeline"]  # the run
+    assert [n["checkpoint"]["name"] for n in tree[0]["children"]] == [
+        "generate",
+        "resample",
+        "mosaic",
+        "items:tiles",
+    ]
     stats = run_json(capsys, "--store", store, "stats")
-    assert stats["by_process"] == {"tile-pipeline": {"stage": 3}}
+    assert stats["by_process"] == {"tile-pipeline": {"pipeline": 1, "stage": 3}}
 
     ok = subprocess.run(
         [str(CKPTLITE), "verify", "--full", "--store", store], capture_output=True, text=True
@@ -932,3 +939,59 @@ def test_ls_on_a_terminal_shows_the_newest_50_and_says_how_many_more(
     assert len(run_json(capsys, "--store", str(store), "ls")["checkpoints"]) == 60
     code, out, _ = run(capsys, "--store", str(store), "ls")
     assert code == 0 and len([ln for ln in out.splitlines() if ln.startswith("chk_")]) == 60
+
+
+def test_ls_tree_draws_a_run_as_pipeline_stage_step(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    class Tiler(ckptlite.CheckpointableProcess):
+        process_id = "geo"
+
+        def __init__(self, mgr: ckptlite.CheckpointManager) -> None:
+            self.checkpoint_manager, self.n = mgr, 0
+
+        def get_state(self) -> Any:
+            return {"n": self.n}
+
+        def restore_state(self, state: Any) -> None:
+            self.n = state["n"]
+
+        def get_progress(self) -> tuple[int, int]:
+            return (self.n, 30)
+
+    store = tmp_path / "s"
+    with ckptlite.open(store, durability="none") as mgr, mgr.run("geo") as geo_run:
+        geo_run.stage("load").complete({"raster": np.zeros(1000)})
+        for it in geo_run.items("tiles", [f"t{i:02}" for i in range(30)]):
+            if it.id == "t05":
+                it.fail("no data")
+            else:
+                it.done({"mean": 1.0})
+        tiler = Tiler(mgr)
+        tiler.n = 3
+        step = tiler.save_checkpoint()
+        run_id = geo_run.id
+    tree = run_json(capsys, "--store", str(store), "ls", "--tree")["tree"]
+    (top,) = tree
+    assert top["checkpoint"]["level"] == "pipeline" and top["run"]["id"] == run_id
+    assert top["run"]["status"] == "failed"  # an item failed: a resumed run retries it
+    kids = {n["checkpoint"]["name"]: n for n in top["children"]}
+    assert set(kids) == {"load", "items:tiles", ""}
+    assert kids[""]["checkpoint"]["id"] == step.id and kids[""]["checkpoint"]["level"] == "step"
+    group = kids["items:tiles"]
+    assert group["checkpoint"]["level"] == "stage" and group["kind"] == "items"
+    assert group["items"] == {"done": 29, "failed": 1, "shown": 20}
+    steps = group["children"]
+    assert len(steps) == 20 and all(n["checkpoint"]["level"] == "step" for n in steps)
+    assert steps[0]["checkpoint"]["id"] == f"{run_id}/tiles/t00"  # `ckptlite cat` takes it
+    assert steps[5]["status"] == "failed" and steps[0]["status"] == "done"
+
+    code, out, _ = run(capsys, "--store", str(store), "ls", "--tree")
+    assert code == 0
+    lines = out.splitlines()
+    header = lines[0].split()
+    assert header[:6] == ["TREE", "PROCESS", "LEVEL", "STATUS", "SIZE", "ID"]
+    assert lines[1].startswith("run") and "pipeline" in lines[1] and "failed" in lines[1]
+    item_line = next(ln for ln in lines if "t05" in ln)
+    assert "step" in item_line and "failed" in item_line and "geo" in item_line
+    assert any("10 more" in ln and "ckptlite items" in ln for ln in lines)

@@ -10,13 +10,14 @@ from typing import Any
 
 from .._items import ITEM_STATUSES, item_status
 from ..errors import InvalidInputError, PickleNotAllowedError
-from ..types import Level, Status
+from ..manager import CheckpointManager
+from ..runs import RUN_KEY
+from ..types import Checkpoint, ItemRecord, Level, Status
 from ..views import checkpoint_view, state_view
 from ._base import (
     EXIT_OK,
     Context,
     _human,
-    _label,
     _since,
     _table,
     _when,
@@ -81,20 +82,8 @@ def _ls(ctx: Context) -> int:
         if cut and len(cps) > TERMINAL_ROWS:
             more = len(mgr.list(*query, since=a.since)) - TERMINAL_ROWS
             cps = cps[:TERMINAL_ROWS]
-    if a.tree:
-        from ..tree import TreeNode, build_tree, render_tree
-
-        roots = build_tree(cps)
-
-        def node(n: TreeNode) -> dict[str, Any]:
-            return {
-                "checkpoint": checkpoint_view(n.checkpoint),
-                "detached": n.detached,
-                "children": [node(c) for c in n.children],
-            }
-
-        ctx.emit({"tree": [node(r) for r in roots]}, render_tree(roots, _label))
-        return EXIT_OK
+        if a.tree:
+            return _tree(ctx, mgr, cps)
     rows = [["ID", "PROCESS", "LEVEL", "NAME", "STATUS", "CREATED", "SIZE", "PROGRESS"]]
     rows += [
         [
@@ -114,6 +103,98 @@ def _ls(ctx: Context) -> int:
         lines.append(f"... and {more} more (older; `ckptlite ls -n 0` lists all)")
     ctx.emit({"checkpoints": cps}, lines)
     return EXIT_OK
+
+
+#: Work items drawn under a run's item group in ``ls --tree`` (``items`` lists all).
+TREE_ITEMS = 20
+
+
+def _tree(ctx: Context, mgr: CheckpointManager, cps: list[Checkpoint]) -> int:
+    """Draw the hierarchy: runs as PIPELINE, stages as STAGE, results as STEP."""
+    from ..tree import TreeNode, build_tree, walk
+
+    runs = {r.id: r for r in mgr.list_runs()}
+    extra: dict[str, dict[str, Any]] = {}  # node id -> what JSON and the table add
+    nodes = list(cps)
+    seq = max((c.seq for c in cps), default=0)
+    for cp in cps:
+        run = runs.get(str(cp.metadata.get(RUN_KEY)))
+        if cp.level is not Level.PIPELINE or run is None:
+            continue
+        extra[cp.id] = {"run": run, "status": run.status.value}
+        groups: dict[str, list[ItemRecord]] = {}
+        for e in mgr.list_items(run.id):
+            groups.setdefault(e.group, []).append(e)
+        for group, entries in groups.items():
+            seq += 1
+            gid = f"{run.id}/{group}"
+            done = sum(e.ok for e in entries)
+            size = sum(len(e.state or b"") for e in entries)
+            nodes.append(_shown_as(cp, gid, Level.STAGE, f"items:{group}", cp.id, seq, size))
+            counts = {"done": done, "failed": len(entries) - done}
+            counts["shown"] = min(len(entries), TREE_ITEMS)
+            status = f"{done} done" + (f", {counts['failed']} failed" if counts["failed"] else "")
+            extra[gid] = {"kind": "items", "items": counts, "status": status}
+            for e in entries[:TREE_ITEMS]:
+                seq += 1
+                iid = f"{gid}/{e.item_id}"
+                size = len(e.state or b"")
+                nodes.append(_shown_as(cp, iid, Level.STEP, e.item_id, gid, seq, size))
+                extra[iid] = {"kind": "item", "status": item_status(e)}
+            if len(entries) > TREE_ITEMS:
+                seq += 1
+                more_id = f"{gid}/..."
+                left = len(entries) - TREE_ITEMS
+                hint = f"... {left} more (ckptlite items {run.id} --group {group})"
+                nodes.append(_shown_as(cp, more_id, Level.STEP, hint, gid, seq, 0))
+                extra[more_id] = {"kind": "more"}
+    roots = build_tree(nodes)
+
+    def node(n: TreeNode) -> dict[str, Any]:
+        more = extra.get(n.checkpoint.id, {})
+        out: dict[str, Any] = {"checkpoint": checkpoint_view(n.checkpoint), "detached": n.detached}
+        out.update({k: v for k, v in more.items() if k != "status" or "kind" in more})
+        kids = [c for c in n.children if extra.get(c.checkpoint.id, {}).get("kind") != "more"]
+        out["children"] = [node(c) for c in kids]
+        return out
+
+    rows = [["TREE", "PROCESS", "LEVEL", "STATUS", "SIZE", "ID"]]
+    notes: dict[int, str] = {}  # "... N more" lines, kept out of the column widths
+    for prefix, n in walk(roots):
+        c, more = n.checkpoint, extra.get(n.checkpoint.id, {})
+        if more.get("kind") == "more":
+            notes[len(rows) + len(notes)] = prefix + c.name
+            continue
+        status = more.get("status") or c.status.value
+        if c.progress and "kind" not in more:
+            status += f" {c.progress[0]}/{c.progress[1]}"
+        rows.append(
+            [prefix + (c.name or "-"), c.process_id, c.level.value, status, _human(c.size), c.id]
+        )
+    lines = _table(rows) if nodes else ["no checkpoints"]
+    for at, note in sorted(notes.items()):
+        lines.insert(at, note)
+    ctx.emit({"tree": [node(r) for r in roots]}, lines)
+    return EXIT_OK
+
+
+def _shown_as(
+    run_cp: Checkpoint, cid: str, level: Level, name: str, parent: str, seq: int, size: int
+) -> Checkpoint:
+    """Return a ledger entry (a group, an item) dressed as a checkpoint for the tree."""
+    return Checkpoint(
+        id=cid,
+        process_id=run_cp.process_id,
+        level=level,
+        name=name,
+        parent_id=parent,
+        seq=seq,
+        status=Status.VALID,
+        created_at=run_cp.created_at,
+        size=size,
+        stored_size=size,
+        checksum="",
+    )
 
 
 def _add_show(sub: Any) -> argparse.ArgumentParser:
