@@ -17,12 +17,12 @@ import dataclasses
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from . import _async, _chunkio, _inputs, _items, _retention, chunking, codec
+from . import _async, _chunkio, _filters, _inputs, _items, _retention, chunking, codec
 from . import config as _config
 from ._paths import os_error, to_path
 from ._stores import (
@@ -274,6 +274,7 @@ class CheckpointManager:
         metadata: dict[str, Any] | None = None,
         progress: tuple[int, int] | None = None,
         policy: CheckpointPolicy | None = None,
+        tags: Sequence[str] | None = None,
     ) -> Checkpoint:
         """Save ``state`` as a new checkpoint of ``process_id`` and return its record.
 
@@ -282,7 +283,8 @@ class CheckpointManager:
             InvalidInputError: bad process_id, name, level, parent, metadata or progress.
             StoreFullError, StoreIOError: the disk failed; nothing was committed.
 
-        ``policy`` (default: the manager's) prunes the slot after the save.
+        ``policy`` (default: the manager's) prunes the slot after the save. ``tags``
+        (strings) are kept in the metadata; ``list(tags=)`` and ``ls --tag`` find them.
 
         >>> import ckptlite
         >>> mgr = ckptlite.open("memory://")
@@ -291,7 +293,7 @@ class CheckpointManager:
         """
         self._refuse_write("save")
         check_policy(policy)
-        cp = self._new_checkpoint(process_id, level, name, parent, metadata, progress)
+        cp = self._new_checkpoint(process_id, level, name, parent, metadata, progress, tags)
         encoded = codec.encode(state, allow_pickle=self.allow_pickle)
         return self._commit_encoded(cp, encoded, policy)
 
@@ -303,6 +305,7 @@ class CheckpointManager:
         parent: str | Checkpoint | None,
         metadata: dict[str, Any] | None,
         progress: tuple[int, int] | None,
+        tags: Sequence[str] | None = None,
     ) -> Checkpoint:
         # Every argument is checked here, before a chunk is written: a bad one must
         # leave the store unchanged, not orphan chunks of a save that then fails.
@@ -314,6 +317,8 @@ class CheckpointManager:
         if metadata is not None and not isinstance(metadata, Mapping):
             raise InvalidInputError(f"metadata must be a dict, not {type(metadata).__name__}")
         meta = dict(metadata or {})
+        if tags is not None:
+            meta[_filters.TAGS_KEY] = _filters.check_tags(tags)
         dump_metadata(meta)  # reject non-JSON (or non-Unicode) metadata before any write
         progress = _inputs.progress(progress)
         parent_id = parent.id if isinstance(parent, Checkpoint) else parent
@@ -422,6 +427,7 @@ class CheckpointManager:
         metadata: dict[str, Any] | None = None,
         progress: tuple[int, int] | None = None,
         policy: CheckpointPolicy | None = None,
+        tags: Sequence[str] | None = None,
     ) -> Future[Checkpoint]:
         """Queue a save and return its future; the state is snapshotted before this returns.
 
@@ -458,6 +464,7 @@ class CheckpointManager:
             parent=parent,
             metadata=metadata,
             progress=progress,
+            tags=tags,
         )
 
     def flush(self, timeout: float | None = None) -> None:
@@ -746,12 +753,26 @@ class CheckpointManager:
         parent: str | Checkpoint | None = None,
         since: datetime | None = None,
         limit: int | None = None,
+        *,
+        where: Mapping[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
     ) -> list[Checkpoint]:
         """Return matching checkpoints, newest first.
+
+        ``where`` keeps those whose metadata holds each key's value; ``tags`` those
+        saved with every one of these tags.
 
         Raises:
             InvalidInputError: a bad filter (a naive ``since``, an unknown level, ...).
         """
+        if where is not None and not isinstance(where, Mapping):
+            raise InvalidInputError(f"where must be a dict, not {where!r}")
+        want = _filters.check_tags(tags) if tags is not None else []
+        if where or want:
+            # Filtered here, then cut to ``limit``: the backends filter by slot only.
+            found = self.list(process_id, level, name, status, parent, since)
+            hits = [c for c in found if _filters.matches(c, where or {}, want)]
+            return hits[: _inputs.limit(limit)] if limit is not None else hits
         return self.backend.list(
             ListQuery(
                 process_id=_inputs.optional(process_id, "process_id"),

@@ -995,3 +995,35 @@ def test_ls_tree_draws_a_run_as_pipeline_stage_step(
     item_line = next(ln for ln in lines if "t05" in ln)
     assert "step" in item_line and "failed" in item_line and "geo" in item_line
     assert any("10 more" in ln and "ckptlite items" in ln for ln in lines)
+
+
+def test_tags_and_where_filter_ls(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with ckptlite.open(store, durability="none") as mgr:
+        a = mgr.save("p", 1, metadata={"crs": "EPSG:4326", "zoom": 3}, tags=["nightly", "eu"])
+        b = mgr.save("p", 2, metadata={"crs": "EPSG:3857", "zoom": 3}, tags=["eu"])
+        c = mgr.save("q", 3, metadata={"zoom": "3"})
+        assert a.metadata["ckptlite.tags"] == ["eu", "nightly"]
+        assert [x.id for x in mgr.list(tags=["eu"], where={"zoom": 3})] == [b.id, a.id]
+        assert mgr.list(where={"zoom": 3}, limit=1) == [mgr.get(b.id)]  # limit after filter
+        assert mgr.list(where={"zoom": "3"}) == [mgr.get(c.id)]  # a string is another value
+        with pytest.raises(ckptlite.InvalidInputError):
+            mgr.save("p", 1, tags="eu")  # type: ignore[arg-type]
+        with pytest.raises(ckptlite.InvalidInputError):
+            mgr.save("p", 1, tags=[""])
+        assert len(mgr.list("p")) == 2  # refused saves wrote nothing
+
+    def ids(*args: str) -> list[str]:
+        return [
+            x["id"] for x in run_json(capsys, "--store", str(store), "ls", *args)["checkpoints"]
+        ]
+
+    assert ids("--tag", "eu") == [b.id, a.id]
+    assert ids("--tag", "eu", "--tag", "nightly") == [a.id]
+    assert ids("--where", "crs=EPSG:4326") == [a.id]
+    assert ids("--where", "zoom=3") == [b.id, a.id]  # JSON: the number 3
+    assert ids("--where", 'zoom="3"') == [c.id]
+    assert ids("--where", "zoom=3", "--process", "p", "-n", "1") == [b.id]
+    assert ids("--where", "zoom=4") == []
+    code, _, err = run(capsys, "--store", str(store), "ls", "--where", "zoom")
+    assert code == 2 and "KEY=VALUE" in err

@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from .._filters import parse_where
 from .._items import ITEM_STATUSES, item_status
 from ..errors import InvalidInputError, PickleNotAllowedError
 from ..manager import CheckpointManager
@@ -48,7 +49,7 @@ def _add_ls(sub: Any) -> argparse.ArgumentParser:
         sub,
         "ls",
         "list checkpoints, newest first (or as a tree)",
-        "ckptlite ls --process geo-run --level step --since 2d",
+        "ckptlite ls --process geo-run --level step --since 2d --where crs=EPSG:4326",
     )
     p.add_argument("--process", "-p", metavar="ID", help="only this process_id")
     p.add_argument("--level", "-l", choices=[lv.value for lv in Level], help="only this level")
@@ -61,6 +62,16 @@ def _add_ls(sub: Any) -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help=f"at most N checkpoints (on a terminal: {TERMINAL_ROWS} unless given; 0: all)",
+    )
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only checkpoints whose metadata KEY is VALUE (repeatable)",
+    )
+    p.add_argument(
+        "--tag", action="append", default=[], metavar="TAG", help="only with this tag (repeatable)"
     )
     p.add_argument("--tree", action="store_true", help="draw the parent/child hierarchy")
     p.set_defaults(func=_ls)
@@ -75,12 +86,14 @@ def _ls(ctx: Context) -> int:
     # A person at a terminal sees the newest TERMINAL_ROWS and how many more there
     # are; a pipe or --json gets everything, as before.
     cut = a.limit is None and not ctx.json and not a.tree and ctx.terminal
+    where = dict(parse_where(w) for w in a.where)
+    filters: dict[str, Any] = {"since": a.since, "where": where, "tags": a.tag}
     with ctx.open(reads=True) as mgr:
         query = (a.process, a.level, a.name, a.status)
-        cps = mgr.list(*query, since=a.since, limit=TERMINAL_ROWS + 1 if cut else limit)
+        cps = mgr.list(*query, **filters, limit=TERMINAL_ROWS + 1 if cut else limit)
         more = 0
         if cut and len(cps) > TERMINAL_ROWS:
-            more = len(mgr.list(*query, since=a.since)) - TERMINAL_ROWS
+            more = len(mgr.list(*query, **filters)) - TERMINAL_ROWS
             cps = cps[:TERMINAL_ROWS]
         if a.tree:
             return _tree(ctx, mgr, cps)
