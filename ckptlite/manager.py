@@ -412,6 +412,7 @@ class CheckpointManager:
         # positions that do not move when older checkpoints are removed.
         with _retention.slot_lock(cp):
             saved = self._store(_retention.stamp_position(self.backend, cp), encoded)
+            _retention.remember_position(self.backend, saved)
         if policy is not None:
             _retention.prune_slot(self.backend, policy, saved)  # logs, never raises
         return saved
