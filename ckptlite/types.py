@@ -36,6 +36,15 @@ DEFAULT_HASH = "blake3"
 LEGACY_HASH = "sha256"
 
 
+def _short(value: object) -> str:
+    """Return a bounded repr: bytes by their size, long text cut (reprs reach logs)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, str) and len(value) > 80:
+        return repr(value[:77] + "...")
+    return repr(value)
+
+
 class Level(StrEnum):
     """Where a checkpoint sits in a pipeline: PIPELINE > STAGE > STEP > SUBSTEP."""
 
@@ -94,6 +103,12 @@ class StoredChunk:
     def stored_size(self) -> int:
         return len(self.data)
 
+    def __repr__(self) -> str:
+        return (
+            f"StoredChunk(digest={self.digest!r}, size={self.size}, codec={self.codec}, "
+            f"data={_short(self.data)})"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class StoredRecord:
@@ -106,6 +121,12 @@ class StoredRecord:
     payload: bytes
     manifest: bytes
     digests: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return (
+            f"StoredRecord(checkpoint={self.checkpoint!r}, payload={_short(self.payload)}, "
+            f"manifest={_short(self.manifest)}, digests=<{len(self.digests)} digests>)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +241,12 @@ class ItemMark(NamedTuple):
     state: bytes | None = None
     error: str | None = None
 
+    def __repr__(self) -> str:
+        return (
+            f"ItemMark(group={self.group!r}, item_id={self.item_id!r}, ok={self.ok}, "
+            f"state={_short(self.state)}, error={_short(self.error)})"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ItemRecord:
@@ -236,12 +263,8 @@ class ItemRecord:
 
     def __repr__(self) -> str:
         # Bounded: the state may be megabytes, and a repr lands in logs and tracebacks.
-        state = "None" if self.state is None else f"<{len(self.state)} bytes>"
-        error = (
-            self.error if self.error is None or len(self.error) <= 80 else self.error[:77] + "..."
-        )
         return (
             f"ItemRecord(run_id={self.run_id!r}, group={self.group!r}, item_id={self.item_id!r}, "
-            f"ok={self.ok}, attempts={self.attempts}, error={error!r}, state={state}, "
-            f"changed={self.changed})"
+            f"ok={self.ok}, attempts={self.attempts}, error={_short(self.error)}, "
+            f"state={_short(self.state)}, changed={self.changed})"
         )

@@ -36,3 +36,7 @@ def test_reprs_are_bounded() -> None:
     text = repr(item)
     assert len(text) < 400
     assert "138000 bytes" in text and "'t7'" in text and "attempts=3" in text
+    from ckptlite.types import ItemMark, StoredChunk
+
+    assert len(repr(ItemMark("g", "i", True, b"\0" * 100_000, None))) < 200
+    assert len(repr(StoredChunk("d" * 64, 1 << 20, 1, b"\0" * (1 << 20)))) < 250
