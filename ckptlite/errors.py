@@ -98,9 +98,10 @@ class CorruptCheckpointError(CkptliteError):
 
 class UnsupportedTypeError(CkptliteError, TypeError):
     default_hint = (
-        "Convert the value to a supported type (None, bool, int, float, str, bytes, list, "
-        "tuple, dict, datetime, date, UUID, numpy arrays), or open the store with "
-        "allow_pickle=True if you trust everyone who can write to it."
+        "Convert the value to a supported type (see the README's 'What a state may hold': "
+        "builtins and containers, datetime/timedelta, UUID, Decimal, paths, numpy (masked) "
+        "arrays, pandas and xarray values), or open the store with allow_pickle=True if you "
+        "trust everyone who can write to it."
     )
 
 

@@ -3,8 +3,11 @@
 Records and reports become plain dicts (enums as their values, datetimes as
 ISO 8601 UTC strings, tuples as lists). States (``ckptlite cat``) become JSON
 with tagged objects for what JSON lacks: ``{"__type__": "ndarray", ...}``,
-``{"__type__": "bytes", ...}``; arrays and long bytes are summarised unless
-``full``. Non-finite floats become the strings ``"nan"``, ``"inf"``, ``"-inf"``.
+``{"__type__": "bytes", ...}``, ``masked_array``, ``set``, ``frozenset``,
+``timedelta``, ``DataFrame``, ``Series``, ``Index``, ``DataArray``, ``Dataset``;
+arrays, tables and long bytes are summarised unless ``full``. Decimals, paths and
+complex numbers become strings; non-finite floats the strings ``"nan"``, ``"inf"``,
+``"-inf"``.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import json
 import math
+import pathlib
 import sys
 import uuid
 import warnings
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from enum import Enum
 from typing import Any
 
@@ -110,14 +116,25 @@ def state_view(state: Any, *, full: bool = False) -> Any:
         return state.isoformat()
     if isinstance(state, uuid.UUID):
         return str(state)
-    if isinstance(state, complex):
+    if isinstance(state, complex | Decimal | pathlib.PurePath):
         return str(state)
+    if isinstance(state, timedelta):
+        return {"__type__": "timedelta", "seconds": state.total_seconds(), "text": str(state)}
+    if isinstance(state, set | frozenset):
+        return {"__type__": type(state).__name__, "items": _sorted_views(state, full)}
     np = sys.modules.get("numpy")
     if np is not None:
+        if isinstance(state, np.ma.MaskedArray):
+            return _masked_view(np, state, full)
         if isinstance(state, np.ndarray):
             return _array_view(np, state, full)
         if isinstance(state, np.generic):
             return state_view(state.item(), full=full)
+        if isinstance(state, np.dtype):
+            return str(state)
+    table = _table_view(state, full)
+    if table is not None:
+        return table
     return {"__type__": "object", "class": type(state).__qualname__, "repr": repr(state)[:200]}
 
 
@@ -131,4 +148,109 @@ def _array_view(np: Any, arr: Any, full: bool) -> dict[str, Any]:
         out["max"] = state_view(hi.item())
     if full:
         out["data"] = state_view(arr.tolist(), full=True)
+    return out
+
+
+def _sorted_views(items: set[Any] | frozenset[Any], full: bool) -> list[Any]:
+    views = [state_view(v, full=full) for v in items]
+    try:
+        return sorted(views)
+    except TypeError:  # mixed kinds: sorted by their JSON text instead
+        return sorted(views, key=lambda v: json.dumps(v, sort_keys=True, default=str))
+
+
+def _masked_view(np: Any, arr: Any, full: bool) -> dict[str, Any]:
+    out = _array_view(np, arr.compressed(), full=False)  # min and max of the valid values
+    out.update(
+        {
+            "__type__": "masked_array",
+            "shape": list(arr.shape),
+            "masked": int(np.ma.count_masked(arr)),
+            "fill_value": state_view(np.asarray(arr.fill_value).tolist()),
+        }
+    )
+    if full:
+        out["data"] = state_view(arr.tolist(), full=True)  # masked values as null
+    return out
+
+
+def _table_view(value: Any, full: bool) -> dict[str, Any] | None:
+    """Return a pandas or xarray value's summary, or None if ``value`` is neither."""
+    pd = sys.modules.get("pandas")
+    if pd is not None:
+        if isinstance(value, pd.DataFrame):
+            out: dict[str, Any] = {
+                "__type__": "DataFrame",
+                "shape": list(value.shape),
+                "columns": [
+                    {"name": state_view(n), "dtype": str(d)}
+                    for n, d in zip(value.columns, value.dtypes, strict=True)
+                ],
+                "index": _index_view(value.index),
+            }
+            if full:
+                out["data"] = [
+                    state_view(value.iloc[:, i].tolist(), full=True) for i in range(value.shape[1])
+                ]
+                out["index"]["values"] = state_view(value.index.tolist(), full=True)
+            return out
+        if isinstance(value, pd.Series):
+            out = {
+                "__type__": "Series",
+                "name": state_view(value.name),
+                "dtype": str(value.dtype),
+                "length": len(value),
+                "index": _index_view(value.index),
+            }
+            if full:
+                out["data"] = state_view(value.tolist(), full=True)
+                out["index"]["values"] = state_view(value.index.tolist(), full=True)
+            return out
+        if isinstance(value, pd.Index):
+            out = _index_view(value)
+            out["__type__"] = "Index"
+            if full:
+                out["values"] = state_view(value.tolist(), full=True)
+            return out
+    xr = sys.modules.get("xarray")
+    if xr is not None:
+        if isinstance(value, xr.DataArray):
+            out = {"__type__": "DataArray", "name": state_view(value.name)}
+            out.update(_variable_view(value.variable, full))
+            out["coords"] = {
+                str(n): _variable_view(c.variable, full) for n, c in value.coords.items()
+            }
+            return out
+        if isinstance(value, xr.Dataset):
+            return {
+                "__type__": "Dataset",
+                "dims": {str(d): int(n) for d, n in value.sizes.items()},
+                "data_vars": {
+                    str(n): _variable_view(v.variable, full) for n, v in value.data_vars.items()
+                },
+                "coords": {
+                    str(n): _variable_view(c.variable, full) for n, c in value.coords.items()
+                },
+                "attrs": state_view(dict(value.attrs), full=full),
+            }
+    return None
+
+
+def _index_view(idx: Any) -> dict[str, Any]:
+    return {
+        "class": type(idx).__name__,
+        "names": state_view(list(idx.names)),
+        "dtype": str(idx.dtype),
+        "length": len(idx),
+    }
+
+
+def _variable_view(var: Any, full: bool) -> dict[str, Any]:
+    import numpy as np
+
+    out = _array_view(np, np.asarray(var.values), full)
+    out.pop("__type__")
+    out["dims"] = [str(d) for d in var.dims]
+    if var.attrs:
+        out["attrs"] = state_view(dict(var.attrs), full=full)
     return out

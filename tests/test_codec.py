@@ -6,6 +6,7 @@ import sys
 import uuid
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import PurePosixPath
 from zoneinfo import ZoneInfo
 
 import msgpack
@@ -28,6 +29,11 @@ scalars = (
     | st.uuids()
     | st.dates()
     | st.datetimes(timezones=st.none() | st.timezones())
+    | st.timedeltas()
+    | st.decimals(allow_nan=False)
+    | st.complex_numbers(allow_nan=False)
+    | st.builds(PurePosixPath, st.text(max_size=8))
+    | st.frozensets(st.integers(-5, 5) | st.text(max_size=3), max_size=4)
 )
 states = st.recursive(
     scalars,
@@ -35,6 +41,7 @@ states = st.recursive(
         st.lists(inner, max_size=5)
         | st.lists(inner, max_size=5).map(tuple)
         | st.dictionaries(st.text(max_size=8) | st.integers(-(2**63), 2**63 - 1), inner, max_size=5)
+        | st.sets(st.text(max_size=4) | st.integers(-(2**63), 2**63 - 1), max_size=4)
     ),
     max_leaves=30,
 )
@@ -55,6 +62,9 @@ def same(a: object, b: object) -> bool:
     if isinstance(a, list | tuple):
         assert isinstance(b, list | tuple)
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, Decimal):
+        assert isinstance(b, Decimal)
+        return a.as_tuple() == b.as_tuple()
     if isinstance(a, datetime):
         assert isinstance(b, datetime)
         return a == b and a.utcoffset() == b.utcoffset() and a.fold == b.fold
@@ -155,7 +165,14 @@ class Custom:
 
 @pytest.mark.parametrize(
     "value",
-    [Custom(), {1, 2}, Decimal("1.5"), 2**70, np.array([object()], dtype=object), [1, [Custom()]]],
+    [
+        Custom(),
+        {1, Custom()},
+        range(3),
+        2**70,
+        np.array([object()], dtype=object),
+        [1, [Custom()]],
+    ],
 )
 def test_unsupported_types_raise_typed_error(value: object) -> None:
     with pytest.raises(UnsupportedTypeError) as e:

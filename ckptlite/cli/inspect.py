@@ -239,7 +239,9 @@ def _add_cat(sub: Any) -> argparse.ArgumentParser:
         description="Print a checkpoint's state (every byte verified) as JSON; "
         "RUN/GROUP/ITEM prints the result a run's work item was marked done with "
         "(`ckptlite items RUN` lists them). Arrays show dtype, shape, min and "
-        "max, and bytes longer than 64 show size and sha256, unless --full.",
+        "max (masked arrays: of the valid values), DataFrames shape, columns and dtypes, "
+        "xarray values dims and variables, and bytes longer than 64 show size and sha256, "
+        "unless --full.",
     )
     p.add_argument("id", help="checkpoint id, or RUN/GROUP/ITEM")
     p.add_argument("--full", action="store_true", help="include array data and all bytes")
