@@ -1,9 +1,11 @@
-"""Move a state's bytes between the manager and a backend: chunks and the inline payload.
+"""The packer under the state engine: a state's buffers as chunks, written and read back.
 
-Private to the manager: hashing, compression and verification of chunks run on
-the manager's thread pool; nothing here encodes or decodes a state.
+Private to ``_engine.StateIO``: hashing, compression and verification of chunks
+run on the pool it passes; nothing here encodes or decodes a state, or frames
+its skeleton (``_envelope`` does).
 """
 
+# Performance targets cited as (P1)...(P17): bench/TARGETS.md.
 from __future__ import annotations
 
 import os
@@ -13,8 +15,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
-import zstandard
-
 from . import chunking
 from .backends.base import Backend, Staged
 from .errors import CorruptCheckpointError
@@ -23,14 +23,10 @@ from .types import StoredChunk
 __all__ = [
     "BufferPool",
     "new_buffer",
-    "pack_payload",
     "read_buffers",
-    "unpack_payload",
     "write_buffers",
 ]
 
-_PAYLOAD_RAW = b"\x00"
-_PAYLOAD_ZSTD = b"\x01"
 #: Least bytes of chunks per pool task when saving: a task's chunks share one pack.
 _WRITE_GROUP_BYTES = 8 << 20
 #: Cores to spread a save over. One group per core, not many small ones: groups
@@ -73,7 +69,7 @@ def write_buffers(
     size = chunk_size
     claimed: set[str] = set()
     lock = threading.Lock()
-    equals = getattr(backend, "chunk_equals", None) if previous else None
+    equals = backend.chunk_equals if previous else None
 
     def store(
         group: Sequence[tuple[memoryview, str | None, int]],
@@ -177,7 +173,8 @@ def read_buffers(
 
     Raises:
         CorruptCheckpointError: a chunk is missing or does not match its digest
-            (``context["digests"]`` names every such chunk).
+            (``digests`` names every such chunk).
+        StoreIOError: a chunk cannot be read (permissions, the disk): not damage.
     """
     take = landing.take if landing is not None else new_buffer
     buffers = [take(n) for n in chunking.buffer_sizes(manifest)]
@@ -191,21 +188,14 @@ def read_buffers(
     if not jobs:
         return buffers
 
-    read_into = getattr(backend, "read_chunk_into", None)
-    rows_of = getattr(backend, "chunk_rows", None)
     # Every row in one query on this thread, not one per chunk from the pool
     # threads. A missing one is looked up again by the read, which reports it.
-    rows = rows_of(d for d, _, _ in jobs) if rows_of is not None and read_into else {}
+    rows = backend.chunk_rows(d for d, _, _ in jobs)
 
     def fetch(job: tuple[str, int, memoryview]) -> CorruptCheckpointError | None:
         digest, n, out = job
         try:
-            if read_into is not None and rows:
-                chunk = read_into(digest, out, rows.get(digest))
-            elif read_into is not None:
-                chunk = read_into(digest, out)
-            else:
-                chunk = backend.read_chunk(digest)
+            chunk = backend.read_chunk_into(digest, out, rows.get(digest))
             if chunk.size != n:
                 raise CorruptCheckpointError(f"chunk {digest} has the wrong size", digest=digest)
             chunking.restore_chunk_into(chunk, out, algo)
@@ -218,9 +208,9 @@ def read_buffers(
     errors = [e for e in (map(fetch, jobs) if len(jobs) == 1 else pool.map(fetch, jobs)) if e]
     if errors:
         first = errors[0]
-        bad = tuple(dict.fromkeys(d for e in errors if (d := e.context.get("digest"))))
+        bad = tuple(dict.fromkeys(e.digest for e in errors if e.digest))
         raise CorruptCheckpointError(
-            first.message, hint=first.hint, **{**first.context, "digests": bad}
+            first.message, hint=first.hint, **{**first.facts(), "digests": bad}
         ) from first
     return buffers
 
@@ -300,29 +290,3 @@ def _numpy() -> Any:
     except ImportError:  # numpy is optional: bytes states load without it
         return None
     return numpy
-
-
-def pack_payload(skeleton: bytes) -> bytes:
-    n = len(skeleton)
-    if n >= 4096:
-        packed = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(skeleton)
-        if len(packed) < n * 7 // 8:
-            return _PAYLOAD_ZSTD + packed
-    return _PAYLOAD_RAW + skeleton
-
-
-def unpack_payload(payload: bytes, limit: int) -> bytes | memoryview:
-    kind, body = payload[:1], memoryview(payload)[1:]
-    if kind == _PAYLOAD_RAW:
-        return body
-    if kind == _PAYLOAD_ZSTD:
-        try:
-            size = zstandard.frame_content_size(body)
-            # Capped at the checkpoint's recorded size, and at what the frame's bytes can
-            # give (both sizes are only declared): a bomb fails before allocating.
-            if size < 0 or size > min(limit, len(body) * chunking.ZSTD_MAX_RATIO):
-                raise CorruptCheckpointError("state payload declares an impossible size")
-            return zstandard.ZstdDecompressor().decompress(body, max_output_size=size)
-        except zstandard.ZstdError as e:
-            raise CorruptCheckpointError(f"state payload does not decompress: {e}") from e
-    raise CorruptCheckpointError("state payload has an unknown format")

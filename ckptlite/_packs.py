@@ -1,6 +1,6 @@
 """Packs appended to by this process (``PackAppender``); ``BlobDir.write_pack`` writes whole ones.
 
-``BlobDir.appender`` hands them out and keeps the pool of open packs; they
+``appender`` hands them out; ``BlobDir`` keeps the pool of open packs; they
 write through its directory descriptors, so nothing they do follows a symlink.
 See ``blobs`` for the layout and the locking.
 """
@@ -12,20 +12,11 @@ import os
 import secrets
 
 from . import _faults
-from .blobs import _CREATE_FLAGS, _PACKS, _TMP, BlobDir, _os_errors, _start_writeback
+from ._blobfs import CREATE_FLAGS, PACKS, TMP, OpenPack, os_errors, start_writeback
+from .blobs import BlobDir
 from .errors import StoreLayoutError
 
-__all__ = ["PackAppender"]
-
-
-class _OpenPack:
-    """A pack file this process holds flocked: ``size`` bytes durable, ``end`` written."""
-
-    __slots__ = ("end", "fd", "flushed", "linked", "name", "size")
-
-    def __init__(self, name: str, fd: int, size: int, linked: bool) -> None:
-        self.name, self.fd, self.size, self.end, self.linked = name, fd, size, size, linked
-        self.flushed = size  # writeback started (or synced) up to here
+__all__ = ["PackAppender", "appender"]
 
 
 class PackAppender:
@@ -49,7 +40,7 @@ class PackAppender:
     def __init__(self, blobs: BlobDir, limit: int) -> None:
         self.blobs = blobs
         self.limit = limit
-        self._packs: list[_OpenPack] = []  # every pack this group wrote to; the last is current
+        self._packs: list[OpenPack] = []  # every pack this group wrote to; the last is current
         self._starts: list[int] = []  # each one's length before this group appended
 
     def __enter__(self) -> PackAppender:
@@ -76,7 +67,7 @@ class PackAppender:
             self._packs.append(pack)
             self._starts.append(0)
         offset = pack.end
-        with _os_errors(f"writing pack {pack.name}"):
+        with os_errors(f"writing pack {pack.name}"):
             while view.nbytes:
                 n = os.pwrite(pack.fd, view, pack.end)
                 view = view[n:]
@@ -85,20 +76,20 @@ class PackAppender:
                 # Writeback starts now, overlapping the next hash and write: the sync
                 # waits for the tail only. From a group's second chunk on: a one-chunk
                 # save makes no such call (its sync writes the chunk anyway).
-                _start_writeback(pack.fd, pack.flushed, pack.end - pack.flushed)
+                start_writeback(pack.fd, pack.flushed, pack.end - pack.flushed)
                 pack.flushed = pack.end
         _faults.point("pack.after_append" if pack.linked else "blob.after_write")
         return pack.name, offset
 
-    def _create(self) -> _OpenPack:
+    def _create(self) -> OpenPack:
         b = self.blobs
         name = secrets.token_hex(32)
-        with b._dir(_TMP) as tmp_dir, _os_errors(f"creating pack {name}"):
+        with b._dir(TMP) as tmp_dir, os_errors(f"creating pack {name}"):
             # Creating the temp file can hit ENOSPC too (no inode left): same typed error.
-            fd = os.open(_tmp_name(name), _CREATE_FLAGS, b.file_mode, dir_fd=tmp_dir)
+            fd = os.open(_tmp_name(name), CREATE_FLAGS, b.file_mode, dir_fd=tmp_dir)
         fcntl.flock(fd, fcntl.LOCK_EX)  # held while it is open: gc skips it
         os.fchmod(fd, b.file_mode)  # not cut by the umask (see BlobDir._mkdir_at)
-        return _OpenPack(name, fd, 0, False)
+        return OpenPack(name, fd, 0, False)
 
     def sync(self) -> None:
         """Make every appended byte durable: one fdatasync per pack written; a new pack is renamed.
@@ -111,7 +102,7 @@ class PackAppender:
         for pack in self._packs:
             if pack.end == pack.size and pack.linked:
                 continue
-            with _os_errors(f"writing pack {pack.name}"):
+            with os_errors(f"writing pack {pack.name}"):
                 if pack.linked:
                     if b.fsync:
                         os.fdatasync(pack.fd)
@@ -120,7 +111,7 @@ class PackAppender:
                     if b.fsync:
                         os.fsync(pack.fd)
                     _faults.point("blob.after_fsync")
-                    with b._dir(_TMP) as tmp_dir, b._dir(_PACKS) as packs:
+                    with b._dir(TMP) as tmp_dir, b._dir(PACKS) as packs:
                         os.rename(
                             _tmp_name(pack.name), pack.name, src_dir_fd=tmp_dir, dst_dir_fd=packs
                         )
@@ -141,7 +132,7 @@ class PackAppender:
                 os.ftruncate(pack.fd, start)
             except OSError:
                 os.close(pack.fd)  # not trusted again: closed, its tail left to gc
-                self._packs[i] = _OpenPack(pack.name, -1, start, False)
+                self._packs[i] = OpenPack(pack.name, -1, start, False)
                 continue
             pack.size = pack.end = pack.flushed = start
         self.release()
@@ -166,7 +157,7 @@ class PackAppender:
                     # We hold its flock: nobody else appends. Cut what this group added.
                     os.ftruncate(pack.fd, pack.size)
                 else:
-                    with self.blobs._dir(_TMP) as tmp_dir:
+                    with self.blobs._dir(TMP) as tmp_dir:
                         os.unlink(_tmp_name(pack.name), dir_fd=tmp_dir)
             except (OSError, StoreLayoutError):
                 pass
@@ -176,3 +167,15 @@ class PackAppender:
 
 def _tmp_name(name: str) -> str:
     return f"{name[:16]}.{os.getpid()}.pack.tmp"
+
+
+def appender(blobs: BlobDir, limit: int) -> PackAppender:
+    """Return a writer appending to one of this process's open packs of ``blobs``.
+
+    Here, not on ``BlobDir``: this module builds on ``blobs``, never the reverse.
+
+    Raises:
+        ReadOnlyStoreError: the store is open read-only.
+    """
+    blobs._writable("writing a pack")
+    return PackAppender(blobs, limit)

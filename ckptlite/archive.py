@@ -40,6 +40,7 @@ from .backends.local import DB_NAME, forget_store_file
 from .errors import (
     CorruptCheckpointError,
     InvalidInputError,
+    ReadOnlyStoreError,
     StoreFullError,
     StoreIOError,
 )
@@ -120,7 +121,7 @@ def _export(mgr: CheckpointManager, target: Path, progress: Progress | None) -> 
 
     with tempfile.TemporaryDirectory(prefix=".ckptlite-export-", dir=target.parent) as tmp:
         store = Path(tmp) / "store"
-        if hasattr(mgr.backend, "backup"):
+        if mgr.backend.supports_backup:
             mgr.backup(store, progress)  # one consistent snapshot of everything
         else:
             # Made with the store's algorithm: sync then copies chunks without renaming.
@@ -178,7 +179,8 @@ def import_archive(
             declares (nothing unpacked).
         ReadOnlyStoreError: ``mgr`` is open read-only (nothing is unpacked).
     """
-    mgr._refuse_write("import an archive")
+    if mgr.readonly:
+        raise ReadOnlyStoreError(f"{mgr.url} is open read-only: cannot import an archive")
     source = to_path(path, "archive")
     try:
         f = source.open("rb")

@@ -32,49 +32,48 @@ file; it flocks the lock files through read-only descriptors when they exist,
 and every write raises ``ReadOnlyStoreError``.
 """
 
+# Performance targets cited as (P1)...(P17): bench/TARGETS.md.
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
 import os
-import re
 import secrets
 import stat
-import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from . import _faults
+from ._blob_upkeep import BlobUpkeepMixin
+from ._blobfs import (
+    CREATE_FLAGS,
+    DIGEST_RE,
+    DIR_FLAGS,
+    LOCKS,
+    PACKS,
+    POOL_MAX,
+    READ_FLAGS,
+    TMP,
+    OpenPack,
+    os_errors,
+    pieces,
+    pread_into,
+    read_errors,
+    start_writeback,
+)
 from .errors import (
     CorruptCheckpointError,
     ReadOnlyStoreError,
-    StoreFullError,
     StoreIOError,
     StoreLayoutError,
 )
 
-if TYPE_CHECKING:
-    from ._packs import PackAppender, _OpenPack
-
 __all__ = ["BlobDir"]
 
-_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-_SUB_RE = re.compile(r"^[0-9a-f]{2}$")  # a chunk directory of stores written before packs
-_TMP = "tmp"
-_PACKS = "packs"
-_LOCKS = (".lock", ".gate")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-# O_NONBLOCK: a FIFO planted under a pack's name must not block the open.
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-#: Idle open packs a BlobDir keeps for appends (about one per write group in flight).
-_POOL_MAX = 4
 
-
-class BlobDir:
+class BlobDir(BlobUpkeepMixin):
     """Pack files and chunk files under ``root``, named by 64 hex digits only."""
 
     def __init__(
@@ -88,7 +87,7 @@ class BlobDir:
         self.file_mode = 0o660 if group else 0o600
         self._lock_path = root / ".lock"
         # Open packs this process appends to, each flocked while it is open (see PackAppender).
-        self._pool: list[_OpenPack] = []
+        self._pool: list[OpenPack] = []
         self._pool_lock = threading.Lock()
         self._pool_pid = os.getpid()
         if readonly:
@@ -99,11 +98,11 @@ class BlobDir:
         with contextlib.suppress(StoreLayoutError):
             fd = self._open_dir(create=True)
             try:
-                self._mkdir_at(fd, _TMP)
+                self._mkdir_at(fd, TMP)
                 # A pack's rename is only as durable as the directory's entry.
-                if self._mkdir_at(fd, _PACKS) and fsync:
+                if self._mkdir_at(fd, PACKS) and fsync:
                     os.fsync(fd)
-                for lock in _LOCKS:  # the two files gc_lock flocks
+                for lock in LOCKS:  # the two files gc_lock flocks
                     with contextlib.suppress(FileExistsError):  # whatever it is: unsafe() tells
                         flags = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW
                         lock_fd = os.open(lock, flags, self.file_mode, dir_fd=fd)
@@ -147,7 +146,7 @@ class BlobDir:
 
     def _open_dir_at(self, parent: int | None, name: str, shown: str) -> int:
         try:
-            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+            return os.open(name, DIR_FLAGS, dir_fd=parent)
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise self._layout_error(shown, "a symlink or not a directory") from None
@@ -200,7 +199,7 @@ class BlobDir:
         Raises:
             CorruptCheckpointError: ``digest`` is not 64 lowercase hex digits.
         """
-        if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+        if not isinstance(digest, str) or not DIGEST_RE.match(digest):
             raise CorruptCheckpointError(f"not a chunk digest: {digest!r}")
         return self.root / digest[:2] / digest
 
@@ -210,9 +209,9 @@ class BlobDir:
         Raises:
             CorruptCheckpointError: ``name`` is not 64 lowercase hex digits.
         """
-        if not isinstance(name, str) or not _DIGEST_RE.match(name):
+        if not isinstance(name, str) or not DIGEST_RE.match(name):
             raise CorruptCheckpointError(f"not a pack name: {name!r}")
-        return self.root / _PACKS / name
+        return self.root / PACKS / name
 
     def _chunk(self, digest: str) -> tuple[str, str]:
         self.path(digest)  # validates
@@ -220,7 +219,7 @@ class BlobDir:
 
     def _pack(self, name: str) -> tuple[str, str]:
         self.pack_path(name)  # validates
-        return _PACKS, name
+        return PACKS, name
 
     def _lstat(self, sub: str, name: str) -> os.stat_result | None:
         try:
@@ -256,7 +255,7 @@ class BlobDir:
         if self.exists(digest):
             return False
         sub, name = self._chunk(digest)
-        with _os_errors("creating a chunk directory"), self._dir() as fd:
+        with os_errors("creating a chunk directory"), self._dir() as fd:
             if self._mkdir_at(fd, sub) and self.fsync:
                 os.fsync(fd)
         self._write_atomic(sub, name, [data], f"chunk {digest}")
@@ -275,7 +274,7 @@ class BlobDir:
         for part in parts:
             offsets.append(at)
             at += memoryview(part).nbytes
-        self._write_atomic(_PACKS, name, parts, f"pack {name}")
+        self._write_atomic(PACKS, name, parts, f"pack {name}")
         return name, offsets
 
     def copy_pack(self, source: BlobDir, name: str) -> int:
@@ -296,7 +295,7 @@ class BlobDir:
             os.close(fd)
             return 0
         try:  # piece by piece: a pack's size (a sparse file's, say) is not memory to take
-            self._write_atomic(sub, name, _pieces(fd), f"pack {name}")
+            self._write_atomic(sub, name, pieces(fd), f"pack {name}")
         finally:
             os.close(fd)
         st = self._lstat(sub, name)
@@ -304,18 +303,7 @@ class BlobDir:
 
     # -- open packs: appended to by this process ----------------------------------
 
-    def appender(self, limit: int) -> PackAppender:
-        """Return a writer appending to one of this process's open packs (see PackAppender).
-
-        Raises:
-            ReadOnlyStoreError: the store is open read-only.
-        """
-        from ._packs import PackAppender  # here: _packs builds on this module
-
-        self._writable("writing a pack")
-        return PackAppender(self, limit)
-
-    def _checkout(self) -> _OpenPack | None:
+    def _checkout(self) -> OpenPack | None:
         """Take an open pack out of the pool for one writer (None: none is open)."""
         with self._pool_lock:
             if self._pool_pid != os.getpid():
@@ -333,10 +321,10 @@ class BlobDir:
                 os.close(pack.fd)
         return None
 
-    def _checkin(self, pack: _OpenPack, limit: int) -> None:
+    def _checkin(self, pack: OpenPack, limit: int) -> None:
         """Give a writer's pack back to the pool, or close it (full, pool full, forked)."""
         with self._pool_lock:
-            if pack.size < limit and len(self._pool) < _POOL_MAX and self._pool_pid == os.getpid():
+            if pack.size < limit and len(self._pool) < POOL_MAX and self._pool_pid == os.getpid():
                 self._pool.append(pack)
                 return
         os.close(pack.fd)  # the flock goes with it: gc may now collect the pack
@@ -375,14 +363,14 @@ class BlobDir:
         # temp (flocked: gc skips a live writer's) -> write -> fsync -> rename -> dir fsync
         self._writable(f"writing {what}")
         tmp = f"{name[:16]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        with self._dir(_TMP) as tmp_dir, self._dir(sub) as dest:
+        with self._dir(TMP) as tmp_dir, self._dir(sub) as dest:
             # Creating the temp file can hit ENOSPC too (no inode left): same typed error.
-            with _os_errors(f"creating a temp file for {what}"):
-                fd = os.open(tmp, _CREATE_FLAGS, self.file_mode, dir_fd=tmp_dir)
+            with os_errors(f"creating a temp file for {what}"):
+                fd = os.open(tmp, CREATE_FLAGS, self.file_mode, dir_fd=tmp_dir)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 os.fchmod(fd, self.file_mode)  # not cut by the umask (see _mkdir_at)
-                with _os_errors(f"writing {what}"):
+                with os_errors(f"writing {what}"):
                     at = 0
                     for part in parts:
                         view = memoryview(part).cast("B")
@@ -392,7 +380,7 @@ class BlobDir:
                             view = view[n:]
                             at += n
                         if self.fsync:
-                            _start_writeback(fd, start, at - start)
+                            start_writeback(fd, start, at - start)
                     _faults.point("blob.after_write")
                     if self.fsync:
                         os.fsync(fd)
@@ -406,7 +394,7 @@ class BlobDir:
             finally:
                 os.close(fd)
             if self.fsync:
-                with _os_errors(f"syncing the directory of {what}"):
+                with os_errors(f"syncing the directory of {what}"):
                     os.fsync(dest)
 
     # -- reading ------------------------------------------------------------------
@@ -426,7 +414,10 @@ class BlobDir:
                     f"chunk file {digest} holds {size} bytes, more than any chunk",
                     digest=digest,
                 )
-            with os.fdopen(fd, "rb", closefd=False) as f:
+            with (
+                read_errors(f"chunk {digest}", digest, "/".join(self._chunk(digest))),
+                os.fdopen(fd, "rb", closefd=False) as f,
+            ):
                 return f.read()
         finally:
             os.close(fd)
@@ -443,8 +434,9 @@ class BlobDir:
         """
         fd = self._open_file(*self._chunk(digest), f"chunk {digest}", digest)
         try:
-            got = _pread_into(fd, out, 0)
-            return got + (len(os.pread(fd, 1, got)) if got == out.nbytes else 0)
+            with read_errors(f"chunk {digest}", digest, "/".join(self._chunk(digest))):
+                got = pread_into(fd, out, 0)
+                return got + (len(os.pread(fd, 1, got)) if got == out.nbytes else 0)
         finally:
             os.close(fd)
 
@@ -468,7 +460,8 @@ class BlobDir:
                     digest=digest,
                 )
             out = memoryview(bytearray(n))
-            got = _pread_into(fd, out, offset)
+            with read_errors(f"chunk {digest} (pack {name})", digest, "/".join(self._pack(name))):
+                got = pread_into(fd, out, offset)
         finally:
             os.close(fd)
         if got != n:
@@ -485,7 +478,8 @@ class BlobDir:
         """
         fd = self._open_file(*self._pack(name), f"chunk {digest} (pack {name})", digest)
         try:
-            return _pread_into(fd, out, offset)
+            with read_errors(f"chunk {digest} (pack {name})", digest, "/".join(self._pack(name))):
+                return pread_into(fd, out, offset)
         finally:
             os.close(fd)
 
@@ -502,7 +496,7 @@ class BlobDir:
         try:
             parent = self._open_dir(sub)
             try:
-                fd = os.open(name, _READ_FLAGS, dir_fd=parent)
+                fd = os.open(name, READ_FLAGS, dir_fd=parent)
             finally:
                 os.close(parent)
         except FileNotFoundError:
@@ -511,342 +505,28 @@ class BlobDir:
             raise CorruptCheckpointError(
                 f"{what} cannot be read: {e.message}", hint=e.hint, digest=digest
             ) from None
-        except PermissionError:
-            raise CorruptCheckpointError(
+        except PermissionError as e:
+            # Unreadable is not damaged: the bytes may be intact, so this stays an I/O
+            # error and never marks a checkpoint CORRUPTED.
+            raise StoreIOError(
                 f"{what} cannot be read: permission denied",
                 hint="Give the store's files back to the user that writes it (chown/chmod), "
-                "then `ckptlite verify --full` marks the checkpoint valid again.",
+                "then retry.",
                 digest=digest,
-            ) from None
+                path=f"{sub}/{name}",
+            ) from e
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise CorruptCheckpointError(
                     f"{what} is a symlink; refusing to follow it", digest=digest
                 ) from None
-            raise
+            raise StoreIOError(
+                f"{what} cannot be read: {e.strerror or e}",
+                hint="Check the store's disk and permissions, then retry.",
+                digest=digest,
+                path=f"{sub}/{name}",
+            ) from e
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise CorruptCheckpointError(f"{what} is not a regular file", digest=digest)
         return fd
-
-    # -- walking and removing -----------------------------------------------------
-
-    def remove(self, digest: str) -> int:
-        """Unlink a chunk file; return the bytes freed (0 if it was gone).
-
-        Raises:
-            StoreLayoutError: its directory is a symlink (nothing is removed).
-        """
-        self._writable(f"removing chunk {digest}")
-        return self._unlink(*self._chunk(digest))
-
-    def remove_pack(self, name: str) -> int:
-        """Unlink a pack file; return the bytes freed (0 if it was gone).
-
-        Raises:
-            StoreLayoutError: ``packs/`` is a symlink (nothing is removed).
-        """
-        self._writable(f"removing pack {name}")
-        return self._unlink(*self._pack(name))
-
-    def truncate_pack(self, name: str, length: int) -> int:
-        """Cut pack ``name`` down to ``length`` bytes (its dead tail); return the bytes freed.
-
-        Only for a pack no writer holds (see ``pack_busy``) and no row names past ``length``.
-
-        Raises:
-            StoreLayoutError: ``packs/`` is a symlink (nothing is changed).
-        """
-        self._writable(f"truncating pack {name}")
-        sub, name = self._pack(name)
-        try:
-            with self._dir(sub) as parent:
-                fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent)
-        except OSError:
-            return 0  # gone, or a link (verify reports it): nothing of ours to cut
-        try:
-            size = os.fstat(fd).st_size
-            if not stat.S_ISREG(os.fstat(fd).st_mode) or size <= length:
-                return 0
-            with _os_errors(f"truncating pack {name}"):
-                os.ftruncate(fd, length)
-            return size - length
-        finally:
-            os.close(fd)
-
-    def _unlink(self, sub: str, name: str) -> int:
-        # A symlink itself goes (unlink never follows the last component); a
-        # directory under a pack's name is left for verify to report.
-        try:
-            with self._dir(sub) as parent:
-                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    return 0
-                os.unlink(name, dir_fd=parent)
-        except FileNotFoundError:
-            return 0
-        return st.st_size if stat.S_ISREG(st.st_mode) else 0
-
-    def digests(self) -> list[tuple[str, int]]:
-        """Return (digest, size) of every chunk file on disk (a link's size is 0).
-
-        Chunk directories that are symlinks are skipped (``unsafe`` lists them).
-        """
-        found: list[tuple[str, int]] = []
-        try:
-            top = self._open_dir()
-        except (FileNotFoundError, StoreLayoutError):
-            return found
-        try:
-            for sub in _scan(top):
-                if not (_SUB_RE.match(sub.name) and sub.is_dir(follow_symlinks=False)):
-                    continue
-                try:
-                    fd = self._open_dir_at(top, sub.name, f"{self.root.name}/{sub.name}")
-                except (FileNotFoundError, StoreLayoutError):
-                    continue
-                try:
-                    found += _files(fd, sub.name)
-                finally:
-                    os.close(fd)
-        finally:
-            os.close(top)
-        return found
-
-    def packs(self) -> list[tuple[str, int]]:
-        """Return (name, size) of every pack file on disk (a link's size is 0).
-
-        Nothing if ``packs/`` is missing or a symlink (``unsafe`` lists it).
-        """
-        try:
-            fd = self._open_dir(_PACKS)
-        except (FileNotFoundError, StoreLayoutError):
-            return []
-        try:
-            return _files(fd, "")
-        finally:
-            os.close(fd)
-
-    def unsafe(self) -> list[str]:
-        """List what is a symlink or of the wrong type where the store keeps its own.
-
-        Paths relative to the store: ``blobs`` itself, ``packs``, ``tmp``, chunk
-        directories, lock files, and entries named like packs or chunks. Nothing
-        is followed.
-        """
-        top_name = self.root.name
-        try:
-            top = self._open_dir()
-        except FileNotFoundError:
-            return []
-        except StoreLayoutError:
-            return [top_name]
-        found: list[str] = []
-        try:
-            for entry in _scan(top):
-                name, shown = entry.name, f"{top_name}/{entry.name}"
-                if name in _LOCKS:
-                    if not entry.is_file(follow_symlinks=False):
-                        found.append(shown)
-                    continue
-                if name not in (_TMP, _PACKS) and not _SUB_RE.match(name):
-                    continue
-                if not entry.is_dir(follow_symlinks=False):
-                    found.append(shown)
-                    continue
-                if name == _TMP:
-                    continue
-                try:
-                    fd = self._open_dir_at(top, name, shown)
-                except FileNotFoundError:
-                    continue
-                except StoreLayoutError:
-                    found.append(shown)
-                    continue
-                try:
-                    with os.scandir(fd) as it:
-                        for f in it:
-                            ours = name == _PACKS or f.name[:2] == name
-                            if (
-                                ours
-                                and _DIGEST_RE.match(f.name)
-                                and not f.is_file(follow_symlinks=False)
-                            ):
-                                found.append(f"{shown}/{f.name}")
-                finally:
-                    os.close(fd)
-        finally:
-            os.close(top)
-        return sorted(found)
-
-    def collect_temps(self, dry_run: bool) -> list[tuple[str, int]]:
-        """Remove temp files whose writer is gone (their flock is free); return (name, size).
-
-        ``dry_run`` only lists them.
-
-        Raises:
-            StoreLayoutError: ``tmp/`` is a symlink (nothing is removed).
-        """
-        found: list[tuple[str, int]] = []
-        try:
-            parent = self._open_dir(_TMP)
-        except FileNotFoundError:
-            return found
-        try:
-            for entry in _scan(parent):
-                if not entry.is_file(follow_symlinks=False):
-                    continue  # not a temp file of ours (a link is never followed)
-                try:
-                    fd = os.open(entry.name, _READ_FLAGS, dir_fd=parent)
-                except OSError:
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    found.append((entry.name, os.fstat(fd).st_size))
-                    if not dry_run:
-                        with contextlib.suppress(OSError):
-                            os.unlink(entry.name, dir_fd=parent)
-                except BlockingIOError:
-                    continue  # a live writer holds it
-                finally:
-                    os.close(fd)
-        finally:
-            os.close(parent)
-        return found
-
-    @contextlib.contextmanager
-    def gc_lock(self, exclusive: bool) -> Iterator[None]:
-        """Hold ``blobs/.lock``: shared for saves, exclusive for gc.
-
-        flock gives a waiting exclusive locker no priority: with saves always
-        overlapping, gc would wait forever. So both pass ``blobs/.gate`` first,
-        gc holding it exclusive until it has the lock, which holds new saves back
-        while the running ones finish. Read-only, the lock files are opened read-only
-        (flock needs no write access) and, where absent, nothing is locked.
-
-        Raises:
-            StoreLayoutError: ``blobs/`` or a lock file is a symlink.
-        """
-        if self.readonly:
-            with self._read_only_lock(exclusive):
-                yield
-            return
-        with self._dir() as parent:
-            fd = self._open_lock(parent, _LOCKS[0])
-            try:
-                gate = self._open_lock(parent, _LOCKS[1])
-            except BaseException:
-                os.close(fd)
-                raise
-        try:
-            try:
-                fcntl.flock(gate, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            finally:
-                os.close(gate)
-            yield
-        finally:
-            os.close(fd)
-
-    @contextlib.contextmanager
-    def _read_only_lock(self, exclusive: bool) -> Iterator[None]:
-        fds: list[int] = []
-        try:
-            try:
-                parent = self._open_dir()
-            except FileNotFoundError:
-                parent = -1  # a bare snapshot without blobs/: no process writes to it
-            try:
-                for name in (_LOCKS[1], _LOCKS[0]):  # the gate first, as gc_lock
-                    if parent < 0:
-                        break
-                    try:
-                        fd = os.open(name, _READ_FLAGS, dir_fd=parent)
-                    except OSError:
-                        continue  # absent (a bare snapshot): no process writes to it
-                    fds.append(fd)
-                    fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            finally:
-                if parent >= 0:
-                    os.close(parent)
-            for fd in fds[:-1]:  # the gate is released once the lock is held
-                os.close(fd)
-            fds = fds[-1:]
-            yield
-        finally:
-            for fd in fds:
-                os.close(fd)
-
-
-def _scan(fd: int) -> list[os.DirEntry[str]]:
-    with os.scandir(fd) as it:
-        return list(it)
-
-
-def _files(parent: int, prefix: str) -> list[tuple[str, int]]:
-    """(name, size) of the non-directories named like a digest starting with ``prefix``.
-
-    A link's (or other non-regular file's) size is 0.
-    """
-    found: list[tuple[str, int]] = []
-    for entry in _scan(parent):
-        if not _DIGEST_RE.match(entry.name) or not entry.name.startswith(prefix):
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            found.append((entry.name, st.st_size if stat.S_ISREG(st.st_mode) else 0))
-    return found
-
-
-def _pieces(fd: int, size: int = 8 << 20) -> Iterator[bytes]:
-    while data := os.read(fd, size):
-        yield data
-
-
-def _pread_into(fd: int, out: memoryview, offset: int) -> int:
-    got = 0
-    while got < out.nbytes:
-        n = os.preadv(fd, [out[got:]], offset + got)
-        if not n:
-            break
-        got += n
-    return got
-
-
-_sync_file_range: Any = None
-
-
-def _start_writeback(fd: int, offset: int, n: int) -> None:
-    """Ask the kernel to start writing a range to disk now, without waiting.
-
-    The fsync at the end then waits for the tail only: writeback of the first
-    chunks overlaps hashing and writing of the next ones (P3). Linux only; a
-    no-op elsewhere, and its errors are left to the fsync that follows.
-    """
-    global _sync_file_range
-    if _sync_file_range is None:
-        _sync_file_range = False
-        if sys.platform.startswith("linux"):
-            import ctypes  # here, not at the top: ``import ckptlite`` stays light
-
-            fn = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
-            if fn is not None:
-                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-                _sync_file_range = fn
-    if _sync_file_range and n:
-        _sync_file_range(fd, offset, n, 2)  # SYNC_FILE_RANGE_WRITE
-
-
-@contextlib.contextmanager
-def _os_errors(what: str) -> Iterator[None]:
-    try:
-        yield
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreFullError(f"{what}: the disk is full") from e
-        if e.errno == errno.EIO:
-            raise StoreIOError(f"{what}: I/O error") from e
-        raise

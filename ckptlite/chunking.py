@@ -217,7 +217,7 @@ def _wide_tmp(np: Any, k: int) -> Any:
     if cache is None:
         cache = _local.wide = {}
     tmp = cache.get(k)
-    if tmp is None:
+    if tmp is None or tmp.size < _BLOCK:  # a block size changed (tests do): never too small
         tmp = cache[k] = np.empty(_BLOCK, np.dtype(f"<u{k}"))
     return tmp
 

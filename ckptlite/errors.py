@@ -57,19 +57,54 @@ __all__ = [
 class CkptliteError(Exception):
     """Root of every error ckptlite raises on purpose.
 
-    ``hint`` says what to do about it; ``context`` holds the facts (ids, paths).
+    ``hint`` says what to do about it. The facts are typed attributes, None when
+    they do not apply: ``checkpoint_id``, ``digest`` (one chunk), ``digests`` (every
+    chunk concerned), ``path`` (relative to the store, or a user's path) and
+    ``run_id``. ``context`` is the same facts as a dict (those that are set).
     """
 
     default_hint = "See the ckptlite README."
 
-    def __init__(self, message: str, *, hint: str | None = None, **context: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        checkpoint_id: str | None = None,
+        digest: str | None = None,
+        digests: tuple[str, ...] | None = None,
+        path: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint or self.default_hint
-        self.context = context
+        self.checkpoint_id = checkpoint_id
+        self.digest = digest
+        self.digests = digests
+        self.path = path
+        self.run_id = run_id
         # The hint is a note, not part of str(): a traceback shows it once, and whoever
         # prints the message and then the hint (the CLI does) does not repeat it.
         self.add_note(f"hint: {self.hint}")
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """Return the facts that are set, by name (a read-only view of the attributes)."""
+        names = ("checkpoint_id", "digest", "digests", "path", "run_id", *self._extra)
+        return {n: v for n in names if (v := getattr(self, n)) is not None}
+
+    _extra: tuple[str, ...] = ()
+
+    def facts(self) -> dict[str, Any]:
+        """Return the base facts as keyword arguments, to raise a wrapping error with them."""
+        return {
+            "checkpoint_id": self.checkpoint_id,
+            "digest": self.digest,
+            "digests": self.digests,
+            "path": self.path,
+            "run_id": self.run_id,
+        }
 
     def __str__(self) -> str:
         return self.message
@@ -97,6 +132,14 @@ class CorruptCheckpointError(CkptliteError):
 
 
 class UnsupportedTypeError(CkptliteError, TypeError):
+    """The codec has no encoding for a value; ``type_name`` names its type."""
+
+    _extra = ("type_name",)
+
+    def __init__(self, message: str, *, type_name: str | None = None, **facts: Any) -> None:
+        super().__init__(message, **facts)
+        self.type_name = type_name
+
     default_hint = (
         "Convert the value to a supported type (see the README's 'What a state may hold': "
         "builtins and containers, datetime/timedelta, UUID, Decimal, paths, numpy (masked) "
@@ -148,9 +191,9 @@ class MissingChunksError(StoreError):
 
     default_hint = "Write the chunks again, then retry the commit."
 
-    def __init__(self, message: str, *, digests: tuple[str, ...], **context: Any) -> None:
-        super().__init__(message, **context)
-        self.digests = digests
+    def __init__(self, message: str, *, digests: tuple[str, ...], **facts: Any) -> None:
+        super().__init__(message, digests=tuple(digests), **facts)
+        self.digests: tuple[str, ...] = tuple(digests)
 
 
 class StoreLayoutError(StoreError):
@@ -201,10 +244,19 @@ class UnsafePickleError(LegacyFormatError):
         "yourself and save the state with ckptlite."
     )
 
-    def __init__(self, message: str, *, class_name: str, **context: Any) -> None:
-        super().__init__(message, class_name=class_name, **context)
+    _extra = ("class_name",)
+
+    def __init__(self, message: str, *, class_name: str, **facts: Any) -> None:
+        super().__init__(message, **facts)
         self.class_name = class_name
 
 
 class SyncError(CkptliteError):
+    """A sync failed part-way; ``report`` (a SyncReport, or None) holds what was done."""
+
     default_hint = "Rerun the sync: it resumes where it stopped and copies nothing twice."
+    _extra = ("report",)
+
+    def __init__(self, message: str, *, report: Any = None, **facts: Any) -> None:
+        super().__init__(message, **facts)
+        self.report = report

@@ -1,30 +1,28 @@
-"""The checkpoint manager: the one place that encodes and decodes states.
+"""The checkpoint manager: the front of a store, where states are encoded and decoded.
 
-A save is one straight line: ``save`` checks its arguments and encodes the state
-(``codec``); ``_commit_encoded`` hands it to ``_store``, where ``_chunkio``, the one
-module that moves bytes to the backend, writes the chunks and ``backend.commit``
-commits the record; then ``_retention`` prunes the slot, after the commit. Helpers
-(``_chunkio``, ``_retention``, ``_async``, ``runs``, ``process``) are passed what they
-need (the backend, a callable, an object a Protocol describes) and never import
-this module back: tests/test_init.py guards it.
+A save reads top to bottom, one layer per step: ``save`` checks its arguments
+(``_new_checkpoint``) and encodes the state (``codec``); ``_commit_encoded`` hands
+it to the state engine (``_engine.StateIO.save``: chunks, record, commit), then
+prunes the slot (``_retention``, given the backend). ``load`` is the reverse:
+``backend.get_record``, then ``StateIO.read``. Helpers are passed what they need
+(the backend, the engine, a write function) and never import this module back:
+tests/test_imports.py walks the imports and fails on a cycle.
 """
 
 from __future__ import annotations
 
-import builtins
-import contextlib
 import dataclasses
 import os
-import shutil
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from . import _async, _chunkio, _filters, _inputs, _items, _retention, chunking, codec
+from . import _async, _filters, _inputs, _retention, codec
 from . import config as _config
-from ._paths import os_error, to_path
+from ._engine import StateIO
+from ._pipelines import Pipelines
 from ._stores import (
     check_options,
     check_policy,
@@ -32,30 +30,22 @@ from ._stores import (
     resolve_url,
     store_is_read_only,
 )
+from ._upkeep import Upkeep
 from .backends.base import Backend, ListQuery, dump_metadata
 from .errors import (
     CheckpointNotFoundError,
     ConfigError,
     CorruptCheckpointError,
     InvalidInputError,
-    MissingChunksError,
-    ReadOnlyStoreError,
 )
 from .ids import generate_checkpoint_id
-from .policies import CheckpointPolicy, RetentionReport
-from .process import ResumableProcess, resume_process, set_default_manager
-from .runs import Run, open_run
+from .policies import CheckpointPolicy
+from .process import set_default_manager
 from .types import (
-    BackupReport,
     Checkpoint,
-    GcReport,
-    ItemRecord,
     Level,
-    RunRecord,
     Status,
     StorageConfig,
-    StoredRecord,
-    VerifyReport,
 )
 
 __all__ = [
@@ -69,9 +59,6 @@ __all__ = [
 #: Chunk threads. Their work is half I/O (fsync waits on the disk), so more than the
 #: cores: on 2 cores, 8 threads saved 64 MiB in 0.6x the time 2 threads took.
 _POOL_THREADS = max(8, 2 * (os.cpu_count() or 2))
-#: States with fewer buffer bytes are hashed outright: the lookup of the slot's latest
-#: manifest (~0.5 ms) would eat most of what comparing instead of hashing saves.
-_COMPARE_MIN = 4 << 20
 
 
 def open_store(
@@ -168,7 +155,7 @@ def open_store(
         raise
 
 
-class CheckpointManager:
+class CheckpointManager(Upkeep, Pipelines):
     """Save, load and find checkpoints in one store. Safe to share between threads."""
 
     def __init__(
@@ -194,7 +181,6 @@ class CheckpointManager:
         #: Opened with ``readonly=True``: every write raises ReadOnlyStoreError.
         self.readonly = config.readonly
         self._pool: ThreadPoolExecutor | None = None
-        self._landing = _chunkio.BufferPool()  # memory loads land in, reused
         self._pool_pid = os.getpid()
         self._pool_lock = threading.Lock()
         self._closed = False
@@ -205,6 +191,8 @@ class CheckpointManager:
         self.policy = policy
         self.max_pending = max_pending
         self._async: _async.AsyncSaver | None = None
+        #: The state engine: every byte of a state goes through it, both ways.
+        self.engine = StateIO(backend, self._executor, self.config)
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -216,15 +204,6 @@ class CheckpointManager:
 
     def __repr__(self) -> str:
         return f"<CheckpointManager {self.backend.url}>"
-
-    @property
-    def url(self) -> str:
-        return self.backend.url
-
-    def _refuse_write(self, what: str) -> None:
-        """Raise ReadOnlyStoreError if the store is open read-only (before any work)."""
-        if self.readonly:
-            raise ReadOnlyStoreError(f"{self.url} is open read-only: cannot {what}")
 
     def close(self) -> None:
         """Finish pending work and release the store."""
@@ -341,51 +320,6 @@ class CheckpointManager:
             progress=progress,
         )
 
-    def _previous_manifest(
-        self, cp: Checkpoint, encoded: codec.EncodedState
-    ) -> chunking.Manifest | None:
-        """Return the chunk manifest of the slot's latest checkpoint, for a big state.
-
-        A state saved again mostly unchanged then compares its chunks with those
-        (in the page cache) instead of hashing them; small states skip the lookup.
-        """
-        latest = getattr(self.backend, "latest_record", None)
-        if latest is None or sum(b.nbytes for b in encoded.buffers) < _COMPARE_MIN:
-            return None
-        try:
-            record = latest(cp.process_id, cp.level, cp.name)
-            return chunking.unpack_manifest(record.manifest) if record else None
-        except CorruptCheckpointError:
-            return None  # a damaged manifest only costs the shortcut
-
-    def _store(self, cp: Checkpoint, encoded: codec.EncodedState) -> Checkpoint:
-        previous = self._previous_manifest(cp, encoded)
-        payload = _chunkio.pack_payload(encoded.skeleton)
-        for _attempt in range(5):
-            manifest, written, staged = _chunkio.write_buffers(
-                self.backend,
-                self._executor(),
-                encoded.buffers,
-                self.config.chunk_size,
-                self.config.compression_level,
-                previous,
-                encoded.itemsizes,
-                algo=self.hash_name,
-            )
-            record = _record(cp, encoded.size, payload, manifest, written, self.hash_name)
-            try:
-                # One transaction: the chunk rows, the checkpoint, its refs.
-                return self.backend.commit(record, staged)
-            except MissingChunksError:
-                # A concurrent gc reclaimed chunks we found present (or a load flagged
-                # them bad): store the chunks again. Hashed again too, from the arrays
-                # as they are now: rewriting the missing digests from arrays the caller
-                # may have changed since could store other bytes under them.
-                continue
-        raise MissingChunksError(
-            f"chunks of {cp.id} kept disappearing during save", digests=record.digests
-        )
-
     # -- retention, async saves, processes and runs (thin: see _retention, _async,
     # -- process and runs) ------------------------------------------------------------
 
@@ -411,7 +345,7 @@ class CheckpointManager:
         # Every save is stamped (policy or not): a later prune's keep_every needs
         # positions that do not move when older checkpoints are removed.
         with _retention.slot_lock(cp):
-            saved = self._store(_retention.stamp_position(self.backend, cp), encoded)
+            saved = self.engine.save(_retention.stamp_position(self.backend, cp), encoded)
             _retention.remember_position(self.backend, saved)
         if policy is not None:
             _retention.prune_slot(self.backend, policy, saved)  # logs, never raises
@@ -479,138 +413,6 @@ class CheckpointManager:
         if self._async is not None:
             self._async.flush(timeout)
 
-    def apply_retention(
-        self,
-        process_id: str | None = None,
-        policy: CheckpointPolicy | None = None,
-        dry_run: bool = False,
-    ) -> RetentionReport:
-        """Remove what ``policy`` (default: the manager's) does not keep; report why.
-
-        Works slot by slot over one process, or the whole store; with ``dry_run``
-        nothing is removed and the report tells what would be.
-
-        Raises:
-            InvalidInputError: no policy given and the manager has none.
-            ReadOnlyStoreError: the store is open read-only (and not ``dry_run``).
-
-        >>> import ckptlite
-        >>> mgr = ckptlite.open("memory://")
-        >>> for i in range(5):
-        ...     _ = mgr.save("p", i)
-        >>> len(mgr.apply_retention("p", ckptlite.CheckpointPolicy(keep_last=2)).removed)
-        3
-        """
-        if not dry_run:
-            self._refuse_write("remove checkpoints")
-        return _retention.apply_retention(
-            self.backend, _inputs.optional(process_id, "process_id"), policy or self.policy, dry_run
-        )
-
-    def resume_from(
-        self,
-        process: ResumableProcess,
-        checkpoint_id: str | None = None,
-        *,
-        process_id: str | None = None,
-        level: Level | str | None = None,
-        name: str | None = None,
-    ) -> Checkpoint | None:
-        """Restore ``process`` from a checkpoint (default: its slot's newest loadable one).
-
-        The slot is ``process_id`` / ``level`` / ``name``, defaulting to the process's
-        ``process_id``, ``checkpoint_level`` and ``checkpoint_name`` attributes.
-        Returns the checkpoint restored, or None when there is none (state untouched).
-
-        Raises:
-            CheckpointNotFoundError: ``checkpoint_id`` does not exist.
-            CorruptCheckpointError: ``checkpoint_id`` fails verification.
-            InvalidInputError: no process_id given and the process has none.
-        """
-        return resume_process(
-            self, process, checkpoint_id, process_id=process_id, level=level, name=name
-        )
-
-    def run(
-        self,
-        process_id: str,
-        *,
-        resume: bool = True,
-        run_id: str | None = None,
-        batch_size: int = 1000,
-        batch_seconds: float = 2.0,
-        max_attempts: int = 3,
-    ) -> Run:
-        """Resume the newest unfinished run of ``process_id``, or start a new one.
-
-        A newest run that COMPLETED starts a new run; ``resume=False`` always
-        starts one; ``run_id`` reopens that run. See ``ckptlite.runs``.
-
-        Raises:
-            InvalidInputError: a bad argument, or ``run_id`` is another process's.
-            RunNotFoundError: no run ``run_id``.
-            ReadOnlyStoreError: the store is open read-only.
-
-        >>> import ckptlite
-        >>> with ckptlite.open("memory://") as mgr, mgr.run("job") as run:
-        ...     stage = run.stage("load")
-        ...     _ = stage.complete([1, 2]) if not stage.done else None
-        ...     run.stage("load").result
-        [1, 2]
-        """
-        self._refuse_write("start or resume a run")
-        _inputs.text(process_id, "process_id", empty=False)
-        if run_id is not None:
-            _inputs.text(run_id, "run_id")
-        return open_run(
-            self,
-            process_id,
-            resume=resume,
-            run_id=run_id,
-            batch_size=batch_size,
-            batch_seconds=batch_seconds,
-            max_attempts=max_attempts,
-        )
-
-    def list_runs(self, process_id: str | None = None) -> builtins.list[RunRecord]:
-        """Return the runs of one process (or all), newest first.
-
-        Raises:
-            InvalidInputError: ``process_id`` is not a str.
-        """
-        return self.backend.list_runs(_inputs.optional(process_id, "process_id"))
-
-    def list_items(
-        self, run_id: str, group: str | None = None, status: str | None = None
-    ) -> builtins.list[ItemRecord]:
-        """Return a run's work-item ledger entries, by group and item id.
-
-        ``status`` is ``"done"`` or ``"failed"`` (see ``ckptlite._items``).
-
-        Raises:
-            RunNotFoundError: no such run.
-            InvalidInputError: a bad argument.
-        """
-        _inputs.text(run_id, "run_id")
-        return _items.list_items(
-            self.backend,
-            run_id,
-            _inputs.optional(group, "group"),
-            _inputs.optional(status, "status"),
-        )
-
-    def load_item(self, run_id: str, group: str, item_id: str) -> Any:
-        """Return the result a done work item was marked with (``item.done(state)``).
-
-        Raises:
-            RunNotFoundError: no such run.
-            CheckpointNotFoundError: no such item, or it failed (it has no result).
-            PickleNotAllowedError: the result holds pickles and the store forbids them.
-        """
-        for value, what in ((run_id, "run_id"), (group, "group"), (item_id, "item_id")):
-            _inputs.text(value, what)
-        return _items.load_item(self.backend, run_id, group, item_id, self.allow_pickle)
-
     # -- read -------------------------------------------------------------------
 
     def get(self, checkpoint_id: str) -> Checkpoint:
@@ -646,47 +448,17 @@ class CheckpointManager:
         _inputs.text(cid, "checkpoint id")
         record = self.backend.get_record(cid)
         try:
-            return self._decode(record)
+            return self.engine.read(record)
         except CorruptCheckpointError as e:
             if not self.exists(cid):  # deleted (and its chunks collected) mid-load
                 raise CheckpointNotFoundError(
                     f"checkpoint {cid} was deleted while it was being loaded", checkpoint_id=cid
                 ) from e
-            self._mark_corrupted(record.checkpoint, e)
+            self.engine.mark_damaged(record.checkpoint, e)
             raise CorruptCheckpointError(
-                f"checkpoint {cid} is corrupted: {e.message}", **{**e.context, "checkpoint_id": cid}
+                f"checkpoint {cid} is corrupted: {e.message}",
+                **{**e.facts(), "checkpoint_id": cid},
             ) from e
-
-    def _mark_corrupted(self, cp: Checkpoint, error: CorruptCheckpointError | None = None) -> None:
-        if self.readonly:
-            return  # damage is reported (raised, listed by verify), never recorded
-        if cp.status == Status.VALID:
-            with contextlib.suppress(CheckpointNotFoundError):
-                self.backend.set_status(cp.id, Status.CORRUPTED)
-        context = error.context if error else {}
-        digests = context.get("digests") or ([context["digest"]] if "digest" in context else [])
-        mark = getattr(self.backend, "mark_bad_chunks", None)
-        if digests and mark is not None:
-            mark(digests)  # the next save of the same bytes stores them again
-
-    def _decode(self, record: StoredRecord) -> Any:
-        cp = record.checkpoint
-        if chunking.record_checksum(record.payload, record.manifest, self.hash_name) != cp.checksum:
-            raise CorruptCheckpointError("record checksum does not match", checkpoint_id=cp.id)
-        skeleton = _chunkio.unpack_payload(record.payload, cp.size)
-        if record.manifest == chunking.EMPTY_MANIFEST:  # the common small state: no buffers
-            return codec.decode(skeleton, [], allow_pickle=self.allow_pickle)
-        manifest = chunking.unpack_manifest(record.manifest)
-        if sum(chunking.buffer_sizes(manifest)) > cp.size:  # check before allocating
-            raise CorruptCheckpointError("chunk manifest declares more than the recorded size")
-        buffers = (
-            _chunkio.read_buffers(
-                self.backend, self._executor(), manifest, self._landing, algo=self.hash_name
-            )
-            if manifest
-            else []
-        )
-        return codec.decode(skeleton, buffers, allow_pickle=self.allow_pickle)
 
     def latest(
         self, process_id: str, level: Level | str | None = None, name: str | None = None
@@ -717,16 +489,15 @@ class CheckpointManager:
         _inputs.text(process_id, "process_id")
         _inputs.optional(name, "name")
         lvl = _inputs.level(level)
-        fast = getattr(self.backend, "latest_record", None)
-        if fast is not None:  # record and payload in one query: the common case
-            record = fast(process_id, lvl, name)
-            if record is None:
-                return None
-            try:
-                return record.checkpoint, self._decode(record)
-            except CorruptCheckpointError as e:
-                self._mark_corrupted(record.checkpoint, e)
-                tried.add(record.checkpoint.id)
+        # Record and payload in one query: the common case.
+        record = self.backend.latest_record(process_id, lvl, name)
+        if record is None:
+            return None
+        try:
+            return record.checkpoint, self.engine.read(record)
+        except CorruptCheckpointError as e:
+            self.engine.mark_damaged(record.checkpoint, e)
+            tried.add(record.checkpoint.id)
         for cp in self._candidates(process_id, lvl, name, tried):
             tried.add(cp.id)
             try:
@@ -787,207 +558,6 @@ class CheckpointManager:
                 limit=_inputs.limit(limit),
             )
         )
-
-    # -- maintenance --------------------------------------------------------------
-
-    def delete(self, checkpoint_id: str) -> builtins.list[str]:
-        """Delete a checkpoint and all its descendants; return the ids deleted.
-
-        Chunks they alone used are reclaimed by the next ``gc``.
-
-        Raises:
-            CheckpointNotFoundError: no such id.
-            ReadOnlyStoreError: the store is open read-only.
-        """
-        self._refuse_write("delete")
-        return self.backend.delete(_inputs.text(checkpoint_id, "checkpoint id"))
-
-    def verify(
-        self, full: bool = False, progress: Callable[[int, int], None] | None = None
-    ) -> VerifyReport:
-        """Check the store; with ``full``, read and hash every byte.
-
-        ``progress(done, total)`` is called as chunks are hashed (``full`` only).
-
-        Checkpoints found damaged are marked CORRUPTED; with ``full``, ones marked
-        CORRUPTED that now verify are marked VALID again (except imports whose legacy
-        source was already corrupted: ``metadata["legacy_corrupted"]``). On a store
-        open read-only nothing is marked: the report alone says what is damaged.
-        """
-        structure = self.backend.check()
-        bad: set[str] = set(structure.missing)
-        records = self.backend.list(ListQuery())
-        missing = sorted({d for ds in structure.missing.values() for d in ds})
-        # Flagged chunks are stored again by the next save of the same bytes.
-        mark = None if self.readonly else getattr(self.backend, "mark_bad_chunks", None)
-        if mark is not None and missing:
-            mark(missing)
-        if full:
-            bad_digests = self._verify_chunks(progress)
-            if mark is not None:
-                mark(bad_digests, replace=True)
-            bad |= self.backend.checkpoints_using(bad_digests)
-            for cp in records:
-                if cp.id in bad:
-                    continue
-                try:
-                    rec = self.backend.get_record(cp.id)
-                    checksum = chunking.record_checksum(rec.payload, rec.manifest, self.hash_name)
-                    if checksum != cp.checksum:
-                        bad.add(cp.id)
-                    else:
-                        chunking.unpack_manifest(rec.manifest)
-                        _chunkio.unpack_payload(rec.payload, cp.size)
-                except (CorruptCheckpointError, CheckpointNotFoundError):
-                    bad.add(cp.id)
-        for cp in records:
-            if cp.id in bad:
-                self._mark_corrupted(cp)
-            elif self.readonly:
-                continue
-            elif full and cp.status == Status.CORRUPTED and "legacy_corrupted" not in cp.metadata:
-                # A legacy import's stored bytes verify, but what they hold was damaged
-                # before ckptlite saw it: it stays CORRUPTED.
-                self.backend.set_status(cp.id, Status.VALID)
-        return VerifyReport(
-            checked=len(records),
-            corrupted=tuple(sorted(bad)),
-            missing_chunks=tuple(missing),
-            orphan_chunks=structure.orphan_chunks,
-            full=full,
-            orphan_packs=structure.orphan_packs,
-            unsafe_paths=structure.unsafe_paths,
-        )
-
-    def _verify_chunks(self, progress: Callable[[int, int], None] | None) -> set[str]:
-        digests = builtins.list(self.backend.iter_chunk_digests())
-        done = 0
-        lock = threading.Lock()
-
-        def check(digest: str) -> str | None:
-            nonlocal done
-            try:
-                chunk = self.backend.read_chunk(digest)
-                if not 0 <= chunk.size <= chunking.MAX_CHUNK:  # before allocating it
-                    return digest
-                out = memoryview(bytearray(chunk.size))
-                chunking.restore_chunk_into(chunk, out, self.hash_name)
-            except (CorruptCheckpointError, PermissionError, OSError):
-                return digest
-            finally:
-                if progress:
-                    with lock:
-                        done += 1
-                        progress(done, len(digests))
-            return None
-
-        return {d for d in self._executor().map(check, digests) if d}
-
-    def gc(self, dry_run: bool = False) -> GcReport:
-        """Remove chunks no checkpoint uses and temp files of dead writers.
-
-        Raises:
-            ReadOnlyStoreError: the store is open read-only (and not ``dry_run``).
-        """
-        if not dry_run:
-            self._refuse_write("collect garbage")
-        return self.backend.gc(dry_run=dry_run)
-
-    def stats(self) -> dict[str, Any]:
-        """Return counts and byte totals; ``dedup_ratio`` is logical / stored bytes.
-
-        Keys: checkpoints, chunks, logical_bytes, stored_bytes, dedup_ratio,
-        by_process ({process: {level: count}}), by_status ({status: count}),
-        item_results ({count, logical_bytes, stored_bytes}: the done items' states in
-        the run ledger; the byte totals include them).
-        """
-        s = dict(self.backend.stats())
-        items = s.setdefault("item_results", {"count": 0, "logical_bytes": 0, "stored_bytes": 0})
-        s["logical_bytes"] += items["logical_bytes"]
-        s["stored_bytes"] += items["stored_bytes"]
-        s["dedup_ratio"] = s["logical_bytes"] / s["stored_bytes"] if s["stored_bytes"] else 1.0
-        return s
-
-    def backup(
-        self,
-        dest: str | os.PathLike[str],
-        progress: Callable[[int, int], None] | None = None,
-    ) -> BackupReport:
-        """Copy the store, while it stays in use, to the new directory ``dest``.
-
-        The database goes through SQLite's online backup API (never a raw copy of a
-        live file), then the chunk files it references; the copy is built beside
-        ``dest`` and renamed into place, so ``dest`` is either complete or absent.
-        ``progress(done, total)`` is called as chunk files are copied.
-
-        Raises:
-            ConfigError: this kind of store has no file backup (use an export archive).
-            InvalidInputError: ``dest`` exists and is not an empty directory, or is no path.
-            StoreFullError, StoreError: the copy could not be written (none is left).
-
-        >>> import ckptlite, tempfile, os
-        >>> d = tempfile.mkdtemp()
-        >>> with ckptlite.open(os.path.join(d, "a")) as mgr:
-        ...     _ = mgr.save("run", {"x": 1})
-        ...     mgr.backup(os.path.join(d, "b")).checkpoints
-        1
-        """
-        copy = getattr(self.backend, "backup", None)
-        if copy is None:
-            raise ConfigError(
-                f"{self.url}: this kind of store cannot be backed up by ckptlite",
-                hint="Use `ckptlite export ARCHIVE` (any store), or the database's own "
-                "tools (pg_dump) for PostgreSQL.",
-            )
-        target = to_path(dest, "backup destination")
-        try:
-            if target.exists() and not (target.is_dir() and not any(target.iterdir())):
-                raise InvalidInputError(
-                    f"backup destination {target} exists", hint="Pick a new directory."
-                )
-        except OSError as e:
-            raise os_error(e, f"backup destination {target}") from e
-        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-        try:
-            copy(partial, progress)
-            os.replace(partial, target)
-        except OSError as e:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise os_error(e, f"backing up to {target}") from e
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        with open_store(target, durability="none", create=False) as check:
-            s = check.stats()
-        return BackupReport(str(target), s["checkpoints"], s["chunks"], s["stored_bytes"])
-
-
-def _record(
-    cp: Checkpoint,
-    size: int,
-    payload: bytes,
-    manifest: chunking.Manifest,
-    written: int,
-    algo: str,
-) -> StoredRecord:
-    """Return the record of ``cp`` with its payload, manifest, sizes and checksum."""
-    manifest_bytes = chunking.pack_manifest(manifest)
-    cp = Checkpoint(  # built directly: dataclasses.replace costs twice as much
-        id=cp.id,
-        process_id=cp.process_id,
-        level=cp.level,
-        name=cp.name,
-        parent_id=cp.parent_id,
-        seq=cp.seq,
-        status=cp.status,
-        created_at=cp.created_at,
-        size=size,
-        stored_size=len(payload) + written,
-        checksum=chunking.record_checksum(payload, manifest_bytes, algo),
-        metadata=cp.metadata,
-        progress=cp.progress,
-    )
-    return StoredRecord(cp, payload, manifest_bytes, chunking.manifest_digests(manifest))
 
 
 _default_lock = threading.Lock()

@@ -37,11 +37,10 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol
 
-import msgpack
-
-from . import _inputs, codec
+from . import _inputs
+from ._envelope import decode_item_state, encode_item_state
 from .backends.base import Backend, ListQuery
-from .errors import CorruptCheckpointError, InvalidInputError
+from .errors import InvalidInputError
 from .types import Checkpoint, ItemMark, ItemRecord, Level, RunRecord, RunStatus, Status
 
 __all__ = [
@@ -111,42 +110,6 @@ def _now() -> datetime:
 def new_run_id() -> str:
     """Return a new unique, path-safe run id (sortable by creation time)."""
     return f"run_{_now():%Y%m%dT%H%M%S.%f}Z_{secrets.token_hex(8)}"
-
-
-def encode_item_state(state: Any, *, allow_pickle: bool = False) -> bytes | None:
-    """Encode an item state into one self-contained byte string (None stays None).
-
-    Raises:
-        UnsupportedTypeError: the state holds a value with no encoding.
-    """
-    if state is None:
-        return None
-    enc = codec.encode(state, allow_pickle=allow_pickle)
-    if not enc.buffers:
-        return b"\x00" + enc.skeleton
-    packed: bytes = msgpack.packb([enc.skeleton, [bytes(b) for b in enc.buffers]])
-    return b"\x01" + packed
-
-
-def decode_item_state(data: bytes | None, *, allow_pickle: bool = False) -> Any:
-    """Decode what ``encode_item_state`` made.
-
-    Raises:
-        CorruptCheckpointError: the bytes are not a valid encoding.
-        PickleNotAllowedError: the state holds pickles and allow_pickle is False.
-    """
-    if data is None:
-        return None
-    kind, body = data[:1], data[1:]
-    if kind == b"\x00":
-        return codec.decode(body, (), allow_pickle=allow_pickle)
-    if kind == b"\x01":
-        try:
-            skeleton, buffers = msgpack.unpackb(body)
-        except (ValueError, msgpack.UnpackException) as e:
-            raise CorruptCheckpointError(f"item state does not decode: {e}") from e
-        return codec.decode(skeleton, buffers, allow_pickle=allow_pickle)
-    raise CorruptCheckpointError("item state has an unknown format")
 
 
 def _error_text(exc: BaseException | str) -> str:

@@ -127,7 +127,7 @@ def sync(
     called as ``progress(checkpoints_done, None)`` after each batch.
 
     Raises:
-        SyncError: a store failed mid-way (``.context["report"]`` holds what was
+        SyncError: a store failed mid-way (``.report`` holds what was
             copied); rerun to resume. Also for the same store on both sides.
         InvalidInputError: a bad argument.
         ReadOnlyStoreError: ``target`` is read-only (nothing is copied).
@@ -427,13 +427,10 @@ class _Job:
         return StoredChunk(new, chunk.size, chunk.codec, chunk.data)
 
     def _flag_at_source(self, bad: set[str]) -> None:
-        mark = getattr(self.src, "mark_bad_chunks", None)
-        if mark is None:
-            return
         # Best effort: a read-only source cannot be flagged (its damage is still
         # reported in ``failed``).
         with contextlib.suppress(CkptliteError):
-            mark(sorted(bad))
+            self.src.mark_bad_chunks(sorted(bad))
 
     def _flush(self, group: list[StoredChunk], force: bool = False) -> None:
         if group and self.renamed is not None and not force:

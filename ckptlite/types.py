@@ -82,8 +82,47 @@ class Checkpoint:
     progress: tuple[int, int] | None = None
 
     def replace(self, **changes: Any) -> Checkpoint:
-        """Return a copy with ``changes`` applied."""
+        """Return a copy with ``changes`` applied.
+
+        Raises:
+            TypeError: a change names no field.
+        """
         return dataclasses.replace(self, **changes)
+
+    def copy(
+        self,
+        *,
+        seq: int | None = None,
+        size: int | None = None,
+        stored_size: int | None = None,
+        checksum: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Checkpoint:
+        """Return a copy with the fields a save or a read fills in changed (None: kept).
+
+        The one fast copy: built directly, since ``dataclasses.replace`` costs twice
+        as much, and a save makes two (its contents, then its seq).
+
+        >>> cp = Checkpoint("c", "p", Level.STEP, "", None, 0, Status.VALID,
+        ...                 datetime(2026, 1, 1), 0, 0, "")
+        >>> cp.copy(seq=7).seq
+        7
+        """
+        return Checkpoint(
+            self.id,
+            self.process_id,
+            self.level,
+            self.name,
+            self.parent_id,
+            self.seq if seq is None else seq,
+            self.status,
+            self.created_at,
+            self.size if size is None else size,
+            self.stored_size if stored_size is None else stored_size,
+            self.checksum if checksum is None else checksum,
+            self.metadata if metadata is None else metadata,
+            self.progress,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,6 +95,26 @@ def any_mgr(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ckptlite
         m.close()
 
 
+@pytest.fixture(params=BACKENDS)
+def direct_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """A fresh, empty backend of each kind in turn, opened directly (no manager)."""
+    from ckptlite._stores import open_backend
+    from ckptlite.types import StorageConfig
+
+    kind = request.param
+    if kind == "memory":
+        url = "memory://"
+    elif kind == "local":
+        url = str(tmp_path / "store")
+    else:
+        url = request.getfixturevalue("pg_schema")
+    b = open_backend(StorageConfig(url, durability="none"))
+    try:
+        yield b
+    finally:
+        b.close()
+
+
 @pytest.fixture
 def backend(any_mgr: ckptlite.CheckpointManager) -> Backend:
     """The backend under the parametrised manager."""

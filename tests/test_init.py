@@ -75,11 +75,22 @@ def test_every_public_name_resolves() -> None:
 
 # Layers, lowest first: a module may import only from its own layer or lower ones.
 LAYERS = [
-    {"errors", "types", "ids", "codec", "_codec_ext", "_codec_pandas", "chunking"}
+    {"errors", "types", "ids", "codec", "_codec_ext", "_codec_pandas", "_envelope", "chunking"}
     | {"_faults", "_paths", "_inputs"},
-    {"blobs", "_packs", "_sqlite", "_perthread"},
+    {"blobs", "_blobfs", "_blob_upkeep", "_packs", "_sqlite", "_perthread"},
     {"backends"},
-    {"manager", "process", "sync", "legacy", "policies", "runs", "_async", "config"},
+    {
+        "manager",
+        "_engine",
+        "_upkeep",
+        "process",
+        "sync",
+        "legacy",
+        "policies",
+        "runs",
+        "_async",
+        "config",
+    },
     {"cli"},
 ]
 

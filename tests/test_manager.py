@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,13 +13,16 @@ from damage import chunk_span, flip_bit, stored_files
 
 import ckptlite
 from ckptlite import Level, Status
+from ckptlite.backends.base import Backend
 from ckptlite.errors import (
+    CheckpointNotFoundError,
     ConfigError,
     CorruptCheckpointError,
     InvalidInputError,
     PickleNotAllowedError,
     UnsupportedTypeError,
 )
+from ckptlite.types import RunStatus
 
 
 def tree_snapshot(root: Path) -> dict[str, bytes]:
@@ -248,3 +251,141 @@ def test_levels_accept_strings(tmp_path: Path) -> None:
         cp = mgr.save("p", 1, level="stage", name="resample")
         assert cp.level is Level.STAGE
         assert mgr.latest("p", level="stage", name="resample") == cp
+
+
+Mgr = ckptlite.CheckpointManager
+
+
+def _big(seed: int = 0, n: int = 300_000) -> np.ndarray:
+    return np.random.default_rng(seed).random(n).astype("f4")  # ~1.2 MB: many 64 KiB chunks
+
+
+class TestEveryBackend:
+    """The manager on each backend (``any_mgr``): what ckptlite.testing checks from below."""
+
+    def test_round_trip_small_and_chunked(self, any_mgr: Mgr) -> None:
+        state = {"a": _big(), "meta": (1, "x", None), "when": datetime(2026, 1, 1, tzinfo=UTC)}
+        cp = any_mgr.save("p", state, level=Level.STAGE, name="s1", metadata={"crs": "EPSG:4326"})
+        back = any_mgr.load(cp.id)
+        assert np.array_equal(back["a"], state["a"])
+        assert back["meta"] == (1, "x", None) and back["when"] == state["when"]
+        got = any_mgr.get(cp.id)
+        assert got == cp
+        assert got.metadata == {"crs": "EPSG:4326", "ckptlite.slot_index": 1}
+        assert got.level is Level.STAGE
+        assert got.created_at.tzinfo is not None
+
+    def test_latest_filters_level_and_name(self, any_mgr: Mgr) -> None:
+        a = any_mgr.save("p", 1, level=Level.STAGE, name="x")
+        b = any_mgr.save("p", 2, level=Level.STEP, name="x")
+        c = any_mgr.save("p", 3, level=Level.STEP, name="y")
+        assert any_mgr.latest("p", level=Level.STAGE).id == a.id  # type: ignore[union-attr]
+        assert any_mgr.latest("p", level=Level.STEP, name="x").id == b.id  # type: ignore[union-attr]
+        assert any_mgr.latest("p").id == c.id  # type: ignore[union-attr]
+
+    def test_list_filters_newest_first(self, any_mgr: Mgr) -> None:
+        root = any_mgr.save("p", 0, level=Level.PIPELINE)
+        kids = [any_mgr.save("p", i, level=Level.STEP, parent=root, name=f"t{i}") for i in range(3)]
+        any_mgr.save("q", 9)
+        assert [c.id for c in any_mgr.list(process_id="p")] == [k.id for k in reversed(kids)] + [
+            root.id
+        ]
+        assert [c.id for c in any_mgr.list(parent=root.id)] == [k.id for k in reversed(kids)]
+        assert [c.id for c in any_mgr.list(process_id="p", limit=2)] == [kids[2].id, kids[1].id]
+        assert [c.id for c in any_mgr.list(name="t1")] == [kids[1].id]
+        assert len(any_mgr.list(level=Level.STEP)) == 4
+        future = datetime.now(UTC) + timedelta(days=1)
+        assert any_mgr.list(since=future) == []
+        assert len(any_mgr.list(status=Status.VALID)) == 5
+
+    def test_delete_cascades_and_gc_reclaims(self, any_mgr: Mgr, backend: Backend) -> None:
+        root = any_mgr.save("p", {"a": _big(1)}, level=Level.PIPELINE)
+        child = any_mgr.save("p", {"a": _big(2)}, parent=root)
+        grandchild = any_mgr.save("p", 3, parent=child, level=Level.SUBSTEP)
+        other = any_mgr.save("p", {"a": _big(3)})
+        assert set(any_mgr.delete(root.id)) == {root.id, child.id, grandchild.id}
+        assert not any_mgr.exists(child.id) and any_mgr.exists(other.id)
+        with pytest.raises(CheckpointNotFoundError):
+            any_mgr.get(grandchild.id)
+        dry = any_mgr.gc(dry_run=True)
+        assert dry.chunks
+        real = any_mgr.gc()
+        assert real.chunks == dry.chunks
+        # What a dry run predicts is what gc frees (a local store's open pack keeps
+        # its dead bytes until it is closed: then 0 is the truth).
+        assert (real.bytes_reclaimed, real.inline_bytes) == (dry.bytes_reclaimed, dry.inline_bytes)
+        assert any_mgr.gc(dry_run=True).chunks == ()
+        assert np.array_equal(any_mgr.load(other.id)["a"], _big(3))
+        assert any_mgr.verify(full=True).ok
+
+    def test_dedup_stores_identical_chunks_once(self, any_mgr: Mgr) -> None:
+        arr = _big(5)
+        first = any_mgr.save("p", {"a": arr})
+        second = any_mgr.save("p", {"a": arr})
+        assert first.stored_size > arr.nbytes // 2
+        assert second.stored_size < 1024  # only the record's own payload is new
+
+    def test_a_new_store_records_blake3_and_the_manager_uses_it(
+        self, any_mgr: Mgr, backend: Backend
+    ) -> None:
+        import blake3
+
+        from ckptlite import chunking
+
+        assert backend.hash_name == any_mgr.hash_name == "blake3"
+        cp = any_mgr.save("p", {"a": _big(3)})
+        rec = backend.get_record(cp.id)
+        for d in rec.digests:  # every chunk addressed by BLAKE3 of its raw bytes
+            assert blake3.blake3(chunking.raw_bytes(backend.read_chunk(d))).hexdigest() == d
+        assert cp.checksum == chunking.record_checksum(rec.payload, rec.manifest, "blake3")
+        assert len(cp.checksum) == 64
+
+    def test_progress_and_metadata_round_trip(self, any_mgr: Mgr) -> None:
+        meta = {"ünïcode": "✓", "n": [1, 2.5, None, True], "nested": {"k": "v"}}
+        cp = any_mgr.save("p", None, metadata=meta, progress=(37, 1200))
+        got = any_mgr.get(cp.id)
+        assert got.metadata == {**meta, "ckptlite.slot_index": 1} and got.progress == (37, 1200)
+
+    def test_stats_count_item_results(self, any_mgr: Mgr) -> None:
+        with any_mgr.run("p") as run:
+            for it in run.items("g", ["a", "b", "c"]):
+                if it.id == "c":
+                    it.fail("no")
+                else:
+                    it.done({"px": np.arange(5000)})
+        s = any_mgr.stats()
+        ledger = any_mgr.list_items(run.id)
+        size = sum(len(e.state or b"") for e in ledger)
+        assert size > 2 * 40_000
+        assert s["item_results"]["count"] == 2
+        assert s["item_results"]["logical_bytes"] == size
+        assert 0 < s["item_results"]["stored_bytes"] <= size + 64
+        assert s["logical_bytes"] == size and s["checkpoints"] == 0
+
+    def test_stats_count_bytes(self, any_mgr: Mgr) -> None:
+        any_mgr.save("p", {"a": _big(7)})
+        any_mgr.save("p", {"a": _big(7)})
+        s = any_mgr.stats()
+        assert s["checkpoints"] == 2
+        assert s["logical_bytes"] > s["stored_bytes"]  # deduplicated
+        assert s["dedup_ratio"] > 1.5
+
+    def test_structure_check_finds_nothing_on_healthy_store(self, any_mgr: Mgr) -> None:
+        any_mgr.save("p", {"a": _big(8)})
+        report = any_mgr.verify()
+        assert report.ok and report.checked == 1 and report.orphan_chunks == ()
+
+    def test_runs_through_the_manager(self, any_mgr: Mgr) -> None:
+        with any_mgr.run("job", batch_size=3) as run:
+            stage = run.stage("load")
+            stage.complete({"rows": 3})
+            for item in run.items("g", ["a", "b", "c", "d"]):
+                if item.id == "c":
+                    item.fail(RuntimeError("bad"))
+                else:
+                    item.done({"id": item.id})
+        assert run.status is RunStatus.FAILED
+        with any_mgr.run("job") as again:
+            assert again.id == run.id and again.stage("load").result == {"rows": 3}
+            assert [i.id for i in again.items("g", ["a", "b", "c", "d"])] == ["c"]
+        assert again.results("g") == {"a": {"id": "a"}, "b": {"id": "b"}, "d": {"id": "d"}}

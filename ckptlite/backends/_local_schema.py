@@ -1,5 +1,6 @@
 """The local store's SQLite schema (migrations under PRAGMA user_version) and row readers."""
 
+# Performance targets cited as (P1)...(P17): bench/TARGETS.md.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence

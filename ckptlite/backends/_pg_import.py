@@ -10,14 +10,26 @@ until COMMIT, so rows already present can be dropped before plain INSERTs).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InvalidInputError, MissingChunksError
 from ..types import StoredRecord
 
 if TYPE_CHECKING:
+    from psycopg import sql
+
     from ._pg_conn import Conn
-    from .postgres import PostgresBackend
+
+
+class _Importer(Protocol):
+    """What an import uses of ``PostgresBackend`` (this module does not import it)."""
+
+    _commit_key: int
+
+    def _q(self, text: str) -> sql.Composed: ...
+
+    def store_id(self) -> str: ...
+
 
 __all__ = ["import_records"]
 
@@ -84,7 +96,7 @@ ON CONFLICT (source) DO UPDATE SET seq = EXCLUDED.seq, checkpoint_id = EXCLUDED.
 
 
 def import_records(
-    backend: PostgresBackend,
+    backend: _Importer,
     conn: Conn,
     records: Sequence[StoredRecord],
     source: str,
@@ -98,7 +110,7 @@ def import_records(
         MissingChunksError: a record references a chunk the store lacks.
         InvalidInputError: a parent is neither stored nor earlier in ``records``.
     """
-    from .postgres import _TO_LEGACY_STATUS, _legacy_level, _lock_key, _summary
+    from ._pg_rows import TO_LEGACY_STATUS, legacy_level, lock_key, record_summary
 
     rows: list[tuple[Any, ...]] = []
     seen: set[str] = set()
@@ -111,14 +123,14 @@ def import_records(
             (
                 len(rows),
                 cp.id,
-                _legacy_level(cp.level),
+                legacy_level(cp.level),
                 cp.level.value,
                 cp.name,
                 cp.parent_id,
                 cp.process_id,
-                _summary(cp, check=False),  # read from a store: valid JSON already
+                record_summary(cp, check=False),  # read from a store: valid JSON already
                 cp.size,
-                _TO_LEGACY_STATUS[cp.status],
+                TO_LEGACY_STATUS[cp.status],
                 cp.checksum,
                 cp.created_at,
                 rec.payload,
@@ -133,7 +145,7 @@ def import_records(
                 copy.set_types(_TYPES)
                 for row in rows:
                     copy.write_row(row)
-        source_key = _lock_key("sync", backend.store_id(), source)
+        source_key = lock_key("sync", backend.store_id(), source)
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (source_key,))
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (backend._commit_key,))
         inserted = 0

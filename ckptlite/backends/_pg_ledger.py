@@ -289,7 +289,7 @@ class LedgerMixin:
         source: str,
         mark: int,
     ) -> int:
-        from .postgres import _lock_key
+        from ._pg_rows import lock_key
 
         best: dict[tuple[str, str, str], ItemRecord] = {}
         for it in items:
@@ -302,7 +302,7 @@ class LedgerMixin:
 
         def go(conn: Conn) -> int:
             conn.execute(
-                "SELECT pg_advisory_xact_lock(%s)", (_lock_key("ledger", self.store_id(), source),)
+                "SELECT pg_advisory_xact_lock(%s)", (lock_key("ledger", self.store_id(), source),)
             )
             tick = self._tick(conn)
             written = 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import InvalidInputError
+from ..errors import CheckpointNotFoundError, ConfigError, InvalidInputError
 from ..types import (
     Checkpoint,
     GcReport,
@@ -28,6 +28,7 @@ from ..types import (
 
 __all__ = [
     "Backend",
+    "BaseBackend",
     "ListQuery",
     "Staged",
     "StructureCheck",
@@ -143,6 +144,68 @@ class Backend(Protocol):
 
         Raises:
             CorruptCheckpointError: the chunk is missing or unreadable as stored.
+        """
+
+    # -- optional capabilities (``BaseBackend`` gives each a correct default) -------
+
+    #: Whether ``backup`` copies the store as files (local stores); False: it raises.
+    supports_backup: bool
+
+    def chunk_rows(self, digests: Iterable[str]) -> dict[str, Any]:
+        """Return index rows of ``digests`` for ``read_chunk_into`` (default: none, ``{}``).
+
+        A row is backend-specific; a digest without one is looked up by the read.
+
+        Raises:
+            StoreIOError: the index cannot be read.
+        """
+
+    def read_chunk_into(self, digest: str, out: memoryview, row: Any = None) -> StoredChunk:
+        """Return a stored chunk, its bytes read into ``out`` where the backend can.
+
+        ``out`` is ``size`` bytes; the chunk's ``data`` is then ``out`` itself (not
+        yet verified). ``row`` is the chunk's row from ``chunk_rows``, if known.
+        Default: ``read_chunk`` (``out`` unused; the caller restores into it).
+
+        Raises:
+            CorruptCheckpointError: the chunk is missing or damaged as stored.
+            StoreIOError: the chunk cannot be read (permissions, the disk): not damage.
+        """
+
+    def chunk_equals(self, digest: str, view: memoryview) -> bool:
+        """Tell, cheaply, whether stored chunk ``digest`` holds exactly ``view``'s bytes.
+
+        False when it cannot tell cheaply (the default): the caller then hashes.
+        Never raises: any failure answers False.
+        """
+
+    def mark_bad_chunks(self, digests: Iterable[str], replace: bool = False) -> None:
+        """Flag chunks that failed verification, so the next save stores them again.
+
+        ``replace`` clears the flags of every other chunk first (after a full verify).
+        Default: nothing is flagged (a backend whose ``has_chunks`` never lies about
+        damage needs no flags).
+
+        Raises:
+            StoreIOError, StoreLockedError: the flags could not be written.
+        """
+
+    def latest_record(
+        self, process_id: str, level: Level | None, name: str | None
+    ) -> StoredRecord | None:
+        """Return the slot's latest VALID record with payload and manifest (or None).
+
+        Default: ``latest`` then ``get_record``; backends may answer in one query.
+        """
+
+    def backup(self, dest: Any, progress: Any = None) -> None:
+        """Copy the store as files into the new directory ``dest`` while it stays in use.
+
+        ``progress(done, total)`` is called as files are copied.
+
+        Raises:
+            ConfigError: this backend has no file backup (``supports_backup`` is False).
+            StoreLayoutError, StoreError: the copy could not be made.
         """
 
     def commit(self, record: StoredRecord, staged: Sequence[Staged] = ()) -> Checkpoint:
@@ -353,6 +416,68 @@ class Backend(Protocol):
         ``after_changed`` keeps only entries written after that clock value (for sync).
         An unknown run has no entries.
         """
+
+
+class BaseBackend:
+    """Defaults for a backend's optional capabilities: subclass it, override what you can do better.
+
+    Every backend shipped here derives from it, so the manager and the state engine
+    call each capability directly (never probe for it); ``ckptlite.testing`` checks
+    each one on every backend. The defaults are correct, only slower.
+    """
+
+    url: str
+    hash_name: str
+    supports_backup: bool = False
+
+    # The required methods these defaults build on (the Protocol documents them).
+    def read_chunk(self, digest: str) -> StoredChunk:
+        raise NotImplementedError
+
+    def latest(self, process_id: str, level: Level | None, name: str | None) -> Checkpoint | None:
+        raise NotImplementedError
+
+    def get_record(self, checkpoint_id: str) -> StoredRecord:
+        raise NotImplementedError
+
+    def chunk_rows(self, digests: Iterable[str]) -> dict[str, Any]:
+        """Return no rows: ``read_chunk_into`` looks each chunk up itself."""
+        return {}
+
+    def read_chunk_into(self, digest: str, out: memoryview, row: Any = None) -> StoredChunk:
+        """Return ``read_chunk(digest)``; the caller restores its bytes into ``out``."""
+        return self.read_chunk(digest)
+
+    def chunk_equals(self, digest: str, view: memoryview) -> bool:
+        """Answer False: the caller hashes the chunk."""
+        return False
+
+    def mark_bad_chunks(self, digests: Iterable[str], replace: bool = False) -> None:
+        """Flag nothing."""
+
+    def latest_record(
+        self, process_id: str, level: Level | None, name: str | None
+    ) -> StoredRecord | None:
+        """Return ``get_record(latest(...).id)``; a record deleted in between is None."""
+        cp = self.latest(process_id, level, name)
+        if cp is None:
+            return None
+        try:
+            return self.get_record(cp.id)
+        except CheckpointNotFoundError:
+            return None
+
+    def backup(self, dest: Any, progress: Any = None) -> None:
+        """Refuse: this kind of store has no file backup.
+
+        Raises:
+            ConfigError: always.
+        """
+        raise ConfigError(
+            f"{self.url}: this kind of store cannot be backed up by ckptlite",
+            hint="Use `ckptlite export ARCHIVE` (any store), or the database's own "
+            "tools (pg_dump) for PostgreSQL.",
+        )
 
 
 def ledger_entry_wins(new_ok: bool, new_attempts: int, old: tuple[bool, int] | None) -> bool:

@@ -8,12 +8,12 @@ its bytes, and ``refs`` (a foreign key to ``chunks``) means a committed record
 never points at a missing chunk.
 """
 
+# Performance targets cited as (P1)...(P17): bench/TARGETS.md.
 from __future__ import annotations
 
 import builtins
 import contextlib
 import os
-import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,6 @@ from ..blobs import BlobDir
 from ..errors import (
     CheckpointNotFoundError,
     ConfigError,
-    CorruptCheckpointError,
     InvalidInputError,
     MissingChunksError,
     ReadOnlyStoreError,
@@ -40,21 +39,22 @@ from ..types import (
     Checkpoint,
     Level,
     Status,
-    StoredChunk,
     StoredRecord,
 )
+from . import _query
+from ._local_chunks import INLINE_MAX, LocalChunksMixin, NewChunkRow, insert_chunk_rows, settle
 from ._local_ledger import LocalLedgerMixin
 from ._local_maintenance import LocalMaintenanceMixin, record_file
 from ._local_schema import (
     CHECKPOINT_COLS,
     DB_NAME,
-    MAX_CHUNK,
     MIGRATIONS,
-    PACK_MAX,
     row_to_checkpoint,
     select_in,
 )
+from ._local_sync import LocalSyncMixin, insert_checkpoint
 from .base import (
+    BaseBackend,
     ListQuery,
     Staged,
     dump_metadata,
@@ -71,11 +71,7 @@ __all__ = [
     "store_writable",
 ]
 
-_CODEC_RAW = 0  # chunking.CODEC_RAW (backends do not import the manager's modules)
 _EMPTY_MANIFEST = b"\x90"  # msgpack of [], chunking's manifest of a state without buffers
-INLINE_MAX = 64 * 1024
-#: Bytes compared at each end of a chunk before the whole of it (chunk_equals).
-_EDGE = 4096
 
 
 def forget_store_file(db: Path) -> None:
@@ -92,48 +88,21 @@ def forget_store_file(db: Path) -> None:
         conn.close()
 
 
-def _insert_checkpoint(conn: apsw.Connection, record: StoredRecord, metadata_json: str) -> None:
-    cp = record.checkpoint
-    progress = cp.progress or (None, None)
-    conn.execute(
-        "INSERT INTO checkpoints(id, process_id, level, name, parent_id, status, created_at, "
-        "size, stored_size, checksum, metadata, progress_done, progress_total, payload, "
-        "manifest) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            cp.id,
-            cp.process_id,
-            cp.level.value,
-            cp.name,
-            cp.parent_id,
-            cp.status.value,
-            to_micros(cp.created_at),
-            cp.size,
-            cp.stored_size,
-            cp.checksum,
-            metadata_json,
-            progress[0],
-            progress[1],
-            record.payload,
-            record.manifest,
-        ),
-    )
-
-
-# SET expressions read the old row: the id follows the seq that wins.
-_MOVE_MARK = (
-    "INSERT INTO sync_marks(source, seq, checkpoint_id) VALUES (?, ?, ?) "
-    "ON CONFLICT(source) DO UPDATE SET seq = max(seq, excluded.seq), checkpoint_id = "
-    "CASE WHEN excluded.seq >= seq THEN excluded.checkpoint_id ELSE checkpoint_id END"
-)
-_RESET_MARK = (
-    "INSERT INTO sync_marks(source, seq, checkpoint_id) VALUES (?, ?, ?) "
-    "ON CONFLICT(source) DO UPDATE SET seq = excluded.seq, checkpoint_id = excluded.checkpoint_id"
-)
-
-_scratch_local = threading.local()
-
-
 _CACHE_SLOTS = 256  # slots per connection whose latest record is kept
+#: How SQLite spells ``ListQuery``'s filters (``_query``).
+SQLITE = _query.Dialect(
+    param="?",
+    process_id="process_id",
+    level="level",
+    name="name",
+    status="status",
+    parent="parent_id",
+    created_at="created_at",
+    seq="seq",
+    status_value=lambda s: s.value,
+    time_value=to_micros,
+)
+
 _CACHE_MAX_BYTES = 16 << 10  # a bigger payload + manifest is read again each time
 
 
@@ -141,22 +110,8 @@ def _fresh(record: StoredRecord | None, meta: str) -> StoredRecord | None:
     """Return ``record`` with a new Checkpoint: the caller may change its metadata dict."""
     if record is None:
         return None
-    cp = record.checkpoint
-    fresh = Checkpoint(
-        cp.id,
-        cp.process_id,
-        cp.level,
-        cp.name,
-        cp.parent_id,
-        cp.seq,
-        cp.status,
-        cp.created_at,  # immutable, like every field but metadata
-        cp.size,
-        cp.stored_size,
-        cp.checksum,
-        load_metadata(meta),
-        cp.progress,
-    )
+    # Every field but metadata is immutable.
+    fresh = record.checkpoint.copy(metadata=load_metadata(meta))
     return StoredRecord(fresh, record.payload, record.manifest, record.digests)
 
 
@@ -206,63 +161,6 @@ def _top_seq(cond: str, args: Sequence[Any], each_level: bool) -> tuple[str, bui
     return f"SELECT max({', '.join([probe] * len(_LEVELS))})", out
 
 
-def _scratch(n: int) -> bytearray:
-    # One read buffer per thread and size: a fresh 1 MiB bytearray costs page
-    # faults on every use, about what the comparison it serves saves.
-    bufs: dict[int, bytearray] | None = getattr(_scratch_local, "bufs", None)
-    if bufs is None:
-        bufs = _scratch_local.bufs = {}
-    buf = bufs.get(n)
-    if buf is None:
-        bufs.clear()  # the last chunk of a buffer is smaller: keep one size only
-        buf = bufs[n] = bytearray(n)
-    return buf
-
-
-def _check_declared(digest: str, size: int, stored: int, offset: int | None) -> None:
-    """Refuse a chunk row whose sizes no chunk has, before anything is allocated for it.
-
-    Raises:
-        CorruptCheckpointError: a size beyond the largest chunk, or a negative offset.
-    """
-    if not (0 <= size <= MAX_CHUNK and 0 <= stored <= MAX_CHUNK and (offset or 0) >= 0):
-        raise CorruptCheckpointError(
-            f"chunk {digest} declares {size} bytes, {stored} stored at offset {offset}: "
-            "more than any chunk holds",
-            digest=digest,
-        )
-
-
-#: A chunk's index row: size, codec, inline data, pack, offset in it, stored size.
-_ChunkRow = tuple[int, int, bytes | None, str | None, int, int]
-
-#: A new chunk's row: digest, size, stored size, codec, inline data, pack, offset in it.
-_NewChunkRow = tuple[str, int, int, int, bytes | None, str | None, int | None]
-
-
-def _insert_chunk_rows(conn: apsw.Connection, rows: Sequence[_NewChunkRow]) -> None:
-    # A chunk flagged bad is replaced: this copy repairs it.
-    conn.executemany(
-        "INSERT INTO chunks(digest, size, stored_size, codec, data, pack, "
-        "pack_offset) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(digest) DO "
-        "UPDATE SET size=excluded.size, stored_size=excluded.stored_size, "
-        "codec=excluded.codec, data=excluded.data, pack=excluded.pack, "
-        "pack_offset=excluded.pack_offset, bad=0 WHERE chunks.bad=1",
-        rows,
-    )
-
-
-def _settle(conn: apsw.Connection, staged: Sequence[Staged]) -> None:
-    """Let go of the packs of a failed commit: cut their appended bytes off if it rolled back.
-
-    A COMMIT that failed may leave its transaction open (a later COMMIT could take
-    the rows): then the bytes stay, dead space for gc at worst.
-    """
-    rolled_back = conn.getautocommit()
-    for s in staged:
-        s.discard() if rolled_back else s.release()
-
-
 def store_writable(root: Path) -> bool:
     """Tell whether this process may write the store at ``root`` (False on a read-only mount).
 
@@ -272,7 +170,9 @@ def store_writable(root: Path) -> bool:
     return all(os.access(p, os.W_OK) for p in paths if os.path.lexists(p))
 
 
-class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
+class LocalBackend(
+    LocalChunksMixin, LocalSyncMixin, LocalMaintenanceMixin, LocalLedgerMixin, BaseBackend
+):
     """A store directory: ``<root>/ckptlite.db`` and ``<root>/blobs/``.
 
     ``readonly=True`` writes nothing at all (see ``Database`` and ``BlobDir``):
@@ -282,6 +182,8 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
         ConfigError: ``root`` is not a directory, or holds another program's SQLite file.
         ReadOnlyStoreError: ``root`` is not writable and ``readonly`` is False.
     """
+
+    supports_backup = True
 
     def __init__(
         self,
@@ -422,222 +324,6 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
         except (apsw.ReadOnlyError, ReadOnlyStoreError, StoreFullError, StoreLockedError):
             pass
 
-    # -- chunks ---------------------------------------------------------------
-
-    def write_chunks(self, chunks: Iterable[StoredChunk]) -> None:
-        """Store chunks and commit their index rows (``stage_chunks`` + a transaction)."""
-        staged = self.stage_chunks(chunks)
-        locked = False
-        try:
-            with self.blobs.gc_lock(exclusive=False):  # rows in before gc may see packs free
-                locked = True
-                try:
-                    if staged.rows:
-                        with self.db.write() as conn:
-                            _insert_chunk_rows(conn, staged.rows)
-                except BaseException:
-                    _settle(self.db.connection(), [staged])
-                    raise
-                staged.release()
-        except BaseException:
-            if not locked:  # the lock could not be taken: nothing was committed
-                staged.discard()
-            raise
-
-    def stage_chunks(self, chunks: Iterable[StoredChunk]) -> Staged:
-        """Store chunks: big ones appended to an open pack as they come, small ones kept for
-        their rows. Return their rows, which ``commit`` inserts with the checkpoint.
-
-        A list is checked against the index first; a stream (the manager's, which
-        checks as it hashes) is written as it comes, so writing overlaps hashing.
-        The packs stay flocked until the Staged is released: gc leaves them alone.
-        """
-        # On an error the appender cuts each pack back to what was durable before.
-        with self.blobs.gc_lock(exclusive=False), self.blobs.appender(PACK_MAX) as packs:
-            if isinstance(chunks, Sequence):
-                present = self.has_chunks(c.digest for c in chunks)
-                chunks = [c for c in chunks if c.digest not in present]
-            rows: list[_NewChunkRow] = []
-            seen: set[str] = set()
-            for c in chunks:
-                if c.digest in seen:
-                    continue
-                seen.add(c.digest)
-                if c.stored_size <= INLINE_MAX:
-                    rows.append(
-                        (c.digest, c.size, c.stored_size, c.codec, bytes(c.data), None, None)
-                    )
-                    continue
-                pack, offset = packs.add(c.data)
-                rows.append((c.digest, c.size, c.stored_size, c.codec, None, pack, offset))
-            packs.sync()  # one fdatasync per pack written (no new file unless one was needed)
-        return Staged(rows, packs.release, packs.discard)
-
-    def has_chunks(self, digests: Iterable[str]) -> set[str]:
-        sql = "SELECT digest FROM chunks WHERE digest IN ({}) AND bad=0"
-        with translate_errors("reading chunk index"):
-            return {r[0] for r in select_in(self.db.read(), sql, digests)}
-
-    def mark_bad_chunks(self, digests: Iterable[str], replace: bool = False) -> None:
-        """Flag chunks whose stored bytes failed verification (``replace``: only these).
-
-        ``has_chunks`` stops counting a flagged chunk, so the next save of
-        the same bytes stores it again: that repairs every checkpoint using it
-        (``verify(full=True)`` then marks them VALID). A full verify passes
-        ``replace``, clearing the flag of chunks that read well again.
-        """
-        with self.db.write() as conn:
-            if replace:
-                conn.execute("UPDATE chunks SET bad=0 WHERE bad=1")
-            conn.executemany("UPDATE chunks SET bad=1 WHERE digest=?", [(d,) for d in set(digests)])
-
-    def chunk_rows(self, digests: Iterable[str]) -> dict[str, _ChunkRow]:
-        """Return the index rows of ``digests`` (those that exist), in one query per 500.
-
-        A load fetches its rows once on its own thread, then reads the chunks on
-        the pool: a SELECT per chunk from each pool thread (each with its own
-        connection and read transaction) was a tenth of a 16 MiB load.
-
-        Raises:
-            StoreIOError: the index cannot be read.
-        """
-        sql = (
-            "SELECT digest, size, codec, data, pack, pack_offset, stored_size FROM chunks "
-            "WHERE digest IN ({})"
-        )
-        with translate_errors("reading chunk index"):
-            return {d: tuple(row) for d, *row in select_in(self.db.read(), sql, digests)}
-
-    def _chunk_row(self, digest: str) -> _ChunkRow:
-        with translate_errors(f"reading chunk {digest}"):
-            row = (
-                self.db.read()
-                .execute(
-                    "SELECT size, codec, data, pack, pack_offset, stored_size FROM chunks "
-                    "WHERE digest=?",
-                    (digest,),
-                )
-                .fetchone()
-            )
-        if row is None:
-            raise CorruptCheckpointError(f"chunk {digest} is missing", digest=digest)
-        return row  # type: ignore[no-any-return]
-
-    def read_chunk(self, digest: str) -> StoredChunk:
-        return self._read(digest, None)
-
-    def read_chunk_into(
-        self, digest: str, out: memoryview, row: _ChunkRow | None = None
-    ) -> StoredChunk:
-        """Like ``read_chunk``, but a raw chunk is read straight into ``out``.
-
-        The returned chunk's ``data`` is then ``out`` itself (not yet verified):
-        one copy from the page cache instead of two, for the big loads of P4.
-        ``row`` is the chunk's index row from ``chunk_rows``, if the caller has it.
-
-        Raises:
-            CorruptCheckpointError: the chunk is missing, truncated or padded.
-        """
-        return self._read(digest, out, row)
-
-    def chunk_equals(self, digest: str, view: memoryview) -> bool:
-        """Tell whether stored raw chunk ``digest`` holds exactly ``view``'s bytes.
-
-        Copies the chunk out of the page cache and compares (memcmp): about a
-        third of the CPU of SHA-256 of it. So a state saved again mostly
-        unchanged skips hashing its unchanged chunks (P5), trusting nothing
-        weaker than byte equality. Answers False, and the caller hashes, when it
-        cannot tell cheaply: a compressed or inline chunk, a chunk not wholly in
-        the page cache (``RWF_NOWAIT``: never waits on the disk), a short or
-        unreadable file, a system without ``preadv2``.
-        """
-        nowait = getattr(os, "RWF_NOWAIT", None)
-        n = view.nbytes
-        if nowait is None or n <= INLINE_MAX:
-            return False
-        with translate_errors(f"reading chunk {digest}"):
-            row = (
-                self.db.read()
-                .execute(
-                    "SELECT codec, data IS NULL, pack, pack_offset, size, stored_size FROM chunks "
-                    "WHERE digest=? AND bad=0",
-                    (digest,),
-                )
-                .fetchone()
-            )
-        if row is None:
-            return False
-        codec, in_file, pack, offset, size, stored = row
-        if not in_file or codec != _CODEC_RAW or not size == stored == n:
-            return False
-        try:
-            fd = self.blobs.open_read(digest, pack)
-        except (CorruptCheckpointError, OSError):
-            return False
-        buf = _scratch(n)
-        at = offset or 0
-        try:
-            # A page at each end first: a read that misses the cache starts the
-            # kernel's readahead, and a miss on a whole chunk would read it all from
-            # the disk for nothing (we hash instead). A chunk that differs there (a
-            # state rewritten, not patched) costs two pages, not a copy of it.
-            edge = memoryview(buf)[:_EDGE]
-            for start in (0, n - _EDGE):
-                if os.preadv(fd, [edge], at + start, nowait) != _EDGE:
-                    return False
-                if buf[:_EDGE] != view[start : start + _EDGE]:  # bytes, never float, equality
-                    return False
-            # A short read: part of it is not cached, or the file is cut short.
-            return os.preadv(fd, [buf], at, nowait) == n and buf == view
-        except OSError:  # BlockingIOError: not cached; EOPNOTSUPP: no RWF_NOWAIT here
-            return False
-        finally:
-            os.close(fd)
-
-    def _read(
-        self, digest: str, out: memoryview | None, row: _ChunkRow | None = None
-    ) -> StoredChunk:
-        size, codec, data, pack, offset, stored = row or self._chunk_row(digest)
-        if data is not None:
-            return StoredChunk(digest, size, codec, data)
-        _check_declared(digest, size, stored, offset)
-        if pack is None:  # one file per chunk: stores written before packs
-            if out is not None and codec == _CODEC_RAW and size == out.nbytes:
-                if self.blobs.read_into(digest, out) != size:
-                    raise CorruptCheckpointError(
-                        f"chunk {digest} is truncated or padded", digest=digest
-                    )
-                return StoredChunk(digest, size, codec, out)
-            return StoredChunk(digest, size, codec, self.blobs.read(digest, MAX_CHUNK))
-        into = (
-            out
-            if out is not None and codec == _CODEC_RAW and size == stored == out.nbytes
-            else None
-        )
-        where: str = pack
-        for attempt in (1, 2):
-            try:
-                if into is None:
-                    return StoredChunk(
-                        digest, size, codec, self.blobs.read_packed(where, offset, stored, digest)
-                    )
-                if self.blobs.read_packed_into(where, offset, into, digest) != size:
-                    raise CorruptCheckpointError(
-                        f"chunk {digest} is cut short in pack {where}", digest=digest
-                    )
-                return StoredChunk(digest, size, codec, into)
-            except CorruptCheckpointError:
-                # gc may have moved the chunk to a new pack and unlinked the old one
-                # between our row and our read: the row now names the new pack.
-                moved = self._chunk_row(digest)
-                if attempt == 2 or moved[3] is None or moved[3] == where:
-                    raise
-                where, offset = moved[3], moved[4]
-                _check_declared(digest, size, stored, offset)
-        raise AssertionError("unreachable")
-
-    # -- records --------------------------------------------------------------
-
     def commit(self, record: StoredRecord, staged: Sequence[Staged] = ()) -> Checkpoint:
         """Insert the staged chunk rows, the checkpoint and its refs in one transaction.
 
@@ -657,7 +343,7 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
                 try:
                     cp = self._commit(record, rows)
                 except BaseException:
-                    _settle(self.db.connection(), staged)
+                    settle(self.db.connection(), staged)
                     raise
                 for s in staged:
                     s.release()
@@ -668,12 +354,12 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
                     s.discard()
             raise
 
-    def _commit(self, record: StoredRecord, rows: Sequence[_NewChunkRow]) -> Checkpoint:
+    def _commit(self, record: StoredRecord, rows: Sequence[NewChunkRow]) -> Checkpoint:
         cp = record.checkpoint
         meta = dump_metadata(cp.metadata)
         with self.db.write() as conn:
             if rows:
-                _insert_chunk_rows(conn, rows)
+                insert_chunk_rows(conn, rows)
             if record.digests:
                 # Staged rows are in: present (or a concurrent copy's row is, never bad).
                 # The others were found stored before; a gc may have taken them since.
@@ -694,7 +380,7 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
                     f"parent checkpoint {cp.parent_id} does not exist", checkpoint_id=cp.parent_id
                 )
             try:
-                _insert_checkpoint(conn, record, meta)
+                insert_checkpoint(conn, record, meta)
             except apsw.ConstraintError:
                 # The UNIQUE id, checked by SQLite: a SELECT first cost a statement per save.
                 if conn.execute("SELECT 1 FROM checkpoints WHERE id=?", (cp.id,)).fetchone():
@@ -710,21 +396,7 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
                 )
             _faults.point("commit.in_transaction")
         _faults.point("commit.after_commit")
-        return Checkpoint(  # built directly: dataclasses.replace costs twice as much
-            id=cp.id,
-            process_id=cp.process_id,
-            level=cp.level,
-            name=cp.name,
-            parent_id=cp.parent_id,
-            seq=seq,
-            status=cp.status,
-            created_at=cp.created_at,
-            size=cp.size,
-            stored_size=cp.stored_size,
-            checksum=cp.checksum,
-            metadata=cp.metadata,
-            progress=cp.progress,
-        )
+        return cp.copy(seq=seq)
 
     def get(self, checkpoint_id: str) -> Checkpoint:
         with translate_errors("reading checkpoint"):
@@ -787,14 +459,8 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
         self, conn: apsw.Connection, process_id: str, level: Level | None, name: str | None
     ) -> tuple[StoredRecord | None, str]:
         """Read the slot's latest VALID record and its metadata JSON."""
-        where = "process_id=?"
-        args: list[Any] = [process_id]
-        if level is not None:
-            where += " AND level=?"
-            args.append(level.value)
-        if name is not None:
-            where += " AND name=?"
-            args.append(name)
+        conds, args = _query.slot_where(SQLITE, process_id, level, name)
+        where = " AND ".join(conds)
         # The slot's newest seq from its index, then that row by rowid: two short
         # statements cost ~25% less than one filtered on status. Only when the
         # newest is not VALID (or went away meanwhile) does the filtered one run.
@@ -829,26 +495,9 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
         return None if record is None else record.checkpoint
 
     def list(self, query: ListQuery) -> list[Checkpoint]:
-        where: list[str] = []
-        args: list[Any] = []
-        for col, val in (
-            ("process_id", query.process_id),
-            ("level", query.level.value if query.level else None),
-            ("name", query.name),
-            ("status", query.status.value if query.status else None),
-            ("parent_id", query.parent),
-        ):
-            if val is not None:
-                where.append(f"{col}=?")
-                args.append(val)
-        if query.since is not None:
-            where.append("created_at>=?")
-            args.append(to_micros(query.since))
-        if query.after_seq is not None:
-            where.append("seq>?")
-            args.append(query.after_seq)
-        order = "ASC" if query.ascending else "DESC"
+        where, args = _query.where(SQLITE, query)
         if query.limit is not None and query.process_id is not None:
+            order = "ASC" if query.ascending else "DESC"
             sql, args = _per_level(
                 CHECKPOINT_COLS, where, args, query.level is None, order, query.limit
             )
@@ -856,10 +505,7 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
             sql = f"SELECT {CHECKPOINT_COLS} FROM checkpoints"
             if where:
                 sql += " WHERE " + " AND ".join(where)
-            sql += " ORDER BY seq " + order
-            if query.limit is not None:
-                sql += " LIMIT ?"
-                args.append(query.limit)
+            sql += " " + _query.order_limit(SQLITE, query, args)
         with translate_errors("listing checkpoints"):
             return [row_to_checkpoint(r) for r in self.db.read().execute(sql, args)]
 
@@ -896,95 +542,3 @@ class LocalBackend(LocalMaintenanceMixin, LocalLedgerMixin):
         self.db.close()
 
     # -- sync -------------------------------------------------------------------
-
-    def store_id(self) -> str:
-        with translate_errors("reading the store id"):
-            row = (
-                self.db.read()
-                .execute("SELECT value FROM store_meta WHERE key='store_id'")
-                .fetchone()
-            )
-        assert row is not None  # migration 2 inserts it
-        return str(row[0])
-
-    def records_after(
-        self, seq: int, limit: int, process_id: str | None = None
-    ) -> builtins.list[StoredRecord]:
-        sql = f"SELECT {CHECKPOINT_COLS}, payload, manifest FROM checkpoints WHERE seq>?"
-        args: list[Any] = [seq]
-        if process_id is not None:
-            sql += " AND process_id=?"
-            args.append(process_id)
-        sql += " ORDER BY seq LIMIT ?"
-        args.append(limit)
-        conn = self.db.read()
-        refs: dict[int, list[str]] = {}
-        with translate_errors("reading checkpoints"):
-            rows: list[Any] = conn.execute(sql, args).fetchall()
-            if rows:
-                for s, d in conn.execute(
-                    "SELECT seq, digest FROM refs WHERE seq BETWEEN ? AND ?",
-                    (rows[0][0], rows[-1][0]),
-                ):
-                    refs.setdefault(s, []).append(d)
-        return [
-            StoredRecord(row_to_checkpoint(r), r[14], r[15], tuple(refs.get(r[0], ())))
-            for r in rows
-        ]
-
-    def sync_mark(self, source: str) -> int:
-        with translate_errors("reading sync marks"):
-            row = (
-                self.db.read()
-                .execute("SELECT seq FROM sync_marks WHERE source=?", (source,))
-                .fetchone()
-            )
-        return int(row[0]) if row else 0
-
-    def sync_mark_id(self, source: str) -> str | None:
-        with translate_errors("reading sync marks"):
-            row = (
-                self.db.read()
-                .execute("SELECT checkpoint_id FROM sync_marks WHERE source=?", (source,))
-                .fetchone()
-            )
-        return None if row is None or row[0] is None else str(row[0])
-
-    def import_records(
-        self,
-        records: Sequence[StoredRecord],
-        source: str,
-        mark: int,
-        mark_id: str | None = None,
-        *,
-        reset: bool = False,
-    ) -> int:
-        with self.db.write() as conn:
-            present = self.has_records(r.checkpoint.id for r in records)
-            fresh: dict[str, StoredRecord] = {}
-            for r in records:
-                if r.checkpoint.id not in present:
-                    fresh.setdefault(r.checkpoint.id, r)
-            digests = {d for r in fresh.values() for d in r.digests}
-            missing = tuple(sorted(digests - self.has_chunks(digests)))
-            if missing:
-                raise MissingChunksError(f"{len(missing)} chunk(s) are not stored", digests=missing)
-            parents = {r.checkpoint.parent_id for r in fresh.values()} - {None}
-            known = self.has_records(p for p in parents if p is not None)
-            for rec in fresh.values():
-                cp = rec.checkpoint
-                if cp.parent_id is not None and cp.parent_id not in known:
-                    raise InvalidInputError(
-                        f"parent checkpoint {cp.parent_id} does not exist",
-                        checkpoint_id=cp.parent_id,
-                    )
-                _insert_checkpoint(conn, rec, dump_metadata(cp.metadata))
-                if rec.digests:
-                    seq = conn.last_insert_rowid()
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO refs(seq, digest) VALUES (?, ?)",
-                        [(seq, d) for d in rec.digests],
-                    )
-                known.add(cp.id)
-            conn.execute(_RESET_MARK if reset else _MOVE_MARK, (source, mark, mark_id))
-        return len(fresh)

@@ -27,12 +27,12 @@ from ..types import (
     StoredChunk,
     StoredRecord,
 )
-from .base import ListQuery, Staged, StructureCheck, ledger_entry_wins
+from .base import BaseBackend, ListQuery, Staged, StructureCheck, ledger_entry_wins
 
 __all__ = ["MemoryBackend"]
 
 
-class MemoryBackend:
+class MemoryBackend(BaseBackend):
     """Records and chunks in dicts; gone when the process ends."""
 
     def __init__(self, url: str = "memory://", *, hash_name: str = DEFAULT_HASH) -> None:
@@ -102,7 +102,7 @@ class MemoryBackend:
                     f"{len(missing)} chunk(s) of {cp.id} are not stored", digests=missing
                 )
             self._seq += 1
-            cp = cp.replace(seq=self._seq)
+            cp = cp.copy(seq=self._seq)
             self._records[cp.id] = StoredRecord(cp, record.payload, record.manifest, record.digests)
             return cp
 
@@ -365,7 +365,7 @@ class MemoryBackend:
                 known.add(r.checkpoint.id)
             for r in fresh.values():
                 self._seq += 1
-                cp = r.checkpoint.replace(seq=self._seq)
+                cp = r.checkpoint.copy(seq=self._seq)
                 self._records[cp.id] = StoredRecord(cp, r.payload, r.manifest, r.digests)
             if reset or mark >= self._marks.get(source, 0):
                 self._marks[source], self._mark_ids[source] = mark, mark_id

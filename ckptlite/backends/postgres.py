@@ -43,9 +43,7 @@ raise ``StoreIOError`` (their transaction was rolled back).
 from __future__ import annotations
 
 import builtins
-import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from psycopg import errors as pgerr
@@ -59,85 +57,52 @@ from ..errors import (
     InvalidInputError,
     MigrationError,
     MissingChunksError,
-    StoreError,
     StoreIOError,
 )
 from ..types import (
     DEFAULT_HASH,
     LEGACY_HASH,
     Checkpoint,
-    GcReport,
     Level,
     Status,
     StoredChunk,
     StoredRecord,
 )
-from . import _pg_schema
+from . import _pg_schema, _query
 from ._pg_conn import Conn, Connections, display_url, run, split_url
 from ._pg_ledger import LedgerMixin
-from .base import ListQuery, Staged, StructureCheck, dump_metadata
+from ._pg_maintenance import PgMaintenanceMixin
+from ._pg_rows import (
+    TO_LEGACY_STATUS,
+    batches,
+    legacy_level,
+    lock_key,
+    record_summary,
+    row_checkpoint,
+    select_any,
+)
+from .base import BaseBackend, ListQuery, Staged
 
 __all__ = ["PostgresBackend"]
 
 T = TypeVar("T")
 
-_TO_LEGACY_LEVEL = {Level.STAGE: "phase"}
-_FROM_LEGACY_LEVEL = {"phase": Level.STAGE}
-_TO_LEGACY_STATUS = {
-    Status.VALID: "valid",
-    Status.CREATED: "created",
-    Status.CORRUPTED: "corrupted",
-    Status.ARCHIVED: "deleted",
-}
-_FROM_LEGACY_STATUS = {v: k for k, v in _TO_LEGACY_STATUS.items()}
-_BATCH = 5000  # ids per ANY(%s) query
+#: How PostgreSQL (the legacy table ``l`` and ckptlite's records ``r``) spells the filters.
+POSTGRES = _query.Dialect(
+    param="%s",
+    process_id="r.process_id",
+    level="r.level",
+    name="r.name",
+    status="l.status",
+    parent="l.parent_id",
+    created_at="l.created_at",
+    seq="r.seq",
+    status_value=TO_LEGACY_STATUS.__getitem__,
+    time_value=lambda t: t,
+)
 
 
-def _legacy_level(level: Level) -> str:
-    return _TO_LEGACY_LEVEL.get(level, level.value)
-
-
-def _lock_key(*parts: str) -> int:
-    """Return a signed 64-bit advisory lock key for ``parts``."""
-    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def _summary(cp: Checkpoint, *, check: bool = True) -> dict[str, Any]:
-    if check:
-        dump_metadata(cp.metadata)  # InvalidInputError before anything is written
-    return {
-        "ckptlite": 1,
-        "name": cp.name,
-        "status": cp.status.value,
-        "size": cp.size,
-        "stored_size": cp.stored_size,
-        "metadata": cp.metadata,
-        "progress": list(cp.progress) if cp.progress is not None else None,
-    }
-
-
-def _checkpoint(row: Sequence[Any]) -> Checkpoint:
-    seq, cid, pid, level, name, parent, status, created, ds, checksum = row[:10]
-    progress = ds.get("progress")
-    return Checkpoint(
-        id=cid,
-        process_id=pid,
-        level=Level(level),
-        name=name,
-        parent_id=parent,
-        seq=seq,
-        status=_FROM_LEGACY_STATUS.get(status, Status.ARCHIVED),
-        created_at=created.astimezone(UTC),
-        size=int(ds.get("size", 0)),
-        stored_size=int(ds.get("stored_size", 0)),
-        checksum=checksum or "",
-        metadata=ds.get("metadata") or {},
-        progress=None if progress is None else (int(progress[0]), int(progress[1])),
-    )
-
-
-class PostgresBackend(LedgerMixin):
+class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
     """Records in ``pipeline_checkpoints`` + ckptlite's tables; chunks as BYTEA rows.
 
     ``url`` is a libpq URL; ``?ckptlite_table=NAME`` and ``?ckptlite_prefix=P``
@@ -191,7 +156,7 @@ class PostgresBackend(LedgerMixin):
         except BaseException:
             self._conns.close()
             raise
-        self._commit_key = _lock_key("commit", self._store_id)
+        self._commit_key = lock_key("commit", self._store_id)
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -205,7 +170,7 @@ class PostgresBackend(LedgerMixin):
 
     def _setup(self, conn: Conn) -> str:
         # One lock for every table: which prefix is free is decided under it.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("setup"),))
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("setup"),))
         self.prefix = self._choose_prefix(conn)
         self._n = _pg_schema.names(self.table, self.prefix)
         t = self._n["t"].as_string(conn)
@@ -368,8 +333,8 @@ class PostgresBackend(LedgerMixin):
         def run(conn: Conn) -> None:
             if replace:
                 conn.execute(clear)
-            for i in range(0, len(wanted), _BATCH):
-                conn.execute(flag, (wanted[i : i + _BATCH],))
+            for batch in batches(wanted):
+                conn.execute(flag, (batch,))
 
         if wanted or replace:
             self._run("flagging bad chunks", run, write=True, idempotent=True)
@@ -381,10 +346,7 @@ class PostgresBackend(LedgerMixin):
         q = self._q(f"SELECT {col} FROM {table} WHERE {col} = ANY(%s) AND {extra}")
 
         def run(conn: Conn) -> set[str]:
-            found: set[str] = set()
-            for i in range(0, len(wanted), _BATCH):
-                found.update(r[0] for r in conn.execute(q, (wanted[i : i + _BATCH],)))
-            return found
+            return {r[0] for r in select_any(conn, q, wanted)}
 
         return self._run(what, run) if wanted else set()
 
@@ -401,7 +363,7 @@ class PostgresBackend(LedgerMixin):
         for s in staged:
             s.release()  # rows committed by stage_chunks already
         cp = record.checkpoint
-        summary = Jsonb(_summary(cp))
+        summary = Jsonb(record_summary(cp))
         digests = sorted(set(record.digests))
         check = self._q(
             "SELECT EXISTS (SELECT 1 FROM {t} WHERE checkpoint_id = %(id)s), "
@@ -428,13 +390,13 @@ class PostgresBackend(LedgerMixin):
             "path": f"ckptlite://{cp.id}",
             "parent": cp.parent_id,
             "digests": digests,
-            "llevel": _legacy_level(cp.level),
+            "llevel": legacy_level(cp.level),
             "level": cp.level.value,
             "pid": cp.process_id,
             "name": cp.name,
             "summary": summary,
             "size": cp.size,
-            "status": _TO_LEGACY_STATUS[cp.status],
+            "status": TO_LEGACY_STATUS[cp.status],
             "checksum": cp.checksum,
             "created": cp.created_at,
             "payload": record.payload,
@@ -483,7 +445,7 @@ class PostgresBackend(LedgerMixin):
             return int(seq[0])
 
         seq = self._run(f"committing {cp.id}", run, write=True, idempotent=True)
-        return cp.replace(seq=seq)
+        return cp.copy(seq=seq)
 
     def _select(self, where: str = "", tail: str = "", extra: str = "") -> sql.Composed:
         return self._q(f"SELECT {self._COLS}{extra} FROM {self._FROM} {where} {tail}")
@@ -495,7 +457,7 @@ class PostgresBackend(LedgerMixin):
             raise CheckpointNotFoundError(
                 f"no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id
             )
-        return _checkpoint(row)
+        return row_checkpoint(row)
 
     _RECORD_EXTRA = (
         ", r.payload, r.manifest, "
@@ -503,7 +465,7 @@ class PostgresBackend(LedgerMixin):
     )
 
     def _record(self, row: Sequence[Any]) -> StoredRecord:
-        return StoredRecord(_checkpoint(row), bytes(row[10]), bytes(row[11]), tuple(row[12]))
+        return StoredRecord(row_checkpoint(row), bytes(row[10]), bytes(row[11]), tuple(row[12]))
 
     def get_record(self, checkpoint_id: str) -> StoredRecord:
         if not isinstance(checkpoint_id, str):
@@ -529,43 +491,21 @@ class PostgresBackend(LedgerMixin):
         self, process_id: str, level: Level | None, name: str | None
     ) -> StoredRecord | None:
         """Return the slot's latest VALID record with its payload, in one query (or None)."""
-        where, args = "WHERE r.process_id = %s AND l.status = 'valid'", [process_id]
-        if level is not None:
-            where += " AND r.level = %s"
-            args.append(level.value)
-        if name is not None:
-            where += " AND r.name = %s"
-            args.append(name)
+        conds, args = _query.where(
+            POSTGRES,
+            ListQuery(process_id=process_id, level=level, name=name, status=Status.VALID),
+        )
+        where = "WHERE " + " AND ".join(conds)
         q = self._select(where, "ORDER BY r.seq DESC LIMIT 1", extra=self._RECORD_EXTRA)
         row = self._run("reading a checkpoint", lambda c: c.execute(q, args).fetchone())
         return None if row is None else self._record(row)
 
     def list(self, query: ListQuery) -> builtins.list[Checkpoint]:
-        where: builtins.list[str] = []
-        args: builtins.list[Any] = []
-        for col, val in (
-            ("r.process_id", query.process_id),
-            ("r.level", query.level.value if query.level else None),
-            ("r.name", query.name),
-            ("l.status", _TO_LEGACY_STATUS[query.status] if query.status else None),
-            ("l.parent_id", query.parent),
-        ):
-            if val is not None:
-                where.append(f"{col} = %s")
-                args.append(val)
-        if query.since is not None:
-            where.append("l.created_at >= %s")
-            args.append(query.since)
-        if query.after_seq is not None:
-            where.append("r.seq > %s")
-            args.append(query.after_seq)
-        tail = "ORDER BY r.seq " + ("ASC" if query.ascending else "DESC")
-        if query.limit is not None:
-            tail += " LIMIT %s"
-            args.append(query.limit)
+        where, args = _query.where(POSTGRES, query)
+        tail = _query.order_limit(POSTGRES, query, args)
         q = self._select("WHERE " + " AND ".join(where) if where else "", tail)
         rows = self._run("listing checkpoints", lambda c: c.execute(q, args).fetchall())
-        return [_checkpoint(r) for r in rows]
+        return [row_checkpoint(r) for r in rows]
 
     def set_status(self, checkpoint_id: str, status: Status) -> None:
         q = self._q(
@@ -575,7 +515,7 @@ class PostgresBackend(LedgerMixin):
             "AND EXISTS (SELECT 1 FROM {records} WHERE checkpoint_id = %s)"
         )
         st = Status(status)
-        args = (_TO_LEGACY_STATUS[st], st.value, checkpoint_id, checkpoint_id)
+        args = (TO_LEGACY_STATUS[st], st.value, checkpoint_id, checkpoint_id)
         n = self._run(
             "changing a status", lambda c: c.execute(q, args).rowcount, write=True, idempotent=True
         )
@@ -613,109 +553,6 @@ class PostgresBackend(LedgerMixin):
                 f"no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id
             )
         return ids
-
-    # -- maintenance --------------------------------------------------------------
-
-    def iter_chunk_digests(self) -> Iterator[str]:
-        q = self._q("SELECT digest FROM {chunks}")
-        rows = self._run("listing chunks", lambda c: c.execute(q).fetchall())
-        yield from (r[0] for r in rows)
-
-    def checkpoints_using(self, digests: Iterable[str]) -> set[str]:
-        wanted = list(dict.fromkeys(digests))
-        q = self._q(
-            "SELECT DISTINCT r.checkpoint_id FROM {refs} f JOIN {records} r ON r.seq = f.seq "
-            "WHERE f.digest = ANY(%s)"
-        )
-
-        def run(conn: Conn) -> set[str]:
-            found: set[str] = set()
-            for i in range(0, len(wanted), _BATCH):
-                found.update(r[0] for r in conn.execute(q, (wanted[i : i + _BATCH],)))
-            return found
-
-        return self._run("reading chunk references", run) if wanted else set()
-
-    _ORPHANS = "FROM {chunks} c WHERE NOT EXISTS (SELECT 1 FROM {refs} f WHERE f.digest = c.digest)"
-
-    def check(self) -> StructureCheck:
-        # refs.digest is a foreign key to chunks: a record cannot lose a chunk here.
-        q = self._q("SELECT c.digest " + self._ORPHANS + " ORDER BY c.digest")
-        rows = self._run("checking the store", lambda c: c.execute(q).fetchall())
-        return StructureCheck({}, tuple(r[0] for r in rows))
-
-    def gc(self, dry_run: bool = False) -> GcReport:
-        if dry_run:
-            q = self._q("SELECT c.digest, c.stored_size " + self._ORPHANS)
-        else:
-            q = self._q("DELETE " + self._ORPHANS + " RETURNING c.digest, c.stored_size")
-
-        def run(conn: Conn) -> builtins.list[Any]:
-            return conn.execute(q).fetchall()
-
-        for attempt in range(5):
-            try:
-                rows = self._run("collecting garbage", run, write=not dry_run)
-                break
-            except StoreError as e:
-                # A save referenced a chunk while we deleted it: the FK refused; redo.
-                if attempt == 4 or not isinstance(e.__cause__, pgerr.ForeignKeyViolation):
-                    raise
-        return GcReport(
-            tuple(sorted(r[0] for r in rows)), (), sum(r[1] for r in rows), dry_run=dry_run
-        )
-
-    def stats(self) -> dict[str, Any]:
-        def run(conn: Conn) -> dict[str, Any]:
-            n, logical, payload = conn.execute(
-                self._q(
-                    "SELECT count(*), coalesce(sum((l.data_summary->>'size')::bigint), 0), "
-                    "coalesce(sum(length(r.payload)), 0) FROM " + self._FROM
-                )
-            ).fetchone() or (0, 0, 0)
-            chunks, chunk_bytes = conn.execute(
-                self._q("SELECT count(*), coalesce(sum(stored_size), 0) FROM {chunks}")
-            ).fetchone() or (0, 0)
-            by_process: dict[str, dict[str, int]] = {}
-            for pid, level, count in conn.execute(
-                self._q("SELECT process_id, level, count(*) FROM {records} GROUP BY 1, 2")
-            ):
-                by_process.setdefault(pid, {})[level] = count
-            by_status = {
-                _FROM_LEGACY_STATUS.get(s, Status.ARCHIVED).value: count
-                for s, count in conn.execute(
-                    self._q("SELECT l.status, count(*) FROM " + self._FROM + " GROUP BY 1")
-                )
-            }
-            (legacy,) = conn.execute(
-                self._q(
-                    "SELECT count(*) FROM {t} l WHERE NOT EXISTS "
-                    "(SELECT 1 FROM {records} r WHERE r.checkpoint_id = l.checkpoint_id)"
-                )
-            ).fetchone() or (0,)
-            # pg_column_size: the bytes a value takes as stored (TOAST may compress it).
-            items, item_logical, item_stored = conn.execute(
-                self._q(
-                    "SELECT count(*), coalesce(sum(octet_length(state)), 0), "
-                    "coalesce(sum(pg_column_size(state)), 0) FROM {items} WHERE ok"
-                )
-            ).fetchone() or (0, 0, 0)
-            return {
-                "checkpoints": n,
-                "chunks": chunks,
-                "logical_bytes": int(logical),
-                "stored_bytes": int(payload) + int(chunk_bytes),
-                "item_results": {
-                    "count": items,
-                    "logical_bytes": int(item_logical),
-                    "stored_bytes": int(item_stored),
-                },
-                "by_process": by_process,
-                "by_status": by_status,
-                "legacy_rows": legacy,
-            }
-
-        return self._run("reading stats", run)
 
     def close(self) -> None:
         self._conns.close()

@@ -377,5 +377,5 @@ def _record(
 
 def _store(target: CheckpointManager, record: Checkpoint, state: Any) -> Checkpoint:
     # The manager's save makes a fresh id, status and time; an import keeps the
-    # legacy ones, so it commits the record it built through the manager's store path.
-    return target._store(record, codec.encode(state))
+    # legacy ones, so it commits the record it built through the state engine.
+    return target.engine.save(record, codec.encode(state))

@@ -149,21 +149,25 @@ CHILD = textwrap.dedent(
     # Drop root only now: the interpreter's own files may be readable by root alone.
     os.setgid(65534); os.setuid(65534)
     with mgr:
-        try:
-            mgr.load(b)
-        except ckptlite.CorruptCheckpointError as e:
-            print("load:", type(e).__name__, "permission" in str(e))
-        except BaseException as e:
-            print("load:", type(e).__name__, e)
-        cp, _ = mgr.load_latest("dmg", name="s")
-        print("fallback:", cp.id == c)
-        print("verify:", list(mgr.verify(full=True).corrupted) == [b])
+        for what, call in (
+            ("load", lambda: mgr.load(b)),
+            ("load_latest", lambda: mgr.load_latest("dmg", name="s")),
+            ("verify", lambda: mgr.verify(full=True)),
+        ):
+            try:
+                call()
+                print(what + ": no error")
+            except ckptlite.StoreIOError as e:
+                print(what + ":", type(e).__name__, "permission" in str(e), e.path is not None)
+            except BaseException as e:
+                print(what + ":", type(e).__name__, e)
+        print("status:", mgr.get(b).status.value)
     """
 )
 
 
 def test_chunk_chmod_000_for_a_normal_user(tmp_path: Path) -> None:
-    """As an unprivileged user (nobody), an unreadable chunk is a clear typed error."""
+    """As an unprivileged user (nobody), an unreadable pack is an I/O error, never corruption."""
     try:
         pwd.getpwuid(65534)
     except KeyError:
@@ -184,12 +188,44 @@ def test_chunk_chmod_000_for_a_normal_user(tmp_path: Path) -> None:
             timeout=60,
         )
         assert out.returncode == 0, out.stderr
-        assert out.stdout.split("\n")[:3] == [
-            "load: CorruptCheckpointError True",
-            "fallback: True",
-            "verify: True",
+        # Unreadable is an I/O error, not damage: B stays VALID, nothing is marked.
+        assert out.stdout.split("\n")[:4] == [
+            "load: StoreIOError True True",
+            "load_latest: StoreIOError True True",
+            "verify: StoreIOError True True",
+            "status: valid",
         ], out.stdout
         chunk.chmod(0o600)
         common_check(store, expected=_expected)  # readable again: verify marks B valid
     finally:
         shutil.rmtree(base)
+
+
+def test_an_io_error_reading_a_pack_is_not_corruption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EIO mid-read (a failing disk): StoreIOError naming the pack; nothing marked CORRUPTED."""
+    import errno
+
+    import ckptlite.blobs
+
+    store = tmp_path / "store"
+    cps = _make(store)
+
+    def failing(fd: int, out: memoryview, offset: int) -> int:
+        raise OSError(errno.EIO, "Input/output error (injected)")
+
+    with open_store(store) as mgr:
+        with monkeypatch.context() as mp:
+            mp.setattr(ckptlite.blobs, "pread_into", failing)
+            for call in (
+                lambda: mgr.load(cps["B"].id),
+                lambda: mgr.load_latest(PROC, name="s"),
+                lambda: mgr.verify(full=True),
+            ):
+                with pytest.raises(ckptlite.StoreIOError) as e:
+                    call()
+                assert e.value.path is not None and e.value.path.startswith("packs/")
+        assert {c.status for c in mgr.list()} == {ckptlite.Status.VALID}
+        assert mgr.load(cps["B"].id) == _state(3)  # the disk is back: nothing was lost
+    common_check(store, expected=_expected)

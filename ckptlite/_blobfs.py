@@ -1,0 +1,149 @@
+"""The blob tree's file-system primitives: names, open flags, reads, writeback, OS errors.
+
+Shared by ``blobs`` (``BlobDir``), ``_blob_upkeep`` (walking and removing) and
+``_packs`` (open packs), which all build on it: nothing here imports them.
+"""
+
+# Performance targets cited as (P1)...(P17): bench/TARGETS.md.
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import stat
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import StoreFullError, StoreIOError
+
+__all__ = [
+    "CREATE_FLAGS",
+    "DIGEST_RE",
+    "DIR_FLAGS",
+    "LOCKS",
+    "PACKS",
+    "POOL_MAX",
+    "READ_FLAGS",
+    "SUB_RE",
+    "TMP",
+    "OpenPack",
+    "files",
+    "os_errors",
+    "pieces",
+    "pread_into",
+    "read_errors",
+    "scan",
+    "start_writeback",
+]
+
+DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+SUB_RE = re.compile(r"^[0-9a-f]{2}$")  # a chunk directory of stores written before packs
+TMP = "tmp"
+PACKS = "packs"
+LOCKS = (".lock", ".gate")
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+# O_NONBLOCK: a FIFO planted under a pack's name must not block the open.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+#: Idle open packs a BlobDir keeps for appends (about one per write group in flight).
+POOL_MAX = 4
+
+
+def scan(fd: int) -> list[os.DirEntry[str]]:
+    with os.scandir(fd) as it:
+        return list(it)
+
+
+def files(parent: int, prefix: str) -> list[tuple[str, int]]:
+    """(name, size) of the non-directories named like a digest starting with ``prefix``.
+
+    A link's (or other non-regular file's) size is 0.
+    """
+    found: list[tuple[str, int]] = []
+    for entry in scan(parent):
+        if not DIGEST_RE.match(entry.name) or not entry.name.startswith(prefix):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            found.append((entry.name, st.st_size if stat.S_ISREG(st.st_mode) else 0))
+    return found
+
+
+def pieces(fd: int, size: int = 8 << 20) -> Iterator[bytes]:
+    while data := os.read(fd, size):
+        yield data
+
+
+def pread_into(fd: int, out: memoryview, offset: int) -> int:
+    got = 0
+    while got < out.nbytes:
+        n = os.preadv(fd, [out[got:]], offset + got)
+        if not n:
+            break
+        got += n
+    return got
+
+
+_sync_file_range: Any = None
+
+
+def start_writeback(fd: int, offset: int, n: int) -> None:
+    """Ask the kernel to start writing a range to disk now, without waiting.
+
+    The fsync at the end then waits for the tail only: writeback of the first
+    chunks overlaps hashing and writing of the next ones (P3). Linux only; a
+    no-op elsewhere, and its errors are left to the fsync that follows.
+    """
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = False
+        if sys.platform.startswith("linux"):
+            import ctypes  # here, not at the top: ``import ckptlite`` stays light
+
+            fn = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                _sync_file_range = fn
+    if _sync_file_range and n:
+        _sync_file_range(fd, offset, n, 2)  # SYNC_FILE_RANGE_WRITE
+
+
+@contextlib.contextmanager
+def os_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFullError(f"{what}: the disk is full") from e
+        if e.errno == errno.EIO:
+            raise StoreIOError(f"{what}: I/O error") from e
+        raise
+
+
+@contextlib.contextmanager
+def read_errors(what: str, digest: str | None, path: str) -> Iterator[None]:
+    """Raise an OS error met reading ``what`` as StoreIOError: unreadable is not damaged."""
+    try:
+        yield
+    except OSError as e:
+        raise StoreIOError(
+            f"{what} cannot be read: {e.strerror or e}",
+            hint="Check the store's disk (dmesg) and permissions, then retry.",
+            digest=digest,
+            path=path,
+        ) from e
+
+
+class OpenPack:
+    """A pack file this process holds flocked: ``size`` bytes durable, ``end`` written."""
+
+    __slots__ = ("end", "fd", "flushed", "linked", "name", "size")
+
+    def __init__(self, name: str, fd: int, size: int, linked: bool) -> None:
+        self.name, self.fd, self.size, self.end, self.linked = name, fd, size, size, linked
+        self.flushed = size  # writeback started (or synced) up to here

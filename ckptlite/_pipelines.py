@@ -1,0 +1,143 @@
+"""Runs and resumable processes on the manager: ``run``, ``list_runs``, ``list_items``...
+
+A mixin of ``CheckpointManager``, split from it by responsibility: these open a
+run (``ckptlite.runs``) or restore a process (``ckptlite.process``) on top of
+the manager's save and load. Those modules are passed the manager; none imports
+it.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any, Protocol
+
+from . import _inputs, _items
+from .process import ResumableProcess, resume_process
+from .runs import Run, RunManager, open_run
+from .types import Checkpoint, ItemRecord, Level, RunRecord, Status
+
+__all__ = ["Pipelines"]
+
+
+class _Front(RunManager, Protocol):
+    """What these calls use of the ``CheckpointManager`` they are mixed into."""
+
+    def get(self, checkpoint_id: str) -> Checkpoint: ...
+
+    def load_latest(
+        self, process_id: str, level: Level | str | None = ..., name: str | None = ...
+    ) -> tuple[Checkpoint, Any] | None: ...
+
+    def _refuse_write(self, what: str) -> None: ...
+
+    def list(
+        self,
+        process_id: str | None = ...,
+        level: Level | str | None = ...,
+        name: str | None = ...,
+        status: Status | str | None = ...,
+    ) -> builtins.list[Checkpoint]: ...
+
+
+class Pipelines:
+    """The manager's runs and process calls (see ``CheckpointManager``)."""
+
+    def resume_from(
+        self: _Front,
+        process: ResumableProcess,
+        checkpoint_id: str | None = None,
+        *,
+        process_id: str | None = None,
+        level: Level | str | None = None,
+        name: str | None = None,
+    ) -> Checkpoint | None:
+        """Restore ``process`` from a checkpoint (default: its slot's newest loadable one).
+
+        The slot is ``process_id`` / ``level`` / ``name``, defaulting to the process's
+        ``process_id``, ``checkpoint_level`` and ``checkpoint_name`` attributes.
+        Returns the checkpoint restored, or None when there is none (state untouched).
+
+        Raises:
+            CheckpointNotFoundError: ``checkpoint_id`` does not exist.
+            CorruptCheckpointError: ``checkpoint_id`` fails verification.
+            InvalidInputError: no process_id given and the process has none.
+        """
+        return resume_process(
+            self, process, checkpoint_id, process_id=process_id, level=level, name=name
+        )
+
+    def run(
+        self: _Front,
+        process_id: str,
+        *,
+        resume: bool = True,
+        run_id: str | None = None,
+        batch_size: int = 1000,
+        batch_seconds: float = 2.0,
+        max_attempts: int = 3,
+    ) -> Run:
+        """Resume the newest unfinished run of ``process_id``, or start a new one.
+
+        A newest run that COMPLETED starts a new run; ``resume=False`` always
+        starts one; ``run_id`` reopens that run. See ``ckptlite.runs``.
+
+        Raises:
+            InvalidInputError: a bad argument, or ``run_id`` is another process's.
+            RunNotFoundError: no run ``run_id``.
+            ReadOnlyStoreError: the store is open read-only.
+
+        >>> import ckptlite
+        >>> with ckptlite.open("memory://") as mgr, mgr.run("job") as run:
+        ...     stage = run.stage("load")
+        ...     _ = stage.complete([1, 2]) if not stage.done else None
+        ...     run.stage("load").result
+        [1, 2]
+        """
+        self._refuse_write("start or resume a run")
+        _inputs.text(process_id, "process_id", empty=False)
+        if run_id is not None:
+            _inputs.text(run_id, "run_id")
+        return open_run(
+            self,
+            process_id,
+            resume=resume,
+            run_id=run_id,
+            batch_size=batch_size,
+            batch_seconds=batch_seconds,
+            max_attempts=max_attempts,
+        )
+
+    def list_runs(self: _Front, process_id: str | None = None) -> builtins.list[RunRecord]:
+        """Return the runs of one process (or all), newest first.
+
+        Raises:
+            InvalidInputError: ``process_id`` is not a str.
+        """
+        return self.backend.list_runs(_inputs.optional(process_id, "process_id"))
+
+    def list_items(
+        self: _Front, run_id: str, group: str | None = None, status: str | None = None
+    ) -> builtins.list[ItemRecord]:
+        """Return a run's work-item ledger entries, by group and item id.
+
+        ``status`` is ``"done"`` or ``"failed"`` (see ``ckptlite._items``).
+
+        Raises:
+            RunNotFoundError: no such run.
+            InvalidInputError: a bad argument.
+        """
+        _inputs.text(run_id, "run_id")
+        group, status = _inputs.optional(group, "group"), _inputs.optional(status, "status")
+        return _items.list_items(self.backend, run_id, group, status)
+
+    def load_item(self: _Front, run_id: str, group: str, item_id: str) -> Any:
+        """Return the result a done work item was marked with (``item.done(state)``).
+
+        Raises:
+            RunNotFoundError: no such run.
+            CheckpointNotFoundError: no such item, or it failed (it has no result).
+            PickleNotAllowedError: the result holds pickles and the store forbids them.
+        """
+        for value, what in ((run_id, "run_id"), (group, "group"), (item_id, "item_id")):
+            _inputs.text(value, what)
+        return _items.load_item(self.backend, run_id, group, item_id, self.allow_pickle)

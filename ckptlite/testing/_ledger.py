@@ -1,0 +1,183 @@
+"""Runs, the work-item ledger and sync: the rest of the backend contract, tested on the backend."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ..backends.base import Backend
+from ..backends.memory import MemoryBackend
+from ..errors import InvalidInputError, MissingChunksError, RunNotFoundError
+from ..types import ItemMark, Level, RunRecord, RunStatus, Status
+from ._helpers import big, load, save
+
+__all__ = ["LedgerTests"]
+
+
+class LedgerTests:
+    """Runs, the work-item ledger and sync marks, at the byte level. Needs a ``backend`` fixture."""
+
+    @staticmethod
+    def _run(backend: Backend, process_id: str = "p", run_id: str = "run_1") -> RunRecord:
+        now = datetime.now(UTC)
+        return backend.create_run(RunRecord(run_id, process_id, RunStatus.RUNNING, now, now))
+
+    def test_create_get_update_list_runs(self, backend: Backend) -> None:
+        a = self._run(backend, "p", "run_a")
+        b = self._run(backend, "p", "run_b")
+        c = self._run(backend, "q", "run_c")
+        assert a.seq < b.seq < c.seq and a.changed < b.changed < c.changed
+        assert backend.get_run("run_a") == a
+        with pytest.raises(InvalidInputError):
+            self._run(backend, "p", "run_a")
+        with pytest.raises(RunNotFoundError):
+            backend.get_run("nope")
+        assert [r.id for r in backend.list_runs("p")] == ["run_b", "run_a"]
+        assert [r.id for r in backend.list_runs()] == ["run_c", "run_b", "run_a"]
+        assert [r.id for r in backend.list_runs("p", limit=1)] == ["run_b"]
+        later = a.updated_at + timedelta(seconds=5)
+        done = backend.update_run(
+            a.replace(
+                status=RunStatus.FAILED,
+                updated_at=later,
+                finished_at=later,
+                error="boom ✗",
+                progress=(3, 10),
+            )
+        )
+        assert done.status is RunStatus.FAILED and done.error == "boom ✗"
+        assert done.progress == (3, 10) and done.finished_at == later
+        assert done.seq == a.seq and done.changed > c.changed
+        assert backend.get_run("run_a") == done
+        # Since a high-water mark, by change: run_a changed last.
+        assert [r.id for r in backend.list_runs(after_changed=b.changed)] == ["run_c", "run_a"]
+        with pytest.raises(RunNotFoundError):
+            backend.update_run(a.replace(id="nope"))
+
+    def test_marks_and_states_commit_together(self, backend: Backend) -> None:
+        run = self._run(backend)
+        t1 = backend.mark_items(
+            run.id,
+            [
+                ItemMark("tiles", "t1", True, b"\x00state-1"),
+                ItemMark("tiles", "t2", False, None, "ValueError: x"),
+                ItemMark("other", "t1", True),
+            ],
+        )
+        done, failed = backend.item_marks(run.id, "tiles")
+        assert done == {"t1"} and failed == {"t2": 1}
+        assert backend.item_marks(run.id, "other") == ({"t1"}, {})
+        assert backend.item_marks(run.id, "none") == (set(), {})
+        assert backend.item_marks("no-run", "tiles") == (set(), {})
+        entries = {(e.group, e.item_id): e for e in backend.list_items(run.id)}
+        assert entries["tiles", "t1"].state == b"\x00state-1" and entries["tiles", "t1"].ok
+        assert entries["tiles", "t2"].error == "ValueError: x" and not entries["tiles", "t2"].ok
+        assert {e.changed for e in entries.values()} == {t1}  # one transaction, one clock value
+        assert [e.item_id for e in backend.list_items(run.id, "other")] == ["t1"]
+
+    def test_attempts_count_and_done_is_never_recorded_twice(self, backend: Backend) -> None:
+        run = self._run(backend)
+        backend.mark_items(run.id, [ItemMark("g", "a", False, None, "e1")])
+        backend.mark_items(run.id, [ItemMark("g", "a", False, None, "e2")])
+        assert backend.item_marks(run.id, "g") == (set(), {"a": 2})
+        t = backend.mark_items(run.id, [ItemMark("g", "a", True, b"ok")])
+        backend.mark_items(run.id, [ItemMark("g", "a", True, b"second")])  # ignored
+        backend.mark_items(run.id, [ItemMark("g", "a", False, None, "late")])  # ignored
+        (entry,) = backend.list_items(run.id, "g")
+        assert entry.ok and entry.attempts == 3 and entry.state == b"ok" and entry.changed == t
+        # Within one call, marks apply in order.
+        backend.mark_items(run.id, [ItemMark("g", "b", True, b"1"), ItemMark("g", "b", True, b"2")])
+        assert {e.item_id: e.state for e in backend.list_items(run.id, "g")}["b"] == b"1"
+
+    def test_marks_for_an_unknown_run_write_nothing(self, backend: Backend) -> None:
+        with pytest.raises(RunNotFoundError):
+            backend.mark_items("nope", [ItemMark("g", "a", True)])
+        assert backend.list_items("nope") == []
+
+    def test_list_items_after_a_high_water_mark(self, backend: Backend) -> None:
+        run = self._run(backend)
+        first = backend.mark_items(run.id, [ItemMark("g", f"i{n}", True) for n in range(5)])
+        backend.mark_items(run.id, [ItemMark("g", f"i{n}", True) for n in range(5, 8)])
+        later = backend.list_items(run.id, after_changed=first)
+        assert [e.item_id for e in later] == ["i5", "i6", "i7"]
+        assert len(backend.list_items(run.id, limit=4)) == 4
+
+    def test_many_items_round_trip(self, backend: Backend) -> None:
+        run = self._run(backend)
+        ids = [f"tile_{n}" for n in range(20_000)]
+        for i in range(0, len(ids), 5000):
+            backend.mark_items(run.id, [ItemMark("g", x, True) for x in ids[i : i + 5000]])
+        done, failed = backend.item_marks(run.id, "g")
+        assert done == set(ids) and failed == {}
+
+    # -- sync (ckptlite.sync drives these; bytes only) ------------------------------
+
+    def test_import_records_keeps_identity_and_moves_the_mark(self, backend: Backend) -> None:
+        src = MemoryBackend(hash_name=backend.hash_name)
+        root = save(src, {"a": big(9)}, level=Level.PIPELINE)
+        kid = save(src, "kid", parent=root.id, metadata={"k": [1]}, progress=(1, 2))
+        src.set_status(kid.id, Status.ARCHIVED)
+        recs = src.records_after(0, 10)
+        assert [r.checkpoint.id for r in recs] == [root.id, kid.id]
+        assert backend.sync_mark("src") == 0
+        with pytest.raises(MissingChunksError):
+            backend.import_records(recs, "src", 2)
+        assert backend.sync_mark("src") == 0 and not backend.has_records([root.id])
+        with pytest.raises(InvalidInputError):
+            backend.import_records(recs[1:], "src", 2)  # the parent is missing
+        backend.write_chunks([src.read_chunk(d) for d in recs[0].digests])
+        own = save(backend, "own", process_id="q")
+        assert backend.import_records(recs, "src", 2) == 2
+        assert backend.import_records(recs, "src", 1) == 0  # nothing twice; mark never goes back
+        assert backend.sync_mark("src") == 2
+        got = backend.get(kid.id)
+        assert got.seq > own.seq and got.replace(seq=0) == src.get(kid.id).replace(seq=0)
+        assert load(backend, root.id) == {"a": big(9)}
+        after = backend.records_after(own.seq, 10)
+        assert [r.checkpoint.id for r in after] == [root.id, kid.id]
+        assert backend.records_after(0, 10, process_id="q")[0].checkpoint.id == own.id
+        assert backend.store_id() != src.store_id()
+
+    def test_a_mark_names_the_checkpoint_at_its_seq_and_can_be_reset(
+        self, backend: Backend
+    ) -> None:
+        def mark() -> tuple[int, str | None]:
+            return backend.sync_mark("src"), backend.sync_mark_id("src")
+
+        assert mark() == (0, None)
+        backend.import_records([], "src", 5, "five")
+        assert mark() == (5, "five")
+        backend.import_records([], "src", 3, "three")  # never back: the id stays with its seq
+        assert mark() == (5, "five")
+        backend.import_records([], "src", 7, "seven")
+        assert mark() == (7, "seven")
+        backend.import_records([], "src", 2, "two", reset=True)  # a copy's other history
+        assert mark() == (2, "two")
+        backend.import_records([], "src", 0, None, reset=True)
+        assert mark() == (0, None)
+
+    def test_ledger_export_and_import(self, backend: Backend) -> None:
+        src = MemoryBackend()
+        now = datetime.now(UTC)
+        run = src.create_run(RunRecord("run_x", "job", RunStatus.RUNNING, now, now))
+        src.mark_items(
+            run.id, [ItemMark("g", "a", True, b"A"), ItemMark("g", "b", False, None, "e")]
+        )
+        clock, runs, items = src.export_ledger(0)
+        assert [r.id for r in runs] == [run.id] and len(items) == 2
+        assert backend.import_ledger(runs, items, "src", clock) == 3
+        assert backend.import_ledger(runs, items, "src", clock) == 0
+        assert backend.sync_mark("src") == clock
+        assert backend.item_marks(run.id, "g") == ({"a"}, {"b": 1})
+        assert {e.item_id: e.state for e in backend.list_items(run.id)} == {"a": b"A", "b": None}
+        src.mark_items(run.id, [ItemMark("g", "b", False, None, "e2")])
+        clock2, runs2, items2 = src.export_ledger(clock)
+        assert runs2 == [src.get_run(run.id)] and [i.item_id for i in items2] == ["b"]
+        backend.import_ledger(runs2, items2, "src", clock2)
+        assert backend.item_marks(run.id, "g") == ({"a"}, {"b": 2})
+        ghost = dataclasses.replace(items2[0], run_id="nope")
+        with pytest.raises(RunNotFoundError):
+            backend.import_ledger([], [ghost], "src", clock2 + 1)
+        assert backend.sync_mark("src") == clock2  # nothing moved
