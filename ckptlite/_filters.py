@@ -3,7 +3,7 @@
 Tags live in a checkpoint's metadata under ``TAGS_KEY`` (a sorted list of
 strings). ``where`` maps metadata keys to values; a checkpoint matches when each
 key holds that value (numbers compare as numbers: 3 finds 3.0; the string "3"
-is another value).
+is another value). The backends filter (``ListQuery.metadata`` / ``tags``).
 
 >>> from ckptlite._filters import parse_where
 >>> parse_where("zoom=3"), parse_where("crs=EPSG:4326")
@@ -13,16 +13,13 @@ is another value).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from .backends.base import TAGS_KEY
 from .errors import InvalidInputError
-from .types import Checkpoint
 
-__all__ = ["TAGS_KEY", "check_tags", "matches", "parse_where"]
-
-#: Metadata key holding a checkpoint's tags.
-TAGS_KEY = "ckptlite.tags"
+__all__ = ["TAGS_KEY", "check_tags", "check_where", "parse_where"]
 
 
 def check_tags(tags: object) -> list[str]:
@@ -57,18 +54,21 @@ def parse_where(text: str) -> tuple[str, Any]:
         return key, raw
 
 
-def _same(have: Any, want: Any) -> bool:
-    if isinstance(have, bool) or isinstance(want, bool):
-        return have is want  # True is not 1
-    return (type(have) is type(want) and have == want) or (
-        isinstance(have, int | float) and isinstance(want, int | float) and have == want
-    )
+def check_where(where: object) -> tuple[tuple[str, Any], ...]:
+    """Return ``where`` (a dict of metadata key -> JSON value) as ``ListQuery.metadata``.
 
-
-def matches(cp: Checkpoint, where: Mapping[str, Any], tags: Iterable[str]) -> bool:
-    """Tell whether ``cp`` has every tag of ``tags`` and each ``where`` key's value."""
-    own = cp.metadata.get(TAGS_KEY)
-    have = set(own) if isinstance(own, list) else set()
-    if not set(tags) <= have:
-        return False
-    return all(k in cp.metadata and _same(cp.metadata[k], v) for k, v in where.items())
+    Raises:
+        InvalidInputError: not a dict of str keys (without '"') to JSON values.
+    """
+    if where is None:
+        return ()
+    if not isinstance(where, Mapping):
+        raise InvalidInputError(f"where must be a dict, not {where!r}")
+    for key, value in where.items():
+        if not isinstance(key, str) or not key or '"' in key:
+            raise InvalidInputError(f"a where key must be a non-empty str without '\"': {key!r}")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"where[{key!r}] is not a JSON value: {value!r}") from None
+    return tuple(where.items())

@@ -537,14 +537,6 @@ class CheckpointManager(Upkeep, Pipelines):
         Raises:
             InvalidInputError: a bad filter (a naive ``since``, an unknown level, ...).
         """
-        if where is not None and not isinstance(where, Mapping):
-            raise InvalidInputError(f"where must be a dict, not {where!r}")
-        want = _filters.check_tags(tags) if tags is not None else []
-        if where or want:
-            # Filtered here, then cut to ``limit``: the backends filter by slot only.
-            found = self.list(process_id, level, name, status, parent, since)
-            hits = [c for c in found if _filters.matches(c, where or {}, want)]
-            return hits[: _inputs.limit(limit)] if limit is not None else hits
         return self.backend.list(
             ListQuery(
                 process_id=_inputs.optional(process_id, "process_id"),
@@ -556,6 +548,8 @@ class CheckpointManager(Upkeep, Pipelines):
                 ),
                 since=_inputs.since(since),
                 limit=_inputs.limit(limit),
+                metadata=_filters.check_where(where),
+                tags=tuple(_filters.check_tags(tags)) if tags is not None else (),
             )
         )
 

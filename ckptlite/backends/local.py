@@ -101,6 +101,8 @@ SQLITE = _query.Dialect(
     seq="seq",
     status_value=lambda s: s.value,
     time_value=to_micros,
+    meta_equals=_query.sqlite_meta_equals,
+    has_tag=_query.sqlite_has_tag,
 )
 
 _CACHE_MAX_BYTES = 16 << 10  # a bigger payload + manifest is read again each time
