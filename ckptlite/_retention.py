@@ -96,7 +96,7 @@ def stamp_position(backend: Backend, cp: Checkpoint) -> Checkpoint:
     Call it holding ``slot_lock(cp)`` until ``cp`` is committed: two saves must
     never take the same position.
     """
-    return cp.replace(metadata={**cp.metadata, SLOT_INDEX_KEY: _next_position(backend, cp)})
+    return cp.copy(metadata={**cp.metadata, SLOT_INDEX_KEY: _next_position(backend, cp)})
 
 
 def prune_slot(backend: Backend, policy: CheckpointPolicy, saved: Checkpoint) -> None:
