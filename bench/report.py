@@ -274,6 +274,46 @@ def rows(r: Results) -> list[Row]:
     out += _tile_rows(r, "P12", "verified load of one float32 noise tile (warm cache, median)")
     out += _raster_rows(r)
     out += _loop_rows(r)
+    out += _ui_rows(r)
+    return out
+
+
+def _ui_rows(r: Results) -> list[Row]:
+    """P18: the dashboard's cold pages of a 100,000-item run, and what polling it costs."""
+    out = []
+    pages = r.one("P18", "limits")
+    if pages:
+        for label, med in pages["extra_info"]["medians_s"].items():
+            out.append(
+                Row(
+                    "P18",
+                    f"dashboard {label}, a run of 100,000 items, cold cache (median)",
+                    _fmt_time(med),
+                    "-",
+                    f"{med:.2f} s",
+                    "< 1 s",
+                    med < 1.0,
+                )
+            )
+    else:
+        out.append(Row("P18", "dashboard pages", "-", "-", "not measured", "", None))
+    poll = r.one("P18", "pair")
+    if poll:
+        info = poll["extra_info"]
+        out.append(
+            Row(
+                "P18",
+                "a pipeline's save rate, dashboard polled every second vs not "
+                "(median of alternating intervals)",
+                f"{info['median_with']:.0f} saves/s",
+                f"{info['median_without']:.0f} saves/s (no dashboard)",
+                f"{info['ratio']:.3f}x",
+                ">= 0.95x",
+                info["ratio"] >= 0.95,
+            )
+        )
+    else:
+        out.append(Row("P18", "save rate with a dashboard", "-", "-", "not measured", "", None))
     return out
 
 

@@ -56,6 +56,7 @@ from .types import (
 
 if TYPE_CHECKING:
     from .archive import ArchiveReport, export_archive, import_archive
+    from .legacy.export import ExportReport, export_legacy
     from .legacy.migrate import MigrationEntry, MigrationReport, migrate
 
 # Archives and the legacy importers load on first use: `import ckptlite` stays light
@@ -64,6 +65,8 @@ _LAZY = {
     "ArchiveReport": ".archive",
     "export_archive": ".archive",
     "import_archive": ".archive",
+    "ExportReport": ".legacy",
+    "export_legacy": ".legacy",
     "MigrationEntry": ".legacy",
     "MigrationReport": ".legacy",
     "migrate": ".legacy",
@@ -91,6 +94,7 @@ __all__ = [
     "CkptliteError",
     "ConfigError",
     "CorruptCheckpointError",
+    "ExportReport",
     "ForkedStoreError",
     "GcReport",
     "InvalidInputError",
@@ -126,6 +130,7 @@ __all__ = [
     "WorkItem",
     "__version__",
     "export_archive",
+    "export_legacy",
     "generate_checkpoint_id",
     "get_checkpoint_manager",
     "import_archive",

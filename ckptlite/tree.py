@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from .types import Checkpoint
+from .views import checkpoint_view
 
-__all__ = ["TreeNode", "build_tree", "render_tree", "walk"]
+__all__ = ["TreeNode", "build_tree", "render_tree", "tree_view", "walk"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +79,19 @@ def walk(roots: Iterable[TreeNode]) -> Iterator[tuple[str, TreeNode]]:
 def render_tree(roots: Iterable[TreeNode], label: Callable[[Checkpoint], str]) -> list[str]:
     """Return one text line per checkpoint: branch prefix, then ``label(checkpoint)``."""
     return [prefix + label(node.checkpoint) for prefix, node in walk(roots)]
+
+
+def tree_view(roots: Iterable[TreeNode]) -> list[dict[str, Any]]:
+    """Return the tree as JSON-ready data (the ``ckptlite ls --tree --json`` schema).
+
+    Each node: ``{"checkpoint": checkpoint_view, "detached": bool, "children": [...]}``.
+    """
+
+    def node(n: TreeNode) -> dict[str, Any]:
+        return {
+            "checkpoint": checkpoint_view(n.checkpoint),
+            "detached": n.detached,
+            "children": [node(c) for c in n.children],
+        }
+
+    return [node(r) for r in roots]

@@ -605,8 +605,10 @@ def test_on_the_example_pipelines_store(capsys: pytest.CaptureFixture[str], tmp_
         "generate",
         "resample",
         "mosaic",
-        "items:tiles",
     ]
+    drawn = run(capsys, "--store", store, "ls", "--tree")[1].splitlines()
+    names = [ln.lstrip("│├└─ ").split()[0] for ln in drawn[1:6]]
+    assert names == ["run", "generate", "resample", "mosaic", "items:tiles"]
     stats = run_json(capsys, "--store", store, "stats")
     assert stats["by_process"] == {"tile-pipeline": {"pipeline": 1, "stage": 3}}
 
@@ -972,19 +974,15 @@ def test_ls_tree_draws_a_run_as_pipeline_stage_step(
         step = tiler.save_checkpoint()
         run_id = geo_run.id
     tree = run_json(capsys, "--store", str(store), "ls", "--tree")["tree"]
-    (top,) = tree
-    assert top["checkpoint"]["level"] == "pipeline" and top["run"]["id"] == run_id
-    assert top["run"]["status"] == "failed"  # an item failed: a resumed run retries it
+    (top,) = tree  # --json: the checkpoints' own tree, the run's PIPELINE at its root
+    assert top["checkpoint"]["level"] == "pipeline"
+    assert top["checkpoint"]["metadata"]["ckptlite.run"] == run_id
     kids = {n["checkpoint"]["name"]: n for n in top["children"]}
-    assert set(kids) == {"load", "items:tiles", ""}
+    assert set(kids) == {"load", ""}
+    assert kids["load"]["checkpoint"]["level"] == "stage"
     assert kids[""]["checkpoint"]["id"] == step.id and kids[""]["checkpoint"]["level"] == "step"
-    group = kids["items:tiles"]
-    assert group["checkpoint"]["level"] == "stage" and group["kind"] == "items"
-    assert group["items"] == {"done": 29, "failed": 1, "shown": 20}
-    steps = group["children"]
-    assert len(steps) == 20 and all(n["checkpoint"]["level"] == "step" for n in steps)
-    assert steps[0]["checkpoint"]["id"] == f"{run_id}/tiles/t00"  # `ckptlite cat` takes it
-    assert steps[5]["status"] == "failed" and steps[0]["status"] == "done"
+    entries = run_json(capsys, "--store", str(store), "items", run_id)["items"]
+    assert len(entries) == 30  # the items, all of them, in `items --json`
 
     code, out, _ = run(capsys, "--store", str(store), "ls", "--tree")
     assert code == 0
@@ -995,6 +993,11 @@ def test_ls_tree_draws_a_run_as_pipeline_stage_step(
     item_line = next(ln for ln in lines if "t05" in ln)
     assert "step" in item_line and "failed" in item_line and "geo" in item_line
     assert any("10 more" in ln and "ckptlite items" in ln for ln in lines)
+    group = next(ln for ln in lines if "items:tiles" in ln)
+    assert "stage" in group and "29 done, 1 failed" in group
+    assert sum(1 for ln in lines if f"{run_id}/tiles/t" in ln) == 20
+    assert any(ln.endswith(f"{run_id}/tiles/t00") for ln in lines)  # what `cat` takes
+    assert lines.index(group) > next(i for i, ln in enumerate(lines) if "load" in ln)
 
 
 def test_tags_and_where_filter_ls(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

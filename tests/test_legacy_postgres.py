@@ -168,3 +168,24 @@ def test_rows_written_by_ckptlite_itself_are_not_imported(
     assert report.count(IMPORTED) == 6, report.entries
     assert own.id not in {e.legacy_id for e in report.entries}
     assert all(cp.process_id != "shared-run" for cp in mgr.list())
+
+
+@pytest.mark.parametrize("rows_first", [False, True])
+def test_rows_and_the_folders_they_point_at_are_one_checkpoint_each(
+    legacy_db: tuple[str, Path], mgr: ckptlite.CheckpointManager, rows_first: bool
+) -> None:
+    dsn, root = legacy_db
+    sources = [dsn, root] if rows_first else [root, dsn]
+    first = migrate(sources[0], mgr, trust_pickle=True)
+    second = migrate(sources[1], mgr, trust_pickle=True)
+    # 5 folders, 6 rows (one pointing nowhere): 6 legacy checkpoints in all.
+    assert len(mgr.list()) == 6, [e.line() for e in (*first.entries, *second.entries)]
+    assert second.count(ALREADY) == 5
+    assert second.count(IMPORTED) == (0 if rows_first else 1)
+    # A 'created' row is not what get_latest_checkpoint returned (it wanted 'valid').
+    if rows_first:
+        (phase,) = [cp for cp in mgr.list() if cp.metadata["legacy_id"] == "phase_1"]
+        assert phase.status == Status.CREATED
+        assert mgr.latest("Resampler", Level.STAGE) is None
+        pipe = mgr.latest("GeoPipeline", Level.PIPELINE)
+        assert pipe is not None and pipe.metadata["legacy_id"] == "pipe_1"

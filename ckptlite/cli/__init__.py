@@ -45,7 +45,8 @@ from .maintain import (
     _add_verify,
 )
 from .remotes import _add_remote
-from .transfer import _add_import, _add_migrate, _add_sync
+from .serve import _add_ui
+from .transfer import _add_export_legacy, _add_import, _add_migrate, _add_sync
 
 __all__ = [
     "COMMANDS",
@@ -77,8 +78,10 @@ COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
     ("config", _add_config),
     ("migrate", _add_migrate),
     ("import", _add_import),
+    ("export-legacy", _add_export_legacy),
     ("sync", _add_sync),
     ("remote", _add_remote),
+    ("ui", _add_ui),
 ]
 
 

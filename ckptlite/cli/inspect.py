@@ -123,18 +123,23 @@ TREE_ITEMS = 20
 
 
 def _tree(ctx: Context, mgr: CheckpointManager, cps: list[Checkpoint]) -> int:
-    """Draw the hierarchy: runs as PIPELINE, stages as STAGE, results as STEP."""
-    from ..tree import TreeNode, build_tree, walk
+    """Draw the hierarchy: runs as PIPELINE, stages as STAGE, item results as STEP rows."""
+    from ..tree import build_tree, tree_view, walk
 
+    if ctx.json:
+        # The checkpoints' own tree, as the dashboard's /api/checkpoints gives it; a
+        # run's items are in `ckptlite items RUN --json`.
+        ctx.emit({"tree": tree_view(build_tree(cps))}, [])
+        return EXIT_OK
     runs = {r.id: r for r in mgr.list_runs()}
-    extra: dict[str, dict[str, Any]] = {}  # node id -> what JSON and the table add
+    extra: dict[str, dict[str, str]] = {}  # node id -> its kind and status column
     nodes = list(cps)
     seq = max((c.seq for c in cps), default=0)
     for cp in cps:
         run = runs.get(str(cp.metadata.get(RUN_KEY)))
         if cp.level is not Level.PIPELINE or run is None:
             continue
-        extra[cp.id] = {"run": run, "status": run.status.value}
+        extra[cp.id] = {"status": run.status.value}
         groups: dict[str, list[ItemRecord]] = {}
         for e in mgr.list_items(run.id):
             groups.setdefault(e.group, []).append(e)
@@ -144,10 +149,9 @@ def _tree(ctx: Context, mgr: CheckpointManager, cps: list[Checkpoint]) -> int:
             done = sum(e.ok for e in entries)
             size = sum(len(e.state or b"") for e in entries)
             nodes.append(_shown_as(cp, gid, Level.STAGE, f"items:{group}", cp.id, seq, size))
-            counts = {"done": done, "failed": len(entries) - done}
-            counts["shown"] = min(len(entries), TREE_ITEMS)
-            status = f"{done} done" + (f", {counts['failed']} failed" if counts["failed"] else "")
-            extra[gid] = {"kind": "items", "items": counts, "status": status}
+            failed = len(entries) - done
+            status = f"{done} done" + (f", {failed} failed" if failed else "")
+            extra[gid] = {"kind": "items", "status": status}
             for e in entries[:TREE_ITEMS]:
                 seq += 1
                 iid = f"{gid}/{e.item_id}"
@@ -162,14 +166,6 @@ def _tree(ctx: Context, mgr: CheckpointManager, cps: list[Checkpoint]) -> int:
                 nodes.append(_shown_as(cp, more_id, Level.STEP, hint, gid, seq, 0))
                 extra[more_id] = {"kind": "more"}
     roots = build_tree(nodes)
-
-    def node(n: TreeNode) -> dict[str, Any]:
-        more = extra.get(n.checkpoint.id, {})
-        out: dict[str, Any] = {"checkpoint": checkpoint_view(n.checkpoint), "detached": n.detached}
-        out.update({k: v for k, v in more.items() if k != "status" or "kind" in more})
-        kids = [c for c in n.children if extra.get(c.checkpoint.id, {}).get("kind") != "more"]
-        out["children"] = [node(c) for c in kids]
-        return out
 
     rows = [["TREE", "PROCESS", "LEVEL", "STATUS", "SIZE", "ID"]]
     notes: dict[int, str] = {}  # "... N more" lines, kept out of the column widths
@@ -187,7 +183,7 @@ def _tree(ctx: Context, mgr: CheckpointManager, cps: list[Checkpoint]) -> int:
     lines = _table(rows) if nodes else ["no checkpoints"]
     for at, note in sorted(notes.items()):
         lines.insert(at, note)
-    ctx.emit({"tree": [node(r) for r in roots]}, lines)
+    ctx.emit({}, lines)
     return EXIT_OK
 
 

@@ -1,4 +1,4 @@
-"""Commands that move checkpoints between stores: migrate, import, sync."""
+"""Commands that move checkpoints between stores: migrate, import, export-legacy, sync."""
 
 from __future__ import annotations
 
@@ -82,22 +82,75 @@ def _migrate(ctx: Context) -> int:
             ctx.out.write(entry.line() + "\n")
             ctx.out.flush()
 
+    opened: list[Any] = []
+
+    def create() -> Any:  # the store is made on the first import, not before
+        opened.append(ctx.open(create=True))
+        return opened[-1]
+
+    target: Any
     try:
-        mgr = ctx.open(create=not a.dry_run, reads=a.dry_run)
+        target = ctx.open(reads=a.dry_run)
+        opened.append(target)
     except ConfigError:
-        if not a.dry_run:
-            raise
-        mgr = open_store("memory://")  # a dry run into a store that does not exist yet
-    with mgr, ctx.progress("migrate") as bar:
+        if a.dry_run:
+            target = open_store("memory://")  # a dry run into a store that does not exist yet
+            opened.append(target)
+        else:
+            target = create
+    with contextlib.ExitStack() as stack, ctx.progress("migrate") as bar:
+        stack.callback(lambda: [m.close() for m in opened])
         report = migrate(
             a.source,
-            mgr,
+            target,
             format=a.format,
             dry_run=a.dry_run,
             trust_pickle=a.trust_pickle,
             process_id=a.process,
             on_entry=show,
         )
+    if ctx.json:
+        ctx.emit(report.to_dict(), [])
+    else:
+        ctx.out.write("".join(line + "\n" for line in report.summary()))
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _add_export_legacy(sub: Any) -> argparse.ArgumentParser:
+    from ..legacy import EXPORT_FORMATS
+
+    p = new_command(
+        sub,
+        "export-legacy",
+        "write this store's checkpoints back in a legacy format (rollback)",
+        "ckptlite --store ./ckpts export-legacy --format core ./checkpoints",
+        description="Write the checkpoints as the legacy code wrote them, so it reads them "
+        "again: core (registry.json + <id>/*.pkl.gz with checksums), pipeline "
+        "(<experiment>/checkpoint_<stage>.json), script (checkpoint_<stage>.json), tile "
+        "(the ProcessingCheckpoint pickle, one file per process) or postgres "
+        "(pipeline_checkpoints rows at DEST, a DSN). Existing files are never overwritten "
+        "with other content. One line per checkpoint: written, already there, skipped "
+        "(why) or failed (why); what a format cannot hold is listed.",
+    )
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="legacy format")
+    p.add_argument("dest", metavar="DEST", help="folder to write into, or a DSN for postgres")
+    p.add_argument("--process", metavar="ID", help="only this process")
+    p.set_defaults(func=_export_legacy)
+    return p
+
+
+def _export_legacy(ctx: Context) -> int:
+    from ..legacy import ExportEntry, export_legacy
+
+    a = ctx.args
+
+    def show(entry: ExportEntry) -> None:
+        if not ctx.json:
+            ctx.out.write(entry.line() + "\n")
+            ctx.out.flush()
+
+    with ctx.open(reads=True) as mgr:
+        report = export_legacy(mgr, a.dest, format=a.format, process_id=a.process, on_entry=show)
     if ctx.json:
         ctx.emit(report.to_dict(), [])
     else:

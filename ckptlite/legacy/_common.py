@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,8 +22,10 @@ __all__ = [
     "LegacyCheckpoint",
     "LegacyState",
     "ReadFailure",
+    "digest_bytes",
     "from_epoch",
     "from_iso",
+    "identity",
     "import_id",
     "jsonable",
     "keep_or_raw",
@@ -62,8 +65,11 @@ class LegacyState:
 class LegacyCheckpoint:
     """One legacy checkpoint as a reader found it; ``load`` reads its payload.
 
-    ``identity`` is what makes it *this* checkpoint (format, legacy id and legacy
-    time): it decides the ckptlite id, so importing it again finds it.
+    ``identity`` is what makes it *this* checkpoint: its legacy id and the digest
+    of its source bytes (never its path or the format it was reached as). It
+    decides the ckptlite id and is kept as ``metadata["legacy_key"]``, so reaching
+    it again, by any path, finds it. ``order`` is the time the legacy system's own
+    "latest" ranked it by (epoch seconds).
     """
 
     format: str
@@ -80,10 +86,25 @@ class LegacyCheckpoint:
     legacy_parent: str | None = None  # identity of the legacy parent, when it has one
     progress: tuple[int, int] | None = None
     items: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] | None = None  # group: (done, failed)
+    order: float | None = None  # None: created_at
+
+    @property
+    def order_key(self) -> float:
+        return self.created_at.timestamp() if self.order is None else self.order
 
     @property
     def checkpoint_id(self) -> str:
         return import_id(self.level, self.created_at, self.identity)
+
+
+def identity(legacy_id: str, digest: str) -> str:
+    """Return the identity of a legacy checkpoint: its legacy id and the digest of its bytes."""
+    return f"{legacy_id}\0{digest}"
+
+
+def digest_bytes(data: bytes) -> str:
+    """Return the sha256 hex digest of a source's bytes."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def import_id(level: Level, created_at: datetime, identity: str) -> str:
@@ -182,7 +203,20 @@ def keep_or_raw(
     ``flags[key]`` records the encoding of ``raw`` and why, so nothing is lost.
     """
     try:
-        codec.encode(value)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            codec.encode(value)
+        lost = [str(w.message) for w in caught if "metadata on a dtype" in str(w.message)]
+        for w in caught:  # any other warning goes on as it came
+            if "metadata on a dtype" not in str(w.message):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if lost:  # the codec would drop the dtype's metadata: keep the original bytes
+            flags[key] = {
+                "encoding": encoding,
+                "type": _type_name(value),
+                "reason": "holds a numpy dtype with metadata, which the codec does not store",
+            }
+            return raw
     except UnsupportedTypeError as e:
         flags[key] = {"encoding": encoding, "type": _type_name(value), "reason": e.message}
         return raw

@@ -26,6 +26,7 @@ from ._common import (
     LegacyState,
     ReadFailure,
     from_epoch,
+    identity,
     jsonable,
     keep_or_raw,
     map_level,
@@ -36,6 +37,7 @@ from ._common import (
 __all__ = [
     "RECORD_FIELDS",
     "detect",
+    "dir_identity",
     "legacy_checksum",
     "load_dir",
     "read_records",
@@ -89,11 +91,14 @@ def legacy_checksum(ckpt_dir: Path, *, skip_metadata: bool = True) -> str:
     return h.hexdigest()
 
 
-def read_records(root: Path) -> tuple[dict[str, tuple[dict[str, Any], str]], list[ReadFailure]]:
+def read_records(
+    root: Path, metas: list[Path] | None = None
+) -> tuple[dict[str, tuple[dict[str, Any], str]], list[ReadFailure]]:
     """Return ``{legacy_id: (record, where)}`` from the registry and every metadata.json.
 
-    ``where`` is ``"registry.json"`` or ``"metadata.json"``. Unreadable records
-    are returned as failures, never skipped silently.
+    ``where`` is ``"registry.json"`` or ``"metadata.json"``. ``metas`` names the
+    checkpoint folders' ``metadata.json`` files (default: all below ``root``).
+    Unreadable records are returned as failures, never skipped silently.
     """
     failures: list[ReadFailure] = []
     registry: dict[str, dict[str, Any]] = {}
@@ -116,7 +121,7 @@ def read_records(root: Path) -> tuple[dict[str, tuple[dict[str, Any], str]], lis
         k: (v, "registry.json") for k, v in registry.items()
     }
     # rglob: ids were used unsanitized as directory names, so "run/phase_1" is nested.
-    for meta_path in sorted(root.rglob("metadata.json")):
+    for meta_path in sorted(root.rglob("metadata.json") if metas is None else metas):
         if meta_path.parent == root:
             continue
         dir_id = meta_path.parent.relative_to(root).as_posix()
@@ -150,19 +155,38 @@ def _age(item: tuple[str, tuple[dict[str, Any], str]]) -> tuple[float, str]:
     return (float("inf"), item[0])
 
 
-def _identity(legacy_id: str, rec: dict[str, Any]) -> str:
-    return f"core\0{legacy_id}\0{rec.get('timestamp')!r}"
+def dir_identity(legacy_id: str, ckpt_dir: Path) -> str:
+    """Return a core checkpoint's identity: its id and the digest of its data files.
+
+    The digest is the legacy checksum (every file but ``metadata.json``), so a
+    registry-only change (``validate_checkpoint``) is the same checkpoint, and a
+    database row pointing at the folder finds it too.
+
+    Raises:
+        LegacyFormatError: a file is unreadable.
+    """
+    return identity(legacy_id, legacy_checksum(ckpt_dir))
 
 
-def scan(root: Path, trust_pickle: bool) -> Iterator[LegacyCheckpoint | ReadFailure]:
+def scan(
+    root: Path, trust_pickle: bool, metas: list[Path] | None = None
+) -> Iterator[LegacyCheckpoint | ReadFailure]:
     """Yield every checkpoint of a core-manager directory (systems 1 and 5)."""
-    records, failures = read_records(root)
+    records, failures = read_records(root, metas)
     yield from failures
+    keys: dict[str, str] = {}
+    for legacy_id in records:
+        try:
+            keys[legacy_id] = dir_identity(legacy_id, _ckpt_dir(root, legacy_id))
+        except (LegacyFormatError, OSError):
+            continue  # reported below, when its checkpoint is built
     for legacy_id, (rec, where) in sorted(records.items(), key=_age):
         try:
-            yield _checkpoint(root, legacy_id, rec, where, records, trust_pickle)
+            yield _checkpoint(root, legacy_id, rec, where, keys, trust_pickle)
         except LegacyFormatError as e:
-            yield ReadFailure("core", legacy_id, str(root / legacy_id), e.message)
+            yield ReadFailure(
+                "core", legacy_id, str(root / legacy_id), f"{type(e).__name__}: {e.message}"
+            )
         except OSError as e:
             yield ReadFailure("core", legacy_id, str(root / legacy_id), f"cannot read: {e}")
 
@@ -172,10 +196,12 @@ def _checkpoint(
     legacy_id: str,
     rec: dict[str, Any],
     where: str,
-    records: dict[str, tuple[dict[str, Any], str]],
+    keys: dict[str, str],
     trust_pickle: bool,
 ) -> LegacyCheckpoint:
     ckpt_dir = _ckpt_dir(root, legacy_id)
+    if legacy_id not in keys:
+        keys[legacy_id] = dir_identity(legacy_id, ckpt_dir)  # raises why it cannot
     ts = rec.get("timestamp")
     meta: dict[str, Any] = {
         "legacy_id": legacy_id,
@@ -201,8 +227,7 @@ def _checkpoint(
     legacy_parent = None
     if parent is not None:
         meta["legacy_parent_id"] = parent
-        if str(parent) in records:
-            legacy_parent = _identity(str(parent), records[str(parent)][0])
+        legacy_parent = keys.get(str(parent))
     fmt, process_id, name = processor.classify(legacy_id, legacy_meta)
 
     def load() -> LegacyState:
@@ -216,10 +241,11 @@ def _checkpoint(
         level=level,
         name=name,
         created_at=created,
-        identity=_identity(legacy_id, rec),
+        identity=keys[legacy_id],
         load=load,
         metadata=meta,
         legacy_parent=legacy_parent,
+        order=created.timestamp(),  # list_checkpoints ranked by the record's timestamp
     )
 
 
@@ -257,10 +283,12 @@ def load_dir(
     if not isinstance(files, list):
         files = [str(p.relative_to(base)) for p in sorted(ckpt_dir.glob("*.pkl*"))]
         meta["legacy_data_files_guessed"] = True
+    meta["legacy_data_files"] = [str(f) for f in files]
     state: dict[str, Any] = {}
     raw_flags: dict[str, Any] = {}
     classes: set[str] = set()
     missing: list[str] = []
+    gz_headers: dict[str, int] = {}
     for rel in files:
         path = base / str(rel)
         key = Path(str(rel)).stem.replace(".pkl", "")
@@ -272,6 +300,9 @@ def load_dir(
         except LegacyFormatError:
             missing.append(str(rel))
             continue
+        if on_disk[:2] == b"\x1f\x8b" and len(on_disk) >= 10:
+            # The gzip header's time and flags: export-legacy writes the same bytes back.
+            gz_headers[key] = int.from_bytes(on_disk[4:8], "little")
         try:
             data = _gunzip(on_disk)
         except (OSError, EOFError, zlib.error) as e:
@@ -293,6 +324,8 @@ def load_dir(
         corrupted = corrupted or f"data files missing: {', '.join(missing)}"
     if raw_flags:
         meta["legacy_raw"] = raw_flags
+    if gz_headers:
+        meta["legacy_gzip_mtime"] = gz_headers
     if classes:
         meta["legacy_classes"] = sorted(classes)
     if corrupted:

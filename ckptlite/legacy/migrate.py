@@ -7,13 +7,13 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import codec
 from ..backends.base import dump_metadata
 from ..errors import CkptliteError, InvalidInputError, LegacyFormatError, StoreError
-from ..types import Checkpoint, Status
-from . import core, ledger, pipeline, postgres, script, tile
+from ..types import Checkpoint, Level, Status
+from . import core, ledger, pipeline, postgres, script, tile, walk
 from ._common import (
     FORMATS,
     LegacyCheckpoint,
@@ -30,6 +30,9 @@ __all__ = [
     "ALREADY",
     "FAILED",
     "IMPORTED",
+    "NOT_LEGACY",
+    "NO_FORMAT",
+    "SKIPPED",
     "WOULD_IMPORT",
     "MigrationEntry",
     "MigrationReport",
@@ -41,7 +44,11 @@ IMPORTED = "imported"
 ALREADY = "already imported"
 WOULD_IMPORT = "would import"
 FAILED = "failed"
-_OUTCOMES = (IMPORTED, ALREADY, WOULD_IMPORT, FAILED)
+SKIPPED = "skipped"
+NOT_LEGACY = "not legacy"
+_OUTCOMES = (IMPORTED, ALREADY, WOULD_IMPORT, FAILED, SKIPPED, NOT_LEGACY)
+#: The ``format`` of entries that are no legacy checkpoint (skipped or not legacy).
+NO_FORMAT = "-"
 
 #: What ``format=`` accepts: reader names, plus aliases.
 _ALIASES = {"db": "postgres", "database": "postgres", "json": "pipeline", "pickle": "tile"}
@@ -51,9 +58,10 @@ _ALIASES = {"db": "postgres", "database": "postgres", "json": "pipeline", "pickl
 class MigrationEntry:
     """What happened to one legacy checkpoint.
 
-    ``outcome`` is ``imported``, ``already imported``, ``would import`` (dry run)
-    or ``failed``; ``reason`` says why it failed, or why it came in CORRUPTED or
-    ARCHIVED.
+    ``outcome`` is ``imported``, ``already imported``, ``would import`` (dry run),
+    ``failed``, ``skipped`` (something legacy-looking left unread) or ``not legacy``
+    (looked at; no legacy checkpoint). ``reason`` says why it failed or was
+    skipped, or why it came in CORRUPTED, CREATED or ARCHIVED.
     """
 
     format: str
@@ -68,6 +76,8 @@ class MigrationEntry:
     def line(self) -> str:
         """Return the entry as one human-readable report line."""
         text = f"{self.outcome:<16} {self.format:<9} {self.legacy_id}"
+        if self.outcome in (SKIPPED, NOT_LEGACY):
+            return text + (f": {self.reason}" if self.reason else "")
         if self.checkpoint_id and self.outcome != FAILED:
             status = f" ({self.status.value})" if self.status else ""
             text += f" -> {self.checkpoint_id}{status}"
@@ -113,18 +123,21 @@ class MigrationReport:
 
     @property
     def ok(self) -> bool:
-        """True when no checkpoint failed."""
-        return self.count(FAILED) == 0
+        """True when nothing failed and nothing legacy was left unread (skipped)."""
+        return self.count(FAILED) == 0 and self.count(SKIPPED) == 0
 
     def summary(self) -> list[str]:
         """Return the per-format counts as report lines."""
         lines = []
         for fmt, per in self.counts.items():
+            if fmt == NO_FORMAT:
+                continue
             parts = [f"{n} {outcome}" for outcome, n in per.items() if n]
             lines.append(f"{fmt}: " + ", ".join(parts))
         head = "dry run, nothing written: " if self.dry_run else ""
         total = ", ".join(f"{self.count(o)} {o}" for o in _OUTCOMES if self.count(o))
-        lines.append(f"{head}{len(self.entries)} legacy checkpoints ({total or 'none'})")
+        n = sum(1 for e in self.entries if e.format != NO_FORMAT)
+        lines.append(f"{head}{n} legacy checkpoints ({total or 'none'})")
         return lines
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,10 +163,7 @@ def _format_name(fmt: str) -> str:
 
 
 def detect_formats(source: str | os.PathLike[str]) -> tuple[str, ...]:
-    """Return the legacy formats found at ``source`` (a path or a PostgreSQL DSN).
-
-    A core-manager directory (``core``) also holds processor checkpoints; the
-    pipeline manager shared that directory, so both can be found at one path.
+    """Return the legacy formats found at ``source`` (a path or a PostgreSQL DSN), at any depth.
 
     Raises:
         LegacyFormatError: nothing legacy there.
@@ -164,63 +174,149 @@ def detect_formats(source: str | os.PathLike[str]) -> tuple[str, ...]:
     src = os.fspath(source)
     if postgres.detect(src):
         return ("postgres",)
-    path = Path(src)
-    if not path.exists():
-        raise LegacyFormatError(f"{path} does not exist", path=src)
-    found: list[str] = []
-    if path.is_file():
-        if path.suffix == ".json":
-            try:
-                doc = pipeline.read_json(path)
-            except LegacyFormatError:
-                doc = None
-            found.append("script" if script.is_script_doc(doc) else "pipeline")
-        elif tile.sniff(path):
-            found.append("tile")
-    else:
-        if core.detect(path):
-            found.append("core")
-        if pipeline.detect(path):
-            found.append("pipeline")
-        if script.detect(path):
-            found.append("script")
-        if tile.detect(path):
-            found.append("tile")
-    if not found:
-        raise LegacyFormatError(
-            f"found no legacy checkpoints at {path}",
-            hint="Point at the legacy checkpoint directory (registry.json, <experiment>/"
-            "checkpoint_*.json), a tile checkpoint file or a postgresql:// DSN; or pass --format.",
-            path=src,
-        )
-    return tuple(found)
+    plan = walk.walk(Path(src))
+    if plan.empty:
+        raise _nothing_there(src)
+    return plan.formats
 
 
-def _read(
-    fmt: str, src: str, trust_pickle: bool, process_id: str | None
+def _nothing_there(src: str) -> LegacyFormatError:
+    return LegacyFormatError(
+        f"found no legacy checkpoints at {src}, at any depth",
+        hint="Point at a folder holding legacy checkpoints (registry.json, <id>/metadata.json, "
+        "checkpoint_*.json, a tile checkpoint file) or a postgresql:// DSN; or pass --format.",
+        path=src,
+    )
+
+
+class _Target:
+    """The store, opened on the first write when it was handed over as an opener.
+
+    Lookups before that see an empty store: a migration in which everything
+    failed creates nothing.
+    """
+
+    def __init__(self, target: CheckpointManager | Callable[[], CheckpointManager]) -> None:
+        self.mgr: CheckpointManager | None = None
+        self._open: Callable[[], CheckpointManager] | None = None
+        if _is_manager(target):
+            self.mgr = cast("CheckpointManager", target)
+        else:
+            self._open = cast("Callable[[], CheckpointManager]", target)
+        self._index: dict[str, Checkpoint] | None = None
+
+    def writable(self) -> CheckpointManager:
+        if self.mgr is None:
+            assert self._open is not None
+            self.mgr = self._open()
+        return self.mgr
+
+    def index(self) -> dict[str, Checkpoint]:
+        """Imported checkpoints by legacy key (and by the older releases' identity)."""
+        if self._index is None:
+            self._index = {}
+            if self.mgr is not None:
+                for cp in self.mgr.list():
+                    for k in _keys_of(cp):
+                        self._index.setdefault(k, cp)
+        return self._index
+
+    def find(self, cp: LegacyCheckpoint) -> Checkpoint | None:
+        if self.mgr is None:
+            return None
+        if self.mgr.exists(cp.checkpoint_id):
+            return self.mgr.get(cp.checkpoint_id)
+        hit = self.index().get(cp.identity)
+        if hit is None:
+            hit = self.index().get(_old_key(cp.format, cp.metadata))
+        if hit is not None and self.mgr.exists(hit.id):  # deleted since: import it again
+            return self.mgr.get(hit.id)
+        return None
+
+    def remember(self, saved: Checkpoint) -> None:
+        for k in _keys_of(saved):
+            self.index().setdefault(k, saved)
+
+    def latest(self, process_id: str, level: Level) -> Checkpoint | None:
+        return None if self.mgr is None else self.mgr.latest(process_id, level)
+
+
+def _is_manager(obj: Any) -> bool:
+    return hasattr(obj, "backend") and hasattr(obj, "latest")
+
+
+def _keys_of(cp: Checkpoint) -> list[str]:
+    md = cp.metadata
+    keys = [md["legacy_key"]] if isinstance(md.get("legacy_key"), str) else []
+    fmt = md.get("legacy_format")
+    if isinstance(fmt, str) and "legacy_id" in md:
+        keys.append(_old_key(fmt, md))
+    return keys
+
+
+def _old_key(fmt: str, md: dict[str, Any]) -> str:
+    """What identified an import made before legacy keys: format, legacy id and time."""
+    fmt = "core" if fmt == "processor" else fmt
+    return f"old\0{fmt}\0{md.get('legacy_id')}\0{jsonable(md.get('legacy_timestamp'))!r}"
+
+
+def _order_of(cp: Checkpoint) -> float:
+    order = cp.metadata.get("legacy_order")
+    if isinstance(order, int | float) and not isinstance(order, bool):
+        return float(order)
+    return cp.created_at.timestamp()
+
+
+def _read_plan(
+    plan: walk.Plan, trust_pickle: bool, process_id: str | None, only: str | None
 ) -> Iterator[LegacyCheckpoint | ReadFailure]:
-    if fmt == "postgres":
-        yield from postgres.scan(src, trust_pickle)
-        return
-    path = Path(src)
-    if not path.exists():
-        raise LegacyFormatError(f"{path} does not exist", path=src)
+    def want(fmt: str) -> bool:
+        return only is None or only == fmt or (only == "processor" and fmt == "core")
+
+    for fmt, path, why in plan.failed:  # a checkpoint_*.json that does not parse
+        if want(fmt):
+            legacy_id = f"{path.parent.name}/{pipeline.stage_of(path)}"
+            yield ReadFailure(fmt, legacy_id, str(path), why)
+    if want("core"):
+        for root, metas in sorted(plan.core_roots.items()):
+            for item in core.scan(root, trust_pickle, metas):
+                if only != "processor" or item.format == "processor":
+                    yield item
+    if want("pipeline"):
+        for path in plan.pipeline:
+            try:
+                yield pipeline.checkpoint(path, path.parent.name, plan.docs.get(path))
+            except LegacyFormatError as e:
+                yield ReadFailure(
+                    "pipeline", path.name, str(path), f"{type(e).__name__}: {e.message}"
+                )
+    if want("script"):
+        for path in plan.script:
+            doc, digest = plan.docs[path]
+            yield script.checkpoint(path, doc, process_id or script.DEFAULT_PROCESS, digest)
+    if want("tile"):
+        for path in plan.tile:
+            yield from tile.scan(path, trust_pickle, process_id)
+
+
+def _forced(
+    fmt: str, path: Path, trust_pickle: bool, process_id: str | None
+) -> Iterator[LegacyCheckpoint | ReadFailure]:
+    """Read one file as ``fmt``, whatever it looks like (``--format`` on a file)."""
     if fmt in ("core", "processor"):
         root = path.parent if path.name == "registry.json" else path
-        for item in core.scan(root, trust_pickle):
-            if fmt == "core" or item.format == "processor":
-                yield item
+        yield from (i for i in core.scan(root, trust_pickle) if fmt == "core" or i.format == fmt)
     elif fmt == "pipeline":
         yield from pipeline.scan(path)
     elif fmt == "script":
         yield from script.scan(path, process_id)
-    elif fmt == "tile":
+    else:
         yield from tile.scan(path, trust_pickle, process_id)
 
 
 def migrate(
     source: str | os.PathLike[str],
-    target: CheckpointManager,
+    target: CheckpointManager | Callable[[], CheckpointManager],
     *,
     format: str | None = None,
     dry_run: bool = False,
@@ -230,16 +326,20 @@ def migrate(
 ) -> MigrationReport:
     """Import every legacy checkpoint at ``source`` into ``target``; return the report.
 
-    ``source`` is a legacy directory or file, or a PostgreSQL DSN; ``format``
-    forces a reader (``core``, ``processor``, ``pipeline``, ``script``, ``tile``,
-    ``postgres``) instead of autodetection. Sources are only read. Each imported
-    checkpoint keeps ``legacy_id`` and ``legacy_format`` in its metadata and gets
-    an id derived from its legacy identity, so a rerun (or a run after a crash)
-    imports nothing twice. A legacy checksum mismatch imports as CORRUPTED.
-    Pickled payloads need ``trust_pickle=True``, and even then only allow-listed
-    classes load. ``process_id`` names the process for the formats that have none
-    (tile, script). ``dry_run`` reads and checks everything but writes nothing.
-    ``on_entry`` is called with each entry as it is decided.
+    ``source`` is a folder (walked at any depth: every folder and file is
+    classified and reported), one file, or a PostgreSQL DSN; ``format`` keeps
+    only that reader's checkpoints (``core``, ``processor``, ``pipeline``,
+    ``script``, ``tile``, ``postgres``). Sources are only read. A legacy
+    checkpoint is imported at most once however it is reached: its identity is
+    its legacy id and the digest of its bytes (kept as ``legacy_key``). Imports
+    go in legacy-time order, and one older than the newest checkpoint of its
+    process and level comes in ARCHIVED (``legacy_superseded_by``), so ``latest``
+    is what the legacy system's own latest was. A legacy checksum mismatch
+    imports as CORRUPTED. Pickled payloads need ``trust_pickle=True``, and even
+    then only allow-listed classes load. ``process_id`` names the process for the
+    formats that have none (tile, script). ``dry_run`` reads and checks
+    everything but writes nothing. ``target`` may be a zero-argument opener: it
+    is called on the first write only. ``on_entry`` gets each entry as decided.
 
     Raises:
         LegacyFormatError: no legacy checkpoints at ``source``.
@@ -252,10 +352,11 @@ def migrate(
     ...     migrate(tempfile.mkdtemp(), mgr, format="pipeline").entries
     ()
     """
-    if not dry_run:
-        target._refuse_write("import legacy checkpoints")
+    store = _Target(target)
+    if not dry_run and store.mgr is not None:
+        store.mgr._refuse_write("import legacy checkpoints")
     src = os.fspath(source)
-    formats = (_format_name(format),) if format else detect_formats(src)
+    only = _format_name(format) if format else None
     shown = _redact(src)
     entries: list[MigrationEntry] = []
 
@@ -264,21 +365,67 @@ def migrate(
         if on_entry is not None:
             on_entry(entry)
 
-    for fmt in formats:
-        found: list[LegacyCheckpoint] = []
-        for item in _read(fmt, src, trust_pickle, process_id):
-            if isinstance(item, ReadFailure):
-                report(
-                    MigrationEntry(
-                        item.format, item.legacy_id, item.source, FAILED, reason=item.reason
-                    )
+    items: Iterator[LegacyCheckpoint | ReadFailure]
+    formats: tuple[str, ...]
+    plan: walk.Plan | None = None
+    if postgres.detect(src):
+        if only not in (None, "postgres"):
+            raise InvalidInputError(f"{src!r} is a DSN: only the postgres format reads it")
+        items, formats = postgres.scan(src, trust_pickle), ("postgres",)
+    elif only is not None and only != "postgres" and Path(src).is_file():
+        items, formats = _forced(only, Path(src), trust_pickle, process_id), (only,)
+    else:
+        plan = walk.walk(Path(src))
+        if plan.empty and only is None:
+            raise _nothing_there(src)
+        items = _read_plan(plan, trust_pickle, process_id, only)
+        formats = (only,) if only else plan.formats
+    found: list[LegacyCheckpoint] = []
+    for item in items:
+        if isinstance(item, ReadFailure):
+            report(
+                MigrationEntry(item.format, item.legacy_id, item.source, FAILED, reason=item.reason)
+            )
+        else:
+            found.append(item)
+    # Legacy-time order across every source and format: the newest is imported last.
+    found.sort(key=lambda c: (c.order_key, c.identity))
+    by_identity: dict[str, LegacyCheckpoint] = {}
+    copies: list[LegacyCheckpoint] = []  # the same legacy checkpoint, reached again
+    for c in found:
+        if by_identity.setdefault(c.identity, c) is not c:
+            copies.append(c)
+    done: dict[str, MigrationEntry] = {}  # identity -> what happened to it
+    for cp in sort_parents_first(by_identity.values()):
+        entry = _import_one(store, cp, by_identity, done, dry_run)
+        done[cp.identity] = entry
+        report(entry)
+    for cp in copies:
+        first = done[cp.identity]
+        why = f"the same legacy checkpoint as {first.source}"
+        if first.outcome == FAILED:
+            report(_entry(cp, FAILED, None, reason=f"{why}, which failed"))
+        else:  # imported (or to be) once, under the first one's id
+            report(_entry(cp, ALREADY, first.checkpoint_id, first.status, why))
+    if plan is not None:
+        base = Path(src)
+        for path, why in plan.skipped:
+            report(MigrationEntry(NO_FORMAT, _rel(path, base), str(path), SKIPPED, reason=why))
+        for path, why in plan.not_legacy:
+            report(
+                MigrationEntry(
+                    NO_FORMAT, _rel(path, base), str(path), NOT_LEGACY, reason=why or None
                 )
-            else:
-                found.append(item)
-        by_identity = {c.identity: c for c in found}
-        for cp in sort_parents_first(found):
-            report(_import_one(target, cp, by_identity, dry_run))
+            )
     return MigrationReport(shown, formats, dry_run, tuple(entries))
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        rel = path.relative_to(base).as_posix()
+    except ValueError:
+        return str(path)
+    return rel if rel != "." else str(path)
 
 
 def _redact(source: str) -> str:
@@ -286,73 +433,97 @@ def _redact(source: str) -> str:
     return re.sub(r"^([a-z]+://[^:/@]*:)[^@]*@", r"\1***@", source)
 
 
+def _entry(
+    cp: LegacyCheckpoint,
+    outcome: str,
+    cid: str | None,
+    status: Status | None = None,
+    reason: str | None = None,
+) -> MigrationEntry:
+    return MigrationEntry(
+        cp.format, cp.legacy_id, cp.source, outcome, cid, cp.process_id, status, reason
+    )
+
+
 def _import_one(
-    target: CheckpointManager,
+    store: _Target,
     cp: LegacyCheckpoint,
     by_identity: dict[str, LegacyCheckpoint],
+    done: dict[str, MigrationEntry],
     dry_run: bool,
 ) -> MigrationEntry:
     cid = cp.checkpoint_id
-
-    def entry(
-        outcome: str, status: Status | None = None, reason: str | None = None
-    ) -> MigrationEntry:
-        return MigrationEntry(
-            cp.format, cp.legacy_id, cp.source, outcome, cid, cp.process_id, status, reason
-        )
-
-    if target.exists(cid):
-        return entry(ALREADY, target.get(cid).status)
+    have = store.find(cp)
+    if have is not None:
+        return _entry(cp, ALREADY, have.id, have.status)
     try:
         loaded = cp.load()
-        record = _record(target, cp, cid, loaded, by_identity, dry_run)
+        record = _record(store, cp, cid, loaded, by_identity, done, dry_run)
     except CkptliteError as e:
-        return entry(FAILED, reason=f"{type(e).__name__}: {e.message}")
+        return _entry(cp, FAILED, cid, reason=f"{type(e).__name__}: {e.message}")
     except OSError as e:
-        return entry(FAILED, reason=f"cannot read: {e}")
+        return _entry(cp, FAILED, cid, reason=f"cannot read: {e}")
     except Exception as e:  # one unreadable legacy checkpoint must not stop the others
-        return entry(FAILED, reason=f"cannot read: {type(e).__name__}: {e}")
+        return _entry(cp, FAILED, cid, reason=f"cannot read: {type(e).__name__}: {e}")
     reason = loaded.corrupted or loaded.metadata.get("legacy_data_missing")
+    if record.metadata.get("legacy_superseded_by"):
+        reason = reason or f"older than {record.metadata['legacy_superseded_by']}, the latest"
     if dry_run:
-        return entry(WOULD_IMPORT, record.status, reason)
+        return _entry(cp, WOULD_IMPORT, cid, record.status, reason)
+    target = store.writable()
     try:
         if cp.items:
             # Ledger first: marking done is idempotent, so a crash before the
             # checkpoint commits only makes the rerun mark the same items again.
             ledger.record_items(target, cp.process_id, cp.items)
-        _store(target, record, loaded.state)
+        saved = _store(target, record, loaded.state)
     except InvalidInputError as e:
         if target.exists(cid):  # a concurrent migration got there first
-            return entry(ALREADY, target.get(cid).status)
-        return entry(FAILED, reason=f"{type(e).__name__}: {e.message}")
+            return _entry(cp, ALREADY, cid, target.get(cid).status)
+        return _entry(cp, FAILED, cid, reason=f"{type(e).__name__}: {e.message}")
     except StoreError:
         raise  # the target itself is failing (disk full, locked): stop, a rerun resumes
     except CkptliteError as e:
-        return entry(FAILED, reason=f"{type(e).__name__}: {e.message}")
-    return entry(IMPORTED, record.status, reason)
+        return _entry(cp, FAILED, cid, reason=f"{type(e).__name__}: {e.message}")
+    store.remember(saved)
+    return _entry(cp, IMPORTED, cid, record.status, reason)
 
 
 def _record(
-    target: CheckpointManager,
+    store: _Target,
     cp: LegacyCheckpoint,
     cid: str,
     loaded: LegacyState,
     by_identity: dict[str, LegacyCheckpoint],
+    done: dict[str, MigrationEntry],
     dry_run: bool,
 ) -> Checkpoint:
     status = loaded.status or cp.status
     if loaded.corrupted:
         status = Status.CORRUPTED
-    metadata: dict[str, Any] = {"legacy_format": cp.format, **cp.metadata, **loaded.metadata}
+    metadata: dict[str, Any] = {
+        "legacy_format": cp.format,
+        **cp.metadata,
+        **loaded.metadata,
+        "legacy_key": cp.identity,
+        "legacy_order": cp.order_key,
+    }
     if status == Status.CORRUPTED and "legacy_corrupted" not in metadata:
         # Marked corrupted by the legacy system itself; the key keeps verify --full from
         # turning it VALID because ckptlite's own copy of the bytes verifies.
         metadata["legacy_corrupted"] = "the legacy record's status is 'corrupted'"
+    if status == Status.VALID:
+        newest = store.latest(cp.process_id, cp.level)
+        if newest is not None and _order_of(newest) > cp.order_key:
+            # The legacy system's latest was the newer one: never go back in time.
+            status = Status.ARCHIVED
+            metadata["legacy_superseded_by"] = newest.id
     parent_id = None
     parent = by_identity.get(cp.legacy_parent) if cp.legacy_parent else None
     if parent is not None:
-        pid = parent.checkpoint_id
-        if dry_run or target.exists(pid):
+        got = done.get(parent.identity)
+        pid = got.checkpoint_id if got is not None and got.outcome != FAILED else None
+        if pid is not None and (dry_run or (store.mgr is not None and store.mgr.exists(pid))):
             parent_id = pid
         else:
             metadata["legacy_parent_missing"] = True  # its import failed: keep the link as data

@@ -20,13 +20,15 @@ from ._common import (
     LegacyCheckpoint,
     LegacyState,
     ReadFailure,
+    digest_bytes,
     from_epoch,
     from_iso,
+    identity,
     keep_or_raw,
     read_bytes,
 )
 
-__all__ = ["checkpoint", "detect", "json_state", "read_json", "scan", "stage_of"]
+__all__ = ["checkpoint", "detect", "json_state", "read_doc", "read_json", "scan", "stage_of"]
 
 
 def detect(path: Path) -> bool:
@@ -64,6 +66,19 @@ def read_json(path: Path) -> Any:
         raise LegacyFormatError(f"{path} is not JSON: {e}", path=str(path)) from e
 
 
+def read_doc(path: Path) -> tuple[Any, str]:
+    """Return a JSON file's content and the SHA-256 of its bytes (read once).
+
+    Raises:
+        LegacyFormatError: unreadable or not JSON.
+    """
+    raw = read_bytes(path)
+    try:
+        return json.loads(raw), digest_bytes(raw)
+    except ValueError as e:
+        raise LegacyFormatError(f"{path} is not JSON: {e}", path=str(path)) from e
+
+
 def scan(root: Path) -> Iterator[LegacyCheckpoint | ReadFailure]:
     """Yield a checkpoint per ``<experiment>/checkpoint_<stage>.json`` under ``root``.
 
@@ -79,7 +94,7 @@ def scan(root: Path) -> Iterator[LegacyCheckpoint | ReadFailure]:
         try:
             yield checkpoint(path, path.parent.name)
         except LegacyFormatError as e:
-            yield ReadFailure("pipeline", legacy_id, str(path), e.message)
+            yield ReadFailure("pipeline", legacy_id, str(path), f"{type(e).__name__}: {e.message}")
 
 
 def json_state(doc: Any, path: Path) -> LegacyState:
@@ -89,13 +104,15 @@ def json_state(doc: Any, path: Path) -> LegacyState:
     return LegacyState(state, {"legacy_raw": raw} if raw else {})
 
 
-def checkpoint(path: Path, experiment_dir: str) -> LegacyCheckpoint:
-    """Return the checkpoint one pipeline JSON file holds.
+def checkpoint(
+    path: Path, experiment_dir: str, parsed: tuple[Any, str] | None = None
+) -> LegacyCheckpoint:
+    """Return the checkpoint one pipeline JSON file holds (``parsed``: its ``read_doc``).
 
     Raises:
         LegacyFormatError: not a pipeline checkpoint file.
     """
-    doc = read_json(path)
+    doc, digest = read_doc(path) if parsed is None else parsed
     if not isinstance(doc, dict):
         raise LegacyFormatError(f"{path} does not hold a JSON object")
     stage = stage_of(path)
@@ -127,7 +144,8 @@ def checkpoint(path: Path, experiment_dir: str) -> LegacyCheckpoint:
         level=Level.STAGE,
         name=stage,
         created_at=created,
-        identity=f"pipeline\0{experiment}/{stage}\0{doc.get('timestamp')!r}",
+        identity=identity(f"{experiment}/{stage}", digest),
         load=load,
         metadata=meta,
+        order=mtime,  # load_latest ranked the files by modification time
     )

@@ -4,8 +4,10 @@ Rows hold metadata only; ``file_path`` points at a core-manager checkpoint
 directory. Where that directory is readable its files are loaded and verified
 (against its ``metadata.json`` record and the row's ``validation_checksum``);
 where it is not, the row is imported without a state, as ARCHIVED, flagged.
-Statuses map ``created``/``valid`` -> VALID, ``corrupted`` -> CORRUPTED,
-``deleted`` -> ARCHIVED. The source is read in a READ ONLY transaction.
+Statuses map ``valid`` -> VALID, ``created`` -> CREATED (the legacy
+``get_latest_checkpoint`` only returned ``valid`` rows, and ``latest`` only
+returns VALID ones), ``corrupted`` -> CORRUPTED, ``deleted`` -> ARCHIVED. The
+source is read in a READ ONLY transaction.
 psycopg (3) is imported only when a DSN is migrated.
 """
 
@@ -19,7 +21,15 @@ from typing import Any
 from ..errors import ConfigError, LegacyFormatError
 from ..types import Status
 from . import core
-from ._common import LegacyCheckpoint, LegacyState, ReadFailure, jsonable, map_level, read_bytes
+from ._common import (
+    LegacyCheckpoint,
+    LegacyState,
+    ReadFailure,
+    identity,
+    jsonable,
+    map_level,
+    read_bytes,
+)
 
 __all__ = ["TABLE", "detect", "scan"]
 
@@ -30,7 +40,7 @@ _COLUMNS = (
     "error_message, created_at, updated_at"
 )
 _STATUS = {
-    "created": Status.VALID,
+    "created": Status.CREATED,  # get_latest_checkpoint returned 'valid' rows only
     "valid": Status.VALID,
     "corrupted": Status.CORRUPTED,
     "deleted": Status.ARCHIVED,
@@ -85,12 +95,28 @@ def scan(dsn: str, trust_pickle: bool) -> Iterator[LegacyCheckpoint | ReadFailur
         try:
             yield _checkpoint(row, identities, trust_pickle)
         except LegacyFormatError as e:
-            yield ReadFailure("postgres", str(row["checkpoint_id"]), _where(row), e.message)
+            yield ReadFailure(
+                "postgres",
+                str(row["checkpoint_id"]),
+                _where(row),
+                f"{type(e).__name__}: {e.message}",
+            )
 
 
 def _identity(row: dict[str, Any]) -> str:
+    """The row's checkpoint: its id and the digest of the folder it points at, if readable.
+
+    So a row and the core-manager folder it describes are one checkpoint, however
+    (and in whichever order) they are migrated.
+    """
+    d = Path(str(row["file_path"])) if row["file_path"] else None
+    if d is not None and (d / "metadata.json").is_file():
+        try:
+            return core.dir_identity(str(row["checkpoint_id"]), d)
+        except (LegacyFormatError, OSError):
+            pass
     created = row["created_at"]
-    return f"postgres\0{row['checkpoint_id']}\0{created.isoformat() if created else None}"
+    return identity(str(row["checkpoint_id"]), f"row:{created.isoformat() if created else None}")
 
 
 def _where(row: dict[str, Any]) -> str:
@@ -129,10 +155,11 @@ def _checkpoint(
         level=level,
         name=str(row["checkpoint_id"]),
         created_at=created,
-        identity=_identity(row),
+        identity=identities[row["checkpoint_id"]],
         load=load,
         metadata=meta,
         status=status,
+        order=created.timestamp(),
         legacy_parent=identities.get(parent) if parent is not None else None,
     )
 

@@ -14,7 +14,15 @@ from typing import Any
 
 from ..errors import LegacyFormatError
 from ..types import Level
-from ._common import LegacyCheckpoint, ReadFailure, from_epoch, from_iso
+from ._common import (
+    LegacyCheckpoint,
+    ReadFailure,
+    digest_bytes,
+    from_epoch,
+    from_iso,
+    identity,
+    read_bytes,
+)
 from .pipeline import json_state, read_json, stage_of
 
 __all__ = ["DEFAULT_PROCESS", "checkpoint", "detect", "is_script_doc", "scan"]
@@ -50,11 +58,13 @@ def scan(path: Path, process_id: str | None = None) -> Iterator[LegacyCheckpoint
                 continue  # a pipeline file someone copied here: the pipeline reader's
             yield checkpoint(f, doc, process_id or DEFAULT_PROCESS)
         except LegacyFormatError as e:
-            yield ReadFailure("script", stage_of(f), str(f), e.message)
+            yield ReadFailure("script", stage_of(f), str(f), f"{type(e).__name__}: {e.message}")
 
 
-def checkpoint(path: Path, doc: dict[str, Any], process_id: str) -> LegacyCheckpoint:
-    """Return the checkpoint a script JSON document holds."""
+def checkpoint(
+    path: Path, doc: dict[str, Any], process_id: str, digest: str | None = None
+) -> LegacyCheckpoint:
+    """Return the checkpoint a script JSON document holds (``digest``: of the file's bytes)."""
     stage = doc.get("stage") if isinstance(doc.get("stage"), str) else stage_of(path)
     mtime = path.stat().st_mtime
     meta: dict[str, Any] = {
@@ -78,7 +88,7 @@ def checkpoint(path: Path, doc: dict[str, Any], process_id: str) -> LegacyCheckp
         level=Level.STAGE,
         name=str(stage),
         created_at=created,
-        identity=f"script\0{stage}\0{doc.get('timestamp')!r}",
+        identity=identity(str(stage), digest or digest_bytes(read_bytes(path))),
         load=lambda: json_state(doc, path),
         metadata=meta,
     )

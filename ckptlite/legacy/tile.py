@@ -25,6 +25,7 @@ from ._common import (
     LegacyState,
     ReadFailure,
     from_epoch,
+    identity,
     keep_or_raw,
     read_bytes,
     unpickle,
@@ -71,7 +72,7 @@ def scan(
         try:
             yield checkpoint(f, trust_pickle, process_id)
         except CkptliteError as e:
-            yield ReadFailure("tile", f.name, str(f), str(e.message))
+            yield ReadFailure("tile", f.name, str(f), f"{type(e).__name__}: {e.message}")
 
 
 def checkpoint(path: Path, trust_pickle: bool, process_id: str | None = None) -> LegacyCheckpoint:
@@ -112,7 +113,7 @@ def checkpoint(path: Path, trust_pickle: bool, process_id: str | None = None) ->
         level=Level.STAGE,
         name=NAME,
         created_at=from_epoch(value["timestamp"]),
-        identity=f"tile\0{hashlib.sha256(data).hexdigest()}",
+        identity=identity("ProcessingCheckpoint", hashlib.sha256(data).hexdigest()),
         load=lambda: LegacyState(state),
         metadata=meta,
         progress=progress,
