@@ -301,7 +301,7 @@ def _stats(ctx: Context) -> int:
         lines += ["", *_table(rows)]
     items = s["item_results"]
     lines.insert(
-        4,
+        3,
         f"item results   {items['count']} ({_human(items['logical_bytes'])} logical, "
         f"{_human(items['stored_bytes'])} stored: in the byte totals)",
     )
