@@ -367,7 +367,7 @@ class LocalBackend(
                 # The others were found stored before; a gc may have taken them since.
                 mine = {r[0] for r in rows}
                 others = [d for d in record.digests if d not in mine]
-                missing = tuple(set(others) - self.has_chunks(others))
+                missing = tuple(set(others) - self.has_chunks(others)) if others else ()
                 if missing:
                     raise MissingChunksError(
                         f"{len(missing)} chunk(s) of {cp.id} are not stored", digests=missing
