@@ -1,4 +1,4 @@
-"""Runs and resumable processes on the manager: run, list_runs, run_overview, resume_from.
+"""Runs and resumable processes on the manager: ``run``, ``list_runs``, ``list_items``...
 
 A mixin of ``CheckpointManager``, split from it by responsibility: these open a
 run (``ckptlite.runs``) or restore a process (``ckptlite.process``) on top of
@@ -11,10 +11,10 @@ from __future__ import annotations
 import builtins
 from typing import Any, Protocol
 
-from . import _inputs
+from . import _inputs, _items
 from .process import ResumableProcess, resume_process
 from .runs import Run, RunManager, open_run
-from .types import Checkpoint, Level, RunOverview, RunRecord
+from .types import Checkpoint, ItemRecord, Level, RunOverview, RunRecord, Status
 
 __all__ = ["Pipelines"]
 
@@ -29,6 +29,14 @@ class _Front(RunManager, Protocol):
     ) -> tuple[Checkpoint, Any] | None: ...
 
     def _refuse_write(self, what: str) -> None: ...
+
+    def list(
+        self,
+        process_id: str | None = ...,
+        level: Level | str | None = ...,
+        name: str | None = ...,
+        status: Status | str | None = ...,
+    ) -> builtins.list[Checkpoint]: ...
 
 
 class Pipelines:
@@ -127,3 +135,30 @@ class Pipelines:
             RunOverview(r, backend.run_counts(r.id), tuple(backend.list_workers(r.id)))
             for r in backend.list_runs(_inputs.optional(process_id, "process_id"))
         ]
+
+    def list_items(
+        self: _Front, run_id: str, group: str | None = None, status: str | None = None
+    ) -> builtins.list[ItemRecord]:
+        """Return a run's work-item ledger entries, by group and item id.
+
+        ``status`` is ``"done"`` or ``"failed"`` (see ``ckptlite._items``).
+
+        Raises:
+            RunNotFoundError: no such run.
+            InvalidInputError: a bad argument.
+        """
+        _inputs.text(run_id, "run_id")
+        group, status = _inputs.optional(group, "group"), _inputs.optional(status, "status")
+        return _items.list_items(self.backend, run_id, group, status)
+
+    def load_item(self: _Front, run_id: str, group: str, item_id: str) -> Any:
+        """Return the result a done work item was marked with (``item.done(state)``).
+
+        Raises:
+            RunNotFoundError: no such run.
+            CheckpointNotFoundError: no such item, or it failed (it has no result).
+            PickleNotAllowedError: the result holds pickles and the store forbids them.
+        """
+        for value, what in ((run_id, "run_id"), (group, "group"), (item_id, "item_id")):
+            _inputs.text(value, what)
+        return _items.load_item(self.backend, run_id, group, item_id, self.allow_pickle)

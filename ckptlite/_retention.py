@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import weakref
 import zlib
 from datetime import UTC, datetime
 
@@ -19,7 +20,14 @@ from .errors import CheckpointNotFoundError, CkptliteError, InvalidInputError
 from .policies import SLOT_INDEX_KEY, CheckpointPolicy, RetentionReport, plan_retention
 from .types import Checkpoint
 
-__all__ = ["apply_retention", "prune_slot", "retain", "slot_lock", "stamp_position"]
+__all__ = [
+    "apply_retention",
+    "prune_slot",
+    "remember_position",
+    "retain",
+    "slot_lock",
+    "stamp_position",
+]
 
 log = logging.getLogger("ckptlite")
 
@@ -38,7 +46,41 @@ def _slot_query(cp: Checkpoint, limit: int | None = None) -> ListQuery:
     return ListQuery(process_id=cp.process_id, level=cp.level, name=cp.name, limit=limit)
 
 
+# The position each slot got last, per open backend: a save reads the slot's newest
+# record only the first time. Another process (or manager) saving to the same slot
+# in between may then get the same position as ours: both are judged by it, and
+# keep_every keeps a little more, never less; rules stay idempotent.
+_LAST: weakref.WeakKeyDictionary[Backend, dict[tuple[str, str, str], int]] = (
+    weakref.WeakKeyDictionary()
+)
+_LAST_SLOTS = 4096  # slots remembered per backend (then forgotten, and read again)
+
+
+def _slot_key(cp: Checkpoint) -> tuple[str, str, str]:
+    return (cp.process_id, cp.level.value, cp.name)
+
+
+def remember_position(backend: Backend, saved: Checkpoint) -> None:
+    """Note the position ``saved`` (just committed) took, so the next save need not read it."""
+    stamp = saved.metadata.get(SLOT_INDEX_KEY)
+    if not isinstance(stamp, int):
+        return
+    try:
+        known = _LAST.setdefault(backend, {})
+    except TypeError:  # a backend that takes no weak reference: always read
+        return
+    if len(known) >= _LAST_SLOTS:
+        known.clear()
+    known[_slot_key(saved)] = stamp
+
+
 def _next_position(backend: Backend, cp: Checkpoint) -> int:
+    try:
+        known = _LAST.get(backend, {}).get(_slot_key(cp))
+    except TypeError:
+        known = None
+    if known is not None:
+        return known + 1
     newest = backend.list(_slot_query(cp, limit=1))
     if not newest:
         return 1
@@ -54,7 +96,7 @@ def stamp_position(backend: Backend, cp: Checkpoint) -> Checkpoint:
     Call it holding ``slot_lock(cp)`` until ``cp`` is committed: two saves must
     never take the same position.
     """
-    return cp.replace(metadata={**cp.metadata, SLOT_INDEX_KEY: _next_position(backend, cp)})
+    return cp.copy(metadata={**cp.metadata, SLOT_INDEX_KEY: _next_position(backend, cp)})
 
 
 def prune_slot(backend: Backend, policy: CheckpointPolicy, saved: Checkpoint) -> None:

@@ -21,7 +21,14 @@ from .errors import ConfigError, InvalidInputError
 from .policies import CheckpointPolicy
 from .types import DEFAULT_HASH, StorageConfig
 
-__all__ = ["check_options", "check_policy", "open_backend", "resolve_url", "store_is_read_only"]
+__all__ = [
+    "check_options",
+    "check_policy",
+    "open_backend",
+    "resolve_location",
+    "resolve_url",
+    "store_is_read_only",
+]
 
 
 def resolve_url(url: str | os.PathLike[str] | None = None) -> str:
@@ -32,6 +39,42 @@ def resolve_url(url: str | os.PathLike[str] | None = None) -> str:
     if url is not None:
         return os.fspath(url)
     return _config.load().url
+
+
+#: A bare ``postgres`` (no remote of that name): the server libpq's environment names.
+LIBPQ_DEFAULT = "postgresql://"
+
+
+def resolve_location(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """Return the store URL a command-line location means (``sync --to/--from``).
+
+    A URL (``scheme://``) or a path (it has a ``/``, or starts with ``.`` or ``~``)
+    is itself. A bare name is a configured remote (``[remotes.NAME]`` in
+    ckptlite.toml, or ``$CKPTLITE_REMOTE_NAME``); ``postgres`` or ``postgresql``
+    with no such remote is the PostgreSQL server libpq's environment names (PGHOST,
+    PGDATABASE, PGUSER, ~/.pgpass, service files); else an existing directory.
+
+    Raises:
+        ConfigError: a bare name that is none of these (nothing is created).
+
+    >>> resolve_location("./ckpts"), resolve_location("memory://")
+    ('./ckpts', 'memory://')
+    """
+    if "://" in text or "/" in text or os.sep in text or text.startswith((".", "~")):
+        return text
+    known = _config.remotes(environ)
+    if text in known:
+        return known[text].url
+    if text in ("postgres", "postgresql"):
+        return LIBPQ_DEFAULT
+    if text and os.path.isdir(text):
+        return text
+    names = ", ".join(sorted(known)) or "none configured"
+    raise ConfigError(
+        f"{text!r} is not a configured remote, a URL or an existing path",
+        hint=f"Remotes: {names}. Add one with `ckptlite remote add {text} URL`; write "
+        f"./{text} for a (new) local directory, or postgresql://HOST/DB for PostgreSQL.",
+    )
 
 
 #: ckptlite's own parameters of a PostgreSQL URL; libpq's own ones pass through to it.

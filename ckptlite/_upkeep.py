@@ -110,9 +110,14 @@ class Upkeep:
         """Return counts and byte totals; ``dedup_ratio`` is logical / stored bytes.
 
         Keys: checkpoints, chunks, logical_bytes, stored_bytes, dedup_ratio,
-        by_process ({process: {level: count}}), by_status ({status: count}).
+        by_process ({process: {level: count}}), by_status ({status: count}),
+        item_results ({count, logical_bytes, stored_bytes}: the done items' states in
+        the run ledger; the byte totals include them).
         """
         s = dict(self.backend.stats())
+        items = s.setdefault("item_results", {"count": 0, "logical_bytes": 0, "stored_bytes": 0})
+        s["logical_bytes"] += items["logical_bytes"]
+        s["stored_bytes"] += items["stored_bytes"]
         s["dedup_ratio"] = s["logical_bytes"] / s["stored_bytes"] if s["stored_bytes"] else 1.0
         return s
 

@@ -72,18 +72,20 @@ def encode(state: Any, *, allow_pickle: bool = False) -> EncodedState:
     """
     try:
         return _encode(state, allow_pickle)
-    except UnsupportedTypeError as e:
+    except UnsupportedTypeError:
         # Found only now, on the error path: tracking the path while packing would
         # cost every save (msgpack walks dicts and lists in C, out of our sight).
         found = _locate(state, "state", allow_pickle)
         if found is None:
             raise
         where, value, inner = found
+        # from None: the first error says the same without the path, and a traceback
+        # printing both showed the hint twice.
         raise UnsupportedTypeError(
             f"{where}: {type(value).__qualname__}: {inner.message}",
             hint=inner.hint,
             **{**inner.context, "path": where},
-        ) from e
+        ) from None
 
 
 def _encode(state: Any, allow_pickle: bool) -> EncodedState:

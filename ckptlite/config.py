@@ -11,6 +11,13 @@ ones, key by key, and every value remembers where it came from, so
     keep_last = 5
     max_age = "30d"
 
+Named remotes, for ``ckptlite sync --to NAME`` (``ckptlite remote add/list/remove``)::
+
+    [remotes.hub]
+    url = "postgresql://ckpt@db.example/ckpts"
+
+or ``$CKPTLITE_REMOTE_HUB`` (the name upper-cased, ``-`` as ``_``), which wins.
+
 The store URL is the first of: ``url`` then ``home`` in the highest layer that
 sets either, else the user data directory. ``allow_pickle`` is deliberately
 not configurable: unpickling runs code, so it is asked for in code or per
@@ -20,6 +27,7 @@ command.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import tomllib
@@ -32,7 +40,19 @@ from typing import Any
 from .errors import ConfigError
 from .types import HASHES
 
-__all__ = ["KEYS", "Key", "Settings", "config_path", "load", "parse_duration"]
+__all__ = [
+    "KEYS",
+    "REMOTE_NAME",
+    "Key",
+    "Remote",
+    "Settings",
+    "add_remote",
+    "config_path",
+    "load",
+    "parse_duration",
+    "remotes",
+    "remove_remote",
+]
 
 DURABILITY = ("none", "safe", "full")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -135,6 +155,8 @@ class Key:
         return self.name.rpartition(".")[2]
 
 
+_COUNT = _int(1, (1 << 31) - 1)  # an int32 ceiling: the largest count stores round-trip
+
 KEYS: tuple[Key, ...] = (
     Key("url", "CKPTLITE_URL", _text, None, "store URL: a directory, memory://, postgresql://..."),
     Key("home", "CKPTLITE_HOME", _text, None, "directory of the local store (if no url)"),
@@ -144,8 +166,14 @@ KEYS: tuple[Key, ...] = (
     Key("compression_level", "CKPTLITE_COMPRESSION_LEVEL", _int(-7, 22), 1, "zstd level"),
     Key("group_access", "CKPTLITE_GROUP_ACCESS", _bool, False, "new files group-accessible"),
     Key("hash", "CKPTLITE_HASH", _choice(*HASHES), None, "digest of new stores (blake3)"),
-    Key("retention.keep_last", "CKPTLITE_KEEP_LAST", _int(1, 1 << 31), None, "prune: keep N"),
-    Key("retention.keep_every", "CKPTLITE_KEEP_EVERY", _int(1, 1 << 31), None, "prune: every Nth"),
+    Key("retention.keep_last", "CKPTLITE_KEEP_LAST", _COUNT, None, "prune: keep N"),
+    Key(
+        "retention.keep_every",
+        "CKPTLITE_KEEP_EVERY",
+        _COUNT,
+        None,
+        "prune: every Nth",
+    ),
     Key("retention.max_age", "CKPTLITE_MAX_AGE", parse_duration, None, "prune: drop older"),
     Key("retention.keep_best", "CKPTLITE_KEEP_BEST", _best, None, "prune: METRIC:min|max"),
 )
@@ -190,10 +218,10 @@ def config_path(environ: Mapping[str, str] | None = None) -> Path:
     return Path(platformdirs.user_config_dir("ckptlite", appauthor=False)) / "ckptlite.toml"
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _read_doc(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
-            doc = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         return {}
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -201,8 +229,15 @@ def _read_file(path: Path) -> dict[str, Any]:
             f"cannot read the configuration file {path}: {e}",
             hint="Fix the file's TOML syntax, or point $CKPTLITE_CONFIG at another file.",
         ) from e
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    doc = _read_doc(path)
+    _file_remotes(doc, path)  # checked here too: a bad [remotes] table is an error anywhere
     flat: dict[str, Any] = {}
     for key, value in doc.items():
+        if key == "remotes":
+            continue
         if isinstance(value, dict):
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
@@ -251,7 +286,11 @@ def load(
             try:
                 values[name] = key.parse(raw)
             except ConfigError as e:
-                raise ConfigError(f"{name} from {source}: {e.message}", hint=e.hint) from None
+                hint = e.hint
+                if hint == ConfigError.default_hint:  # a bare parser error: say where to fix it
+                    where = {"env": f"${key.env}", "flag": (overrides or {}).get(name, ("", ""))[1]}
+                    hint = f"Give {where.get(label) or label} a valid value ({key.help})."
+                raise ConfigError(f"{name} from {source}: {e.message}", hint=hint) from None
             sources[name] = source
             if name in ("url", "home"):
                 url_layer = layer
@@ -269,3 +308,152 @@ def load(
         config_file_exists=path.is_file(),
         sources=sources,
     )
+
+
+# -- named remotes ---------------------------------------------------------------------
+
+#: A remote's name: a bare word, so it can never be mistaken for a path or a URL.
+REMOTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+_REMOTE_ENV = "CKPTLITE_REMOTE_"
+
+
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """A named store: its URL and where the name was defined (file or environment)."""
+
+    name: str
+    url: str
+    source: str
+
+
+def _env_name(name: str) -> str:
+    return _REMOTE_ENV + name.upper().replace("-", "_")
+
+
+def _file_remotes(doc: Mapping[str, Any], path: Path) -> dict[str, Remote]:
+    table = doc.get("remotes", {})
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"{path}: [remotes] must be a table of [remotes.NAME] tables",
+            hint='For example:\n[remotes.hub]\nurl = "postgresql://db.example/ckpts"',
+        )
+    out: dict[str, Remote] = {}
+    for name, entry in table.items():
+        url = entry.get("url") if isinstance(entry, dict) else None
+        if not REMOTE_NAME.match(name) or not isinstance(url, str) or not url:
+            raise ConfigError(
+                f"{path}: remote {name!r} needs a name of letters, digits, - and _ and "
+                'a url = "..."',
+                hint='For example:\n[remotes.hub]\nurl = "postgresql://db.example/ckpts"',
+            )
+        out[name] = Remote(name, url, f"file {path}")
+    return out
+
+
+def remotes(environ: Mapping[str, str] | None = None) -> dict[str, Remote]:
+    """Return the configured remotes by name: ``ckptlite.toml``, then ``$CKPTLITE_REMOTE_*``.
+
+    Raises:
+        ConfigError: the file is unreadable or a remote in it is malformed.
+
+    >>> remotes({"CKPTLITE_CONFIG": "/nonexistent", "CKPTLITE_REMOTE_HUB": "memory://"})
+    {'hub': Remote(name='hub', url='memory://', source='env CKPTLITE_REMOTE_HUB')}
+    """
+    env = os.environ if environ is None else environ
+    path = config_path(env)
+    found = _file_remotes(_read_doc(path), path)
+    by_env = {_env_name(n): n for n in found}
+    for var, url in sorted(env.items()):
+        if var.startswith(_REMOTE_ENV) and url and len(var) > len(_REMOTE_ENV):
+            name = by_env.get(var) or var[len(_REMOTE_ENV) :].lower()
+            found[name] = Remote(name, url, f"env {var}")
+    return found
+
+
+def _check_remote_name(name: str) -> None:
+    if not isinstance(name, str) or not REMOTE_NAME.match(name):
+        raise ConfigError(
+            f"bad remote name {name!r}",
+            hint="A remote's name is a bare word: a letter, then letters, digits, - or _ "
+            "(no '/' and no scheme, so it is never taken for a path or a URL).",
+        )
+
+
+def _write_config(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def add_remote(name: str, url: str, environ: Mapping[str, str] | None = None) -> Path:
+    """Add ``[remotes.NAME] url = URL`` to the configuration file; return its path.
+
+    Raises:
+        ConfigError: a bad name or URL, or the name is defined already.
+    """
+    _check_remote_name(name)
+    if not isinstance(url, str) or not url.strip() or "\n" in url:
+        raise ConfigError(f"bad URL {url!r} for remote {name}", hint="Give a URL or a path.")
+    env = os.environ if environ is None else environ
+    path = config_path(env)
+    existing = remotes(env).get(name)
+    if existing is not None:
+        raise ConfigError(
+            f"remote {name} exists already ({existing.url}, from {existing.source})",
+            hint=f"`ckptlite remote remove {name}` first, or pick another name.",
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    if text and not text.endswith("\n"):
+        text += "\n"
+    # JSON string escapes are TOML basic-string escapes.
+    text += (
+        f"{chr(10) if text else ''}[remotes.{name}]\nurl = {json.dumps(url, ensure_ascii=False)}\n"
+    )
+    _write_config(path, text)
+    return path
+
+
+def remove_remote(name: str, environ: Mapping[str, str] | None = None) -> Path:
+    """Remove ``[remotes.NAME]`` from the configuration file; return its path.
+
+    Raises:
+        ConfigError: no such remote in the file (or it comes from the environment).
+    """
+    _check_remote_name(name)
+    env = os.environ if environ is None else environ
+    path = config_path(env)
+    found = remotes(env).get(name)
+    if found is None or not found.source.startswith("file "):
+        where = f"it is set by {found.source}: unset it there" if found else "no such remote"
+        raise ConfigError(
+            f"cannot remove remote {name}: {where}",
+            hint="`ckptlite remote list` shows the remotes and where each comes from.",
+        )
+    header = re.compile(rf"^\s*\[\s*remotes\s*\.\s*(\"?){re.escape(name)}\1\s*\]\s*(#.*)?$")
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    out: list[str] = []
+    skipping = False
+    for line in lines:
+        if header.match(line):
+            skipping = True
+            continue
+        if skipping and line.lstrip().startswith("["):
+            skipping = False
+        if not skipping:
+            out.append(line)
+    text = "".join(out)
+    try:
+        still = name in _file_remotes(tomllib.loads(text), path)
+    except tomllib.TOMLDecodeError:
+        still = True  # the edit would break the file: leave it as it is
+    if still:
+        raise ConfigError(
+            f"cannot remove remote {name} from {path}: it is not written as [remotes.{name}]",
+            hint="Edit the file by hand.",
+        )
+    _write_config(path, text)
+    return path

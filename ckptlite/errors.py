@@ -84,6 +84,9 @@ class CkptliteError(Exception):
         self.digests = digests
         self.path = path
         self.run_id = run_id
+        # The hint is a note, not part of str(): a traceback shows it once, and whoever
+        # prints the message and then the hint (the CLI does) does not repeat it.
+        self.add_note(f"hint: {self.hint}")
 
     @property
     def context(self) -> dict[str, Any]:
@@ -104,7 +107,7 @@ class CkptliteError(Exception):
         }
 
     def __str__(self) -> str:
-        return f"{self.message} (hint: {self.hint})"
+        return self.message
 
 
 class CheckpointNotFoundError(CkptliteError, KeyError):

@@ -14,12 +14,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from . import _async, _inputs, _retention, codec
+from . import _async, _filters, _inputs, _retention, codec
 from . import config as _config
 from ._engine import StateIO
 from ._pipelines import Pipelines
@@ -253,6 +253,7 @@ class CheckpointManager(Upkeep, Pipelines):
         metadata: dict[str, Any] | None = None,
         progress: tuple[int, int] | None = None,
         policy: CheckpointPolicy | None = None,
+        tags: Sequence[str] | None = None,
     ) -> Checkpoint:
         """Save ``state`` as a new checkpoint of ``process_id`` and return its record.
 
@@ -261,7 +262,8 @@ class CheckpointManager(Upkeep, Pipelines):
             InvalidInputError: bad process_id, name, level, parent, metadata or progress.
             StoreFullError, StoreIOError: the disk failed; nothing was committed.
 
-        ``policy`` (default: the manager's) prunes the slot after the save.
+        ``policy`` (default: the manager's) prunes the slot after the save. ``tags``
+        (strings) are kept in the metadata; ``list(tags=)`` and ``ls --tag`` find them.
 
         >>> import ckptlite
         >>> mgr = ckptlite.open("memory://")
@@ -270,7 +272,7 @@ class CheckpointManager(Upkeep, Pipelines):
         """
         self._refuse_write("save")
         check_policy(policy)
-        cp = self._new_checkpoint(process_id, level, name, parent, metadata, progress)
+        cp = self._new_checkpoint(process_id, level, name, parent, metadata, progress, tags)
         encoded = codec.encode(state, allow_pickle=self.allow_pickle)
         return self._commit_encoded(cp, encoded, policy)
 
@@ -282,6 +284,7 @@ class CheckpointManager(Upkeep, Pipelines):
         parent: str | Checkpoint | None,
         metadata: dict[str, Any] | None,
         progress: tuple[int, int] | None,
+        tags: Sequence[str] | None = None,
     ) -> Checkpoint:
         # Every argument is checked here, before a chunk is written: a bad one must
         # leave the store unchanged, not orphan chunks of a save that then fails.
@@ -293,6 +296,8 @@ class CheckpointManager(Upkeep, Pipelines):
         if metadata is not None and not isinstance(metadata, Mapping):
             raise InvalidInputError(f"metadata must be a dict, not {type(metadata).__name__}")
         meta = dict(metadata or {})
+        if tags is not None:
+            meta[_filters.TAGS_KEY] = _filters.check_tags(tags)
         dump_metadata(meta)  # reject non-JSON (or non-Unicode) metadata before any write
         progress = _inputs.progress(progress)
         parent_id = parent.id if isinstance(parent, Checkpoint) else parent
@@ -330,21 +335,20 @@ class CheckpointManager(Upkeep, Pipelines):
     ) -> Checkpoint:
         """Store an encoded save, then prune its slot: the save path after encoding.
 
-        Retention runs after the commit, on the slot just saved; a ``keep_every``
-        policy also stamps the slot position, under the slot's lock until the commit.
+        Every save is stamped with its slot position, under the slot's lock until the
+        commit; retention runs after the commit, on the slot just saved.
 
         Raises:
             StoreFullError, StoreIOError: the save failed; nothing was committed.
         """
         policy = policy or self.policy
-        if policy is None:
-            return self.engine.save(cp, encoded)
-        if policy.keep_every is None:
-            saved = self.engine.save(cp, encoded)
-        else:
-            with _retention.slot_lock(cp):
-                saved = self.engine.save(_retention.stamp_position(self.backend, cp), encoded)
-        _retention.prune_slot(self.backend, policy, saved)  # logs a failure, never raises
+        # Every save is stamped (policy or not): a later prune's keep_every needs
+        # positions that do not move when older checkpoints are removed.
+        with _retention.slot_lock(cp):
+            saved = self.engine.save(_retention.stamp_position(self.backend, cp), encoded)
+            _retention.remember_position(self.backend, saved)
+        if policy is not None:
+            _retention.prune_slot(self.backend, policy, saved)  # logs, never raises
         return saved
 
     def save_async(
@@ -358,6 +362,7 @@ class CheckpointManager(Upkeep, Pipelines):
         metadata: dict[str, Any] | None = None,
         progress: tuple[int, int] | None = None,
         policy: CheckpointPolicy | None = None,
+        tags: Sequence[str] | None = None,
     ) -> Future[Checkpoint]:
         """Queue a save and return its future; the state is snapshotted before this returns.
 
@@ -394,6 +399,7 @@ class CheckpointManager(Upkeep, Pipelines):
             parent=parent,
             metadata=metadata,
             progress=progress,
+            tags=tags,
         )
 
     def flush(self, timeout: float | None = None) -> None:
@@ -519,8 +525,14 @@ class CheckpointManager(Upkeep, Pipelines):
         parent: str | Checkpoint | None = None,
         since: datetime | None = None,
         limit: int | None = None,
+        *,
+        where: Mapping[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
     ) -> list[Checkpoint]:
         """Return matching checkpoints, newest first.
+
+        ``where`` keeps those whose metadata holds each key's value; ``tags`` those
+        saved with every one of these tags.
 
         Raises:
             InvalidInputError: a bad filter (a naive ``since``, an unknown level, ...).
@@ -536,6 +548,8 @@ class CheckpointManager(Upkeep, Pipelines):
                 ),
                 since=_inputs.since(since),
                 limit=_inputs.limit(limit),
+                metadata=_filters.check_where(where),
+                tags=tuple(_filters.check_tags(tags)) if tags is not None else (),
             )
         )
 

@@ -13,15 +13,15 @@ no keep rule, every checkpoint is selected), unless it is older than
 
 ``keep_every=N`` keeps each checkpoint whose *slot position* is a multiple of N.
 Positions are 1-based (the first save of a slot is position 1, so N=10 keeps
-the 10th, 20th, ...). A manager whose policy has ``keep_every`` stamps each new
-checkpoint's position into its metadata under ``SLOT_INDEX_KEY``, so positions
-stay put when retention removes older checkpoints (two processes saving to one
-slot at the same moment may stamp the same position: both are then judged by
-it). A checkpoint without that
-stamp gets its 1-based rank by ``seq`` among the slot's stored checkpoints; so
-on unstamped checkpoints a second ``apply_retention`` ranks the survivors afresh
-and thins them again. For repeatable ``keep_every``, give the policy to the
-manager (``open(..., policy=)``) or to ``save(..., policy=)`` from the start.
+the 10th, 20th, ...). The manager stamps every new checkpoint's position into its
+metadata under ``SLOT_INDEX_KEY`` (with or without a policy), so positions stay put
+when retention removes older checkpoints, and every rule gives the same result
+however often it runs, like restic's ``forget``. (Two processes saving to one
+slot at the same moment may stamp the same position: both are then judged by it.)
+A checkpoint without that stamp (written by an older ckptlite) has no position
+that would survive a prune: a rank among the survivors would move with every
+pass and erode history, so ``keep_every`` keeps it; the other rules judge it
+as usual.
 
 >>> from ckptlite.policies import CheckpointPolicy
 >>> CheckpointPolicy(keep_last=3, keep_every=10).keeps_anything_out
@@ -46,6 +46,7 @@ __all__ = [
     "RetentionReport",
     "plan_retention",
     "slot_of",
+    "slot_position",
 ]
 
 #: Metadata key holding a checkpoint's 1-based position in its slot.
@@ -176,15 +177,12 @@ class RetentionReport:
         return "\n".join(lines)
 
 
-def _positions(slot_records: Sequence[Checkpoint]) -> list[int]:
-    out = []
-    for rank, cp in enumerate(slot_records, start=1):
-        stamp = cp.metadata.get(SLOT_INDEX_KEY)
-        if isinstance(stamp, int) and not isinstance(stamp, bool) and stamp > 0:
-            out.append(stamp)
-        else:
-            out.append(rank)
-    return out
+def slot_position(cp: Checkpoint) -> int | None:
+    """Return the 1-based slot position stamped on ``cp``, or None (no valid stamp)."""
+    stamp = cp.metadata.get(SLOT_INDEX_KEY)
+    if isinstance(stamp, int) and not isinstance(stamp, bool) and stamp > 0:
+        return stamp
+    return None
 
 
 def _metric(cp: Checkpoint, key: str) -> float | None:
@@ -208,8 +206,11 @@ def _slot_reasons(
             reasons[cp.id].append(f"keep_last={policy.keep_last} (#{i} newest valid)")
     if policy.keep_every is not None:
         n = policy.keep_every
-        for cp, pos in zip(counted, _positions(counted), strict=True):
-            if pos % n == 0 and cp.status == Status.VALID:
+        for cp in valid:
+            pos = slot_position(cp)
+            if pos is None:
+                reasons[cp.id].append(f"keep_every={n} (no slot position recorded: kept)")
+            elif pos % n == 0:
                 reasons[cp.id].append(f"keep_every={n} (slot position {pos})")
     if policy.keep_best is not None:
         key, mode = policy.keep_best

@@ -26,9 +26,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import ConfigError, InvalidInputError
+from .errors import ConfigError, CorruptCheckpointError, InvalidInputError
 from .policies import CheckpointPolicy
-from .types import Checkpoint, Level
+from .runs import RUN_KEY, Run, current_run
+from .types import Checkpoint, Level, Status
 
 __all__ = [
     "CheckpointableProcess",
@@ -75,11 +76,28 @@ class ProcessManager(Protocol):
     ) -> Checkpoint | None:
         """Restore a process (``CheckpointManager.resume_from``)."""
 
+    def list(
+        self,
+        process_id: str | None = ...,
+        level: Level | str | None = ...,
+        name: str | None = ...,
+        status: Status | str | None = ...,
+    ) -> list[Checkpoint]:
+        """List checkpoints, newest first (``CheckpointManager.list``)."""
+
 
 class _Loader(Protocol):
     """What ``resume_process`` uses of a ``CheckpointManager``."""
 
     def get(self, checkpoint_id: str) -> Checkpoint: ...
+
+    def list(
+        self,
+        process_id: str | None = ...,
+        level: Level | str | None = ...,
+        name: str | None = ...,
+        status: Status | str | None = ...,
+    ) -> list[Checkpoint]: ...
 
     def load(self, checkpoint: str | Checkpoint) -> Any: ...
 
@@ -119,6 +137,11 @@ class CheckpointableProcess:
     - ``checkpoint_level`` / ``checkpoint_name``: the slot saved to (STEP, "").
     - ``checkpoint_manager``: the manager used; None means ``get_checkpoint_manager()``.
     - ``checkpoint_metadata``: metadata stored with each checkpoint (override it).
+    - ``checkpoint_run``: the run it works for; None means the run whose ``with``
+      block encloses the call (``mgr.run(...)``), if any. Inside a run, saves are
+      tagged with the run (and are children of its PIPELINE checkpoint), and
+      ``load_checkpoint`` / ``mgr.resume_from`` resume only that run's saves: a new
+      run never picks up the state another run left behind.
     """
 
     process_id: str
@@ -127,6 +150,15 @@ class CheckpointableProcess:
     checkpoint_level: Level = Level.STEP
     checkpoint_name: str = ""
     checkpoint_manager: ProcessManager | None = None
+    checkpoint_run: Run | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # The clock of should_checkpoint starts when the process is made (the mixin
+        # has no __init__ to call), counting items from 0.
+        new = super().__new__
+        obj = new(cls) if new is object.__new__ else new(cls, *args, **kwargs)
+        obj.__dict__["_ckpt_last"] = (time.monotonic(), 0)
+        return obj
 
     @property
     def checkpoint_metadata(self) -> dict[str, Any]:
@@ -145,10 +177,18 @@ class CheckpointableProcess:
     def _manager(self) -> ProcessManager:
         return self.checkpoint_manager or _default_manager()
 
+    def _checkpoint_scope(self) -> Run | None:
+        """Return the run this process saves under and resumes from, or None."""
+        return self.checkpoint_run or current_run()
+
+    def _checkpoint_restored(self) -> None:
+        """Count from here: called whenever the state was restored (by any path)."""
+        self.__dict__["_ckpt_last"] = (time.monotonic(), self.get_progress()[0])
+
     def _ckpt_mark(self) -> tuple[float, int]:
         mark: tuple[float, int] | None = self.__dict__.get("_ckpt_last")
-        if mark is None:
-            mark = (time.monotonic(), self.get_progress()[0])
+        if mark is None:  # made without __new__ (copy.copy of an old pickle, ...)
+            mark = (time.monotonic(), 0)
             self.__dict__["_ckpt_last"] = mark
         return mark
 
@@ -157,7 +197,8 @@ class CheckpointableProcess:
 
         Due when ``checkpoint_policy.every_items`` items were done since the last
         save, or ``every_seconds`` (else ``checkpoint_interval``) seconds passed.
-        The clock starts at the first call or the last save.
+        Both count from the last save or restore, else from the process's start
+        (items from 0).
         """
         since, done_then = self._ckpt_mark()
         seconds = time.monotonic() - since
@@ -182,13 +223,18 @@ class CheckpointableProcess:
                 hint="Set process_id as a class or instance attribute.",
             )
         progress = self.get_progress()
+        metadata = self.checkpoint_metadata
+        run = self._checkpoint_scope()
+        if run is not None:
+            metadata = {**metadata, RUN_KEY: run.id}
+            parent = parent if parent is not None else run.pipeline_checkpoint()
         cp = self._manager().save(
             pid,
             self.get_state(),
             level=self.checkpoint_level,
             name=self.checkpoint_name,
             parent=parent,
-            metadata=self.checkpoint_metadata,
+            metadata=metadata,
             progress=(int(progress[0]), int(progress[1])),
             policy=self.checkpoint_policy,
         )
@@ -204,10 +250,7 @@ class CheckpointableProcess:
             CheckpointNotFoundError: ``checkpoint_id`` does not exist.
             CorruptCheckpointError: ``checkpoint_id`` fails verification.
         """
-        cp = self._manager().resume_from(self, checkpoint_id)
-        if cp is not None:
-            self.__dict__["_ckpt_last"] = (time.monotonic(), self.get_progress()[0])
-        return cp
+        return self._manager().resume_from(self, checkpoint_id)
 
 
 def resume_process(
@@ -220,9 +263,12 @@ def resume_process(
     name: str | None = None,
 ) -> Checkpoint | None:
     """Restore ``process`` (see ``CheckpointManager.resume_from``)."""
+    restored = getattr(process, "_checkpoint_restored", None)
     if checkpoint_id is not None:
         cp = mgr.get(checkpoint_id)
         process.restore_state(mgr.load(cp.id))
+        if restored is not None:
+            restored()
         return cp
     pid = process_id or getattr(process, "process_id", None)
     if not isinstance(pid, str) or not pid:
@@ -233,9 +279,30 @@ def resume_process(
         level = getattr(process, "checkpoint_level", None)
     if name is None:
         name = getattr(process, "checkpoint_name", None)
-    hit = mgr.load_latest(pid, level, name)
+    scope = getattr(process, "_checkpoint_scope", None)
+    run = scope() if scope is not None else None
+    if run is not None:
+        hit = _latest_of_run(mgr, run, pid, level, name)
+    else:
+        hit = mgr.load_latest(pid, level, name)
     if hit is None:
         return None
     cp, state = hit
     process.restore_state(state)
+    if restored is not None:
+        restored()
     return cp
+
+
+def _latest_of_run(
+    mgr: _Loader, run: Run, pid: str, level: Level | str | None, name: str | None
+) -> tuple[Checkpoint, Any] | None:
+    """Return the newest loadable checkpoint of the slot saved under ``run``, and its state."""
+    for cp in mgr.list(pid, level, name, Status.VALID):
+        if cp.metadata.get(RUN_KEY) != run.id:
+            continue
+        try:
+            return cp, mgr.load(cp.id)
+        except CorruptCheckpointError:
+            continue  # marked corrupted by load: the next older one
+    return None

@@ -69,7 +69,15 @@ class Progress:
         self._width = len(line)
 
     def _run(self) -> None:
+        # A bar is drawn again only when its count moves (a finished "8/8" once, not on
+        # every tick while the command writes its last bytes); a spinner spins.
+        drawn: tuple[int, int | None] | None = None
         while not self._stop.wait(0.125):
+            with self._lock:
+                now = (self.done, self.total)
+            if now[1] and now == drawn:
+                continue
+            drawn = now
             self._draw(self._line())
 
     def __enter__(self) -> Progress:

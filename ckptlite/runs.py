@@ -58,6 +58,7 @@ new one when the newest completed; ``resume=False`` always starts a new run and
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -89,19 +90,34 @@ from .types import (
 )
 
 __all__ = [
+    "PIPELINE_NAME",
     "RUN_KEY",
     "Run",
     "RunManager",
     "Stage",
     "WorkItem",
+    "current_run",
     "decode_item_state",
     "encode_item_state",
     "open_run",
     "run_key",
 ]
 
-#: Metadata key tying a STAGE checkpoint to the run that completed it.
+#: Metadata key tying a checkpoint (the run's PIPELINE checkpoint, its STAGE
+#: results, a process's saves inside it) to its run.
 RUN_KEY = "ckptlite.run"
+#: The slot name of a run's PIPELINE checkpoint, the parent of its stages.
+PIPELINE_NAME = "run"
+
+# The run whose ``with`` block is running (in this thread or task): a
+# CheckpointableProcess used inside it saves under it and resumes only from it.
+_CURRENT: contextvars.ContextVar[Run | None] = contextvars.ContextVar("ckptlite_run", default=None)
+
+
+def current_run() -> Run | None:
+    """Return the run whose ``with`` block encloses the caller, or None."""
+    return _CURRENT.get()
+
 
 _ERROR_MAX = 4000
 _MAX_SEG = 256  # items per batch at most (auto): a batch is what a dead worker's successor redoes
@@ -129,6 +145,7 @@ class RunManager(Protocol):
         *,
         level: Level | str = ...,
         name: str = ...,
+        parent: str | Checkpoint | None = ...,
         metadata: dict[str, Any] | None = ...,
     ) -> Checkpoint:
         """Save a stage's result (``CheckpointManager.save``)."""
@@ -367,7 +384,12 @@ class Stage:
         self.run.commit()
         meta = {**(metadata or {}), RUN_KEY: self.run.id}
         cp = self.run.manager.save(
-            self.run.process_id, result, level=Level.STAGE, name=self.name, metadata=meta
+            self.run.process_id,
+            result,
+            level=Level.STAGE,
+            name=self.name,
+            metadata=meta,
+            parent=self.run.pipeline_checkpoint(),
         )
         self._checkpoint, self._looked = cp, True
         return cp
@@ -480,9 +502,35 @@ class Run:
             _LIVE[worker.worker_id] = self
             self._heart = _Heart(self)
             self._heart.start()
+        self._pipeline: Checkpoint | None = None
+        self._tokens: list[contextvars.Token[Run | None]] = []
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.process_id} {self.status.value}>"
+
+    def pipeline_checkpoint(self) -> Checkpoint:
+        """Return this run's PIPELINE checkpoint (made on first use): its stages' parent.
+
+        Raises:
+            StoreFullError, StoreIOError: it could not be saved.
+        """
+        with self._lock:
+            if self._pipeline is None:
+                q = ListQuery(process_id=self.process_id, level=Level.PIPELINE, name=PIPELINE_NAME)
+                mine = [
+                    c for c in self.manager.backend.list(q) if c.metadata.get(RUN_KEY) == self.id
+                ]
+                # Two workers may both have made one: the oldest is the run's.
+                self._pipeline = min(mine, key=lambda c: c.seq) if mine else None
+            if self._pipeline is None:
+                self._pipeline = self.manager.save(
+                    self.process_id,
+                    {"run": self.id},
+                    level=Level.PIPELINE,
+                    name=PIPELINE_NAME,
+                    metadata={RUN_KEY: self.id},
+                )
+            return self._pipeline
 
     @property
     def id(self) -> str:
@@ -510,6 +558,7 @@ class Run:
         return self.manager.backend.run_counts(self.id)
 
     def __enter__(self) -> Run:
+        self._tokens.append(_CURRENT.set(self))
         return self
 
     def __exit__(
@@ -518,6 +567,10 @@ class Run:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._tokens:
+            token = self._tokens.pop()
+            with contextlib.suppress(ValueError):  # exited in another context than entered
+                _CURRENT.reset(token)
         if self.record.status != RunStatus.RUNNING or self.worker is None:
             return  # finished explicitly inside the block, or a completed run reused
         try:

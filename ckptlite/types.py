@@ -40,6 +40,15 @@ DEFAULT_HASH = "blake3"
 LEGACY_HASH = "sha256"
 
 
+def _short(value: object) -> str:
+    """Return a bounded repr: bytes by their size, long text cut (reprs reach logs)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, str) and len(value) > 80:
+        return repr(value[:77] + "...")
+    return repr(value)
+
+
 class Level(StrEnum):
     """Where a checkpoint sits in a pipeline: PIPELINE > STAGE > STEP > SUBSTEP."""
 
@@ -137,6 +146,12 @@ class StoredChunk:
     def stored_size(self) -> int:
         return len(self.data)
 
+    def __repr__(self) -> str:
+        return (
+            f"StoredChunk(digest={self.digest!r}, size={self.size}, codec={self.codec}, "
+            f"data={_short(self.data)})"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class StoredRecord:
@@ -149,6 +164,12 @@ class StoredRecord:
     payload: bytes
     manifest: bytes
     digests: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return (
+            f"StoredRecord(checkpoint={self.checkpoint!r}, payload={_short(self.payload)}, "
+            f"manifest={_short(self.manifest)}, digests=<{len(self.digests)} digests>)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,13 +219,24 @@ class BackupReport:
 
 @dataclass(frozen=True, slots=True)
 class GcReport:
-    """What ``gc`` removed (or would remove, with ``dry_run``)."""
+    """What ``gc`` removed (or would remove, with ``dry_run``).
+
+    ``bytes_reclaimed`` is the drop in disk usage: chunk files, packs deleted, dead
+    bytes cut or compacted out of packs, temp files (on PostgreSQL and in memory:
+    the stored size of the chunk rows deleted). ``inline_bytes`` counts chunk rows
+    deleted from a local store's database, whose space SQLite reuses for new rows
+    (the file does not shrink). ``packs`` is ``deleted_packs`` + ``compacted_packs``.
+    """
 
     chunks: tuple[str, ...] = ()
     temp_files: tuple[str, ...] = ()
     bytes_reclaimed: int = 0
     dry_run: bool = False
     packs: tuple[str, ...] = ()  # pack files deleted, or rewritten without their dead chunks
+    deleted_packs: tuple[str, ...] = ()  # no live chunk: unlinked
+    compacted_packs: tuple[str, ...] = ()  # mostly dead: live chunks moved to a new pack
+    truncated_packs: tuple[str, ...] = ()  # a dead tail cut off in place
+    inline_bytes: int = 0
 
 
 class RunStatus(StrEnum):
@@ -252,6 +284,12 @@ class ItemMark(NamedTuple):
     ok: bool
     state: bytes | None = None
     error: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ItemMark(group={self.group!r}, item_id={self.item_id!r}, ok={self.ok}, "
+            f"state={_short(self.state)}, error={_short(self.error)})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,3 +364,11 @@ class ItemRecord:
     error: str | None
     state: bytes | None
     changed: int
+
+    def __repr__(self) -> str:
+        # Bounded: the state may be megabytes, and a repr lands in logs and tracebacks.
+        return (
+            f"ItemRecord(run_id={self.run_id!r}, group={self.group!r}, item_id={self.item_id!r}, "
+            f"ok={self.ok}, attempts={self.attempts}, error={_short(self.error)}, "
+            f"state={_short(self.state)}, changed={self.changed})"
+        )

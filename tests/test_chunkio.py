@@ -230,3 +230,50 @@ def test_shuffled_chunks_sync_and_load_in_every_backend(
             for got in (b.load(cp.id), direct):
                 assert all(np.array_equal(got[k], v) for k, v in state.items())
             assert b.verify(full=True).ok
+
+
+def test_share_runs_every_job_in_order_with_the_caller_taking_part() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        ran: list[int] = []
+        threads: set[int] = set()
+        lock = threading.Lock()
+
+        def job(j: int) -> int:
+            with lock:
+                ran.append(j)
+                threads.add(threading.get_ident())
+            return j * j
+
+        for n in (0, 1, 2, 3, 7, 16):
+            ran.clear()
+            threads.clear()
+            assert _chunkio._share(pool, job, list(range(n))) == [j * j for j in range(n)]
+            assert sorted(ran) == list(range(n))
+            if n:
+                assert threading.get_ident() in threads  # the caller ran a share
+
+
+def test_share_finishes_every_share_before_raising() -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def job(j: int) -> int:
+        if j == 0:
+            raise ValueError("first job")  # the caller's share fails at once
+        time.sleep(0.01)  # the pool's shares are still running then
+        with lock:
+            done.append(j)
+        return j
+
+    with ThreadPoolExecutor(2) as pool, pytest.raises(ValueError, match="first job"):
+        _chunkio._share(pool, job, list(range(8)))
+    # Every pool share ran to its end before the raise: none writes into a buffer later.
+    first = 8 // min(_chunkio._CORES, 8)  # the caller's share is jobs 0 .. first-1
+    assert sorted(done) == list(range(first, 8))

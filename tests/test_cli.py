@@ -139,8 +139,8 @@ def test_ls_tree_shows_the_hierarchy(capsys: pytest.CaptureFixture[str], pipelin
     assert depth[pipeline["top"].id] == 0 and depth[pipeline["other"].id] == 0
     assert depth[pipeline["resample"].id] == 1 and depth[pipeline["render"].id] == 1
     assert all(depth[s.id] == 2 for s in pipeline["steps"])
-    assert lines[where[pipeline["steps"][-1].id]].lstrip("│ ").startswith("└─ step tile_3")
-    assert lines[where[pipeline["render"].id]].startswith("└─ stage render")
+    assert lines[where[pipeline["steps"][-1].id]].lstrip("│ ").startswith("└─ tile_3  tiles")
+    assert lines[where[pipeline["render"].id]].startswith("└─ render")
 
     tree = run_json(capsys, "ls", "--tree", "--store", pipeline["store"])["tree"]
     assert [n["checkpoint"]["id"] for n in tree] == [pipeline["top"].id, pipeline["other"].id]
@@ -491,7 +491,8 @@ def test_checkpoint_statuses_render(capsys: pytest.CaptureFixture[str], pipeline
     with ckptlite.open(pipeline["store"]) as mgr:
         mgr.backend.set_status(pipeline["render"].id, Status.ARCHIVED)
     code, out, _ = run(capsys, "--store", pipeline["store"], "ls", "--tree")
-    assert code == 0 and "[archived]" in out
+    line = next(ln for ln in out.splitlines() if pipeline["render"].id in ln)
+    assert code == 0 and line.split()[4] == "archived"  # TREE PROCESS LEVEL STATUS
 
 
 # -- prune and runs (the process layer's retention and run ledger) -----------------------
@@ -628,9 +629,17 @@ def test_on_the_example_pipelines_store(capsys: pytest.CaptureFixture[str], tmp_
     assert len(runs) == 1
     assert runs[0]["status"] == "completed" and runs[0]["progress"] == [64, 64]
     tree = run_json(capsys, "--store", store, "ls", "--tree")["tree"]
-    assert [n["checkpoint"]["name"] for n in tree] == ["generate", "resample", "mosaic"]
+    assert [n["checkpoint"]["level"] for n in tree] == ["pipeline"]  # the run
+    assert [n["checkpoint"]["name"] for n in tree[0]["children"]] == [
+        "generate",
+        "resample",
+        "mosaic",
+    ]
+    drawn = run(capsys, "--store", store, "ls", "--tree")[1].splitlines()
+    names = [ln.lstrip("│├└─ ").split()[0] for ln in drawn[1:6]]
+    assert names == ["run", "generate", "resample", "mosaic", "items:tiles"]
     stats = run_json(capsys, "--store", store, "stats")
-    assert stats["by_process"] == {"tile-pipeline": {"stage": 3}}
+    assert stats["by_process"] == {"tile-pipeline": {"pipeline": 1, "stage": 3}}
 
     ok = subprocess.run(
         [str(CKPTLITE), "verify", "--full", "--store", store], capture_output=True, text=True
@@ -674,3 +683,379 @@ def test_usage_errors_in_json_mode_are_json(capsys: pytest.CaptureFixture[str]) 
     assert "galaxy" in error["message"] and error["hint"].startswith("usage: ckptlite ls")
     code, out, err = run(capsys, "ls", "--limit", "many")
     assert code == 2 and out == "" and "usage: ckptlite ls" in err and "many" in err
+
+
+def test_prune_keep_last_keep_every_twice_keeps_the_same(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = tmp_path / "s"
+    with ckptlite.open(store, durability="none") as mgr:  # saved without any policy
+        cps = [mgr.save("geo", i, name="tile") for i in range(20)]
+    expected = sorted(cps[p - 1].id for p in (5, 10, 15, 19, 20))
+    argv = ("--store", str(store), "prune", "--keep-last", "2", "--keep-every", "5")
+    for _ in range(3):
+        assert run(capsys, *argv)[0] == 0
+        assert (
+            sorted(c["id"] for c in run_json(capsys, "--store", str(store), "ls")["checkpoints"])
+            == expected
+        )
+
+
+def test_gc_dry_run_prints_a_summary_and_names_deleted_packs_as_deleted(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = tmp_path / "s"
+    rng = np.random.default_rng(5)
+    with ckptlite.open(store, durability="none") as mgr:
+        mgr.save("p", {"keep": rng.bytes(1 << 20)})
+    with ckptlite.open(store, durability="none") as mgr:  # a pack of its own
+        gone = mgr.save("p", {"gone": rng.bytes(4 << 20)})
+    with ckptlite.open(store, durability="none") as mgr:
+        mgr.delete(gone.id)
+    dry = run_json(capsys, "--store", str(store), "gc", "--dry-run")
+    assert dry["chunks"] and dry["deleted_packs"] and dry["compacted_packs"] == []
+    code, out, _ = run(capsys, "--store", str(store), "gc", "--dry-run")
+    assert code == 0 and len(out.splitlines()) == 1  # the summary only
+    assert f"would remove {len(dry['chunks'])} chunks" in out and "4.0 MiB" in out
+    assert "would delete 1 pack" in out and "compact" not in out
+    code, out, _ = run(capsys, "--store", str(store), "gc", "--dry-run", "--verbose")
+    assert all(f"would remove chunk {d}" in out for d in dry["chunks"])
+    assert f"would delete pack {dry['deleted_packs'][0]}" in out and "compact" not in out
+    code, out, _ = run(capsys, "--store", str(store), "gc")
+    assert code == 0 and "removed" in out and "4.0 MiB" in out and "chunk " not in out
+
+
+# -- sync: remote names, PostgreSQL from libpq's environment, paths -------------------
+
+
+@pytest.fixture
+def small_store(tmp_path: Path) -> tuple[Path, str]:
+    store = tmp_path / "here"
+    with ckptlite.open(store, durability="none") as mgr:
+        cid = mgr.save("geo", {"tile": 1}).id
+    return store, cid
+
+
+def test_sync_to_postgres_uses_libpq_environment_and_creates_no_directory(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pg_schema: str,
+    small_store: tuple[Path, str],
+) -> None:
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(pg_schema)
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    for var in ("PGSERVICE", "PGPASSFILE", "PGHOSTADDR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PGHOST", parts.hostname or "")
+    monkeypatch.setenv("PGPORT", str(parts.port or 5432))
+    monkeypatch.setenv("PGUSER", parts.username or "")
+    monkeypatch.setenv("PGDATABASE", parts.path.lstrip("/"))
+    monkeypatch.setenv("PGOPTIONS", query["options"])  # the test's own schema
+    monkeypatch.chdir(tmp_path)
+    store, cid = small_store
+    code, _, err = run(capsys, "--store", str(store), "sync", "--to", "postgres")
+    assert code == 0, err
+    assert not (tmp_path / "postgres").exists()
+    with ckptlite.open(pg_schema) as pg:
+        assert pg.load(cid) == {"tile": 1}
+
+
+def test_sync_to_an_unknown_bare_name_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    small_store: tuple[Path, str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store, _ = small_store
+    code, _, err = run(capsys, "--store", str(store), "sync", "--to", "prod")
+    assert code == 2 and not (tmp_path / "prod").exists()
+    assert "not a configured remote" in err and "ckptlite remote add prod" in err
+    assert "./prod" in err  # how to mean a new local directory
+    # A path (it has a '/') is a directory, created as before.
+    code, _, err = run(capsys, "--store", str(store), "sync", "--to", "./prod")
+    assert code == 0, err
+    assert (tmp_path / "prod" / "ckptlite.db").is_file()
+
+
+def test_remote_add_list_remove_and_sync_by_name(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    small_store: tuple[Path, str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store, cid = small_store
+    hub = tmp_path / "hub"
+    assert run(capsys, "remote", "add", "hub", str(hub))[0] == 0
+    monkeypatch.setenv("CKPTLITE_REMOTE_MIRROR", "memory://")
+    listed = run_json(capsys, "remote", "list")
+    assert listed["remotes"]["hub"]["url"] == str(hub)
+    assert listed["remotes"]["mirror"]["source"] == "env CKPTLITE_REMOTE_MIRROR"
+    code, out, _ = run(capsys, "remote", "list")
+    assert code == 0 and "hub" in out and str(hub) in out
+    code, _, err = run(capsys, "--store", str(store), "sync", "--to", "hub")
+    assert code == 0, err
+    assert not (tmp_path / "hub").samefile(tmp_path) and (hub / "ckptlite.db").is_file()
+    with ckptlite.open(hub) as mgr:
+        assert mgr.load(cid) == {"tile": 1}
+    # Pull back by name too.
+    assert run(capsys, "--store", str(tmp_path / "back"), "sync", "--from", "hub")[0] == 0
+    code, _, err = run(capsys, "remote", "add", "hub", "memory://")
+    assert code == 2 and "exists" in err  # no silent overwrite
+    assert run(capsys, "remote", "remove", "hub")[0] == 0
+    assert "hub" not in run_json(capsys, "remote", "list")["remotes"]
+    assert run(capsys, "remote", "remove", "hub")[0] == 2
+    assert run(capsys, "remote", "add", "bad/name", "memory://")[0] == 2
+
+
+# -- small things that surprised (issue 17, bug 4) ------------------------------------
+
+
+def test_cat_of_a_pickled_state_hints_the_flag(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import collections
+
+    store = tmp_path / "s"
+    with ckptlite.open(store, allow_pickle=True) as mgr:
+        cid = mgr.save("p", {"q": collections.deque([1])}).id
+    code, _, err = run(capsys, "--store", str(store), "cat", cid)
+    assert code == 2 and "--allow-pickle" in err and "allow_pickle=True" not in err
+    code, out, _ = run(capsys, "--store", str(store), "cat", cid, "--allow-pickle")
+    assert code == 0 and json.loads(out)
+
+
+def test_prune_keep_last_0_names_the_flag_and_the_true_range(
+    capsys: pytest.CaptureFixture[str], pipeline: dict
+) -> None:
+    code, _, err = run(capsys, "--store", pipeline["store"], "prune", "--keep-last", "0")
+    assert code == 2
+    assert "from 1 to 2147483647" in err and "2147483648" not in err
+    assert "store URL" not in err and "--keep-last" in err.split("hint:")[1]
+
+
+def test_the_progress_bar_draws_a_finished_count_once() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    with Progress("export", stream=stream) as bar:
+        bar.update(8, 8)
+        time.sleep(0.8)  # the display thread wakes ~6 times: nothing new to draw
+    assert stream.getvalue().count("8/8") == 1
+
+
+# -- seeing what is in a store: items, cat RUN/GROUP/ITEM, stats of item results -------
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> tuple[str, str]:
+    """A store whose run did 3 tiles, failed one, and has a second group."""
+    store = tmp_path / "ledger"
+    with ckptlite.open(store, durability="none") as mgr, mgr.run("tiles") as run:
+        for it in run.items("tiles", [f"t{i}" for i in range(4)]):
+            if it.id == "t3":
+                it.fail("ValueError: no data over the sea")
+            else:
+                it.done({"tile": it.id, "px": np.arange(1000 * (int(it.id[1]) + 1))})
+        for it in run.items("other", ["x"]):
+            it.done(None)
+        run_id = run.id
+    return str(store), run_id
+
+
+def test_items_lists_a_runs_work_items(
+    capsys: pytest.CaptureFixture[str], ledger: tuple[str, str]
+) -> None:
+    store, run_id = ledger
+    data = run_json(capsys, "--store", store, "items", run_id)
+    by_id = {(e["group"], e["item"]): e for e in data["items"]}
+    assert set(by_id) == {("tiles", f"t{i}") for i in range(4)} | {("other", "x")}
+    assert by_id[("tiles", "t3")]["status"] == "failed"
+    assert by_id[("tiles", "t3")]["error"] == "ValueError: no data over the sea"
+    assert by_id[("tiles", "t3")]["attempts"] == 1
+    sizes = [by_id[("tiles", f"t{i}")]["size"] for i in range(3)]
+    assert sizes[0] > 8000 and sizes[0] < sizes[1] < sizes[2]  # arange(1000) is 8000 bytes
+    assert by_id[("other", "x")]["size"] == 0 and by_id[("other", "x")]["status"] == "done"
+    failed = run_json(capsys, "--store", store, "items", run_id, "--status", "failed")["items"]
+    assert [e["item"] for e in failed] == ["t3"]
+    other = run_json(capsys, "--store", store, "items", run_id, "--group", "other")["items"]
+    assert [e["item"] for e in other] == ["x"]
+    code, out, _ = run(capsys, "--store", store, "items", run_id, "--status", "failed")
+    assert code == 0 and "ATTEMPTS" in out and "no data over the sea" in out and "t0" not in out
+    code, _, err = run(capsys, "--store", store, "items", "run_nope")
+    assert code == 2 and "run_nope" in err
+
+
+def test_cat_prints_an_items_result(
+    capsys: pytest.CaptureFixture[str], ledger: tuple[str, str]
+) -> None:
+    store, run_id = ledger
+    data = run_json(capsys, "--store", store, "cat", f"{run_id}/tiles/t1")
+    assert data["state"]["tile"] == "t1"
+    assert data["state"]["px"]["__type__"] == "ndarray" and data["state"]["px"]["shape"] == [2000]
+    code, out, _ = run(capsys, "--store", store, "cat", f"{run_id}/tiles/t0", "--full")
+    assert code == 0 and json.loads(out)["px"]["data"][:3] == [0, 1, 2]
+    code, _, err = run(capsys, "--store", store, "cat", f"{run_id}/tiles/t3")
+    assert code == 2 and "failed" in err  # a failed item has no result
+    code, _, err = run(capsys, "--store", store, "cat", f"{run_id}/tiles/t9")
+    assert code == 2 and "t9" in err
+
+
+def test_stats_counts_item_results(
+    capsys: pytest.CaptureFixture[str], ledger: tuple[str, str]
+) -> None:
+    store, run_id = ledger
+    s = run_json(capsys, "--store", store, "stats")
+    entries = run_json(capsys, "--store", store, "items", run_id)["items"]
+    results = sum(e["size"] for e in entries)
+    assert results > 48_000
+    assert s["item_results"]["count"] == 4  # three tiles and one None: every done item
+    assert s["item_results"]["logical_bytes"] == results
+    assert s["item_results"]["stored_bytes"] > 0
+    assert s["logical_bytes"] >= results and s["stored_bytes"] >= s["item_results"]["stored_bytes"]
+    code, out, _ = run(capsys, "--store", store, "stats")
+    assert code == 0 and "item results" in out
+
+
+def _ls_on_a_terminal(store: Path, *args: str) -> str:
+    """Run `ckptlite ls` with stdout on a pseudo-terminal; return what it drew."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        [str(CKPTLITE), "--store", str(store), "ls", *args],
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.stderr is not None
+    with proc.stderr:
+        err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    return b"".join(chunks).decode()
+
+
+def test_ls_on_a_terminal_shows_the_newest_50_and_says_how_many_more(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = tmp_path / "s"
+    with ckptlite.open(store, durability="none") as mgr:
+        cps = [mgr.save("p", i, name=f"n{i}") for i in range(60)]
+    out = _ls_on_a_terminal(store)
+    lines = [ln for ln in out.splitlines() if ln.startswith("chk_")]
+    assert len(lines) == 50 and lines[0].startswith(cps[-1].id)
+    assert "10 more" in out and "-n 0" in out
+    everything = _ls_on_a_terminal(store, "-n", "0")
+    assert len([ln for ln in everything.splitlines() if ln.startswith("chk_")]) == 60
+    assert "more" not in everything
+    # Not a terminal (a pipe, --json): everything, as before.
+    assert len(run_json(capsys, "--store", str(store), "ls")["checkpoints"]) == 60
+    code, out, _ = run(capsys, "--store", str(store), "ls")
+    assert code == 0 and len([ln for ln in out.splitlines() if ln.startswith("chk_")]) == 60
+
+
+def test_ls_tree_draws_a_run_as_pipeline_stage_step(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    class Tiler(ckptlite.CheckpointableProcess):
+        process_id = "geo"
+
+        def __init__(self, mgr: ckptlite.CheckpointManager) -> None:
+            self.checkpoint_manager, self.n = mgr, 0
+
+        def get_state(self) -> Any:
+            return {"n": self.n}
+
+        def restore_state(self, state: Any) -> None:
+            self.n = state["n"]
+
+        def get_progress(self) -> tuple[int, int]:
+            return (self.n, 30)
+
+    store = tmp_path / "s"
+    with ckptlite.open(store, durability="none") as mgr, mgr.run("geo") as geo_run:
+        geo_run.stage("load").complete({"raster": np.zeros(1000)})
+        for it in geo_run.items("tiles", [f"t{i:02}" for i in range(30)]):
+            if it.id == "t05":
+                it.fail("no data")
+            else:
+                it.done({"mean": 1.0})
+        tiler = Tiler(mgr)
+        tiler.n = 3
+        step = tiler.save_checkpoint()
+        run_id = geo_run.id
+    tree = run_json(capsys, "--store", str(store), "ls", "--tree")["tree"]
+    (top,) = tree  # --json: the checkpoints' own tree, the run's PIPELINE at its root
+    assert top["checkpoint"]["level"] == "pipeline"
+    assert top["checkpoint"]["metadata"]["ckptlite.run"] == run_id
+    kids = {n["checkpoint"]["name"]: n for n in top["children"]}
+    assert set(kids) == {"load", ""}
+    assert kids["load"]["checkpoint"]["level"] == "stage"
+    assert kids[""]["checkpoint"]["id"] == step.id and kids[""]["checkpoint"]["level"] == "step"
+    entries = run_json(capsys, "--store", str(store), "items", run_id)["items"]
+    assert len(entries) == 30  # the items, all of them, in `items --json`
+
+    code, out, _ = run(capsys, "--store", str(store), "ls", "--tree")
+    assert code == 0
+    lines = out.splitlines()
+    header = lines[0].split()
+    assert header[:6] == ["TREE", "PROCESS", "LEVEL", "STATUS", "SIZE", "ID"]
+    assert lines[1].startswith("run") and "pipeline" in lines[1] and "failed" in lines[1]
+    item_line = next(ln for ln in lines if "t05" in ln)
+    assert "step" in item_line and "failed" in item_line and "geo" in item_line
+    assert any("10 more" in ln and "ckptlite items" in ln for ln in lines)
+    group = next(ln for ln in lines if "items:tiles" in ln)
+    assert "stage" in group and "29 done, 1 failed" in group
+    assert sum(1 for ln in lines if f"{run_id}/tiles/t" in ln) == 20
+    assert any(ln.endswith(f"{run_id}/tiles/t00") for ln in lines)  # what `cat` takes
+    assert lines.index(group) > next(i for i, ln in enumerate(lines) if "load" in ln)
+
+
+def test_tags_and_where_filter_ls(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with ckptlite.open(store, durability="none") as mgr:
+        a = mgr.save("p", 1, metadata={"crs": "EPSG:4326", "zoom": 3}, tags=["nightly", "eu"])
+        b = mgr.save("p", 2, metadata={"crs": "EPSG:3857", "zoom": 3}, tags=["eu"])
+        c = mgr.save("q", 3, metadata={"zoom": "3"})
+        assert a.metadata["ckptlite.tags"] == ["eu", "nightly"]
+        assert [x.id for x in mgr.list(tags=["eu"], where={"zoom": 3})] == [b.id, a.id]
+        assert mgr.list(where={"zoom": 3}, limit=1) == [mgr.get(b.id)]  # limit after filter
+        assert mgr.list(where={"zoom": "3"}) == [mgr.get(c.id)]  # a string is another value
+        with pytest.raises(ckptlite.InvalidInputError):
+            mgr.save("p", 1, tags="eu")  # type: ignore[arg-type]
+        with pytest.raises(ckptlite.InvalidInputError):
+            mgr.save("p", 1, tags=[""])
+        assert len(mgr.list("p")) == 2  # refused saves wrote nothing
+
+    def ids(*args: str) -> list[str]:
+        return [
+            x["id"] for x in run_json(capsys, "--store", str(store), "ls", *args)["checkpoints"]
+        ]
+
+    assert ids("--tag", "eu") == [b.id, a.id]
+    assert ids("--tag", "eu", "--tag", "nightly") == [a.id]
+    assert ids("--where", "crs=EPSG:4326") == [a.id]
+    assert ids("--where", "zoom=3") == [b.id, a.id]  # JSON: the number 3
+    assert ids("--where", 'zoom="3"') == [c.id]
+    assert ids("--where", "zoom=3", "--process", "p", "-n", "1") == [b.id]
+    assert ids("--where", "zoom=4") == []
+    code, _, err = run(capsys, "--store", str(store), "ls", "--where", "zoom")
+    assert code == 2 and "KEY=VALUE" in err

@@ -135,3 +135,49 @@ def test_open_with_create_false_refuses_a_missing_store(tmp_path: Path) -> None:
     with pytest.raises(ckptlite.ConfigError, match="no ckptlite store"):
         ckptlite.open(tmp_path / "absent", create=False)
     assert not (tmp_path / "absent").exists()
+
+
+def test_remotes_from_file_and_environment_and_edits_keep_the_rest(
+    cfg_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg_file.write_text('# my settings\ndurability = "full"\n\n[retention]\nkeep_last = 3\n')
+    config.add_remote("hub", 'postgresql://db/x?options=-c "a"')
+    config.add_remote("backup-1", "/mnt/b")
+    found = config.remotes()
+    assert found["hub"].url == 'postgresql://db/x?options=-c "a"'
+    assert found["backup-1"].source == f"file {cfg_file}"
+    monkeypatch.setenv("CKPTLITE_REMOTE_BACKUP_1", "memory://")
+    assert config.remotes()["backup-1"].url == "memory://"  # the environment wins
+    monkeypatch.delenv("CKPTLITE_REMOTE_BACKUP_1")
+    config.remove_remote("hub")
+    text = cfg_file.read_text()
+    assert "# my settings" in text and "keep_last = 3" in text and "hub" not in text
+    assert set(config.remotes()) == {"backup-1"}
+    assert config.load().durability == "full" and config.load().keep_last == 3
+    with pytest.raises(ckptlite.ConfigError):
+        config.add_remote("a/b", "memory://")
+    with pytest.raises(ckptlite.ConfigError):
+        config.remove_remote("nope")
+
+
+def test_a_malformed_remote_is_a_config_error(cfg_file: Path) -> None:
+    cfg_file.write_text('[remotes.hub]\nurl = ""\n')
+    with pytest.raises(ckptlite.ConfigError) as err:
+        config.load()
+    assert "remote 'hub'" in err.value.message and err.value.hint
+
+
+def test_resolve_location_never_takes_a_bare_name_for_a_new_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckptlite._stores import LIBPQ_DEFAULT, resolve_location
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_location("postgres") == LIBPQ_DEFAULT
+    assert resolve_location("./x") == "./x" and resolve_location("a/b") == "a/b"
+    (tmp_path / "old").mkdir()
+    assert resolve_location("old") == "old"
+    with pytest.raises(ckptlite.ConfigError):
+        resolve_location("new")
+    monkeypatch.setenv("CKPTLITE_REMOTE_POSTGRES", "postgresql://db.example/c")
+    assert resolve_location("postgres") == "postgresql://db.example/c"

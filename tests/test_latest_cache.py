@@ -55,11 +55,11 @@ def test_what_a_cached_load_returns_is_fresh_each_call(tmp_path: Path) -> None:
         cp.metadata["m"] = 2
         cp2, state2 = mgr.load_latest("p", name="a") or (None, None)
         assert state2 == {"v": [1, 2]}
-        assert cp2 is not None and cp2.metadata == {"m": 1}
+        assert cp2 is not None and cp2.metadata == {"m": 1, "ckptlite.slot_index": 1}
         latest = mgr.latest("p", name="a")
         assert latest is not None
         latest.metadata["x"] = 1
-        assert (mgr.latest("p", name="a") or cp).metadata == {"m": 1}
+        assert (mgr.latest("p", name="a") or cp).metadata == {"m": 1, "ckptlite.slot_index": 1}
 
 
 def test_own_saves_deletes_and_status_changes_are_seen(tmp_path: Path) -> None:

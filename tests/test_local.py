@@ -340,6 +340,40 @@ def test_gc_rewrites_a_mostly_dead_pack_and_deletes_a_dead_one(tmp_path: Path) -
         assert mgr.gc().packs == ()  # nothing more to do
 
 
+def _blob_bytes(store: Path) -> int:
+    return sum(p.stat().st_size for p in (store / "blobs").rglob("*") if p.is_file())
+
+
+def test_gc_reports_exactly_the_bytes_it_frees_and_dry_run_lists_the_same(
+    tmp_path: Path,
+) -> None:
+    # The report: 32 MB reported for 16 MB freed (a dead pack chunk was counted as a
+    # row and again as its pack), and dry-run said "compact" for packs gc deleted.
+    store = tmp_path / "s"
+    rng = np.random.default_rng(3)
+    _save_alone(store, {"k": rng.bytes(1 << 20)})
+    gone = _save_alone(store, {"g": rng.bytes(16 << 20)})  # a pack of its own, all dead
+    both = _save_alone(store, _two_parts(1))  # mostly dead afterwards: rewritten
+    _save_alone(store, {"a": _two_parts(1)["a"]})
+    with ckptlite.open(store) as mgr:
+        (store / "blobs" / "tmp" / "0123abcd.999.dead.tmp").write_bytes(b"x" * 1000)
+        mgr.delete(gone.id)
+        mgr.delete(both.id)
+        dry = mgr.gc(dry_run=True)
+        before = _blob_bytes(store)
+        real = mgr.gc()
+        freed = before - _blob_bytes(store)
+        assert real.bytes_reclaimed == freed == dry.bytes_reclaimed
+        assert 19 << 20 <= freed < 20 << 20  # 16 MiB + 3 MiB + the temp file
+        assert real.deleted_packs and len(real.compacted_packs) == 1
+        assert (dry.deleted_packs, dry.compacted_packs) == (
+            real.deleted_packs,
+            real.compacted_packs,
+        )
+        assert set(real.packs) == set(real.deleted_packs) | set(real.compacted_packs)
+        assert mgr.verify(full=True).ok
+
+
 def test_a_load_racing_a_pack_rewrite_reads_the_new_pack(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

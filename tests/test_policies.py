@@ -183,13 +183,42 @@ def test_retention_of_one_process_never_cascades_into_another(
     assert any("pinned" in r for d in report.decisions for r in d.reasons)
 
 
-def test_keep_every_without_stamps_uses_rank() -> None:
+def test_keep_every_never_thins_checkpoints_without_a_position() -> None:
+    # Written by an older ckptlite (no stamp): a rank would move once older ones are
+    # removed, so keep_every keeps them rather than erode them pass after pass.
     records = [rec(i) for i in range(1, 8)]
-    assert kept_ids(plan_retention(records, CheckpointPolicy(keep_every=3), NOW)) == {
-        "c3",
-        "c6",
-        "c7",
-    }
+    decisions = plan_retention(records, CheckpointPolicy(keep_every=3), NOW)
+    assert kept_ids(decisions) == {f"c{i}" for i in range(1, 8)}
+    assert any("no slot position" in r for r in decisions[0].reasons)
+    # keep_last still thins them.
+    policy = CheckpointPolicy(keep_last=2, keep_every=3)
+    mixed = records + [rec(i, metadata={SLOT_INDEX_KEY: i}) for i in range(8, 13)]
+    kept = kept_ids(plan_retention(mixed, policy, NOW))
+    assert kept == {f"c{i}" for i in range(1, 8)} | {"c9", "c11", "c12"}
+
+
+@pytest.mark.parametrize("policy_at_save", [False, True])
+def test_prune_keep_last_2_keep_every_5_is_idempotent(
+    store_dir: object, policy_at_save: bool
+) -> None:
+    # The report: 20 saves, prune kept 20, 19, 15, 10, 5; the same prune again
+    # removed 15, 10 and 5. Positions must not depend on what earlier passes removed.
+    at_save = CheckpointPolicy(keep_last=100) if policy_at_save else None
+    policy = CheckpointPolicy(keep_last=2, keep_every=5)
+    with ckptlite.open(store_dir, durability="none", policy=at_save) as m:  # type: ignore[arg-type]
+        cps = [m.save("geo", {"i": i}, name="tile") for i in range(20)]
+        expected = {cps[p - 1].id for p in (5, 10, 15, 19, 20)}
+        first = m.apply_retention("geo", policy)
+        assert set(first.kept) == expected
+        for _ in range(3):
+            again = m.apply_retention("geo", policy)
+            assert again.removed == ()
+            assert {c.id for c in m.list("geo")} == expected
+        # Later saves continue the count: position 25 is kept, 21-23 are not.
+        more = [m.save("geo", {"i": i}, name="tile") for i in range(20, 25)]
+        m.apply_retention("geo", policy)
+        m.apply_retention("geo", policy)
+        assert {c.id for c in m.list("geo")} == expected - {cps[18].id} | {more[3].id, more[4].id}
 
 
 def test_apply_retention_needs_a_policy(mgr: ckptlite.CheckpointManager) -> None:
@@ -255,7 +284,9 @@ def record_sets(draw: st.DrawFn) -> list[Checkpoint]:
                 status=draw(statuses),
                 age=draw(st.integers(0, 200)),
                 parent=parent,
-                metadata={"m": metric, SLOT_INDEX_KEY: seq},
+                metadata={"m": metric, SLOT_INDEX_KEY: seq}
+                if draw(st.booleans())
+                else {"m": metric},
             )
         )
     return out

@@ -276,7 +276,7 @@ def test_legacy_latest_query_returns_the_newest_usable(pg_schema: str, admin: An
             assert true_status == cp.status.value and size == cp.size
             assert checksum == cp.checksum and len(checksum) == 64
             assert summary["name"] == "s" and summary["stored_size"] == cp.stored_size
-        assert rows[good.id][-1]["metadata"] == {"k": 1}
+        assert rows[good.id][-1]["metadata"] == {"k": 1, "ckptlite.slot_index": 2}
         assert rows[first.id][-1]["progress"] == [1, 4]
         assert mgr.get(archived.id).status is Status.ARCHIVED
 

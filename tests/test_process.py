@@ -77,7 +77,7 @@ def test_save_and_load_checkpoint(mgr: Mgr) -> None:
         p.step()
     cp = p.save_checkpoint()
     assert cp.process_id == "summer" and cp.level is Level.STEP and cp.progress == (10, 100)
-    assert cp.metadata == {"kind": "summer"}
+    assert cp.metadata == {"kind": "summer", "ckptlite.slot_index": 1}
     q = Summer(mgr)
     restored = q.load_checkpoint()
     assert restored is not None and restored.id == cp.id
@@ -210,3 +210,69 @@ def test_sigkilled_process_resumes_to_the_same_result(tmp_path: Path) -> None:
     assert int(n) == 400 and float(total) == 4 * sum(range(400))
     with ckptlite.open(store) as m:
         assert len(m.list("summer")) == 2  # the process's policy pruned the slot
+
+
+# -- runs that remember (issue 17) ----------------------------------------------------
+
+
+def test_should_checkpoint_counts_from_the_restored_point(mgr: Mgr) -> None:
+    done = Summer(mgr, total=1000)
+    for _ in range(500):
+        done.step()
+    done.save_checkpoint()
+    p = Summer(mgr, total=1000)
+    p.checkpoint_policy = CheckpointPolicy(every_items=100)
+    mgr.resume_from(p)  # any way of restoring: not only p.load_checkpoint()
+    assert p.i == 500
+    due = []
+    for _ in range(120):
+        p.step()  # work comes first; should_checkpoint is asked after it
+        due.append(p.should_checkpoint())
+    assert due.index(True) == 99  # at item 600: 100 after the restored 500, not 101
+
+    fresh = Summer(mgr)
+    fresh.checkpoint_policy = CheckpointPolicy(every_items=10)
+    steps = []
+    for _ in range(12):
+        fresh.step()
+        steps.append(fresh.should_checkpoint())
+    assert steps.index(True) == 9  # item 10 of a fresh process, counted from 0
+
+
+def test_a_process_in_a_new_run_never_resumes_another_runs_state(mgr: Mgr) -> None:
+    from ckptlite.runs import RUN_KEY
+
+    with mgr.run("pipe") as first:
+        p = Summer(mgr)
+        for _ in range(10):
+            p.step()
+        old = p.save_checkpoint()
+        assert old.metadata[RUN_KEY] == first.id
+    assert first.status.value == "completed"
+    with mgr.run("pipe") as second:
+        assert second.id != first.id
+        q = Summer(mgr)
+        assert q.load_checkpoint() is None and q.i == 0  # a fresh start, not run 1's state
+        q.step()
+        mine = q.save_checkpoint()
+        assert mine.metadata[RUN_KEY] == second.id
+        r = Summer(mgr)
+        assert r.load_checkpoint() == mine and r.i == 1  # its own run's state resumes
+        assert mgr.resume_from(Summer(mgr)) == mine  # the manager's way too
+    # Outside a run, a process resumes the newest of its slot, as before.
+    s = Summer(mgr)
+    assert s.load_checkpoint() == mine
+
+
+def test_a_resumed_run_resumes_its_process(mgr: Mgr) -> None:
+    run = mgr.run("pipe")
+    with run:
+        p = Summer(mgr)
+        for _ in range(7):
+            p.step()
+        p.save_checkpoint()
+        run.finish("killed")  # ends FAILED: the next mgr.run resumes it
+    with mgr.run("pipe") as again:
+        assert again.id == run.id
+        q = Summer(mgr)
+        assert q.load_checkpoint() is not None and q.i == 7

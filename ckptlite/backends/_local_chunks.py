@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import apsw
 
@@ -177,8 +178,14 @@ class LocalChunksMixin:
             "SELECT digest, size, codec, data, pack, pack_offset, stored_size FROM chunks "
             "WHERE digest IN ({})"
         )
+        wanted = list(dict.fromkeys(digests))
         with translate_errors("reading chunk index"):
-            return {d: tuple(row) for d, *row in select_in(self.db.read(), sql, digests)}
+            conn = self.db.read()
+            if len(wanted) == 1:  # a tile's one chunk: no IN list to build (~10 of 150 us, P12)
+                rows: Iterable[Any] = conn.execute(sql.format("?"), wanted)
+            else:
+                rows = select_in(conn, sql, wanted)
+            return {d: tuple(row) for d, *row in rows}
 
     def _chunk_row(self, digest: str) -> _ChunkRow:
         with translate_errors(f"reading chunk {digest}"):

@@ -12,6 +12,7 @@ import builtins
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,16 @@ from .base import StructureCheck
 __all__ = ["LocalMaintenanceMixin", "record_file"]
 
 _Moved = tuple[str, str, bytes | memoryview]  # digest, the pack it leaves, its stored bytes
+
+
+@dataclass
+class _Packs:
+    """What gc did to the pack files, and the bytes that left the disk."""
+
+    deleted: list[str] = field(default_factory=list)
+    compacted: list[str] = field(default_factory=list)
+    truncated: list[str] = field(default_factory=list)
+    freed: int = 0
 
 
 def record_file(conn: apsw.Connection, identity: str) -> None:
@@ -131,7 +142,8 @@ class LocalMaintenanceMixin:
             ctx = contextlib.nullcontext(conn) if dry_run else self.db.write(conn, durable=True)
             with ctx:
                 rows: list[Any] = conn.execute(
-                    "SELECT digest, stored_size, data IS NULL AND pack IS NULL FROM chunks c "
+                    "SELECT digest, stored_size, data IS NULL AND pack IS NULL, data IS NOT NULL "
+                    "FROM chunks c "
                     "WHERE NOT EXISTS (SELECT 1 FROM refs r WHERE r.digest=c.digest)"
                 ).fetchall()
                 dead = {r[0] for r in rows}
@@ -156,9 +168,12 @@ class LocalMaintenanceMixin:
                 _refuse_unsafe(unsafe, set(live) | (indexed - dead))
             _faults.point("gc.after_delete")
             # Unlink only after a durable COMMIT: a rolled-back delete must still find its files.
-            freed = sum(size for _, size, is_file in rows if not is_file)  # inline rows
+            # Dead chunks in packs are counted where their bytes leave the disk (a pack
+            # deleted, cut or compacted), never as rows: that counted them twice.
+            inline = sum(size for _, size, _, in_db in rows if in_db)
+            freed = 0
             removed: list[str] = [r[0] for r in rows]
-            for digest, _, is_file in rows:
+            for digest, _, is_file, _ in rows:
                 if is_file:
                     freed += self.blobs.remove(digest) if not dry_run else self.blobs.size(digest)
             for digest, size in list(self.blobs.digests()):
@@ -167,23 +182,30 @@ class LocalMaintenanceMixin:
                     freed += size
                     if not dry_run:
                         self.blobs.remove(digest)
-            packs, pack_freed = self._collect_packs(live, ends, dry_run)
-            freed += pack_freed
+            packs = self._collect_packs(live, ends, dry_run)
+            freed += packs.freed
             temps = []
             for name, size in self.blobs.collect_temps(dry_run):
                 temps.append(name)
                 freed += size
         return GcReport(
-            tuple(sorted(removed)), tuple(sorted(temps)), freed, dry_run, tuple(sorted(packs))
+            tuple(sorted(removed)),
+            tuple(sorted(temps)),
+            freed,
+            dry_run,
+            tuple(sorted(packs.deleted + packs.compacted)),
+            tuple(sorted(packs.deleted)),
+            tuple(sorted(packs.compacted)),
+            tuple(sorted(packs.truncated)),
+            inline,
         )
 
-    def _collect_packs(
-        self, live: dict[str, int], ends: dict[str, int], dry_run: bool
-    ) -> tuple[builtins.list[str], int]:
+    def _collect_packs(self, live: dict[str, int], ends: dict[str, int], dry_run: bool) -> _Packs:
         """Delete packs nothing uses; cut dead tails; rewrite packs mostly dead.
 
-        Return the names of the packs removed or rewritten, and the bytes freed.
-        Called under the exclusive gc lock. A pack a live writer holds open is left
+        Return the packs deleted, compacted and cut, and the bytes freed (what the
+        disk gives back; a dry run predicts the same). Called under the exclusive gc
+        lock. A pack a live writer holds open is left
         alone. A dead tail (bytes past the last live chunk: appended by a save that
         crashed or failed, or whose chunks died) is cut off in place: no row names
         it, and no writer appends to a pack it does not hold. A rewrite writes the
@@ -191,25 +213,27 @@ class LocalMaintenanceMixin:
         then unlinks the old pack: a crash leaves an unused pack (the next gc
         removes it), never a row pointing at nothing.
         """
-        names: builtins.list[str] = []
-        freed = 0
+        out = _Packs()
         sparse: dict[str, int] = {}  # name -> dead bytes
         for name, size in list(self.blobs.packs()):
             if self.blobs.pack_busy(name):
                 continue  # a live writer appends to it (and its dead tail waits for it)
             if name not in live:
-                names.append(name)
-                freed += size if dry_run else self.blobs.remove_pack(name)
+                out.deleted.append(name)
+                out.freed += size if dry_run else self.blobs.remove_pack(name)
                 continue
             if size > ends[name]:
-                freed += (
+                out.truncated.append(name)
+                out.freed += (
                     size - ends[name] if dry_run else self.blobs.truncate_pack(name, ends[name])
                 )
                 size = ends[name]
             if live[name] * 2 < size:
                 sparse[name] = size - live[name]
         if dry_run:
-            return names + list(sparse), freed + sum(sparse.values())
+            out.compacted += sparse
+            out.freed += sum(sparse.values())
+            return out
         batch: builtins.list[_Moved] = []
         olds: builtins.list[str] = []
         pending = 0  # dead bytes of ``olds``
@@ -231,14 +255,14 @@ class LocalMaintenanceMixin:
             pending += dead
             if sum(len(c[2]) for c in batch) >= PACK_MAX:
                 if not self._rewrite_packs(batch, olds):
-                    return names, freed  # the disk is full: compaction waits for room
-                names += olds
-                freed += pending
+                    return out  # the disk is full: compaction waits for room
+                out.compacted += olds
+                out.freed += pending
                 batch, olds, pending = [], [], 0
         if olds and self._rewrite_packs(batch, olds):
-            names += olds
-            freed += pending
-        return names, freed
+            out.compacted += olds
+            out.freed += pending
+        return out
 
     def _rewrite_packs(self, batch: builtins.list[_Moved], olds: builtins.list[str]) -> bool:
         """Move ``batch``'s chunks into a new pack, then unlink the packs ``olds``.
@@ -281,6 +305,10 @@ class LocalMaintenanceMixin:
                     "SELECT status, count(*) FROM checkpoints GROUP BY status"
                 )
             }
+            # SQLite keeps an item's encoded state as it is: logical = stored.
+            items, item_bytes = conn.execute(
+                "SELECT count(*), coalesce(sum(length(state)),0) FROM items WHERE ok"
+            ).fetchone() or (0, 0)
         n, logical, payload = totals
         chunks, chunk_bytes = chunk_totals
         return {
@@ -290,6 +318,11 @@ class LocalMaintenanceMixin:
             "stored_bytes": payload + chunk_bytes,
             "by_process": by_process,
             "by_status": by_status,
+            "item_results": {
+                "count": items,
+                "logical_bytes": item_bytes,
+                "stored_bytes": item_bytes,
+            },
         }
 
     def backup(self, dest: Path, progress: Callable[[int, int], None] | None = None) -> None:

@@ -47,6 +47,8 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     ours = {k.removeprefix("ckptlite_"): v for k, v in query if k.startswith("ckptlite_")}
     rest = urllib.parse.urlencode([(k, v) for k, v in query if not k.startswith("ckptlite_")])
+    if not parts.netloc:  # postgresql:// alone (libpq's environment): urlunsplit drops the //
+        return f"{parts.scheme}://{parts.path}{'?' + rest if rest else ''}", ours
     return urllib.parse.urlunsplit(parts._replace(query=rest)), ours
 
 

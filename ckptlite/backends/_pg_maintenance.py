@@ -116,11 +116,23 @@ class PgMaintenanceMixin:
                     "(SELECT 1 FROM {records} r WHERE r.checkpoint_id = l.checkpoint_id)"
                 )
             ).fetchone() or (0,)
+            # pg_column_size: the bytes a value takes as stored (TOAST may compress it).
+            items, item_logical, item_stored = conn.execute(
+                self._q(
+                    "SELECT count(*), coalesce(sum(octet_length(state)), 0), "
+                    "coalesce(sum(pg_column_size(state)), 0) FROM {items} WHERE ok"
+                )
+            ).fetchone() or (0, 0, 0)
             return {
                 "checkpoints": n,
                 "chunks": chunks,
                 "logical_bytes": int(logical),
                 "stored_bytes": int(payload) + int(chunk_bytes),
+                "item_results": {
+                    "count": items,
+                    "logical_bytes": int(item_logical),
+                    "stored_bytes": int(item_stored),
+                },
                 "by_process": by_process,
                 "by_status": by_status,
                 "legacy_rows": legacy,

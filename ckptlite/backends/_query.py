@@ -8,15 +8,26 @@ run them themselves.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ..errors import InvalidInputError
 from ..types import Level, Status
-from .base import ListQuery
+from .base import TAGS_KEY, ListQuery
 
-__all__ = ["Dialect", "order_limit", "slot_where", "where"]
+__all__ = [
+    "Dialect",
+    "order_limit",
+    "postgres_has_tag",
+    "postgres_meta_equals",
+    "slot_where",
+    "sqlite_has_tag",
+    "sqlite_meta_equals",
+    "where",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +44,10 @@ class Dialect:
     seq: str
     status_value: Callable[[Status], str]
     time_value: Callable[[datetime], Any]
+    #: (key, JSON value) -> a condition on the metadata and its params.
+    meta_equals: Callable[[str, Any], tuple[str, list[Any]]]
+    #: tag -> a condition that the metadata's tag list holds it, and its params.
+    has_tag: Callable[[str], tuple[str, list[Any]]]
 
 
 def slot_where(
@@ -67,7 +82,57 @@ def where(d: Dialect, query: ListQuery) -> tuple[list[str], list[Any]]:
     if query.after_seq is not None:
         conds.append(f"{d.seq}>{d.param}")
         args.append(query.after_seq)
+    for cond, params in [d.meta_equals(k, v) for k, v in query.metadata] + [
+        d.has_tag(t) for t in query.tags
+    ]:
+        conds.append(cond)
+        args += params
     return conds, args
+
+
+def sqlite_meta_equals(key: str, value: Any) -> tuple[str, list[Any]]:
+    """SQLite: the metadata JSON text's ``key`` equals ``value`` (``base.same_value``)."""
+    path = _sqlite_path(key)
+    if value is None:
+        return "json_type(metadata, ?)='null'", [path]
+    if isinstance(value, bool):
+        return "json_type(metadata, ?)=?", [path, "true" if value else "false"]
+    if isinstance(value, int | float):
+        kinds = "('integer','real')"
+        return f"json_type(metadata, ?) IN {kinds} AND json_extract(metadata, ?)=?", [
+            path,
+            path,
+            value,
+        ]
+    if isinstance(value, str):
+        return "json_type(metadata, ?)='text' AND json_extract(metadata, ?)=?", [path, path, value]
+    # A list or an object: compared as compact JSON text (as dump_metadata writes it).
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return "json_extract(metadata, ?)=json(?)", [path, text]
+
+
+def sqlite_has_tag(tag: str) -> tuple[str, list[Any]]:
+    """SQLite: the metadata's tag list holds ``tag``."""
+    return (
+        "EXISTS (SELECT 1 FROM json_each(metadata, ?) WHERE type='text' AND value=?)",
+        [_sqlite_path(TAGS_KEY), tag],
+    )
+
+
+def _sqlite_path(key: str) -> str:
+    if '"' in key:
+        raise InvalidInputError(f"a metadata key to filter on cannot hold '\"': {key!r}")
+    return f'$."{key}"'
+
+
+def postgres_meta_equals(key: str, value: Any) -> tuple[str, list[Any]]:
+    """PostgreSQL: ``data_summary.metadata[key]`` equals ``value`` as JSONB (3 = 3.0)."""
+    return "(l.data_summary->'metadata'->%s) = %s::jsonb", [key, json.dumps(value)]
+
+
+def postgres_has_tag(tag: str) -> tuple[str, list[Any]]:
+    """PostgreSQL: the metadata's tag list holds ``tag``."""
+    return "(l.data_summary->'metadata'->%s) @> %s::jsonb", [TAGS_KEY, json.dumps([tag])]
 
 
 def order_limit(d: Dialect, query: ListQuery, args: list[Any]) -> str:

@@ -31,6 +31,7 @@ from ..types import (
 )
 
 __all__ = [
+    "TAGS_KEY",
     "Backend",
     "BaseBackend",
     "ListQuery",
@@ -41,13 +42,47 @@ __all__ = [
     "join_decision",
     "ledger_entry_wins",
     "load_metadata",
+    "metadata_matches",
+    "same_value",
     "to_micros",
 ]
 
 
+#: Metadata key holding a checkpoint's tags (a list of strings): ``save(tags=)``.
+TAGS_KEY = "ckptlite.tags"
+
+
+def same_value(have: Any, want: Any) -> bool:
+    """Tell whether two JSON values are equal as ``ListQuery.metadata`` compares them.
+
+    Numbers compare as numbers (3 is 3.0), True is not 1, a string is not a number.
+    """
+    if isinstance(have, bool) or isinstance(want, bool):
+        return have is want
+    if isinstance(have, int | float) and isinstance(want, int | float):
+        return bool(have == want)
+    return type(have) is type(want) and bool(have == want)
+
+
+def metadata_matches(
+    metadata: dict[str, Any], wanted: Iterable[tuple[str, Any]], tags: Iterable[str]
+) -> bool:
+    """Tell whether ``metadata`` holds each wanted (key, value) and every tag."""
+    own = metadata.get(TAGS_KEY)
+    have = set(own) if isinstance(own, list) else set()
+    if not set(tags) <= have:
+        return False
+    return all(k in metadata and same_value(metadata[k], v) for k, v in wanted)
+
+
 @dataclass(frozen=True, slots=True)
 class ListQuery:
-    """Filters for ``Backend.list``; None means any. Results are newest (highest seq) first."""
+    """Filters for ``Backend.list``; None means any. Results are newest (highest seq) first.
+
+    ``metadata`` keeps checkpoints whose metadata holds each (key, JSON value)
+    (``same_value``); ``tags`` those with every tag under ``TAGS_KEY``. ``limit``
+    applies after every filter.
+    """
 
     process_id: str | None = None
     level: Level | None = None
@@ -58,6 +93,8 @@ class ListQuery:
     limit: int | None = None
     after_seq: int | None = None  # for sync: only seq > after_seq, oldest first
     ascending: bool = False
+    metadata: tuple[tuple[str, Any], ...] = ()
+    tags: tuple[str, ...] = ()
 
     def matches(self, cp: Checkpoint) -> bool:
         """Tell whether ``cp`` passes every filter (used by in-process backends)."""
@@ -69,6 +106,10 @@ class ListQuery:
             and (self.parent is None or cp.parent_id == self.parent)
             and (self.since is None or cp.created_at >= self.since)
             and (self.after_seq is None or cp.seq > self.after_seq)
+            and (
+                not (self.metadata or self.tags)
+                or metadata_matches(cp.metadata, self.metadata, self.tags)
+            )
         )
 
 

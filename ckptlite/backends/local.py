@@ -101,6 +101,8 @@ SQLITE = _query.Dialect(
     seq="seq",
     status_value=lambda s: s.value,
     time_value=to_micros,
+    meta_equals=_query.sqlite_meta_equals,
+    has_tag=_query.sqlite_has_tag,
 )
 
 _CACHE_MAX_BYTES = 16 << 10  # a bigger payload + manifest is read again each time
@@ -365,7 +367,7 @@ class LocalBackend(
                 # The others were found stored before; a gc may have taken them since.
                 mine = {r[0] for r in rows}
                 others = [d for d in record.digests if d not in mine]
-                missing = tuple(set(others) - self.has_chunks(others))
+                missing = tuple(set(others) - self.has_chunks(others)) if others else ()
                 if missing:
                     raise MissingChunksError(
                         f"{len(missing)} chunk(s) of {cp.id} are not stored", digests=missing

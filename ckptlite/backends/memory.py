@@ -196,6 +196,8 @@ class MemoryBackend(MemoryClaimsMixin, BaseBackend):
                 levels = by_process.setdefault(cp.process_id, {})
                 levels[cp.level.value] = levels.get(cp.level.value, 0) + 1
                 by_status[cp.status.value] = by_status.get(cp.status.value, 0) + 1
+            done = [v for entries in self._items.values() for v in entries.values() if v[0]]
+            size = sum(len(v[3]) for v in done if v[3] is not None)
             return {
                 "checkpoints": len(self._records),
                 "chunks": len(self._chunks),
@@ -204,6 +206,7 @@ class MemoryBackend(MemoryClaimsMixin, BaseBackend):
                 + sum(c.stored_size for c in self._chunks.values()),
                 "by_process": by_process,
                 "by_status": by_status,
+                "item_results": {"count": len(done), "logical_bytes": size, "stored_bytes": size},
             }
 
     # -- runs and the work-item ledger -------------------------------------------

@@ -99,6 +99,8 @@ POSTGRES = _query.Dialect(
     seq="r.seq",
     status_value=TO_LEGACY_STATUS.__getitem__,
     time_value=lambda t: t,
+    meta_equals=_query.postgres_meta_equals,
+    has_tag=_query.postgres_has_tag,
 )
 
 

@@ -33,7 +33,7 @@ from ._base import (
     exit_code,
     new_command,
 )
-from .inspect import _add_cat, _add_ls, _add_runs, _add_show, _add_stats
+from .inspect import _add_cat, _add_items, _add_ls, _add_runs, _add_show, _add_stats
 from .maintain import (
     _add_backup,
     _add_config,
@@ -44,6 +44,7 @@ from .maintain import (
     _add_rm,
     _add_verify,
 )
+from .remotes import _add_remote
 from .serve import _add_ui
 from .transfer import _add_export_legacy, _add_import, _add_migrate, _add_sync
 
@@ -66,6 +67,7 @@ COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
     ("cat", _add_cat),
     ("stats", _add_stats),
     ("runs", _add_runs),
+    ("items", _add_items),
     ("verify", _add_verify),
     ("gc", _add_gc),
     ("prune", _add_prune),
@@ -78,6 +80,7 @@ COMMANDS: list[tuple[str, Callable[[Any], argparse.ArgumentParser]]] = [
     ("import", _add_import),
     ("export-legacy", _add_export_legacy),
     ("sync", _add_sync),
+    ("remote", _add_remote),
     ("ui", _add_ui),
 ]
 

@@ -19,6 +19,7 @@ from ..errors import (
     MigrationError,
     PickleNotAllowedError,
     ReadOnlyStoreError,
+    RunNotFoundError,
 )
 from ..manager import CheckpointManager, open_store, store_is_read_only
 from ..progress import Progress
@@ -42,6 +43,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (ConfigError, EXIT_USAGE),
     (InvalidInputError, EXIT_USAGE),
     (CheckpointNotFoundError, EXIT_USAGE),
+    (RunNotFoundError, EXIT_USAGE),
     (PickleNotAllowedError, EXIT_USAGE),
     (MigrationError, EXIT_USAGE),
     (ReadOnlyStoreError, EXIT_USAGE),  # a write asked of a store that cannot take one
@@ -65,6 +67,12 @@ class Context:
     @property
     def json(self) -> bool:
         return bool(getattr(self.args, "json", False))
+
+    @property
+    def terminal(self) -> bool:
+        """Tell whether the output goes to a terminal (a person reads it)."""
+        isatty = getattr(self.out, "isatty", None)
+        return bool(isatty and isatty())
 
     def settings(self) -> _config.Settings:
         """Return the effective configuration, with this command's flags on top."""

@@ -81,8 +81,18 @@ def _verify(ctx: Context) -> int:
 
 
 def _add_gc(sub: Any) -> argparse.ArgumentParser:
-    p = new_command(sub, "gc", "remove chunks no checkpoint uses", "ckptlite gc --dry-run")
+    p = new_command(
+        sub,
+        "gc",
+        "remove chunks no checkpoint uses",
+        "ckptlite gc --dry-run --verbose",
+        description="Remove chunks no checkpoint uses, delete packs with nothing live, cut "
+        "dead tails off packs and compact packs mostly dead. The bytes reported are the "
+        "drop in disk usage; --dry-run reports exactly what gc would do. Prints a summary; "
+        "--verbose (or --json) lists every chunk, pack and temp file.",
+    )
     p.add_argument("--dry-run", action="store_true", help="only report what would be removed")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every chunk and pack")
     p.set_defaults(func=_gc)
     return p
 
@@ -90,13 +100,31 @@ def _add_gc(sub: Any) -> argparse.ArgumentParser:
 def _gc(ctx: Context) -> int:
     with ctx.open(reads=ctx.args.dry_run) as mgr, ctx.progress("gc"):
         r = mgr.gc(dry_run=ctx.args.dry_run)
-    verb = "would remove" if r.dry_run else "removed"
-    lines = [f"{verb} chunk {d}" for d in r.chunks] + [f"{verb} temp {t}" for t in r.temp_files]
-    lines += [f"{'would compact' if r.dry_run else 'compacted'} pack {p}" for p in r.packs]
-    lines.append(
-        f"{verb} {len(r.chunks)} chunks, {len(r.temp_files)} temp files, "
-        f"{_human(r.bytes_reclaimed)} ({len(r.packs)} pack files deleted or compacted)"
-    )
+    dry = r.dry_run
+    verb = "would remove" if dry else "removed"
+    lines = []
+    if ctx.args.verbose:
+        lines += [f"{verb} chunk {d}" for d in r.chunks]
+        lines += [f"{verb} temp {t}" for t in r.temp_files]
+        lines += [f"{'would delete' if dry else 'deleted'} pack {p}" for p in r.deleted_packs]
+        lines += [f"{'would compact' if dry else 'compacted'} pack {p}" for p in r.compacted_packs]
+        lines += [
+            f"{'would cut' if dry else 'cut'} the dead tail of pack {p}" for p in r.truncated_packs
+        ]
+    parts = [f"{len(r.chunks)} chunks", f"{len(r.temp_files)} temp files"]
+    packs = []
+    if r.deleted_packs:
+        packs.append(f"{'would delete' if dry else 'deleted'} {len(r.deleted_packs)} pack(s)")
+    if r.compacted_packs:
+        packs.append(f"{'would compact' if dry else 'compacted'} {len(r.compacted_packs)}")
+    if r.truncated_packs:
+        packs.append(f"{'would cut' if dry else 'cut'} {len(r.truncated_packs)} tail(s)")
+    summary = f"{verb} {', '.join(parts)}: {_human(r.bytes_reclaimed)} of disk"
+    if packs:
+        summary += f" ({'; '.join(packs)})"
+    if r.inline_bytes:
+        summary += f"; {_human(r.inline_bytes)} of database rows (reused, the file keeps its size)"
+    lines.append(summary)
     ctx.emit(r, lines)
     return EXIT_OK
 

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 from typing import Any
 
+from .._stores import resolve_location
 from ..errors import (
     ConfigError,
 )
@@ -166,7 +167,10 @@ def _add_sync(sub: Any) -> argparse.ArgumentParser:
         description="Copy what the other store lacks: --to URL pushes this store (--store "
         "or the default) there, --from URL pulls from there into this store. Resumes "
         "where the last sync stopped; a rerun copies nothing twice. Deletes and later "
-        "status changes are not propagated.",
+        "status changes are not propagated. URL is a URL, a path (with a '/': ./new "
+        "creates a directory), a remote's name (`ckptlite remote list`), or `postgres`: "
+        "the server libpq's environment names (PGHOST, PGDATABASE, PGUSER, ~/.pgpass, "
+        "PGSERVICE). Any other bare name is an error.",
     )
     way = p.add_mutually_exclusive_group(required=True)
     way.add_argument("--to", metavar="URL", help="copy this store into URL")
@@ -184,7 +188,9 @@ def _sync(ctx: Context) -> int:
         here: Any = ctx.settings().url
         if getattr(a, "readonly", False):  # a sync --from into it is then refused
             here = stack.enter_context(ctx.open())
-        source, target = (here, a.to) if a.to else (a.from_url, here)
+        # A bare name is a remote (or `postgres`): never a directory made by mistake.
+        there = resolve_location(a.to or a.from_url)
+        source, target = (here, there) if a.to else (there, here)
         bar = stack.enter_context(ctx.progress("sync"))
         r = sync(source, target, a.process, progress=bar.update)
     lines = [

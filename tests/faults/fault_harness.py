@@ -400,6 +400,10 @@ def crash_once(store: str, side_path: str, action: str) -> None:
         mgr.gc()
     elif action == "gc-only":
         mgr.gc()
+    elif action == "migrate":
+        from ckptlite.legacy.migrate import migrate
+
+        migrate(os.environ["FAULT_SOURCE"], mgr, format="pipeline")
     else:
         raise SystemExit(f"unknown action {action}")
     mgr.close()

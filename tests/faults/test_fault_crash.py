@@ -207,9 +207,16 @@ def test_sigkill_at_random_moments_of_migrate(tmp_path: Path) -> None:
     def expect(cp: ckptlite.Checkpoint) -> object:
         return expected[cp.metadata["legacy_id"]]
 
+    # One kill at a known moment inside the imports: the timed kills below may all land
+    # in the tree scan or after the end when the machine is slow or fast.
+    env = child_env(CKPTLITE_CRASH_AT="commit.in_transaction@30", FAULT_SOURCE=str(legacy))
+    child = spawn("crash", str(target), str(side), "migrate", env=env)
+    assert child.wait(timeout=300) == -signal.SIGKILL
+    counts = [common_check(target, expected=expect).listed]
+    assert counts == [29], counts  # the 30th import died inside its transaction
+
     rng = random.Random(8)
     zyg = Zygote("migrate", target, side, FAULT_SOURCE=str(legacy))
-    counts = []
     try:
         for i in range(20):
             # migrate reads and classifies the whole tree before its first import: the

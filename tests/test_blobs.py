@@ -1,0 +1,124 @@
+"""BlobDir: the descriptor of blobs/packs/ kept open for chunk reads."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ckptlite
+from ckptlite.blobs import BlobDir
+
+
+def _tile(seed: int) -> Any:
+    return np.random.default_rng(seed).random(1 << 16, dtype=np.float32)  # 256 KiB: packed
+
+
+def _blobs(mgr: ckptlite.CheckpointManager) -> BlobDir:
+    return mgr.backend.blobs  # type: ignore[attr-defined, no-any-return]
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_loads_open_the_packs_directory_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ckptlite.open(tmp_path / "s") as mgr:
+        cps = [mgr.save("p", _tile(i), name=f"t{i}") for i in range(5)]
+        mgr.load(cps[0].id)
+        dir_opens: list[object] = []
+        real_open = os.open
+
+        def counting_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if flags & os.O_DIRECTORY:
+                dir_opens.append(path)
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", counting_open)
+        for _ in range(4):
+            for cp in cps:
+                assert np.array_equal(mgr.load(cp.id), _tile(int(cp.name[1:])))
+        monkeypatch.undo()
+    # Two per chunk read before (blobs/, then packs/); now none while packs/ is unchanged.
+    assert dir_opens == []
+
+
+def test_a_packs_directory_replaced_by_a_symlink_after_open_is_not_followed(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "s"
+    with ckptlite.open(store) as mgr:
+        cp = mgr.save("p", _tile(1), name="t")
+        assert np.array_equal(mgr.load(cp.id), _tile(1))  # the descriptor is now cached
+        packs = store / "blobs" / "packs"
+        outside = tmp_path / "outside"
+        shutil.copytree(packs, outside)
+        shutil.rmtree(packs)
+        packs.symlink_to(outside)
+        with pytest.raises(ckptlite.CorruptCheckpointError, match="symlink"):
+            mgr.load(cp.id)
+
+
+def test_a_packs_directory_moved_and_recreated_is_opened_again(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with ckptlite.open(store) as mgr:
+        cp = mgr.save("p", _tile(1), name="t")
+        mgr.load(cp.id)
+        blobs = _blobs(mgr)
+        first = blobs._packs_cache
+        packs = store / "blobs" / "packs"
+        packs.rename(store / "blobs" / "old-packs")
+        shutil.copytree(store / "blobs" / "old-packs", packs)
+        (store / "blobs" / "old-packs" / os.listdir(packs)[0]).write_bytes(b"stale")
+        assert np.array_equal(mgr.load(cp.id), _tile(1))  # read from the new directory
+        assert blobs._packs_cache is not None and first is not None
+        assert blobs._packs_cache[2] != first[2]
+
+
+def test_close_releases_the_cached_descriptor(tmp_path: Path) -> None:
+    mgr = ckptlite.open(tmp_path / "s")
+    cp = mgr.save("p", _tile(1), name="t")
+    blobs = _blobs(mgr)
+    mgr.load(cp.id)
+    cached = blobs._packs_cache
+    assert cached is not None
+    os.fstat(cached[0])  # open
+    before = _open_fds()
+    blobs.close()
+    assert blobs._packs_cache is None
+    assert _open_fds() < before
+    mgr.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_opens_its_own_packs_descriptor(tmp_path: Path) -> None:
+    with ckptlite.open(tmp_path / "s") as mgr:
+        cp = mgr.save("p", _tile(1), name="t")
+        mgr.load(cp.id)
+        blobs = _blobs(mgr)
+        parent = blobs._packs_cache
+        assert parent is not None and parent[1] == os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: exit codes say what failed
+            code = 0
+            try:
+                if not np.array_equal(mgr.load(cp.id), _tile(1)):
+                    code = 3
+                child = blobs._packs_cache
+                if child is None or child[1] != os.getpid():
+                    code = 4
+            except BaseException:
+                code = 5
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # The parent's descriptor is untouched by the child's (closed copy of it).
+        assert blobs._packs_cache == parent
+        os.fstat(parent[0])
+        assert np.array_equal(mgr.load(cp.id), _tile(1))
