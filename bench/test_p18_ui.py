@@ -116,7 +116,9 @@ def _pipeline(mgr: ckptlite.CheckpointManager, seconds: float, times: list[float
     state = np.random.default_rng(1).random(2048)  # 16 KiB
     t0 = time.monotonic()
     with mgr.run("pipeline", resume=False, batch_size=50, batch_seconds=0.5) as run:
-        ids = (f"tile_{i // 100}_{i % 100}" for i in range(10**9))
+        # A list: workers of one run must pass the same ids, so run.items reads them all
+        # (an endless generator would never end). More than the seconds allow.
+        ids = [f"tile_{i // 100}_{i % 100}" for i in range(10**6)]
         for n, item in enumerate(run.items("tile", ids)):
             state[0] = n
             mgr.save("pipeline", state, name="tile")

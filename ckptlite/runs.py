@@ -619,7 +619,8 @@ class Run:
         """Yield a ``WorkItem`` for each id of ``group`` not done, that no live worker holds.
 
         The ids (every worker of the run passes the same, in the same order) are
-        cut into batches of ``claim`` items (default: 1/128 of them, 1 to 256); a
+        read in full when the loop starts (a finite iterable: a list or a generator
+        that ends), then cut into batches of ``claim`` items (default: 1/128 of them, 1 to 256); a
         few free batches at a time are claimed with a ``lease`` (seconds, default:
         the run's) renewed by the heartbeat. Items that failed ``max_attempts``
         times (default: the run's) are skipped and make the run end FAILED.
