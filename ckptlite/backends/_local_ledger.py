@@ -20,7 +20,7 @@ from ..errors import InvalidInputError, RunNotFoundError
 from ..types import ItemMark, ItemRecord, RunCounts, RunRecord, WorkerInfo, WorkerRecord
 from ._local_schema import RUN_COLS as _RUN_COLS
 from ._local_schema import row_to_run as _row_to_run
-from .base import from_micros, join_decision, ledger_entry_wins, to_micros
+from .base import from_micros, join_newest, ledger_entry_wins, to_micros
 
 __all__ = ["LocalLedgerMixin"]
 
@@ -324,30 +324,26 @@ class LocalLedgerMixin:
                 sql += " AND run_key=?"
                 args.append(key)
             row = conn.execute(sql + " ORDER BY seq DESC LIMIT 1", args).fetchone()
-            newest = None if row is None else _row_to_run(row)
-            how = join_decision(
-                None if newest is None else newest.status, keyed=key is not None, force=force
+
+            def resume(run: RunRecord) -> RunRecord:
+                conn.execute(
+                    "UPDATE runs SET status='running', error=NULL, finished_at=NULL, "
+                    "updated_at=?, changed=? WHERE seq=?",
+                    (to_micros(fresh.updated_at), self._tick(conn), run.seq),
+                )
+                got: Any = conn.execute(
+                    f"SELECT {_RUN_COLS} FROM runs WHERE seq=?", (run.seq,)
+                ).fetchone()
+                return _row_to_run(got)
+
+            run, how = join_newest(
+                None if row is None else _row_to_run(row),
+                keyed=key is not None,
+                force=force,
+                create=lambda: self._insert_run(conn, fresh, key),
+                resume=resume,
             )
-            if how == "reuse":
-                assert newest is not None
-                return newest, how
-            if how == "create":
-                run = self._insert_run(conn, fresh, key)
-            else:
-                assert newest is not None
-                run = newest
-                if how == "resume":
-                    now = to_micros(fresh.updated_at)
-                    conn.execute(
-                        "UPDATE runs SET status='running', error=NULL, finished_at=NULL, "
-                        "updated_at=?, changed=? WHERE seq=?",
-                        (now, self._tick(conn), run.seq),
-                    )
-                    got: Any = conn.execute(
-                        f"SELECT {_RUN_COLS} FROM runs WHERE seq=?", (run.seq,)
-                    ).fetchone()
-                    run = _row_to_run(got)
-            if worker is not None:
+            if how != "reuse" and worker is not None:
                 self._add_worker(conn, run.seq, worker, reset=how == "resume")
             return run, how
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, RunNotFoundError
 from ..types import RunCounts, RunRecord, RunStatus, WorkerInfo, WorkerRecord
-from .base import join_decision
+from .base import join_newest
 
 __all__ = ["MemoryClaimsMixin"]
 
@@ -68,28 +68,21 @@ class MemoryClaimsMixin:
                 for r in self._runs.values()
                 if r.process_id == fresh.process_id and (key is None or r.key == key)
             ]
-            newest = max(runs, key=lambda r: r.seq) if runs else None
-            how = join_decision(
-                None if newest is None else newest.status, keyed=key is not None, force=force
-            )
-            if how == "reuse":
-                assert newest is not None
-                return newest, how
-            if how == "create":
-                run = self.create_run(fresh.replace(key=key))
-            else:
-                assert newest is not None
-                run = newest
-                if how == "resume":
-                    run = self.update_run(
-                        run.replace(
-                            status=RunStatus.RUNNING,
-                            error=None,
-                            finished_at=None,
-                            updated_at=datetime.now(UTC),
-                        )
+            run, how = join_newest(
+                max(runs, key=lambda r: r.seq) if runs else None,
+                keyed=key is not None,
+                force=force,
+                create=lambda: self.create_run(fresh.replace(key=key)),
+                resume=lambda run: self.update_run(
+                    run.replace(
+                        status=RunStatus.RUNNING,
+                        error=None,
+                        finished_at=None,
+                        updated_at=datetime.now(UTC),
                     )
-            if worker is not None:
+                ),
+            )
+            if how != "reuse" and worker is not None:
                 self._add(run.id, worker, reset=how == "resume")
             return run, how
 

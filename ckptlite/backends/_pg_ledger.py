@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .. import _faults
 from ..errors import InvalidInputError, RunNotFoundError
 from ..types import ItemMark, ItemRecord, RunCounts, RunRecord, RunStatus, WorkerInfo, WorkerRecord
-from .base import join_decision, ledger_entry_wins
+from .base import join_newest, ledger_entry_wins
 
 if TYPE_CHECKING:
     from psycopg import sql
@@ -385,25 +385,20 @@ class LedgerMixin:
                 (lock_key("run", self.store_id(), fresh.process_id),),
             )
             row = conn.execute(find, args).fetchone()
-            newest = None if row is None else _run_row(row)
-            how = join_decision(
-                None if newest is None else newest.status, keyed=key is not None, force=force
+
+            def again(run: RunRecord) -> RunRecord:
+                got = conn.execute(resume, (fresh.updated_at, self._tick(conn), run.seq)).fetchone()
+                assert got is not None
+                return _run_row(got)
+
+            run, how = join_newest(
+                None if row is None else _run_row(row),
+                keyed=key is not None,
+                force=force,
+                create=lambda: self._insert_run(conn, fresh, key),
+                resume=again,
             )
-            if how == "reuse":
-                assert newest is not None
-                return newest, how
-            if how == "create":
-                run = self._insert_run(conn, fresh, key)
-            else:
-                assert newest is not None
-                run = newest
-                if how == "resume":
-                    got = conn.execute(
-                        resume, (fresh.updated_at, self._tick(conn), run.seq)
-                    ).fetchone()
-                    assert got is not None
-                    run = _run_row(got)
-            if worker is not None:
+            if how != "reuse" and worker is not None:
                 self._add_worker(conn, run.seq, worker, reset=how == "resume")
             return run, how
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
@@ -40,6 +40,7 @@ __all__ = [
     "dump_metadata",
     "from_micros",
     "join_decision",
+    "join_newest",
     "ledger_entry_wins",
     "load_metadata",
     "metadata_matches",
@@ -569,6 +570,26 @@ def join_decision(status: RunStatus | None, *, keyed: bool, force: bool) -> str:
     if status == RunStatus.COMPLETED:
         return "reuse" if keyed and not force else "create"
     return "create" if force else "resume"
+
+
+def join_newest(
+    newest: RunRecord | None,
+    *,
+    keyed: bool,
+    force: bool,
+    create: Callable[[], RunRecord],
+    resume: Callable[[RunRecord], RunRecord],
+) -> tuple[RunRecord, str]:
+    """Act on ``join_decision`` for the newest run found: one flow for every backend.
+
+    ``create`` inserts the fresh run, ``resume`` sets a failed one running again;
+    each backend passes its own, inside the transaction that found ``newest``.
+    """
+    how = join_decision(None if newest is None else newest.status, keyed=keyed, force=force)
+    if how == "create":
+        return create(), how
+    assert newest is not None
+    return (resume(newest) if how == "resume" else newest), how
 
 
 class BaseBackend:
