@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["POINTS", "RUN_POINTS", "point"]
+__all__ = ["POINTS", "RUN_POINTS", "armed", "point"]
 
 #: Every crash point the core calls, in write-path order.
 POINTS = (
@@ -49,3 +49,8 @@ def point(name: str) -> None:
         _hits += 1
         if _hits >= _NTH:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def armed(name: str) -> bool:
+    """Tell whether ``name`` is the armed crash point (a caller may keep a transaction open)."""
+    return name == _CRASH_AT

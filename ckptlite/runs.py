@@ -121,6 +121,9 @@ def current_run() -> Run | None:
 
 _ERROR_MAX = 4000
 _MAX_SEG = 256  # items per batch at most (auto): a batch is what a dead worker's successor redoes
+#: Seconds of a worker's own work it claims at once when others work too (claim_count).
+CLAIM_AHEAD_S = 1.0
+_LOOK_EVERY = 1.0  # seconds between looks at who is live while items are claimed
 _new_mark = tuple.__new__  # builds an ItemMark without NamedTuple's slower __new__
 #: Runs (workers) alive in this process, by worker id: a worker of this pid that is
 #: not here (or whose manager closed) is dead, whatever its lease says.
@@ -255,21 +258,81 @@ class _Heart(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
+        beat = time.monotonic()
         while True:
             r = self._run()
             if r is None:
                 return
             every = r._beat_every
+            # While items are claimed, who is live is looked at each second (it sizes the
+            # claims), here and not on the item path.
+            wait = max(0.0, beat + every - time.monotonic())
+            if r._active:
+                wait = min(wait, _LOOK_EVERY)
             del r
-            if self.stop.wait(every):
+            if self.stop.wait(wait):
                 return
             r = self._run()
             if r is None or getattr(r.manager, "_closed", False):
                 return
             # A lost connection or a busy store: the next beat retries.
             with contextlib.suppress(Exception):
-                r._others = r.manager.backend.heartbeat(r.id, r.worker_id)
+                if time.monotonic() >= beat + every:
+                    beat = time.monotonic()
+                    r._others = r.manager.backend.heartbeat(r.id, r.worker_id)
+                else:
+                    workers = r.manager.backend.list_workers(r.id)
+                    r._others = sum(1 for w in workers if w.live and w.worker_id != r.worker_id)
             del r
+
+
+class _Committer(threading.Thread):
+    """Commits due mark batches off the item path (a store where a commit is round trips).
+
+    Holds the run weakly. A failed commit leaves its marks queued (the next commit
+    retries them) and is remembered: the item path then commits itself, and raises.
+    """
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(name=f"ckptlite-commit-{run.id}", daemon=True)
+        self._run = weakref.ref(run)
+        self.due = threading.Event()
+        self.stop = False
+
+    def run(self) -> None:
+        while True:
+            if not self.due.wait(1.0):
+                if self._run() is None:
+                    return
+                continue
+            self.due.clear()
+            r = self._run()
+            if self.stop or r is None or getattr(r.manager, "_closed", False):
+                return
+            try:
+                with r._commit_lock:
+                    r._commit_queued()
+            except Exception as e:
+                r._bg_error = e
+            del r
+
+
+def claim_count(prev: int, others: int, left: int, seg_s: float, lone_cap: int) -> int:
+    """Return how many batches a worker claims next (one claim is one round trip).
+
+    Alone: twice the last claim, at most ``lone_cap`` (a worker that joins later finds
+    most of the group free). With ``others`` live: about ``CLAIM_AHEAD_S`` seconds of
+    this worker's work (``seg_s`` a batch as measured, 0: not yet, one batch), and at
+    most a 2*workers-th of the ``left`` batches, so the last claims shrink to one batch
+    and the workers finish together (guided self-scheduling); 64 at most.
+
+    >>> claim_count(1, 3, 130, 0.3, 2), claim_count(3, 3, 10, 0.3, 2), claim_count(1, 0, 130, 0, 2)
+    (3, 1, 2)
+    """
+    if not others:
+        return max(1, min(prev * 2, lone_cap))
+    ahead = int(CLAIM_AHEAD_S / seg_s) if seg_s > 0 else 1
+    return max(1, min(ahead, left // (2 * (others + 1)), 64))
 
 
 class WorkItem:
@@ -498,6 +561,12 @@ class Run:
         self._poll = min(0.1, self.lease / 8)
         self._node = _node()
         self._heart: _Heart | None = None
+        # Marks are committed by a thread of their own on a store where a commit is
+        # round trips (PostgreSQL): see _mark, _Committer.
+        self._background = worker is not None and manager.backend.commits_in_background
+        self._committer: _Committer | None = None
+        self._commit_lock = threading.Lock()
+        self._bg_error: Exception | None = None
         if worker is not None:
             _LIVE[worker.worker_id] = self
             self._heart = _Heart(self)
@@ -679,26 +748,26 @@ class Run:
             self._active += 1
         held: set[int] = set()  # claimed, not all yielded: released if the loop stops early
         seen: set[str] = set()
-        count, cap, looked = 1, max(1, min(64, -(-len(ids) // size) // 64)), time.monotonic()
+        nseg = -(-len(ids) // size)
+        count, cap, claimed_at, ngot, seg_s = 1, max(1, min(64, nseg // 64)), 0.0, 1, 0.0
         new_item, lock, seen_add = WorkItem, self._lock, seen.add
         try:
             while True:
+                now = time.monotonic()
+                if claimed_at:  # the time the last claim's batches took (work and marks)
+                    seg_s = (now - claimed_at) / ngot
                 got = backend.claim_segments(self.id, group, self.worker_id, count, lease)
                 if not got:
+                    claimed_at = 0.0
                     self.commit()  # our closed batches, before anyone waits on them
                     if not backend.group_busy(self.id, group, self.worker_id):
                         break
                     self._reap(waiting=True)
                     time.sleep(self._poll)
                     continue
-                # Alone: claim more per transaction (the ledger's speed), at most 1/64 of
-                # the group ahead (a worker joining later finds most of it free); with
-                # others: one batch at a time. Who is live is looked at again each second.
-                now = time.monotonic()
-                if now - looked >= 1.0:
-                    looked = now
-                    self._others = sum(1 for w in backend.list_workers(self.id) if w.live) - 1
-                count = min(count * 2, cap) if not self._others else 1
+                claimed_at, ngot = time.monotonic(), len(got)
+                left = nseg - 1 - got[-1][0]  # batches are claimed lowest first
+                count = claim_count(count, self._others, left, seg_s, cap)
                 held.update(seg for seg, _ in got)
                 for seg, taken in got:
                     chunk = ids[seg * size : (seg + 1) * size]
@@ -745,6 +814,15 @@ class Run:
             due = len(pending) >= self.batch_size or (
                 time.monotonic() - self._last_flush >= self.batch_seconds
             )
+            if due and self._background and self._bg_error is None:
+                # The committer commits it; the item path waits only when it falls behind.
+                due = len(pending) >= 4 * self.batch_size
+                if not due:
+                    c = self._committer
+                    if c is None:
+                        c = self._committer = _Committer(self)
+                        c.start()
+                    c.due.set()
         if due:
             self.commit()
 
@@ -757,24 +835,37 @@ class Run:
             StoreFullError, StoreIOError, StoreLockedError: nothing of the batch was
                 committed; the marks stay queued for the next commit.
         """
+        with self._commit_lock:  # after a commit the committer may be running
+            self._commit_queued()
+
+    def _commit_queued(self) -> None:
+        # Commits run one at a time (``_commit_lock`` held), in the order their marks
+        # were queued; marks queued meanwhile wait for the next. A batch is closed in
+        # the transaction of its last marks or after it, never before: a failed commit
+        # puts its marks and closings back in front of the queue.
         with self._lock:
             batch, self._pending = self._pending, []
             closing, self._closing = self._closing, []
-            try:
-                if closing:
-                    self.manager.backend.mark_items(
-                        self.id, batch, closing=closing, worker_id=self.worker_id
-                    )
-                elif batch:
-                    self.manager.backend.mark_items(self.id, batch)
-            except BaseException:
+        try:
+            if closing:
+                self.manager.backend.mark_items(
+                    self.id, batch, closing=closing, worker_id=self.worker_id
+                )
+            elif batch:
+                self.manager.backend.mark_items(self.id, batch)
+        except BaseException:
+            with self._lock:
                 self._pending = batch + self._pending
                 self._closing = closing + self._closing
-                raise
+            raise
+        self._bg_error = None
+        with self._lock:
             self._last_flush = now = time.monotonic()
-            if batch and now - self._last_progress >= 1.0:
+            report = bool(batch) and now - self._last_progress >= 1.0
+            if report:
                 self._last_progress = now
-                self._update(progress=self.progress)
+        if report:
+            self._update(progress=self.progress)
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -819,6 +910,9 @@ class Run:
             return self.record
         if self._heart is not None:
             self._heart.stop.set()
+        if self._committer is not None:
+            self._committer.stop = True
+            self._committer.due.set()
         text = None if error is None else _error_text(error)
         backend = self.manager.backend
         with contextlib.suppress(CkptliteError):  # best effort: a lease expires anyway

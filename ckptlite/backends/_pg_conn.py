@@ -163,8 +163,12 @@ def run(
     *,
     write: bool = False,
     idempotent: bool = False,
+    tx: bool = True,
 ) -> T:
     """Run ``fn`` on this thread's connection (in one transaction when ``write``).
+
+    ``tx=False``: a write that is one statement runs without BEGIN/COMMIT (autocommit
+    makes it atomic alone), saving two round trips; it is retried like a write.
 
     After a dropped connection, a read, a write that failed at BEGIN (nothing
     was sent) and an ``idempotent`` write are redone on a new connection, with
@@ -182,10 +186,11 @@ def run(
             continue
         began = False
         try:
-            if write:
+            if write and tx:
                 with conn.transaction():
                     began = True
                     return fn(conn)
+            began = write
             return fn(conn)
         except CkptliteError:
             raise

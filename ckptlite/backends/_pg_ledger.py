@@ -98,6 +98,7 @@ class LedgerMixin:
             *,
             write: bool = False,
             idempotent: bool = False,
+            tx: bool = True,
         ) -> T: ...
         def _q(self, text: str) -> sql.Composed: ...
         def store_id(self) -> str: ...
@@ -552,24 +553,27 @@ class LedgerMixin:
     ) -> builtins.list[tuple[int, bool]]:
         # procrastinate's claim: one statement picks free rows, skipping rows another
         # transaction holds (never waiting for it), and stamps them with a lease set
-        # by the database's clock.
+        # by the database's clock. It is the item path of every worker: one round trip
+        # (autocommit makes the statement atomic alone; the run's seq is a subquery).
         q = self._q(
-            "UPDATE {run_claims} c SET worker = %s, lease = %s, "
-            "expires = clock_timestamp() + make_interval(secs => %s) "
-            "FROM (SELECT grp, seg, worker IS NOT NULL AS taken FROM {run_claims} "
-            "WHERE run = %s AND grp = %s AND seg >= 0 AND NOT done "
-            "AND (worker IS NULL OR expires < clock_timestamp()) "
-            "ORDER BY seg LIMIT %s FOR UPDATE SKIP LOCKED) f "
-            "WHERE c.run = %s AND c.grp = f.grp AND c.seg = f.seg RETURNING c.seg, f.taken"
+            "UPDATE {run_claims} c SET worker = %(w)s, lease = %(l)s, "
+            "expires = clock_timestamp() + make_interval(secs => %(l)s) "
+            "FROM (SELECT run, grp, seg, worker IS NOT NULL AS taken FROM {run_claims} "
+            "WHERE run = (SELECT seq FROM {runs} WHERE id = %(r)s) AND grp = %(g)s "
+            "AND seg >= 0 AND NOT done AND (worker IS NULL OR expires < clock_timestamp()) "
+            "ORDER BY seg LIMIT %(n)s FOR UPDATE SKIP LOCKED) f "
+            "WHERE c.run = f.run AND c.grp = f.grp AND c.seg = f.seg RETURNING c.seg, f.taken"
         )
+        args = {"w": worker_id, "l": lease, "r": run_id, "g": group, "n": count}
+        # The crash point sits between the claim and its COMMIT: armed, keep a transaction.
+        tx = _faults.armed("claim.in_transaction")
 
         def go(conn: Conn) -> builtins.list[tuple[int, bool]]:
-            run = self._run_seq(conn, run_id)
-            rows = conn.execute(q, (worker_id, lease, lease, run, group, count, run)).fetchall()
+            rows = conn.execute(q, args, prepare=True).fetchall()  # planned once
             _faults.point("claim.in_transaction")
             return sorted((int(seg), bool(taken)) for seg, taken in rows)
 
-        return self._run("claiming work items", go, write=True)
+        return self._run("claiming work items", go, write=True, tx=tx)
 
     def group_busy(self, run_id: str, group: str, worker_id: str) -> bool:
         q = self._q(

@@ -197,6 +197,9 @@ class Backend(Protocol):
 
     #: Whether ``backup`` copies the store as files (local stores); False: it raises.
     supports_backup: bool
+    #: Whether a run's item marks are committed off the item path, by a thread of the run
+    #: (a commit is network round trips: PostgreSQL); False: by the thread marking.
+    commits_in_background: bool
 
     def chunk_rows(self, digests: Iterable[str]) -> dict[str, Any]:
         """Return index rows of ``digests`` for ``read_chunk_into`` (default: none, ``{}``).
@@ -603,6 +606,8 @@ class BaseBackend:
     url: str
     hash_name: str
     supports_backup: bool = False
+    #: A run's item marks are committed by a thread of its own (a commit is round trips).
+    commits_in_background: bool = False
 
     # The required methods these defaults build on (the Protocol documents them).
     def read_chunk(self, digest: str) -> StoredChunk:

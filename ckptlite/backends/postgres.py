@@ -125,6 +125,8 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
     >>> mgr = ckptlite.open("postgresql://postgres@127.0.0.1/test")  # doctest: +SKIP
     """
 
+    commits_in_background = True  # a commit is several round trips to the server
+
     def __init__(
         self,
         url: str,
@@ -166,9 +168,15 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
         return sql.SQL(text).format(**self._n)
 
     def _run(
-        self, what: str, fn: Callable[[Conn], T], *, write: bool = False, idempotent: bool = False
+        self,
+        what: str,
+        fn: Callable[[Conn], T],
+        *,
+        write: bool = False,
+        idempotent: bool = False,
+        tx: bool = True,
     ) -> T:
-        return run(self._conns, what, fn, write=write, idempotent=idempotent)
+        return run(self._conns, what, fn, write=write, idempotent=idempotent, tx=tx)
 
     def _setup(self, conn: Conn) -> str:
         # One lock for every table: which prefix is free is decided under it.
