@@ -123,6 +123,7 @@ _ERROR_MAX = 4000
 _MAX_SEG = 256  # items per batch at most (auto): a batch is what a dead worker's successor redoes
 #: Seconds of a worker's own work it claims at once when others work too (claim_count).
 CLAIM_AHEAD_S = 1.0
+_PIPELINE_SEG = -2  # the claim slot of the run's PIPELINE checkpoint (a stage's is -1)
 _LOOK_EVERY = 1.0  # seconds between looks at who is live while items are claimed
 _new_mark = tuple.__new__  # builds an ItemMark without NamedTuple's slower __new__
 #: Runs (workers) alive in this process, by worker id: a worker of this pid that is
@@ -549,6 +550,7 @@ class Run:
         self._lock = threading.RLock()
         self._pending: list[ItemMark] = []
         self._closing: list[tuple[str, int]] = []
+        self._touched: dict[tuple[str, int], list[Any]] = {}  # held batches marked in
         self._last_flush = time.monotonic()
         self._last_progress = 0.0
         self._failed_now: set[tuple[str, str]] = set()
@@ -580,26 +582,57 @@ class Run:
     def pipeline_checkpoint(self) -> Checkpoint:
         """Return this run's PIPELINE checkpoint (made on first use): its stages' parent.
 
+        One per run, whichever workers need it at once: the one that claims it
+        (``claim_stage`` slot -2) saves it, the others wait for it.
+
         Raises:
             StoreFullError, StoreIOError: it could not be saved.
         """
         with self._lock:
             if self._pipeline is None:
-                q = ListQuery(process_id=self.process_id, level=Level.PIPELINE, name=PIPELINE_NAME)
-                mine = [
-                    c for c in self.manager.backend.list(q) if c.metadata.get(RUN_KEY) == self.id
-                ]
-                # Two workers may both have made one: the oldest is the run's.
-                self._pipeline = min(mine, key=lambda c: c.seq) if mine else None
+                self._pipeline = self._find_pipeline()
             if self._pipeline is None:
-                self._pipeline = self.manager.save(
-                    self.process_id,
-                    {"run": self.id},
-                    level=Level.PIPELINE,
-                    name=PIPELINE_NAME,
-                    metadata={RUN_KEY: self.id},
-                )
+                self._pipeline = self._make_pipeline()
             return self._pipeline
+
+    def _find_pipeline(self) -> Checkpoint | None:
+        q = ListQuery(process_id=self.process_id, level=Level.PIPELINE, name=PIPELINE_NAME)
+        mine = [c for c in self.manager.backend.list(q) if c.metadata.get(RUN_KEY) == self.id]
+        # Stores written before the claim may hold two: the oldest is the run's.
+        return min(mine, key=lambda c: c.seq) if mine else None
+
+    def _save_pipeline(self) -> Checkpoint:
+        return self.manager.save(
+            self.process_id,
+            {"run": self.id},
+            level=Level.PIPELINE,
+            name=PIPELINE_NAME,
+            metadata={RUN_KEY: self.id},
+        )
+
+    def _make_pipeline(self) -> Checkpoint:
+        if self.worker is None:  # a completed run reused by key: no other worker to race
+            return self._save_pipeline()
+        backend, seg = self.manager.backend, _PIPELINE_SEG
+        while True:
+            got = backend.claim_stage(self.id, PIPELINE_NAME, self.worker_id, self.lease, seg=seg)
+            found = self._find_pipeline()
+            if found is not None or got == "done":
+                if got != "done":  # its maker died before finishing its claim
+                    backend.finish_stage(self.id, PIPELINE_NAME, seg=seg)
+                # Done and gone (deleted since): a new one, as a single worker would.
+                return found or self._save_pipeline()
+            if got == "claimed":
+                try:
+                    cp = self._save_pipeline()
+                except BaseException:
+                    with contextlib.suppress(CkptliteError):
+                        backend.release_segments(self.id, self.worker_id, PIPELINE_NAME, [seg])
+                    raise
+                backend.finish_stage(self.id, PIPELINE_NAME, seg=seg)
+                return cp
+            self._reap()  # held: another worker saves it now (or died doing so)
+            time.sleep(min(self._poll, 0.02))
 
     @property
     def id(self) -> str:
@@ -773,7 +806,7 @@ class Run:
                     chunk = ids[seg * size : (seg + 1) * size]
                     if taken:  # a dead worker's batch: what it committed is done
                         done.update(backend.done_among(self.id, group, chunk))
-                    st: list[Any] = [0, False, group, seg]  # outstanding, all yielded, key
+                    todo = []
                     for item_id in chunk:
                         if item_id in done or item_id in seen:
                             continue
@@ -782,7 +815,15 @@ class Run:
                             self._exhausted.add((group, item_id))
                             continue
                         seen_add(item_id)
+                        todo.append((item_id, attempts))
+                    # yielded and not marked, all yielded, key, not yet yielded
+                    st: list[Any] = [0, False, group, seg, len(todo)]
+                    if len(todo) < len(chunk):  # the next commit tells how many are left
+                        with lock:
+                            self._touched[group, seg] = st
+                    for item_id, attempts in todo:
                         st[0] += 1
+                        st[4] -= 1
                         yield new_item(self, group, item_id, attempts, st)
                     with lock:
                         st[1] = True
@@ -811,6 +852,8 @@ class Run:
                 seg[0] -= 1
                 if not seg[0] and seg[1]:
                     self._closing.append((seg[2], seg[3]))
+                else:
+                    self._touched[seg[2], seg[3]] = seg
             due = len(pending) >= self.batch_size or (
                 time.monotonic() - self._last_flush >= self.batch_seconds
             )
@@ -846,10 +889,14 @@ class Run:
         with self._lock:
             batch, self._pending = self._pending, []
             closing, self._closing = self._closing, []
+            touched, self._touched = self._touched, {}
+            # Items of a held batch not marked once this commits: yielded and not
+            # marked, or not yet yielded (``claimed`` in the run's counts).
+            unmarked = [(g, seg, st[0] + st[4]) for (g, seg), st in touched.items()]
         try:
-            if closing:
+            if closing or unmarked:
                 self.manager.backend.mark_items(
-                    self.id, batch, closing=closing, worker_id=self.worker_id
+                    self.id, batch, closing=closing, worker_id=self.worker_id, unmarked=unmarked
                 )
             elif batch:
                 self.manager.backend.mark_items(self.id, batch)
@@ -857,6 +904,7 @@ class Run:
             with self._lock:
                 self._pending = batch + self._pending
                 self._closing = closing + self._closing
+                self._touched = {**touched, **self._touched}
             raise
         self._bg_error = None
         with self._lock:

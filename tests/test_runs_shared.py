@@ -23,6 +23,7 @@ import pytest
 
 import ckptlite
 from ckptlite import Level, RunStatus
+from ckptlite.backends.base import ListQuery
 from ckptlite.errors import InvalidInputError
 from ckptlite.runs import decode_item_state, run_key
 
@@ -315,6 +316,66 @@ def test_a_worker_that_leaves_early_leaves_the_run_running(
     assert a.status is RunStatus.RUNNING  # b is still live
     b.finish()
     assert b.status is RunStatus.COMPLETED  # the last one out
+
+
+def test_workers_of_one_run_share_one_pipeline_checkpoint(
+    any_mgr: ckptlite.CheckpointManager,
+) -> None:
+    # Workers that first need the run's PIPELINE checkpoint at the same instant (two
+    # stages computed at once, a process saving inside the run) make one between them.
+    runs = [any_mgr.run("job") for _ in range(6)]
+    assert len({r.id for r in runs}) == 1
+    listing = any_mgr.backend.list
+
+    def slow_list(q: ListQuery) -> list[ckptlite.Checkpoint]:
+        found = listing(q)
+        time.sleep(0.05)  # a store across a network: the others look meanwhile
+        return found
+
+    any_mgr.backend.list = slow_list  # type: ignore[method-assign]
+    barrier = threading.Barrier(len(runs))
+    got: list[str] = []
+
+    def first_use(run: ckptlite.Run) -> None:
+        barrier.wait()
+        got.append(run.pipeline_checkpoint().id)
+
+    threads = [threading.Thread(target=first_use, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    roots = any_mgr.list("job", level=Level.PIPELINE)
+    assert len(roots) == 1, roots
+    assert set(got) == {roots[0].id} and len(got) == len(runs)
+    for run in runs:
+        run.finish()
+    assert runs[-1].status is RunStatus.COMPLETED  # the pipeline's claim is not open work
+
+
+def test_claimed_counts_the_items_claimed_and_not_yet_marked(
+    any_mgr: ckptlite.CheckpointManager,
+) -> None:
+    a = any_mgr.run("job")
+    b = any_mgr.run("job")
+    b._active += 1  # b works too: a claims one batch at a time
+    b._others = a._others = 1
+    it = a.items("g", [f"i{n}" for n in range(20)], claim=10)
+    items = [next(it) for _ in range(4)]  # a holds batch 0 (10 items), 4 of them yielded
+    for item in items[:3]:
+        item.done()
+    a.commit()
+    counts = a.counts()
+    assert (counts.done, counts.claimed, counts.pending) == (3, 7, 10), counts
+    items[3].fail("boom")
+    a.commit()
+    counts = a.counts()
+    assert (counts.done, counts.failed, counts.claimed, counts.pending) == (3, 1, 6, 10), counts
+    it.close()  # the loop stops early: its batch is let go
+    counts = a.counts()
+    assert (counts.claimed, counts.pending) == (0, 16), counts
+    a.finish("stop")
+    b.finish()
 
 
 def test_other_ids_for_a_group_others_work_on_are_refused(

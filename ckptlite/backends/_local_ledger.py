@@ -135,6 +135,7 @@ class LocalLedgerMixin:
         *,
         closing: Sequence[tuple[str, int]] = (),
         worker_id: str | None = None,
+        unmarked: Sequence[tuple[str, int, int]] = (),
     ) -> int:
         with self.db.write() as conn:
             run = self._run_seq(conn, run_id)
@@ -157,6 +158,12 @@ class LocalLedgerMixin:
                     f"UPDATE run_claims SET done=1, worker=NULL, expires=NULL WHERE run={int(run)} "
                     "AND grp=? AND seg=? AND worker=? AND done=0",
                     [(g, seg, worker_id) for g, seg in closing],
+                )
+            if unmarked:
+                conn.executemany(
+                    f"UPDATE run_claims SET unmarked=? WHERE run={int(run)} "
+                    "AND grp=? AND seg=? AND worker=? AND done=0",
+                    [(n, g, seg, worker_id) for g, seg, n in unmarked],
                 )
         return changed
 
@@ -476,7 +483,7 @@ class LocalLedgerMixin:
                 (run, group, now, count),
             ).fetchall()
             conn.executemany(
-                "UPDATE run_claims SET worker=?, expires=?, lease=? "
+                "UPDATE run_claims SET worker=?, expires=?, lease=?, unmarked=NULL "
                 "WHERE run=? AND grp=? AND seg=?",
                 [(worker_id, now + _us(lease), lease, run, group, seg) for seg, _ in rows],
             )
@@ -527,13 +534,15 @@ class LocalLedgerMixin:
                 )
         return out
 
-    def claim_stage(self, run_id: str, name: str, worker_id: str, lease: float) -> str:
+    def claim_stage(
+        self, run_id: str, name: str, worker_id: str, lease: float, *, seg: int = -1
+    ) -> str:
         with self.db.write() as conn:
             run = self._run_seq(conn, run_id)
             now = _now_us()
             row: Any = conn.execute(
-                "SELECT worker, expires, done FROM run_claims WHERE run=? AND grp=? AND seg=-1",
-                (run, name),
+                "SELECT worker, expires, done FROM run_claims WHERE run=? AND grp=? AND seg=?",
+                (run, name, seg),
             ).fetchone()
             if row is not None and row[2]:
                 return "done"
@@ -541,18 +550,18 @@ class LocalLedgerMixin:
                 return "held"
             conn.execute(
                 "INSERT OR REPLACE INTO run_claims(run, grp, seg, worker, expires, lease, done) "
-                "VALUES (?,?,-1,?,?,?,0)",
-                (run, name, worker_id, now + _us(lease), lease),
+                "VALUES (?,?,?,?,?,?,0)",
+                (run, name, seg, worker_id, now + _us(lease), lease),
             )
             return "claimed"
 
-    def finish_stage(self, run_id: str, name: str) -> None:
+    def finish_stage(self, run_id: str, name: str, *, seg: int = -1) -> None:
         with self.db.write() as conn:
             run = self._run_seq(conn, run_id)
             conn.execute(
                 "UPDATE run_claims SET done=1, worker=NULL, expires=NULL "
-                "WHERE run=? AND grp=? AND seg=-1",
-                (run, name),
+                "WHERE run=? AND grp=? AND seg=?",
+                (run, name, seg),
             )
 
     def _counts(
@@ -575,7 +584,8 @@ class LocalLedgerMixin:
             "SELECT coalesce(sum(total),0) FROM run_groups WHERE run=?", (run,)
         ).fetchone()
         claimed: Any = conn.execute(
-            "SELECT coalesce(sum(min(g.seg_size, g.total - c.seg*g.seg_size)),0) "
+            "SELECT coalesce(sum(coalesce(c.unmarked, "
+            "min(g.seg_size, g.total - c.seg*g.seg_size))),0) "
             "FROM run_claims c JOIN run_groups g ON g.run=c.run AND g.grp=c.grp "
             "WHERE c.run=? AND c.seg>=0 AND c.done=0 AND c.worker IS NOT NULL AND c.expires>?",
             (run, now),

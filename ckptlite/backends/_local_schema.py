@@ -181,6 +181,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX run_claims_open ON run_claims(run, grp, seg) WHERE done = 0;
     CREATE INDEX items_failed ON items(run, grp) WHERE ok = 0;
     """,
+    # 10 (issue 15; after the other issues' migrations at merge): how many items of a
+    # claimed batch are not marked, as its holder last committed (NULL: the whole
+    # batch), so ``claimed`` counts the items claimed and not marked, not whole batches.
+    """
+    ALTER TABLE run_claims ADD COLUMN unmarked INTEGER;
+    """,
 ]
 
 CHECKPOINT_COLS = (

@@ -32,13 +32,14 @@ class _Worker:
 
 
 class _Claim:
-    __slots__ = ("done", "expires", "lease", "worker")
+    __slots__ = ("done", "expires", "lease", "unmarked", "worker")
 
     def __init__(self) -> None:
         self.worker: str | None = None
         self.expires = 0.0
         self.lease = 0.0
         self.done = False
+        self.unmarked: int | None = None  # as its holder last committed; None: the whole batch
 
 
 class MemoryClaimsMixin:
@@ -197,7 +198,7 @@ class MemoryClaimsMixin:
                 if g != group or seg < 0 or c.done or (c.worker is not None and c.expires >= now):
                     continue
                 out.append((seg, c.worker is not None))
-                c.worker, c.expires, c.lease = worker_id, now + lease, lease
+                c.worker, c.expires, c.lease, c.unmarked = worker_id, now + lease, lease, None
             return out
 
     def group_busy(self, run_id: str, group: str, worker_id: str) -> bool:
@@ -215,9 +216,17 @@ class MemoryClaimsMixin:
             self._release(run_id, {worker_id}, keys)
 
     def _close(
-        self, run_id: str, closing: Sequence[tuple[str, int]], worker_id: str | None
+        self,
+        run_id: str,
+        closing: Sequence[tuple[str, int]],
+        worker_id: str | None,
+        unmarked: Sequence[tuple[str, int, int]] = (),
     ) -> None:
         claims = self._claims.get(run_id, {})
+        for g, seg, n in unmarked:
+            c = claims.get((g, seg))
+            if c is not None and c.worker == worker_id and not c.done:
+                c.unmarked = n
         for key in closing:
             c = claims.get(key)
             if c is not None and c.worker == worker_id and not c.done:
@@ -228,10 +237,12 @@ class MemoryClaimsMixin:
             entries = self._items.get((run_id, group), {})
             return {i for i in ids if i in entries and entries[i][0]}
 
-    def claim_stage(self, run_id: str, name: str, worker_id: str, lease: float) -> str:
+    def claim_stage(
+        self, run_id: str, name: str, worker_id: str, lease: float, *, seg: int = -1
+    ) -> str:
         with self._lock:
             now = time.time()
-            c = self._claims.setdefault(run_id, {}).setdefault((name, -1), _Claim())
+            c = self._claims.setdefault(run_id, {}).setdefault((name, seg), _Claim())
             if c.done:
                 return "done"
             if c.worker not in (None, worker_id) and c.expires > now:
@@ -239,9 +250,9 @@ class MemoryClaimsMixin:
             c.worker, c.expires, c.lease = worker_id, now + lease, lease
             return "claimed"
 
-    def finish_stage(self, run_id: str, name: str) -> None:
+    def finish_stage(self, run_id: str, name: str, *, seg: int = -1) -> None:
         with self._lock:
-            c = self._claims.get(run_id, {}).get((name, -1))
+            c = self._claims.get(run_id, {}).get((name, seg))
             if c is not None:
                 c.done, c.worker = True, None
 
@@ -261,7 +272,8 @@ class MemoryClaimsMixin:
             open_work += not c.done
             if seg >= 0 and not c.done and c.worker is not None and c.expires > now:
                 t, size, _f = self._groups.get((run_id, g), (0, 1, ""))
-                claimed += max(0, min(size, t - seg * size))
+                whole = max(0, min(size, t - seg * size))
+                claimed += whole if c.unmarked is None else min(c.unmarked, whole)
         workers = self._workers.get(run_id, {})
         live = sum(1 for r in workers.values() if not r.left and r.expires > now)
         errors = tuple(r.error for r in workers.values() if r.error is not None)

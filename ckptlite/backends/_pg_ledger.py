@@ -197,6 +197,7 @@ class LedgerMixin:
         *,
         closing: Sequence[tuple[str, int]] = (),
         worker_id: str | None = None,
+        unmarked: Sequence[tuple[str, int, int]] = (),
     ) -> int:
         q = self._q(
             "INSERT INTO {items} AS o (run, grp, item, ok, attempts, error, state, changed) "
@@ -221,6 +222,15 @@ class LedgerMixin:
                             "WHERE run = %s AND grp = %s AND seg = %s AND worker = %s AND NOT done"
                         ),
                         [(run, g, seg, worker_id) for g, seg in closing],
+                    )
+            if unmarked:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        self._q(
+                            "UPDATE {run_claims} SET unmarked = %s WHERE run = %s AND grp = %s "
+                            "AND seg = %s AND worker = %s AND NOT done"
+                        ),
+                        [(n, run, g, seg, worker_id) for g, seg, n in unmarked],
                     )
             return tick
 
@@ -556,7 +566,7 @@ class LedgerMixin:
         # by the database's clock. It is the item path of every worker: one round trip
         # (autocommit makes the statement atomic alone; the run's seq is a subquery).
         q = self._q(
-            "UPDATE {run_claims} c SET worker = %(w)s, lease = %(l)s, "
+            "UPDATE {run_claims} c SET worker = %(w)s, lease = %(l)s, unmarked = NULL, "
             "expires = clock_timestamp() + make_interval(secs => %(l)s) "
             "FROM (SELECT run, grp, seg, worker IS NOT NULL AS taken FROM {run_claims} "
             "WHERE run = (SELECT seq FROM {runs} WHERE id = %(r)s) AND grp = %(g)s "
@@ -609,22 +619,24 @@ class LedgerMixin:
         )
         return {r[0] for r in rows}
 
-    def claim_stage(self, run_id: str, name: str, worker_id: str, lease: float) -> str:
+    def claim_stage(
+        self, run_id: str, name: str, worker_id: str, lease: float, *, seg: int = -1
+    ) -> str:
         def go(conn: Conn) -> str:
             run = self._run_seq(conn, run_id)
             conn.execute(
                 self._q(
-                    "INSERT INTO {run_claims} (run, grp, seg) VALUES (%s, %s, -1) "
+                    "INSERT INTO {run_claims} (run, grp, seg) VALUES (%s, %s, %s) "
                     "ON CONFLICT DO NOTHING"
                 ),
-                (run, name),
+                (run, name, seg),
             )
             row = conn.execute(
                 self._q(
                     "SELECT worker, expires > clock_timestamp(), done FROM {run_claims} "
-                    "WHERE run = %s AND grp = %s AND seg = -1 FOR UPDATE"
+                    "WHERE run = %s AND grp = %s AND seg = %s FOR UPDATE"
                 ),
-                (run, name),
+                (run, name, seg),
             ).fetchone()
             assert row is not None
             if row[2]:
@@ -635,21 +647,24 @@ class LedgerMixin:
                 self._q(
                     "UPDATE {run_claims} SET worker = %s, lease = %s, "
                     "expires = clock_timestamp() + make_interval(secs => %s) "
-                    "WHERE run = %s AND grp = %s AND seg = -1"
+                    "WHERE run = %s AND grp = %s AND seg = %s"
                 ),
-                (worker_id, lease, lease, run, name),
+                (worker_id, lease, lease, run, name, seg),
             )
             return "claimed"
 
         return self._run("claiming a stage", go, write=True)
 
-    def finish_stage(self, run_id: str, name: str) -> None:
+    def finish_stage(self, run_id: str, name: str, *, seg: int = -1) -> None:
         q = self._q(
             "UPDATE {run_claims} SET done = true, worker = NULL, expires = NULL "
-            "WHERE run = (SELECT seq FROM {runs} WHERE id = %s) AND grp = %s AND seg = -1"
+            "WHERE run = (SELECT seq FROM {runs} WHERE id = %s) AND grp = %s AND seg = %s"
         )
         self._run(
-            "finishing a stage", lambda c: c.execute(q, (run_id, name)), write=True, idempotent=True
+            "finishing a stage",
+            lambda c: c.execute(q, (run_id, name, seg)),
+            write=True,
+            idempotent=True,
         )
 
     def _counts(self, conn: Conn, run: int, worker_id: str, *, done_too: bool = True) -> RunCounts:
@@ -660,7 +675,8 @@ class LedgerMixin:
                 "(SELECT count(*) FROM {items} WHERE run = %(r)s AND NOT ok AND grp IN "
                 " (SELECT grp FROM {run_groups} WHERE run = %(r)s)), "
                 "(SELECT coalesce(sum(total), 0) FROM {run_groups} WHERE run = %(r)s), "
-                "(SELECT coalesce(sum(LEAST(g.seg_size, g.total - c.seg * g.seg_size)), 0) "
+                "(SELECT coalesce(sum(coalesce(c.unmarked, "
+                " LEAST(g.seg_size, g.total - c.seg * g.seg_size))), 0) "
                 " FROM {run_claims} c JOIN {run_groups} g ON g.run = c.run AND g.grp = c.grp "
                 " WHERE c.run = %(r)s AND c.seg >= 0 AND NOT c.done AND c.worker IS NOT NULL "
                 " AND c.expires > clock_timestamp()), "

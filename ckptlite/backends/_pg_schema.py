@@ -205,6 +205,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # The last worker out counts failed items: a few rows, not the whole ledger.
         "CREATE INDEX {items_failed} ON {items}(run, grp) WHERE NOT ok",
     ),
+    # Issue 15 (after the other issues' migrations at merge): items of a claimed batch
+    # not marked, as its holder last committed (NULL: the whole batch): ``claimed``.
+    ("ALTER TABLE {run_claims} ADD COLUMN unmarked INTEGER",),
 ]
 
 

@@ -439,6 +439,7 @@ class Backend(Protocol):
         *,
         closing: Sequence[tuple[str, int]] = (),
         worker_id: str | None = None,
+        unmarked: Sequence[tuple[str, int, int]] = (),
     ) -> int:
         """Record done- and failed-marks with their states, all in ONE transaction.
 
@@ -448,7 +449,9 @@ class Backend(Protocol):
         apply in order. Every item written gets the same new ledger clock value,
         which is returned. ``closing``: ``(group, batch)`` claims of ``worker_id``
         whose items are all marked, set done in the same transaction (a batch
-        another worker holds now is left to it).
+        another worker holds now is left to it). ``unmarked``: ``(group, batch,
+        n)``: ``n`` items of a batch ``worker_id`` holds are not marked once this
+        commits (``run_counts`` counts them claimed; a batch not reported counts whole).
 
         Raises:
             RunNotFoundError: no such run (nothing written).
@@ -544,11 +547,17 @@ class Backend(Protocol):
     def done_among(self, run_id: str, group: str, ids: Sequence[str]) -> set[str]:
         """Return which of ``ids`` are done in the group."""
 
-    def claim_stage(self, run_id: str, name: str, worker_id: str, lease: float) -> str:
-        """Try to claim a stage: ``"claimed"``, ``"done"`` or ``"held"`` (by a live worker)."""
+    def claim_stage(
+        self, run_id: str, name: str, worker_id: str, lease: float, *, seg: int = -1
+    ) -> str:
+        """Try to claim a stage: ``"claimed"``, ``"done"`` or ``"held"`` (by a live worker).
 
-    def finish_stage(self, run_id: str, name: str) -> None:
-        """Record a stage begun with ``claim_stage`` as done."""
+        ``seg``: the claim's slot, below 0: -1 a stage, -2 the run's PIPELINE checkpoint
+        (named ``runs.PIPELINE_NAME``; a stage may have that name too).
+        """
+
+    def finish_stage(self, run_id: str, name: str, *, seg: int = -1) -> None:
+        """Record a stage (or ``seg``) begun with ``claim_stage`` as done."""
 
     def leave_run(self, run_id: str, worker_id: str, error: str | None) -> RunCounts:
         """Mark a worker gone (releasing its claims) and return the run's counts, atomically.

@@ -270,9 +270,10 @@ class MemoryBackend(MemoryClaimsMixin, BaseBackend):
         *,
         closing: Sequence[tuple[str, int]] = (),
         worker_id: str | None = None,
+        unmarked: Sequence[tuple[str, int, int]] = (),
     ) -> int:
         with self._lock:
-            self._close(run_id, closing, worker_id)
+            self._close(run_id, closing, worker_id, unmarked)
             self.get_run(run_id)
             self._clock += 1
             tick = self._clock
