@@ -566,9 +566,10 @@ def test_runs_shows_live_workers_and_items_done_claimed_failed_pending(
         items = run.items("t", [f"t{i}" for i in range(10)], claim=2)
         next(items).done()
         next(items).fail("bad")
-        next(items)  # batches 0 (not closed until its marks commit) and 1 are held
+        next(items)  # batches 0 (all marked, not closed until its next commit) and 1 are held
         out = run_json(capsys, "--store", store, "runs")
-        assert out["items"][run.id] == {"done": 1, "claimed": 4, "failed": 1, "pending": 4}
+        # Claimed: the items claimed and not marked (t2, t3), not the held batches' 4.
+        assert out["items"][run.id] == {"done": 1, "claimed": 2, "failed": 1, "pending": 6}
         (worker,) = out["workers"][run.id]
         assert worker["worker_id"] == run.worker_id and worker["live"] is True
         assert worker["host"] and worker["beat_at"]
