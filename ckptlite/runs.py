@@ -7,8 +7,12 @@ ids)`` yields only the items the ledger does not have as done; ``item.done(state
 queues a done-mark with its (encoded) state, and marks are committed in batches
 (every ``batch_size`` marks or ``batch_seconds`` seconds, when a loop over
 ``items`` ends, when a stage completes, and when the run's ``with`` exits), each
-batch in one transaction. A crash loses at most the open batch: those items run
-again; a committed done-mark is never lost and never recorded twice.
+batch in one transaction. On PostgreSQL a thread of the run commits them (a
+commit is round trips, kept off the item path); a loop's end, a stage's
+completion and the run's exit still wait for every queued mark to commit, and a
+commit that failed in that thread is retried (and raised) by the next mark. A
+crash loses at most the marks not committed: those items run again; a committed
+done-mark is never lost and never recorded twice.
 
 Many workers, one run. ``mgr.run(pid)`` called by several processes (or
 machines, on PostgreSQL) at once joins ONE run: finding or creating it is one
@@ -16,8 +20,10 @@ transaction. Each ``Run`` is a worker (``run.worker_id``: host, pid and a random
 suffix) with a lease renewed by a heartbeat thread every lease/3 seconds.
 ``run.items(group, ids, lease=..., claim=...)`` cuts the ids (every worker must
 pass the same ids in the same order: a fingerprint is checked) into batches of
-``claim`` items and claims a few free batches at a time (``FOR UPDATE SKIP
-LOCKED`` on PostgreSQL, a short ``BEGIN IMMEDIATE`` on SQLite): a worker is only
+``claim`` items and claims free batches (one ``UPDATE ... FOR UPDATE SKIP
+LOCKED`` statement on PostgreSQL, a short ``BEGIN IMMEDIATE`` on SQLite), about a
+second of its own work at a time, fewer as the group runs out (``claim_count``),
+so the workers finish together: a worker is only
 handed items no live worker holds, and never waits for another's item work. A
 batch is done, in the transaction of its last marks, when all its items are
 marked; a worker that dies (SIGKILL, a lost connection) loses its batches when
@@ -90,12 +96,14 @@ from .types import (
 )
 
 __all__ = [
+    "CLAIM_AHEAD_S",
     "PIPELINE_NAME",
     "RUN_KEY",
     "Run",
     "RunManager",
     "Stage",
     "WorkItem",
+    "claim_count",
     "current_run",
     "decode_item_state",
     "encode_item_state",
@@ -722,9 +730,9 @@ class Run:
 
         The ids (every worker of the run passes the same, in the same order) are
         read in full when the loop starts (a finite iterable: a list or a generator
-        that ends), then cut into batches of ``claim`` items (default: 1/128 of them, 1 to 256); a
-        few free batches at a time are claimed with a ``lease`` (seconds, default:
-        the run's) renewed by the heartbeat. Items that failed ``max_attempts``
+        that ends), then cut into batches of ``claim`` items (default: 1/128 of them, 1 to 256);
+        free batches are claimed (``claim_count`` of them at a time) with a ``lease``
+        (seconds, default: the run's) renewed by the heartbeat. Items that failed ``max_attempts``
         times (default: the run's) are skipped and make the run end FAILED.
         Duplicate ids are yielded once by a worker. When no batch is free, the
         loop waits for the batches other workers hold (taking over those whose

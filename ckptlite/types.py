@@ -325,11 +325,13 @@ class WorkerRecord:
 
 @dataclass(frozen=True, slots=True)
 class RunCounts:
-    """A run's work now: items done / failed / in claimed batches / pending, and the rest.
+    """A run's work now: items done / failed / claimed and not marked / pending, and the rest.
 
-    ``claimed`` counts the items of batches a live worker holds (done ones excluded
-    only when the batch closes); ``open_work`` counts item batches and begun stages
-    not yet done; ``errors`` are the errors workers left with; ``others_live`` the
+    ``claimed`` counts the items of batches live workers hold that are not marked,
+    as of each holder's last commit of marks (a batch taken over from a dead worker
+    counts whole until its new holder's first commit: items done in it count twice,
+    done and claimed); ``open_work`` counts item batches and begun stages not yet
+    done; ``errors`` are the errors workers left with; ``others_live`` the
     live workers besides the one asking (0 when nobody asked).
     """
 
