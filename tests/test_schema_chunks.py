@@ -31,9 +31,7 @@ CREATE INDEX chunks_pack ON chunks(pack) WHERE pack IS NOT NULL;
 """
 _COLS = "digest, size, stored_size, codec, data, pack, pack_offset, bad"
 # The schema version before the rebuild (the code before it had none: then all of them).
-_CHUNK_VERSION = next(
-    (i for i, m in enumerate(MIGRATIONS) if "chunks_copy" in m), len(MIGRATIONS)
-)
+_CHUNK_VERSION = next((i for i, m in enumerate(MIGRATIONS) if "chunks_copy" in m), len(MIGRATIONS))
 
 
 def _back_to_without_rowid(db: Path) -> None:
@@ -109,9 +107,8 @@ def test_a_store_with_a_without_rowid_chunks_table_is_rebuilt_and_keeps_working(
     with ckptlite.open(store, chunk_size=32 * 1024) as mgr:
         ids = {k: mgr.save("p", v, name=k).id for k, v in states.items()}
         gone = mgr.save("p", {"z": np.random.default_rng(3).random(9_000)}, name="gone")
-        inline = mgr.backend.db.read().execute(  # type: ignore[attr-defined]
-            "SELECT count(*) FROM chunks WHERE data IS NOT NULL"
-        ).fetchone()[0]
+        db_ = mgr.backend.db  # type: ignore[attr-defined]
+        inline = db_.read().execute("SELECT count(*) FROM chunks WHERE data IS NOT NULL").get
         assert inline >= 4  # the old store holds inline chunks
     db = store / "ckptlite.db"
     fresh_sql, fresh_indexes = _chunks_sql(db)
