@@ -8,6 +8,7 @@ keep opening, reading, verifying, backing up, syncing and collecting.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import apsw
 import numpy as np
@@ -71,7 +72,7 @@ def _lookup_plan(db: Path) -> str:
         conn.close()
 
 
-def _states() -> dict[str, dict[str, object]]:
+def _states() -> dict[str, dict[str, Any]]:
     rng = np.random.default_rng(11)
     return {
         "small": {"a": rng.random(200)},  # in the payload: no chunk
@@ -81,7 +82,7 @@ def _states() -> dict[str, dict[str, object]]:
     }
 
 
-def _equal(a: dict[str, object], b: dict[str, object]) -> bool:
+def _equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.keys() == b.keys() and all(
         np.array_equal(a[k], b[k]) if isinstance(a[k], np.ndarray) else a[k] == b[k] for k in a
     )
