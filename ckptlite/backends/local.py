@@ -365,8 +365,6 @@ class LocalBackend(
             MissingChunksError: a referenced chunk is not stored (nothing committed).
             InvalidInputError: the id exists already, or the parent does not.
         """
-        if not staged:  # a small state (no chunks written): nothing to lock, settle or release
-            return self._commit(record, ())
         rows = [r for s in staged for r in s.rows]
         packed = any(r[5] is not None for r in rows)
         locked = False
