@@ -46,6 +46,10 @@ def _back_to_without_rowid(db: Path) -> None:
         pass
     conn.execute(f"INSERT INTO chunks({_COLS}) SELECT {_COLS} FROM keep")
     conn.execute("DROP TABLE keep")
+    # And without what later migrations added (issue 15: run_claims.unmarked).
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(run_claims)")}
+    if "unmarked" in cols:
+        conn.execute("ALTER TABLE run_claims DROP COLUMN unmarked")
     conn.execute(f"PRAGMA user_version={_CHUNK_VERSION}")
     conn.execute("COMMIT")
     conn.close()
