@@ -125,8 +125,9 @@ def sync(
     ``source`` and ``target`` are managers or store locations, read as ``ckptlite
     sync --to`` reads them (opened and closed here): a URL, a path (a ``str`` with a
     ``/``, or any ``os.PathLike``; a source directory must exist), a configured
-    remote's name, or ``postgres`` (the server libpq's environment names). ``process_id`` limits the copy
-    to one process (plus the ancestors its checkpoints need). ``progress`` is
+    remote's name, or ``postgres`` (the server libpq's environment names).
+    ``process_id`` limits the copy to one process (plus the ancestors its
+    checkpoints need). ``progress`` is
     called as ``progress(checkpoints_done, None)`` after each batch.
 
     Raises:
