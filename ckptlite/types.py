@@ -29,6 +29,7 @@ __all__ = [
     "VerifyReport",
     "WorkerInfo",
     "WorkerRecord",
+    "same_json_value",
 ]
 
 
@@ -38,6 +39,29 @@ HASHES = ("blake3", "sha256")
 DEFAULT_HASH = "blake3"
 #: The algorithm of a store that records none: every store made before issue 14.
 LEGACY_HASH = "sha256"
+
+
+def same_json_value(have: Any, want: Any) -> bool:
+    """Tell whether two JSON values are equal as PostgreSQL's jsonb compares them.
+
+    Numbers by value at any depth (3 is 3.0), True is not 1, a string is not a
+    number, objects whatever their key order, lists in order. Metadata filters
+    (``ls --where``) mean this on every backend.
+
+    >>> same_json_value({"a": [1, True]}, {"a": [1.0, True]}), same_json_value([1], [True])
+    (True, False)
+    """
+    if isinstance(have, bool) or isinstance(want, bool):
+        return have is want
+    if isinstance(have, int | float) and isinstance(want, int | float):
+        return bool(have == want)
+    if isinstance(have, list | tuple) and isinstance(want, list | tuple):  # a tuple is a list
+        return len(have) == len(want) and all(map(same_json_value, have, want))
+    if isinstance(have, dict) and isinstance(want, dict):
+        return have.keys() == want.keys() and all(
+            same_json_value(v, want[k]) for k, v in have.items()
+        )
+    return type(have) is type(want) and bool(have == want)
 
 
 def _short(value: object) -> str:

@@ -28,6 +28,7 @@ from ..types import (
     StoredRecord,
     WorkerInfo,
     WorkerRecord,
+    same_json_value,
 )
 
 __all__ = [
@@ -56,13 +57,10 @@ TAGS_KEY = "ckptlite.tags"
 def same_value(have: Any, want: Any) -> bool:
     """Tell whether two JSON values are equal as ``ListQuery.metadata`` compares them.
 
-    Numbers compare as numbers (3 is 3.0), True is not 1, a string is not a number.
+    As PostgreSQL's jsonb does (``types.same_json_value``): numbers as numbers at any
+    depth (3 is 3.0), True is not 1, a string is not a number, objects in any key order.
     """
-    if isinstance(have, bool) or isinstance(want, bool):
-        return have is want
-    if isinstance(have, int | float) and isinstance(want, int | float):
-        return bool(have == want)
-    return type(have) is type(want) and bool(have == want)
+    return same_json_value(have, want)
 
 
 def metadata_matches(
