@@ -12,6 +12,7 @@ __all__ = [
     "DEFAULT_HASH",
     "HASHES",
     "LEGACY_HASH",
+    "SLOT_INDEX_KEY",
     "BackupReport",
     "Checkpoint",
     "GcReport",
@@ -32,6 +33,11 @@ __all__ = [
     "same_json_value",
 ]
 
+
+#: Metadata key holding a checkpoint's 1-based position in its slot: taken by the
+#: backend from the slot's counter in the save's own transaction (``commit(position=True)``),
+#: so positions never repeat, whatever was deleted or which process saved.
+SLOT_INDEX_KEY = "ckptlite.slot_index"
 
 #: Digest algorithms a store may address its chunks and checksum its records with.
 HASHES = ("blake3", "sha256")

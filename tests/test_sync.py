@@ -507,3 +507,19 @@ def make_conninfo_env() -> dict[str, str]:
     if u.password:
         env["PGPASSWORD"] = u.password
     return env
+
+
+@pytest.mark.parametrize("kind", ["memory", "local", "postgres"])
+def test_a_save_after_a_sync_takes_a_position_past_the_copies(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = {"memory": "memory://", "local": str(tmp_path / "b")}.get(kind) or str(
+        request.getfixturevalue("pg_schema")
+    )
+    key = "ckptlite.slot_index"
+    with ckptlite.open("memory://") as a, ckptlite.open(url, durability="none") as b:
+        for i in range(3):
+            a.save("p", i, name="t")
+        assert b.save("p", "b", name="t").metadata[key] == 1  # b counts this slot already
+        ckptlite.sync(a, b)
+        assert b.save("p", "b2", name="t").metadata[key] == 4

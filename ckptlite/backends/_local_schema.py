@@ -181,6 +181,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX run_claims_open ON run_claims(run, grp, seg) WHERE done = 0;
     CREATE INDEX items_failed ON items(run, grp) WHERE ok = 0;
     """,
+    # 10 (issue 17): a counter per slot gives each save its position (metadata
+    # "ckptlite.slot_index") in the save's own transaction: never taken twice, after a
+    # delete or by another process. ``run_groups.ids`` keeps a group's item ids
+    # (zstd of the ids joined by NUL) so ``items --status pending|claimed`` can list
+    # them; NULL for groups registered before.
+    """
+    CREATE TABLE slot_counters (
+        process_id TEXT NOT NULL,
+        level TEXT NOT NULL,
+        name TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (process_id, level, name)
+    ) WITHOUT ROWID;
+    ALTER TABLE run_groups ADD COLUMN ids BLOB;
+    """,
 ]
 
 CHECKPOINT_COLS = (

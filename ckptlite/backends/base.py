@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..errors import CheckpointNotFoundError, ConfigError, InvalidInputError
 from ..types import (
+    SLOT_INDEX_KEY,
     Checkpoint,
     GcReport,
     ItemMark,
@@ -46,12 +47,46 @@ __all__ = [
     "load_metadata",
     "metadata_matches",
     "same_value",
+    "slot_stamps",
+    "stamp_metadata_json",
+    "start_position",
     "to_micros",
 ]
 
 
 #: Metadata key holding a checkpoint's tags (a list of strings): ``save(tags=)``.
 TAGS_KEY = "ckptlite.tags"
+
+
+def start_position(top_stamp: Any, count: int) -> int:
+    """Return the first position a slot's new counter gives: past every stamp there.
+
+    A slot saved before counters existed (an older store) starts past its highest
+    stamp and past its number of records, so no position is ever taken twice.
+    """
+    top = top_stamp if isinstance(top_stamp, int) and not isinstance(top_stamp, bool) else 0
+    return max(top, count) + 1
+
+
+def stamp_metadata_json(metadata: dict[str, Any], position: int) -> tuple[dict[str, Any], str]:
+    """Return ``metadata`` with ``SLOT_INDEX_KEY`` set to ``position``, and as JSON text.
+
+    Raises:
+        InvalidInputError: metadata is not a JSON object of JSON values.
+    """
+    stamped = {**metadata, SLOT_INDEX_KEY: position}
+    return stamped, dump_metadata(stamped)
+
+
+def slot_stamps(records: Iterable[Checkpoint]) -> dict[tuple[str, str, str], int]:
+    """Return the highest position stamped on ``records``, by slot (what an import brings)."""
+    top: dict[tuple[str, str, str], int] = {}
+    for cp in records:
+        stamp = cp.metadata.get(SLOT_INDEX_KEY)
+        if isinstance(stamp, int) and not isinstance(stamp, bool) and stamp > 0:
+            key = (cp.process_id, cp.level.value, cp.name)
+            top[key] = max(top.get(key, 0), stamp)
+    return top
 
 
 def same_value(have: Any, want: Any) -> bool:
@@ -253,10 +288,15 @@ class Backend(Protocol):
             StoreLayoutError, StoreError: the copy could not be made.
         """
 
-    def commit(self, record: StoredRecord, staged: Sequence[Staged] = ()) -> Checkpoint:
+    def commit(
+        self, record: StoredRecord, staged: Sequence[Staged] = (), *, position: bool = False
+    ) -> Checkpoint:
         """Insert a record, with the index rows of ``staged``, atomically; return it with its seq.
 
-        ``staged`` is released whatever happens.
+        ``staged`` is released whatever happens. With ``position``, the record's
+        metadata gets ``SLOT_INDEX_KEY``: the next value of its slot's counter, taken
+        in the same transaction (``next_position``), so no two saves of a slot ever
+        get the same position, in any process, whatever was deleted since.
 
         Raises:
             MissingChunksError: a referenced chunk is not stored (nothing committed).

@@ -52,13 +52,14 @@ from ._local_schema import (
     row_to_checkpoint,
     select_in,
 )
-from ._local_sync import LocalSyncMixin, insert_checkpoint
+from ._local_sync import LocalSyncMixin, insert_checkpoint, next_position
 from .base import (
     BaseBackend,
     ListQuery,
     Staged,
     dump_metadata,
     load_metadata,
+    stamp_metadata_json,
     to_micros,
 )
 
@@ -326,7 +327,9 @@ class LocalBackend(
         except (apsw.ReadOnlyError, ReadOnlyStoreError, StoreFullError, StoreLockedError):
             pass
 
-    def commit(self, record: StoredRecord, staged: Sequence[Staged] = ()) -> Checkpoint:
+    def commit(
+        self, record: StoredRecord, staged: Sequence[Staged] = (), *, position: bool = False
+    ) -> Checkpoint:
         """Insert the staged chunk rows, the checkpoint and its refs in one transaction.
 
         Packs written for it are released after COMMIT, under the shared gc lock:
@@ -343,7 +346,7 @@ class LocalBackend(
             with self.blobs.gc_lock(exclusive=False) if packed else contextlib.nullcontext():
                 locked = True
                 try:
-                    cp = self._commit(record, rows)
+                    cp = self._commit(record, rows, position)
                 except BaseException:
                     settle(self.db.connection(), staged)
                     raise
@@ -356,10 +359,15 @@ class LocalBackend(
                     s.discard()
             raise
 
-    def _commit(self, record: StoredRecord, rows: Sequence[NewChunkRow]) -> Checkpoint:
+    def _commit(
+        self, record: StoredRecord, rows: Sequence[NewChunkRow], position: bool
+    ) -> Checkpoint:
         cp = record.checkpoint
-        meta = dump_metadata(cp.metadata)
+        meta = dump_metadata(cp.metadata)  # InvalidInputError before anything is written
         with self.db.write() as conn:
+            if position:
+                stamped, meta = stamp_metadata_json(cp.metadata, next_position(conn, cp))
+                cp = cp.copy(metadata=stamped)
             if rows:
                 insert_chunk_rows(conn, rows)
             if record.digests:

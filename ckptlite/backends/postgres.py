@@ -62,6 +62,7 @@ from ..errors import (
 from ..types import (
     DEFAULT_HASH,
     LEGACY_HASH,
+    SLOT_INDEX_KEY,
     Checkpoint,
     Level,
     Status,
@@ -81,7 +82,7 @@ from ._pg_rows import (
     row_checkpoint,
     select_any,
 )
-from .base import BaseBackend, ListQuery, Staged
+from .base import BaseBackend, ListQuery, Staged, stamp_metadata_json, start_position
 
 __all__ = ["PostgresBackend"]
 
@@ -361,7 +362,9 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
 
     # -- records ------------------------------------------------------------------
 
-    def commit(self, record: StoredRecord, staged: Sequence[Staged] = ()) -> Checkpoint:
+    def commit(
+        self, record: StoredRecord, staged: Sequence[Staged] = (), *, position: bool = False
+    ) -> Checkpoint:
         for s in staged:
             s.release()  # rows committed by stage_chunks already
         cp = record.checkpoint
@@ -406,13 +409,19 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
         }
 
         mine = self._q(
-            "SELECT r.seq FROM " + self._FROM + " WHERE r.checkpoint_id = %s "
+            "SELECT r.seq, coalesce(l.data_summary->'metadata'->>'"
+            + SLOT_INDEX_KEY
+            + "', '0') FROM "
+            + self._FROM
+            + " WHERE r.checkpoint_id = %s "
             "AND l.validation_checksum = %s AND l.created_at = %s"
         )
         tries = [0]
+        taken: list[int] = []  # the position this commit took
 
         def run(conn: Conn) -> int:
             tries[0] += 1
+            taken.clear()
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._commit_key,))
             row = conn.execute(check, args).fetchone()
             assert row is not None
@@ -421,6 +430,8 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
                 # Redone after the connection died: maybe the first try did commit.
                 ours = conn.execute(mine, (cp.id, cp.checksum, cp.created_at)).fetchone()
                 if ours is not None:
+                    if position:
+                        taken.append(int(ours[1]))
                     return int(ours[0])
             if missing:
                 raise MissingChunksError(
@@ -431,6 +442,11 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
             if not parent_ok:
                 raise InvalidInputError(
                     f"parent checkpoint {cp.parent_id} does not exist", checkpoint_id=cp.parent_id
+                )
+            if position:
+                taken.append(self._next_position(conn, cp))
+                args["summary"] = Jsonb(
+                    record_summary(cp.copy(metadata={**cp.metadata, SLOT_INDEX_KEY: taken[0]}))
                 )
             try:
                 with conn.transaction():  # a savepoint: a lost race rolls back cleanly
@@ -447,7 +463,41 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
             return int(seq[0])
 
         seq = self._run(f"committing {cp.id}", run, write=True, idempotent=True)
+        if taken:
+            stamped, _ = stamp_metadata_json(cp.metadata, taken[0])
+            return cp.copy(seq=seq, metadata=stamped)
         return cp.copy(seq=seq)
+
+    def _next_position(self, conn: Conn, cp: Checkpoint) -> int:
+        """Take the next position of ``cp``'s slot, in the commit's transaction."""
+        slot = (cp.process_id, cp.level.value, cp.name)
+        row = conn.execute(
+            self._q(
+                "UPDATE {slot_counters} SET n = n + 1 "
+                "WHERE process_id = %s AND level = %s AND name = %s RETURNING n"
+            ),
+            slot,
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        # The slot's first counted save: start past what older saves (or imports) stamped.
+        top, count = conn.execute(
+            self._q(
+                "SELECT max(CASE WHEN jsonb_typeof(l.data_summary->'metadata'->%s) = 'number' "
+                "AND (l.data_summary->'metadata'->>%s) ~ '^[0-9]+$' "
+                "THEN (l.data_summary->'metadata'->>%s)::bigint END), count(*) "
+                "FROM " + self._FROM + " WHERE r.process_id = %s AND r.level = %s AND r.name = %s"
+            ),
+            (SLOT_INDEX_KEY, SLOT_INDEX_KEY, SLOT_INDEX_KEY, *slot),
+        ).fetchone()
+        n = start_position(None if top is None else int(top), int(count))
+        conn.execute(
+            self._q(
+                "INSERT INTO {slot_counters} (process_id, level, name, n) VALUES (%s,%s,%s,%s)"
+            ),
+            (*slot, n),
+        )
+        return n
 
     def _select(self, where: str = "", tail: str = "", extra: str = "") -> sql.Composed:
         return self._q(f"SELECT {self._COLS}{extra} FROM {self._FROM} {where} {tail}")
