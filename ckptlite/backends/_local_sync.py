@@ -28,12 +28,16 @@ _STAMP = f'$."{SLOT_INDEX_KEY}"'
 def next_position(conn: apsw.Connection, cp: Checkpoint) -> int:
     """Take the next position of ``cp``'s slot (call inside the save's transaction)."""
     slot = (cp.process_id, cp.level.value, cp.name)
+    # A SELECT then a plain UPDATE: ~3 us less per save than UPDATE ... RETURNING (P1).
     row: Any = conn.execute(
-        "UPDATE slot_counters SET n=n+1 WHERE process_id=? AND level=? AND name=? RETURNING n",
-        slot,
+        "SELECT n FROM slot_counters WHERE process_id=? AND level=? AND name=?", slot
     ).fetchone()
     if row is not None:
-        return int(row[0])
+        n = int(row[0]) + 1
+        conn.execute(
+            "UPDATE slot_counters SET n=? WHERE process_id=? AND level=? AND name=?", (n, *slot)
+        )
+        return n
     # The slot's first counted save: start past what older saves (or imports) stamped.
     top, count = conn.execute(
         "SELECT max(CASE WHEN json_type(metadata, ?1)='integer' THEN json_extract(metadata, ?1) "

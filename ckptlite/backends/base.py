@@ -39,6 +39,7 @@ __all__ = [
     "ListQuery",
     "Staged",
     "StructureCheck",
+    "add_stamp",
     "dump_metadata",
     "from_micros",
     "join_decision",
@@ -51,6 +52,7 @@ __all__ = [
     "stamp_metadata_json",
     "start_position",
     "to_micros",
+    "unstamped_json",
 ]
 
 
@@ -76,6 +78,24 @@ def stamp_metadata_json(metadata: dict[str, Any], position: int) -> tuple[dict[s
     """
     stamped = {**metadata, SLOT_INDEX_KEY: position}
     return stamped, dump_metadata(stamped)
+
+
+def unstamped_json(metadata: dict[str, Any]) -> str:
+    """Return ``metadata`` as JSON text without ``SLOT_INDEX_KEY``, for ``add_stamp``.
+
+    Raises:
+        InvalidInputError: metadata is not a JSON object of JSON values.
+    """
+    if SLOT_INDEX_KEY in metadata:
+        metadata = {k: v for k, v in metadata.items() if k != SLOT_INDEX_KEY}
+    return dump_metadata(metadata)
+
+
+def add_stamp(text: str, position: int) -> str:
+    """Return ``unstamped_json``'s text with the position added (no second encoding:
+    a commit takes the position inside its transaction, which this keeps short)."""
+    stamp = f'"{SLOT_INDEX_KEY}":{int(position)}}}'
+    return "{" + stamp if text == "{}" else text[:-1] + "," + stamp
 
 
 def slot_stamps(records: Iterable[Checkpoint]) -> dict[tuple[str, str, str], int]:

@@ -36,6 +36,7 @@ from ..errors import (
 from ..types import (
     DEFAULT_HASH,
     LEGACY_HASH,
+    SLOT_INDEX_KEY,
     Checkpoint,
     Level,
     Status,
@@ -57,10 +58,11 @@ from .base import (
     BaseBackend,
     ListQuery,
     Staged,
+    add_stamp,
     dump_metadata,
     load_metadata,
-    stamp_metadata_json,
     to_micros,
+    unstamped_json,
 )
 
 __all__ = [
@@ -363,11 +365,14 @@ class LocalBackend(
         self, record: StoredRecord, rows: Sequence[NewChunkRow], position: bool
     ) -> Checkpoint:
         cp = record.checkpoint
-        meta = dump_metadata(cp.metadata)  # InvalidInputError before anything is written
+        # InvalidInputError before anything is written
+        meta = unstamped_json(cp.metadata) if position else dump_metadata(cp.metadata)
         with self.db.write() as conn:
+            stamped = None
             if position:
-                stamped, meta = stamp_metadata_json(cp.metadata, next_position(conn, cp))
-                cp = cp.copy(metadata=stamped)
+                n = next_position(conn, cp)
+                meta = add_stamp(meta, n)
+                stamped = {**cp.metadata, SLOT_INDEX_KEY: n}
             if rows:
                 insert_chunk_rows(conn, rows)
             if record.digests:
@@ -406,7 +411,7 @@ class LocalBackend(
                 )
             _faults.point("commit.in_transaction")
         _faults.point("commit.after_commit")
-        return cp.copy(seq=seq)
+        return cp.copy(seq=seq, metadata=stamped)  # one copy: P1 counts microseconds
 
     def get(self, checkpoint_id: str) -> Checkpoint:
         with translate_errors("reading checkpoint"):
