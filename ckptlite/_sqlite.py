@@ -541,13 +541,14 @@ def _file_stamp(path: Path) -> tuple[int, ...]:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, wal)
 
 
-def json_same(a: str | None, b: str | None) -> int:
+def json_same(*args: Any) -> int:
     """SQL ``ckptlite_json_same(a, b)``: two JSON texts hold equal values (as jsonb compares).
 
     What ``ls --where KEY=[...]`` compares lists and objects with: by value (1 is
     1.0 at any depth, objects in any key order), not as text.
     """
-    if a is None or b is None:
+    a, b = args
+    if not isinstance(a, str) or not isinstance(b, str):
         return 0
     try:
         return int(same_json_value(json.loads(a), json.loads(b)))

@@ -16,6 +16,7 @@ __all__ = [
     "BackupReport",
     "Checkpoint",
     "GcReport",
+    "ItemGroup",
     "ItemMark",
     "ItemRecord",
     "Level",
@@ -373,6 +374,20 @@ class RunCounts:
     others_live: int = 0
 
 
+class ItemGroup(NamedTuple):
+    """An item group registered in a run: its ids, cut into batches, and what is held.
+
+    ``ids`` is None for a group registered by a ckptlite older than issue 17 (it
+    kept a fingerprint of them only); ``held`` are the batches (``ids[seg *
+    seg_size:(seg + 1) * seg_size]``) live workers hold, their lease not expired.
+    """
+
+    group: str
+    ids: list[str] | None
+    seg_size: int
+    held: frozenset[int]
+
+
 @dataclass(frozen=True, slots=True)
 class RunOverview:
     """A run with its item counts now and its workers (what ``ckptlite runs`` shows)."""
@@ -384,7 +399,11 @@ class RunOverview:
 
 @dataclass(frozen=True, slots=True)
 class ItemRecord:
-    """One work item in the ledger: done (``ok``) or failed, with its attempt count."""
+    """One work item in the ledger: done (``ok``) or failed, with its attempt count.
+
+    ``status`` is None for a ledger entry (done or failed, as ``ok`` says); a
+    registered item with no mark is listed with ``"pending"`` or ``"claimed"``.
+    """
 
     run_id: str
     group: str
@@ -394,11 +413,13 @@ class ItemRecord:
     error: str | None
     state: bytes | None
     changed: int
+    status: str | None = None
 
     def __repr__(self) -> str:
         # Bounded: the state may be megabytes, and a repr lands in logs and tracebacks.
         return (
             f"ItemRecord(run_id={self.run_id!r}, group={self.group!r}, item_id={self.item_id!r}, "
             f"ok={self.ok}, attempts={self.attempts}, error={_short(self.error)}, "
-            f"state={_short(self.state)}, changed={self.changed})"
+            f"state={_short(self.state)}, changed={self.changed}"
+            + (f", status={self.status!r})" if self.status else ")")
         )

@@ -39,12 +39,12 @@ def next_position(conn: apsw.Connection, cp: Checkpoint) -> int:
         )
         return n
     # The slot's first counted save: start past what older saves (or imports) stamped.
-    top, count = conn.execute(
+    got: Any = conn.execute(
         "SELECT max(CASE WHEN json_type(metadata, ?1)='integer' THEN json_extract(metadata, ?1) "
         "END), count(*) FROM checkpoints WHERE process_id=?2 AND level=?3 AND name=?4",
         (_STAMP, *slot),
     ).fetchone()
-    n = start_position(top, int(count))
+    n = start_position(got[0], int(got[1]))
     conn.execute(
         "INSERT INTO slot_counters(process_id, level, name, n) VALUES (?,?,?,?)", (*slot, n)
     )

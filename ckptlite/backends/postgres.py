@@ -481,7 +481,7 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
         if row is not None:
             return int(row[0])
         # The slot's first counted save: start past what older saves (or imports) stamped.
-        top, count = conn.execute(
+        got = conn.execute(
             self._q(
                 "SELECT max(CASE WHEN jsonb_typeof(l.data_summary->'metadata'->%s) = 'number' "
                 "AND (l.data_summary->'metadata'->>%s) ~ '^[0-9]+$' "
@@ -490,7 +490,8 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
             ),
             (SLOT_INDEX_KEY, SLOT_INDEX_KEY, SLOT_INDEX_KEY, *slot),
         ).fetchone()
-        n = start_position(None if top is None else int(top), int(count))
+        assert got is not None  # an aggregate: one row
+        n = start_position(None if got[0] is None else int(got[0]), int(got[1]))
         conn.execute(
             self._q(
                 "INSERT INTO {slot_counters} (process_id, level, name, n) VALUES (%s,%s,%s,%s)"
