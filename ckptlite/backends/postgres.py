@@ -370,12 +370,21 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
         cp = record.checkpoint
         summary = Jsonb(record_summary(cp))
         digests = sorted(set(record.digests))
+        # With a position, the slot's counter moves in the same round trip as the
+        # checks (a data-modifying CTE); a failed check rolls it back with the rest.
         check = self._q(
-            "SELECT EXISTS (SELECT 1 FROM {t} WHERE checkpoint_id = %(id)s), "
+            (
+                "WITH n AS (UPDATE {slot_counters} SET n = n + 1 WHERE process_id = %(pid)s "
+                "AND level = %(level)s AND name = %(name)s RETURNING n) "
+                if position
+                else ""
+            )
+            + "SELECT EXISTS (SELECT 1 FROM {t} WHERE checkpoint_id = %(id)s), "
             "%(parent)s::text IS NULL OR EXISTS "
             "(SELECT 1 FROM {records} WHERE checkpoint_id = %(parent)s), "
             "ARRAY(SELECT d FROM unnest(%(digests)s::text[]) d "
-            "WHERE NOT EXISTS (SELECT 1 FROM {chunks} c WHERE c.digest = d AND NOT c.bad))"
+            "WHERE NOT EXISTS (SELECT 1 FROM {chunks} c WHERE c.digest = d AND NOT c.bad)), "
+            + ("(SELECT n FROM n)" if position else "NULL::bigint")
         )
         insert = self._q(
             "WITH l AS (INSERT INTO {t} (checkpoint_id, level, parent_id, processor_name, "
@@ -425,11 +434,19 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._commit_key,))
             row = conn.execute(check, args).fetchone()
             assert row is not None
-            exists, parent_ok, missing = row
+            exists, parent_ok, missing, counted = row
             if exists and tries[0] > 1:
                 # Redone after the connection died: maybe the first try did commit.
                 ours = conn.execute(mine, (cp.id, cp.checksum, cp.created_at)).fetchone()
                 if ours is not None:
+                    if counted is not None:  # it took its position then: give this one back
+                        conn.execute(
+                            self._q(
+                                "UPDATE {slot_counters} SET n = n - 1 WHERE process_id = %s "
+                                "AND level = %s AND name = %s"
+                            ),
+                            (cp.process_id, cp.level.value, cp.name),
+                        )
                     if position:
                         taken.append(int(ours[1]))
                     return int(ours[0])
@@ -444,7 +461,9 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
                     f"parent checkpoint {cp.parent_id} does not exist", checkpoint_id=cp.parent_id
                 )
             if position:
-                taken.append(self._next_position(conn, cp))
+                taken.append(
+                    int(counted) if counted is not None else self._first_position(conn, cp)
+                )
                 args["summary"] = Jsonb(
                     record_summary(cp.copy(metadata={**cp.metadata, SLOT_INDEX_KEY: taken[0]}))
                 )
@@ -468,18 +487,9 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
             return cp.copy(seq=seq, metadata=stamped)
         return cp.copy(seq=seq)
 
-    def _next_position(self, conn: Conn, cp: Checkpoint) -> int:
-        """Take the next position of ``cp``'s slot, in the commit's transaction."""
+    def _first_position(self, conn: Conn, cp: Checkpoint) -> int:
+        """Start ``cp``'s slot counter (it has none yet) and return its first position."""
         slot = (cp.process_id, cp.level.value, cp.name)
-        row = conn.execute(
-            self._q(
-                "UPDATE {slot_counters} SET n = n + 1 "
-                "WHERE process_id = %s AND level = %s AND name = %s RETURNING n"
-            ),
-            slot,
-        ).fetchone()
-        if row is not None:
-            return int(row[0])
         # The slot's first counted save: start past what older saves (or imports) stamped.
         got = conn.execute(
             self._q(
