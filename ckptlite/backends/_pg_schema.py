@@ -206,9 +206,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX {items_failed} ON {items}(run, grp) WHERE NOT ok",
     ),
     (
-        # Issue 17 (the local store's migration 10): a counter per slot gives each
+        # Issue 17 (the local store's migration 11): a counter per slot gives each
         # save its position in the save's own transaction (never taken twice); a
-        # group's item ids (zstd of the ids joined by NUL), for items --status pending.
+        # group's item ids (zstd of their msgpack list), for items --status pending.
         """CREATE TABLE {slot_counters} (
             process_id VARCHAR(255) NOT NULL,
             level TEXT NOT NULL,
