@@ -46,7 +46,11 @@ def _back_to_without_rowid(db: Path) -> None:
         pass
     conn.execute(f"INSERT INTO chunks({_COLS}) SELECT {_COLS} FROM keep")
     conn.execute("DROP TABLE keep")
-    # And without what later migrations added (issue 15: run_claims.unmarked).
+    # And before what came after the rebuild (issue 17's slot counters and item ids).
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name='slot_counters'").fetchone():
+        conn.execute("DROP TABLE slot_counters")
+        conn.execute("ALTER TABLE run_groups DROP COLUMN ids")
+    # And issue 15's run_claims.unmarked.
     cols = {r[1] for r in conn.execute("PRAGMA table_info(run_claims)")}
     if "unmarked" in cols:
         conn.execute("ALTER TABLE run_claims DROP COLUMN unmarked")

@@ -209,7 +209,22 @@ MIGRATIONS: list[str] = [
     DROP TABLE temp.chunks_copy;
     CREATE INDEX chunks_pack ON chunks(pack) WHERE pack IS NOT NULL;
     """,
-    # 11 (issue 15; after issue 17's at merge): how many items of a
+    # 11 (issue 17): a counter per slot gives each save its position (metadata
+    # "ckptlite.slot_index") in the save's own transaction: never taken twice, after a
+    # delete or by another process. ``run_groups.ids`` keeps a group's item ids
+    # (zstd of their msgpack list) so ``items --status pending|claimed`` can list
+    # them; NULL for groups registered before.
+    """
+    CREATE TABLE slot_counters (
+        process_id TEXT NOT NULL,
+        level TEXT NOT NULL,
+        name TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (process_id, level, name)
+    ) WITHOUT ROWID;
+    ALTER TABLE run_groups ADD COLUMN ids BLOB;
+    """,
+    # 12 (issue 15): how many items of a
     # claimed batch are not marked, as its holder last committed (NULL: the whole
     # batch), so ``claimed`` counts the items claimed and not marked, not whole batches.
     """

@@ -36,6 +36,7 @@ from ..errors import (
 from ..types import (
     DEFAULT_HASH,
     LEGACY_HASH,
+    SLOT_INDEX_KEY,
     Checkpoint,
     Level,
     Status,
@@ -52,14 +53,16 @@ from ._local_schema import (
     row_to_checkpoint,
     select_in,
 )
-from ._local_sync import LocalSyncMixin, insert_checkpoint
+from ._local_sync import LocalSyncMixin, insert_checkpoint, next_position
 from .base import (
     BaseBackend,
     ListQuery,
     Staged,
+    add_stamp,
     dump_metadata,
     load_metadata,
     to_micros,
+    unstamped_json,
 )
 
 __all__ = [
@@ -355,7 +358,9 @@ class LocalBackend(
         except (apsw.ReadOnlyError, ReadOnlyStoreError, StoreFullError, StoreLockedError):
             pass
 
-    def commit(self, record: StoredRecord, staged: Sequence[Staged] = ()) -> Checkpoint:
+    def commit(
+        self, record: StoredRecord, staged: Sequence[Staged] = (), *, position: bool = False
+    ) -> Checkpoint:
         """Insert the staged chunk rows, the checkpoint and its refs in one transaction.
 
         Packs written for it are released after COMMIT, under the shared gc lock:
@@ -372,7 +377,7 @@ class LocalBackend(
             with self.blobs.gc_lock(exclusive=False) if packed else contextlib.nullcontext():
                 locked = True
                 try:
-                    cp = self._commit(record, rows)
+                    cp = self._commit(record, rows, position)
                 except BaseException:
                     settle(self.db.connection(), staged)
                     raise
@@ -385,10 +390,18 @@ class LocalBackend(
                     s.discard()
             raise
 
-    def _commit(self, record: StoredRecord, rows: Sequence[NewChunkRow]) -> Checkpoint:
+    def _commit(
+        self, record: StoredRecord, rows: Sequence[NewChunkRow], position: bool
+    ) -> Checkpoint:
         cp = record.checkpoint
-        meta = dump_metadata(cp.metadata)
+        # InvalidInputError before anything is written
+        meta = unstamped_json(cp.metadata) if position else dump_metadata(cp.metadata)
         with self.db.write() as conn:
+            stamped = None
+            if position:
+                n = next_position(conn, cp)
+                meta = add_stamp(meta, n)
+                stamped = {**cp.metadata, SLOT_INDEX_KEY: n}
             if rows:
                 insert_chunk_rows(conn, rows)
             if record.digests:
@@ -427,7 +440,7 @@ class LocalBackend(
                 )
             _faults.point("commit.in_transaction")
         _faults.point("commit.after_commit")
-        return cp.copy(seq=seq)
+        return cp.copy(seq=seq, metadata=stamped)  # one copy: P1 counts microseconds
 
     def get(self, checkpoint_id: str) -> Checkpoint:
         with translate_errors("reading checkpoint"):
