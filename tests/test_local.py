@@ -55,8 +55,14 @@ def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
         ckptlite.open(tmp_path / "s")
 
 
+def undo_schema_12(conn: apsw.Connection) -> None:
+    """Take a store back to before schema 12 (the unmarked items of a claimed batch)."""
+    conn.execute("ALTER TABLE run_claims DROP COLUMN unmarked")
+
+
 def undo_schema_11(conn: apsw.Connection) -> None:
     """Take a store back to before schema 11 (slot counters, a group's item ids)."""
+    undo_schema_12(conn)
     conn.execute("DROP TABLE slot_counters")
     conn.execute("ALTER TABLE run_groups DROP COLUMN ids")
 
