@@ -60,8 +60,12 @@ class StateIO:
 
     # -- write ------------------------------------------------------------------
 
-    def save(self, cp: Checkpoint, encoded: codec.EncodedState) -> Checkpoint:
+    def save(
+        self, cp: Checkpoint, encoded: codec.EncodedState, *, position: bool = False
+    ) -> Checkpoint:
         """Store ``encoded`` as checkpoint ``cp``: chunks, then the record, in its commit.
+
+        With ``position``, the commit stamps the record's slot position (``Backend.commit``).
 
         Raises:
             StoreFullError, StoreIOError: the save failed; nothing was committed.
@@ -72,7 +76,7 @@ class StateIO:
             record, staged = self.write(cp, encoded, previous)
             try:
                 # One transaction: the chunk rows, the checkpoint, its refs.
-                return self.backend.commit(record, staged)
+                return self.backend.commit(record, staged, position=position)
             except MissingChunksError:
                 # A concurrent gc reclaimed chunks we found present (or a load flagged
                 # them bad): store the chunks again. Hashed again too, from the arrays

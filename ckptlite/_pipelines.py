@@ -139,13 +139,25 @@ class Pipelines:
     def list_items(
         self: _Front, run_id: str, group: str | None = None, status: str | None = None
     ) -> builtins.list[ItemRecord]:
-        """Return a run's work-item ledger entries, by group and item id.
+        """Return a run's work items, by group and item id.
 
-        ``status`` is ``"done"`` or ``"failed"`` (see ``ckptlite._items``).
+        Without ``status``: the ledger's entries (done and failed). ``status`` is
+        ``"done"``, ``"failed"``, ``"pending"`` (registered by ``run.items``, no mark,
+        not held) or ``"claimed"`` (no mark, in a batch a live worker holds);
+        ``ckptlite._items.item_status`` names an entry's.
 
         Raises:
             RunNotFoundError: no such run.
-            InvalidInputError: a bad argument.
+            InvalidInputError: a bad argument; pending or claimed for a group an
+                older ckptlite registered (it kept no ids).
+
+        >>> import ckptlite
+        >>> mgr = ckptlite.open("memory://")
+        >>> with mgr.run("tiles") as run:
+        ...     for item in run.items("t", ["a", "b"]):
+        ...         break
+        >>> [e.item_id for e in mgr.list_items(run.id, status="pending")]
+        ['a', 'b']
         """
         _inputs.text(run_id, "run_id")
         group, status = _inputs.optional(group, "group"), _inputs.optional(status, "status")

@@ -18,6 +18,7 @@ writer came), each thread reopens with ``mode=ro``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -41,6 +42,7 @@ from .errors import (
     StoreIOError,
     StoreLockedError,
 )
+from .types import same_json_value
 
 __all__ = ["Database", "translate_errors"]
 
@@ -253,6 +255,7 @@ class Database:
                 conn.set_busy_timeout(self.busy_ms)
                 self._pragma(conn, "trusted_schema", "OFF")
                 self._pragma(conn, "cell_size_check", "ON")
+                _add_functions(conn)
             return conn
         new = not self.path.exists()
         if new:
@@ -287,6 +290,7 @@ class Database:
             self._pragma(conn, "trusted_schema", "OFF")
             self._pragma(conn, "cell_size_check", "ON")
             self._pragma(conn, "journal_size_limit", str(64 << 20))
+            _add_functions(conn)
         return conn
 
     def _to_wal(self, conn: apsw.Connection) -> object:
@@ -535,6 +539,25 @@ def _file_stamp(path: Path) -> tuple[int, ...]:
     except FileNotFoundError:
         wal = -1
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, wal)
+
+
+def json_same(*args: Any) -> int:
+    """SQL ``ckptlite_json_same(a, b)``: two JSON texts hold equal values (as jsonb compares).
+
+    What ``ls --where KEY=[...]`` compares lists and objects with: by value (1 is
+    1.0 at any depth, objects in any key order), not as text.
+    """
+    a, b = args
+    if not isinstance(a, str) or not isinstance(b, str):
+        return 0
+    try:
+        return int(same_json_value(json.loads(a), json.loads(b)))
+    except ValueError:  # not JSON: equal only as the same text
+        return int(a == b)
+
+
+def _add_functions(conn: apsw.Connection) -> None:
+    conn.create_scalar_function("ckptlite_json_same", json_same, 2, deterministic=True)
 
 
 def _close(conn: apsw.Connection) -> None:

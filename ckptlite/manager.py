@@ -335,8 +335,8 @@ class CheckpointManager(Upkeep, Pipelines):
     ) -> Checkpoint:
         """Store an encoded save, then prune its slot: the save path after encoding.
 
-        Every save is stamped with its slot position, under the slot's lock until the
-        commit; retention runs after the commit, on the slot just saved.
+        Every save is stamped with its slot position, taken from the slot's counter in
+        the commit's transaction; retention runs after the commit, on the slot just saved.
 
         Raises:
             StoreFullError, StoreIOError: the save failed; nothing was committed.
@@ -344,9 +344,7 @@ class CheckpointManager(Upkeep, Pipelines):
         policy = policy or self.policy
         # Every save is stamped (policy or not): a later prune's keep_every needs
         # positions that do not move when older checkpoints are removed.
-        with _retention.slot_lock(cp):
-            saved = self.engine.save(_retention.stamp_position(self.backend, cp), encoded)
-            _retention.remember_position(self.backend, saved)
+        saved = self.engine.save(cp, encoded, position=True)
         if policy is not None:
             _retention.prune_slot(self.backend, policy, saved)  # logs, never raises
         return saved

@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import InvalidInputError
-from .types import Checkpoint, Level, Status
+from .types import SLOT_INDEX_KEY, Checkpoint, Level, Status
 
 __all__ = [
     "SLOT_INDEX_KEY",
@@ -49,8 +49,6 @@ __all__ = [
     "slot_position",
 ]
 
-#: Metadata key holding a checkpoint's 1-based position in its slot.
-SLOT_INDEX_KEY = "ckptlite.slot_index"
 
 Slot = tuple[str, Level, str]
 

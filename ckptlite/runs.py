@@ -674,6 +674,7 @@ class Run:
             seg_size=want,
             fingerprint=fingerprint,
             worker_id=self.worker_id,
+            ids=ids,  # kept: `ckptlite items --status pending` lists them
         )
         with lock_:
             self._active += 1

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _inputs, chunking
+from ._stores import resolve_location
 from .backends.base import Backend, ListQuery
 from .errors import (
     CheckpointNotFoundError,
@@ -121,15 +122,20 @@ def sync(
 ) -> SyncReport:
     """Copy the checkpoints, chunks, runs and ledger entries ``target`` lacks from ``source``.
 
-    ``source`` and ``target`` are managers or store URLs (a URL is opened and
-    closed here; a source directory must exist). ``process_id`` limits the copy
-    to one process (plus the ancestors its checkpoints need). ``progress`` is
+    ``source`` and ``target`` are managers or store locations, read as ``ckptlite
+    sync --to`` reads them (opened and closed here): a URL, a path (a ``str`` with a
+    ``/``, or any ``os.PathLike``; a source directory must exist), a configured
+    remote's name, or ``postgres`` (the server libpq's environment names).
+    ``process_id`` limits the copy to one process (plus the ancestors its
+    checkpoints need). ``progress`` is
     called as ``progress(checkpoints_done, None)`` after each batch.
 
     Raises:
         SyncError: a store failed mid-way (``.report`` holds what was
             copied); rerun to resume. Also for the same store on both sides.
         InvalidInputError: a bad argument.
+        ConfigError: a bare name that is no configured remote, URL or existing path
+            (nothing is created).
         ReadOnlyStoreError: ``target`` is read-only (nothing is copied).
 
     >>> import ckptlite
@@ -170,6 +176,8 @@ def _open(store: Store, stack: contextlib.ExitStack, *, create: bool) -> Checkpo
         return store
     if not isinstance(store, str | os.PathLike):
         raise InvalidInputError(f"a store must be a manager or a URL, not {store!r}")
+    if isinstance(store, str):  # a bare name is a remote: never a directory made by mistake
+        store = resolve_location(store)
     # A source that cannot be written (a read-only mount) is read read-only.
     readonly = not create and store_is_read_only(store)
     return stack.enter_context(open_store(store, create=create, readonly=readonly))

@@ -12,9 +12,11 @@ __all__ = [
     "DEFAULT_HASH",
     "HASHES",
     "LEGACY_HASH",
+    "SLOT_INDEX_KEY",
     "BackupReport",
     "Checkpoint",
     "GcReport",
+    "ItemGroup",
     "ItemMark",
     "ItemRecord",
     "Level",
@@ -29,8 +31,14 @@ __all__ = [
     "VerifyReport",
     "WorkerInfo",
     "WorkerRecord",
+    "same_json_value",
 ]
 
+
+#: Metadata key holding a checkpoint's 1-based position in its slot: taken by the
+#: backend from the slot's counter in the save's own transaction (``commit(position=True)``),
+#: so positions never repeat, whatever was deleted or which process saved.
+SLOT_INDEX_KEY = "ckptlite.slot_index"
 
 #: Digest algorithms a store may address its chunks and checksum its records with.
 HASHES = ("blake3", "sha256")
@@ -38,6 +46,29 @@ HASHES = ("blake3", "sha256")
 DEFAULT_HASH = "blake3"
 #: The algorithm of a store that records none: every store made before issue 14.
 LEGACY_HASH = "sha256"
+
+
+def same_json_value(have: Any, want: Any) -> bool:
+    """Tell whether two JSON values are equal as PostgreSQL's jsonb compares them.
+
+    Numbers by value at any depth (3 is 3.0), True is not 1, a string is not a
+    number, objects whatever their key order, lists in order. Metadata filters
+    (``ls --where``) mean this on every backend.
+
+    >>> same_json_value({"a": [1, True]}, {"a": [1.0, True]}), same_json_value([1], [True])
+    (True, False)
+    """
+    if isinstance(have, bool) or isinstance(want, bool):
+        return have is want
+    if isinstance(have, int | float) and isinstance(want, int | float):
+        return bool(have == want)
+    if isinstance(have, list | tuple) and isinstance(want, list | tuple):  # a tuple is a list
+        return len(have) == len(want) and all(map(same_json_value, have, want))
+    if isinstance(have, dict) and isinstance(want, dict):
+        return have.keys() == want.keys() and all(
+            same_json_value(v, want[k]) for k, v in have.items()
+        )
+    return type(have) is type(want) and bool(have == want)
 
 
 def _short(value: object) -> str:
@@ -343,6 +374,20 @@ class RunCounts:
     others_live: int = 0
 
 
+class ItemGroup(NamedTuple):
+    """An item group registered in a run: its ids, cut into batches, and what is held.
+
+    ``ids`` is None for a group registered by a ckptlite older than issue 17 (it
+    kept a fingerprint of them only); ``held`` are the batches (``ids[seg *
+    seg_size:(seg + 1) * seg_size]``) live workers hold, their lease not expired.
+    """
+
+    group: str
+    ids: list[str] | None
+    seg_size: int
+    held: frozenset[int]
+
+
 @dataclass(frozen=True, slots=True)
 class RunOverview:
     """A run with its item counts now and its workers (what ``ckptlite runs`` shows)."""
@@ -354,7 +399,11 @@ class RunOverview:
 
 @dataclass(frozen=True, slots=True)
 class ItemRecord:
-    """One work item in the ledger: done (``ok``) or failed, with its attempt count."""
+    """One work item in the ledger: done (``ok``) or failed, with its attempt count.
+
+    ``status`` is None for a ledger entry (done or failed, as ``ok`` says); a
+    registered item with no mark is listed with ``"pending"`` or ``"claimed"``.
+    """
 
     run_id: str
     group: str
@@ -364,11 +413,13 @@ class ItemRecord:
     error: str | None
     state: bytes | None
     changed: int
+    status: str | None = None
 
     def __repr__(self) -> str:
         # Bounded: the state may be megabytes, and a repr lands in logs and tracebacks.
         return (
             f"ItemRecord(run_id={self.run_id!r}, group={self.group!r}, item_id={self.item_id!r}, "
             f"ok={self.ok}, attempts={self.attempts}, error={_short(self.error)}, "
-            f"state={_short(self.state)}, changed={self.changed})"
+            f"state={_short(self.state)}, changed={self.changed}"
+            + (f", status={self.status!r})" if self.status else ")")
         )

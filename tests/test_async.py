@@ -98,9 +98,9 @@ def test_bounded_queue_blocks_the_caller(store_dir: Path, monkeypatch: pytest.Mo
     gate = threading.Event()
     real_commit = m.backend.commit
 
-    def slow_commit(record: Any, *staged: Any) -> Any:
+    def slow_commit(record: Any, *staged: Any, **kw: Any) -> Any:
         gate.wait(30)
-        return real_commit(record, *staged)
+        return real_commit(record, *staged, **kw)
 
     monkeypatch.setattr(m.backend, "commit", slow_commit)
     m.save_async("p", 0)
@@ -161,9 +161,9 @@ def test_a_forked_child_has_its_own_queue(mgr: Mgr) -> None:
     gate = threading.Event()
     real = mgr.backend.commit
 
-    def slow(record: Any, *staged: Any) -> Any:
+    def slow(record: Any, *staged: Any, **kw: Any) -> Any:
         gate.wait(30)
-        return real(record, *staged)
+        return real(record, *staged, **kw)
 
     mgr.backend.commit = slow  # type: ignore[method-assign]
     parent_futs = [mgr.save_async("p", i) for i in range(mgr.max_pending)]  # queue full

@@ -892,6 +892,65 @@ def test_items_lists_a_runs_work_items(
     assert code == 2 and "run_nope" in err
 
 
+_HOLDER = """
+import sys, time
+from pathlib import Path
+import ckptlite
+url, out = sys.argv[1], Path(sys.argv[2])
+with ckptlite.open(url) as mgr:
+    run = mgr.run("job", lease=1.0)
+    items = run.items("tiles", [f"t{i}" for i in range(10)], claim=3)
+    first = next(items)  # holds batch 0 (t0-t2), its lease renewed by the heartbeat
+    (out / "holding").write_text(run.id)
+    while True:
+        time.sleep(0.1)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["local", "postgres"])
+def test_items_pending_and_claimed_with_another_process_holding_a_batch(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    url = str(tmp_path / "s") if kind == "local" else str(request.getfixturevalue("pg_schema"))
+    # An earlier worker did t9 and failed t8.
+    with ckptlite.open(url) as mgr, mgr.run("job", lease=1.0) as earlier:
+        for item in earlier.items("tiles", [f"t{i}" for i in range(10)], claim=3):
+            if item.id == "t9":
+                item.done(9)
+            elif item.id == "t8":
+                item.fail(ValueError("sea"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, url, str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "holding").exists():
+            assert holder.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        run_id = (tmp_path / "holding").read_text()
+
+        def items(status: str) -> list[str]:
+            got = run_json(capsys, "--store", url, "items", run_id, "--status", status)["items"]
+            assert {e["status"] for e in got} <= {status}
+            return [e["item"] for e in got]
+
+        assert items("claimed") == ["t0", "t1", "t2"]
+        assert items("pending") == [f"t{i}" for i in range(3, 8)]
+        assert items("done") == ["t9"] and items("failed") == ["t8"]
+        code, out, _ = run(capsys, "--store", url, "items", run_id, "--status", "claimed")
+        assert code == 0 and "claimed" in out and "t2" in out and "t3" not in out
+        time.sleep(1.5)  # renewed past the lease while the holder lives
+        assert items("claimed") == ["t0", "t1", "t2"]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    time.sleep(1.5)  # its lease runs out: the batch is pending again
+    assert items("claimed") == []
+    assert items("pending") == [f"t{i}" for i in range(8)]
+
+
 def test_cat_prints_an_items_result(
     capsys: pytest.CaptureFixture[str], ledger: tuple[str, str]
 ) -> None:

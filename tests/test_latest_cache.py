@@ -170,3 +170,34 @@ def test_a_read_only_view_sees_a_writer_that_came_later(tmp_path: Path) -> None:
             assert ro.latest("p", name="a") == b
             c = mgr.save("p", 3, name="a")
             assert ro.load_latest("p", name="a") == (c, 3)  # now through mode=ro
+
+
+def test_latest_reads_no_payload_and_caches_even_a_big_record(tmp_path: Path) -> None:
+    with ckptlite.open(tmp_path / "s") as mgr:
+        a = mgr.save("p", {"b": os.urandom(40_000)}, name="a")  # a 40 KB payload
+        mgr.save("p", 0, name="other")
+        seen = _statements(mgr)
+        assert mgr.latest("p", name="a") == a
+        assert seen and not any("payload" in s for s in seen), seen  # the record's row only
+        seen.clear()
+        assert mgr.latest("p", name="a") == a
+        assert seen == ["PRAGMA data_version"]  # kept, though load_latest would not keep it
+        # A real second process saves: the next latest sees it at once.
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import ckptlite, sys\n"
+                "with ckptlite.open(sys.argv[1]) as m: m.save('p', 2, name='a')",
+                str(tmp_path / "s"),
+            ],
+            check=True,
+        )
+        b = mgr.latest("p", name="a")
+        assert b is not None and b.id != a.id and mgr.load(b) == 2
+        assert mgr.load_latest("p", name="a") == (b, 2)
+        assert mgr.latest("p", name="a") == b
+        mgr.delete(b.id)
+        assert mgr.latest("p", name="a") == a
+        newest = mgr.latest("p")
+        assert newest is not None and newest.name == "other"

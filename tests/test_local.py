@@ -55,8 +55,15 @@ def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
         ckptlite.open(tmp_path / "s")
 
 
+def undo_schema_11(conn: apsw.Connection) -> None:
+    """Take a store back to before schema 11 (slot counters, a group's item ids)."""
+    conn.execute("DROP TABLE slot_counters")
+    conn.execute("ALTER TABLE run_groups DROP COLUMN ids")
+
+
 def undo_schema_9(conn: apsw.Connection) -> None:
     """Take a store back to before schema 9 (runs shared by many workers)."""
+    undo_schema_11(conn)
     for table in ("run_workers", "run_groups", "run_claims"):
         conn.execute(f"DROP TABLE {table}")
     conn.execute("DROP INDEX runs_key")
@@ -90,7 +97,7 @@ def test_schema_6_indexes_only_checkpoints_with_a_parent(tmp_path: Path) -> None
         assert "USING INDEX checkpoints_parent" in str(plan)
         assert [c.id for c in mgr.list(parent=root.id)] == [child.id]
         assert set(mgr.delete(root.id)) == {root.id, child.id}
-    assert pragma(db, "user_version") == len(MIGRATIONS) == 9
+    assert pragma(db, "user_version") == len(MIGRATIONS)
 
 
 def _plans(mgr: ckptlite.CheckpointManager, call: Callable[[], object]) -> list[str]:
@@ -165,7 +172,7 @@ def test_schema_8_drops_the_process_index_and_process_queries_still_search(
         assert mgr.backend.list(ascending) == everything[:4]
         after = ListQuery(process_id="p", ascending=True, after_seq=everything[1].seq, limit=2)
         assert mgr.backend.list(after) == everything[2:4]
-    assert pragma(db, "user_version") == 9
+    assert pragma(db, "user_version") == len(MIGRATIONS)
 
 
 def test_reopen_keeps_data_and_runs_no_migration(tmp_path: Path) -> None:
@@ -602,3 +609,19 @@ def test_a_write_block_that_raises_rolls_back_types_the_error_and_frees_the_lock
         t.start()
         t.join(30)
         assert done and mgr.latest("p") == done[0]
+
+
+def test_schema_11_counts_on_from_the_positions_an_older_store_stamped(tmp_path: Path) -> None:
+    with ckptlite.open(tmp_path / "s") as mgr:
+        cps = [mgr.save("p", i, name="t") for i in range(4)]
+        mgr.delete(cps[-1].id)  # the older store then forgets position 4
+    db = tmp_path / "s" / "ckptlite.db"
+    conn = apsw.Connection(str(db))
+    undo_schema_11(conn)
+    conn.execute("PRAGMA user_version=10")
+    conn.close()
+    with ckptlite.open(tmp_path / "s") as mgr:  # migrates to 11: no counter yet
+        assert mgr.save("p", 9, name="t").metadata["ckptlite.slot_index"] == 4
+        assert mgr.save("p", 9, name="t").metadata["ckptlite.slot_index"] == 5
+        assert mgr.save("p", 9, name="other").metadata["ckptlite.slot_index"] == 1
+    assert pragma(db, "user_version") == len(MIGRATIONS)

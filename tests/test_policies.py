@@ -336,3 +336,57 @@ def test_a_failed_prune_after_save_is_logged_and_retried(
     monkeypatch.undo()
     last = mgr.save("p", 2, policy=policy)  # the next save prunes what was left
     assert [c.id for c in mgr.list("p")] == [last.id]
+
+
+# -- slot positions: a counter per slot, taken in the save's own transaction -------
+
+
+def _store_url(kind: str, tmp_path: object, request: pytest.FixtureRequest) -> str:
+    from pathlib import Path
+
+    if kind == "local":
+        return str(Path(str(tmp_path)) / "store")
+    return str(request.getfixturevalue("pg_schema"))
+
+
+def _positions(m: ckptlite.CheckpointManager, pid: str = "geo") -> list[int]:
+    return sorted(c.metadata[SLOT_INDEX_KEY] for c in m.list(pid))
+
+
+@pytest.mark.parametrize("kind", ["local", "postgres"])
+def test_a_position_is_never_taken_again_after_the_newest_is_deleted(
+    kind: str, tmp_path: object, request: pytest.FixtureRequest
+) -> None:
+    url = _store_url(kind, tmp_path, request)
+    with ckptlite.open(url, durability="none") as m:
+        cps = [m.save("geo", {"i": i}, name="tile") for i in range(3)]
+        m.delete(cps[-1].id)
+    with ckptlite.open(url, durability="none") as m:  # another process, later
+        after = m.save("geo", {"i": 3}, name="tile")
+        assert after.metadata[SLOT_INDEX_KEY] == 4
+        assert m.get(after.id).metadata[SLOT_INDEX_KEY] == 4
+        assert _positions(m) == [1, 2, 4]
+
+
+def test_memory_positions_never_repeat_after_a_delete() -> None:
+    with ckptlite.open("memory://") as m:
+        cps = [m.save("geo", {"i": i}, name="tile") for i in range(3)]
+        m.delete(cps[-1].id)
+        m.delete(cps[-2].id)
+        assert m.save("geo", {"i": 3}, name="tile").metadata[SLOT_INDEX_KEY] == 4
+
+
+@pytest.mark.parametrize("kind", ["local", "postgres"])
+def test_two_managers_saving_one_slot_take_distinct_positions(
+    kind: str, tmp_path: object, request: pytest.FixtureRequest
+) -> None:
+    url = _store_url(kind, tmp_path, request)
+    policy = CheckpointPolicy(keep_last=2, keep_every=5)
+    with ckptlite.open(url, durability="none") as a, ckptlite.open(url, durability="none") as b:
+        saved = [(a if i % 2 else b).save("geo", {"i": i}, name="tile") for i in range(20)]
+        assert [c.metadata[SLOT_INDEX_KEY] for c in saved] == list(range(1, 21))
+        first = a.apply_retention("geo", policy)
+        kept = {c.id for c in a.list("geo")}
+        assert kept == {saved[p - 1].id for p in (5, 10, 15, 19, 20)} == set(first.kept)
+        assert b.apply_retention("geo", policy).removed == ()
+        assert {c.id for c in b.list("geo")} == kept

@@ -462,3 +462,64 @@ def test_a_record_the_target_refuses_does_not_stop_the_rest(pg_schema: str, tmp_
         assert set(report.failed) == {long_root.id, its_child.id} and not report.ok
         assert {c.id for c in pg.list()} == {before.id, after.id}
         assert not ckptlite.sync(a, pg).changed  # the mark moved past them
+
+
+def test_sync_resolves_bare_names_as_the_cli_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_schema: str
+) -> None:
+    """A bare name is a remote (or `postgres`), never a directory made by mistake (#17 bug 3)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CKPTLITE_CONFIG", str(tmp_path / "ckptlite.toml"))
+    src = ckptlite.open(tmp_path / "src")
+    src.save("p", {"x": 1})
+    with pytest.raises(ckptlite.ConfigError) as err:
+        ckptlite.sync(src, "mirror")
+    assert "not a configured remote" in err.value.message and "./mirror" in (err.value.hint or "")
+    assert not (tmp_path / "mirror").exists()
+    # A configured remote is where the name points.
+    monkeypatch.setenv("CKPTLITE_REMOTE_MIRROR", str(tmp_path / "hub"))
+    assert ckptlite.sync(src, "mirror").checkpoints_copied == 1
+    assert not (tmp_path / "mirror").exists()
+    with ckptlite.open(tmp_path / "hub") as hub:
+        assert [c.process_id for c in hub.list()] == ["p"]
+    # `postgres` with no remote of that name: the server libpq's environment names.
+    pg = make_conninfo_env()
+    pg["PGOPTIONS"] = "-csearch_path=" + pg_schema.rpartition("%3D")[2]  # this test's schema
+    for k, v in pg.items():
+        monkeypatch.setenv(k, v)
+    report = ckptlite.sync(src, "postgres", "p")
+    assert report.target.startswith("postgresql://") and not (tmp_path / "postgres").exists()
+    # An existing directory given as a bare name is that directory.
+    assert ckptlite.sync("hub", src).checkpoints_copied == 0
+
+
+def make_conninfo_env() -> dict[str, str]:
+    """Return libpq's environment for the test server (CKPTLITE_TEST_PG)."""
+    import os
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(
+        os.environ.get("CKPTLITE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+    )
+    env = {"PGHOST": u.hostname or "127.0.0.1", "PGPORT": str(u.port or 5432)}
+    env["PGDATABASE"] = u.path.lstrip("/") or "postgres"
+    env["PGUSER"] = u.username or "postgres"
+    if u.password:
+        env["PGPASSWORD"] = u.password
+    return env
+
+
+@pytest.mark.parametrize("kind", ["memory", "local", "postgres"])
+def test_a_save_after_a_sync_takes_a_position_past_the_copies(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = {"memory": "memory://", "local": str(tmp_path / "b")}.get(kind) or str(
+        request.getfixturevalue("pg_schema")
+    )
+    key = "ckptlite.slot_index"
+    with ckptlite.open("memory://") as a, ckptlite.open(url, durability="none") as b:
+        for i in range(3):
+            a.save("p", i, name="t")
+        assert b.save("p", "b", name="t").metadata[key] == 1  # b counts this slot already
+        ckptlite.sync(a, b)
+        assert b.save("p", "b2", name="t").metadata[key] == 4

@@ -17,10 +17,25 @@ import apsw
 from .. import _faults
 from .._sqlite import Database, translate_errors
 from ..errors import InvalidInputError, RunNotFoundError
-from ..types import ItemMark, ItemRecord, RunCounts, RunRecord, WorkerInfo, WorkerRecord
+from ..types import (
+    ItemGroup,
+    ItemMark,
+    ItemRecord,
+    RunCounts,
+    RunRecord,
+    WorkerInfo,
+    WorkerRecord,
+)
 from ._local_schema import RUN_COLS as _RUN_COLS
 from ._local_schema import row_to_run as _row_to_run
-from .base import from_micros, join_newest, ledger_entry_wins, to_micros
+from .base import (
+    from_micros,
+    join_newest,
+    ledger_entry_wins,
+    pack_ids,
+    to_micros,
+    unpack_ids,
+)
 
 __all__ = ["LocalLedgerMixin"]
 
@@ -436,7 +451,9 @@ class LocalLedgerMixin:
         seg_size: int,
         fingerprint: str,
         worker_id: str,
+        ids: Sequence[str] | None = None,
     ) -> tuple[int, int]:
+        packed = None if ids is None else pack_ids(ids)  # before the write lock is taken
         with self.db.write() as conn:
             run = self._run_seq(conn, run_id)
             if run is None:
@@ -451,9 +468,9 @@ class LocalLedgerMixin:
                 return int(row[0]), others
             conn.execute("DELETE FROM run_claims WHERE run=? AND grp=? AND seg>=0", (run, group))
             conn.execute(
-                "INSERT OR REPLACE INTO run_groups(run, grp, total, seg_size, fingerprint) "
-                "VALUES (?,?,?,?,?)",
-                (run, group, total, seg_size, fingerprint),
+                "INSERT OR REPLACE INTO run_groups(run, grp, total, seg_size, fingerprint, ids) "
+                "VALUES (?,?,?,?,?,?)",
+                (run, group, total, seg_size, fingerprint, packed),
             )
             nsegs = -(-total // seg_size)
             if nsegs:
@@ -463,6 +480,33 @@ class LocalLedgerMixin:
                     (nsegs, run, group),
                 )
             return seg_size, others
+
+    def item_groups(self, run_id: str, group: str | None = None) -> builtins.list[ItemGroup]:
+        conn = self.db.read()
+        with translate_errors("reading a run's item groups"):
+            run = self._run_seq(conn, run_id)
+            if run is None:
+                raise RunNotFoundError(f"no run {run_id!r}", run_id=run_id)
+            where, args = ("run=?", [run]) if group is None else ("run=? AND grp=?", [run, group])
+            rows: builtins.list[Any] = conn.execute(
+                f"SELECT grp, ids, seg_size FROM run_groups WHERE {where} ORDER BY grp", args
+            ).fetchall()
+            held: dict[str, set[int]] = {}
+            for g, seg in conn.execute(
+                f"SELECT grp, seg FROM run_claims WHERE {where} AND seg>=0 AND done=0 "
+                "AND worker IS NOT NULL AND expires>?",
+                [*args, _now_us()],
+            ):
+                held.setdefault(g, set()).add(int(seg))
+        return [
+            ItemGroup(
+                g,
+                None if ids is None else unpack_ids(ids, g),
+                int(size),
+                frozenset(held.get(g, ())),
+            )
+            for g, ids, size in rows
+        ]
 
     def claim_segments(
         self, run_id: str, group: str, worker_id: str, count: int, lease: float

@@ -2,7 +2,8 @@
 
 A mixin of ``LocalBackend``, split from it by responsibility (``ckptlite.sync``
 calls these; nothing is decoded). ``insert_checkpoint`` writes a record's row,
-for a save's commit (``local``) and an import alike.
+for a save's commit (``local``) and an import alike; ``next_position`` and
+``raise_positions`` keep the slot counters (``slot_counters``) for both.
 """
 
 from __future__ import annotations
@@ -15,11 +16,48 @@ import apsw
 
 from .._sqlite import Database, translate_errors
 from ..errors import InvalidInputError, MissingChunksError
-from ..types import StoredRecord
+from ..types import SLOT_INDEX_KEY, Checkpoint, StoredRecord
 from ._local_schema import CHECKPOINT_COLS, row_to_checkpoint
-from .base import dump_metadata, to_micros
+from .base import dump_metadata, slot_stamps, start_position, to_micros
 
-__all__ = ["LocalSyncMixin", "insert_checkpoint"]
+__all__ = ["LocalSyncMixin", "insert_checkpoint", "next_position", "raise_positions"]
+
+_STAMP = f'$."{SLOT_INDEX_KEY}"'
+
+
+def next_position(conn: apsw.Connection, cp: Checkpoint) -> int:
+    """Take the next position of ``cp``'s slot (call inside the save's transaction)."""
+    slot = (cp.process_id, cp.level.value, cp.name)
+    # A SELECT then a plain UPDATE: ~3 us less per save than UPDATE ... RETURNING (P1).
+    row: Any = conn.execute(
+        "SELECT n FROM slot_counters WHERE process_id=? AND level=? AND name=?", slot
+    ).fetchone()
+    if row is not None:
+        n = int(row[0]) + 1
+        conn.execute(
+            "UPDATE slot_counters SET n=? WHERE process_id=? AND level=? AND name=?", (n, *slot)
+        )
+        return n
+    # The slot's first counted save: start past what older saves (or imports) stamped.
+    got: Any = conn.execute(
+        "SELECT max(CASE WHEN json_type(metadata, ?1)='integer' THEN json_extract(metadata, ?1) "
+        "END), count(*) FROM checkpoints WHERE process_id=?2 AND level=?3 AND name=?4",
+        (_STAMP, *slot),
+    ).fetchone()
+    n = start_position(got[0], int(got[1]))
+    conn.execute(
+        "INSERT INTO slot_counters(process_id, level, name, n) VALUES (?,?,?,?)", (*slot, n)
+    )
+    return n
+
+
+def raise_positions(conn: apsw.Connection, records: Iterable[Checkpoint]) -> None:
+    """Move slot counters past the positions imported ``records`` carry (a slot never
+    counted yet starts past them anyway)."""
+    conn.executemany(
+        "UPDATE slot_counters SET n=max(n, ?) WHERE process_id=? AND level=? AND name=?",
+        [(top, *slot) for slot, top in slot_stamps(records).items()],
+    )
 
 
 def insert_checkpoint(conn: apsw.Connection, record: StoredRecord, metadata_json: str) -> None:
@@ -163,5 +201,6 @@ class LocalSyncMixin:
                         [(seq, d) for d in rec.digests],
                     )
                 known.add(cp.id)
+            raise_positions(conn, (r.checkpoint for r in fresh.values()))
             conn.execute(_RESET_MARK if reset else _MOVE_MARK, (source, mark, mark_id))
         return len(fresh)

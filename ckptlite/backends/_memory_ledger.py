@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, RunNotFoundError
-from ..types import RunCounts, RunRecord, RunStatus, WorkerInfo, WorkerRecord
+from ..types import ItemGroup, RunCounts, RunRecord, RunStatus, WorkerInfo, WorkerRecord
 from .base import join_newest
 
 __all__ = ["MemoryClaimsMixin"]
@@ -51,6 +51,7 @@ class MemoryClaimsMixin:
     def _claims_init(self) -> None:
         self._workers: dict[str, dict[str, _Worker]] = {}
         self._groups: dict[tuple[str, str], tuple[int, int, str]] = {}  # total, size, fingerprint
+        self._group_ids: dict[tuple[str, str], list[str] | None] = {}  # None: not kept
         self._claims: dict[str, dict[tuple[str, int], _Claim]] = {}
 
     if TYPE_CHECKING:
@@ -162,6 +163,7 @@ class MemoryClaimsMixin:
         seg_size: int,
         fingerprint: str,
         worker_id: str,
+        ids: Sequence[str] | None = None,
     ) -> tuple[int, int]:
         with self._lock:
             self.get_run(run_id)
@@ -180,9 +182,31 @@ class MemoryClaimsMixin:
             for k in [k for k in claims if k[0] == group and k[1] >= 0]:
                 del claims[k]
             self._groups[(run_id, group)] = (total, seg_size, fingerprint)
+            self._group_ids[(run_id, group)] = None if ids is None else list(ids)
             for seg in range(-(-total // seg_size)):
                 claims[(group, seg)] = _Claim()
             return seg_size, others
+
+    def item_groups(self, run_id: str, group: str | None = None) -> builtins.list[ItemGroup]:
+        with self._lock:
+            self.get_run(run_id)
+            now = time.time()
+            out = []
+            for (rid, g), (_t, size, _f) in sorted(self._groups.items()):
+                if rid != run_id or (group is not None and g != group):
+                    continue
+                held = frozenset(
+                    seg
+                    for (cg, seg), c in self._claims.get(run_id, {}).items()
+                    if cg == g
+                    and seg >= 0
+                    and not c.done
+                    and c.worker is not None
+                    and c.expires > now
+                )
+                ids = self._group_ids.get((rid, g))
+                out.append(ItemGroup(g, None if ids is None else list(ids), size, held))
+            return out
 
     def claim_segments(
         self, run_id: str, group: str, worker_id: str, count: int, lease: float

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import InvalidInputError, MissingChunksError
 from ..types import StoredRecord
+from .base import slot_stamps
 
 if TYPE_CHECKING:
     from psycopg import sql
@@ -163,5 +164,16 @@ def import_records(
                 )
             inserted = cur.execute(backend._q(_INSERT_LEGACY)).rowcount
             cur.execute(backend._q(_INSERT_RECORDS))
+            # Counters move past the positions the copies carry (a slot not counted
+            # yet starts past them anyway): a later save never takes one again.
+            tops = slot_stamps(r.checkpoint for r in records)
+            if tops:
+                cur.executemany(
+                    backend._q(
+                        "UPDATE {slot_counters} SET n = greatest(n, %s) "
+                        "WHERE process_id = %s AND level = %s AND name = %s"
+                    ),
+                    [(top, *slot) for slot, top in tops.items()],
+                )
         cur.execute(backend._q(_RESET_MARK if reset else _MARK), (source, mark, mark_id))
     return inserted

@@ -14,8 +14,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import _faults
 from ..errors import InvalidInputError, RunNotFoundError
-from ..types import ItemMark, ItemRecord, RunCounts, RunRecord, RunStatus, WorkerInfo, WorkerRecord
-from .base import join_newest, ledger_entry_wins
+from ..types import (
+    ItemGroup,
+    ItemMark,
+    ItemRecord,
+    RunCounts,
+    RunRecord,
+    RunStatus,
+    WorkerInfo,
+    WorkerRecord,
+)
+from .base import join_newest, ledger_entry_wins, pack_ids, unpack_ids
 
 if TYPE_CHECKING:
     from psycopg import sql
@@ -502,7 +511,10 @@ class LedgerMixin:
         seg_size: int,
         fingerprint: str,
         worker_id: str,
+        ids: Sequence[str] | None = None,
     ) -> tuple[int, int]:
+        packed = None if ids is None else pack_ids(ids)  # before the transaction
+
         def go(conn: Conn) -> tuple[int, int]:
             run = self._run_seq(conn, run_id)
             # Registering workers of one group queue here (a short transaction).
@@ -529,12 +541,12 @@ class LedgerMixin:
             )
             conn.execute(
                 self._q(
-                    "INSERT INTO {run_groups} (run, grp, total, seg_size, fingerprint) "
-                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run, grp) DO UPDATE SET "
+                    "INSERT INTO {run_groups} (run, grp, total, seg_size, fingerprint, ids) "
+                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (run, grp) DO UPDATE SET "
                     "total = EXCLUDED.total, seg_size = EXCLUDED.seg_size, "
-                    "fingerprint = EXCLUDED.fingerprint"
+                    "fingerprint = EXCLUDED.fingerprint, ids = EXCLUDED.ids"
                 ),
-                (run, group, total, seg_size, fingerprint),
+                (run, group, total, seg_size, fingerprint, packed),
             )
             conn.execute(
                 self._q(
@@ -546,6 +558,34 @@ class LedgerMixin:
             return seg_size, others
 
         return self._run("registering an item group", go, write=True)
+
+    def item_groups(self, run_id: str, group: str | None = None) -> builtins.list[ItemGroup]:
+        where = "run = %s" if group is None else "run = %s AND grp = %s"
+        groups_q = self._q(
+            f"SELECT grp, ids, seg_size FROM {{run_groups}} WHERE {where} ORDER BY grp"
+        )
+        held_q = self._q(
+            f"SELECT grp, seg FROM {{run_claims}} WHERE {where} AND seg >= 0 AND NOT done "
+            "AND worker IS NOT NULL AND expires > clock_timestamp()"
+        )
+
+        def go(conn: Conn) -> tuple[builtins.list[Any], builtins.list[Any]]:
+            args = [self._run_seq(conn, run_id)] + ([] if group is None else [group])
+            return conn.execute(groups_q, args).fetchall(), conn.execute(held_q, args).fetchall()
+
+        rows, claims = self._run("reading a run's item groups", go)
+        held: dict[str, set[int]] = {}
+        for g, seg in claims:
+            held.setdefault(g, set()).add(int(seg))
+        return [
+            ItemGroup(
+                g,
+                None if ids is None else unpack_ids(ids, g),
+                int(size),
+                frozenset(held.get(g, ())),
+            )
+            for g, ids, size in rows
+        ]
 
     def claim_segments(
         self, run_id: str, group: str, worker_id: str, count: int, lease: float

@@ -205,6 +205,19 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # The last worker out counts failed items: a few rows, not the whole ledger.
         "CREATE INDEX {items_failed} ON {items}(run, grp) WHERE NOT ok",
     ),
+    (
+        # Issue 17 (the local store's migration 11): a counter per slot gives each
+        # save its position in the save's own transaction (never taken twice); a
+        # group's item ids (zstd of their msgpack list), for items --status pending.
+        """CREATE TABLE {slot_counters} (
+            process_id VARCHAR(255) NOT NULL,
+            level TEXT NOT NULL,
+            name TEXT NOT NULL,
+            n BIGINT NOT NULL,
+            PRIMARY KEY (process_id, level, name)
+        )""",
+        "ALTER TABLE {run_groups} ADD COLUMN IF NOT EXISTS ids BYTEA",
+    ),
 ]
 
 
@@ -259,6 +272,7 @@ _OWN_TABLES = (
     "run_workers",
     "run_groups",
     "run_claims",
+    "slot_counters",
 )
 _OWN_NAMES = (
     *(f"{{p}}{n}" for n in _OWN_TABLES),

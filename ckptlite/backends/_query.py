@@ -106,9 +106,18 @@ def sqlite_meta_equals(key: str, value: Any) -> tuple[str, list[Any]]:
         ]
     if isinstance(value, str):
         return "json_type(metadata, ?)='text' AND json_extract(metadata, ?)=?", [path, path, value]
-    # A list or an object: compared as compact JSON text (as dump_metadata writes it).
+    # A list or an object: by value, as jsonb compares (1 is 1.0, keys in any order),
+    # never as JSON text; the function runs only on rows whose value has that type.
+    kind = "object" if isinstance(value, dict) else "array"
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return "json_extract(metadata, ?)=json(?)", [path, text]
+    return (
+        f"json_type(metadata, ?)='{kind}' AND ckptlite_json_same(json_extract(metadata, ?), ?)",
+        [
+            path,
+            path,
+            text,
+        ],
+    )
 
 
 def sqlite_has_tag(tag: str) -> tuple[str, list[Any]]:

@@ -28,7 +28,16 @@ from ..types import (
     StoredRecord,
 )
 from ._memory_ledger import MemoryClaimsMixin
-from .base import BaseBackend, ListQuery, Staged, StructureCheck, ledger_entry_wins
+from .base import (
+    BaseBackend,
+    ListQuery,
+    Staged,
+    StructureCheck,
+    ledger_entry_wins,
+    slot_stamps,
+    stamp_metadata_json,
+    start_position,
+)
 
 __all__ = ["MemoryBackend"]
 
@@ -44,6 +53,7 @@ class MemoryBackend(MemoryClaimsMixin, BaseBackend):
         self._chunks: dict[str, StoredChunk] = {}
         self._bad: set[str] = set()  # chunks that failed verification: stored again, not reused
         self._seq = 0
+        self._positions: dict[tuple[str, str, str], int] = {}  # slot -> last position taken
         # Runs and the item ledger: {(run_id, group): {item_id: [ok, attempts, error, state,
         # changed]}}; ``_clock`` is the ledger clock.
         self._runs: dict[str, RunRecord] = {}
@@ -87,7 +97,9 @@ class MemoryBackend(MemoryClaimsMixin, BaseBackend):
             except KeyError:
                 raise CorruptCheckpointError(f"chunk {digest} is missing", digest=digest) from None
 
-    def commit(self, record: StoredRecord, staged: Sequence[Staged] = ()) -> Checkpoint:
+    def commit(
+        self, record: StoredRecord, staged: Sequence[Staged] = (), *, position: bool = False
+    ) -> Checkpoint:
         for s in staged:
             s.release()  # rows committed by stage_chunks already
         cp = record.checkpoint
@@ -103,10 +115,25 @@ class MemoryBackend(MemoryClaimsMixin, BaseBackend):
                 raise MissingChunksError(
                     f"{len(missing)} chunk(s) of {cp.id} are not stored", digests=missing
                 )
+            if position:
+                slot = (cp.process_id, cp.level.value, cp.name)
+                n = self._positions.get(slot) or start_position(*self._slot_top(slot))
+                stamped, _ = stamp_metadata_json(cp.metadata, n)
+                cp = cp.copy(metadata=stamped)
+                self._positions[slot] = n + 1
             self._seq += 1
             cp = cp.copy(seq=self._seq)
             self._records[cp.id] = StoredRecord(cp, record.payload, record.manifest, record.digests)
             return cp
+
+    def _slot_top(self, slot: tuple[str, str, str]) -> tuple[int, int]:
+        """Return the highest position stamped in ``slot`` and its number of records."""
+        mine = [
+            r.checkpoint
+            for r in self._records.values()
+            if (r.checkpoint.process_id, r.checkpoint.level.value, r.checkpoint.name) == slot
+        ]
+        return max(slot_stamps(mine).values(), default=0), len(mine)
 
     def get(self, checkpoint_id: str) -> Checkpoint:
         return self.get_record(checkpoint_id).checkpoint
@@ -377,6 +404,9 @@ class MemoryBackend(MemoryClaimsMixin, BaseBackend):
                 self._seq += 1
                 cp = r.checkpoint.copy(seq=self._seq)
                 self._records[cp.id] = StoredRecord(cp, r.payload, r.manifest, r.digests)
+            for slot, top in slot_stamps(r.checkpoint for r in fresh.values()).items():
+                if slot in self._positions:  # a slot not counted yet starts past them anyway
+                    self._positions[slot] = max(self._positions[slot], top + 1)
             if reset or mark >= self._marks.get(source, 0):
                 self._marks[source], self._mark_ids[source] = mark, mark_id
             return len(fresh)

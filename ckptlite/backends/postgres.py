@@ -62,6 +62,7 @@ from ..errors import (
 from ..types import (
     DEFAULT_HASH,
     LEGACY_HASH,
+    SLOT_INDEX_KEY,
     Checkpoint,
     Level,
     Status,
@@ -81,7 +82,7 @@ from ._pg_rows import (
     row_checkpoint,
     select_any,
 )
-from .base import BaseBackend, ListQuery, Staged
+from .base import BaseBackend, ListQuery, Staged, stamp_metadata_json, start_position
 
 __all__ = ["PostgresBackend"]
 
@@ -361,18 +362,29 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
 
     # -- records ------------------------------------------------------------------
 
-    def commit(self, record: StoredRecord, staged: Sequence[Staged] = ()) -> Checkpoint:
+    def commit(
+        self, record: StoredRecord, staged: Sequence[Staged] = (), *, position: bool = False
+    ) -> Checkpoint:
         for s in staged:
             s.release()  # rows committed by stage_chunks already
         cp = record.checkpoint
         summary = Jsonb(record_summary(cp))
         digests = sorted(set(record.digests))
+        # With a position, the slot's counter moves in the same round trip as the
+        # checks (a data-modifying CTE); a failed check rolls it back with the rest.
         check = self._q(
-            "SELECT EXISTS (SELECT 1 FROM {t} WHERE checkpoint_id = %(id)s), "
+            (
+                "WITH n AS (UPDATE {slot_counters} SET n = n + 1 WHERE process_id = %(pid)s "
+                "AND level = %(level)s AND name = %(name)s RETURNING n) "
+                if position
+                else ""
+            )
+            + "SELECT EXISTS (SELECT 1 FROM {t} WHERE checkpoint_id = %(id)s), "
             "%(parent)s::text IS NULL OR EXISTS "
             "(SELECT 1 FROM {records} WHERE checkpoint_id = %(parent)s), "
             "ARRAY(SELECT d FROM unnest(%(digests)s::text[]) d "
-            "WHERE NOT EXISTS (SELECT 1 FROM {chunks} c WHERE c.digest = d AND NOT c.bad))"
+            "WHERE NOT EXISTS (SELECT 1 FROM {chunks} c WHERE c.digest = d AND NOT c.bad)), "
+            + ("(SELECT n FROM n)" if position else "NULL::bigint")
         )
         insert = self._q(
             "WITH l AS (INSERT INTO {t} (checkpoint_id, level, parent_id, processor_name, "
@@ -406,21 +418,37 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
         }
 
         mine = self._q(
-            "SELECT r.seq FROM " + self._FROM + " WHERE r.checkpoint_id = %s "
+            "SELECT r.seq, coalesce(l.data_summary->'metadata'->>'"
+            + SLOT_INDEX_KEY
+            + "', '0') FROM "
+            + self._FROM
+            + " WHERE r.checkpoint_id = %s "
             "AND l.validation_checksum = %s AND l.created_at = %s"
         )
         tries = [0]
+        taken: list[int] = []  # the position this commit took
 
         def run(conn: Conn) -> int:
             tries[0] += 1
+            taken.clear()
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._commit_key,))
             row = conn.execute(check, args).fetchone()
             assert row is not None
-            exists, parent_ok, missing = row
+            exists, parent_ok, missing, counted = row
             if exists and tries[0] > 1:
                 # Redone after the connection died: maybe the first try did commit.
                 ours = conn.execute(mine, (cp.id, cp.checksum, cp.created_at)).fetchone()
                 if ours is not None:
+                    if counted is not None:  # it took its position then: give this one back
+                        conn.execute(
+                            self._q(
+                                "UPDATE {slot_counters} SET n = n - 1 WHERE process_id = %s "
+                                "AND level = %s AND name = %s"
+                            ),
+                            (cp.process_id, cp.level.value, cp.name),
+                        )
+                    if position:
+                        taken.append(int(ours[1]))
                     return int(ours[0])
             if missing:
                 raise MissingChunksError(
@@ -431,6 +459,13 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
             if not parent_ok:
                 raise InvalidInputError(
                     f"parent checkpoint {cp.parent_id} does not exist", checkpoint_id=cp.parent_id
+                )
+            if position:
+                taken.append(
+                    int(counted) if counted is not None else self._first_position(conn, cp)
+                )
+                args["summary"] = Jsonb(
+                    record_summary(cp.copy(metadata={**cp.metadata, SLOT_INDEX_KEY: taken[0]}))
                 )
             try:
                 with conn.transaction():  # a savepoint: a lost race rolls back cleanly
@@ -447,7 +482,33 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
             return int(seq[0])
 
         seq = self._run(f"committing {cp.id}", run, write=True, idempotent=True)
+        if taken:
+            stamped, _ = stamp_metadata_json(cp.metadata, taken[0])
+            return cp.copy(seq=seq, metadata=stamped)
         return cp.copy(seq=seq)
+
+    def _first_position(self, conn: Conn, cp: Checkpoint) -> int:
+        """Start ``cp``'s slot counter (it has none yet) and return its first position."""
+        slot = (cp.process_id, cp.level.value, cp.name)
+        # The slot's first counted save: start past what older saves (or imports) stamped.
+        got = conn.execute(
+            self._q(
+                "SELECT max(CASE WHEN jsonb_typeof(l.data_summary->'metadata'->%s) = 'number' "
+                "AND (l.data_summary->'metadata'->>%s) ~ '^[0-9]+$' "
+                "THEN (l.data_summary->'metadata'->>%s)::bigint END), count(*) "
+                "FROM " + self._FROM + " WHERE r.process_id = %s AND r.level = %s AND r.name = %s"
+            ),
+            (SLOT_INDEX_KEY, SLOT_INDEX_KEY, SLOT_INDEX_KEY, *slot),
+        ).fetchone()
+        assert got is not None  # an aggregate: one row
+        n = start_position(None if got[0] is None else int(got[0]), int(got[1]))
+        conn.execute(
+            self._q(
+                "INSERT INTO {slot_counters} (process_id, level, name, n) VALUES (%s,%s,%s,%s)"
+            ),
+            (*slot, n),
+        )
+        return n
 
     def _select(self, where: str = "", tail: str = "", extra: str = "") -> sql.Composed:
         return self._q(f"SELECT {self._COLS}{extra} FROM {self._FROM} {where} {tail}")

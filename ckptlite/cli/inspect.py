@@ -314,10 +314,13 @@ def _add_items(sub: Any) -> argparse.ArgumentParser:
         sub,
         "items",
         "list a run's work items: status, attempts, error, size of the result",
-        "ckptlite items run_2026... --status failed",
-        description="List the work-item ledger of a run (`ckptlite runs` lists runs): "
-        "group, item, status, attempts, the error of a failed item and the size of a "
-        "done item's result (`ckptlite cat RUN/GROUP/ITEM` prints it).",
+        "ckptlite items run_2026... --status pending",
+        description="List the work items of a run (`ckptlite runs` lists runs): group, "
+        "item, status, attempts, the error of a failed item and the size of a done "
+        "item's result (`ckptlite cat RUN/GROUP/ITEM` prints it). Without --status: the "
+        "ledger (done and failed items); --status pending lists the ids run.items() "
+        "registered that no one marked or holds, --status claimed those in batches live "
+        "workers hold (lease not expired).",
     )
     p.add_argument("run", help="run id")
     p.add_argument("--group", "-g", metavar="G", help="only this group")

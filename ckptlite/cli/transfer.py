@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from pathlib import Path
 from typing import Any
 
-from .._stores import resolve_location
 from ..errors import (
     ConfigError,
 )
@@ -188,8 +188,10 @@ def _sync(ctx: Context) -> int:
         here: Any = ctx.settings().url
         if getattr(a, "readonly", False):  # a sync --from into it is then refused
             here = stack.enter_context(ctx.open())
-        # A bare name is a remote (or `postgres`): never a directory made by mistake.
-        there = resolve_location(a.to or a.from_url)
+        else:  # this store is a path or a URL, not a name (sync resolves names)
+            here = here if "://" in here or "/" in here else Path(here)
+        # A bare name is a remote (or `postgres`): sync resolves it as the library does.
+        there = a.to or a.from_url
         source, target = (here, there) if a.to else (there, here)
         bar = stack.enter_context(ctx.progress("sync"))
         r = sync(source, target, a.process, progress=bar.update)

@@ -112,6 +112,37 @@ class BackendTests:
         assert listed(tags=("b",), limit=1) == [b.id]  # the limit applies after the filter
         assert listed(tags=("z",)) == []
 
+    def test_list_filters_lists_and_objects_as_json_values(self, backend: Backend) -> None:
+        # One meaning on every backend (PostgreSQL's jsonb equality): numbers by value at
+        # any depth (1 is 1.0), objects whatever their key order, lists in order,
+        # True is not 1 nor "true". Not the JSON text, which SQLite stores.
+        a = save(
+            backend, 1, metadata={"bands": [1, 2, 3], "grid": {"x": 1, "y": 2}, "n": [{"k": True}]}
+        )
+        b = save(
+            backend,
+            2,
+            metadata={"bands": [1.0, 2, 3.0], "grid": {"y": 2, "x": 1.0}, "n": [{"k": 1}]},
+        )
+        c = save(backend, 3, metadata={"bands": [3, 2, 1], "grid": {"x": 1}, "n": [{"k": "true"}]})
+        d = save(backend, 4, metadata={"bands": [1, 2, 3, 4], "grid": {"x": 1, "y": 2, "z": None}})
+
+        def listed(key: str, value: object) -> list[str]:
+            return [x.id for x in backend.list(ListQuery(process_id="p", metadata=((key, value),)))]
+
+        assert listed("bands", [1, 2, 3]) == [b.id, a.id]
+        assert listed("bands", [1.0, 2.0, 3.0]) == [b.id, a.id]
+        assert listed("bands", [3, 2, 1]) == [c.id]
+        assert listed("bands", [1, 2, 3, 4]) == [d.id]
+        assert listed("bands", ["1", "2", "3"]) == []
+        assert listed("grid", {"y": 2, "x": 1}) == [b.id, a.id]
+        assert listed("grid", {"x": 1.0}) == [c.id]
+        assert listed("grid", {"x": 1, "y": 2, "z": None}) == [d.id]
+        assert listed("n", [{"k": True}]) == [a.id]
+        assert listed("n", [{"k": 1}]) == [b.id]
+        assert listed("n", [{"k": "true"}]) == [c.id]
+        assert listed("grid", [1, 2]) == [] and listed("bands", {"x": 1}) == []
+
     def test_delete_cascades_and_gc_reclaims(self, backend: Backend) -> None:
         root = save(backend, {"a": big(1)}, level=Level.PIPELINE)
         child = save(backend, {"a": big(2)}, parent=root.id)

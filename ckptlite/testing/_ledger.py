@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from ..backends.base import Backend
 from ..backends.memory import MemoryBackend
 from ..errors import InvalidInputError, MissingChunksError, RunNotFoundError
-from ..types import ItemMark, Level, RunRecord, RunStatus, Status
+from ..types import ItemMark, Level, RunRecord, RunStatus, Status, WorkerInfo
 from ._helpers import big, load, save
 
 __all__ = ["LedgerTests"]
@@ -23,6 +24,53 @@ class LedgerTests:
     def _run(backend: Backend, process_id: str = "p", run_id: str = "run_1") -> RunRecord:
         now = datetime.now(UTC)
         return backend.create_run(RunRecord(run_id, process_id, RunStatus.RUNNING, now, now))
+
+    def test_items_pending_and_claimed_come_from_the_registered_ids(self, backend: Backend) -> None:
+        from .._items import item_status, list_items
+
+        run = self._run(backend)
+        holder, dead = (WorkerInfo(w, "h", 1, "n", 60.0) for w in ("holder", "dead"))
+        backend.add_worker(run.id, holder)
+        backend.add_worker(run.id, dead)
+        ids = [f"t{i}" for i in range(10)] + ["t1", "x\x00y"]  # a duplicate, a NUL
+        backend.register_group(
+            run.id, "g", total=len(ids), seg_size=3, fingerprint="f", worker_id="holder", ids=ids
+        )
+        assert backend.claim_segments(run.id, "g", "holder", 2, 60.0) == [(0, False), (1, False)]
+        assert backend.claim_segments(run.id, "g", "dead", 1, 0.001) == [(2, False)]
+        time.sleep(0.05)  # the dead worker's lease is over: its batch counts as pending
+        backend.mark_items(
+            run.id, [ItemMark("g", "t0", True, None, None), ItemMark("g", "t7", False, None, "x")]
+        )
+
+        def listed(status: str | None, group: str | None = None) -> list[str]:
+            return [e.item_id for e in list_items(backend, run.id, group, status)]
+
+        assert listed("claimed") == ["t1", "t2", "t3", "t4", "t5"]
+        assert listed("pending") == ["t6", "t8", "t9", "x\x00y"]
+        assert listed("done") == ["t0"] and listed("failed") == ["t7"]
+        assert listed("pending", "other") == [] and listed("claimed", "g") == listed("claimed")
+        assert {item_status(e) for e in list_items(backend, run.id, None, "pending")} == {"pending"}
+        assert [item_status(e) for e in list_items(backend, run.id, None, "claimed")] == [
+            "claimed"
+        ] * 5
+        backend.release_segments(run.id, "holder")  # a worker that leaves frees its batches
+        assert listed("claimed") == [] and len(listed("pending")) == 9
+
+    def test_items_pending_of_a_group_without_ids_is_an_error(self, backend: Backend) -> None:
+        from .._items import list_items
+
+        run = self._run(backend)
+        backend.add_worker(run.id, WorkerInfo("w", "h", 1, "n", 60.0))
+        # A group registered by a ckptlite that kept only a fingerprint of the ids.
+        backend.register_group(run.id, "g", total=4, seg_size=2, fingerprint="f", worker_id="w")
+        for status in ("pending", "claimed"):
+            with pytest.raises(InvalidInputError) as err:
+                list_items(backend, run.id, None, status)
+            assert "older ckptlite" in err.value.message and "--status done" in (
+                err.value.hint or ""
+            )
+        assert list_items(backend, run.id, None, "done") == []
 
     def test_create_get_update_list_runs(self, backend: Backend) -> None:
         a = self._run(backend, "p", "run_a")

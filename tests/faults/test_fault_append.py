@@ -131,11 +131,11 @@ def test_gc_between_a_saves_append_and_its_commit_leaves_the_pack(
         real_commit = mgr.backend.commit
         calls = 0
 
-        def commit(record: Any, *staged: Any) -> Any:
+        def commit(record: Any, *staged: Any, **kw: Any) -> Any:
             nonlocal calls
             calls += 1
             other.gc()  # another process's gc, between the append and the commit
-            return real_commit(record, *staged)
+            return real_commit(record, *staged, **kw)
 
         monkeypatch.setattr(mgr.backend, "commit", commit)
         cp = mgr.save("p", {"b": _blob(5)})

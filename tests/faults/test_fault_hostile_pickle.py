@@ -38,7 +38,7 @@ from legacy_builders import Evil, LegacyCoreManager, legacy_checksum
 
 import ckptlite
 from ckptlite.errors import UnsafePickleError
-from ckptlite.legacy import IMPORTED, migrate, unpickler
+from ckptlite.legacy import IMPORTED, _allowlist, migrate, unpickler
 from ckptlite.legacy.unpickler import load_pickle
 
 # -- opcode builders --------------------------------------------------------------
@@ -390,7 +390,7 @@ def test_denied_names_stay_refused_even_if_listed(
         ("pandas", "sneaky", ("posixpath", "os.system"), "shell"),  # a dotted target
     ]
     listed = {(m, n): (target,) for m, n, target, _ in added}
-    monkeypatch.setattr(unpickler, "_ALLOWED", {**unpickler._ALLOWED, **listed})
+    monkeypatch.setattr(_allowlist, "_ALLOWED", {**_allowlist._ALLOWED, **listed})
     for module, name, _, kind in added:
         args = b.args(kind)
         ref = _global(module, name)

@@ -175,14 +175,14 @@ def test_chunks_reclaimed_before_commit_are_stored_again_as_the_arrays_are_now(
     real_commit = mgr.backend.commit
     calls = 0
 
-    def commit(record: Any, *staged: Any) -> Any:
+    def commit(record: Any, *staged: Any, **kw: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             mgr.gc()  # reclaims the chunks this save found present
             for k, v in live.items():
                 v[...] = new[k]
-        return real_commit(record, *staged)
+        return real_commit(record, *staged, **kw)
 
     monkeypatch.setattr(mgr.backend, "commit", commit)
     cp = mgr.save("mut", live, name="s")
