@@ -28,6 +28,7 @@ __all__ = [
     "READ_FLAGS",
     "SUB_RE",
     "TMP",
+    "WRITE_PIECE",
     "OpenPack",
     "files",
     "os_errors",
@@ -47,6 +48,12 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 # O_NONBLOCK: a FIFO planted under a pack's name must not block the open.
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+#: Most bytes per write call into a pack or blob file. The kernel picks the page-cache
+#: folio size from the write's length: one 1 MiB write filled 1 MiB folios, which on
+#: this VM wrote at ~0.3 GB/s (3.0-3.1 ms per MiB appended, new folios from the high
+#: orders of the free lists), the same bytes in 256 KiB writes 1.0-1.3 ms, as fast as
+#: O_DIRECT and leaving the bytes in the page cache for a load (bench/NOTES.md, P11).
+WRITE_PIECE = 256 << 10
 #: Idle open packs a BlobDir keeps for appends (about one per write group in flight).
 POOL_MAX = 4
 

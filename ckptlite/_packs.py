@@ -12,7 +12,15 @@ import os
 import secrets
 
 from . import _faults
-from ._blobfs import CREATE_FLAGS, PACKS, TMP, OpenPack, os_errors, start_writeback
+from ._blobfs import (
+    CREATE_FLAGS,
+    PACKS,
+    TMP,
+    WRITE_PIECE,
+    OpenPack,
+    os_errors,
+    start_writeback,
+)
 from .blobs import BlobDir
 from .errors import StoreLayoutError
 
@@ -69,7 +77,7 @@ class PackAppender:
         offset = pack.end
         with os_errors(f"writing pack {pack.name}"):
             while view.nbytes:
-                n = os.pwrite(pack.fd, view, pack.end)
+                n = os.pwrite(pack.fd, view[:WRITE_PIECE], pack.end)  # pieces: see WRITE_PIECE
                 view = view[n:]
                 pack.end += n
             if self.blobs.fsync and offset > pack.flushed:

@@ -56,6 +56,7 @@ from ._blobfs import (
     POOL_MAX,
     READ_FLAGS,
     TMP,
+    WRITE_PIECE,
     OpenPack,
     os_errors,
     pieces,
@@ -386,7 +387,7 @@ class BlobDir(BlobUpkeepMixin):
                         view = memoryview(part).cast("B")
                         start = at
                         while view.nbytes:
-                            n = os.write(fd, view)
+                            n = os.write(fd, view[:WRITE_PIECE])  # pieces: see WRITE_PIECE
                             view = view[n:]
                             at += n
                         if self.fsync:

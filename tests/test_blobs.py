@@ -122,3 +122,51 @@ def test_a_forked_child_opens_its_own_packs_descriptor(tmp_path: Path) -> None:
         assert blobs._packs_cache == parent
         os.fstat(parent[0])
         assert np.array_equal(mgr.load(cp.id), _tile(1))
+
+
+class _RecordingOS:
+    """``os`` as a blob writer sees it, recording the size of every write call."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: Any) -> int:
+        self.sizes.append(memoryview(data).nbytes)
+        return os.write(fd, data)
+
+    def pwrite(self, fd: int, data: Any, offset: int) -> int:
+        self.sizes.append(memoryview(data).nbytes)
+        return os.pwrite(fd, data, offset)
+
+
+def test_packs_and_blob_files_are_written_in_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Appends and whole packs go to the kernel in pieces of at most WRITE_PIECE bytes.
+
+    One big write filled big page-cache folios, ~3x slower per MiB on the
+    benchmark host (bench/NOTES.md, P11); every byte must still land in place.
+    """
+    import ckptlite._packs
+    import ckptlite.blobs
+    from ckptlite._blobfs import WRITE_PIECE
+
+    rec = _RecordingOS()
+    monkeypatch.setattr(ckptlite._packs, "os", rec)
+    monkeypatch.setattr(ckptlite.blobs, "os", rec)
+    tile = np.random.default_rng(1).random(3 << 18, dtype=np.float32)  # 3 MiB: 3 chunks
+    with ckptlite.open(tmp_path / "s") as mgr:
+        cp = mgr.save("p", tile, name="t")
+        appended = sum(rec.sizes)
+        name, offsets = _blobs(mgr).write_pack([b"x" * (WRITE_PIECE + 5), b"y" * 7])
+        assert offsets == [0, WRITE_PIECE + 5]
+        np.testing.assert_array_equal(mgr.load(cp.id), tile)
+    assert appended >= tile.nbytes
+    assert sum(rec.sizes) == appended + WRITE_PIECE + 12
+    assert rec.sizes and max(rec.sizes) <= WRITE_PIECE
+    assert len(rec.sizes) >= tile.nbytes // WRITE_PIECE + 2
+    pack = tmp_path / "s" / "blobs" / "packs" / name
+    assert pack.read_bytes() == b"x" * (WRITE_PIECE + 5) + b"y" * 7
