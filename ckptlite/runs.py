@@ -67,12 +67,9 @@ import contextlib
 import contextvars
 import hashlib
 import json
-import os
 import secrets
-import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sized
 from datetime import UTC, datetime
 from types import TracebackType
@@ -80,6 +77,17 @@ from typing import Any, Protocol
 
 from . import _inputs
 from ._envelope import decode_item_state, encode_item_state
+from ._workers import (
+    CLAIM_AHEAD_S,
+    LIVE,
+    Committer,
+    Heart,
+    alive,
+    check_lease,
+    claim_count,
+    new_worker,
+    node,
+)
 from .backends.base import Backend, ListQuery
 from .errors import CkptliteError, InvalidInputError
 from .types import (
@@ -129,14 +137,8 @@ def current_run() -> Run | None:
 
 _ERROR_MAX = 4000
 _MAX_SEG = 256  # items per batch at most (auto): a batch is what a dead worker's successor redoes
-#: Seconds of a worker's own work it claims at once when others work too (claim_count).
-CLAIM_AHEAD_S = 1.0
 _PIPELINE_SEG = -2  # the claim slot of the run's PIPELINE checkpoint (a stage's is -1)
-_LOOK_EVERY = 1.0  # seconds between looks at who is live while items are claimed
 _new_mark = tuple.__new__  # builds an ItemMark without NamedTuple's slower __new__
-#: Runs (workers) alive in this process, by worker id: a worker of this pid that is
-#: not here (or whose manager closed) is dead, whatever its lease says.
-_LIVE: weakref.WeakValueDictionary[str, Run] = weakref.WeakValueDictionary()
 
 
 class RunManager(Protocol):
@@ -202,146 +204,6 @@ def run_key(key: str | dict[str, Any]) -> str:
             hint="A run key is a str or a dict of str, int, float, bool, None, list, dict.",
         ) from None
     return hashlib.sha256(data).hexdigest()
-
-
-def _node() -> str:
-    """Name this machine and pid namespace: pids are compared only within one node.
-
-    ``$CKPTLITE_NODE`` names it instead (then only workers of the same name are
-    checked by pid; a test uses it to stand for another machine).
-    """
-    if os.environ.get("CKPTLITE_NODE"):
-        return os.environ["CKPTLITE_NODE"]
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-        pidns = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        boot, pidns = "", 0
-    return f"{socket.gethostname()}/{boot}/{pidns}"
-
-
-def _new_worker(lease: float) -> WorkerInfo:
-    host, pid = socket.gethostname(), os.getpid()
-    return WorkerInfo(f"{host}:{pid}:{secrets.token_hex(4)}", host, pid, _node(), lease)
-
-
-def _alive(w: WorkerRecord, node: str, waiting: bool = False) -> bool:
-    """Tell whether a worker recorded live may still run (False: seen dead from here).
-
-    ``waiting``: the caller waits for work others hold. Then a worker of this process
-    counts only while a thread works for it (an items loop or a stage's compute): a Run
-    kept but left idle (a loop stopped early, the run reopened with ``run_id=``) must
-    not hold its batches from the others of this process, which would wait forever.
-    Otherwise (joining, leaving) an open Run of this process is alive, idle or not:
-    threads that joined together may not have started their loops yet.
-    """
-    if w.node != node:
-        return True  # another machine: only its lease tells
-    if w.pid == os.getpid():
-        run = _LIVE.get(w.worker_id)
-        if run is None or getattr(run.manager, "_closed", False):
-            return False
-        return run._active > 0 or not waiting
-    try:
-        os.kill(w.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _check_lease(lease: float, what: str = "lease") -> float:
-    if isinstance(lease, bool) or not isinstance(lease, int | float) or not lease > 0:
-        raise InvalidInputError(f"{what} must be a positive number of seconds, not {lease!r}")
-    return float(lease)
-
-
-class _Heart(threading.Thread):
-    """Renews a worker's leases every lease/3 s; holds the run weakly (stops with it)."""
-
-    def __init__(self, run: Run) -> None:
-        super().__init__(name=f"ckptlite-heartbeat-{run.id}", daemon=True)
-        self._run = weakref.ref(run)
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        beat = time.monotonic()
-        while True:
-            r = self._run()
-            if r is None:
-                return
-            every = r._beat_every
-            # While items are claimed, who is live is looked at each second (it sizes the
-            # claims), here and not on the item path.
-            wait = max(0.0, beat + every - time.monotonic())
-            if r._active:
-                wait = min(wait, _LOOK_EVERY)
-            del r
-            if self.stop.wait(wait):
-                return
-            r = self._run()
-            if r is None or getattr(r.manager, "_closed", False):
-                return
-            # A lost connection or a busy store: the next beat retries.
-            with contextlib.suppress(Exception):
-                if time.monotonic() >= beat + every:
-                    beat = time.monotonic()
-                    r._others = r.manager.backend.heartbeat(r.id, r.worker_id)
-                else:
-                    workers = r.manager.backend.list_workers(r.id)
-                    r._others = sum(1 for w in workers if w.live and w.worker_id != r.worker_id)
-            del r
-
-
-class _Committer(threading.Thread):
-    """Commits due mark batches off the item path (a store where a commit is round trips).
-
-    Holds the run weakly. A failed commit leaves its marks queued (the next commit
-    retries them) and is remembered: the item path then commits itself, and raises.
-    """
-
-    def __init__(self, run: Run) -> None:
-        super().__init__(name=f"ckptlite-commit-{run.id}", daemon=True)
-        self._run = weakref.ref(run)
-        self.due = threading.Event()
-        self.stop = False
-
-    def run(self) -> None:
-        while True:
-            if not self.due.wait(1.0):
-                if self._run() is None:
-                    return
-                continue
-            self.due.clear()
-            r = self._run()
-            if self.stop or r is None or getattr(r.manager, "_closed", False):
-                return
-            try:
-                with r._commit_lock:
-                    r._commit_queued()
-            except Exception as e:
-                r._bg_error = e
-            del r
-
-
-def claim_count(prev: int, others: int, left: int, seg_s: float, lone_cap: int) -> int:
-    """Return how many batches a worker claims next (one claim is one round trip).
-
-    Alone: twice the last claim, at most ``lone_cap`` (a worker that joins later finds
-    most of the group free). With ``others`` live: about ``CLAIM_AHEAD_S`` seconds of
-    this worker's work (``seg_s`` a batch as measured, 0: not yet, one batch), and at
-    most a 2*workers-th of the ``left`` batches, so the last claims shrink to one batch
-    and the workers finish together (guided self-scheduling); 64 at most.
-
-    >>> claim_count(1, 3, 130, 0.3, 2), claim_count(3, 3, 10, 0.3, 2), claim_count(1, 0, 130, 0, 2)
-    (3, 1, 2)
-    """
-    if not others:
-        return max(1, min(prev * 2, lone_cap))
-    ahead = int(CLAIM_AHEAD_S / seg_s) if seg_s > 0 else 1
-    return max(1, min(ahead, left // (2 * (others + 1)), 64))
 
 
 class WorkItem:
@@ -491,7 +353,7 @@ class Stage:
         [1, 2]
         """
         run = self.run
-        lease = run.lease if lease is None else _check_lease(lease)
+        lease = run.lease if lease is None else check_lease(lease)
         if self.done:
             return self.result
         if run.worker is None:  # a completed run reused by key: the stage is new to it
@@ -569,17 +431,17 @@ class Run:
         self._active = 0  # items loops and stage computes running (threads working for it)
         self._beat_every = self.lease / 3
         self._poll = min(0.1, self.lease / 8)
-        self._node = _node()
-        self._heart: _Heart | None = None
+        self._node = node()
+        self._heart: Heart | None = None
         # Marks are committed by a thread of their own on a store where a commit is
-        # round trips (PostgreSQL): see _mark, _Committer.
+        # round trips (PostgreSQL): see _mark, Committer.
         self._background = worker is not None and manager.backend.commits_in_background
-        self._committer: _Committer | None = None
+        self._committer: Committer | None = None
         self._commit_lock = threading.Lock()
         self._bg_error: Exception | None = None
         if worker is not None:
-            _LIVE[worker.worker_id] = self
-            self._heart = _Heart(self)
+            LIVE[worker.worker_id] = self
+            self._heart = Heart(self)
             self._heart.start()
         self._pipeline: Checkpoint | None = None
         self._tokens: list[contextvars.Token[Run | None]] = []
@@ -696,11 +558,11 @@ class Run:
             self._poll = min(self._poll, lease / 8)
 
     def _reap(self, waiting: bool = False) -> None:
-        """Expire the workers of this run seen dead from here (see ``_alive``)."""
+        """Expire the workers of this run seen dead from here (see ``alive``)."""
         dead = [
             w.worker_id
             for w in self.manager.backend.list_workers(self.id)
-            if w.live and w.worker_id != self.worker_id and not _alive(w, self._node, waiting)
+            if w.live and w.worker_id != self.worker_id and not alive(w, self._node, waiting)
         ]
         if dead:
             self.manager.backend.reap_workers(self.id, dead)
@@ -744,7 +606,7 @@ class Run:
         """
         _inputs.text(group, "group", empty=False)
         limit = self.max_attempts if max_attempts is None else max_attempts
-        lease = self.lease if lease is None else _check_lease(lease)
+        lease = self.lease if lease is None else check_lease(lease)
         if claim is not None and (
             isinstance(claim, bool) or not isinstance(claim, int) or claim < 1
         ):
@@ -872,7 +734,7 @@ class Run:
                 if not due:
                     c = self._committer
                     if c is None:
-                        c = self._committer = _Committer(self)
+                        c = self._committer = Committer(self)
                         c.start()
                     c.due.set()
         if due:
@@ -975,7 +837,7 @@ class Run:
         with contextlib.suppress(CkptliteError):  # best effort: a lease expires anyway
             self._reap()
         counts = backend.leave_run(self.id, self.worker_id, text)
-        _LIVE.pop(self.worker_id, None)
+        LIVE.pop(self.worker_id, None)
         if counts.others_live:
             self.record = backend.get_run(self.id)
             return self.record
@@ -1038,7 +900,7 @@ def open_run(
         raise InvalidInputError(f"max_attempts must be a positive int, not {max_attempts!r}")
     if not batch_seconds > 0:
         raise InvalidInputError(f"batch_seconds must be > 0, not {batch_seconds!r}")
-    lease = _check_lease(lease)
+    lease = check_lease(lease)
     digest = None if key is None else run_key(key)
     if digest is not None and (run_id is not None or not resume):
         raise InvalidInputError(
@@ -1046,7 +908,7 @@ def open_run(
             hint="Use force=True to start the keyed work over.",
         )
     backend = manager.backend
-    worker = _new_worker(lease)
+    worker = new_worker(lease)
     kwargs: dict[str, Any] = {
         "batch_size": batch_size,
         "batch_seconds": batch_seconds,

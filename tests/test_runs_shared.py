@@ -269,7 +269,8 @@ def test_two_groups_and_a_stage_computed_once_by_four_workers(
 def test_a_worker_dying_inside_the_stage_function(remote: bool, tmp_path: Path) -> None:
     url = str(tmp_path / "store")
     env = {"CKPTLITE_NODE": "elsewhere"} if remote else None
-    pool = Pool(tmp_path / "w", 0, url=url, groups={"t": 20}, claim=2, stage=0.5, lease=1.0)
+    # lease 3 s: at load ~7 a heartbeat starved past 1 s let a third worker run the stage
+    pool = Pool(tmp_path / "w", 0, url=url, groups={"t": 20}, claim=2, stage=0.5, lease=3.0)
     pool.cfg["stage"] = 30.0  # the first one would take long: it dies inside fn
     victim = pool.spawn(env)
     pool.wait_for(victim, 2)  # "worker ..." and "stage"
