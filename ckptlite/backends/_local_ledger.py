@@ -29,12 +29,12 @@ from ..types import (
 from ._local_schema import RUN_COLS as _RUN_COLS
 from ._local_schema import row_to_run as _row_to_run
 from .base import (
+    build_item_groups,
     from_micros,
     join_newest,
     ledger_entry_wins,
     pack_ids,
     to_micros,
-    unpack_ids,
 )
 
 __all__ = ["LocalLedgerMixin"]
@@ -498,22 +498,12 @@ class LocalLedgerMixin:
             rows: builtins.list[Any] = conn.execute(
                 f"SELECT grp, ids, seg_size FROM run_groups WHERE {where} ORDER BY grp", args
             ).fetchall()
-            held: dict[str, set[int]] = {}
-            for g, seg in conn.execute(
+            held: Any = conn.execute(
                 f"SELECT grp, seg FROM run_claims WHERE {where} AND seg>=0 AND done=0 "
                 "AND worker IS NOT NULL AND expires>?",
                 [*args, _now_us()],
-            ):
-                held.setdefault(g, set()).add(int(seg))
-        return [
-            ItemGroup(
-                g,
-                None if ids is None else unpack_ids(ids, g),
-                int(size),
-                frozenset(held.get(g, ())),
-            )
-            for g, ids, size in rows
-        ]
+            ).fetchall()
+        return build_item_groups(rows, held)
 
     def claim_segments(
         self, run_id: str, group: str, worker_id: str, count: int, lease: float

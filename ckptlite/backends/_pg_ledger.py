@@ -24,7 +24,7 @@ from ..types import (
     WorkerInfo,
     WorkerRecord,
 )
-from .base import join_newest, ledger_entry_wins, pack_ids, unpack_ids
+from .base import build_item_groups, join_newest, ledger_entry_wins, pack_ids
 
 if TYPE_CHECKING:
     from psycopg import sql
@@ -585,18 +585,7 @@ class LedgerMixin:
             return conn.execute(groups_q, args).fetchall(), conn.execute(held_q, args).fetchall()
 
         rows, claims = self._run("reading a run's item groups", go)
-        held: dict[str, set[int]] = {}
-        for g, seg in claims:
-            held.setdefault(g, set()).add(int(seg))
-        return [
-            ItemGroup(
-                g,
-                None if ids is None else unpack_ids(ids, g),
-                int(size),
-                frozenset(held.get(g, ())),
-            )
-            for g, ids, size in rows
-        ]
+        return build_item_groups(rows, claims)
 
     def claim_segments(
         self, run_id: str, group: str, worker_id: str, count: int, lease: float

@@ -49,6 +49,7 @@ __all__ = [
     "Staged",
     "StructureCheck",
     "add_stamp",
+    "build_item_groups",
     "dump_metadata",
     "from_micros",
     "join_decision",
@@ -123,6 +124,28 @@ def slot_stamps(records: Iterable[Checkpoint]) -> dict[tuple[str, str, str], int
 def pack_ids(ids: Sequence[str]) -> bytes:
     """Return an item group's ids as stored: zstd of their msgpack list (1M ids: ~50 ms)."""
     return zstandard.ZstdCompressor(level=1).compress(msgpack.packb(list(ids)))
+
+
+def build_item_groups(
+    rows: Iterable[tuple[str, bytes | None, int]], held: Iterable[tuple[str, int]]
+) -> builtins.list[ItemGroup]:
+    """Return ``ItemGroup``s from (group, packed ids, batch size) rows and (group, batch) held.
+
+    Raises:
+        CorruptCheckpointError: a group's packed ids do not decode.
+    """
+    by_group: dict[str, set[int]] = {}
+    for g, seg in held:
+        by_group.setdefault(g, set()).add(int(seg))
+    return [
+        ItemGroup(
+            g,
+            None if ids is None else unpack_ids(ids, g),
+            int(size),
+            frozenset(by_group.get(g, ())),
+        )
+        for g, ids, size in rows
+    ]
 
 
 def unpack_ids(blob: bytes, group: str) -> builtins.list[str]:
