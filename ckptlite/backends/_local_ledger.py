@@ -32,6 +32,7 @@ from .base import (
     build_item_groups,
     from_micros,
     join_newest,
+    joined_group_size,
     ledger_entry_wins,
     pack_ids,
     to_micros,
@@ -469,10 +470,9 @@ class LocalLedgerMixin:
             row: Any = conn.execute(
                 "SELECT seg_size, fingerprint FROM run_groups WHERE run=? AND grp=?", (run, group)
             ).fetchone()
-            if row is not None and others:
-                if row[1] != fingerprint:
-                    raise _other_ids(group)
-                return int(row[0]), others
+            size = joined_group_size(group, row, fingerprint, others)
+            if size is not None:
+                return size, others
             conn.execute("DELETE FROM run_claims WHERE run=? AND grp=? AND seg>=0", (run, group))
             conn.execute(
                 "INSERT OR REPLACE INTO run_groups(run, grp, total, seg_size, fingerprint, ids) "
@@ -683,10 +683,3 @@ def _now_us() -> int:
 
 def _us(seconds: float) -> int:
     return int(seconds * 1_000_000)
-
-
-def _other_ids(group: str) -> InvalidInputError:
-    return InvalidInputError(
-        f"item group {group!r} is being worked on by other live workers with other item ids",
-        hint="Every worker of a run must pass the same ids, in the same order, to run.items().",
-    )

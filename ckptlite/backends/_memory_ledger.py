@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInputError, RunNotFoundError
+from ..errors import RunNotFoundError
 from ..types import ItemGroup, RunCounts, RunRecord, RunStatus, WorkerInfo, WorkerRecord
-from .base import join_newest
+from .base import join_newest, joined_group_size
 
 __all__ = ["MemoryClaimsMixin"]
 
@@ -170,15 +170,11 @@ class MemoryClaimsMixin:
             self.get_run(run_id)
             others = self._others(run_id, worker_id, time.time())
             old = self._groups.get((run_id, group))
-            if old is not None and others:
-                if old[2] != fingerprint:
-                    raise InvalidInputError(
-                        f"item group {group!r} is being worked on by other live workers with "
-                        "other item ids",
-                        hint="Every worker of a run must pass the same ids, in the same order, "
-                        "to run.items().",
-                    )
-                return old[1], others
+            size = joined_group_size(
+                group, None if old is None else (old[1], old[2]), fingerprint, others
+            )
+            if size is not None:
+                return size, others
             claims = self._claims.setdefault(run_id, {})
             for k in [k for k in claims if k[0] == group and k[1] >= 0]:
                 del claims[k]

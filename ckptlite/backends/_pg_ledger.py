@@ -24,7 +24,7 @@ from ..types import (
     WorkerInfo,
     WorkerRecord,
 )
-from .base import build_item_groups, join_newest, ledger_entry_wins, pack_ids
+from .base import build_item_groups, join_newest, joined_group_size, ledger_entry_wins, pack_ids
 
 if TYPE_CHECKING:
     from psycopg import sql
@@ -537,15 +537,9 @@ class LedgerMixin:
                 ),
                 (run, group),
             ).fetchone()
-            if row is not None and others:
-                if row[1] != fingerprint:
-                    raise InvalidInputError(
-                        f"item group {group!r} is being worked on by other live workers with "
-                        "other item ids",
-                        hint="Every worker of a run must pass the same ids, in the same order, "
-                        "to run.items().",
-                    )
-                return int(row[0]), others
+            size = joined_group_size(group, row, fingerprint, others)
+            if size is not None:
+                return size, others
             conn.execute(
                 self._q("DELETE FROM {run_claims} WHERE run = %s AND grp = %s AND seg >= 0"),
                 (run, group),

@@ -54,6 +54,7 @@ __all__ = [
     "from_micros",
     "join_decision",
     "join_newest",
+    "joined_group_size",
     "ledger_entry_wins",
     "load_metadata",
     "metadata_matches",
@@ -124,6 +125,30 @@ def slot_stamps(records: Iterable[Checkpoint]) -> dict[tuple[str, str, str], int
 def pack_ids(ids: Sequence[str]) -> bytes:
     """Return an item group's ids as stored: zstd of their msgpack list (1M ids: ~50 ms)."""
     return zstandard.ZstdCompressor(level=1).compress(msgpack.packb(list(ids)))
+
+
+def joined_group_size(
+    group: str, registered: tuple[int, str] | None, fingerprint: str, others: int
+) -> int | None:
+    """Return the batch size of a group other live workers already run, or None to register it.
+
+    ``registered`` is the stored (batch size, fingerprint) of the group, if any. With no
+    other live worker a group is registered afresh (a new cut of the ids).
+
+    Raises:
+        InvalidInputError: live workers run the group with other ids.
+
+    >>> joined_group_size("g", (8, "ab"), "ab", 2), joined_group_size("g", (8, "ab"), "cd", 0)
+    (8, None)
+    """
+    if registered is None or not others:
+        return None
+    if registered[1] != fingerprint:
+        raise InvalidInputError(
+            f"item group {group!r} is being worked on by other live workers with other item ids",
+            hint="Every worker of a run must pass the same ids, in the same order, to run.items().",
+        )
+    return int(registered[0])
 
 
 def build_item_groups(
