@@ -46,29 +46,34 @@ def write_buffers(
     buffers: Sequence[memoryview],
     chunk_size: int,
     level: int,
-    previous: chunking.Manifest | None = None,
+    previous: tuple[chunking.Manifest, chunking.Checks] | None = None,
     itemsizes: Sequence[int] = (),
     *,
     algo: str,
-) -> tuple[chunking.Manifest, int, list[Staged]]:
-    """Chunk, hash (by ``algo``), compress and store ``buffers``; return manifest, bytes, rows.
+) -> tuple[chunking.Manifest, chunking.Checks, int, list[Staged]]:
+    """Chunk, hash (by ``algo``), compress and store ``buffers``.
+
+    Return the manifest, every chunk's check (``chunking.check_of``), the bytes
+    stored and the staged chunk rows.
 
     ``itemsizes`` gives, per buffer, the size of the numbers it holds: their bytes
     are shuffled before compression (see ``chunking.compress_chunk``). The staged
     chunk rows go into the checkpoint's own transaction: pass them to
     ``backend.commit``, which releases them.
 
-    ``previous`` is the manifest of the slot's latest checkpoint: a chunk whose
-    bytes equal the one at the same place there (compared in the page cache, when
-    the backend can) takes its digest without hashing.
+    ``previous`` is the manifest and checks of the slot's latest checkpoint: a
+    chunk whose bytes equal the one at the same place there (compared in the page
+    cache, when the backend can) takes its digest and check without hashing.
 
     Raises:
         StoreFullError, StoreIOError: a chunk could not be stored (after every group ended).
     """
     manifest: chunking.Manifest = []
+    checks: chunking.Checks = {}
     written = 0
     if not buffers:
-        return manifest, written, []
+        return manifest, checks, written, []
+    before_checks = previous[1] if previous else {}
     size = chunk_size
     claimed: set[str] = set()
     lock = threading.Lock()
@@ -94,6 +99,8 @@ def write_buffers(
                 # intact, whatever the caller does to ``v`` afterwards.
                 if was is not None and equals is not None and equals(was, v):
                     digests.append(was)  # the same bytes at the same place: stored already
+                    if (c := before_checks.get(was)) is not None:
+                        checks[was] = c  # else checked by its digest when loaded
                 else:
                     # Hashed, compressed and written from one private copy: the caller
                     # may change its array meanwhile (a thread, a memory map), and the
@@ -102,6 +109,7 @@ def write_buffers(
                     copy = scratch[used : used + v.nbytes]
                     copy[:] = v
                     d = chunking.digest_of(copy, algo)
+                    checks[d] = chunking.check_of(copy)
                     digests.append(d)
                     with lock:
                         if d not in claimed:  # else another chunk of this save has these bytes
@@ -132,7 +140,7 @@ def write_buffers(
     filled = 0
     group_bytes = max(_WRITE_GROUP_BYTES, -(-sum(b.nbytes for b in buffers) // _CORES))
     for i, vs in enumerate(views):
-        before = previous[i] if previous and i < len(previous) else []
+        before = previous[0][i] if previous and i < len(previous[0]) else []
         for j, v in enumerate(vs):
             if filled >= group_bytes:
                 groups.append([])
@@ -159,20 +167,22 @@ def write_buffers(
         entries = [next(done) for _ in vs]
         written += sum(n for _, n in entries)
         manifest.append([(d, v.nbytes) for (d, _), v in zip(entries, vs, strict=True)])
-    return manifest, written, [staged for _, staged in results]
+    return manifest, checks, written, [staged for _, staged in results]
 
 
 def read_buffers(
     backend: Backend,
     pool: ThreadPoolExecutor,
     manifest: chunking.Manifest,
+    checks: chunking.Checks,
     landing: BufferPool | None = None,
     *,
     algo: str,
 ) -> list[bytearray | memoryview]:
-    """Read and verify (by ``algo``) every chunk of ``manifest`` into buffers of ``landing``.
+    """Read and verify every chunk of ``manifest`` into buffers of ``landing``.
 
-    Without ``landing``, into fresh buffers.
+    A chunk is verified by its check in ``checks``, or without one by its digest
+    (``algo``). Without ``landing``, into fresh buffers.
 
     Raises:
         CorruptCheckpointError: a chunk is missing or does not match its digest
@@ -201,7 +211,7 @@ def read_buffers(
             chunk = backend.read_chunk_into(digest, out, rows.get(digest))
             if chunk.size != n:
                 raise CorruptCheckpointError(f"chunk {digest} has the wrong size", digest=digest)
-            chunking.restore_chunk_into(chunk, out, algo)
+            chunking.restore_chunk_into(chunk, out, algo, checks.get(digest))
         except CorruptCheckpointError as e:
             return e
         return None

@@ -89,8 +89,10 @@ class StateIO:
             checkpoint_id=cp.id,
         )
 
-    def previous(self, cp: Checkpoint, encoded: codec.EncodedState) -> chunking.Manifest | None:
-        """Return the chunk manifest of the slot's latest checkpoint, for a big state.
+    def previous(
+        self, cp: Checkpoint, encoded: codec.EncodedState
+    ) -> tuple[chunking.Manifest, chunking.Checks] | None:
+        """Return the chunk manifest and checks of the slot's latest checkpoint, for a big state.
 
         A state saved again mostly unchanged then compares its chunks with those
         (in the page cache) instead of hashing them; small states skip the lookup.
@@ -99,7 +101,7 @@ class StateIO:
             return None
         try:
             record = self.backend.latest_record(cp.process_id, cp.level, cp.name)
-            return chunking.unpack_manifest(record.manifest) if record else None
+            return chunking.unpack_checked(record.manifest) if record else None
         except CorruptCheckpointError:
             return None  # a damaged manifest only costs the shortcut
 
@@ -107,7 +109,7 @@ class StateIO:
         self,
         cp: Checkpoint,
         encoded: codec.EncodedState,
-        previous: chunking.Manifest | None = None,
+        previous: tuple[chunking.Manifest, chunking.Checks] | None = None,
     ) -> tuple[StoredRecord, builtins.list[Staged]]:
         """Write ``encoded``'s chunks; return ``cp``'s record and the staged rows to commit.
 
@@ -117,7 +119,7 @@ class StateIO:
             StoreFullError, StoreIOError: a chunk could not be stored.
         """
         payload = pack_payload(encoded.skeleton)
-        manifest, written, staged = _chunkio.write_buffers(
+        manifest, checks, written, staged = _chunkio.write_buffers(
             self.backend,
             self._pool(),
             encoded.buffers,
@@ -127,7 +129,7 @@ class StateIO:
             encoded.itemsizes,
             algo=self.hash_name,
         )
-        manifest_bytes = chunking.pack_manifest(manifest)
+        manifest_bytes = chunking.pack_manifest(manifest, checks)
         done = cp.copy(
             size=encoded.size,
             stored_size=len(payload) + written,
@@ -153,12 +155,12 @@ class StateIO:
         skeleton = unpack_payload(record.payload, cp.size)
         if record.manifest == chunking.EMPTY_MANIFEST:  # the common small state: no buffers
             return codec.decode(skeleton, [], allow_pickle=self.allow_pickle)
-        manifest = chunking.unpack_manifest(record.manifest)
+        manifest, checks = chunking.unpack_checked(record.manifest)
         if sum(chunking.buffer_sizes(manifest)) > cp.size:  # check before allocating
             raise CorruptCheckpointError("chunk manifest declares more than the recorded size")
         buffers = (
             _chunkio.read_buffers(
-                self.backend, self._pool(), manifest, self._landing, algo=self.hash_name
+                self.backend, self._pool(), manifest, checks, self._landing, algo=self.hash_name
             )
             if manifest
             else []
@@ -210,7 +212,7 @@ class StateIO:
         if not self.readonly and missing:
             backend.mark_bad_chunks(missing)
         if full:
-            bad_digests = self._verify_chunks(progress)
+            bad_digests, found = self._verify_chunks(progress)
             if not self.readonly:
                 backend.mark_bad_chunks(bad_digests, replace=True)
             bad |= backend.checkpoints_using(bad_digests)
@@ -218,7 +220,12 @@ class StateIO:
                 if cp.id in bad:
                     continue
                 try:
-                    if not self.record_intact(backend.get_record(cp.id)):
+                    record = backend.get_record(cp.id)
+                    # A load trusts a record's checks: they must be those of the bytes.
+                    if not self.record_intact(record) or any(
+                        found.get(d, c) != c
+                        for d, c in chunking.unpack_checked(record.manifest)[1].items()
+                    ):
                         bad.add(cp.id)
                 except (CorruptCheckpointError, CheckpointNotFoundError):
                     bad.add(cp.id)
@@ -241,10 +248,14 @@ class StateIO:
             unsafe_paths=structure.unsafe_paths,
         )
 
-    def _verify_chunks(self, progress: Callable[[int, int], None] | None) -> set[str]:
+    def _verify_chunks(
+        self, progress: Callable[[int, int], None] | None
+    ) -> tuple[set[str], chunking.Checks]:
+        """Hash every chunk for its address; return the bad digests, and the good ones' checks."""
         digests = builtins.list(self.backend.iter_chunk_digests())
         done = 0
         lock = threading.Lock()
+        found: chunking.Checks = {}
 
         def check(digest: str) -> str | None:
             nonlocal done
@@ -254,6 +265,7 @@ class StateIO:
                     return digest
                 out = memoryview(bytearray(chunk.size))
                 chunking.restore_chunk_into(chunk, out, self.hash_name)
+                found[digest] = chunking.check_of(out)
             except CorruptCheckpointError:
                 return digest
             finally:
@@ -263,4 +275,4 @@ class StateIO:
                         progress(done, len(digests))
             return None
 
-        return {d for d in self._pool().map(check, digests) if d}
+        return {d for d in self._pool().map(check, digests) if d}, found

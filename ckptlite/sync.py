@@ -372,11 +372,11 @@ class _Job:
             if not bad.intersection(r.digests) and cp.parent_id not in dropped:
                 try:
                     if chunking.record_checksum(r.payload, r.manifest, src) == cp.checksum:
-                        manifest = [
-                            [(self.renamed[d], n) for d, n in buf]
-                            for buf in chunking.unpack_manifest(r.manifest)
-                        ]
-                        packed = chunking.pack_manifest(manifest)
+                        old, checks = chunking.unpack_checked(r.manifest)
+                        manifest = [[(self.renamed[d], n) for d, n in buf] for buf in old]
+                        # A check is of the raw bytes, whatever addresses them: it stays.
+                        renamed = {self.renamed[d]: c for d, c in checks.items()}
+                        packed = chunking.pack_manifest(manifest, renamed)
                         new = StoredRecord(
                             cp.replace(checksum=chunking.record_checksum(r.payload, packed, dst)),
                             r.payload,

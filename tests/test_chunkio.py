@@ -5,9 +5,12 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
+import apsw
 import numpy as np
 import pytest
+import xxhash
 import zstandard
+from damage import chunk_span, flip_bit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -85,6 +88,91 @@ def test_a_load_fetches_its_chunk_rows_in_one_query(
         monkeypatch.setattr(backend, "_chunk_row", one_row)
         assert np.array_equal(mgr.load(cp), arr)
         assert singles == []  # no SELECT per chunk from the pool threads
+
+
+def _hashed_by_digest(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the size of every buffer hashed for an address (``chunking.digest_of``)."""
+    sizes: list[int] = []
+    real = chunking.digest_of
+
+    def counting(data: bytes | bytearray | memoryview, algo: str) -> str:
+        sizes.append(memoryview(data).nbytes)
+        return real(data, algo)
+
+    monkeypatch.setattr(chunking, "digest_of", counting)
+    return sizes
+
+
+def _rewrite_manifest(mgr: ckptlite.CheckpointManager, cid: str, checks: dict[str, bytes]) -> None:
+    """Give checkpoint ``cid`` a manifest with ``checks`` and a checksum that matches it."""
+    record = mgr.backend.get_record(cid)
+    manifest = chunking.unpack_manifest(record.manifest)
+    packed = chunking.pack_manifest(manifest, checks)
+    checksum = chunking.record_checksum(record.payload, packed, mgr.hash_name)
+    # Another connection, as another process would: the manager's caches see its commit.
+    conn = apsw.Connection(str(mgr.backend.db.path))  # type: ignore[attr-defined]
+    try:
+        conn.execute(
+            "UPDATE checkpoints SET manifest=?, checksum=? WHERE id=?", (packed, checksum, cid)
+        )
+    finally:
+        conn.close()
+
+
+def test_a_load_checks_chunks_by_their_check_not_by_hashing_their_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arr = np.random.default_rng(3).random(1 << 20, dtype=np.float32)  # 4 MiB: 4 chunks
+    with ckptlite.open(tmp_path / "s", chunk_size=1 << 20, durability="none") as mgr:
+        cp = mgr.save("p", arr)
+        record = mgr.backend.get_record(cp.id)
+        manifest, checks = chunking.unpack_checked(record.manifest)
+        assert len(checks) == 4  # every chunk has its check, taken when it was saved
+        for (d, _), piece in zip(manifest[0], np.split(arr.view(np.uint8), 4), strict=True):
+            assert checks[d] == xxhash.xxh3_128_digest(piece)
+        hashed = _hashed_by_digest(monkeypatch)
+        assert np.array_equal(mgr.load(cp), arr)
+        assert hashed == []  # no chunk hashed again for its address
+        file, offset, _ = chunk_span(tmp_path / "s", manifest[0][2][0])
+        flip_bit(file, offset + 1000)  # damage is still caught, by the check
+        with pytest.raises(ckptlite.CorruptCheckpointError) as e:
+            mgr.load(cp)
+        assert e.value.digests == (manifest[0][2][0],)
+        assert mgr.get(cp.id).status == ckptlite.Status.CORRUPTED
+
+
+def test_checkpoints_saved_without_checks_load_verified_by_their_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arr = np.random.default_rng(4).random(1 << 19, dtype=np.float32)  # 2 MiB: 2 chunks
+    with ckptlite.open(tmp_path / "s", chunk_size=1 << 20, durability="none") as mgr:
+        cp = mgr.save("p", arr)
+        _rewrite_manifest(mgr, cp.id, {})  # what a store written before checks holds
+        hashed = _hashed_by_digest(monkeypatch)
+        assert np.array_equal(mgr.load(cp), arr)
+        assert hashed == [1 << 20, 1 << 20]
+        digest = chunking.unpack_manifest(mgr.backend.get_record(cp.id).manifest)[0][1][0]
+        file, offset, _ = chunk_span(tmp_path / "s", digest)
+        flip_bit(file, offset + 7)
+        with pytest.raises(ckptlite.CorruptCheckpointError, match="digest") as e:
+            mgr.load(cp)
+        assert e.value.digests == (digest,)
+
+
+def test_a_record_with_a_wrong_check_fails_its_load_and_a_full_verify(tmp_path: Path) -> None:
+    arr = np.random.default_rng(5).random(1 << 18, dtype=np.float32)  # 1 MiB: 1 chunk
+    with ckptlite.open(tmp_path / "s", chunk_size=1 << 20, durability="none") as mgr:
+        good = mgr.save("p", arr, name="good")
+        bad = mgr.save("p", arr, name="bad")  # the same chunk, deduplicated
+        (digest,) = mgr.backend.get_record(bad.id).digests
+        _rewrite_manifest(mgr, bad.id, {digest: chunking.check_of(b"other bytes")})
+        report = mgr.verify(full=True)
+        assert report.corrupted == (bad.id,)  # the chunk's address is right; the record is not
+        assert mgr.get(bad.id).status == ckptlite.Status.CORRUPTED
+        with pytest.raises(ckptlite.CorruptCheckpointError, match="check"):
+            mgr.load(bad)
+        assert np.array_equal(mgr.load(good), arr)
+        assert mgr.verify(full=True).corrupted == (bad.id,)
 
 
 # -- the byte-shuffle codec ---------------------------------------------------------

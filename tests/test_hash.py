@@ -14,6 +14,7 @@ import apsw
 import blake3
 import numpy as np
 import pytest
+import xxhash
 from damage import chunk_span, flip_bit
 
 import ckptlite
@@ -79,6 +80,18 @@ def _addressed_by(mgr: Mgr, algo: str) -> None:
     for cp in mgr.list():
         for d in mgr.backend.get_record(cp.id).digests:
             assert h(chunking.raw_bytes(mgr.backend.read_chunk(d))) == d
+            seen += 1
+    assert seen
+
+
+def _checked(mgr: Mgr) -> None:
+    """Assert every chunk of every checkpoint has its check: XXH3-128 of its raw bytes."""
+    seen = 0
+    for cp in mgr.list():
+        manifest, checks = chunking.unpack_checked(mgr.backend.get_record(cp.id).manifest)
+        for d, _ in (e for buf in manifest for e in buf):
+            raw = chunking.raw_bytes(mgr.backend.read_chunk(d))
+            assert checks[d] == xxhash.xxh3_128_digest(raw)
             seen += 1
     assert seen
 
@@ -184,6 +197,7 @@ def _sync_and_check(src: Mgr, dst: Mgr, dst_algo: str) -> None:
         assert _equal(dst.load(cid), src.load(cid))
         assert dst.get(cid).parent_id == cps[cid].parent_id
     _addressed_by(dst, dst_algo)
+    _checked(dst)  # re-addressed chunks keep their checks: a check is of the raw bytes
     assert dst.verify(full=True).ok
     again = ckptlite.sync(src, dst)
     assert not again.changed and again.chunks_copied == 0

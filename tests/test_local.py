@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import ckptlite
+from ckptlite import chunking
 from ckptlite._sqlite import APPLICATION_ID, refuse_network_fs
 from ckptlite.backends.base import ListQuery
 from ckptlite.backends.local import MIGRATIONS
@@ -631,3 +632,30 @@ def test_schema_11_counts_on_from_the_positions_an_older_store_stamped(tmp_path:
         assert mgr.save("p", 9, name="t").metadata["ckptlite.slot_index"] == 5
         assert mgr.save("p", 9, name="other").metadata["ckptlite.slot_index"] == 1
     assert pragma(db, "user_version") == len(MIGRATIONS)
+
+
+def test_a_store_from_before_chunk_checks_migrates_and_loads_by_digest(tmp_path: Path) -> None:
+    arr = np.random.default_rng(9).random(1 << 17, dtype=np.float32)  # 512 KiB: 8 chunks
+    with ckptlite.open(tmp_path / "s", chunk_size=64 << 10) as mgr:
+        old = mgr.save("p", arr, name="old")
+    db = tmp_path / "s" / "ckptlite.db"
+    conn = apsw.Connection(str(db))  # what schema 12 wrote: manifests without checks
+    payload, manifest = conn.execute(
+        "SELECT payload, manifest FROM checkpoints WHERE id=?", (old.id,)
+    ).fetchone()
+    bare = chunking.pack_manifest(chunking.unpack_manifest(manifest))
+    assert bare != manifest
+    checksum = chunking.record_checksum(payload, bare, "blake3")
+    conn.execute(
+        "UPDATE checkpoints SET manifest=?, checksum=? WHERE id=?", (bare, checksum, old.id)
+    )
+    conn.execute("DELETE FROM store_meta WHERE key='chunk_check'")
+    conn.execute(f"PRAGMA user_version={len(MIGRATIONS) - 1}")
+    conn.close()
+    with ckptlite.open(tmp_path / "s", chunk_size=64 << 10) as mgr:
+        assert pragma(db, "user_version") == len(MIGRATIONS)
+        assert np.array_equal(mgr.load(old), arr)
+        new = mgr.save("p", arr * 2, name="new")
+        _, checks = chunking.unpack_checked(mgr.backend.get_record(new.id).manifest)
+        assert len(checks) == 8
+        assert mgr.verify(full=True).ok

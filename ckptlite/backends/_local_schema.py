@@ -230,6 +230,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE run_claims ADD COLUMN unmarked INTEGER;
     """,
+    # 13 (issue 14): manifests may hold each chunk's check (XXH3-128 of its raw
+    # bytes, ``chunking.check_of``), which a load compares instead of hashing the
+    # address again. No table changes; the version keeps older ckptlite, which would
+    # read such a manifest as malformed (and mark its checkpoint CORRUPTED), out.
+    """
+    INSERT OR REPLACE INTO store_meta(key, value) VALUES ('chunk_check', 'xxh3_128');
+    """,
 ]
 
 CHECKPOINT_COLS = (

@@ -221,6 +221,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # Issue 15 (the local store's migration 12): items of a claimed batch
     # not marked, as its holder last committed (NULL: the whole batch): ``claimed``.
     ("ALTER TABLE {run_claims} ADD COLUMN unmarked INTEGER",),
+    # Issue 14 (the local store's migration 13): manifests may hold each chunk's
+    # check (XXH3-128 of its raw bytes); older ckptlite would read them as malformed.
+    (
+        "INSERT INTO {meta} (key, value) VALUES ('chunk_check', 'xxh3_128') "
+        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+    ),
 ]
 
 
