@@ -99,8 +99,8 @@ def write_buffers(
                 # intact, whatever the caller does to ``v`` afterwards.
                 if was is not None and equals is not None and equals(was, v):
                     digests.append(was)  # the same bytes at the same place: stored already
-                    if (c := before_checks.get(was)) is not None:
-                        checks[was] = c  # else checked by its digest when loaded
+                    if (known := before_checks.get(was)) is not None:
+                        checks[was] = known  # else checked by its digest when loaded
                 else:
                     # Hashed, compressed and written from one private copy: the caller
                     # may change its array meanwhile (a thread, a memory map), and the

@@ -173,7 +173,14 @@ def live_store(tmp_path: Path) -> Iterator[str]:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if (store / "ckptlite.db").exists():
-                with ckptlite.open(store, readonly=True) as mgr:
+                try:
+                    mgr = ckptlite.open(store, readonly=True)
+                except ckptlite.ConfigError:
+                    # The file exists before the pipeline's first transaction makes
+                    # it a store (user_version 0): "no ckptlite store" yet.
+                    time.sleep(0.2)
+                    continue
+                with mgr:
                     runs = mgr.list_runs()
                     if runs and runs[0].progress and runs[0].progress[0] >= 20:
                         break
