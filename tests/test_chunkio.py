@@ -365,3 +365,30 @@ def test_share_finishes_every_share_before_raising() -> None:
     # Every pool share ran to its end before the raise: none writes into a buffer later.
     first = 8 // min(_chunkio._CORES, 8)  # the caller's share is jobs 0 .. first-1
     assert sorted(done) == list(range(first, 8))
+
+
+def test_a_state_saved_again_takes_unchanged_chunks_checks_from_the_last_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arr = np.random.default_rng(6).random(1 << 21, dtype=np.float32)  # 8 MiB: 8 chunks
+    with ckptlite.open(tmp_path / "s", chunk_size=1 << 20, durability="none") as mgr:
+        first = mgr.save("p", arr, name="t")
+        _, before = chunking.unpack_checked(mgr.backend.get_record(first.id).manifest)
+        arr[0] += 1  # chunk 0 changes; chunks 1-7 are compared, not hashed
+        hashed = _hashed_by_digest(monkeypatch)
+        second = mgr.save("p", arr, name="t")
+        assert hashed == [1 << 20]
+        manifest, after = chunking.unpack_checked(mgr.backend.get_record(second.id).manifest)
+        digests = [d for d, _ in manifest[0]]
+        assert [after[d] for d in digests[1:]] == [before[d] for d in digests[1:]]
+        assert after[digests[0]] == xxhash.xxh3_128_digest(arr[: 1 << 18])
+        assert np.array_equal(mgr.load(second), arr)
+        # After a save without checks, the compared chunks have none: checked by digest.
+        _rewrite_manifest(mgr, second.id, {})
+        arr[-1] += 1
+        third = mgr.save("p", arr, name="t")
+        _, checks = chunking.unpack_checked(mgr.backend.get_record(third.id).manifest)
+        assert len(checks) == 1
+        hashed.clear()
+        assert np.array_equal(mgr.load(third), arr)
+        assert len(hashed) == 7
