@@ -138,7 +138,7 @@ def write_buffers(
     views = [chunking.split(buf, size) for buf in buffers]
     groups: list[list[tuple[memoryview, str | None, int]]] = [[]]
     filled = 0
-    group_bytes = max(_WRITE_GROUP_BYTES, -(-sum(b.nbytes for b in buffers) // _CORES))
+    group_bytes = _group_bytes(buffers, views, itemsizes, size)
     for i, vs in enumerate(views):
         before = previous[0][i] if previous and i < len(previous[0]) else []
         for j, v in enumerate(vs):
@@ -168,6 +168,31 @@ def write_buffers(
         written += sum(n for _, n in entries)
         manifest.append([(d, v.nbytes) for (d, _), v in zip(entries, vs, strict=True)])
     return manifest, checks, written, [staged for _, staged in results]
+
+
+def _group_bytes(
+    buffers: Sequence[memoryview],
+    views: Sequence[Sequence[memoryview]],
+    itemsizes: Sequence[int],
+    chunk_size: int,
+) -> int:
+    """Return the bytes of chunks per write group: one group per core, at least 8 MiB...
+
+    ...unless the state compresses. Raw chunks are I/O: a group fewer is an fsync
+    fewer (4 MiB of float noise in two groups: 8.0 against 7.5 ms). Compressing is
+    CPU work: a 4 MiB raster in one group per core saved in 0.69-0.86 of the time
+    (smooth float32 7.7 against 9.0 ms, int16 DEM 6.6 / 8.3, uint8 land cover 6.6 /
+    9.6; P13). The first chunk of the biggest buffer tells which (its probe).
+    """
+    total = sum(b.nbytes for b in buffers)
+    spread = -(-total // _CORES)
+    if _CORES < 2 or total <= chunk_size or spread >= _WRITE_GROUP_BYTES:
+        return max(_WRITE_GROUP_BYTES, spread)
+    big = max(range(len(buffers)), key=lambda i: buffers[i].nbytes)
+    itemsize = itemsizes[big] if big < len(itemsizes) else 1
+    if chunking.compresses(views[big][0], itemsize):
+        return spread
+    return _WRITE_GROUP_BYTES
 
 
 def read_buffers(

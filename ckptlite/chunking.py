@@ -42,6 +42,7 @@ __all__ = [
     "check_hash",
     "check_of",
     "compress_chunk",
+    "compresses",
     "digest_of",
     "pack_manifest",
     "raw_bytes",
@@ -125,6 +126,12 @@ def _hasher(algo: str) -> blake3.blake3 | hashlib._Hash:
     if algo == "sha256":
         return hashlib.sha256()
     raise ValueError(f"unknown hash {algo!r}")  # the manager checked it: a bug
+
+
+def compresses(view: memoryview, itemsize: int = 1) -> bool:
+    """Tell whether ``compress_chunk`` would compress ``view`` (its probe, ~20-100 us)."""
+    k = itemsize if itemsize in CODEC_ZSTD_SHUFFLE and view.nbytes >= 4 * itemsize else 1
+    return view.nbytes >= 256 and _pays(view, k)
 
 
 def compress_chunk(digest: str, view: memoryview, level: int, itemsize: int = 1) -> StoredChunk:

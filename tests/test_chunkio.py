@@ -392,3 +392,30 @@ def test_a_state_saved_again_takes_unchanged_chunks_checks_from_the_last_save(
         hashed.clear()
         assert np.array_equal(mgr.load(third), arr)
         assert len(hashed) == 7
+
+
+@pytest.mark.parametrize(("kind", "groups"), [("smooth", 2), ("noise", 1)])
+def test_a_compressible_state_is_spread_over_the_cores_and_noise_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, groups: int
+) -> None:
+    """Compressing is CPU work: one group per core. Raw chunks are I/O: one pack, one fsync."""
+    rng = np.random.default_rng(8)
+    n = 1 << 20  # 4 MiB of float32: four chunks, under one 8 MiB write group
+    if kind == "smooth":
+        arr = (np.cumsum(rng.normal(0, 0.01, n)) + 100).astype(np.float32)
+    else:
+        arr = rng.random(n, dtype=np.float32)
+    monkeypatch.setattr(_chunkio, "_CORES", 2)
+    with ckptlite.open(tmp_path / "s", chunk_size=1 << 20, durability="none") as mgr:
+        calls: list[int] = []
+        real = mgr.backend.stage_chunks
+
+        def counting(chunks: object) -> object:
+            calls.append(1)
+            return real(chunks)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(mgr.backend, "stage_chunks", counting)
+        cp = mgr.save("p", arr)
+        assert len(calls) == groups
+        assert np.array_equal(mgr.load(cp), arr)
+        assert (mgr.stats()["stored_bytes"] < arr.nbytes * 0.9) == (kind == "smooth")
