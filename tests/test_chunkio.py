@@ -419,3 +419,29 @@ def test_a_compressible_state_is_spread_over_the_cores_and_noise_is_not(
         assert len(calls) == groups
         assert np.array_equal(mgr.load(cp), arr)
         assert (mgr.stats()["stored_bytes"] < arr.nbytes * 0.9) == (kind == "smooth")
+
+
+def test_a_tile_load_runs_two_statements(tmp_path: Path) -> None:
+    """The record with its refs, then the chunk rows: each statement is ~10-30 us of a load."""
+    arr = np.random.default_rng(10).random(1 << 18, dtype=np.float32)  # 1 MiB: 1 chunk
+    with ckptlite.open(tmp_path / "s", chunk_size=1 << 20, durability="none") as mgr:
+        cp = mgr.save("p", arr)
+        assert np.array_equal(mgr.load(cp), arr)  # warm: connections, statements
+        statements: list[str] = []
+        conn = mgr.backend.db.read()  # type: ignore[attr-defined]
+
+        def trace(_cursor: object, sql: str, _bindings: object) -> bool:
+            statements.append(sql)
+            return True
+
+        conn.exec_trace = trace
+        try:
+            assert np.array_equal(mgr.load(cp), arr)
+        finally:
+            conn.exec_trace = None
+        assert len(statements) == 2, statements
+        assert mgr.backend.get_record(cp.id).digests == tuple(
+            d
+            for buf in chunking.unpack_manifest(mgr.backend.get_record(cp.id).manifest)
+            for d, _ in buf
+        )

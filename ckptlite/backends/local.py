@@ -457,18 +457,23 @@ class LocalBackend(
 
     def get_record(self, checkpoint_id: str) -> StoredRecord:
         with translate_errors("reading checkpoint"):
-            conn = self.db.read()
-            row = conn.execute(
-                f"SELECT {CHECKPOINT_COLS}, payload, manifest FROM checkpoints WHERE id=?",
-                (checkpoint_id,),
-            ).fetchone()
-            if row is None:
-                raise CheckpointNotFoundError(
-                    f"no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id
+            # The refs in the same statement: one statement fewer per load (a 1 MiB
+            # tile's record 28.5 -> 20.6 us; cold caches 108 -> 77 us, P12, P14).
+            row = (
+                self.db.read()
+                .execute(
+                    f"SELECT {CHECKPOINT_COLS}, payload, manifest, "
+                    "(SELECT group_concat(digest, ',' ORDER BY digest) FROM refs "
+                    "WHERE refs.seq = checkpoints.seq) FROM checkpoints WHERE id=?",
+                    (checkpoint_id,),
                 )
-            digests = tuple(
-                r[0] for r in conn.execute("SELECT digest FROM refs WHERE seq=?", (row[0],))
+                .fetchone()
             )
+        if row is None:
+            raise CheckpointNotFoundError(
+                f"no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id
+            )
+        digests = tuple(row[16].split(",")) if row[16] else ()
         return StoredRecord(row_to_checkpoint(row), row[14], row[15], digests)
 
     def has_records(self, ids: Iterable[str]) -> set[str]:
