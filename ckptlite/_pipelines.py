@@ -12,6 +12,7 @@ import builtins
 from typing import Any, Protocol
 
 from . import _inputs, _items
+from .errors import InvalidInputError
 from .process import ResumableProcess, resume_process
 from .runs import Run, RunManager, open_run
 from .types import Checkpoint, ItemRecord, Level, RunOverview, RunRecord, Status
@@ -115,6 +116,53 @@ class Pipelines:
             force=force,
             lease=lease,
         )
+
+    def get_run(self: _Front, run_id: str) -> RunRecord:
+        """Return one run's record.
+
+        Raises:
+            RunNotFoundError: no such run.
+            InvalidInputError: ``run_id`` is not a str.
+
+        >>> import ckptlite
+        >>> mgr = ckptlite.open("memory://")
+        >>> with mgr.run("tiles") as run:
+        ...     pass
+        >>> mgr.get_run(run.id).process_id
+        'tiles'
+        """
+        return self.backend.get_run(_inputs.text(run_id, "run_id"))
+
+    def item_changes(
+        self: _Front, run_id: str, after: int | None = None
+    ) -> builtins.list[ItemRecord]:
+        """Return a run's ledger entries written after the clock ``after``, oldest first.
+
+        Each entry's ``changed`` is the ledger's clock when it was written: poll
+        again with the last one's to follow a run (what the dashboard does).
+        Without ``after``, every entry.
+
+        Raises:
+            RunNotFoundError: no such run.
+            InvalidInputError: a bad argument.
+
+        >>> import ckptlite
+        >>> mgr = ckptlite.open("memory://")
+        >>> with mgr.run("tiles") as run:
+        ...     for item in run.items("t", ["a", "b"]):
+        ...         item.done()
+        >>> first = mgr.item_changes(run.id)
+        >>> [e.item_id for e in first], mgr.item_changes(run.id, after=first[-1].changed)
+        (['a', 'b'], [])
+        """
+        _inputs.text(run_id, "run_id")
+        if after is not None and (type(after) is not int or after < 0):
+            raise InvalidInputError(
+                f"after must be a ledger clock (an int >= 0), not {after!r}",
+                hint="Pass the `changed` of the last entry you read, or None.",
+            )
+        self.backend.get_run(run_id)  # an unknown run is an error, not an empty list
+        return self.backend.list_items(run_id, after_changed=after)
 
     def list_runs(self: _Front, process_id: str | None = None) -> builtins.list[RunRecord]:
         """Return the runs of one process (or all), newest first.

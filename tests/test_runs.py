@@ -337,3 +337,31 @@ def test_a_million_item_ledger_is_marked_in_batches_and_resumed(store_dir: Path)
         done, failed = mgr.backend.item_marks(run.id, "tiles")
         assert len(done) == n and failed == {}
         assert list(mgr.run("big", run_id=run.id).items("tiles", ids)) == []
+
+
+def test_get_run_and_item_changes_follow_a_run_on_every_backend(
+    any_mgr: ckptlite.CheckpointManager,
+) -> None:
+    with any_mgr.run("tiles") as run:
+        items = run.items("t", ["a", "b", "c"])
+        next(items).done()
+        assert any_mgr.get_run(run.id).status == RunStatus.RUNNING
+        run.commit()
+        first = any_mgr.item_changes(run.id)
+        assert [e.item_id for e in first] == ["a"]
+        for item in items:
+            item.done() if item.id != "c" else item.fail("no data")
+    assert any_mgr.get_run(run.id).status == RunStatus.FAILED  # item c failed
+    later = any_mgr.item_changes(run.id, after=first[-1].changed)
+    assert [(e.item_id, e.ok) for e in later] == [("b", True), ("c", False)]
+    assert [e.changed for e in later] == sorted(e.changed for e in later)
+    assert any_mgr.item_changes(run.id, after=later[-1].changed) == []
+    with pytest.raises(RunNotFoundError):
+        any_mgr.get_run("no-such-run")
+    with pytest.raises(RunNotFoundError):
+        any_mgr.item_changes("no-such-run")
+    for bad in (-1, True, "3", 1.5):
+        with pytest.raises(InvalidInputError):
+            any_mgr.item_changes(run.id, after=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        any_mgr.get_run(7)  # type: ignore[arg-type]

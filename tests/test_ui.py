@@ -542,3 +542,11 @@ def test_workers_and_claimed_items_are_shown_when_runs_record_them(
             assert 'data-seg="claimed"' in html and 'width="30.0"' in html  # 3 of 10
     finally:
         mgr.close()
+
+
+def test_the_dashboard_reads_through_the_manager_never_its_backend() -> None:
+    """Imports point one way (cli/ui -> manager): the dashboard has no backend calls."""
+    import ckptlite.ui
+
+    for path in Path(ckptlite.ui.__file__).parent.glob("*.py"):
+        assert ".backend" not in path.read_text(), path.name

@@ -7,12 +7,12 @@ Record shapes come from the functions the CLI's ``--json`` uses (``jsonable``,
 map) sits beside them under keys of its own.
 
 A run's work-item ledger is read once and then followed by its change clock
-(``list_items(after_changed=...)``): a poll of a live run gets only the items
+(``mgr.item_changes(run_id, after)``): a poll of a live run gets only the items
 marked since the last one (SQLite still walks the run's rows to find them: the
 clock has no index), at most twice a second, and updates counts and maps in
 place. Bench P18 measures what a polling dashboard costs a pipeline.
-Runs and ledgers are read through the manager's backend (``get_run``,
-``list_items``): the manager has no public method for them yet.
+Runs and ledgers are read through the manager (``get_run``, ``item_changes``),
+never its backend.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class Dashboard:
             RunNotFoundError: no such run.
         """
         with self._lock:
-            rec = self.manager.backend.get_run(run_id)
+            rec = self.manager.get_run(run_id)
             led = self._ledger(rec)
             live = self._live(rec, led)
             failed = sorted((g, i, led.groups[g][i]) for g, ids in led.failed.items() for i in ids)
@@ -172,7 +172,7 @@ class Dashboard:
             raise InvalidInputError("offset must be >= 0 and limit within 1..1000")
         want = None if status is None else status == "done"
         with self._lock:
-            led = self._ledger(self.manager.backend.get_run(run_id))
+            led = self._ledger(self.manager.get_run(run_id))
             rows = sorted(
                 (g, i, it)
                 for g, items in led.groups.items()
@@ -198,7 +198,7 @@ class Dashboard:
             RunNotFoundError: no such run.
         """
         with self._lock:
-            rec = self.manager.backend.get_run(run_id)
+            rec = self.manager.get_run(run_id)
             led = self._ledger(rec)
             return self._map(led, group, self._expected(rec, led, group)).payload()
 
@@ -210,7 +210,7 @@ class Dashboard:
             InvalidInputError: ``index`` is outside the map.
         """
         with self._lock:
-            rec = self.manager.backend.get_run(run_id)
+            rec = self.manager.get_run(run_id)
             led = self._ledger(rec)
             m = self._map(led, group, self._expected(rec, led, group))
             if not 0 <= index < len(m.cells):
@@ -299,7 +299,7 @@ class Dashboard:
             return led  # read a moment ago (a page asks for a run and its map at once)
         led.read_at = now
         after = None if led.clock < 0 else led.clock
-        fresh = self.manager.backend.list_items(rec.id, after_changed=after)
+        fresh = self.manager.item_changes(rec.id, after)
         for r in fresh:
             self._take(led, r)
         if fresh:
