@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -119,3 +119,25 @@ def direct_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[B
 def backend(any_mgr: ckptlite.CheckpointManager) -> Backend:
     """The backend under the parametrised manager."""
     return any_mgr.backend
+
+
+@pytest.fixture
+def count_digests(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[int]]:
+    """Call it to start recording the size of every buffer hashed for a chunk address.
+
+    (``chunking.digest_of``, the store's BLAKE3 or SHA-256.) Returns the list it fills.
+    """
+    from ckptlite import chunking
+
+    def start() -> list[int]:
+        sizes: list[int] = []
+        real = chunking.digest_of
+
+        def counting(data: bytes | bytearray | memoryview, algo: str) -> str:
+            sizes.append(memoryview(data).nbytes)
+            return real(data, algo)
+
+        monkeypatch.setattr(chunking, "digest_of", counting)
+        return sizes
+
+    return start

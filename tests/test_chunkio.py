@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+from collections.abc import Callable
 from pathlib import Path
 
 import apsw
@@ -90,19 +91,6 @@ def test_a_load_fetches_its_chunk_rows_in_one_query(
         assert singles == []  # no SELECT per chunk from the pool threads
 
 
-def _hashed_by_digest(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Record the size of every buffer hashed for an address (``chunking.digest_of``)."""
-    sizes: list[int] = []
-    real = chunking.digest_of
-
-    def counting(data: bytes | bytearray | memoryview, algo: str) -> str:
-        sizes.append(memoryview(data).nbytes)
-        return real(data, algo)
-
-    monkeypatch.setattr(chunking, "digest_of", counting)
-    return sizes
-
-
 def _rewrite_manifest(mgr: ckptlite.CheckpointManager, cid: str, checks: dict[str, bytes]) -> None:
     """Give checkpoint ``cid`` a manifest with ``checks`` and a checksum that matches it."""
     record = mgr.backend.get_record(cid)
@@ -120,7 +108,7 @@ def _rewrite_manifest(mgr: ckptlite.CheckpointManager, cid: str, checks: dict[st
 
 
 def test_a_load_checks_chunks_by_their_check_not_by_hashing_their_address(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, count_digests: Callable[[], list[int]]
 ) -> None:
     arr = np.random.default_rng(3).random(1 << 20, dtype=np.float32)  # 4 MiB: 4 chunks
     with ckptlite.open(tmp_path / "s", chunk_size=1 << 20, durability="none") as mgr:
@@ -130,7 +118,7 @@ def test_a_load_checks_chunks_by_their_check_not_by_hashing_their_address(
         assert len(checks) == 4  # every chunk has its check, taken when it was saved
         for (d, _), piece in zip(manifest[0], np.split(arr.view(np.uint8), 4), strict=True):
             assert checks[d] == xxhash.xxh3_128_digest(piece)
-        hashed = _hashed_by_digest(monkeypatch)
+        hashed = count_digests()
         assert np.array_equal(mgr.load(cp), arr)
         assert hashed == []  # no chunk hashed again for its address
         file, offset, _ = chunk_span(tmp_path / "s", manifest[0][2][0])
@@ -142,13 +130,13 @@ def test_a_load_checks_chunks_by_their_check_not_by_hashing_their_address(
 
 
 def test_checkpoints_saved_without_checks_load_verified_by_their_address(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, count_digests: Callable[[], list[int]]
 ) -> None:
     arr = np.random.default_rng(4).random(1 << 19, dtype=np.float32)  # 2 MiB: 2 chunks
     with ckptlite.open(tmp_path / "s", chunk_size=1 << 20, durability="none") as mgr:
         cp = mgr.save("p", arr)
         _rewrite_manifest(mgr, cp.id, {})  # what a store written before checks holds
-        hashed = _hashed_by_digest(monkeypatch)
+        hashed = count_digests()
         assert np.array_equal(mgr.load(cp), arr)
         assert hashed == [1 << 20, 1 << 20]
         digest = chunking.unpack_manifest(mgr.backend.get_record(cp.id).manifest)[0][1][0]
@@ -368,14 +356,14 @@ def test_share_finishes_every_share_before_raising() -> None:
 
 
 def test_a_state_saved_again_takes_unchanged_chunks_checks_from_the_last_save(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, count_digests: Callable[[], list[int]]
 ) -> None:
     arr = np.random.default_rng(6).random(1 << 21, dtype=np.float32)  # 8 MiB: 8 chunks
     with ckptlite.open(tmp_path / "s", chunk_size=1 << 20, durability="none") as mgr:
         first = mgr.save("p", arr, name="t")
         _, before = chunking.unpack_checked(mgr.backend.get_record(first.id).manifest)
         arr[0] += 1  # chunk 0 changes; chunks 1-7 are compared, not hashed
-        hashed = _hashed_by_digest(monkeypatch)
+        hashed = count_digests()
         second = mgr.save("p", arr, name="t")
         assert hashed == [1 << 20]
         manifest, after = chunking.unpack_checked(mgr.backend.get_record(second.id).manifest)

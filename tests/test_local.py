@@ -415,27 +415,13 @@ def test_a_load_racing_a_pack_rewrite_reads_the_new_pack(
 # -- saving again: unchanged chunks are compared, not hashed ---------------------------
 
 
-def _count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    from ckptlite import chunking
-
-    calls: list[int] = []
-    real = chunking.digest_of
-
-    def counting(data: bytes | bytearray | memoryview, algo: str) -> str:
-        calls.append(memoryview(data).nbytes)
-        return real(data, algo)
-
-    monkeypatch.setattr(chunking, "digest_of", counting)
-    return calls
-
-
 def test_saving_again_compares_unchanged_chunks_instead_of_hashing_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, count_digests: Callable[[], list[int]]
 ) -> None:
     arr = np.random.default_rng(0).random((1024, 1024))  # 8 MiB: 8 raw chunks
     with ckptlite.open(tmp_path / "s") as mgr:
         first = mgr.save("p", {"a": arr}, name="x")
-        calls = _count_hashes(monkeypatch)
+        calls = count_digests()
         same = mgr.save("p", {"a": arr}, name="x")
         assert calls == []  # every chunk equal to the slot's latest: none hashed
         changed = arr.copy()
@@ -457,7 +443,7 @@ def test_saving_again_compares_unchanged_chunks_instead_of_hashing_them(
     ["first byte", "last byte", "middle byte", "negative zero", "every chunk"],
 )
 def test_a_chunk_changed_anywhere_is_hashed_and_stored_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+    tmp_path: Path, count_digests: Callable[[], list[int]], change: str
 ) -> None:
     arr = np.random.default_rng(2).random((1024, 1024))  # 8 chunks of 1 MiB
     arr[2, :] = 0.0
@@ -477,7 +463,7 @@ def test_a_chunk_changed_anywhere_is_hashed_and_stored_again(
         else:
             changed += 1.0
         assert not np.array_equal(flat, raw)
-        calls = _count_hashes(monkeypatch)
+        calls = count_digests()
         again = mgr.save("p", {"a": changed})
         assert len(calls) == (8 if change == "every chunk" else 1)
         loaded = mgr.load(again)["a"]
@@ -486,7 +472,7 @@ def test_a_chunk_changed_anywhere_is_hashed_and_stored_again(
 
 
 def test_chunks_not_in_the_page_cache_or_cut_short_are_hashed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, count_digests: Callable[[], list[int]]
 ) -> None:
     import os
 
@@ -497,7 +483,7 @@ def test_chunks_not_in_the_page_cache_or_cut_short_are_hashed(
         fd = os.open(pack, os.O_RDONLY)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # fsynced, so clean: dropped
         os.close(fd)
-        calls = _count_hashes(monkeypatch)
+        calls = count_digests()
         again = mgr.save("p", {"a": arr})
         assert len(calls) >= 7, "chunks the disk would have to deliver must be hashed"
         assert np.array_equal(mgr.load(again)["a"], arr)
