@@ -89,7 +89,7 @@ def _check_url(url: str, readonly: bool) -> None:
     """Refuse URL parameters nobody reads, and ``readonly`` where it has no meaning.
 
     Raises:
-        ConfigError: an unknown parameter, or readonly on memory:// or PostgreSQL.
+        ConfigError: an unknown parameter, or readonly on memory://.
     """
     scheme = url.partition("://")[0] if "://" in url else ""
     if scheme in ("postgresql", "postgres"):
@@ -100,12 +100,6 @@ def _check_url(url: str, readonly: bool) -> None:
                 f"unknown ckptlite parameter(s) {', '.join(unknown)} in {_redact(url)}",
                 hint=f"ckptlite reads {' and '.join(_PG_PARAMS)}; other parameters go to libpq "
                 "(sslmode, application_name, connect_timeout, options, ...).",
-            )
-        if readonly:
-            raise ConfigError(
-                "readonly=True is for local stores (a directory); not for PostgreSQL",
-                hint="For a read-only view of a PostgreSQL store, connect as a role that has "
-                "only SELECT rights: every write then fails with a StoreError.",
             )
         return
     if "?" in url:
@@ -157,7 +151,9 @@ def open_backend(config: StorageConfig, create: bool = True) -> Backend:
                 f"the postgres backend needs psycopg: {e}",
                 hint="pip install 'ckptlite[postgres]'",
             ) from e
-        backend: Backend = PostgresBackend(url, hash_name=config.hash or DEFAULT_HASH)
+        backend: Backend = PostgresBackend(
+            url, hash_name=config.hash or DEFAULT_HASH, readonly=config.readonly, create=create
+        )
         return backend
     if "://" in url and not url.startswith("file://"):
         raise ConfigError(

@@ -82,11 +82,12 @@ def open_store(
     None means $CKPTLITE_URL, then $CKPTLITE_HOME, then the user data directory.
     Options left None come from the configuration (``ckptlite.config``: the
     ``ckptlite.toml`` file, then $CKPTLITE_* variables). ``create=False`` refuses
-    to create a local store that does not exist yet. With a ``policy``, each
+    to create a store that does not exist yet. With a ``policy``, each
     save prunes its slot (``CheckpointPolicy``); ``max_pending`` bounds the
-    ``save_async`` queue. ``readonly=True`` (local stores only) opens an
-    existing store for reading and writes nothing to it, not even SQLite's
-    ``-wal``/``-shm``: for a read-only mount, a snapshot, someone else's store.
+    ``save_async`` queue. ``readonly=True`` opens an existing store for reading
+    and writes nothing to it: locally not even SQLite's ``-wal``/``-shm`` (for a
+    read-only mount, a snapshot, someone else's store); on PostgreSQL its
+    sessions are read-only, and tables are neither made nor upgraded.
     Every write then raises ReadOnlyStoreError, and ``load``/``verify`` report
     damage without marking anything. ``hash`` ("blake3" or "sha256") is the digest
     algorithm a new store addresses its chunks and checksums its records with
@@ -94,9 +95,10 @@ def open_store(
 
     Raises:
         ConfigError: bad URL or option; no store there and ``create`` is False (or
-            ``readonly``); ``readonly`` on memory:// or PostgreSQL; ``hash`` is not
-            the algorithm of the existing store.
-        MigrationError: the store was written by a newer ckptlite.
+            ``readonly``); ``readonly`` on memory://; ``hash`` is not the
+            algorithm of the existing store.
+        MigrationError: the store was written by a newer ckptlite, or (``readonly``
+            on PostgreSQL) by an older one and not upgraded yet.
         ReadOnlyStoreError: the store is on a read-only disk or directory (and not
             ``readonly``).
 

@@ -458,3 +458,89 @@ def test_threads_share_one_backend(pg_schema: str) -> None:
         for cp in saved[::7]:
             assert mgr.load(cp.id) == {"t": int(cp.process_id[1:]), "i": mgr.load(cp.id)["i"]}
         assert all(mgr.latest(f"p{t}", name="slot") is not None for t in range(4))
+
+
+# -- read-only opens ----------------------------------------------------------------
+
+
+def _tables(admin: Any, schema: str) -> dict[str, int]:
+    """Every table of ``schema`` with its row count (what a read-only open must not change)."""
+    names = [
+        r[0]
+        for r in admin.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema=%s", (schema,)
+        )
+    ]
+    return {
+        n: admin.execute(
+            psycopg.sql.SQL("SELECT count(*) FROM {}").format(psycopg.sql.Identifier(schema, n))
+        ).fetchone()[0]
+        for n in names
+    }
+
+
+def test_a_read_only_open_reads_everything_and_writes_nothing(pg_schema: str, admin: Any) -> None:
+    arr = np.arange(50_000, dtype=np.float32)
+    with open_pg(pg_schema) as mgr:
+        cp = mgr.save("geo", {"a": arr}, name="t")
+        with mgr.run("tiles") as run:
+            for item in run.items("t", ["x", "y"]):
+                item.done()
+    before = _tables(admin, schema_of(pg_schema))
+    with open_pg(pg_schema, readonly=True) as ro:
+        assert ro.readonly
+        assert np.array_equal(ro.load(cp.id)["a"], arr)
+        assert ro.latest("geo", name="t") == ro.get(cp.id)
+        assert [c.id for c in ro.list()] == [cp.id]
+        assert ro.verify(full=True).ok
+        assert ro.get_run(run.id).status.value == "completed"
+        assert len(ro.list_items(run.id)) == 2
+        with pytest.raises(ckptlite.ReadOnlyStoreError):
+            ro.save("geo", 1)
+        with pytest.raises(ckptlite.ReadOnlyStoreError):
+            ro.delete(cp.id)
+        # Below the manager too: the session itself is read-only.
+        with pytest.raises(ckptlite.StoreError):
+            ro.backend.set_status(cp.id, Status.CORRUPTED)
+    assert _tables(admin, schema_of(pg_schema)) == before
+    with open_pg(pg_schema) as mgr:
+        assert mgr.get(cp.id).status is Status.VALID
+
+
+def test_a_read_only_open_of_no_store_creates_nothing(pg_schema: str, admin: Any) -> None:
+    with pytest.raises(ConfigError, match="no ckptlite store"):
+        open_pg(pg_schema, readonly=True)
+    with pytest.raises(ConfigError, match="no ckptlite store"):
+        open_pg(pg_schema, create=False)
+    assert _tables(admin, schema_of(pg_schema)) == {}
+    admin.execute(f'SET search_path TO "{schema_of(pg_schema)}"')
+    admin.execute(LEGACY_DDL)  # the legacy table alone: no ckptlite tables yet
+    with pytest.raises(ConfigError, match="no ckptlite store"):
+        open_pg(pg_schema, readonly=True)
+    assert set(_tables(admin, schema_of(pg_schema))) == {"pipeline_checkpoints"}
+
+
+def test_a_read_only_open_does_not_upgrade_older_tables(pg_schema: str, admin: Any) -> None:
+    open_pg(pg_schema).close()
+    meta = f'"{schema_of(pg_schema)}".ckptlite_meta'
+    admin.execute(f"UPDATE {meta} SET value='7' WHERE key='schema_version'")
+    with pytest.raises(MigrationError, match="writable"):
+        open_pg(pg_schema, readonly=True)
+    row = admin.execute(f"SELECT value FROM {meta} WHERE key='schema_version'").fetchone()
+    assert row == ("7",)
+
+
+def test_the_dashboard_opens_postgresql_read_only(pg_schema: str, admin: Any) -> None:
+    from ckptlite.ui import open_readonly
+
+    with pytest.raises(ConfigError, match="no ckptlite store"):
+        open_readonly(pg_schema)  # a dashboard never creates a store
+    assert _tables(admin, schema_of(pg_schema)) == {}
+    open_pg(pg_schema).close()
+    mgr = open_readonly(pg_schema)
+    try:
+        assert mgr.readonly
+        with pytest.raises(ckptlite.ReadOnlyStoreError):
+            mgr.save("geo", 1)
+    finally:
+        mgr.close()

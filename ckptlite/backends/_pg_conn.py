@@ -86,8 +86,11 @@ def translate(what: str, e: psycopg.Error, broken: bool) -> CkptliteError:
 class Connections:
     """One connection per thread (autocommit; writes open explicit transactions)."""
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, *, readonly: bool = False) -> None:
         self.conninfo = conninfo
+        #: Sessions refuse every write (``default_transaction_read_only``): a store opened
+        #: read-only stays unchanged even if a write got past the manager.
+        self.readonly = readonly
         self._pid = os.getpid()
         self._local = threading.local()
         self._all: list[Conn] = []
@@ -113,6 +116,15 @@ class Connections:
             # Short OLTP statements: JIT compilation only adds latency to them.
             with contextlib.suppress(psycopg.Error):
                 conn.execute("SET jit = off")
+            if self.readonly:
+                try:
+                    conn.execute("SET default_transaction_read_only = on")
+                except psycopg.Error as e:
+                    conn.close()
+                    raise StoreIOError(
+                        f"cannot make the PostgreSQL session read-only: {e}",
+                        hint="Check the server, retry.",
+                    ) from e
             with self._lock:
                 self._all.append(conn)
             self._local.conn = conn

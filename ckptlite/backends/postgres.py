@@ -135,8 +135,13 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
         table: str | None = None,
         prefix: str | None = None,
         hash_name: str = DEFAULT_HASH,
+        readonly: bool = False,
+        create: bool = True,
     ) -> None:
         conninfo, opts = split_url(url)
+        #: Opened read-only: sessions refuse writes, and nothing is created or upgraded.
+        self.readonly = readonly
+        self._create = create and not readonly
         #: The store's digest algorithm: ``hash_name`` for new tables, else the recorded one.
         self.hash_name = hash_name
         self._new_hash = hash_name
@@ -151,10 +156,10 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
             )
         self.prefix = self._given_prefix or _pg_schema.DEFAULT_PREFIX  # settled by _setup
         self._n = _pg_schema.names(self.table, self.prefix)
-        self._conns = Connections(conninfo)
+        self._conns = Connections(conninfo, readonly=readonly)
         try:
             self._conns.get()
-            self._store_id = self._run("setting up the schema", self._setup, write=True)
+            self._store_id = self._run("setting up the schema", self._setup, write=not readonly)
         except StoreIOError as e:
             self._conns.close()
             raise ConfigError(e.message, hint=e.hint) from e
@@ -180,11 +185,30 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
         return run(self._conns, what, fn, write=write, idempotent=idempotent, tx=tx)
 
     def _setup(self, conn: Conn) -> str:
-        # One lock for every table: which prefix is free is decided under it.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("setup"),))
+        """Find (or make and upgrade) ckptlite's tables; return the store's id.
+
+        Raises:
+            ConfigError: no store, and this open may not make one (read-only, or
+                ``create=False``); the table lacks the legacy columns; a prefix clash.
+            MigrationError: the tables are newer than this ckptlite, or older and
+                the open is read-only.
+        """
+        if self._create:
+            # One lock for every table: which prefix is free is decided under it.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("setup"),))
         self.prefix = self._choose_prefix(conn)
         self._n = _pg_schema.names(self.table, self.prefix)
         t = self._n["t"].as_string(conn)
+        meta = self._n["meta"].as_string(conn)
+        if not self._create and (None,) in (
+            conn.execute("SELECT to_regclass(%s)", (t,)).fetchone(),
+            conn.execute("SELECT to_regclass(%s)", (meta,)).fetchone(),
+        ):
+            raise ConfigError(
+                f"no ckptlite store in PostgreSQL at {self.url} (table {self.table})",
+                hint="Check the URL and ?ckptlite_table=; a read-only open never creates one: "
+                "save to it once first.",
+            )
         if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone() == (None,):
             _pg_schema.check_names(
                 _pg_schema.legacy_names(self.table), f"the table name {self.table!r}"
@@ -204,7 +228,6 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
                 f"table {self.table} lacks columns {sorted(_pg_schema.LEGACY_COLUMNS - cols)}",
                 hint="Point ckptlite at a pipeline_checkpoints table (?ckptlite_table=NAME).",
             )
-        meta = self._n["meta"].as_string(conn)
         version = 0
         if conn.execute("SELECT to_regclass(%s)", (meta,)).fetchone() != (None,):
             row = conn.execute(
@@ -216,6 +239,13 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
             raise MigrationError(
                 f"ckptlite's tables in PostgreSQL are at version {version}; "
                 f"this ckptlite knows up to {target}"
+            )
+        if version < target and not self._create:
+            raise MigrationError(
+                f"ckptlite's tables in PostgreSQL are at version {version}; this ckptlite "
+                f"needs {target}, and a read-only open does not upgrade them",
+                hint="Open the store writable once (any ckptlite.open without readonly) to "
+                "upgrade it, then read-only.",
             )
         for step in _pg_schema.MIGRATIONS[version:]:
             for stmt in step:

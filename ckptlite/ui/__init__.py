@@ -81,15 +81,14 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def open_readonly(url: str | None) -> CheckpointManager:
-    """Open a store for the dashboard: local ones read-only, PostgreSQL for reads only.
+    """Open a store for the dashboard read-only (memory://: as it is, it has nothing else).
 
     Raises:
         ConfigError: no store at ``url`` (a dashboard never creates one), or a bad URL.
+        MigrationError: PostgreSQL tables older than this ckptlite (not upgraded).
     """
     resolved = resolve_url(url)
-    scheme = resolved.partition("://")[0] if "://" in resolved else ""
-    if scheme in ("postgresql", "postgres", "memory"):
-        # No read-only mode there: the dashboard still calls read methods only.
+    if resolved.startswith("memory://"):
         return open_store(resolved, create=False)
     return open_store(resolved, create=False, readonly=True)
 
