@@ -133,13 +133,19 @@ def limit(value: object) -> int | None:
     Raises:
         InvalidInputError: anything else.
     """
+    return whole(value, "limit", "Pass limit=None for all of them.")
+
+
+def whole(value: object, what: str, hint: str) -> int | None:
+    """Return ``value``: None or an int from 0 to 2**63 - 1 (``what`` names it in errors).
+
+    Raises:
+        InvalidInputError: anything else (``hint`` says what to pass).
+    """
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _INT64:
-        raise InvalidInputError(
-            f"limit must be None or an int >= 0, not {value!r}",
-            hint="Pass limit=None for all of them.",
-        )
+        raise InvalidInputError(f"{what} must be None or an int >= 0, not {value!r}", hint=hint)
     return value
 
 

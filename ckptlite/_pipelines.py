@@ -12,7 +12,6 @@ import builtins
 from typing import Any, Protocol
 
 from . import _inputs, _items
-from .errors import InvalidInputError
 from .process import ResumableProcess, resume_process
 from .runs import Run, RunManager, open_run
 from .types import Checkpoint, ItemRecord, Level, RunOverview, RunRecord, Status
@@ -156,11 +155,7 @@ class Pipelines:
         (['a', 'b'], [])
         """
         _inputs.text(run_id, "run_id")
-        if after is not None and (type(after) is not int or after < 0):
-            raise InvalidInputError(
-                f"after must be a ledger clock (an int >= 0), not {after!r}",
-                hint="Pass the `changed` of the last entry you read, or None.",
-            )
+        after = _inputs.whole(after, "after", "Pass the `changed` of the last entry read, or None.")
         self.backend.get_run(run_id)  # an unknown run is an error, not an empty list
         return self.backend.list_items(run_id, after_changed=after)
 

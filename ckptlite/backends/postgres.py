@@ -200,16 +200,17 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
         self._n = _pg_schema.names(self.table, self.prefix)
         t = self._n["t"].as_string(conn)
         meta = self._n["meta"].as_string(conn)
-        if not self._create and (None,) in (
-            conn.execute("SELECT to_regclass(%s)", (t,)).fetchone(),
-            conn.execute("SELECT to_regclass(%s)", (meta,)).fetchone(),
-        ):
+        found = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL", (t, meta)
+        ).fetchone()
+        t_found, meta_found = found if found is not None else (False, False)
+        if not self._create and not (t_found and meta_found):
             raise ConfigError(
                 f"no ckptlite store in PostgreSQL at {self.url} (table {self.table})",
                 hint="Check the URL and ?ckptlite_table=; a read-only open never creates one: "
                 "save to it once first.",
             )
-        if conn.execute("SELECT to_regclass(%s)", (t,)).fetchone() == (None,):
+        if not t_found:
             _pg_schema.check_names(
                 _pg_schema.legacy_names(self.table), f"the table name {self.table!r}"
             )
@@ -229,7 +230,7 @@ class PostgresBackend(PgMaintenanceMixin, LedgerMixin, BaseBackend):
                 hint="Point ckptlite at a pipeline_checkpoints table (?ckptlite_table=NAME).",
             )
         version = 0
-        if conn.execute("SELECT to_regclass(%s)", (meta,)).fetchone() != (None,):
+        if meta_found:  # the legacy DDL above makes no ckptlite table
             row = conn.execute(
                 self._q("SELECT value FROM {meta} WHERE key='schema_version'")
             ).fetchone()
