@@ -232,14 +232,23 @@ def read_buffers(
 
     def fetch(job: tuple[str, int, memoryview]) -> CorruptCheckpointError | None:
         digest, n, out = job
-        try:
-            chunk = backend.read_chunk_into(digest, out, rows.get(digest))
-            if chunk.size != n:
-                raise CorruptCheckpointError(f"chunk {digest} has the wrong size", digest=digest)
-            chunking.restore_chunk_into(chunk, out, algo, checks.get(digest))
-        except CorruptCheckpointError as e:
-            return e
-        return None
+        row = rows.get(digest)
+        while True:
+            try:
+                chunk = backend.read_chunk_into(digest, out, row)
+                if chunk.size != n:
+                    raise CorruptCheckpointError(
+                        f"chunk {digest} has the wrong size", digest=digest
+                    )
+                chunking.restore_chunk_into(chunk, out, algo, checks.get(digest))
+            except CorruptCheckpointError as e:
+                if row is None:
+                    return e
+                # Read once more with nothing kept (the row, an open file: a backend
+                # may keep both): only bytes bad on a second look are damage.
+                row = None
+                continue
+            return None
 
     # Every chunk is read even after one fails: the caller flags all the bad ones,
     # or the next save of the same state would reuse those it did not flag.

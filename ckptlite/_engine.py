@@ -37,6 +37,11 @@ __all__ = ["StateIO"]
 _COMPARE_MIN = 4 << 20
 #: Saves retried when a concurrent gc (or a load's flagging) takes chunks found present.
 _ATTEMPTS = 5
+# A record's parse is kept for records this small (a backend caches the same size).
+_PARSED_MAX_BYTES = 16 << 10
+_PARSED_RECORDS = 256
+#: skeleton, manifest (None when the state has no buffers), checks.
+_Parsed = tuple["bytes | memoryview", "chunking.Manifest | None", "chunking.Checks"]
 
 
 class StateIO:
@@ -57,6 +62,8 @@ class StateIO:
         self._level = config.compression_level
         self._pool = pool
         self._landing = _chunkio.BufferPool()  # memory loads land in, reused
+        # record checksum -> (payload, manifest, their parse): see _parse.
+        self._parsed: dict[str, tuple[Any, Any, _Parsed]] = {}
 
     # -- write ------------------------------------------------------------------
 
@@ -149,15 +156,9 @@ class StateIO:
             StoreIOError: a chunk cannot be read (permissions, the disk): not damage.
             PickleNotAllowedError: the state holds pickles and allow_pickle is False.
         """
-        cp = record.checkpoint
-        if chunking.record_checksum(record.payload, record.manifest, self.hash_name) != cp.checksum:
-            raise CorruptCheckpointError("record checksum does not match", checkpoint_id=cp.id)
-        skeleton = unpack_payload(record.payload, cp.size)
-        if record.manifest == chunking.EMPTY_MANIFEST:  # the common small state: no buffers
+        skeleton, manifest, checks = self._parse(record)
+        if manifest is None:  # the common small state: no buffers
             return codec.decode(skeleton, [], allow_pickle=self.allow_pickle)
-        manifest, checks = chunking.unpack_checked(record.manifest)
-        if sum(chunking.buffer_sizes(manifest)) > cp.size:  # check before allocating
-            raise CorruptCheckpointError("chunk manifest declares more than the recorded size")
         buffers = (
             _chunkio.read_buffers(
                 self.backend, self._pool(), manifest, checks, self._landing, algo=self.hash_name
@@ -166,6 +167,36 @@ class StateIO:
             else []
         )
         return codec.decode(skeleton, buffers, allow_pickle=self.allow_pickle)
+
+    def _parse(self, record: StoredRecord) -> _Parsed:
+        """Verify ``record``'s checksum; return its skeleton, manifest (None: none) and checks.
+
+        A record read again from a backend's cache holds the very bytes objects
+        verified last time (immutable): their parse is kept and handed out again.
+
+        Raises:
+            CorruptCheckpointError: the checksum, payload frame or manifest is bad.
+        """
+        cp = record.checkpoint
+        kept = self._parsed.get(cp.checksum)
+        if kept is not None and kept[0] is record.payload and kept[1] is record.manifest:
+            return kept[2]
+        if chunking.record_checksum(record.payload, record.manifest, self.hash_name) != cp.checksum:
+            raise CorruptCheckpointError("record checksum does not match", checkpoint_id=cp.id)
+        skeleton = unpack_payload(record.payload, cp.size)
+        parsed: _Parsed
+        if record.manifest == chunking.EMPTY_MANIFEST:
+            parsed = (skeleton, None, {})
+        else:
+            manifest, checks = chunking.unpack_checked(record.manifest)
+            if sum(chunking.buffer_sizes(manifest)) > cp.size:  # check before allocating
+                raise CorruptCheckpointError("chunk manifest declares more than the recorded size")
+            parsed = (skeleton, manifest, checks)
+        if len(record.payload) + len(record.manifest) <= _PARSED_MAX_BYTES:
+            if len(self._parsed) >= _PARSED_RECORDS:
+                self._parsed.clear()
+            self._parsed[cp.checksum] = (record.payload, record.manifest, parsed)
+        return parsed
 
     def record_intact(self, record: StoredRecord) -> bool:
         """Tell whether a record's checksum, manifest and payload frame check out (no chunks)."""

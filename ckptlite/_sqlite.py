@@ -44,7 +44,7 @@ from .errors import (
 )
 from .types import same_json_value
 
-__all__ = ["Database", "translate_errors"]
+__all__ = ["Database", "remember", "translate_errors"]
 
 APPLICATION_ID = 0x636B7074  # "ckpt"
 _INHERITED: list[apsw.Connection] = []
@@ -191,6 +191,7 @@ class Database:
                 self._all.append(conn)
             self._local.conn = conn
             self._local.cache = {}  # what a new connection reads may differ: nothing kept
+            self._local.stamp = None
             self._local.generation = self._generation
             self._local.owner = ThreadOwner(conn, self._all, self._lock, _close, _INHERITED)
         return conn
@@ -451,7 +452,20 @@ class Database:
         conn = self.connection()
         row: Any = conn.execute("PRAGMA data_version").fetchone()
         cache: dict[Any, Any] = self._local.cache
-        return conn, cache, (commits, row[0])
+        self._local.stamp = stamp = (commits, row[0])
+        return conn, cache, stamp
+
+    def cache_as_read(self) -> tuple[dict[Any, Any], tuple[int, int] | None]:
+        """Return this thread's read cache and the stamp its last ``read_cached`` read.
+
+        For hints only, values a reader checks anyway: a load's chunk rows, right
+        after its record (a chunk read through a stale row fails its check and is
+        read again from the index). Saves reading ``PRAGMA data_version`` twice per
+        load (~3 us warm, ~14 us with the CPU caches cold, P12).
+        """
+        self.connection()  # this thread's cache, new with a new connection
+        cache: dict[Any, Any] = self._local.cache
+        return cache, getattr(self._local, "stamp", None)
 
     def close(self) -> None:
         """Close every connection this process opened."""
@@ -526,6 +540,18 @@ class _Write(contextlib.AbstractContextManager[apsw.Connection]):
         finally:
             db._commits += 1  # even on rollback (or a failed COMMIT): one miss is cheap
             db._writer.release()
+
+
+#: Entries per connection's read cache (``Database.read_cached``): slots' latest
+#: records, records by id, a load's chunk rows. Emptied when full.
+CACHE_SLOTS = 256
+
+
+def remember(cache: dict[Any, Any], key: Any, entry: tuple[Any, ...]) -> None:
+    """Keep ``entry`` (whose first item is the stamp it was read under) in ``cache``."""
+    if len(cache) >= CACHE_SLOTS:
+        cache.clear()
+    cache[key] = entry
 
 
 def _file_stamp(path: Path) -> tuple[int, ...]:

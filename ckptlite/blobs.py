@@ -58,6 +58,7 @@ from ._blobfs import (
     TMP,
     WRITE_PIECE,
     OpenPack,
+    PackReaders,
     os_errors,
     pieces,
     pread_into,
@@ -95,6 +96,7 @@ class BlobDir(BlobUpkeepMixin):
         # it was opened under and the pid that opened it (see _packs_fd).
         self._packs_cache: tuple[int, int, tuple[int, int, int, int]] | None = None
         self._stale_fds: list[int] = []  # replaced cached descriptors, closed by close()
+        self._readers = PackReaders()
         self._packs_path = os.path.join(self._root, PACKS)
         if readonly:
             return
@@ -349,6 +351,7 @@ class BlobDir(BlobUpkeepMixin):
         for fd in [pack.fd for pack in pool] + fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self._readers.close()
 
     def pack_busy(self, name: str) -> bool:
         """Tell whether a live writer holds pack ``name`` open for appends (its flock is taken).
@@ -451,48 +454,68 @@ class BlobDir(BlobUpkeepMixin):
         finally:
             os.close(fd)
 
-    def read_packed(self, name: str, offset: int, n: int, digest: str) -> memoryview:
+    def read_packed(
+        self, name: str, offset: int, n: int, digest: str, fresh: bool = False
+    ) -> memoryview:
         """Return the ``n`` bytes of chunk ``digest`` at ``offset`` in pack ``name``.
 
         Read once into a fresh buffer and returned as a view of it (no second copy).
         ``offset`` and ``n`` come from the chunk index: they are checked against the
-        pack's real size before the buffer is allocated.
+        pack's real size before the buffer is allocated. ``fresh`` opens the pack
+        again instead of reading through the descriptor kept for it.
 
         Raises:
             CorruptCheckpointError: the pack is missing, unreadable or too short.
         """
-        fd = self._open_file(*self._pack(name), f"chunk {digest} (pack {name})", digest)
-        try:
-            size = os.fstat(fd).st_size
-            if not 0 <= offset <= offset + n <= size:
-                raise CorruptCheckpointError(
-                    f"chunk {digest} is cut short in pack {name}: {n} bytes at {offset}, "
-                    f"the pack holds {size}",
-                    digest=digest,
-                )
-            out = memoryview(bytearray(n))
-            with read_errors(f"chunk {digest} (pack {name})", digest, f"{PACKS}/{name}"):
-                got = pread_into(fd, out, offset)
-        finally:
-            os.close(fd)
+        fd = self._reader(name, digest, fresh)
+        size = os.fstat(fd).st_size
+        if not 0 <= offset <= offset + n <= size:
+            raise CorruptCheckpointError(
+                f"chunk {digest} is cut short in pack {name}: {n} bytes at {offset}, "
+                f"the pack holds {size}",
+                digest=digest,
+            )
+        out = memoryview(bytearray(n))
+        with read_errors(f"chunk {digest} (pack {name})", digest, f"{PACKS}/{name}"):
+            got = pread_into(fd, out, offset)
         if got != n:
             raise CorruptCheckpointError(
                 f"chunk {digest} is cut short in pack {name}", digest=digest
             )
         return out
 
-    def read_packed_into(self, name: str, offset: int, out: memoryview, digest: str) -> int:
+    def read_packed_into(
+        self, name: str, offset: int, out: memoryview, digest: str, fresh: bool = False
+    ) -> int:
         """Read chunk ``digest`` from pack ``name`` straight into ``out``; return bytes read.
+
+        ``fresh`` as in ``read_packed``.
 
         Raises:
             CorruptCheckpointError: the pack is missing or unreadable.
         """
-        fd = self._open_file(*self._pack(name), f"chunk {digest} (pack {name})", digest)
+        fd = self._reader(name, digest, fresh)
         try:
+            return pread_into(fd, out, offset)
+        except OSError as e:  # not read_errors(): a generator per read (P12)
             with read_errors(f"chunk {digest} (pack {name})", digest, f"{PACKS}/{name}"):
-                return pread_into(fd, out, offset)
-        finally:
-            os.close(fd)
+                raise e
+
+    def sweep_readers(self) -> None:
+        """Close this thread's kept pack descriptors whose packs gc deleted."""
+        self._readers.sweep()
+
+    def _reader(self, name: str, digest: str, fresh: bool) -> int:
+        """Return this thread's kept descriptor of pack ``name`` (``PackReaders``).
+
+        Raises:
+            CorruptCheckpointError: the pack is missing or not a regular file.
+        """
+        return self._readers.get(
+            name,
+            lambda: self._open_file(*self._pack(name), f"chunk {digest} (pack {name})", digest),
+            fresh,
+        )
 
     def open_read(self, digest: str, pack: str | None) -> int:
         """Open the file holding chunk ``digest`` (pack ``pack``, or its own file) for reading.

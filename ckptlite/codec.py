@@ -383,6 +383,9 @@ def _element_size(dtype: Any) -> int:
     return 1  # bools, strings, records: their bytes are not numbers of one size
 
 
+_DTYPES: dict[str, Any] = {}  # descriptor -> numpy dtype (immutable)
+
+
 def _array_from_parts(parts: list[Any], buffers: Sequence[bytes | bytearray | memoryview]) -> Any:
     import numpy as np
 
@@ -390,8 +393,18 @@ def _array_from_parts(parts: list[Any], buffers: Sequence[bytes | bytearray | me
     if isinstance(payload, int):
         payload = buffers[payload]
     if isinstance(descr, list):  # structured dtypes come back as lists of lists
-        descr = [tuple(f) for f in descr]
-    dtype = np.lib.format.descr_to_dtype(descr)
+        dtype = np.lib.format.descr_to_dtype([tuple(f) for f in descr])
+    elif type(descr) is str:
+        # A plain dtype's parse (three regex matches) was ~10% of a warm tile load.
+        known = _DTYPES.get(descr)
+        if known is not None:
+            dtype = known
+        else:
+            dtype = np.dtype(descr)  # what descr_to_dtype does with a string
+            if len(_DTYPES) < 1024:  # a state's descriptors come from its arrays: few
+                _DTYPES[descr] = dtype
+    else:
+        dtype = np.lib.format.descr_to_dtype(descr)
     if isinstance(payload, bytes):
         payload = bytearray(payload)  # arrays come back writable
     if not shape or 0 in shape:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +25,14 @@ def _blobs(mgr: ckptlite.CheckpointManager) -> BlobDir:
 
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def _open_paths() -> list[str]:
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # listdir's own, closed by now
+            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return paths
 
 
 def test_loads_open_the_packs_directory_once(
@@ -170,3 +179,58 @@ def test_packs_and_blob_files_are_written_in_pieces(
     assert len(rec.sizes) >= tile.nbytes // WRITE_PIECE + 2
     pack = tmp_path / "s" / "blobs" / "packs" / name
     assert pack.read_bytes() == b"x" * (WRITE_PIECE + 5) + b"y" * 7
+
+
+# -- packs kept open for reads ----------------------------------------------------------
+
+
+def test_a_tile_loaded_again_opens_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with ckptlite.open(tmp_path / "s") as mgr:
+        cp = mgr.save("p", _tile(1), name="t")
+        real = os.open
+        opened: list[str] = []
+
+        def spy(path: Any, *args: Any, **kwargs: Any) -> int:
+            opened.append(str(path))
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", spy)
+        assert np.array_equal(mgr.load(cp.id), _tile(1))
+        first = list(opened)
+        assert np.array_equal(mgr.load(cp.id), _tile(1))
+        assert first and opened == first  # the second load opened nothing
+
+
+def test_a_kept_pack_that_gc_deleted_is_closed_not_read(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with ckptlite.open(store) as writer:  # closed: its pack is no writer's any more
+        cp = writer.save("p", _tile(1), name="t")
+    with ckptlite.open(store) as mgr:
+        mgr.load(cp.id)  # its pack is kept open
+        (name,) = os.listdir(store / "blobs" / "packs")
+        with ckptlite.open(store) as other:
+            other.delete(cp.id)
+            assert name in other.gc().deleted_packs
+        kept = _open_fds()
+        with pytest.raises(ckptlite.CheckpointNotFoundError):
+            mgr.load(cp.id)
+        # The unlinked pack's descriptor was not kept: nothing holds its blocks.
+        assert _open_fds() < kept
+        assert not [p for p in _open_paths() if name in p]
+
+
+def test_a_chunk_failing_its_check_is_read_again_through_a_fresh_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kept descriptor reads the file it opened; if the store's directory was
+    # swapped since, that is not the store's pack: a second look opens it again.
+    store = tmp_path / "s"
+    with ckptlite.open(store) as mgr:
+        cp = mgr.save("p", _tile(1), name="t")
+        mgr.load(cp.id)
+        packs = store / "blobs" / "packs"
+        packs.rename(store / "blobs" / "old-packs")
+        shutil.copytree(store / "blobs" / "old-packs", packs)
+        (store / "blobs" / "old-packs" / os.listdir(packs)[0]).write_bytes(b"\0" * (1 << 20))
+        assert np.array_equal(mgr.load(cp.id), _tile(1))
+        assert mgr.get(cp.id).status is ckptlite.Status.VALID

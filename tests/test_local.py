@@ -412,6 +412,96 @@ def test_a_load_racing_a_pack_rewrite_reads_the_new_pack(
         assert moved and mgr.get(kept.id).status is ckptlite.Status.VALID
 
 
+# -- an unchanged store: a load again reads no index rows -----------------------------
+
+
+def _traced(mgr: ckptlite.CheckpointManager) -> tuple[list[str], Callable[[], None]]:
+    """Record every statement this thread's connection runs; return them and an undo."""
+    statements: list[str] = []
+    conn = mgr.backend.db.read()  # type: ignore[attr-defined]
+
+    def trace(_cursor: object, sql: str, _bindings: object) -> bool:
+        statements.append(sql)
+        return True
+
+    conn.exec_trace = trace
+    return statements, lambda: setattr(conn, "exec_trace", None)
+
+
+def test_a_tile_loaded_again_from_an_unchanged_store_reads_no_index_rows(
+    tmp_path: Path,
+) -> None:
+    # P12: the record and its chunk row were ~60 of a 256 KiB tile load's ~155 us.
+    arr = np.random.default_rng(4).random(1 << 16, dtype=np.float32)  # 256 KiB: 1 chunk
+    with ckptlite.open(tmp_path / "s") as mgr:
+        cp = mgr.save("p", arr, name="t")
+        other = mgr.save("p", arr + 1, name="u")
+        assert np.array_equal(mgr.load(cp), arr)
+        statements, undo = _traced(mgr)
+        try:
+            assert np.array_equal(mgr.load(cp), arr)
+            hits = list(statements)
+            assert np.array_equal(mgr.load(other), arr + 1)  # not read yet: a miss
+        finally:
+            undo()
+        assert hits and set(hits) == {"PRAGMA data_version"}, hits
+        assert [s for s in statements[len(hits) :] if s.startswith("SELECT")], statements
+
+
+def test_a_cached_load_sees_a_delete_and_gc_by_another_connection(tmp_path: Path) -> None:
+    arr = np.random.default_rng(5).random(1 << 16, dtype=np.float32)
+    with ckptlite.open(tmp_path / "s") as mgr:
+        cp = mgr.save("p", arr)
+        assert np.array_equal(mgr.load(cp), arr)
+        with ckptlite.open(tmp_path / "s") as other:
+            other.delete(cp.id)
+            assert len(other.gc().chunks) == 1
+        with pytest.raises(ckptlite.CheckpointNotFoundError):
+            mgr.load(cp)
+
+
+def test_a_cached_load_reads_a_pack_compacted_by_another_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "s"
+    both = _save_alone(store, _two_parts(1))
+    kept = _save_alone(store, {"a": _two_parts(1)["a"]})
+    with ckptlite.open(store) as mgr:
+        assert mgr.load(kept) == {"a": _two_parts(1)["a"]}  # its rows cached
+        with ckptlite.open(store) as other:
+            other.delete(both.id)
+            moved = other.gc().compacted_packs
+        assert len(moved) == 1
+        blobs = mgr.backend.blobs  # type: ignore[attr-defined]
+        real = blobs.read_packed_into
+        read: list[str] = []
+
+        def spy(name: str, *args: object) -> int:
+            read.append(name)
+            return real(name, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(blobs, "read_packed_into", spy)
+        assert mgr.load(kept) == {"a": _two_parts(1)["a"]}
+        assert read and moved[0] not in read  # the new pack, not a retry after the old
+
+
+def test_damage_after_a_cached_load_is_still_caught(tmp_path: Path) -> None:
+    arr = np.random.default_rng(6).random(1 << 18, dtype=np.float32)  # 1 MiB, raw
+    with ckptlite.open(tmp_path / "s") as mgr:
+        cp = mgr.save("p", arr)
+        assert np.array_equal(mgr.load(cp), arr)
+        (name,) = _packs(tmp_path / "s")
+        pack = tmp_path / "s" / "blobs" / "packs" / name
+        with open(pack, "r+b") as f:  # a bit flips on the disk under a warm cache
+            f.seek(pack.stat().st_size // 2)
+            byte = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([byte[0] ^ 1]))
+        with pytest.raises(ckptlite.CorruptCheckpointError):
+            mgr.load(cp)
+        assert mgr.get(cp.id).status is ckptlite.Status.CORRUPTED
+
+
 # -- saving again: unchanged chunks are compared, not hashed ---------------------------
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import apsw
 
 from .._packs import appender
-from .._sqlite import Database, translate_errors
+from .._sqlite import Database, remember, translate_errors
 from ..blobs import BlobDir
 from ..errors import CorruptCheckpointError
 from ..types import StoredChunk
@@ -63,6 +63,9 @@ def _check_declared(digest: str, size: int, stored: int, offset: int | None) -> 
 
 #: A chunk's index row: size, codec, inline data, pack, offset in it, stored size.
 _ChunkRow = tuple[int, int, bytes | None, str | None, int, int]
+#: A load's chunk rows are kept for the next load of the same chunks (a tile
+#: loaded again) up to this many rows: ~150 bytes each.
+_CACHED_ROWS = 64
 
 #: A new chunk's row: digest, size, stored size, codec, inline data, pack, offset in it.
 NewChunkRow = tuple[str, int, int, int, bytes | None, str | None, int | None]
@@ -178,14 +181,31 @@ class LocalChunksMixin:
             "SELECT digest, size, codec, data, pack, pack_offset, stored_size FROM chunks "
             "WHERE digest IN ({})"
         )
-        wanted = list(dict.fromkeys(digests))
+        wanted = tuple(dict.fromkeys(digests))
+        key = ("chunks", wanted)
         with translate_errors("reading chunk index"):
+            # A load reads its record (and the stamp) first: rows kept under that
+            # stamp are still the index's. A row gone stale otherwise only costs a
+            # second read (``read_buffers`` reads a chunk failing its check again).
+            cache, stamp = self.db.cache_as_read()
+            hit = cache.get(key)
+            if hit is not None and hit[0] == stamp:
+                return dict(hit[1])
             conn = self.db.read()
             if len(wanted) == 1:  # a tile's one chunk: no IN list to build (~10 of 150 us, P12)
                 rows: Iterable[Any] = conn.execute(sql.format("?"), wanted)
             else:
                 rows = select_in(conn, sql, wanted)
-            return {d: tuple(row) for d, *row in rows}
+            found: dict[str, _ChunkRow] = {d: tuple(row) for d, *row in rows}
+        # While the store is unchanged the rows are too: gc moving a chunk commits. Rows
+        # of packed chunks only, and few: an inline row carries its bytes (up to 64 KiB).
+        if (
+            stamp is not None
+            and len(found) <= _CACHED_ROWS
+            and all(r[2] is None for r in found.values())
+        ):
+            remember(cache, key, (stamp, found))
+        return found
 
     def _chunk_row(self, digest: str) -> _ChunkRow:
         with translate_errors(f"reading chunk {digest}"):
@@ -276,6 +296,9 @@ class LocalChunksMixin:
     def _read(
         self, digest: str, out: memoryview | None, row: _ChunkRow | None = None
     ) -> StoredChunk:
+        # No row from the caller: read everything afresh, the pack opened again too
+        # (a second look at a chunk that failed its check; see PackReaders).
+        fresh = row is None
         size, codec, data, pack, offset, stored = row or self._chunk_row(digest)
         if data is not None:
             return StoredChunk(digest, size, codec, data)
@@ -297,10 +320,9 @@ class LocalChunksMixin:
         for attempt in (1, 2):
             try:
                 if into is None:
-                    return StoredChunk(
-                        digest, size, codec, self.blobs.read_packed(where, offset, stored, digest)
-                    )
-                if self.blobs.read_packed_into(where, offset, into, digest) != size:
+                    packed = self.blobs.read_packed(where, offset, stored, digest, fresh)
+                    return StoredChunk(digest, size, codec, packed)
+                if self.blobs.read_packed_into(where, offset, into, digest, fresh) != size:
                     raise CorruptCheckpointError(
                         f"chunk {digest} is cut short in pack {where}", digest=digest
                     )

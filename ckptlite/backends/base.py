@@ -345,6 +345,9 @@ class Backend(Protocol):
         """Return index rows of ``digests`` for ``read_chunk_into`` (default: none, ``{}``).
 
         A row is backend-specific; a digest without one is looked up by the read.
+        A row is a hint: it may be a little stale (kept from an earlier load), and
+        a chunk that fails its check is read again without one (``row=None``:
+        looked up afresh), so ``read_chunk_into`` must never trust it for more.
 
         Raises:
             StoreIOError: the index cannot be read.
@@ -354,7 +357,8 @@ class Backend(Protocol):
         """Return a stored chunk, its bytes read into ``out`` where the backend can.
 
         ``out`` is ``size`` bytes; the chunk's ``data`` is then ``out`` itself (not
-        yet verified). ``row`` is the chunk's row from ``chunk_rows``, if known.
+        yet verified). ``row`` is the chunk's row from ``chunk_rows``, if known;
+        without one, read afresh (nothing a backend keeps between reads).
         Default: ``read_chunk`` (``out`` unused; the caller restores into it).
 
         Raises:

@@ -22,7 +22,7 @@ import apsw
 
 from .. import _faults
 from .._paths import os_error
-from .._sqlite import Database, translate_errors
+from .._sqlite import CACHE_SLOTS, Database, remember, translate_errors
 from ..blobs import BlobDir
 from ..errors import (
     CheckpointNotFoundError,
@@ -91,7 +91,6 @@ def forget_store_file(db: Path) -> None:
         conn.close()
 
 
-_CACHE_SLOTS = 256  # slots per connection whose latest record is kept
 #: How SQLite spells ``ListQuery``'s filters (``_query``).
 SQLITE = _query.Dialect(
     param="?",
@@ -109,13 +108,6 @@ SQLITE = _query.Dialect(
 )
 
 _CACHE_MAX_BYTES = 16 << 10  # a bigger payload + manifest is read again each time
-
-
-def _remember(cache: dict[Any, Any], key: Any, entry: tuple[Any, ...]) -> None:
-    """Keep ``entry`` (stamp, Checkpoint or None, metadata JSON, StoredRecord or None)."""
-    if len(cache) >= _CACHE_SLOTS:
-        cache.clear()
-    cache[key] = entry
 
 
 def _fresh(record: StoredRecord | None, meta: str) -> StoredRecord | None:
@@ -189,7 +181,7 @@ def _slot_sql(
         conds, args = _query.slot_where(SQLITE, process_id, level, name)
         where = " AND ".join(conds)
         hit = (where, args, *_top_seq(where, args, level is None))
-        if len(_SLOT_SQL) >= _CACHE_SLOTS * 4:
+        if len(_SLOT_SQL) >= CACHE_SLOTS * 4:
             _SLOT_SQL.clear()
         _SLOT_SQL[key] = hit
     return hit
@@ -456,25 +448,38 @@ class LocalBackend(
         return row_to_checkpoint(row)
 
     def get_record(self, checkpoint_id: str) -> StoredRecord:
+        """Return a checkpoint's record, from the cache while the store is unchanged.
+
+        A record is immutable but for its status, and a status change is a commit,
+        which changes the stamp (``Database.read_cached``). A load verifies the
+        record's checksum and every chunk it reads, cached or not.
+        """
+        key = ("id", checkpoint_id)  # latest's keys are 3-tuples: no clash
         with translate_errors("reading checkpoint"):
+            conn, cache, stamp = self.db.read_cached()
+            hit = cache.get(key)
+            if hit is not None and hit[0] == stamp:
+                return _fresh(hit[3], hit[2])  # type: ignore[return-value]
+            self.blobs.sweep_readers()  # the store changed: gc may have deleted packs
             # The refs in the same statement: one statement fewer per load (a 1 MiB
             # tile's record 28.5 -> 20.6 us; cold caches 108 -> 77 us, P12, P14).
-            row = (
-                self.db.read()
-                .execute(
-                    f"SELECT {CHECKPOINT_COLS}, payload, manifest, "
-                    "(SELECT group_concat(digest, ',' ORDER BY digest) FROM refs "
-                    "WHERE refs.seq = checkpoints.seq) FROM checkpoints WHERE id=?",
-                    (checkpoint_id,),
-                )
-                .fetchone()
-            )
+            row = conn.execute(
+                f"SELECT {CHECKPOINT_COLS}, payload, manifest, "
+                "(SELECT group_concat(digest, ',' ORDER BY digest) FROM refs "
+                "WHERE refs.seq = checkpoints.seq) FROM checkpoints WHERE id=?",
+                (checkpoint_id,),
+            ).fetchone()
         if row is None:
             raise CheckpointNotFoundError(
                 f"no checkpoint {checkpoint_id!r}", checkpoint_id=checkpoint_id
             )
         digests = tuple(row[16].split(",")) if row[16] else ()
-        return StoredRecord(row_to_checkpoint(row), row[14], row[15], digests)
+        record = StoredRecord(row_to_checkpoint(row), row[14], row[15], digests)
+        if len(record.payload) + len(record.manifest) <= _CACHE_MAX_BYTES:
+            # Kept with its metadata JSON: each hit hands out a Checkpoint of its own.
+            remember(cache, key, (stamp, record.checkpoint, row[11], record))
+            return _fresh(record, row[11])  # type: ignore[return-value]
+        return record
 
     def has_records(self, ids: Iterable[str]) -> set[str]:
         sql = "SELECT id FROM checkpoints WHERE id IN ({})"
@@ -501,7 +506,7 @@ class LocalBackend(
         cp = None if record is None else record.checkpoint
         small = record is None or len(record.payload) + len(record.manifest) <= _CACHE_MAX_BYTES
         # A bigger record's checkpoint is kept (for ``latest``); its bytes are read again.
-        _remember(cache, key, (stamp, cp, meta, record if small else None))
+        remember(cache, key, (stamp, cp, meta, record if small else None))
         return _fresh(record, meta)
 
     def _read_latest(
@@ -556,7 +561,7 @@ class LocalBackend(
                 return None if cp is None else cp.copy(metadata=load_metadata(hit[2]))
             record, meta = self._read_latest(conn, process_id, level, name, False)
         cp = None if record is None else record.checkpoint
-        _remember(cache, key, (stamp, cp, meta, None))
+        remember(cache, key, (stamp, cp, meta, None))
         return None if cp is None else cp.copy(metadata=load_metadata(meta))
 
     def list(self, query: ListQuery) -> list[Checkpoint]:
