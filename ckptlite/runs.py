@@ -635,9 +635,6 @@ class Run:
         del blob
         backend, lock_ = self.manager.backend, self._lock
         self._use_lease(lease)
-        done, failed = backend.item_marks(self.id, group)
-        with self._lock:
-            self._totals[group] = (len(done), total)
         want = claim or max(1, min(_MAX_SEG, len(ids) // 128))
         size, self._others = backend.register_group(
             self.id,
@@ -648,6 +645,11 @@ class Run:
             worker_id=self.worker_id,
             ids=ids,  # kept: `ckptlite items --status pending` lists them
         )
+        # Read after registering: a worker alone registers the group afresh (every batch
+        # free), so only the ledger tells what workers that left since did.
+        done, failed = backend.item_marks(self.id, group)
+        with self._lock:
+            self._totals[group] = (len(done), total)
         with lock_:
             self._active += 1
         held: set[int] = set()  # claimed, not all yielded: released if the loop stops early

@@ -162,6 +162,34 @@ def test_threads_started_together_join_one_run(tmp_path: Path) -> None:
         assert len(mgr.backend.list_items(rec.id, "g")) == 300
 
 
+@pytest.mark.parametrize("kind", ["local", "pg"])
+def test_a_worker_that_registers_a_group_after_the_others_left_skips_their_items(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # B starts its loop, then A does the whole group and leaves before B registers it
+    # (B waited for the store, say). B, alone now, registers the group afresh (every
+    # batch free): what A did must come from the ledger as it is then, not as it was.
+    url = store_url(kind, tmp_path, request)
+    ids = [f"i{n}" for n in range(20)]
+    with ckptlite.open(url) as ma, ckptlite.open(url) as mb:
+        run_a, run_b = ma.run("job"), mb.run("job")
+        assert run_a.id == run_b.id
+        register = mb.backend.register_group
+
+        def after_a(*args: Any, **kwargs: Any) -> tuple[int, int]:
+            with run_a:
+                for item in run_a.items("g", ids, claim=5):
+                    item.done()
+            return register(*args, **kwargs)
+
+        monkeypatch.setattr(mb.backend, "register_group", after_a)
+        with run_b:
+            again = [item.id for item in run_b.items("g", ids, claim=5)]
+        assert again == []
+        assert run_b.status is RunStatus.COMPLETED
+        assert len(run_b.ledger("g")) == 20
+
+
 # -- dead, paused and disconnected workers ------------------------------------------------
 
 
