@@ -63,9 +63,24 @@ def _check_declared(digest: str, size: int, stored: int, offset: int | None) -> 
 
 #: A chunk's index row: size, codec, inline data, pack, offset in it, stored size.
 _ChunkRow = tuple[int, int, bytes | None, str | None, int, int]
-#: A load's chunk rows are kept for the next load of the same chunks (a tile
-#: loaded again) up to this many rows: ~150 bytes each.
-_CACHED_ROWS = 64
+#: A load's chunk rows are kept (per connection, under the store's stamp) for
+#: records of up to this many chunks: tiles, not big states.
+CACHED_ROWS = 16
+#: A packed chunk's row as one text (digest size codec pack offset stored), for a
+#: statement that reads a record's rows with it (``keep_chunk_rows``).
+CHUNK_ROW_TEXT = (
+    "c.digest || ' ' || c.size || ' ' || c.codec || ' ' || c.pack || ' ' "
+    "|| c.pack_offset || ' ' || c.stored_size"
+)
+
+
+def keep_chunk_rows(cache: dict[Any, Any], stamp: tuple[int, int], text: str) -> None:
+    """Keep the packed chunk rows in ``text`` (``CHUNK_ROW_TEXT``s, comma-separated)."""
+    for item in text.split(","):
+        digest, size, codec, pack, offset, stored = item.split(" ")
+        row: _ChunkRow = (int(size), int(codec), None, pack, int(offset), int(stored))
+        remember(cache, ("chunk", digest), (stamp, row))
+
 
 #: A new chunk's row: digest, size, stored size, codec, inline data, pack, offset in it.
 NewChunkRow = tuple[str, int, int, int, bytes | None, str | None, int | None]
@@ -182,15 +197,21 @@ class LocalChunksMixin:
             "WHERE digest IN ({})"
         )
         wanted = tuple(dict.fromkeys(digests))
-        key = ("chunks", wanted)
         with translate_errors("reading chunk index"):
-            # A load reads its record (and the stamp) first: rows kept under that
-            # stamp are still the index's. A row gone stale otherwise only costs a
-            # second read (``read_buffers`` reads a chunk failing its check again).
+            # A load reads its record (and the stamp, and the rows of its packed
+            # chunks) first: rows kept under that stamp are still the index's. A row
+            # gone stale otherwise only costs a second read (``read_buffers`` reads
+            # a chunk failing its check again, without its row).
             cache, stamp = self.db.cache_as_read()
-            hit = cache.get(key)
-            if hit is not None and hit[0] == stamp:
-                return dict(hit[1])
+            if stamp is not None and len(wanted) <= CACHED_ROWS:
+                kept: dict[str, _ChunkRow] = {}
+                for d in wanted:
+                    hit = cache.get(("chunk", d))
+                    if hit is None or hit[0] != stamp:
+                        break
+                    kept[d] = hit[1]
+                else:
+                    return kept
             conn = self.db.read()
             if len(wanted) == 1:  # a tile's one chunk: no IN list to build (~10 of 150 us, P12)
                 rows: Iterable[Any] = conn.execute(sql.format("?"), wanted)
@@ -198,13 +219,11 @@ class LocalChunksMixin:
                 rows = select_in(conn, sql, wanted)
             found: dict[str, _ChunkRow] = {d: tuple(row) for d, *row in rows}
         # While the store is unchanged the rows are too: gc moving a chunk commits. Rows
-        # of packed chunks only, and few: an inline row carries its bytes (up to 64 KiB).
-        if (
-            stamp is not None
-            and len(found) <= _CACHED_ROWS
-            and all(r[2] is None for r in found.values())
-        ):
-            remember(cache, key, (stamp, found))
+        # of packed chunks only: an inline row carries its bytes (up to 64 KiB).
+        if stamp is not None and len(found) <= CACHED_ROWS:
+            for d, r in found.items():
+                if r[2] is None:
+                    remember(cache, ("chunk", d), (stamp, r))
         return found
 
     def _chunk_row(self, digest: str) -> _ChunkRow:
