@@ -432,9 +432,9 @@ def test_a_tile_load_after_a_write_runs_one_statement(tmp_path: Path, chunks: in
             assert np.array_equal(mgr.load(cp), arr)
         finally:
             conn.exec_trace = None
-        assert [s.split()[0] for s in statements if not s.startswith("PRAGMA")] == [
-            "SELECT"
-        ], statements
+        assert [s.split()[0] for s in statements if not s.startswith("PRAGMA")] == ["SELECT"], (
+            statements
+        )
         assert mgr.backend.get_record(cp.id).digests == tuple(
             sorted(
                 d
