@@ -559,13 +559,24 @@ class Run:
 
     def _reap(self, waiting: bool = False) -> None:
         """Expire the workers of this run seen dead from here (see ``alive``)."""
+        backend = self.manager.backend
         dead = [
-            w.worker_id
-            for w in self.manager.backend.list_workers(self.id)
+            (w, LIVE.get(w.worker_id))
+            for w in backend.list_workers(self.id)
             if w.live and w.worker_id != self.worker_id and not alive(w, self._node, waiting)
         ]
-        if dead:
-            self.manager.backend.reap_workers(self.id, dead)
+        gone = [w.worker_id for w, run in dead if run is None]
+        if gone:
+            backend.reap_workers(self.id, gone)
+        for w, run in dead:
+            if run is None:
+                continue
+            # A Run of this process seen idle may have started a loop since, and claimed:
+            # its loops count themselves under its lock before they claim, so it is
+            # looked at again under that lock, held until its batches are freed.
+            with run._lock:
+                if not alive(w, self._node, waiting):
+                    backend.reap_workers(self.id, [w.worker_id])
 
     # -- stages ---------------------------------------------------------------------
 
@@ -677,7 +688,9 @@ class Run:
                 held.update(seg for seg, _ in got)
                 for seg, taken in got:
                     chunk = ids[seg * size : (seg + 1) * size]
-                    if taken:  # a dead worker's batch: what it committed is done
+                    # Held before (let go, left, or its worker died): what was committed
+                    # since this loop read the marks is done.
+                    if taken:
                         done.update(backend.done_among(self.id, group, chunk))
                     todo = []
                     for item_id in chunk:
@@ -706,10 +719,19 @@ class Run:
         finally:
             with lock_:
                 self._active -= 1
-            if held:  # best effort (the store may be closed by now): their lease expires too
-                with contextlib.suppress(CkptliteError):
-                    backend.release_segments(self.id, self.worker_id, group, sorted(held))
+            if held:
+                self._let_go(group, sorted(held))
         self.commit()
+
+    def _let_go(self, group: str, segs: list[int]) -> None:
+        """Release the batches of a loop stopped early, its marks committed first."""
+        # The worker that takes a batch over skips only the items committed: marks still
+        # queued would be done twice. Best effort (the store may be closed by now): their
+        # lease expires too, and marks that failed stay queued.
+        with contextlib.suppress(CkptliteError):
+            self.commit()
+        with contextlib.suppress(CkptliteError):
+            self.manager.backend.release_segments(self.id, self.worker_id, group, segs)
 
     def _mark(self, mark: ItemMark, seg: list[Any] | None = None) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ worker had claimed and not committed).
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import signal
@@ -22,7 +23,9 @@ from typing import Any
 import pytest
 
 import ckptlite
-from ckptlite import Level, RunStatus
+from ckptlite import Level, RunStatus, runs
+from ckptlite._items import list_items
+from ckptlite._workers import LIVE
 from ckptlite.backends.base import ListQuery
 from ckptlite.errors import InvalidInputError
 from ckptlite.runs import decode_item_state, run_key
@@ -502,3 +505,91 @@ def test_a_keyed_run_keeps_its_key_through_sync(tmp_path: Path) -> None:
         with b.run("geo", key={"res": 10}) as again:
             assert again.completed_before and again.id == run.id
             assert again.stage("base").result == 7
+
+
+# -- batches that come back free ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["marks-committed", "marks-queued"])
+def test_a_batch_let_go_by_a_loop_stopped_early_skips_its_done_items(
+    committed: bool, any_mgr: ckptlite.CheckpointManager
+) -> None:
+    # B reads the done marks when its loop starts; A then does i5 and i6 of the batch
+    # it holds and stops its loop. B takes that batch over: the ledger, not B's old
+    # read, tells what A did (and A's marks are in it by then, committed or queued).
+    a, b = any_mgr.run("job"), any_mgr.run("job")
+    ids = [f"i{n}" for n in range(10)]
+    b_loop = b.items("g", ids, claim=5)
+    did = [next(b_loop)]  # B holds batch 0
+    a_loop = a.items("g", ids, claim=5)
+    for item in itertools.islice(a_loop, 2):  # A holds batch 1
+        item.done()
+    if committed:
+        a.commit()
+    a_loop.close()
+    did += b_loop
+    for item in did:
+        item.done()
+    b.commit()
+    expected = ["i0", "i1", "i2", "i3", "i4", "i7", "i8", "i9"]
+    assert [i.id for i in did] == expected, "B did again items A had done"
+    assert sorted(e.item_id for e in b.ledger("g")) == ids
+    a.finish()
+    assert b.finish().status is RunStatus.COMPLETED
+
+
+def test_a_dead_worker_reaped_on_this_machine_loses_only_its_uncommitted_items(
+    any_mgr: ckptlite.CheckpointManager,
+) -> None:
+    # A commits i5 and i6 of its batch and dies (its Run gone from this process): B,
+    # waiting for that batch, reaps A and takes the batch over; what A committed is done.
+    a, b = any_mgr.run("job"), any_mgr.run("job")
+    ids = [f"i{n}" for n in range(10)]
+    b_loop = b.items("g", ids, claim=5)
+    did = [next(b_loop)]  # B holds batch 0
+    a_loop = a.items("g", ids, claim=5)
+    for item in itertools.islice(a_loop, 2):  # A holds batch 1
+        item.done()
+    a.commit()
+    a._heart.stop.set()  # type: ignore[union-attr]
+    LIVE.pop(a.worker_id)  # killed: no cleanup (a_loop is never closed)
+    did += b_loop
+    for item in did:
+        item.done()
+    b.commit()
+    expected = ["i0", "i1", "i2", "i3", "i4", "i7", "i8", "i9"]
+    assert [i.id for i in did] == expected, "B did again items the dead A had committed"
+    assert b.finish().status is RunStatus.COMPLETED
+    del a_loop
+
+
+def test_a_worker_seen_idle_that_starts_a_loop_is_not_reaped(
+    any_mgr: ckptlite.CheckpointManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # B, waiting for C's batch, sees A (a Run of this process) idle: dead. A starts a
+    # loop and claims a batch of "h" before B expires it: A is live and keeps it.
+    a, b, c = any_mgr.run("job"), any_mgr.run("job"), any_mgr.run("job")
+    c_loop = c.items("g", ["x"])
+    c_item = next(c_loop)  # C holds g's only batch
+    a_loop = a.items("h", ["p", "q"], claim=1)
+    a_items: list[ckptlite.WorkItem] = []
+    looked = runs.alive
+    me = threading.get_ident()
+
+    def a_starts_after_the_look(w: ckptlite.WorkerRecord, node: str, waiting: bool = False) -> bool:
+        live = looked(w, node, waiting)
+        if not live and w.worker_id == a.worker_id and not a_items and threading.get_ident() == me:
+            a_items.append(next(a_loop))  # another thread, in between
+            c_item.done()
+            assert next(c_loop, None) is None  # C is done: B's loop ends
+        return live
+
+    monkeypatch.setattr(runs, "alive", a_starts_after_the_look)
+    assert list(b.items("g", ["x"])) == []
+    assert [i.id for i in a_items] == ["p"]
+    claimed = list_items(any_mgr.backend, a.id, "h", "claimed")
+    assert [e.item_id for e in claimed] == ["p"], "B freed the batch the live A holds"
+    a_items[0].done()
+    assert [i.id for i in a_loop] == ["q"]
+    for r in (a, b, c):
+        r.finish()

@@ -511,8 +511,9 @@ class LocalLedgerMixin:
         with self.db.write() as conn:
             run = self._run_seq(conn, run_id)
             now = _now_us()
+            # Taken over: held before (a lease is set by the first claim, and kept).
             rows: builtins.list[Any] = conn.execute(
-                "SELECT seg, worker IS NOT NULL FROM run_claims WHERE run=? AND grp=? AND seg>=0 "
+                "SELECT seg, lease IS NOT NULL FROM run_claims WHERE run=? AND grp=? AND seg>=0 "
                 "AND done=0 AND (worker IS NULL OR expires<?) ORDER BY seg LIMIT ?",
                 (run, group, now, count),
             ).fetchall()

@@ -37,7 +37,7 @@ class _Claim:
     def __init__(self) -> None:
         self.worker: str | None = None
         self.expires = 0.0
-        self.lease = 0.0
+        self.lease = 0.0  # set by the first claim and kept: 0, never held
         self.done = False
         self.unmarked: int | None = None  # as its holder last committed; None: the whole batch
 
@@ -217,7 +217,7 @@ class MemoryClaimsMixin:
                     break
                 if g != group or seg < 0 or c.done or (c.worker is not None and c.expires >= now):
                     continue
-                out.append((seg, c.worker is not None))
+                out.append((seg, c.lease > 0))  # taken over: held before
                 c.worker, c.expires, c.lease, c.unmarked = worker_id, now + lease, lease, None
             return out
 

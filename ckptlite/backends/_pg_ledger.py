@@ -588,10 +588,11 @@ class LedgerMixin:
         # transaction holds (never waiting for it), and stamps them with a lease set
         # by the database's clock. It is the item path of every worker: one round trip
         # (autocommit makes the statement atomic alone; the run's seq is a subquery).
+        # Taken over: held before (a lease is set by the first claim, and kept).
         q = self._q(
             "UPDATE {run_claims} c SET worker = %(w)s, lease = %(l)s, unmarked = NULL, "
             "expires = clock_timestamp() + make_interval(secs => %(l)s) "
-            "FROM (SELECT run, grp, seg, worker IS NOT NULL AS taken FROM {run_claims} "
+            "FROM (SELECT run, grp, seg, lease IS NOT NULL AS taken FROM {run_claims} "
             "WHERE run = (SELECT seq FROM {runs} WHERE id = %(r)s) AND grp = %(g)s "
             "AND seg >= 0 AND NOT done AND (worker IS NULL OR expires < clock_timestamp()) "
             "ORDER BY seg LIMIT %(n)s FOR UPDATE SKIP LOCKED) f "

@@ -691,10 +691,11 @@ class Backend(Protocol):
     def claim_segments(
         self, run_id: str, group: str, worker_id: str, count: int, lease: float
     ) -> builtins.list[tuple[int, bool]]:
-        """Claim up to ``count`` free batches (never held, or their lease expired).
+        """Claim up to ``count`` free batches (never held, let go, or their lease expired).
 
-        Returns ``(batch, taken over)`` pairs, lowest first; never waits for a lock
-        another worker holds.
+        Returns ``(batch, taken over)`` pairs, lowest first: taken over when the batch
+        was held before (however it came back free: its holder may have committed some
+        of its items). Never waits for a lock another worker holds.
         """
 
     def group_busy(self, run_id: str, group: str, worker_id: str) -> bool:

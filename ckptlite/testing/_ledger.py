@@ -57,6 +57,30 @@ class LedgerTests:
         backend.release_segments(run.id, "holder")  # a worker that leaves frees its batches
         assert listed("claimed") == [] and len(listed("pending")) == 9
 
+    def test_a_batch_held_before_is_claimed_as_taken_over(self, backend: Backend) -> None:
+        # Its holder may have committed some of its items, however the batch came back
+        # free (let go, reaped, left, lease over): the claimer must ask the ledger.
+        run = self._run(backend)
+        for w in ("a", "b"):
+            backend.add_worker(run.id, WorkerInfo(w, "h", 1, "n", 60.0))
+        backend.register_group(run.id, "g", total=8, seg_size=2, fingerprint="f", worker_id="a")
+
+        def claim(worker: str, count: int) -> list[tuple[int, bool]]:
+            return backend.claim_segments(run.id, "g", worker, count, 60.0)
+
+        assert claim("a", 4) == [(s, False) for s in range(4)]
+        backend.release_segments(run.id, "a", "g", [0])
+        got = claim("b", 1)
+        assert got == [(0, True)], f"a batch let go is claimed as never held: {got}"
+        backend.reap_workers(run.id, ["a"])
+        got = claim("b", 1)
+        assert got == [(1, True)], f"a reaped worker's batch is claimed as never held: {got}"
+        backend.release_segments(run.id, "b", "g", [0, 1])
+        assert claim("a", 2) == [(0, True), (1, True)]
+        backend.leave_run(run.id, "a", None)
+        got = claim("b", 4)
+        assert got == [(s, True) for s in range(4)], f"a left worker's batches: {got}"
+
     def test_items_pending_of_a_group_without_ids_is_an_error(self, backend: Backend) -> None:
         from .._items import list_items
 
