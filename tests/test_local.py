@@ -735,3 +735,15 @@ def test_a_store_from_before_chunk_checks_migrates_and_loads_by_digest(tmp_path:
         _, checks = chunking.unpack_checked(mgr.backend.get_record(new.id).manifest)
         assert len(checks) == 8
         assert mgr.verify(full=True).ok
+
+
+def test_a_chunk_row_that_does_not_parse_is_read_by_its_own_query(tmp_path: Path) -> None:
+    # The record's statement reads its chunk rows as text: a damaged row (a pack
+    # name with a space) is not kept from it, and the load still reports the damage.
+    arr = np.random.default_rng(7).random(1 << 16, dtype=np.float32)
+    with ckptlite.open(tmp_path / "s") as mgr:
+        cp = mgr.save("p", arr)
+        conn = mgr.backend.db.connection()  # type: ignore[attr-defined]
+        conn.execute("UPDATE chunks SET pack = 'not a pack' WHERE pack IS NOT NULL")
+        with pytest.raises(ckptlite.CorruptCheckpointError):
+            mgr.load(cp)

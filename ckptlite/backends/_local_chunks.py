@@ -75,10 +75,17 @@ CHUNK_ROW_TEXT = (
 
 
 def keep_chunk_rows(cache: dict[Any, Any], stamp: tuple[int, int], text: str) -> None:
-    """Keep the packed chunk rows in ``text`` (``CHUNK_ROW_TEXT``s, comma-separated)."""
+    """Keep the packed chunk rows in ``text`` (``CHUNK_ROW_TEXT``s, comma-separated).
+
+    A row that does not parse (a damaged index) is not kept: ``chunk_rows`` reads
+    it, and the read reports what is wrong with it.
+    """
     for item in text.split(","):
-        digest, size, codec, pack, offset, stored = item.split(" ")
-        row: _ChunkRow = (int(size), int(codec), None, pack, int(offset), int(stored))
+        try:
+            digest, size, codec, pack, offset, stored = item.split(" ")
+            row: _ChunkRow = (int(size), int(codec), None, pack, int(offset), int(stored))
+        except ValueError:
+            continue
         remember(cache, ("chunk", digest), (stamp, row))
 
 
