@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import apsw
 import pytest
 
 import ckptlite
@@ -141,3 +143,29 @@ def count_digests(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[int]]:
         return sizes
 
     return start
+
+
+@pytest.fixture
+def trace_sql() -> Iterator[Callable[[ckptlite.CheckpointManager], list[str]]]:
+    """Call it with a local store's manager to record every statement this thread runs.
+
+    Returns the list it fills; tracing stops at the test's end.
+    """
+    traced: list[object] = []
+
+    def start(mgr: ckptlite.CheckpointManager) -> list[str]:
+        statements: list[str] = []
+        conn = mgr.backend.db.read()  # type: ignore[attr-defined]
+
+        def trace(_cursor: object, sql: str, _bindings: object) -> bool:
+            statements.append(sql)
+            return True
+
+        conn.exec_trace = trace
+        traced.append(conn)
+        return statements
+
+    yield start
+    for conn in traced:
+        with contextlib.suppress(apsw.ConnectionClosedError):  # the store closed first
+            conn.exec_trace = None  # type: ignore[attr-defined]

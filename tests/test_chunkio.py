@@ -410,7 +410,9 @@ def test_a_compressible_state_is_spread_over_the_cores_and_noise_is_not(
 
 
 @pytest.mark.parametrize("chunks", [1, 4])
-def test_a_tile_load_after_a_write_runs_one_statement(tmp_path: Path, chunks: int) -> None:
+def test_a_tile_load_after_a_write_runs_one_statement(
+    tmp_path: Path, chunks: int, trace_sql: Callable[[ckptlite.CheckpointManager], list[str]]
+) -> None:
     """The record with its refs and their chunk rows in one statement (~10-40 us each).
 
     Loaded again from an unchanged store, not even that (``test_local``).
@@ -420,18 +422,8 @@ def test_a_tile_load_after_a_write_runs_one_statement(tmp_path: Path, chunks: in
         cp = mgr.save("p", arr)
         assert np.array_equal(mgr.load(cp), arr)  # warm: connections, statements
         mgr.save("q", 1)  # the store changed: the load reads its rows again
-        statements: list[str] = []
-        conn = mgr.backend.db.read()  # type: ignore[attr-defined]
-
-        def trace(_cursor: object, sql: str, _bindings: object) -> bool:
-            statements.append(sql)
-            return True
-
-        conn.exec_trace = trace
-        try:
-            assert np.array_equal(mgr.load(cp), arr)
-        finally:
-            conn.exec_trace = None
+        statements = trace_sql(mgr)
+        assert np.array_equal(mgr.load(cp), arr)
         assert [s.split()[0] for s in statements if not s.startswith("PRAGMA")] == ["SELECT"], (
             statements
         )

@@ -415,21 +415,8 @@ def test_a_load_racing_a_pack_rewrite_reads_the_new_pack(
 # -- an unchanged store: a load again reads no index rows -----------------------------
 
 
-def _traced(mgr: ckptlite.CheckpointManager) -> tuple[list[str], Callable[[], None]]:
-    """Record every statement this thread's connection runs; return them and an undo."""
-    statements: list[str] = []
-    conn = mgr.backend.db.read()  # type: ignore[attr-defined]
-
-    def trace(_cursor: object, sql: str, _bindings: object) -> bool:
-        statements.append(sql)
-        return True
-
-    conn.exec_trace = trace
-    return statements, lambda: setattr(conn, "exec_trace", None)
-
-
 def test_a_tile_loaded_again_from_an_unchanged_store_reads_no_index_rows(
-    tmp_path: Path,
+    tmp_path: Path, trace_sql: Callable[[ckptlite.CheckpointManager], list[str]]
 ) -> None:
     # P12: the record and its chunk row were ~60 of a 256 KiB tile load's ~155 us.
     arr = np.random.default_rng(4).random(1 << 16, dtype=np.float32)  # 256 KiB: 1 chunk
@@ -437,13 +424,10 @@ def test_a_tile_loaded_again_from_an_unchanged_store_reads_no_index_rows(
         cp = mgr.save("p", arr, name="t")
         other = mgr.save("p", arr + 1, name="u")
         assert np.array_equal(mgr.load(cp), arr)
-        statements, undo = _traced(mgr)
-        try:
-            assert np.array_equal(mgr.load(cp), arr)
-            hits = list(statements)
-            assert np.array_equal(mgr.load(other), arr + 1)  # not read yet: a miss
-        finally:
-            undo()
+        statements = trace_sql(mgr)
+        assert np.array_equal(mgr.load(cp), arr)
+        hits = list(statements)
+        assert np.array_equal(mgr.load(other), arr + 1)  # not read yet: a miss
         assert hits and set(hits) == {"PRAGMA data_version"}, hits
         assert [s for s in statements[len(hits) :] if s.startswith("SELECT")], statements
 
