@@ -731,3 +731,19 @@ def test_a_chunk_row_that_does_not_parse_is_read_by_its_own_query(tmp_path: Path
         conn.execute("UPDATE chunks SET pack = 'not a pack' WHERE pack IS NOT NULL")
         with pytest.raises(ckptlite.CorruptCheckpointError):
             mgr.load(cp)
+
+
+def test_a_cached_checkpoint_s_metadata_is_the_caller_s_own(tmp_path: Path) -> None:
+    with ckptlite.open(tmp_path / "s") as mgr:
+        mgr.save("p", 1, name="t", metadata={"tile": "a", "bands": [1, 2]})
+        for _ in range(2):  # a miss, then a hit: each hands out its own dict
+            cp = mgr.latest("p", name="t")
+            assert cp is not None
+            assert cp.metadata["tile"] == "a" and cp.metadata["bands"] == [1, 2]
+            cp.metadata["tile"] = "changed"
+            cp.metadata["bands"].append(3)
+        flat = mgr.save("p", 2, name="f", metadata={"tile": "b"})
+        for _ in range(2):
+            got = mgr.latest("p", name="f")
+            assert got is not None and got.id == flat.id and got.metadata["tile"] == "b"
+            got.metadata["tile"] = "changed"

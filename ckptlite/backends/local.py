@@ -128,12 +128,34 @@ _RECORD_SQL = (
 )
 
 
+_FLAT_META: dict[str, dict[str, Any]] = {}  # metadata JSON -> its dict of scalars
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _metadata(meta: str) -> dict[str, Any]:
+    """Return a new dict of metadata JSON ``meta``; a flat one is parsed once.
+
+    A cached read hands out a Checkpoint of its own each call, with a dict the caller
+    may change: a dict of scalars (a slot position, tags as strings) is copied, not
+    parsed again (~2 us of a cached load, more with the CPU caches cold).
+    """
+    flat = _FLAT_META.get(meta)
+    if flat is not None:
+        return dict(flat)
+    parsed = load_metadata(meta)
+    if all(type(v) in _SCALARS for v in parsed.values()):
+        if len(_FLAT_META) >= CACHE_SLOTS:
+            _FLAT_META.clear()
+        _FLAT_META[meta] = dict(parsed)
+    return parsed
+
+
 def _fresh(record: StoredRecord | None, meta: str) -> StoredRecord | None:
     """Return ``record`` with a new Checkpoint: the caller may change its metadata dict."""
     if record is None:
         return None
     # Every field but metadata is immutable.
-    fresh = record.checkpoint.copy(metadata=load_metadata(meta))
+    fresh = record.checkpoint.copy(metadata=_metadata(meta))
     return StoredRecord(fresh, record.payload, record.manifest, record.digests)
 
 
@@ -574,7 +596,7 @@ class LocalBackend(
             hit = cache.get(key)
             if hit is not None and hit[0] == stamp:
                 cp: Checkpoint | None = hit[1]
-                return None if cp is None else cp.copy(metadata=load_metadata(hit[2]))
+                return None if cp is None else cp.copy(metadata=_metadata(hit[2]))
             record, meta = self._read_latest(conn, process_id, level, name, False)
         cp = None if record is None else record.checkpoint
         remember(cache, key, (stamp, cp, meta, None))
