@@ -1,8 +1,8 @@
-"""The workers of a shared run: identity, liveness, the heartbeat and committer threads.
+"""The workers of a shared run: identity, liveness, the background thread (Heart).
 
 A worker is one ``Run`` object: ``host:pid:random``, a node (machine and pid
 namespace) so that pids are compared only where they mean something, and a lease
-its heartbeat renews. The threads hold their run weakly and stop with it.
+its heartbeat renews. The thread holds its run weakly and stops with it.
 :func:`claim_count` sizes a worker's claims (pure).
 """
 
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 __all__ = [
     "CLAIM_AHEAD_S",
     "LIVE",
-    "Committer",
     "Heart",
     "alive",
     "check_lease",
@@ -98,70 +97,57 @@ def check_lease(lease: float, what: str = "lease") -> float:
 
 
 class Heart(threading.Thread):
-    """Renews a worker's leases every lease/3 s; holds the run weakly (stops with it)."""
+    """A worker's one background thread: leases, looks at who is live, and commits.
 
-    def __init__(self, run: Run) -> None:
+    Renews the worker's leases every lease/3 s and, while items are claimed, looks
+    at who is live each second (it sizes the claims), here and not on the item path.
+    On a store where a commit is round trips (PostgreSQL), it also commits the due
+    mark batches when woken (``due``), so a worker holds one connection besides its
+    own thread's: a commit waits at most for the beat or look under way. A failed
+    commit leaves its marks queued (the next commit retries them) and is remembered:
+    the item path then commits itself, and raises. Holds the run weakly (stops with
+    it); ``stop`` ends it.
+    """
+
+    def __init__(self, run: Run, due: threading.Event) -> None:
         super().__init__(name=f"ckptlite-heartbeat-{run.id}", daemon=True)
         self._run = weakref.ref(run)
         self.stop = threading.Event()
+        self.due = due
 
     def run(self) -> None:
-        beat = time.monotonic()
+        beat = look = time.monotonic()
         while True:
             r = self._run()
             if r is None:
                 return
             every = r._beat_every
-            # While items are claimed, who is live is looked at each second (it sizes the
-            # claims), here and not on the item path.
-            wait = max(0.0, beat + every - time.monotonic())
+            now = time.monotonic()
+            wait = max(0.0, beat + every - now)
             if r._active:
-                wait = min(wait, _LOOK_EVERY)
+                wait = min(wait, max(0.0, look + _LOOK_EVERY - now))
             del r
-            if self.stop.wait(wait):
-                return
+            woke = self.due.wait(wait)
             r = self._run()
-            if r is None or getattr(r.manager, "_closed", False):
+            if self.stop.is_set() or r is None or getattr(r.manager, "_closed", False):
                 return
+            if woke:
+                self.due.clear()
+                try:
+                    with r._commit_lock:
+                        r._commit_queued()
+                except Exception as e:
+                    r._bg_error = e
             # A lost connection or a busy store: the next beat retries.
             with contextlib.suppress(Exception):
-                if time.monotonic() >= beat + every:
-                    beat = time.monotonic()
+                now = time.monotonic()
+                if now >= beat + every:
+                    beat = look = now
                     r._others = r.manager.backend.heartbeat(r.id, r.worker_id)
-                else:
+                elif r._active and now >= look + _LOOK_EVERY:
+                    look = now
                     workers = r.manager.backend.list_workers(r.id)
                     r._others = sum(1 for w in workers if w.live and w.worker_id != r.worker_id)
-            del r
-
-
-class Committer(threading.Thread):
-    """Commits due mark batches off the item path (a store where a commit is round trips).
-
-    Holds the run weakly. A failed commit leaves its marks queued (the next commit
-    retries them) and is remembered: the item path then commits itself, and raises.
-    """
-
-    def __init__(self, run: Run) -> None:
-        super().__init__(name=f"ckptlite-commit-{run.id}", daemon=True)
-        self._run = weakref.ref(run)
-        self.due = threading.Event()
-        self.stop = False
-
-    def run(self) -> None:
-        while True:
-            if not self.due.wait(1.0):
-                if self._run() is None:
-                    return
-                continue
-            self.due.clear()
-            r = self._run()
-            if self.stop or r is None or getattr(r.manager, "_closed", False):
-                return
-            try:
-                with r._commit_lock:
-                    r._commit_queued()
-            except Exception as e:
-                r._bg_error = e
             del r
 
 

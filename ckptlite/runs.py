@@ -80,7 +80,6 @@ from ._envelope import decode_item_state, encode_item_state
 from ._workers import (
     CLAIM_AHEAD_S,
     LIVE,
-    Committer,
     Heart,
     alive,
     check_lease,
@@ -433,15 +432,15 @@ class Run:
         self._poll = min(0.1, self.lease / 8)
         self._node = node()
         self._heart: Heart | None = None
-        # Marks are committed by a thread of their own on a store where a commit is
-        # round trips (PostgreSQL): see _mark, Committer.
+        # Marks are committed by the worker's background thread (Heart) on a store where
+        # a commit is round trips (PostgreSQL), woken by ``_due``: see _mark.
         self._background = worker is not None and manager.backend.commits_in_background
-        self._committer: Committer | None = None
+        self._due = threading.Event()
         self._commit_lock = threading.Lock()
         self._bg_error: Exception | None = None
         if worker is not None:
             LIVE[worker.worker_id] = self
-            self._heart = Heart(self)
+            self._heart = Heart(self, self._due)
             self._heart.start()
         self._pipeline: Checkpoint | None = None
         self._tokens: list[contextvars.Token[Run | None]] = []
@@ -753,14 +752,11 @@ class Run:
                 time.monotonic() - self._last_flush >= self.batch_seconds
             )
             if due and self._background and self._bg_error is None:
-                # The committer commits it; the item path waits only when it falls behind.
+                # The background thread commits it; the item path waits only when it
+                # falls behind.
                 due = len(pending) >= 4 * self.batch_size
                 if not due:
-                    c = self._committer
-                    if c is None:
-                        c = self._committer = Committer(self)
-                        c.start()
-                    c.due.set()
+                    self._due.set()
         if due:
             self.commit()
 
@@ -773,7 +769,7 @@ class Run:
             StoreFullError, StoreIOError, StoreLockedError: nothing of the batch was
                 committed; the marks stay queued for the next commit.
         """
-        with self._commit_lock:  # after a commit the committer may be running
+        with self._commit_lock:  # the background thread may be committing
             self._commit_queued()
 
     def _commit_queued(self) -> None:
@@ -853,9 +849,7 @@ class Run:
             return self.record
         if self._heart is not None:
             self._heart.stop.set()
-        if self._committer is not None:
-            self._committer.stop = True
-            self._committer.due.set()
+            self._due.set()
         text = None if error is None else _error_text(error)
         backend = self.manager.backend
         with contextlib.suppress(CkptliteError):  # best effort: a lease expires anyway

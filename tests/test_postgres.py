@@ -438,6 +438,36 @@ def test_runs_and_ledger_on_postgres(pg_schema: str) -> None:
         assert mgr.backend.get_run(run.id).status.value == "completed"
 
 
+def test_a_worker_holds_two_connections(pg_schema: str) -> None:
+    # One per thread: the worker's own, and ONE background thread's (leases, looks at
+    # who is live, committing marks), so 32 workers stay under max_connections=100.
+    with open_pg(pg_schema) as mgr:
+        backend: Any = mgr.backend
+        marks, beats = backend.mark_items, backend.heartbeat
+        committers: set[int] = set()
+        beaters: set[int] = set()
+
+        def mark_items(*a: Any, **kw: Any) -> Any:
+            committers.add(threading.get_ident())
+            return marks(*a, **kw)
+
+        def heartbeat(*a: Any, **kw: Any) -> Any:
+            beaters.add(threading.get_ident())
+            return beats(*a, **kw)
+
+        backend.mark_items, backend.heartbeat = mark_items, heartbeat
+        most = 0
+        with mgr.run("job", lease=0.3, batch_size=2, batch_seconds=0.01) as run:
+            for item in run.items("g", [str(i) for i in range(60)]):
+                time.sleep(0.01)
+                item.done()
+                most = max(most, len(backend._conns._all))
+            most = max(most, len(backend._conns._all))
+        me = threading.get_ident()
+        assert committers - {me} and beaters - {me}  # both done off the item path
+        assert most == 2, f"a worker held {most} PostgreSQL connections"
+
+
 def test_threads_share_one_backend(pg_schema: str) -> None:
     with open_pg(pg_schema) as mgr:
         saved: list[ckptlite.Checkpoint] = []

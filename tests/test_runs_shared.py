@@ -593,3 +593,55 @@ def test_a_worker_seen_idle_that_starts_a_loop_is_not_reaped(
     assert [i.id for i in a_loop] == ["q"]
     for r in (a, b, c):
         r.finish()
+
+
+def test_a_worker_seen_idle_is_not_reaped_while_it_saves_the_pipeline_checkpoint(
+    any_mgr: ckptlite.CheckpointManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A (idle: no loop, no compute) saves the run's PIPELINE checkpoint in its thread;
+    # B, waiting for C's batch, sees A idle meanwhile. B must not free A's claim
+    # (slot -2) before A has saved it: C would then save a second one.
+    a, b, c = any_mgr.run("job"), any_mgr.run("job"), any_mgr.run("job")
+    c_loop = c.items("g", ["x"])
+    c_item = next(c_loop)  # C holds g's only batch
+    inside, go, looked_at_a = threading.Event(), threading.Event(), threading.Event()
+    save = a._save_pipeline
+
+    def slow_save() -> ckptlite.Checkpoint:
+        inside.set()
+        assert go.wait(10)
+        return save()
+
+    monkeypatch.setattr(a, "_save_pipeline", slow_save)
+    looked = runs.alive
+
+    def look(w: ckptlite.WorkerRecord, node: str, waiting: bool = False) -> bool:
+        live = looked(w, node, waiting)
+        if w.worker_id == a.worker_id and inside.is_set():
+            looked_at_a.set()
+        return live
+
+    monkeypatch.setattr(runs, "alive", look)
+    made: list[str] = []
+    maker = threading.Thread(target=lambda: made.append(a.pipeline_checkpoint().id))
+    maker.start()
+    assert inside.wait(10)  # A holds the claim, mid-save
+    reaper = threading.Thread(target=b._reap, kwargs={"waiting": True})
+    reaper.start()
+    assert looked_at_a.wait(10)  # B has seen A idle
+    reaper.join(0.3)  # B reaps now if nothing stops it
+    c_made: list[str] = []
+    other = threading.Thread(target=lambda: c_made.append(c.pipeline_checkpoint().id))
+    other.start()  # C needs it too while A saves it: C waits for A's
+    other.join(0.3)
+    go.set()
+    for t in (maker, reaper, other):
+        t.join(10)
+        assert not t.is_alive()
+    roots = any_mgr.list("job", level=Level.PIPELINE)
+    assert len(roots) == 1, "a second PIPELINE checkpoint was saved"
+    assert made == c_made == [roots[0].id]
+    c_item.done()
+    assert next(c_loop, None) is None
+    for r in (a, b, c):
+        r.finish()
