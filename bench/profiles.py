@@ -405,3 +405,91 @@ def tile_breakdown(nbytes: int = 1 << 20, rounds: int = 20) -> dict[str, list[tu
                 db.close()
             mgr.close()
     return out
+
+
+def raster_breakdown(nbytes: int = 4 << 20, rounds: int = 10) -> dict[str, list[tuple[str, float]]]:
+    """Time a compressible raster's save against the CPU work its stored bytes need.
+
+    Per P13 raster kind: ckptlite's and pickle's whole calls (a new raster each
+    round) beside the byte shuffle, zstd level 1 of the shuffled bytes in 1 MiB
+    pieces (one core, as ckptlite stores them), BLAKE3 of the raster (its
+    addresses), and the durable write of the compressed bytes to a new file, all
+    alternated round by round. The CPU parts run on one core; ckptlite spreads a
+    raster over both. No ckptlite internals are used.
+    """
+    import itertools
+    import os
+
+    import blake3
+    import numpy as np
+    import zstandard
+
+    from bench.peers import pickle_save
+    from bench.states import RASTERS
+
+    mib = 1 << 20
+    zstd = zstandard.ZstdCompressor(level=1)
+    size = f"{nbytes >> 20} MiB"
+    out: dict[str, list[tuple[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="ckptlite-raster-parts-") as tmp:
+        d = Path(tmp)
+        for kind, make in RASTERS.items():
+            # ckptlite saves each raster once (one more round warms up): an equal one
+            # would be found stored and not written again. The other parts reuse them.
+            pool = [make(nbytes, seed) for seed in range(rounds + 1)]
+            k = pool[0].dtype.itemsize
+
+            def next_of(pool: list[Any] = pool) -> Callable[[], tuple[Any, ...]]:
+                seeds = itertools.count()
+                return lambda: (pool[next(seeds) % len(pool)],)
+
+            new_raster, unsaved = next_of(), next_of()
+
+            def new_file() -> tuple[Any, ...]:
+                path = d / "f.pkl"
+                path.unlink(missing_ok=True)
+                return (path,)
+
+            def shuffled(a: Any, k: int = k) -> Any:
+                b = np.frombuffer(a.tobytes(), np.uint8)
+                return b.reshape(-1, k).T.copy() if k > 1 else b
+
+            def compressed(a: Any, k: int = k) -> list[bytes]:
+                raw = memoryview(shuffled(a, k)).cast("B")
+                return [zstd.compress(raw[i : i + mib]) for i in range(0, raw.nbytes, mib)]
+
+            packed = b"".join(compressed(pool[0]))
+
+            def write_fsync(path: Path, data: bytes = packed) -> None:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    os.write(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+            with ckptlite.open(d / f"store-{k}") as mgr:
+                parts: dict[
+                    str, tuple[Callable[..., Any], Callable[[], tuple[Any, ...]] | None]
+                ] = {
+                    "ckptlite save, whole call (a new raster)": (
+                        lambda a, mgr=mgr: mgr.save("r", a, name=f"r{id(a)}"),
+                        unsaved,
+                    ),
+                    "pickle.dump + fsync to a new file, whole call": (
+                        lambda a: pickle_save(new_file()[0], a),
+                        new_raster,
+                    ),
+                    "byte shuffle (numpy, one core)": (shuffled, new_raster),
+                    "shuffle + zstd level 1 in 1 MiB pieces (one core)": (compressed, new_raster),
+                    "BLAKE3 of the raster (its addresses, one core)": (
+                        lambda a: blake3.blake3(memoryview(a).cast("B")).digest(),
+                        new_raster,
+                    ),
+                    f"write + fsync of its {len(packed) / nbytes:.2f}x compressed bytes": (
+                        write_fsync,
+                        new_file,
+                    ),
+                }
+                out[f"{kind}, {size}"] = list(_alternate(parts, rounds).items())
+    return out

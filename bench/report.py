@@ -794,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
             "\n## Throughput against state size\n\n![save and load throughput](throughput.png)\n"
         )
     if not args.no_profile:
-        from bench.profiles import breakdowns, profiles, tile_breakdown
+        from bench.profiles import breakdowns, profiles, raster_breakdown, tile_breakdown
 
         extra += (
             "\n## Where P1 and P2 go, measured in this run\n\n"
@@ -812,6 +812,16 @@ def main(argv: list[str] | None = None) -> int:
             "save or verified load of a new tile on this machine, each timed alone.\n"
         )
         for op, parts in tile_breakdown(1 << 20, 30 if mode == "full" else 2).items():
+            extra += f"\n| {op}: part | median |\n|---|---|\n"
+            extra += "".join(f"| {part} | {_fmt_time(s)} |\n" for part, s in parts)
+        extra += (
+            "\n## Where a 4 MiB raster's save goes (P13), measured in this run\n\n"
+            "Medians, one call of each part per round, the parts alternated round by round: "
+            "ckptlite's and pickle's whole calls beside the CPU work the stored bytes need "
+            "(each on one core; ckptlite spreads a raster over both) and the durable write "
+            "of the compressed bytes.\n"
+        )
+        for op, parts in raster_breakdown(4 << 20, 10 if mode == "full" else 1).items():
             extra += f"\n| {op}: part | median |\n|---|---|\n"
             extra += "".join(f"| {part} | {_fmt_time(s)} |\n" for part, s in parts)
         extra += "\n## Profiles (cProfile, sorted by own time)\n"

@@ -101,3 +101,15 @@ def test_p13_save_raster(benchmark: Any, scratch: Path, kind: str, nbytes: int) 
         f"\nP13 {kind} {nbytes >> 20} MiB: save {ours * 1e3:.2f} ms, {ours / theirs:.2f}x pickle; "
         f"stored {benchmark.extra_info['stored_disk_ratio']:.3f}x raw"
     )
+
+
+def test_raster_breakdown_times_every_part() -> None:
+    """The report's P13 breakdown: per raster kind, the whole calls and the CPU parts."""
+    from bench.profiles import raster_breakdown
+
+    parts = {op: dict(rows) for op, rows in raster_breakdown(1 << 20, rounds=1).items()}
+    assert len(parts) == 3
+    for rows in parts.values():
+        assert "ckptlite save, whole call (a new raster)" in rows
+        assert "pickle.dump + fsync to a new file, whole call" in rows
+        assert all(s > 0 for s in rows.values())
