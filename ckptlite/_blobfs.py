@@ -223,7 +223,12 @@ class PackReaders:
                 fds.clear()
 
     def _after_fork(self) -> None:
-        # The child's copies of the parent's descriptors: its own to close.
-        self.close()
+        # The child's copies of the parent's descriptors: its own to close. Not under
+        # the lock: a parent thread may have held it at the fork, and the child has
+        # only this thread.
+        for fds in self._all:
+            for fd in fds.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         self._lock, self._local, self._all = threading.Lock(), threading.local(), []
         self._pid = os.getpid()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,24 @@ def test_a_forked_child_opens_its_own_packs_descriptor(tmp_path: Path) -> None:
         assert blobs._packs_cache == parent
         os.fstat(parent[0])
         assert np.array_equal(mgr.load(cp.id), _tile(1))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_child_forked_while_the_kept_packs_are_locked_still_loads(tmp_path: Path) -> None:
+    # Another thread may hold the kept packs' lock at the fork: the child, which has
+    # only the forking thread, must not wait for it.
+    with ckptlite.open(tmp_path / "s") as mgr:
+        cp = mgr.save("p", _tile(1), name="t")
+        mgr.load(cp.id)
+        lock = _blobs(mgr)._readers._lock
+        with lock:
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(10)  # a deadlock ends the child with SIGALRM, not the suite
+                code = 0 if np.array_equal(mgr.load(cp.id), _tile(1)) else 3
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
 
 
 class _RecordingOS:
