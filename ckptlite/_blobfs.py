@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ._perthread import ThreadOwner
 from .errors import StoreFullError, StoreIOError
 
 __all__ = [
@@ -158,6 +159,16 @@ class OpenPack:
         self.flushed = size  # writeback started (or synced) up to here
 
 
+_INHERITED: list[dict[str, int]] = []  # a forked child's copies: closed by _after_fork
+
+
+def _close_all(fds: dict[str, int]) -> None:
+    for fd in fds.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
+
+
 class PackReaders:
     """Packs kept open for reads, per thread: a tile loaded again opens nothing.
 
@@ -191,6 +202,8 @@ class PackReaders:
             fds = self._local.fds = {}
             with self._lock:
                 self._all.append(fds)
+            # A thread that ends closes its own (a thread per request must not pile up).
+            self._local.owner = ThreadOwner(fds, self._all, self._lock, _close_all, _INHERITED)
         fd = fds.pop(name, None)
         if fd is not None:
             if not fresh and os.fstat(fd).st_nlink:
@@ -217,18 +230,13 @@ class PackReaders:
         """Close every thread's kept descriptors (no thread may be reading)."""
         with self._lock:
             for fds in self._all:
-                for fd in fds.values():
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-                fds.clear()
+                _close_all(fds)
 
     def _after_fork(self) -> None:
         # The child's copies of the parent's descriptors: its own to close. Not under
         # the lock: a parent thread may have held it at the fork, and the child has
         # only this thread.
         for fds in self._all:
-            for fd in fds.values():
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            _close_all(fds)
         self._lock, self._local, self._all = threading.Lock(), threading.local(), []
         self._pid = os.getpid()

@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,20 @@ def test_a_forked_child_opens_its_own_packs_descriptor(tmp_path: Path) -> None:
         assert blobs._packs_cache == parent
         os.fstat(parent[0])
         assert np.array_equal(mgr.load(cp.id), _tile(1))
+
+
+def test_a_thread_s_kept_packs_are_closed_when_it_ends(tmp_path: Path) -> None:
+    # A thread per request, each loading: their kept descriptors must not pile up.
+    with ckptlite.open(tmp_path / "s") as mgr:
+        cp = mgr.save("p", _tile(1), name="t")
+        (name,) = os.listdir(tmp_path / "s" / "blobs" / "packs")
+        mgr.load(cp.id)  # this thread's own: kept until close
+        before = len([p for p in _open_paths() if name in p])
+        for _ in range(5):
+            t = threading.Thread(target=mgr.load, args=(cp.id,))
+            t.start()
+            t.join()
+        assert len([p for p in _open_paths() if name in p]) == before
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
