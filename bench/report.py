@@ -802,18 +802,14 @@ def main(argv: list[str] | None = None) -> int:
             "come from the same minutes). The SQLite parts run ckptlite's statements on a "
             "store of the same schema with no ckptlite Python around them.\n"
         )
-        for target, parts in breakdowns(30 if mode == "full" else 2).items():
-            extra += f"\n| {target}: part | median |\n|---|---|\n"
-            extra += "".join(f"| {part} | {_fmt_time(s)} |\n" for part, s in parts)
+        extra += _parts_tables(breakdowns(30 if mode == "full" else 2))
         extra += (
             "\n## Where a 1 MiB tile's save and load go, measured in this run\n\n"
             "Medians, one call of each part per round, the parts alternated round by round: "
             "ckptlite's and pickle's whole calls beside the steps that bound any durable "
             "save or verified load of a new tile on this machine, each timed alone.\n"
         )
-        for op, parts in tile_breakdown(1 << 20, 30 if mode == "full" else 2).items():
-            extra += f"\n| {op}: part | median |\n|---|---|\n"
-            extra += "".join(f"| {part} | {_fmt_time(s)} |\n" for part, s in parts)
+        extra += _parts_tables(tile_breakdown(1 << 20, 30 if mode == "full" else 2))
         extra += (
             "\n## Where a 4 MiB raster's save goes (P13), measured in this run\n\n"
             "Medians, one call of each part per round, the parts alternated round by round: "
@@ -821,9 +817,7 @@ def main(argv: list[str] | None = None) -> int:
             "(each on one core; ckptlite spreads a raster over both) and the durable write "
             "of the compressed bytes.\n"
         )
-        for op, parts in raster_breakdown(4 << 20, 10 if mode == "full" else 1).items():
-            extra += f"\n| {op}: part | median |\n|---|---|\n"
-            extra += "".join(f"| {part} | {_fmt_time(s)} |\n" for part, s in parts)
+        extra += _parts_tables(raster_breakdown(4 << 20, 10 if mode == "full" else 1))
         extra += "\n## Profiles (cProfile, sorted by own time)\n"
         for op, text in profiles(64 if mode == "full" else 4).items():
             extra += f"\n### {op}\n\n```\n{text}\n```\n"
@@ -840,6 +834,15 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "RESULTS.md").write_text(markdown(table, info, data, extra))
     print(f"\nwrote {args.out / 'RESULTS.md'}" + (" and throughput.png" if plotted else ""))
     return 0
+
+
+def _parts_tables(by_op: dict[str, list[tuple[str, float]]]) -> str:
+    """Render one "part | median" table per operation of a breakdown."""
+    out = ""
+    for op, parts in by_op.items():
+        out += f"\n| {op}: part | median |\n|---|---|\n"
+        out += "".join(f"| {part} | {_fmt_time(s)} |\n" for part, s in parts)
+    return out
 
 
 if __name__ == "__main__":
