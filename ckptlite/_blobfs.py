@@ -160,6 +160,16 @@ class OpenPack:
 
 
 _INHERITED: list[dict[str, int]] = []  # a forked child's copies: closed by _after_fork
+# Made anew in every child, where only the forking thread exists: never held there.
+_child_lock = threading.Lock()
+
+
+def _new_child_lock() -> None:
+    global _child_lock
+    _child_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_child_lock)
 
 
 def _close_all(fds: dict[str, int]) -> None:
@@ -196,7 +206,9 @@ class PackReaders:
     def get(self, name: str, opener: Callable[[], int], fresh: bool = False) -> int:
         """Return a descriptor of pack ``name``, kept, or from ``opener`` (kept from then on)."""
         if self._pid != os.getpid():
-            self._after_fork()
+            with _child_lock:  # a forked child's threads (a new pool) may all get here
+                if self._pid != os.getpid():
+                    self._after_fork()
         fds: dict[str, int] | None = getattr(self._local, "fds", None)
         if fds is None:
             fds = self._local.fds = {}
@@ -239,4 +251,4 @@ class PackReaders:
         for fds in self._all:
             _close_all(fds)
         self._lock, self._local, self._all = threading.Lock(), threading.local(), []
-        self._pid = os.getpid()
+        self._pid = os.getpid()  # last: a thread that sees it finds the rest new
