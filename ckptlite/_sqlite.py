@@ -455,6 +455,12 @@ class Database:
         self._local.stamp = stamp = (commits, row[0])
         return conn, cache, stamp
 
+    def forget_reads(self) -> None:
+        """Empty this thread's read cache: the next reads look at the store itself."""
+        cache: dict[Any, Any] | None = getattr(self._local, "cache", None)
+        if cache is not None:
+            cache.clear()
+
     def cache_as_read(self) -> tuple[dict[Any, Any], tuple[int, int] | None]:
         """Return this thread's read cache and the stamp its last ``read_cached`` read.
 

@@ -747,3 +747,18 @@ def test_a_cached_checkpoint_s_metadata_is_the_caller_s_own(tmp_path: Path) -> N
             got = mgr.latest("p", name="f")
             assert got is not None and got.id == flat.id and got.metadata["tile"] == "b"
             got.metadata["tile"] = "changed"
+
+
+def test_a_full_verify_reads_every_record_from_the_index_not_the_cache(
+    tmp_path: Path, trace_sql: Callable[[ckptlite.CheckpointManager], list[str]]
+) -> None:
+    # verify looks at what is on disk: a record a load kept (a read-only view writes
+    # nothing, so nothing changes the stamp) is read again.
+    arr = np.random.default_rng(8).random(1 << 16, dtype=np.float32)
+    with ckptlite.open(tmp_path / "s") as mgr:
+        cp = mgr.save("p", arr)
+    with ckptlite.open(tmp_path / "s", readonly=True) as view:
+        assert np.array_equal(view.load(cp), arr)
+        statements = trace_sql(view)
+        assert view.verify(full=True).ok
+        assert [s for s in statements if "FROM checkpoints WHERE id=?" in s], statements

@@ -92,6 +92,9 @@ class LocalMaintenanceMixin:
             return {r[0] for r in select_in(self.db.read(), sql, digests)}
 
     def check(self) -> StructureCheck:
+        # A verify starts here and must read what is on disk, not what loads kept
+        # (a read-only view commits nothing that would change the cache's stamp).
+        self.db.forget_reads()
         conn = self.db.read()
         with translate_errors("checking the store"):
             # Rows before files: a pack written after this read may look unused
