@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["ItemLoop", "WorkItem", "error_text"]
 
 _ERROR_MAX = 4000
+#: How long a loop stopped early waits for a commit under way before keeping its batches.
+_LET_GO_WAIT_S = 1.0
 _MAX_SEG = 256  # items per batch at most (auto): a batch is what a dead worker's successor redoes
 _new_mark = tuple.__new__  # builds an ItemMark without NamedTuple's slower __new__
 
@@ -263,12 +265,21 @@ class ItemLoop:
         self.commit()
 
     def _let_go(self, group: str, segs: list[int]) -> None:
-        """Release the batches of a loop stopped early, its marks committed first."""
+        """Release the batches of a loop stopped early, once its marks are committed."""
         # The worker that takes a batch over skips only the items committed: marks still
-        # queued would be done twice. Best effort (the store may be closed by now): their
-        # lease expires too, and marks that failed stay queued.
-        with contextlib.suppress(CkptliteError):
-            self.commit()
+        # queued would be done twice. So batches are let go only after a commit that
+        # worked; else they stay held (best effort: the store may be closed by now) and
+        # are taken over when their lease ends, as held before: the ledger is asked then.
+        # The wait is bounded: the cycle collector may close an abandoned loop on a
+        # thread that holds the commit lock itself (a Lock, not re-entrant).
+        if not self._commit_lock.acquire(timeout=_LET_GO_WAIT_S):
+            return
+        try:
+            self._commit_queued()
+        except CkptliteError:
+            return
+        finally:
+            self._commit_lock.release()
         with contextlib.suppress(CkptliteError):
             self.manager.backend.release_segments(self.id, self.worker_id, group, segs)
 

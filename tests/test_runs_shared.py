@@ -645,3 +645,50 @@ def test_a_worker_seen_idle_is_not_reaped_while_it_saves_the_pipeline_checkpoint
     assert next(c_loop, None) is None
     for r in (a, b, c):
         r.finish()
+
+
+def test_a_loop_closed_while_its_thread_holds_the_commit_lock_does_not_hang(
+    any_mgr: ckptlite.CheckpointManager,
+) -> None:
+    # The cycle collector may finalize an abandoned loop on any thread, one inside a
+    # commit included: letting its batches go must not wait for that thread's own lock.
+    run = any_mgr.run("job")
+    loop = run.items("g", [f"i{n}" for n in range(10)], claim=5)
+    next(loop).done()
+
+    def close_inside_a_commit() -> None:
+        with run._commit_lock:
+            loop.close()
+
+    t = threading.Thread(target=close_inside_a_commit, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "closing the loop waited for its own thread's commit lock"
+    run.commit()  # the mark it could not commit then is committed now
+    assert [e.item_id for e in run.ledger("g")] == ["i0"]
+
+
+def test_a_loop_whose_last_commit_fails_keeps_its_batches(
+    any_mgr: ckptlite.CheckpointManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Released with a mark not committed, a batch would be taken over and its item done
+    # again; kept, it is taken over when its lease ends, and the ledger is asked then.
+    run = any_mgr.run("job")
+    loop = run.items("g", [f"i{n}" for n in range(10)], claim=5)
+    next(loop).done()
+    released: list[object] = []
+    backend = any_mgr.backend
+    real = backend.release_segments
+
+    def failing() -> None:
+        raise ckptlite.StoreLockedError("busy")
+
+    monkeypatch.setattr(run, "_commit_queued", failing)
+    monkeypatch.setattr(
+        backend, "release_segments", lambda *a, **k: released.append(a) or real(*a, **k)
+    )
+    loop.close()
+    assert released == []
+    monkeypatch.undo()
+    run.commit()
+    assert [e.item_id for e in run.ledger("g")] == ["i0"]
