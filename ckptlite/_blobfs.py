@@ -188,11 +188,11 @@ class PackReaders:
     change, so a descriptor reads right for every row naming its pack. Each use
     checks that the file is still linked (one ``fstat``): a pack gc deleted is
     closed, not read, so its space goes back; so is every such pack of a thread
-    whose record cache misses (``sweep``: the store changed), and all at ``close``.
-    A chunk that fails its check is read
-    again with ``fresh`` (a safe open) before it is called damaged: the directory
-    may have been replaced meanwhile. Per thread: no descriptor is closed while
-    another thread reads through it.
+    whose record cache misses (``sweep``: the store changed), a thread's own when
+    it ends, and all at ``close``. A chunk that fails its check is read again with
+    ``fresh`` (a safe open) before it is called damaged: the directory may have
+    been replaced meanwhile. Per thread: no descriptor is closed while another
+    thread reads through it.
     """
 
     KEEP = 4  # per thread: a load's chunks come from one or two packs

@@ -747,6 +747,10 @@ def test_a_cached_checkpoint_s_metadata_is_the_caller_s_own(tmp_path: Path) -> N
             got = mgr.latest("p", name="f")
             assert got is not None and got.id == flat.id and got.metadata["tile"] == "b"
             got.metadata["tile"] = "changed"
+        for _ in range(2):  # a load's record by id: a miss, then a hit
+            rec = mgr.backend.get_record(flat.id)
+            assert rec.checkpoint.metadata["tile"] == "b"
+            rec.checkpoint.metadata["tile"] = "changed"
 
 
 def test_a_full_verify_reads_every_record_from_the_index_not_the_cache(

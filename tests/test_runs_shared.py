@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from ckptlite._items import list_items
 from ckptlite._workers import LIVE
 from ckptlite.backends.base import ListQuery
 from ckptlite.errors import InvalidInputError
-from ckptlite.runs import decode_item_state, run_key
+from ckptlite.runs import Run, decode_item_state, run_key
 
 WORKER = Path(__file__).resolve().parent / "shared_worker.py"
 
@@ -510,6 +511,23 @@ def test_a_keyed_run_keeps_its_key_through_sync(tmp_path: Path) -> None:
 # -- batches that come back free ------------------------------------------------------------
 
 
+_IDS = [f"i{n}" for n in range(10)]
+_REST = ["i0", "i1", "i2", "i3", "i4", "i7", "i8", "i9"]  # all but what A did
+
+
+def _a_did_two_of_the_batch_b_waits_for(
+    mgr: ckptlite.CheckpointManager,
+) -> tuple[Run, Run, Iterator[ckptlite.WorkItem], Iterator[ckptlite.WorkItem], list[Any]]:
+    """B's loop reads the done marks and takes batch 0; A's takes batch 1, does i5, i6."""
+    a, b = mgr.run("job"), mgr.run("job")
+    b_loop = b.items("g", _IDS, claim=5)
+    did = [next(b_loop)]  # B holds batch 0
+    a_loop = a.items("g", _IDS, claim=5)
+    for item in itertools.islice(a_loop, 2):  # A holds batch 1
+        item.done()
+    return a, b, a_loop, b_loop, did
+
+
 @pytest.mark.parametrize("committed", [True, False], ids=["marks-committed", "marks-queued"])
 def test_a_batch_let_go_by_a_loop_stopped_early_skips_its_done_items(
     committed: bool, any_mgr: ckptlite.CheckpointManager
@@ -517,13 +535,7 @@ def test_a_batch_let_go_by_a_loop_stopped_early_skips_its_done_items(
     # B reads the done marks when its loop starts; A then does i5 and i6 of the batch
     # it holds and stops its loop. B takes that batch over: the ledger, not B's old
     # read, tells what A did (and A's marks are in it by then, committed or queued).
-    a, b = any_mgr.run("job"), any_mgr.run("job")
-    ids = [f"i{n}" for n in range(10)]
-    b_loop = b.items("g", ids, claim=5)
-    did = [next(b_loop)]  # B holds batch 0
-    a_loop = a.items("g", ids, claim=5)
-    for item in itertools.islice(a_loop, 2):  # A holds batch 1
-        item.done()
+    a, b, a_loop, b_loop, did = _a_did_two_of_the_batch_b_waits_for(any_mgr)
     if committed:
         a.commit()
     a_loop.close()
@@ -531,9 +543,8 @@ def test_a_batch_let_go_by_a_loop_stopped_early_skips_its_done_items(
     for item in did:
         item.done()
     b.commit()
-    expected = ["i0", "i1", "i2", "i3", "i4", "i7", "i8", "i9"]
-    assert [i.id for i in did] == expected, "B did again items A had done"
-    assert sorted(e.item_id for e in b.ledger("g")) == ids
+    assert [i.id for i in did] == _REST, "B did again items A had done"
+    assert sorted(e.item_id for e in b.ledger("g")) == _IDS
     a.finish()
     assert b.finish().status is RunStatus.COMPLETED
 
@@ -543,13 +554,7 @@ def test_a_dead_worker_reaped_on_this_machine_loses_only_its_uncommitted_items(
 ) -> None:
     # A commits i5 and i6 of its batch and dies (its Run gone from this process): B,
     # waiting for that batch, reaps A and takes the batch over; what A committed is done.
-    a, b = any_mgr.run("job"), any_mgr.run("job")
-    ids = [f"i{n}" for n in range(10)]
-    b_loop = b.items("g", ids, claim=5)
-    did = [next(b_loop)]  # B holds batch 0
-    a_loop = a.items("g", ids, claim=5)
-    for item in itertools.islice(a_loop, 2):  # A holds batch 1
-        item.done()
+    a, b, a_loop, b_loop, did = _a_did_two_of_the_batch_b_waits_for(any_mgr)
     a.commit()
     a._heart.stop.set()  # type: ignore[union-attr]
     LIVE.pop(a.worker_id)  # killed: no cleanup (a_loop is never closed)
@@ -557,8 +562,7 @@ def test_a_dead_worker_reaped_on_this_machine_loses_only_its_uncommitted_items(
     for item in did:
         item.done()
     b.commit()
-    expected = ["i0", "i1", "i2", "i3", "i4", "i7", "i8", "i9"]
-    assert [i.id for i in did] == expected, "B did again items the dead A had committed"
+    assert [i.id for i in did] == _REST, "B did again items the dead A had committed"
     assert b.finish().status is RunStatus.COMPLETED
     del a_loop
 

@@ -514,9 +514,9 @@ class LocalBackend(
             keep_chunk_rows(cache, stamp, row[17])
         record = StoredRecord(row_to_checkpoint(row), row[14], row[15], digests)
         if len(record.payload) + len(record.manifest) <= _CACHE_MAX_BYTES:
-            # Kept with its metadata JSON: each hit hands out a Checkpoint of its own.
+            # Kept with its metadata JSON: each hit hands out a Checkpoint of its own
+            # (``_fresh``), so this one, and its metadata dict, are the caller's.
             remember(cache, key, (stamp, record.checkpoint, row[11], record))
-            return _fresh(record, row[11])  # type: ignore[return-value]
         return record
 
     def has_records(self, ids: Iterable[str]) -> set[str]:
