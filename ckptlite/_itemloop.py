@@ -229,10 +229,12 @@ class ItemLoop:
                 held.update(seg for seg, _ in got)
                 for seg, taken in got:
                     chunk = ids[seg * size : (seg + 1) * size]
-                    # Held before (let go, left, or its worker died): what was committed
-                    # since this loop read the marks is done.
+                    # Held before (let go, left, or its worker died): the ledger, not
+                    # this loop's first read, tells what was done or failed since.
                     if taken:
-                        done.update(backend.done_among(self.id, group, chunk))
+                        now_done, now_failed = backend.marks_among(self.id, group, chunk)
+                        done.update(now_done)
+                        failed.update(now_failed)
                     todo = []
                     for item_id in chunk:
                         if item_id in done or item_id in seen:

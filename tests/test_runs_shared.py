@@ -549,6 +549,35 @@ def test_a_batch_let_go_by_a_loop_stopped_early_skips_its_done_items(
     assert b.finish().status is RunStatus.COMPLETED
 
 
+@pytest.mark.parametrize("limit", [1, 2])
+def test_a_batch_taken_over_counts_the_attempts_its_last_holder_failed(
+    limit: int, any_mgr: ckptlite.CheckpointManager
+) -> None:
+    # B reads the marks when its loop starts; A then fails i5 of the batch it holds
+    # and stops. B takes that batch over: the ledger, not B's old read, tells how
+    # often i5 failed (at max_attempts=1 it is not tried again, at 2 once more).
+    a, b = any_mgr.run("job"), any_mgr.run("job")
+    b_loop = b.items("g", _IDS, claim=5, max_attempts=limit)
+    did = [next(b_loop)]  # B holds batch 0
+    a_loop = a.items("g", _IDS, claim=5, max_attempts=limit)
+    first = next(a_loop)  # A holds batch 1
+    assert first.id == "i5"
+    first.fail(RuntimeError("bad tile"))
+    a.commit()
+    a_loop.close()
+    did += b_loop
+    again = [i for i in did if i.id == "i5"]
+    if limit == 1:
+        assert again == [], "B tried again an item that failed max_attempts times"
+    else:
+        assert [i.attempts for i in again] == [1], "B did not see A's failed attempt"
+    for item in did:
+        item.done()
+    b.commit()
+    a.finish()
+    b.finish()
+
+
 def test_a_dead_worker_reaped_on_this_machine_loses_only_its_uncommitted_items(
     any_mgr: ckptlite.CheckpointManager,
 ) -> None:

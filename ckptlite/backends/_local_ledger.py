@@ -552,22 +552,28 @@ class LocalLedgerMixin:
                     sql + " AND grp=? AND seg=?", [(run, worker_id, group, s) for s in segs]
                 )
 
-    def done_among(self, run_id: str, group: str, ids: Sequence[str]) -> set[str]:
+    def marks_among(
+        self, run_id: str, group: str, ids: Sequence[str]
+    ) -> tuple[set[str], dict[str, int]]:
         conn = self.db.read()
+        done: set[str] = set()
+        failed: dict[str, int] = {}
         with translate_errors("reading the item ledger"):
             run = self._run_seq(conn, run_id)
             sql = (
-                f"SELECT item FROM items WHERE run={int(run or 0)} "
-                "AND grp=? AND ok=1 AND item IN ({})"
+                f"SELECT item, ok, attempts FROM items WHERE run={int(run or 0)} "
+                "AND grp=? AND item IN ({})"
             )
-            out: set[str] = set()
             for i in range(0, len(ids), 500):
                 part = list(ids[i : i + 500])
-                out.update(
-                    r[0]
-                    for r in conn.execute(sql.format(",".join("?" * len(part))), [group, *part])
-                )
-        return out
+                for item, ok, attempts in conn.execute(
+                    sql.format(",".join("?" * len(part))), [group, *part]
+                ):
+                    if ok:
+                        done.add(item)
+                    else:
+                        failed[item] = attempts
+        return done, failed
 
     def claim_stage(
         self, run_id: str, name: str, worker_id: str, lease: float, *, seg: int = -1

@@ -252,10 +252,13 @@ class MemoryClaimsMixin:
             if c is not None and c.worker == worker_id and not c.done:
                 c.done, c.worker = True, None
 
-    def done_among(self, run_id: str, group: str, ids: Sequence[str]) -> set[str]:
+    def marks_among(
+        self, run_id: str, group: str, ids: Sequence[str]
+    ) -> tuple[set[str], dict[str, int]]:
         with self._lock:
             entries = self._items.get((run_id, group), {})
-            return {i for i in ids if i in entries and entries[i][0]}
+            found = [(i, entries[i]) for i in ids if i in entries]
+        return {i for i, e in found if e[0]}, {i: e[1] for i, e in found if not e[0]}
 
     def claim_stage(
         self, run_id: str, name: str, worker_id: str, lease: float, *, seg: int = -1

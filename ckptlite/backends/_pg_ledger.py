@@ -633,15 +633,17 @@ class LedgerMixin:
         q = self._q(text)
         self._run("releasing claims", lambda c: c.execute(q, args), write=True, idempotent=True)
 
-    def done_among(self, run_id: str, group: str, ids: Sequence[str]) -> set[str]:
+    def marks_among(
+        self, run_id: str, group: str, ids: Sequence[str]
+    ) -> tuple[set[str], dict[str, int]]:
         q = self._q(
-            "SELECT item FROM {items} WHERE run = (SELECT seq FROM {runs} WHERE id = %s) "
-            "AND grp = %s AND ok AND item = ANY(%s)"
+            "SELECT item, ok, attempts FROM {items} "
+            "WHERE run = (SELECT seq FROM {runs} WHERE id = %s) AND grp = %s AND item = ANY(%s)"
         )
         rows = self._run(
             "reading the item ledger", lambda c: c.execute(q, (run_id, group, list(ids))).fetchall()
         )
-        return {r[0] for r in rows}
+        return {r[0] for r in rows if r[1]}, {r[0]: r[2] for r in rows if not r[1]}
 
     def claim_stage(
         self, run_id: str, name: str, worker_id: str, lease: float, *, seg: int = -1

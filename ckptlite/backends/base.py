@@ -706,8 +706,13 @@ class Backend(Protocol):
     ) -> None:
         """Let go of a worker's claims not done (of ``segs`` of ``group``, or all)."""
 
-    def done_among(self, run_id: str, group: str, ids: Sequence[str]) -> set[str]:
-        """Return which of ``ids`` are done in the group."""
+    def marks_among(
+        self, run_id: str, group: str, ids: Sequence[str]
+    ) -> tuple[set[str], dict[str, int]]:
+        """Return ``(ids done, {failed id: attempts})`` among ``ids``, as ``item_marks`` does.
+
+        A worker taking a batch over reads what its last holder marked with this.
+        """
 
     def claim_stage(
         self, run_id: str, name: str, worker_id: str, lease: float, *, seg: int = -1

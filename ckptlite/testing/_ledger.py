@@ -149,6 +149,25 @@ class LedgerTests:
         assert {e.changed for e in entries.values()} == {t1}  # one transaction, one clock value
         assert [e.item_id for e in backend.list_items(run.id, "other")] == ["t1"]
 
+    def test_marks_among_reads_only_the_ids_asked(self, backend: Backend) -> None:
+        run = self._run(backend)
+        backend.mark_items(
+            run.id,
+            [
+                ItemMark("g", "a", True),
+                ItemMark("g", "b", False, None, "e1"),
+                ItemMark("g", "b", False, None, "e2"),
+                ItemMark("g", "c", False, None, "e"),
+                ItemMark("h", "a", False, None, "other group"),
+            ],
+        )
+        assert backend.marks_among(run.id, "g", ["a", "b", "x"]) == ({"a"}, {"b": 2})
+        assert backend.marks_among(run.id, "h", ["a", "b"]) == (set(), {"a": 1})
+        assert backend.marks_among(run.id, "g", []) == (set(), {})
+        assert backend.marks_among("no-run", "g", ["a"]) == (set(), {})
+        many = [f"n{i}" for i in range(1200)] + ["c"]  # more ids than one statement takes
+        assert backend.marks_among(run.id, "g", many) == (set(), {"c": 1})
+
     def test_attempts_count_and_done_is_never_recorded_twice(self, backend: Backend) -> None:
         run = self._run(backend)
         backend.mark_items(run.id, [ItemMark("g", "a", False, None, "e1")])
