@@ -159,7 +159,7 @@ class OpenPack:
         self.flushed = size  # writeback started (or synced) up to here
 
 
-_INHERITED: list[dict[str, int]] = []  # a forked child's copies: closed by _after_fork
+_INHERITED: list[Any] = []  # a forked child's copies: closed by _after_fork
 # Made anew in every child, where only the forking thread exists: never held there.
 _child_lock = threading.Lock()
 
@@ -179,6 +179,23 @@ def _close_all(fds: dict[str, int]) -> None:
     fds.clear()
 
 
+class _Kept:
+    """One thread's kept pack descriptors; ``lock`` is held while it reads through one."""
+
+    __slots__ = ("fds", "lock")
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+
+def _close_kept(kept: _Kept) -> None:
+    # Under its lock: a sweep from another thread never meets a closed descriptor
+    # (whose number the kernel may already have given to another file).
+    with kept.lock:
+        _close_all(kept.fds)
+
+
 class PackReaders:
     """Packs kept open for reads, per thread: a tile loaded again opens nothing.
 
@@ -187,12 +204,13 @@ class PackReaders:
     close. Pack names are random and never reused and a pack's committed bytes never
     change, so a descriptor reads right for every row naming its pack. Each use
     checks that the file is still linked (one ``fstat``): a pack gc deleted is
-    closed, not read, so its space goes back; so is every such pack of a thread
-    whose record cache misses (``sweep``: the store changed), a thread's own when
-    it ends, and all at ``close``. A chunk that fails its check is read again with
-    ``fresh`` (a safe open) before it is called damaged: the directory may have
-    been replaced meanwhile. Per thread: no descriptor is closed while another
-    thread reads through it.
+    closed, not read, so its space goes back. ``sweep`` (a record cache missed: the
+    store changed) closes every thread's kept descriptors of such packs, the load
+    pool's idle threads' too; a thread's own are closed when it ends, and all at
+    ``close``. A chunk that fails its check is read again with ``fresh`` (a safe
+    open) before it is called damaged: the directory may have been replaced
+    meanwhile. A thread holds its own lock while it reads (``hold``), so no
+    descriptor is closed under a read.
     """
 
     KEEP = 4  # per thread: a load's chunks come from one or two packs
@@ -200,55 +218,81 @@ class PackReaders:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._all: list[dict[str, int]] = []
+        self._all: list[_Kept] = []
         self._pid = os.getpid()
 
-    def get(self, name: str, opener: Callable[[], int], fresh: bool = False) -> int:
-        """Return a descriptor of pack ``name``, kept, or from ``opener`` (kept from then on)."""
+    def hold(
+        self, name: str, opener: Callable[[], int], fresh: bool = False
+    ) -> tuple[int, threading.Lock]:
+        """Return a descriptor of pack ``name`` (kept, or from ``opener``) and a held lock.
+
+        Release the lock once the read is done: until then no sweep closes it.
+        """
         if self._pid != os.getpid():
             with _child_lock:  # a forked child's threads (a new pool) may all get here
                 if self._pid != os.getpid():
                     self._after_fork()
-        fds: dict[str, int] | None = getattr(self._local, "fds", None)
-        if fds is None:
-            fds = self._local.fds = {}
+        kept: _Kept | None = getattr(self._local, "kept", None)
+        if kept is None:
+            kept = self._local.kept = _Kept()
             with self._lock:
-                self._all.append(fds)
+                self._all.append(kept)
             # A thread that ends closes its own (a thread per request must not pile up).
-            self._local.owner = ThreadOwner(fds, self._all, self._lock, _close_all, _INHERITED)
-        fd = fds.pop(name, None)
-        if fd is not None:
-            if not fresh and os.fstat(fd).st_nlink:
-                fds[name] = fd  # most recently used last
-                return fd
-            os.close(fd)
-        fd = opener()
-        if len(fds) >= self.KEEP:
-            os.close(fds.pop(next(iter(fds))))
-        fds[name] = fd
-        return fd
+            self._local.owner = ThreadOwner(kept, self._all, self._lock, _close_kept, _INHERITED)
+        lock = kept.lock
+        lock.acquire()
+        try:
+            fds = kept.fds
+            fd = fds.pop(name, None)
+            if fd is not None:
+                if not fresh and os.fstat(fd).st_nlink:
+                    fds[name] = fd  # most recently used last
+                    return fd, lock
+                os.close(fd)
+            fd = opener()
+            if len(fds) >= self.KEEP:
+                os.close(fds.pop(next(iter(fds))))
+            fds[name] = fd
+            return fd, lock
+        except BaseException:
+            lock.release()
+            raise
 
     def sweep(self) -> None:
-        """Close this thread's kept descriptors of packs no longer linked (gc deleted them)."""
-        fds: dict[str, int] | None = getattr(self._local, "fds", None)
-        if not fds or self._pid != os.getpid():
+        """Close every thread's kept descriptors of packs no longer linked (gc deleted them).
+
+        A thread reading right now is passed over: it checks what it reads, and the
+        next sweep looks at the rest.
+        """
+        if self._pid != os.getpid():
             return
-        for name, fd in list(fds.items()):
-            if not os.fstat(fd).st_nlink:
-                del fds[name]
-                os.close(fd)
+        with self._lock:
+            everyone = list(self._all)
+        for kept in everyone:
+            if not kept.lock.acquire(blocking=False):
+                continue
+            try:
+                fds = kept.fds
+                for name, fd in list(fds.items()):
+                    if not os.fstat(fd).st_nlink:
+                        del fds[name]
+                        os.close(fd)
+            finally:
+                kept.lock.release()
 
     def close(self) -> None:
-        """Close every thread's kept descriptors (no thread may be reading)."""
+        """Close every thread's kept descriptors (waiting for reads under way)."""
         with self._lock:
-            for fds in self._all:
-                _close_all(fds)
+            everyone = list(self._all)
+        for kept in everyone:
+            _close_kept(kept)
 
     def _after_fork(self) -> None:
         # The child's copies of the parent's descriptors: its own to close. Not under
         # the lock: a parent thread may have held it at the fork, and the child has
         # only this thread.
-        for fds in self._all:
-            _close_all(fds)
+        # Nor under each thread's own: the fork may have caught one mid-read.
+        for kept in self._all:
+            _close_all(kept.fds)
         self._lock, self._local, self._all = threading.Lock(), threading.local(), []
         self._pid = os.getpid()  # last: a thread that sees it finds the rest new

@@ -467,17 +467,20 @@ class BlobDir(BlobUpkeepMixin):
         Raises:
             CorruptCheckpointError: the pack is missing, unreadable or too short.
         """
-        fd = self._reader(name, digest, fresh)
-        size = os.fstat(fd).st_size
-        if not 0 <= offset <= offset + n <= size:
-            raise CorruptCheckpointError(
-                f"chunk {digest} is cut short in pack {name}: {n} bytes at {offset}, "
-                f"the pack holds {size}",
-                digest=digest,
-            )
-        out = memoryview(bytearray(n))
-        with read_errors(f"chunk {digest} (pack {name})", digest, f"{PACKS}/{name}"):
-            got = pread_into(fd, out, offset)
+        fd, held = self._reader(name, digest, fresh)
+        try:
+            size = os.fstat(fd).st_size
+            if not 0 <= offset <= offset + n <= size:
+                raise CorruptCheckpointError(
+                    f"chunk {digest} is cut short in pack {name}: {n} bytes at {offset}, "
+                    f"the pack holds {size}",
+                    digest=digest,
+                )
+            out = memoryview(bytearray(n))
+            with read_errors(f"chunk {digest} (pack {name})", digest, f"{PACKS}/{name}"):
+                got = pread_into(fd, out, offset)
+        finally:
+            held.release()
         if got != n:
             raise CorruptCheckpointError(
                 f"chunk {digest} is cut short in pack {name}", digest=digest
@@ -494,24 +497,26 @@ class BlobDir(BlobUpkeepMixin):
         Raises:
             CorruptCheckpointError: the pack is missing or unreadable.
         """
-        fd = self._reader(name, digest, fresh)
+        fd, held = self._reader(name, digest, fresh)
         try:
             return pread_into(fd, out, offset)
         except OSError as e:  # not read_errors(): a generator per read (P12)
             with read_errors(f"chunk {digest} (pack {name})", digest, f"{PACKS}/{name}"):
                 raise e
+        finally:
+            held.release()
 
     def sweep_readers(self) -> None:
-        """Close this thread's kept pack descriptors whose packs gc deleted."""
+        """Close every thread's kept pack descriptors whose packs gc deleted."""
         self._readers.sweep()
 
-    def _reader(self, name: str, digest: str, fresh: bool) -> int:
-        """Return this thread's kept descriptor of pack ``name`` (``PackReaders``).
+    def _reader(self, name: str, digest: str, fresh: bool) -> tuple[int, threading.Lock]:
+        """Return a kept descriptor of pack ``name`` and its held lock (``PackReaders``).
 
         Raises:
             CorruptCheckpointError: the pack is missing or not a regular file.
         """
-        return self._readers.get(
+        return self._readers.hold(
             name,
             lambda: self._open_file(*self._pack(name), f"chunk {digest} (pack {name})", digest),
             fresh,

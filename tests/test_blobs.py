@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +269,51 @@ def test_a_chunk_failing_its_check_is_read_again_through_a_fresh_open(
         (store / "blobs" / "old-packs" / os.listdir(packs)[0]).write_bytes(b"\0" * (1 << 20))
         assert np.array_equal(mgr.load(cp.id), _tile(1))
         assert mgr.get(cp.id).status is ckptlite.Status.VALID
+
+
+def test_a_sweep_closes_other_threads_deleted_packs_but_not_under_a_read(
+    tmp_path: Path,
+) -> None:
+    # The load pool's threads keep packs too, and sit idle between loads: the sweep of
+    # the thread whose record cache missed closes theirs, except where one reads now.
+    from ckptlite._blobfs import PackReaders
+
+    readers = PackReaders()
+    paths = [tmp_path / f"pk{i}" for i in range(2)]
+    for p in paths:
+        p.write_bytes(b"x" * 10)
+    reading, read_done, end = threading.Event(), threading.Event(), threading.Event()
+
+    def kept() -> int:
+        return sum(1 for o in _open_paths() if any(o.startswith(str(p)) for p in paths))
+
+    def reader() -> None:
+        for p in paths:
+            _fd, lock = readers.hold(p.name, lambda p=p: os.open(p, os.O_RDONLY))
+            lock.release()
+        _fd, lock = readers.hold(paths[0].name, lambda: -1)  # kept: opens nothing
+        reading.set()
+        read_done.wait(10)
+        lock.release()
+        end.wait(10)  # alive: a thread that ends closes its own
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        assert reading.wait(10)
+        assert kept() == 2
+        for p in paths:
+            p.unlink()
+        readers.sweep()
+        assert kept() == 2, "a sweep closed descriptors of a thread in the middle of a read"
+        read_done.set()
+        deadline = time.monotonic() + 10
+        while kept() and time.monotonic() < deadline:
+            readers.sweep()  # the thread is idle now: its deleted packs go
+            time.sleep(0.01)
+        assert kept() == 0
+        assert t.is_alive()
+    finally:
+        read_done.set()
+        end.set()
+        t.join()

@@ -175,11 +175,6 @@ def test_a_pack_another_process_compacted_is_read_where_the_chunks_moved(tmp_pat
             mgr.load(both)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PackReaders: only the thread whose record cache misses sweeps its descriptors; "
-    "the load pool's threads keep packs gc deleted open (their space never goes back)",
-)
 def test_packs_another_process_deleted_are_not_kept_open(tmp_path: Path) -> None:
     store = tmp_path / "s"
     a_state, b_state = os.urandom(3 * _MiB), os.urandom(3 * _MiB)  # 3 chunks: the pool reads
