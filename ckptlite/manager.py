@@ -496,7 +496,8 @@ class CheckpointManager(Upkeep, Pipelines):
         try:
             return record.checkpoint, self.engine.read(record)
         except CorruptCheckpointError as e:
-            self.engine.mark_damaged(record.checkpoint, e)
+            if self.exists(record.checkpoint.id):  # not deleted mid-load: damaged
+                self.engine.mark_damaged(record.checkpoint, e)
             tried.add(record.checkpoint.id)
         for cp in self._candidates(process_id, lvl, name, tried):
             tried.add(cp.id)

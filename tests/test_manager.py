@@ -22,7 +22,7 @@ from ckptlite.errors import (
     PickleNotAllowedError,
     UnsupportedTypeError,
 )
-from ckptlite.types import RunStatus
+from ckptlite.types import RunStatus, StoredRecord
 
 
 def tree_snapshot(root: Path) -> dict[str, bytes]:
@@ -106,6 +106,32 @@ def test_load_latest_falls_back_without_a_prior_load(tmp_path: Path) -> None:
         cp, state = mgr.load_latest("p")  # type: ignore[misc]
         assert cp.id == good.id and np.array_equal(state["a"], ints)
         assert mgr.get(bad.id).status is Status.CORRUPTED
+
+
+def test_load_latest_of_a_checkpoint_deleted_while_it_loads_flags_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Deleted and collected mid-load, its chunks read as missing: that is not damage
+    # (load says "not found"), so no chunk is flagged (a flag makes the next save of
+    # the same bytes store them again) and load_latest falls back to the one before.
+    with ckptlite.open(tmp_path / "s", durability="none") as mgr:
+        older = mgr.save("p", os.urandom(300_000))
+        newer = mgr.save("p", os.urandom(300_000))
+        flagged: list[tuple[str, ...]] = []
+        monkeypatch.setattr(mgr.backend, "mark_bad_chunks", lambda d, **k: flagged.append(d))
+        read = mgr.engine.read
+
+        def read_while_deleted(record: StoredRecord) -> object:
+            if record.checkpoint.id == newer.id:
+                mgr.delete(newer.id)
+                mgr.gc()
+            return read(record)
+
+        monkeypatch.setattr(mgr.engine, "read", read_while_deleted)
+        cp, _state = mgr.load_latest("p")  # type: ignore[misc]
+        assert cp.id == older.id
+        assert flagged == [], "chunks of a deleted checkpoint were flagged as damaged"
+        assert mgr.get(older.id).status is Status.VALID
 
 
 def test_bit_flip_in_an_inline_chunk_is_caught(tmp_path: Path) -> None:
