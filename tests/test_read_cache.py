@@ -106,17 +106,33 @@ def _warm(mgr: ckptlite.CheckpointManager, *pairs: tuple[ckptlite.Checkpoint, An
         assert mgr.load(cp.id) == state
 
 
+def _two_saved_alone(
+    store: Path, a_size: int, b_size: int
+) -> tuple[ckptlite.Checkpoint, bytes, ckptlite.Checkpoint, bytes]:
+    """Save a (slot p/a) and b (slot p/b), each by a manager of its own: separate packs."""
+    a_state, b_state = os.urandom(a_size), os.urandom(b_size)
+    return _save_alone(store, a_state), a_state, _save_alone(store, b_state, name="b"), b_state
+
+
+def _two_warm_in_a_slot(
+    mgr: ckptlite.CheckpointManager, a_size: int, b_size: int
+) -> tuple[ckptlite.Checkpoint, bytes, ckptlite.Checkpoint, bytes]:
+    """Save a then b in slot p/a, load both twice; b is the latest."""
+    a_state, b_state = os.urandom(a_size), os.urandom(b_size)
+    a = mgr.save("p", a_state, name="a")
+    b = mgr.save("p", b_state, name="a")
+    _warm(mgr, (a, a_state), (b, b_state))
+    assert mgr.load_latest("p", name="a") == (b, b_state)
+    return a, a_state, b, b_state
+
+
 # -- another process deletes, prunes, collects, compacts -------------------------------
 
 
 def test_a_checkpoint_another_process_deleted_is_not_found(tmp_path: Path) -> None:
     store = tmp_path / "s"
-    a_state, b_state = os.urandom(300_000), os.urandom(300_000)
     with ckptlite.open(store, durability="none") as mgr:
-        a = mgr.save("p", a_state, name="a")
-        b = mgr.save("p", b_state, name="a")
-        _warm(mgr, (a, a_state), (b, b_state))
-        assert mgr.load_latest("p", name="a") == (b, b_state)
+        a, a_state, b, _ = _two_warm_in_a_slot(mgr, 300_000, 300_000)
         _other_process(store, "m.delete(args[0])", b.id)
         with pytest.raises(CheckpointNotFoundError):
             mgr.load(b)
@@ -177,9 +193,7 @@ def test_a_pack_another_process_compacted_is_read_where_the_chunks_moved(tmp_pat
 
 def test_packs_another_process_deleted_are_not_kept_open(tmp_path: Path) -> None:
     store = tmp_path / "s"
-    a_state, b_state = os.urandom(3 * _MiB), os.urandom(3 * _MiB)  # 3 chunks: the pool reads
-    a = _save_alone(store, a_state)
-    b = _save_alone(store, b_state, name="b")
+    a, a_state, b, b_state = _two_saved_alone(store, 3 * _MiB, 3 * _MiB)  # 3 chunks: the pool reads
     with ckptlite.open(store, durability="none") as mgr:
         _warm(mgr, (a, a_state), (b, b_state))
         before = _deleted_packs_open()
@@ -197,12 +211,8 @@ def test_damage_another_process_s_verify_found_is_reported_and_latest_skips_it(
     tmp_path: Path,
 ) -> None:
     store = tmp_path / "s"
-    a_state, b_state = os.urandom(200_000), os.urandom(300_000)
     with ckptlite.open(store, durability="none") as mgr:
-        a = mgr.save("p", a_state, name="a")
-        b = mgr.save("p", b_state, name="a")
-        _warm(mgr, (a, a_state), (b, b_state))
-        assert mgr.load_latest("p", name="a") == (b, b_state)
+        a, a_state, b, _ = _two_warm_in_a_slot(mgr, 200_000, 300_000)
         pack, offset, size = _pack_of(mgr, b)
         _flip(pack, offset + size // 2)
         out = _other_process(store, "print(*m.verify(full=True).corrupted)")
@@ -404,9 +414,7 @@ def test_another_manager_in_this_process_deletes_verifies_and_saves(tmp_path: Pa
 
 def test_another_thread_deletes_and_collects_between_two_loads(tmp_path: Path) -> None:
     store = tmp_path / "s"
-    a_state, b_state = os.urandom(3 * _MiB), os.urandom(300_000)
-    a = _save_alone(store, a_state)
-    b = _save_alone(store, b_state, name="b")
+    a, a_state, b, b_state = _two_saved_alone(store, 3 * _MiB, 300_000)
     with ckptlite.open(store, durability="none") as mgr:
         _warm(mgr, (a, a_state), (b, b_state))
         errors: list[BaseException] = []
@@ -491,9 +499,7 @@ def _in_child(body: Callable[[], bool]) -> int:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_forked_child_sees_what_its_parent_changed_after_the_fork(tmp_path: Path) -> None:
     store = tmp_path / "s"
-    a_state, b_state = os.urandom(3 * _MiB), os.urandom(300_000)
-    a = _save_alone(store, a_state)
-    b = _save_alone(store, b_state, name="b")
+    a, a_state, b, b_state = _two_saved_alone(store, 3 * _MiB, 300_000)
     with ckptlite.open(store, durability="none") as mgr:
         _warm(mgr, (a, a_state), (b, b_state))  # the child inherits these caches
         go_r, go_w = os.pipe()
