@@ -45,6 +45,8 @@ class BlobUpkeepMixin:
 
         def pack_busy(self, name: str) -> bool: ...
 
+        def sweep_readers(self) -> None: ...
+
     def remove(self, digest: str) -> int:
         """Unlink a chunk file; return the bytes freed (0 if it was gone).
 
@@ -61,7 +63,11 @@ class BlobUpkeepMixin:
             StoreLayoutError: ``packs/`` is a symlink (nothing is removed).
         """
         self._writable(f"removing pack {name}")
-        return self._unlink(*self._pack(name))
+        freed = self._unlink(*self._pack(name))
+        # This process's threads that read it keep it open: its space goes back now,
+        # not at their next look (a gc here changes no stamp their reads see).
+        self.sweep_readers()
+        return freed
 
     def truncate_pack(self, name: str, length: int) -> int:
         """Cut pack ``name`` down to ``length`` bytes (its dead tail); return the bytes freed.

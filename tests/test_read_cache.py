@@ -437,6 +437,54 @@ def test_another_thread_deletes_and_collects_between_two_loads(tmp_path: Path) -
         assert mgr.latest("p", name="a") is None
 
 
+def test_a_gc_here_closes_what_every_thread_kept_of_the_packs_it_deleted(
+    tmp_path: Path,
+) -> None:
+    # Threads that loaded (the pool's, another one still alive) keep the pack open; a
+    # gc in this process gives its space back at once, before anyone loads again.
+    store = tmp_path / "s"
+    a, a_state, b, b_state = _two_saved_alone(store, 3 * _MiB, 300_000)
+    with ckptlite.open(store, durability="none") as mgr:
+        _warm(mgr, (a, a_state), (b, b_state))
+        loaded, end = threading.Event(), threading.Event()
+
+        def other() -> None:
+            _warm(mgr, (a, a_state))
+            loaded.set()
+            end.wait(10)  # alive: a thread that ends closes its own
+
+        t = threading.Thread(target=other)
+        t.start()
+        try:
+            assert loaded.wait(10)
+            before = _deleted_packs_open()
+            mgr.delete(a.id)
+            assert len(mgr.gc().deleted_packs) == 1
+            assert _deleted_packs_open() == before
+        finally:
+            end.set()
+            t.join()
+
+
+def test_loads_of_an_unchanged_store_look_for_deleted_packs_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each first load of a tile misses the record cache (P14): the kept packs are
+    # looked at only when the store changed since this thread last looked.
+    with ckptlite.open(tmp_path / "s", durability="none") as mgr:
+        cps = [mgr.save("p", os.urandom(100_000), name=str(i)) for i in range(5)]
+        blobs = mgr.backend.blobs  # type: ignore[attr-defined]
+        swept: list[int] = []
+        sweep = blobs.sweep_readers
+        monkeypatch.setattr(blobs, "sweep_readers", lambda: swept.append(1) or sweep())
+        for cp in cps:
+            mgr.load(cp)
+        assert len(swept) == 1
+        mgr.save("p", b"x", name="other")  # a commit: the stamp changes
+        mgr.load(cps[0].id)  # cached, but under the old stamp: read again
+        assert len(swept) == 2
+
+
 def test_loads_while_two_other_processes_replace_and_collect_get_no_wrong_bytes(
     tmp_path: Path,
 ) -> None:
