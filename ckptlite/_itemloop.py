@@ -114,6 +114,8 @@ class ItemLoop:
     _background: bool
     _due: threading.Event
     _commit_lock: threading.Lock
+    _register_lock: threading.Lock
+    _open_groups: dict[str, tuple[int, str, int]]
     _bg_error: Exception | None
 
     if TYPE_CHECKING:  # defined by ``Run``
@@ -187,18 +189,38 @@ class ItemLoop:
         backend, lock_ = self.manager.backend, self._lock
         self._use_lease(lease)
         want = claim or max(1, min(_MAX_SEG, len(ids) // 128))
-        size, self._others = backend.register_group(
-            self.id,
-            group,
-            total=len(ids),
-            seg_size=want,
-            fingerprint=fingerprint,
-            worker_id=self.worker_id,
-            ids=ids,  # kept: `ckptlite items --status pending` lists them
-        )
+        # This worker's queued marks first: the ledger read below must see them (the
+        # items of a loop that ended may be marked after it, and not committed yet).
+        self.commit()
+        with self._register_lock:
+            # Another loop of this worker runs the group: join its cut of the ids. The
+            # worker, alone in the run, would register it afresh: every batch free, the
+            # ones that loop holds too, and their items done twice.
+            open_ = self._open_groups.get(group)
+            if open_ is not None:
+                if open_[1] != fingerprint:
+                    raise InvalidInputError(
+                        f"item group {group!r} is being iterated by this worker with other ids"
+                    )
+                size = open_[0]
+            else:
+                size, self._others = backend.register_group(
+                    self.id,
+                    group,
+                    total=len(ids),
+                    seg_size=want,
+                    fingerprint=fingerprint,
+                    worker_id=self.worker_id,
+                    ids=ids,  # kept: `ckptlite items --status pending` lists them
+                )
+            self._open_groups[group] = (size, fingerprint, 1 + (open_[2] if open_ else 0))
         # Read after registering: a worker alone registers the group afresh (every batch
         # free), so only the ledger tells what workers that left since did.
-        done, failed = backend.item_marks(self.id, group)
+        try:
+            done, failed = backend.item_marks(self.id, group)
+        except BaseException:
+            self._close_group(group)
+            raise
         with self._lock:
             self._totals[group] = (len(done), total)
         with lock_:
@@ -262,9 +284,21 @@ class ItemLoop:
         finally:
             with lock_:
                 self._active -= 1
-            if held:
-                self._let_go(group, sorted(held))
+            try:
+                if held:
+                    self._let_go(group, sorted(held))
+            finally:
+                self._close_group(group)
         self.commit()
+
+    def _close_group(self, group: str) -> None:
+        """Count one loop of this worker over ``group`` less (see ``_open_groups``)."""
+        with self._register_lock:
+            size, fingerprint, n = self._open_groups[group]
+            if n > 1:
+                self._open_groups[group] = (size, fingerprint, n - 1)
+            else:
+                del self._open_groups[group]
 
     def _let_go(self, group: str, segs: list[int]) -> None:
         """Release the batches of a loop stopped early, once its marks are committed."""

@@ -237,6 +237,9 @@ class Run(RunStages, ItemLoop):
         self._background = worker is not None and manager.backend.commits_in_background
         self._due = threading.Event()
         self._commit_lock = threading.Lock()
+        self._register_lock = threading.Lock()
+        # group -> (batch size, ids' fingerprint, loops open) of this worker's running loops
+        self._open_groups: dict[str, tuple[int, str, int]] = {}
         self._bg_error: Exception | None = None
         if worker is not None:
             LIVE[worker.worker_id] = self
@@ -351,7 +354,8 @@ class Run(RunStages, ItemLoop):
             self.record = backend.get_run(self.id)
             return self.record
         with self._lock:
-            failures = len(self._failed_now | self._exhausted)
+            mine = self._failed_now | self._exhausted
+        failures = self._still_failed(mine) if mine else 0
         if text is None and counts.errors:
             text = counts.errors[0]
         if text is None and (failures or counts.failed):
@@ -361,6 +365,21 @@ class Run(RunStages, ItemLoop):
             return self.record  # work left (a stage or items not done): a resume finishes it
         status = RunStatus.FAILED if text else RunStatus.COMPLETED
         return self._update(status=status, error=text, finished=True, progress=self.progress)
+
+    def _still_failed(self, items: set[tuple[str, str]]) -> int:
+        """Count ``items`` (group, id) that the ledger does not have done.
+
+        An item this worker failed may have been done since by the worker that took
+        its batch over: only the ledger tells.
+        """
+        by_group: dict[str, list[str]] = {}
+        for group, item_id in items:
+            by_group.setdefault(group, []).append(item_id)
+        backend = self.manager.backend
+        return sum(
+            len(ids) - len(backend.marks_among(self.id, group, ids)[0])
+            for group, ids in by_group.items()
+        )
 
     def _update(
         self,

@@ -725,3 +725,112 @@ def test_a_loop_whose_last_commit_fails_keeps_its_batches(
     monkeypatch.undo()
     run.commit()
     assert [e.item_id for e in run.ledger("g")] == ["i0"]
+
+
+# -- retries and take-overs -------------------------------------------------------------------
+
+
+def test_an_item_failed_by_one_worker_and_done_by_its_taker_leaves_the_run_completed(
+    any_mgr: ckptlite.CheckpointManager,
+) -> None:
+    # A fails i5 and stops its loop; B takes the batch over and does i5 (a retry in the
+    # same run). The ledger has i5 done: whoever leaves last, the run ends COMPLETED.
+    a, b = any_mgr.run("job"), any_mgr.run("job")
+    b_loop = b.items("g", _IDS, claim=5)
+    did = [next(b_loop)]  # B holds batch 0
+    a_loop = a.items("g", _IDS, claim=5)
+    first = next(a_loop)  # A holds batch 1
+    first.fail(RuntimeError("flaky"))
+    a_loop.close()  # commits the failed mark, lets batch 1 go
+    did += b_loop
+    for item in did:
+        item.done()
+    assert [i.attempts for i in did if i.id == "i5"] == [1]
+    b.commit()
+    (i5,) = [e for e in b.ledger("g") if e.item_id == "i5"]
+    assert i5.ok and i5.attempts == 2
+    assert b.finish().status is RunStatus.RUNNING  # A is still in the run
+    rec = a.finish()
+    assert rec.status is RunStatus.COMPLETED, rec.error
+
+
+def test_a_failed_item_is_retried_by_resumed_runs_until_max_attempts(
+    any_mgr: ckptlite.CheckpointManager,
+) -> None:
+    # Each resume of the FAILED run tries x once more, with the attempts counted so
+    # far; once it failed max_attempts times it is skipped and the run stays FAILED.
+    seen: list[int] = []
+    for _ in range(4):
+        with any_mgr.run("job", max_attempts=3) as run:
+            for item in run.items("g", ["x", "y"]):
+                if item.id == "x":
+                    seen.append(item.attempts)
+                    item.fail("bad")
+                else:
+                    item.done()
+        assert run.status is RunStatus.FAILED and run.record.error == "1 item(s) failed"
+    assert seen == [0, 1, 2]  # the fourth run did not try it
+    ledger = {e.item_id: e for e in run.ledger("g")}
+    assert not ledger["x"].ok and ledger["x"].attempts == 3
+    assert ledger["y"].ok and ledger["y"].attempts == 1
+    with any_mgr.run("job", max_attempts=4) as more:  # a higher limit: one more try
+        assert [(i.id, i.attempts) for i in more.items("g", ["x", "y"])] == [("x", 3)]
+        for item in more.items("g", ["x", "y"]):
+            item.done()
+    assert more.id == run.id and more.status is RunStatus.COMPLETED
+
+
+def test_a_late_failed_mark_of_a_paused_worker_does_not_undo_its_takers_done(
+    any_mgr: ckptlite.CheckpointManager,
+) -> None:
+    # A fails x but is paused past its lease before committing; B takes x over and
+    # does it; A's failed mark, committed late, neither undoes nor counts against it.
+    slow = any_mgr.run("job", lease=0.3)
+    item = next(slow.items("g", ["x"], lease=0.3))
+    slow._heart.stop.set()  # type: ignore[union-attr]  # paused: no more beats
+    item.fail("late")  # queued, not committed
+    time.sleep(0.5)
+    fast = any_mgr.run("job")
+    taken = list(fast.items("g", ["x"]))
+    assert [(i.id, i.attempts) for i in taken] == [("x", 0)]
+    taken[0].done("fast")
+    fast.commit()
+    slow.commit()
+    (entry,) = fast.ledger("g")
+    assert entry.ok and entry.attempts == 1 and fast.results("g") == {"x": "fast"}
+    slow.finish()
+    assert fast.finish().status is RunStatus.COMPLETED
+
+
+def test_a_second_loop_of_one_worker_over_a_group_skips_what_the_first_holds(
+    any_mgr: ckptlite.CheckpointManager,
+) -> None:
+    # Two threads of one Run iterate the same group: the second one's loop (the worker
+    # alone in the run) must not free the batch the first one holds and redo its item.
+    run = any_mgr.run("job")
+    first = run.items("g", _IDS, claim=5)
+    held = next(first)  # batch 0, i0 being worked on
+    second = [i.id for i in run.items("g", _IDS, claim=5)]
+    assert "i0" not in second, "the worker's second loop yielded an item its first holds"
+    held.done()
+    first.close()
+    run.finish()
+
+
+def test_items_marked_after_their_loop_ended_are_not_yielded_by_the_next_loop(
+    any_mgr: ckptlite.CheckpointManager,
+) -> None:
+    # The loop ends with every item yielded, then they are marked (queued, batch_size
+    # not reached). A next loop of the same worker, alone, registers the group afresh:
+    # it must see those marks (done or failed) and not yield the items again.
+    run = any_mgr.run("job", max_attempts=1)
+    got = list(run.items("g", _IDS, claim=5))
+    for item in got:
+        if item.id == "i3":
+            item.fail("bad")
+        else:
+            item.done()
+    again = [i.id for i in run.items("g", _IDS, claim=5)]
+    assert again == [], "items marked (not yet committed) were yielded again"
+    assert len(run.ledger("g")) == 10
+    assert run.finish().status is RunStatus.FAILED
