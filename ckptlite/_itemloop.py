@@ -149,9 +149,11 @@ class ItemLoop:
         free batches are claimed (``claim_count`` of them at a time) with a ``lease``
         (seconds, default: the run's) renewed by the heartbeat. Items that failed ``max_attempts``
         times (default: the run's) are skipped and make the run end FAILED.
-        Duplicate ids are yielded once by a worker. When no batch is free, the
-        loop waits for the batches other workers hold (taking over those whose
-        lease expires); when it ends, queued marks are committed.
+        Duplicate ids are yielded once by a worker, and loops of one worker over a
+        group (its threads) share the group's batches. A loop starts by committing
+        the worker's queued marks. When no batch is free, the loop waits for the
+        batches other workers hold (taking over those whose lease expires); when it
+        ends, queued marks are committed.
 
         Raises:
             InvalidInputError: ``group`` or an id is not a str; other live workers
