@@ -46,6 +46,7 @@ from .types import (
     Level,
     Status,
     StorageConfig,
+    StoredRecord,
 )
 
 __all__ = [
@@ -446,11 +447,20 @@ class CheckpointManager(Upkeep, Pipelines):
         """
         cid = checkpoint.id if isinstance(checkpoint, Checkpoint) else checkpoint
         _inputs.text(cid, "checkpoint id")
-        record = self.backend.get_record(cid)
+        return self._read(self.backend.get_record(cid))
+
+    def _read(self, record: StoredRecord) -> Any:
+        """Return ``record``'s state; damage is marked, a record deleted meanwhile is not found.
+
+        Raises:
+            CheckpointNotFoundError: it was deleted (and its chunks collected) mid-load.
+            CorruptCheckpointError: stored bytes do not match their checksums (marked).
+        """
         try:
             return self.engine.read(record)
         except CorruptCheckpointError as e:
-            if not self.exists(cid):  # deleted (and its chunks collected) mid-load
+            cid = record.checkpoint.id
+            if not self.exists(cid):  # missing chunks of a deleted checkpoint: not damage
                 raise CheckpointNotFoundError(
                     f"checkpoint {cid} was deleted while it was being loaded", checkpoint_id=cid
                 ) from e
@@ -494,10 +504,8 @@ class CheckpointManager(Upkeep, Pipelines):
         if record is None:
             return None
         try:
-            return record.checkpoint, self.engine.read(record)
-        except CorruptCheckpointError as e:
-            if self.exists(record.checkpoint.id):  # not deleted mid-load: damaged
-                self.engine.mark_damaged(record.checkpoint, e)
+            return record.checkpoint, self._read(record)
+        except (CorruptCheckpointError, CheckpointNotFoundError):
             tried.add(record.checkpoint.id)
         for cp in self._candidates(process_id, lvl, name, tried):
             tried.add(cp.id)
